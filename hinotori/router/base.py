@@ -1,0 +1,39 @@
+"""The Router protocol: the front door (the data plane), as the control plane sees it.
+
+The control plane hands the router a whole RoutingTable; ``apply`` returns only when every
+worker of the data plane has acknowledged that version, so "switched" means switched. Requests
+already in flight to a backend that the new table drops are allowed to finish (drain); new
+requests only go to the new table's backends. The data plane runs apart from the controller and
+keeps serving if the controller dies; a new controller adopts it with ``start``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from hinotori.model import BackendStats, RoutingTable
+
+
+@runtime_checkable
+class Router(Protocol):
+    kind: str
+
+    async def start(self) -> None:
+        """Adopt the running data plane if there is one, else start it. Idempotent."""
+        ...
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Make ``table`` the live table on every worker; return once all acknowledged."""
+        ...
+
+    async def current(self) -> RoutingTable | None:
+        """The table the data plane is serving now (None if it has none yet)."""
+        ...
+
+    async def stats(self) -> dict[str, BackendStats]:
+        """Per-backend counters keyed by host id (summed over workers)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the data plane (closing the listener)."""
+        ...
