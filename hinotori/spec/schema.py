@@ -1,0 +1,134 @@
+"""The hinotori.toml schema. Every model forbids unknown keys so a typo is an error, not a no-op.
+
+Durations are strings ("500ms", "10s", "24h"); they become float seconds here. Converting a
+service into the runtime nouns (HealthCheck, ReleaseConfig) happens on the model, so every caller
+gets the same defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from hinotori.durations import parse_duration
+from hinotori.model import HealthCheck, ReleaseConfig
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"durations are strings with a unit, e.g. \"10s\" (got {value!r})")
+    return parse_duration(value)
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"write an address as HOST:PORT, e.g. \"127.0.0.1:8080\" (got {value!r})")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Address = Annotated[str, AfterValidator(_address)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSpec(Strict):
+    name: Name = "hinotori"
+
+
+class ControllerSpec(Strict):
+    listen: Address = "127.0.0.1:0"  # the API; port 0 picks a free one, written to .hinotori/
+
+
+class RouterSpec(Strict):
+    kind: Literal["builtin"] = "builtin"
+    listen: Address = "127.0.0.1:8080"
+    workers: int = Field(1, ge=1, le=64)
+
+
+class HealthSpec(Strict):
+    path: str | None = "/healthz"
+    tcp: bool = False  # a plain TCP connect instead of an HTTP request
+    status: int = Field(200, ge=100, le=599)
+    interval: Duration = 0.5
+    timeout: Duration = 2.0
+    healthy: int = Field(2, ge=1)
+    unhealthy: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _path_starts_with_slash(self) -> HealthSpec:
+        if not self.tcp and (not self.path or not self.path.startswith("/")):
+            raise ValueError("health.path must start with '/' (or set tcp = true)")
+        return self
+
+    def check(self) -> HealthCheck:
+        return HealthCheck(path=None if self.tcp else self.path, status=self.status,
+                           interval=self.interval, timeout=self.timeout,
+                           healthy=self.healthy, unhealthy=self.unhealthy)
+
+
+class RunStepSpec(Strict):
+    run: str | list[str] = Field(min_length=1)
+    env: dict[EnvName, str] = {}
+
+
+class ImageSpec(Strict):
+    context: str = "."
+    steps: list[RunStepSpec] = []
+
+
+class StrategySpec(Strict):
+    kind: Literal["blue-green"] = "blue-green"
+
+
+class ServiceSpec(Strict):
+    provider: Literal["process"] = "process"
+    replicas: int = Field(1, ge=1, le=100)
+    command: list[str] = Field(min_length=1)
+    port_env: EnvName = "PORT"
+    env: dict[EnvName, str] = {}
+    hosts: list[str] = []  # Host headers routed to this service; empty = any
+    path_prefix: str = "/"
+    health: HealthSpec = HealthSpec()
+    strategy: StrategySpec = StrategySpec()
+    boot_timeout: Duration = 60.0  # from boot to healthy, per host
+    drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
+    keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
+    stop_grace: Duration = 10.0  # SIGTERM, then SIGKILL after this long
+    image: ImageSpec = ImageSpec()
+
+    @model_validator(mode="after")
+    def _prefix(self) -> ServiceSpec:
+        if not self.path_prefix.startswith("/"):
+            raise ValueError("path_prefix must start with '/'")
+        return self
+
+    def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
+        return ReleaseConfig(command=tuple(self.command),
+                             env={**self.env, **(env_overrides or {})}, port_env=self.port_env)
+
+
+class Spec(Strict):
+    project: ProjectSpec = ProjectSpec()
+    controller: ControllerSpec = ControllerSpec()
+    router: RouterSpec = RouterSpec()
+    services: dict[Name, ServiceSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _routes_distinct(self) -> Spec:
+        seen: dict[tuple[tuple[str, ...], str], str] = {}
+        for name, svc in self.services.items():
+            key = (tuple(sorted(h.lower() for h in svc.hosts)), svc.path_prefix)
+            if key in seen:
+                raise ValueError(f"services {seen[key]!r} and {name!r} match the same requests: "
+                                 "give one of them other `hosts` or another `path_prefix`")
+            seen[key] = name
+        return self
+
+

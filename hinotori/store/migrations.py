@@ -1,0 +1,39 @@
+"""Schema versions of the state store. Append a migration; never edit a released one.
+
+``PRAGMA user_version`` holds the number of migrations applied. A store written by a newer
+hinotori (more migrations than this one knows) is refused rather than misread.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: the nouns, and the append-only event log.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE releases (
+        service TEXT NOT NULL, number INTEGER NOT NULL, image TEXT NOT NULL,
+        config TEXT NOT NULL, created_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (service, number));
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, release INTEGER NOT NULL,
+        provider TEXT NOT NULL, state TEXT NOT NULL, born_at REAL NOT NULL,
+        address TEXT, pid INTEGER, root TEXT, data TEXT NOT NULL DEFAULT '{}',
+        warm_until REAL, updated_at REAL NOT NULL);
+    CREATE INDEX hosts_by_service ON hosts (service, state);
+    CREATE TABLE services (
+        name TEXT PRIMARY KEY, current INTEGER, previous INTEGER, updated_at REAL NOT NULL);
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT NULL, strategy TEXT NOT NULL,
+        kind TEXT NOT NULL, from_release INTEGER, to_release INTEGER NOT NULL,
+        state TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
+        steps TEXT NOT NULL DEFAULT '[]', summary TEXT NOT NULL DEFAULT '{}', error TEXT);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}');
+    CREATE INDEX events_by_subject ON events (subject, id);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+    CREATE TRIGGER releases_no_update BEFORE UPDATE ON releases
+        BEGIN SELECT RAISE(ABORT, 'releases are never edited'); END;
+    """,
+]

@@ -1,0 +1,283 @@
+"""The state store: SQLite (WAL) under ``.hinotori/``.
+
+One writer at a time is SQLite's rule; WAL lets the CLI read while the controller writes, and a
+busy timeout makes concurrent writers wait instead of failing. Every state-changing method
+appends its event in the same transaction, so the audit log can never miss a change (invariant
+7). Calls are short and synchronous: each is well under a millisecond on local disk, cheaper than
+handing it to a thread.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hinotori.errors import NotFound, StoreError
+from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
+from hinotori.store.migrations import MIGRATIONS
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open the state store {self.path}: {e}",
+                             hint="is the file damaged? move it aside to start afresh") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the state store {self.path} was written by a newer hinotori "
+                f"(schema {version}, this one knows {len(MIGRATIONS)})",
+                hint="upgrade hinotori")
+        for number in range(version, len(MIGRATIONS)):
+            # One transaction per migration: a failed one leaves the previous version intact.
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                                       f"PRAGMA user_version = {number + 1};\nCOMMIT;")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _event(self, db: sqlite3.Connection, actor: str, action: str, subject: str,
+               detail: dict[str, Any] | None = None) -> None:
+        db.execute("INSERT INTO events (ts, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                   (time.time(), actor, action, subject, json.dumps(detail or {}, default=str)))
+
+    # -- events --------------------------------------------------------------------------
+    def record(self, actor: str, action: str, subject: str,
+               detail: dict[str, Any] | None = None) -> None:
+        with self.transaction() as db:
+            self._event(db, actor, action, subject, detail)
+
+    def events(self, *, subject: str | None = None, action: str | None = None,
+               since: float | None = None, limit: int = 100) -> list[Event]:
+        """Newest last; ``subject`` matches exactly or as a prefix ("web" matches "web/v2")."""
+        where, args = [], []
+        if subject:
+            where.append("(subject = ? OR subject LIKE ?)")
+            args += [subject, f"{subject}/%"]
+        if action:
+            where.append("action LIKE ?")
+            args.append(f"{action}%")
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [Event(id=r["id"], ts=r["ts"], actor=r["actor"], action=r["action"],
+                      subject=r["subject"], detail=json.loads(r["detail"]))
+                for r in reversed(rows)]
+
+    # -- releases ------------------------------------------------------------------------
+    def create_release(self, service: str, image: str, config: ReleaseConfig, *, actor: str,
+                       reason: str) -> Release:
+        with self.transaction() as db:
+            row = db.execute("SELECT MAX(number) FROM releases WHERE service = ?",
+                             (service,)).fetchone()
+            number = (row[0] or 0) + 1
+            release = Release(service=service, number=number, image=image, config=config,
+                              created_at=time.time(), reason=reason)
+            db.execute("INSERT INTO releases VALUES (?,?,?,?,?,?)",
+                       (service, number, image, json.dumps(config.to_dict()),
+                        release.created_at, reason))
+            self._event(db, actor, "release.created", f"{service}/v{number}",
+                        {"image": image, "reason": reason, "config": config.to_dict()})
+        return release
+
+    def release(self, service: str, number: int) -> Release:
+        row = self._db.execute("SELECT * FROM releases WHERE service = ? AND number = ?",
+                               (service, number)).fetchone()
+        if row is None:
+            raise NotFound(f"{service} has no release v{number}",
+                           hint=f"`hinotori releases {service}` lists them")
+        return _release(row)
+
+    def releases(self, service: str | None = None) -> list[Release]:
+        if service:
+            rows = self._db.execute("SELECT * FROM releases WHERE service = ? ORDER BY number",
+                                    (service,))
+        else:
+            rows = self._db.execute("SELECT * FROM releases ORDER BY service, number")
+        return [_release(r) for r in rows]
+
+    def latest_release(self, service: str) -> Release | None:
+        row = self._db.execute("SELECT * FROM releases WHERE service = ? ORDER BY number DESC "
+                               "LIMIT 1", (service,)).fetchone()
+        return _release(row) if row else None
+
+    # -- services ------------------------------------------------------------------------
+    def service_releases(self, service: str) -> tuple[int | None, int | None]:
+        """(current, previous) release numbers of the service."""
+        row = self._db.execute("SELECT current, previous FROM services WHERE name = ?",
+                               (service,)).fetchone()
+        return (row["current"], row["previous"]) if row else (None, None)
+
+    def set_service_releases(self, service: str, current: int | None, previous: int | None, *,
+                             actor: str, why: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO services VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                       "current = excluded.current, previous = excluded.previous, "
+                       "updated_at = excluded.updated_at", (service, current, previous,
+                                                            time.time()))
+            self._event(db, actor, "service.releases", service,
+                        {"current": current, "previous": previous, "why": why})
+
+    # -- hosts ---------------------------------------------------------------------------
+    def save_host(self, host: Host, *, actor: str, why: str = "") -> None:
+        """Insert or update; an event records the state it moved to (and why)."""
+        with self.transaction() as db:
+            old = db.execute("SELECT state FROM hosts WHERE id = ?", (host.id,)).fetchone()
+            db.execute(
+                "INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "state=excluded.state, address=excluded.address, pid=excluded.pid, "
+                "root=excluded.root, data=excluded.data, warm_until=excluded.warm_until, "
+                "updated_at=excluded.updated_at",
+                (host.id, host.service, host.release, host.provider, str(host.state),
+                 host.born_at, host.address, host.pid, host.root, json.dumps(host.data),
+                 host.warm_until, time.time()))
+            if old is None or old["state"] != str(host.state):
+                detail = {"release": f"v{host.release}", "address": host.address}
+                if why:
+                    detail["why"] = why
+                self._event(db, actor, f"host.{host.state}", f"{host.service}/{host.id}", detail)
+
+    def host(self, host_id: str) -> Host:
+        row = self._db.execute("SELECT * FROM hosts WHERE id = ?", (host_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no host {host_id}", hint="`hinotori hosts` lists them")
+        return _host(row)
+
+    def hosts(self, service: str | None = None,
+              states: Iterable[HostState] | None = None) -> list[Host]:
+        where, args = [], []
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += [str(s) for s in states]
+        sql = "SELECT * FROM hosts" + (" WHERE " + " AND ".join(where) if where else "")
+        return [_host(r) for r in self._db.execute(sql + " ORDER BY born_at, id", args)]
+
+    # -- deployments ---------------------------------------------------------------------
+    def create_deployment(self, service: str, *, strategy: str, kind: str,
+                          from_release: int | None, to_release: int, actor: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO deployments (service, strategy, kind, from_release, to_release, "
+                "state, started_at) VALUES (?,?,?,?,?,?,?)",
+                (service, strategy, kind, from_release, to_release, "running", time.time()))
+            number = int(cur.lastrowid or 0)
+            self._event(db, actor, f"{kind}.started", f"{service}/deployment/{number}",
+                        {"strategy": strategy, "from": from_release, "to": to_release})
+        return number
+
+    def add_deployment_step(self, number: int, step: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT steps FROM deployments WHERE id = ?", (number,)).fetchone()
+            steps = json.loads(row["steps"])
+            steps.append({"ts": time.time(), **step})
+            db.execute("UPDATE deployments SET steps = ? WHERE id = ?",
+                       (json.dumps(steps, default=str), number))
+
+    def finish_deployment(self, number: int, state: str, *, actor: str,
+                          summary: dict[str, Any] | None = None, error: str | None = None) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT service, kind FROM deployments WHERE id = ?",
+                             (number,)).fetchone()
+            db.execute("UPDATE deployments SET state = ?, ended_at = ?, summary = ?, error = ? "
+                       "WHERE id = ?", (state, time.time(), json.dumps(summary or {}), error,
+                                        number))
+            detail = {**(summary or {}), **({"error": error} if error else {})}
+            self._event(db, actor, f"{row['kind']}.{state}",
+                        f"{row['service']}/deployment/{number}", detail)
+
+    def deployment(self, number: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (number,)).fetchone()
+        if row is None:
+            raise NotFound(f"no deployment {number}")
+        return _deployment(row)
+
+    def deployments(self, service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM deployments", []
+        if service:
+            sql += " WHERE service = ?"
+            args.append(service)
+        rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_deployment(r) for r in reversed(rows)]
+
+    # -- small counters ------------------------------------------------------------------
+    def next_counter(self, key: str) -> int:
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            value = int(row["value"]) + 1 if row else 1
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value = excluded.value", (key, str(value)))
+        return value
+
+
+def _release(row: sqlite3.Row) -> Release:
+    return Release(service=row["service"], number=row["number"], image=row["image"],
+                   config=ReleaseConfig.from_dict(json.loads(row["config"])),
+                   created_at=row["created_at"], reason=row["reason"])
+
+
+def _host(row: sqlite3.Row) -> Host:
+    return Host(id=row["id"], service=row["service"], release=row["release"],
+                provider=row["provider"], state=HostState(row["state"]), born_at=row["born_at"],
+                address=row["address"], pid=row["pid"], root=row["root"],
+                data=json.loads(row["data"]), warm_until=row["warm_until"])
+
+
+def _deployment(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["steps"] = json.loads(d["steps"])
+    d["summary"] = json.loads(d["summary"])
+    return d
