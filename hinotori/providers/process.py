@@ -1,0 +1,221 @@
+"""The ``process`` provider: a host is a local process group running in its own copy of the image.
+
+The embedded default, needing nothing beyond this machine. Choices, and why:
+
+- **A copy, never links.** The host's view (``state_dir/root``) is ``cp -a --reflink=auto`` of
+  the image (``shutil.copytree`` where that cp is missing): cheap on CoW filesystems, and a write
+  made inside one host, even by root, can never reach the image or another host. Hardlinks
+  would share inodes and let exactly that happen.
+- **Outlives the controller.** The command starts in a new session (its own process group), with
+  stdout/stderr appended to ``state_dir/output.log``, a file rather than a pipe: a controller
+  that dies takes neither the host nor its output with it.
+- **Identity is pid + start time.** ``host.data["start_ticks"]`` is field 22 of
+  ``/proc/PID/stat``; a pid reused by another process has other ticks, so adopt() and destroy()
+  never mistake (or signal) a stranger. A zombie counts as dead.
+- **Findable.** ``state_dir/host.json`` records the Host; list() scans ``hosts_root/*/host.json``,
+  so boot with ``state_dir = hosts_root / host_id``. destroy() keeps host.json (marked destroyed)
+  and output.log: the logs of dead hosts are still wanted.
+
+Children we booted are kept as Popen objects and polled, so they are reaped instead of lingering
+as zombies; adopted hosts (booted by an earlier controller) are not our children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+
+from hinotori.errors import ProviderError
+from hinotori.model import Host, HostState
+from hinotori.providers.base import BootRequest
+
+_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start ticks) of ``pid`` from /proc, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # comm may contain spaces and parentheses
+    return fields[0], int(fields[19])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if shutil.which("cp"):
+        done = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
+                              capture_output=True)
+        if done.returncode == 0:
+            return
+        _remove_tree(dst)  # e.g. a cp without --reflink: fall back below
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also removes read-only trees (the view keeps the image's modes)."""
+    if not path.exists():
+        return
+    for d, _, _ in os.walk(path):
+        with contextlib.suppress(OSError):
+            if not os.path.islink(d):
+                os.chmod(d, os.stat(d).st_mode | stat.S_IRWXU)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_host(host: Host, state_dir: Path) -> None:
+    tmp = state_dir / "host.json.tmp"
+    tmp.write_text(json.dumps(host.to_dict(), indent=2))
+    tmp.replace(state_dir / "host.json")  # atomic: list() never reads half a file
+
+
+def _read_host(path: Path) -> Host | None:
+    try:
+        d = json.loads(path.read_text())
+        d["state"] = HostState(d["state"])
+        return Host(**d)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+class ProcessProvider:
+    name = "process"
+
+    def __init__(self, hosts_root: Path) -> None:
+        self.hosts_root = Path(hosts_root)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
+
+    async def boot(self, req: BootRequest) -> Host:
+        rel, state_dir = req.release, req.state_dir
+        if not rel.config.command:
+            raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        view, scratch, log = state_dir / "root", state_dir / "scratch", state_dir / "output.log"
+        try:
+            await asyncio.to_thread(_copy_tree, req.image_root, view)
+        except OSError as e:
+            await asyncio.to_thread(_remove_tree, state_dir)
+            raise ProviderError(f"cannot copy image {rel.image} into host {req.host_id}: {e}",
+                                hint="is the image still in the image store? "
+                                     "`hinotori images` lists them") from e
+        scratch.mkdir(exist_ok=True)
+        port = _free_port()
+        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        env.update(rel.config.env)
+        env.update({rel.config.port_env: str(port), "HINOTORI_HOST_ID": req.host_id,
+                    "HINOTORI_SERVICE": rel.service, "HINOTORI_RELEASE": rel.name,
+                    "HINOTORI_SCRATCH": str(scratch), "TMPDIR": str(scratch)})
+        env.update(req.extra_env)
+        try:
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            await asyncio.to_thread(_remove_tree, state_dir)
+            raise ProviderError(
+                f"cannot start host {req.host_id} of {rel.service} {rel.name}: "
+                f"{rel.config.command[0]!r}: {e.strerror or e}",
+                hint="check the service's command: the program must exist in the image (paths "
+                     "are relative to the image root) or on PATH, and be executable") from e
+        self._children[proc.pid] = proc
+        st = _proc_stat(proc.pid)
+        host = Host(id=req.host_id, service=rel.service, release=rel.number,
+                    provider=self.name, state=HostState.BOOTING, born_at=time.time(),
+                    address=f"127.0.0.1:{port}", pid=proc.pid, root=str(view),
+                    data={"port": port, "log": str(log), "state_dir": str(state_dir),
+                          "start_ticks": st[1] if st else None})
+        _write_host(host, state_dir)
+        return host
+
+    def _alive(self, host: Host) -> bool:
+        if host.pid is None:
+            return False
+        child = self._children.get(host.pid)
+        if child is not None and child.poll() is not None:  # reaps our dead child
+            del self._children[host.pid]
+            return False
+        try:
+            os.kill(host.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, but not ours to signal: the start ticks decide
+        st = _proc_stat(host.pid)
+        if st is None:  # no /proc (not Linux): the pid is all we can check
+            return child is not None or "start_ticks" not in host.data
+        return st[0] not in "ZX" and st[1] == host.data.get("start_ticks")
+
+    def _group_alive(self, pgid: int) -> bool:
+        child = self._children.get(pgid)
+        if child is not None and child.poll() is not None:
+            del self._children[pgid]
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        if not Path("/proc").is_dir():
+            return True
+        for p in Path("/proc").iterdir():  # a group of zombies only is a dead group
+            if p.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    f = p.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+                    if int(f[2]) == pgid and f[0] not in "ZX":
+                        return True
+        return False
+
+    async def destroy(self, host: Host, grace: float = 10.0) -> None:
+        pgid = host.pid
+        # Signal the group only if its leader is our host (alive or a zombie) or is gone: a pid
+        # still in use as a process group id is never handed out again, so killpg then reaches
+        # only leftovers of this host, never a stranger that reused the pid.
+        leader = _proc_stat(pgid) if pgid is not None else None
+        ours = leader is None or leader[1] == host.data.get("start_ticks")
+        if pgid is not None and ours:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, sig)
+                deadline = time.monotonic() + wait
+                while self._group_alive(pgid) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if not self._group_alive(pgid):
+                    break
+        self._children.pop(pgid or -1, None)
+        state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
+        await asyncio.to_thread(_remove_tree, state_dir / "root")
+        await asyncio.to_thread(_remove_tree, state_dir / "scratch")
+        if state_dir.is_dir():
+            _write_host(replace(host, state=HostState.DESTROYED), state_dir)
+
+    async def adopt(self, host: Host) -> bool:
+        return self._alive(host)
+
+    async def list(self) -> list[Host]:
+        found = (_read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))
+        return [h for h in found if h and h.state != HostState.DESTROYED and self._alive(h)]
+
+    def logs(self, host: Host, tail: int | None = None) -> list[str]:
+        path = Path(host.data.get("log") or Path(host.root or ".").parent / "output.log")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = deque(f, maxlen=tail) if tail is not None else list(f)
+        except FileNotFoundError:
+            return []
+        return [line.rstrip("\n") for line in lines]
