@@ -1,0 +1,153 @@
+"""The image store: content-addressed, read-only image directories under one root.
+
+Layout (the root is normally the project's ``.hinotori/images/``)::
+
+    <root>/sha256-<hex>/rootfs/         the image's files, read-only (0444/0555 files, 0555 dirs)
+    <root>/sha256-<hex>/manifest.json   canonical manifest; sha256 of this file == <hex>
+    <root>/sha256-<hex>/image.json      provenance (outside the digest)
+    <root>/.tmp/                        scratch space for bakes and removals in progress
+
+An image directory appears in one ``rename(2)`` of a fully written scratch directory on the same
+filesystem, so readers see a whole image or none, and a failed or killed bake never leaves a
+partial one under its digest. Two bakes racing to the same digest both produce identical
+content; the second rename fails because the directory exists, and its copy is discarded.
+Removal runs the other way: rename out to ``.tmp`` first, then delete at leisure. Scratch left by a
+killed process stays in ``.tmp`` and is never mistaken for an image.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hinotori.bake.manifest import ManifestEntry, read_manifest
+from hinotori.bake.tree import force_remove
+from hinotori.errors import ImageNotFound
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+_DIR_NAME = re.compile(r"sha256-([0-9a-f]{64})")
+MIN_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class Image:
+    digest: str  # "sha256:<hex>"
+    path: Path  # <root>/sha256-<hex>
+    created_at: float
+    provenance: dict[str, Any]
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    def manifest(self) -> list[ManifestEntry]:
+        return read_manifest(self.path / "manifest.json")
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / ".tmp"
+
+    def get(self, ref: str) -> Image:
+        """An image by full digest or by a unique prefix of at least 8 hex characters."""
+        prefix = ref.strip().lower().removeprefix("sha256:")
+        if len(prefix) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f]+", prefix) or len(prefix) > 64:
+            raise ImageNotFound(
+                f"{ref!r} is not an image reference",
+                hint=f"use sha256:<hex> or at least {MIN_PREFIX} hex characters of a digest "
+                     "(see `hinotori images`)")
+        matches = [hex_ for hex_ in self._stored_hexes() if hex_.startswith(prefix)]
+        if not matches:
+            raise ImageNotFound(f"no image {ref!r} in {self.root}",
+                                hint="bake it first, or list images with `hinotori images`")
+        if len(matches) > 1:
+            shown = ", ".join(f"sha256:{m[:12]}" for m in sorted(matches))
+            raise ImageNotFound(f"image reference {ref!r} is ambiguous: {shown}",
+                                hint="give more characters of the digest")
+        return self._load(matches[0])
+
+    def list(self) -> list[Image]:
+        """Every stored image, newest first."""
+        images = [self._load(h) for h in self._stored_hexes()]
+        return sorted(images, key=lambda i: (-i.created_at, i.digest))
+
+    def exists(self, digest: str) -> bool:
+        hex_ = _hex_of(digest)
+        return hex_ is not None and self._complete(self.root / f"sha256-{hex_}")
+
+    def rootfs(self, digest: str) -> Path:
+        return self._require(digest) / "rootfs"
+
+    def remove(self, digest: str) -> None:
+        path = self._require(digest)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Renaming a directory rewrites its ".." entry, which needs write permission on it.
+        os.chmod(path, 0o755)
+        doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir)) / path.name
+        os.rename(path, doomed)
+        force_remove(doomed.parent)
+
+    # -- used by the builder -------------------------------------------------------------------
+
+    def new_scratch(self) -> Path:
+        """A fresh scratch directory on the store's filesystem (so the final rename is atomic)."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"bake-{os.getpid()}-", dir=self.tmp_dir))
+
+    def commit(self, scratch: Path, digest: str) -> bool:
+        """Move a finished scratch into place; False if an image of that digest already won."""
+        hex_ = _hex_of(digest)
+        if hex_ is None:
+            raise ValueError(f"not a digest: {digest!r}")
+        final = self.root / f"sha256-{hex_}"
+        try:
+            os.rename(scratch, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
+        os.chmod(final, 0o555)
+        return True
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _stored_hexes(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return [m.group(1) for n in names
+                if (m := _DIR_NAME.fullmatch(n)) and self._complete(self.root / n)]
+
+    def _require(self, digest: str) -> Path:
+        hex_ = _hex_of(digest)
+        path = self.root / f"sha256-{hex_}"
+        if hex_ is None or not self._complete(path):
+            raise ImageNotFound(f"no image {digest!r} in {self.root}",
+                                hint="images are named by full digest: sha256:<64 hex>")
+        return path
+
+    @staticmethod
+    def _complete(path: Path) -> bool:
+        return (path / "manifest.json").is_file() and (path / "image.json").is_file()
+
+    def _load(self, hex_: str) -> Image:
+        path = self.root / f"sha256-{hex_}"
+        info = json.loads((path / "image.json").read_text(encoding="utf-8"))
+        return Image(digest=f"sha256:{hex_}", path=path,
+                     created_at=float(info.get("created_at", 0.0)), provenance=info)
+
+
+def _hex_of(digest: str) -> str | None:
+    hex_ = digest.strip().lower().removeprefix("sha256:")
+    return hex_ if _HEX.fullmatch(hex_) else None
