@@ -1,0 +1,199 @@
+"""Health probes: is a host fit for traffic, and is a serving host still fit?
+
+Three layers, smallest first:
+
+- ``probe(address, check)``: one check, one fresh connection, never raises. An HTTP check sends
+  one ``GET check.path`` with ``Connection: close`` and passes iff the status is
+  ``check.status``; a check whose ``path`` is None only opens a TCP connection. The whole probe
+  (connect, send, read) is bounded by ``check.timeout``.
+- ``wait_healthy(address, check, deadline=…, alive=…)``: probes every ``check.interval`` until
+  ``check.healthy`` consecutive passes, the deadline, or the host's process is gone (``alive``
+  lets a boot fail fast instead of waiting out the deadline against a dead process).
+- ``HealthMonitor``: for hosts already serving. Feeds probe results into per-host counters and
+  reports *transitions*: a healthy host turns unhealthy after ``check.unhealthy`` consecutive
+  failures, and back after ``check.healthy`` consecutive passes. One failed probe is noise; the
+  caller acts only when ``observe`` says the state changed.
+
+Probes use a raw asyncio connection and the httptools parser rather than an HTTP client: a
+probe is one short request, there is nothing to pool, and a fresh connection closed by us each
+time can never leak or be confused with a connection the host closed earlier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+import httptools
+
+from hinotori.model import HealthCheck
+
+_MAX_RESPONSE = 64 * 1024  # more than any health answer; a bigger one is cut, not an error
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str  # "HTTP 200", "HTTP 503: <body>", "connection refused", "timed out after 2s"
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Response:
+    """httptools callbacks: collects the status and the start of the body."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.complete = False
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) < _MAX_RESPONSE:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def _http(address: str, check: HealthCheck) -> ProbeResult:
+    host, port = _split(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n"
+                     "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n".encode())
+        resp = _Response()
+        parser = httptools.HttpResponseParser(resp)
+        received = 0
+        while not resp.complete and received < _MAX_RESPONSE:
+            data = await reader.read(16384)
+            if not data:
+                break
+            received += len(data)
+            parser.feed_data(data)
+        try:
+            status = parser.get_status_code()
+        except httptools.HttpParserError:
+            status = 0
+        if not status:
+            return ProbeResult(False, "connection closed before a response")
+        if status == check.status:
+            return ProbeResult(True, f"HTTP {status}")
+        text = bytes(resp.body).decode("utf-8", "replace").strip()[:200]
+        return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")
+    finally:
+        writer.close()
+
+
+async def _tcp(address: str) -> ProbeResult:
+    host, port = _split(address)
+    _, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    return ProbeResult(True, "TCP connect ok")
+
+
+async def probe(address: str, check: HealthCheck) -> ProbeResult:
+    """Run ``check`` once against ``address`` ("host:port"). Never raises."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            return await (_tcp(address) if check.path is None else _http(address, check))
+    except TimeoutError:
+        return ProbeResult(False, f"timed out after {check.timeout:g}s")
+    except ConnectionRefusedError:
+        return ProbeResult(False, "connection refused")
+    except ConnectionResetError:
+        return ProbeResult(False, "connection reset")
+    except httptools.HttpParserError as e:
+        return ProbeResult(False, f"bad HTTP response: {e}")
+    except (OSError, ValueError) as e:
+        return ProbeResult(False, f"connection error: {e}")
+
+
+async def wait_healthy(address: str, check: HealthCheck, *, deadline: float,
+                       alive: Callable[[], Awaitable[bool]] | None = None) -> ProbeResult:
+    """Probe until ``check.healthy`` consecutive passes (the passing result is returned), the
+    ``deadline`` (seconds from now) passes (the last failure, prefixed "not healthy after Xs: "),
+    or ``alive()`` turns False (ProbeResult(False, "process exited"))."""
+    end = time.monotonic() + deadline
+    passes, last = 0, None
+    while True:
+        if alive is not None and not await alive():
+            return ProbeResult(False, "process exited")
+        left = end - time.monotonic()
+        # Never let one probe overshoot the deadline by a whole timeout.
+        result = await probe(address, replace(check, timeout=max(0.05, min(check.timeout, left))))
+        if result.ok:
+            passes += 1
+            if passes >= check.healthy:
+                return result
+        else:
+            passes, last = 0, result
+        left = end - time.monotonic()
+        if left <= 0:
+            why = last.detail if last else (
+                f"only {passes} of {check.healthy} consecutive checks passed")
+            return ProbeResult(False, f"not healthy after {deadline:g}s: {why}")
+        await asyncio.sleep(min(check.interval, left))
+
+
+@dataclass
+class HostHealth:
+    """What the monitor knows of one host."""
+
+    healthy: bool = True  # hosts are watched once they passed wait_healthy
+    failures: int = 0  # consecutive
+    passes: int = 0  # consecutive
+    last: ProbeResult | None = None
+
+
+class HealthMonitor:
+    """Per-host failure counting for serving hosts; reports only state transitions.
+
+    ``record(host_id, result, check)`` is the pure core (no I/O, easy to test and to feed from
+    elsewhere, e.g. router error counts turned into results); ``observe`` probes and records;
+    ``observe_all`` probes many hosts concurrently. Each returns whether the state flipped, so
+    the caller acts once per transition rather than on every probe. ``forget`` a host once it
+    leaves service, or the monitor keeps its counters forever.
+    """
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, HostHealth] = {}
+
+    def status(self, host_id: str) -> HostHealth:
+        return self._hosts.setdefault(host_id, HostHealth())
+
+    def healthy(self, host_id: str) -> bool:
+        return self.status(host_id).healthy
+
+    def forget(self, host_id: str) -> None:
+        self._hosts.pop(host_id, None)
+
+    def record(self, host_id: str, result: ProbeResult, check: HealthCheck) -> bool:
+        """Count one result; True if the host just turned unhealthy or healthy again."""
+        h = self.status(host_id)
+        h.last = result
+        if result.ok:
+            h.passes, h.failures = h.passes + 1, 0
+            if not h.healthy and h.passes >= check.healthy:
+                h.healthy = True
+                return True
+        else:
+            h.passes, h.failures = 0, h.failures + 1
+            if h.healthy and h.failures >= check.unhealthy:
+                h.healthy = False
+                return True
+        return False
+
+    async def observe(self, host_id: str, address: str, check: HealthCheck) -> bool:
+        """Probe the host once and record the result; True if its state changed."""
+        return self.record(host_id, await probe(address, check), check)
+
+    async def observe_all(self, targets: Mapping[str, tuple[str, HealthCheck]]) -> dict[str, bool]:
+        """Probe every ``host_id -> (address, check)`` at once; returns ``host_id -> healthy``
+        for the hosts whose state changed."""
+        ids = list(targets)
+        changed = await asyncio.gather(*(self.observe(i, *targets[i]) for i in ids))
+        return {i: self._hosts[i].healthy for i, c in zip(ids, changed, strict=True) if c}
