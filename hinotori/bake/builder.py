@@ -123,8 +123,14 @@ def _run_steps(steps: Sequence[Step], scratch: Path, rootfs: Path, epoch: int | 
     for i, step in enumerate(steps, start=1):
         say(f"step {i}/{len(steps)}: {step.describe()}")
         step.execute(StepContext(build_dir=rootfs, env=env, log_dir=logs, index=i))
-    for d in (home, tmp, logs):
-        force_remove(d)
+    # Steps are not sandboxed: one may have written beside the build dir, or replaced it. Only a
+    # real rootfs directory goes on, and nothing else in the scratch reaches the image directory.
+    if rootfs.is_symlink() or not rootfs.is_dir():
+        raise BakeError("a step removed or replaced the build directory itself",
+                        hint="steps must change files inside their working directory")
+    for extra in scratch.iterdir():
+        if extra != rootfs:
+            force_remove(extra)
 
 
 def _seal(scratch: Path, epoch: int | None) -> None:

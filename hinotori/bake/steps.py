@@ -24,9 +24,12 @@ own (which would make images depend on who baked them):
                              SOURCE_DATE_EPOCH set, py_compile writes hash-based .pyc files
     + the step's own ``env``
 
-A ``RunStep`` runs in its own session with output (stdout and stderr together) going to a log file
-beside the build dir, not a pipe: a step that leaves a background process behind cannot hang the
-bake, and when the step's main process exits, anything left in its process group is killed, so
+Steps are not sandboxed (this is the process flavour of bake): they run as the baker, and the
+clean environment is about reproducibility, not isolation.
+
+A ``RunStep`` runs in its own session with output (stdout and stderr together) going to a log
+file beside the build dir, not a pipe: a step that leaves a background process behind cannot hang
+the bake, and when the step's main process exits, anything left in its process group is killed, so
 nothing keeps writing into the tree after it is measured.
 """
 

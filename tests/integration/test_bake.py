@@ -138,6 +138,15 @@ def test_refused_path_from_a_step_stores_nothing(tmp_path: Path, store: ImageSto
     assert scratch_leftovers(store) == []
 
 
+def test_only_rootfs_and_metadata_reach_the_image_dir(tmp_path: Path, store: ImageStore) -> None:
+    ctx = make_context(tmp_path / "ctx")
+    image = bake(ctx, [RunStep("echo stray > ../stray.txt")], store).image
+    assert sorted(os.listdir(image.path)) == ["image.json", "manifest.json", "rootfs"]
+    with pytest.raises(BakeError, match="replaced the build directory"):
+        bake(ctx, [RunStep("cd .. && rm -rf rootfs && ln -s /tmp rootfs")], store)
+    assert scratch_leftovers(store) == []
+
+
 def test_missing_command_and_missing_context(tmp_path: Path, store: ImageStore) -> None:
     ctx = make_context(tmp_path / "ctx")
     with pytest.raises(BakeError, match="could not start"):
