@@ -6,7 +6,7 @@ images, so the last move is a single atomic rename)::
     scratch/rootfs   <- copy of the context, minus ignored paths     (context.py)
     scratch/home, scratch/tmp, scratch/logs                           (steps' HOME, TMPDIR, output)
     run each step in scratch/rootfs                                   (steps.py)
-    drop home, tmp, logs; normalise rootfs                            (normalise.py)
+    drop everything but rootfs; normalise rootfs                     (normalise.py)
     manifest of rootfs -> digest                                      (manifest.py)
     digest already stored?  -> discard scratch, reused=True
     else write manifest.json + image.json, rename scratch -> <root>/sha256-<hex>
