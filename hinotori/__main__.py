@@ -1,0 +1,3 @@
+from hinotori.cli.app import main
+
+main()

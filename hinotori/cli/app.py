@@ -1,0 +1,172 @@
+"""The `hinotori` command. Thin: parse, call the library or the controller API, render.
+
+Reading commands (status, hosts, releases, history) read the state store directly, so they work
+whether or not a controller runs; commands that change traffic (deploy, rollback, down) go
+through the controller, the only owner of the router and the hosts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hinotori.cli import controlcmds, render
+from hinotori.cli.render import console
+from hinotori.errors import HinotoriError, SpecError
+from hinotori.examples import example_dir
+from hinotori.model import HostState
+from hinotori.project import Project
+from hinotori.spec import SPEC_FILE
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Immutable Infrastructure: bake, verify, deploy, observe, burn.")
+app.command("up")(controlcmds.up)
+app.command("down")(controlcmds.down)
+app.command("deploy")(controlcmds.deploy)
+app.command("rollback")(controlcmds.rollback)
+app.command("status")(controlcmds.status)
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument()] = Path("."),
+         force: Annotated[bool, typer.Option(help="overwrite an existing spec")] = False) -> None:
+    """Write a commented starter hinotori.toml and a small example app."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / SPEC_FILE).exists() and not force:
+        raise SpecError("a spec already exists here", file=str(directory / SPEC_FILE),
+                        hint="pass --force to overwrite it")
+    source = example_dir("hello")
+    written = []
+    for item in sorted(source.iterdir()):
+        if item.name.startswith("__") or item.suffix == ".pyc":
+            continue
+        shutil.copy2(item, directory / item.name)
+        written.append(item.name)
+    console.print(f"wrote {', '.join(written)} in {directory.resolve()}")
+    console.print("next: [bold]hinotori up -d[/] && [bold]hinotori bake web[/] && "
+                  "[bold]hinotori deploy web[/]")
+
+
+@app.command()
+def bake(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
+         spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """Bake the service's image from its recipe; make a release if anything changed."""
+    from hinotori.releases import bake_service
+
+    project = Project.load(spec)
+    names = [service] if service else sorted(project.spec.services)
+    results = []
+    for name in names:
+        project.service(name)
+        with console.status(f"baking {name}…") as status:
+            result, outcome = bake_service(
+                project, name, on_progress=lambda m, s=status, n=name: s.update(f"{n}: {m}"))
+        release = outcome.release
+        results.append({"service": name, "image": result.image.digest, "reused": result.reused,
+                        "release": release.name, "release_created": outcome.created,
+                        "files": result.image.provenance.get("file_count")})
+        if not json_out:
+            verb = "new release" if outcome.created else "no change, still"
+            console.print(f"[bold]{name}[/]: image {render.short_digest(result.image.digest)}"
+                          f"{' (already stored)' if result.reused else ''} — {verb} "
+                          f"[bold]{release.name}[/]")
+    if json_out:
+        render.print_json(results)
+
+
+@app.command()
+def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
+          all_: Annotated[bool, typer.Option("--all", help="include destroyed hosts")] = False,
+          json_out: JsonOpt = False) -> None:
+    """Hosts and their state."""
+    project = Project.load(spec)
+    states = None if all_ else [s for s in HostState if s.alive]
+    found = project.store.hosts(service, states)
+    if json_out:
+        render.print_json([{"id": h.id, "service": h.service, "release": f"v{h.release}",
+                            "state": str(h.state), "address": h.address, "pid": h.pid,
+                            "born_at": h.born_at, "root": h.root, "provider": h.provider,
+                            "warm_until": h.warm_until} for h in found])
+        return
+    render.table(None, ["host", "service", "release", "state", "address", "pid", "age"],
+                 [(h.id, h.service, f"v{h.release}", h.state, h.address, h.pid,
+                   render.age(h.born_at)) for h in found])
+
+
+@app.command()
+def releases(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
+             json_out: JsonOpt = False) -> None:
+    """Releases (never edited), newest last, with which one serves."""
+    project = Project.load(spec)
+    rows: list[dict[str, Any]] = []
+    for r in project.store.releases(service):
+        current, previous = project.store.service_releases(r.service)
+        mark = "current" if r.number == current else "previous" if r.number == previous else ""
+        rows.append({"service": r.service, "release": r.name, "image": r.image,
+                     "created_at": r.created_at, "reason": r.reason, "role": mark,
+                     "config": r.config.to_dict()})
+    if json_out:
+        render.print_json(rows)
+        return
+    render.table(None, ["service", "release", "image", "created", "reason", "env", ""],
+                 [(r["service"], r["release"], render.short_digest(r["image"]),
+                   render.when(r["created_at"]), r["reason"],
+                   " ".join(f"{k}={v}" for k, v in r["config"]["env"].items()), r["role"])
+                  for r in rows])
+
+
+@app.command()
+def history(service: Annotated[str | None, typer.Argument(help="filter by subject")] = None,
+            spec: SpecOpt = Path("."),
+            limit: Annotated[int, typer.Option(help="newest N events")] = 50,
+            action: Annotated[str | None, typer.Option(help="action prefix, e.g. host.")] = None,
+            json_out: JsonOpt = False) -> None:
+    """The append-only event log: who did what, when, and why."""
+    project = Project.load(spec)
+    events = project.store.events(subject=service, action=action, limit=limit)
+    if json_out:
+        render.print_json([e.__dict__ for e in events])
+        return
+    render.table(None, ["when", "actor", "action", "subject", "detail"],
+                 [(render.when(e.ts), e.actor, e.action, e.subject,
+                   ", ".join(f"{k}={v}" for k, v in e.detail.items() if v not in (None, "")))
+                  for e in events])
+
+
+@app.command()
+def demo(keep: Annotated[bool, typer.Option(help="keep the temporary project")] = False,
+         clients: Annotated[int, typer.Option(help="concurrent keep-alive clients")] = 50,
+         rate: Annotated[float, typer.Option(help="total requests/s")] = 400.0,
+         json_out: JsonOpt = False) -> None:
+    """Run the whole lifecycle under load in a temporary project; exit 0 only if no request
+    failed."""
+    from hinotori.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep, clients=clients, rate=rate, json_out=json_out))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HinotoriError as e:
+        render.print_error(e)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        render.err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here with standalone_mode off
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

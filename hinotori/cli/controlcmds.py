@@ -1,0 +1,284 @@
+"""Commands that talk to the controller: up, down, deploy, rollback, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hinotori.cli import render
+from hinotori.cli.render import console
+from hinotori.controller.client import ControllerClient
+from hinotori.durations import parse_duration
+from hinotori.errors import ControllerError, DeployError, HinotoriError, SpecError
+from hinotori.project import Project
+from hinotori.releases import config_with_env, ensure_release
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+LockWait = Annotated[str, typer.Option("--lock-wait", help="wait this long for another "
+                                       "deployment of the service, e.g. 30s")]
+
+
+def up(spec: SpecOpt = Path("."),
+       detach: Annotated[bool, typer.Option("-d", "--detach", help="run in the background")]
+       = False) -> None:
+    """Run the controller (router, hosts, API). Ctrl-C stops the controller only: hosts and
+    router keep serving, and the next `up` adopts them."""
+    project = Project.load(spec)
+    if detach:
+        _start_detached(project)
+        return
+    from hinotori.controller.daemon import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console.print(f"controller for [bold]{project.spec.project.name}[/]: router on "
+                  f"{project.spec.router.listen}")
+    asyncio.run(serve(project))
+
+
+def _start_detached(project: Project) -> None:
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    if project.controller_file.exists() and _answers(project):
+        console.print("controller already running")
+        return
+    project.controller_file.unlink(missing_ok=True)
+    with open(project.controller_log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hinotori", "up", "--spec", str(project.loaded.path)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            cwd=project.root)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = project.controller_log.read_text(errors="replace").splitlines()[-15:]
+            raise ControllerError("the controller exited while starting:\n  " + "\n  ".join(tail),
+                                  hint=f"full log: {project.controller_log}")
+        if project.controller_file.exists() and _answers(project):
+            info = json.loads(project.controller_file.read_text())
+            console.print(f"controller up (pid {info['pid']}), API http://{info['address']}, "
+                          f"router {info['router']}")
+            return
+        time.sleep(0.1)
+    raise ControllerError("the controller did not come up within 30s",
+                          hint=f"see {project.controller_log}")
+
+
+def _answers(project: Project) -> bool:
+    try:
+        client = ControllerClient(project, timeout=2.0)
+        try:
+            client.status()
+        finally:
+            client.close()
+        return True
+    except HinotoriError:
+        return False
+
+
+def down(spec: SpecOpt = Path(".")) -> None:
+    """Stop the controller, its hosts and the router."""
+    project = Project.load(spec)
+    try:
+        client = ControllerClient(project, timeout=5.0)
+        pid = client.info["pid"]
+        client.shutdown(teardown=True)
+        client.close()
+    except ControllerError:
+        _teardown_without_controller(project)
+        return
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        raise ControllerError(f"the controller (pid {pid}) did not stop within 120s",
+                              hint=f"kill it: kill {pid}; then run `hinotori down` again")
+    console.print("controller, hosts and router stopped")
+
+
+def _teardown_without_controller(project: Project) -> None:
+    """No controller answers: stop whatever it left running, straight from the store."""
+    from hinotori.controller.daemon import Controller
+    from hinotori.deploy.fleet import LIVE_STATES
+
+    live = project.store.hosts(states=LIVE_STATES)
+
+    async def run() -> None:
+        controller = Controller(project)
+        controller.claim()  # refuses if a controller is alive but not answering
+        controller.teardown = True
+        await controller.stop()
+
+    asyncio.run(run())
+    console.print(f"no controller was running; stopped {len(live)} host(s) and the router")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own detached child not yet reaped) counts as stopped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _parse_release(text: str | None) -> int | None:
+    if text is None:
+        return None
+    digits = text.lower().removeprefix("v")
+    if not digits.isdigit():
+        raise SpecError(f"--release {text!r} is not a release", key="--release",
+                        hint="write it as v3 or 3; `hinotori releases` lists them")
+    return int(digits)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise SpecError(f"--env {pair!r} is not KEY=VALUE", key="--env",
+                            hint="e.g. --env HELLO_VERSION=2")
+        env[key] = value
+    return env
+
+
+def deploy(service: str, spec: SpecOpt = Path("."),
+           release: Annotated[str | None, typer.Option("--release", help="e.g. v3")] = None,
+           env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE: a "
+                          "config-only release from the current image")] = None,
+           lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
+    """Deploy a release (default: the newest) blue-green, with zero dropped requests."""
+    project = Project.load(spec)
+    project.service(service)
+    wait = parse_duration(lock_wait)
+    number = _parse_release(release)
+    if number is None:
+        # A changed spec config or --env makes a config-only release first (never an edit).
+        overrides = _parse_env(env or [])
+        if project.store.latest_release(service) is None:
+            raise DeployError(f"{service} has no image yet",
+                              hint=f"run `hinotori bake {service}` first")
+        outcome = ensure_release(project, service, config=config_with_env(project, service,
+                                 overrides), reason="config change" if not overrides else
+                                 "deploy --env " + " ".join(env or []))
+        if outcome.created and not json_out:
+            console.print(f"config changed: new release [bold]{outcome.release.name}[/]")
+        number = outcome.release.number
+    elif env:
+        raise SpecError("--env and --release cannot be combined", key="--env",
+                        hint="--env makes a new release from the current image")
+    _run_deployment(project, service, "deploy", number, wait, json_out)
+
+
+def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+             json_out: JsonOpt = False) -> None:
+    """Switch back to the previous release: instantly while it is warm, else boot it."""
+    project = Project.load(spec)
+    project.service(service)
+    _run_deployment(project, service, "rollback", None, parse_duration(lock_wait), json_out)
+
+
+def _run_deployment(project: Project, service: str, kind: str, release: int | None,
+                    lock_wait: float, json_out: bool) -> None:
+    client = ControllerClient(project)
+    try:
+        number = client.start_deployment(service, kind, release=release, lock_wait=lock_wait,
+                                          actor=_actor())
+        if number is None:
+            current, _ = project.store.service_releases(service)
+            if json_out:
+                render.print_json({"deployment": None, "serving": f"v{current}"})
+            else:
+                console.print(f"{service} v{current} is already serving; nothing to deploy")
+            return
+        on_step = (lambda _: None) if json_out else _print_step
+        dep = client.follow(number, on_step)
+    finally:
+        client.close()
+    if json_out:
+        render.print_json(dep)
+    if dep["state"] != "succeeded":
+        if not json_out:
+            render.err_console.print(f"[bold red]{kind} {number} failed:[/] {dep['error']}",
+                                     highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if not json_out:
+        s = dep["summary"]
+        how = "instantly from warm hosts" if s.get("instant") else \
+            f"boot→healthy {s.get('boot_to_healthy_s')}s"
+        console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}, switch "
+                      f"{s['switch_ms']} ms, drain {s['drain_s']}s, total {s['total_s']}s)")
+
+
+def _print_step(step: dict[str, Any]) -> None:
+    name = step["step"]
+    text = {
+        "boot": lambda s: f"booting {s['replicas']} host(s) of {s['release']}",
+        "host.booted": lambda s: f"  {s['host']} started on {s['address']}",
+        "host.ready": lambda s: f"  {s['host']} healthy",
+        "host.failed": lambda s: f"  [red]{s['host']} failed[/]: {s['detail']}",
+        "switched": lambda s: f"switched traffic to {s['release']} in {s['switch_ms']} ms",
+        "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in {s['drain_s']}s",
+        "cold": lambda s: f"{s['why']}",
+    }.get(name)
+    console.print(text(step) if text else f"{name}: {step}", highlight=False)
+
+
+def _actor() -> str:
+    from hinotori.store import default_actor
+
+    return f"cli:{default_actor()}"
+
+
+def status(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """What serves now: per service, current and previous release and its hosts."""
+    project = Project.load(spec)
+    try:
+        client = ControllerClient(project, timeout=5.0)
+        data = client.status()
+        client.close()
+        data["controller"] = "running"
+    except ControllerError:
+        data = {"controller": "not running", "router": project.spec.router.listen,
+                "services": [_offline_status(project, name) for name in
+                             sorted(project.spec.services)]}
+    if json_out:
+        render.print_json(data)
+        return
+    pid = f" (pid {data['pid']}, up {data['uptime_s']}s)" if "pid" in data else ""
+    console.print(f"controller: {data['controller']}{pid}; router: {data['router']}")
+    render.table(None, ["service", "current", "previous", "latest", "replicas", "hosts", "lock"],
+                 [(s["name"], _v(s["current"]), _v(s["previous"]), _v(s["latest"]),
+                   s["replicas"], " ".join(f"{k}={v}" for k, v in sorted(s["hosts"].items())),
+                   s["locked_by"] or "") for s in data["services"]])
+
+
+def _offline_status(project: Project, name: str) -> dict[str, Any]:
+    current, previous = project.store.service_releases(name)
+    latest = project.store.latest_release(name)
+    counts: dict[str, int] = {}
+    for h in project.store.hosts(name):
+        if h.state.alive:
+            counts[str(h.state)] = counts.get(str(h.state), 0) + 1
+    return {"name": name, "current": current, "previous": previous,
+            "latest": latest.number if latest else None,
+            "replicas": project.service(name).replicas, "hosts": counts, "locked_by": None}
+
+
+def _v(n: int | None) -> str:
+    return f"v{n}" if n else "-"
+

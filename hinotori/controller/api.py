@@ -1,0 +1,105 @@
+"""The controller's HTTP API (loopback by default, bearer-token auth), used by the CLI.
+
+Errors a user can cause come back as JSON {"error", "hint", "type"} with a fitting status, so
+the client can raise the same HinotoriError on its side.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from hinotori import __version__
+from hinotori.controller.daemon import Controller
+from hinotori.errors import HinotoriError, LockedError, NotFound
+from hinotori.model import HostState
+
+
+class Unauthorised(HinotoriError):
+    pass
+
+
+_STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
+
+
+class DeployBody(BaseModel):
+    release: int | None = None
+    lock_wait: float = Field(0.0, ge=0)
+    actor: str = "api"
+
+
+class ShutdownBody(BaseModel):
+    teardown: bool = True
+
+
+def create_app(controller: Controller, token: str) -> FastAPI:
+    def authorised(authorization: str | None = Header(default=None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given.encode(), token.encode()):
+            raise Unauthorised("missing or wrong API token",
+                                hint="the token is in .hinotori/token of the project")
+
+    app = FastAPI(title="hinotori controller", version=__version__,
+                  dependencies=[Depends(authorised)])
+    store, fleet = controller.store, controller.fleet
+
+    @app.exception_handler(HinotoriError)
+    async def _error(_: Request, exc: HinotoriError) -> JSONResponse:
+        status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
+        return JSONResponse({"error": exc.message, "hint": exc.hint,
+                             "type": type(exc).__name__}, status_code=status)
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        services = []
+        for name in sorted(controller.project.spec.services):
+            current, previous = store.service_releases(name)
+            hosts = fleet.hosts(name)
+            counts: dict[str, int] = {}
+            for h in hosts:
+                if h.state.alive:
+                    counts[str(h.state)] = counts.get(str(h.state), 0) + 1
+            lock = controller.locks.holder(name)
+            services.append({
+                "name": name, "current": current, "previous": previous,
+                "replicas": fleet.service(name).replicas, "hosts": counts,
+                "locked_by": lock[0] if lock else None,
+                "latest": (r.number if (r := store.latest_release(name)) else None)})
+        return {"pid": os.getpid(), "version": __version__,
+                "uptime_s": round(time.time() - controller.started_at, 1),
+                "router": controller.project.spec.router.listen, "services": services}
+
+    @app.post("/v1/services/{service}/deploy")
+    async def deploy(service: str, body: DeployBody) -> dict[str, Any]:
+        number = await controller.start_deployment(service, kind="deploy", release=body.release,
+                                                   lock_wait=body.lock_wait, actor=body.actor)
+        return {"deployment": number}
+
+    @app.post("/v1/services/{service}/rollback")
+    async def rollback(service: str, body: DeployBody) -> dict[str, Any]:
+        number = await controller.start_deployment(service, kind="rollback", release=None,
+                                                   lock_wait=body.lock_wait, actor=body.actor)
+        return {"deployment": number}
+
+    @app.get("/v1/deployments/{number}")
+    async def deployment(number: int) -> dict[str, Any]:
+        return store.deployment(number)
+
+    @app.get("/v1/hosts")
+    async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+        states = None if all else [s for s in HostState if s.alive]
+        return [h.to_dict() for h in store.hosts(service, states)]
+
+    @app.post("/v1/shutdown")
+    async def shutdown(body: ShutdownBody) -> dict[str, Any]:
+        controller.teardown = body.teardown
+        controller.stopping.set()
+        return {"stopping": True, "teardown": body.teardown}
+
+    return app

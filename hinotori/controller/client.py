@@ -1,0 +1,85 @@
+"""The CLI's side of the controller API: find the controller, call it, turn errors back into
+HinotoriErrors, and follow a deployment until it ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from hinotori import errors
+from hinotori.errors import ControllerError, HinotoriError
+from hinotori.project import Project
+
+NOT_RUNNING_HINT = "start it with `hinotori up -d`"
+
+
+class ControllerClient:
+    def __init__(self, project: Project, timeout: float = 30.0) -> None:
+        self.project = project
+        info = project.controller_file
+        if not info.exists():
+            raise ControllerError(f"no controller is running for {project.root}",
+                                  hint=NOT_RUNNING_HINT)
+        self.info = json.loads(info.read_text())
+        self.http = httpx.Client(base_url=f"http://{self.info['address']}", timeout=timeout,
+                                 headers={"Authorization": f"Bearer {project.token()}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ControllerError(
+                f"the controller at {self.info['address']} does not answer "
+                f"({e.__class__.__name__})",
+                hint=f"it may have stopped: {NOT_RUNNING_HINT}") from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    def status(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/status")
+
+    def start_deployment(self, service: str, kind: str, *, release: int | None = None,
+                         lock_wait: float = 0.0, actor: str = "cli") -> int | None:
+        body = {"release": release, "lock_wait": lock_wait, "actor": actor}
+        timeout = max(30.0, lock_wait + 30.0)
+        return self.call("POST", f"/v1/services/{service}/{kind}", json=body,
+                         timeout=timeout)["deployment"]
+
+    def follow(self, number: int, on_step: Callable[[dict[str, Any]], None],
+               poll: float = 0.1) -> dict[str, Any]:
+        """Poll the deployment, calling ``on_step`` once per new step, until it has ended."""
+        seen = 0
+        while True:
+            dep = self.call("GET", f"/v1/deployments/{number}")
+            for step in dep["steps"][seen:]:
+                on_step(step)
+            seen = len(dep["steps"])
+            if dep["state"] != "running":
+                return dep
+            time.sleep(poll)
+
+    def shutdown(self, teardown: bool = True) -> None:
+        self.call("POST", "/v1/shutdown", json={"teardown": teardown})
+
+
+def _error_from(response: httpx.Response) -> HinotoriError:
+    try:
+        body = response.json()
+    except ValueError:
+        return ControllerError(f"controller answered HTTP {response.status_code}")
+    if not isinstance(body, dict) or "error" not in body:
+        detail = body.get("detail") if isinstance(body, dict) else body
+        return ControllerError(f"controller refused the request ({response.status_code}): "
+                               f"{detail}")
+    cls = getattr(errors, body.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, HinotoriError)) or cls is errors.SpecError:
+        cls = ControllerError
+    return cls(body["error"], hint=body.get("hint"))

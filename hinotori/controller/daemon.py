@@ -1,0 +1,293 @@
+"""The controller: the long-running control plane of one project (`hinotori up`).
+
+It owns the router and the providers through a Fleet, serves the local API, and runs two small
+loops: the health monitor (a serving host that dies or keeps failing its health check is taken
+out of traffic while a healthy one remains) and the reaper (warm hosts past keep_previous are
+burned).
+
+The data plane and the hosts are separate processes that outlive the controller. So a controller
+killed with SIGKILL loses nothing: the next one adopts the router workers, re-adopts every live
+host the store knows, destroys hosts nobody knows (orphans) and hosts a half-done deployment
+left unrouted, marks that deployment failed, and re-applies the table the store describes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from hinotori.deploy import bluegreen
+from hinotori.deploy.fleet import LIVE_STATES, Fleet
+from hinotori.deploy.locks import ServiceLocks
+from hinotori.errors import ControllerError, DeployError, HinotoriError
+from hinotori.health import probe
+from hinotori.model import Host, HostState
+from hinotori.project import Project
+from hinotori.providers.base import Provider
+from hinotori.providers.process import ProcessProvider
+from hinotori.router.base import Router
+from hinotori.router.builtin import BuiltinRouter
+
+log = logging.getLogger("hinotori.controller")
+
+ACTOR = "controller"
+UNROUTED = (HostState.BOOTING, HostState.VERIFYING, HostState.READY)
+
+
+def make_providers(project: Project) -> dict[str, Provider]:
+    return {"process": ProcessProvider(project.hosts_dir)}
+
+
+def make_router(project: Project) -> Router:
+    r = project.spec.router
+    return BuiltinRouter(project.router_dir, r.listen, workers=r.workers)
+
+
+def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
+    return Fleet(spec=project.spec, store=project.store, providers=make_providers(project),
+                 router=make_router(project), image_root=lambda d: project.images.rootfs(d),
+                 hosts_dir=project.hosts_dir, actor=actor)
+
+
+class Controller:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.store = project.store
+        self.fleet = make_fleet(project)
+        self.locks = ServiceLocks()
+        self.stopping = asyncio.Event()
+        self.teardown = False  # set by `down`: also destroy hosts and stop the router
+        self.started_at = time.time()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failures: dict[str, int] = {}
+        self._lock_file: Any = None
+
+    # -- life cycle ----------------------------------------------------------------------
+    def claim(self) -> None:
+        """Only one controller per project: an exclusive lock the kernel frees if we die."""
+        self.project.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.project.state_dir / "controller.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = self.project.controller_file
+            pid = json.loads(info.read_text()).get("pid") if info.exists() else "?"
+            raise ControllerError(f"a controller is already running for this project (pid {pid})",
+                                  hint="`hinotori status` talks to it; `hinotori down` stops it"
+                                  ) from None
+
+    async def start(self) -> None:
+        self.claim()
+        await self.fleet.router.start()
+        await self.adopt()
+        self.spawn(self._monitor_loop())
+        self.spawn(self._reaper_loop())
+        self.store.record(ACTOR, "controller.started", self.project.spec.project.name,
+                          {"pid": os.getpid()})
+
+    async def adopt(self) -> None:
+        """Find the same truth after a restart (see the module docstring)."""
+        fleet, known = self.fleet, set()
+        for host in self.store.hosts(states=LIVE_STATES):
+            known.add(host.id)
+            if host.provider not in fleet.providers or not await fleet.provider(host).adopt(host):
+                fleet._set(host, HostState.FAILED, "found dead when the controller started")
+                await fleet.destroy([host], why="found dead when the controller started")
+            elif host.state in UNROUTED:
+                await fleet.destroy([host], why="left unrouted by an interrupted deployment")
+            elif host.state == HostState.DRAINING:
+                fleet.keep_warm([host], fleet.service(host.service).keep_previous
+                                if host.service in fleet.spec.services else 0)
+        for provider in fleet.providers.values():
+            orphans = [h for h in await provider.list() if h.id not in known]
+            for orphan in orphans:
+                await provider.destroy(orphan, grace=5.0)
+                self.store.record(ACTOR, "host.orphan-destroyed", f"{orphan.service}/{orphan.id}",
+                                  {"pid": orphan.pid})
+        for dep in self.store.deployments():
+            if dep["state"] == "running":
+                self.store.finish_deployment(dep["id"], "failed", actor=ACTOR,
+                                             error="interrupted: the controller stopped")
+        await fleet.sync_router()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.teardown:
+            hosts = self.store.hosts(states=LIVE_STATES)
+            await self.fleet.destroy(hosts, why="hinotori down")
+            await self.fleet.router.stop()
+        self.store.record(ACTOR, "controller.stopped", self.project.spec.project.name,
+                          {"teardown": self.teardown})
+        with contextlib.suppress(FileNotFoundError):
+            self.project.controller_file.unlink()
+
+    # -- deployments ---------------------------------------------------------------------
+    async def start_deployment(self, service: str, *, kind: str, release: int | None,
+                               lock_wait: float, actor: str) -> int | None:
+        """Take the service's lock, record the deployment and run it in the background.
+        Returns its id, or None when the wanted release is already serving."""
+        self.fleet.service(service)
+        hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
+        await hold.__aenter__()
+        try:
+            current, previous = self.store.service_releases(service)
+            if kind == "rollback":
+                if previous is None:
+                    raise DeployError(f"{service} has no previous release to roll back to",
+                                      hint="a rollback needs a service deployed at least twice")
+                target = previous
+            else:
+                latest = self.store.latest_release(service)
+                if latest is None and release is None:
+                    raise DeployError(f"{service} has no release yet",
+                                      hint=f"run `hinotori bake {service}` first")
+                target = release if release is not None else latest.number  # type: ignore[union-attr]
+                self.store.release(service, target)  # raises NotFound for a bad --release
+                serving = self.fleet.hosts(service, HostState.SERVING)
+                if target == current and serving:
+                    await hold.__aexit__(None, None, None)
+                    return None
+            number = self.store.create_deployment(
+                service, strategy=bluegreen.STRATEGY, kind=kind, from_release=current,
+                to_release=target, actor=actor)
+        except BaseException:
+            await hold.__aexit__(None, None, None)
+            raise
+        self.spawn(self._run_deployment(number, service, kind, target, hold))
+        return number
+
+    async def _run_deployment(self, number: int, service: str, kind: str, target: int,
+                              hold: Any) -> None:
+        def progress(step: str, detail: dict[str, Any]) -> None:
+            self.store.add_deployment_step(number, {"step": step, **detail})
+
+        try:
+            if kind == "rollback":
+                summary = await bluegreen.rollback(self.fleet, service, progress)
+            else:
+                release = self.store.release(service, target)
+                summary = await bluegreen.deploy(self.fleet, release, progress)
+            self.store.finish_deployment(number, "succeeded", actor=ACTOR, summary=summary)
+        except HinotoriError as e:
+            self.store.finish_deployment(number, "failed", actor=ACTOR, error=str(e))
+        except asyncio.CancelledError:
+            self.store.finish_deployment(number, "failed", actor=ACTOR,
+                                         error="interrupted: the controller stopped")
+            raise
+        except Exception as e:  # a bug: keep the controller alive and say what happened
+            log.exception("deployment %s crashed", number)
+            self.store.finish_deployment(number, "failed", actor=ACTOR,
+                                         error=f"internal error: {e!r}")
+        finally:
+            await hold.__aexit__(None, None, None)
+
+    # -- loops ---------------------------------------------------------------------------
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self._monitor_once()
+            except Exception:
+                log.exception("health monitor pass failed")
+
+    async def _monitor_once(self) -> None:
+        """Take a dead or persistently unhealthy serving host out of traffic, as long as
+        another healthy host of its service remains (invariant 2, without emptying a service)."""
+        for service in self.fleet.spec.services:
+            if self.locks.locked(service):
+                continue  # a deployment owns the service's hosts right now
+            serving = self.fleet.hosts(service, HostState.SERVING)
+            bad: list[tuple[Host, str]] = []
+            check = self.fleet.service(service).health.check()
+            for host in serving:
+                if not await self.fleet.provider(host).adopt(host):
+                    bad.append((host, "process exited"))
+                    continue
+                result = await probe(host.address or "", check)
+                fails = 0 if result.ok else self._failures.get(host.id, 0) + 1
+                self._failures[host.id] = fails
+                if fails >= check.unhealthy:
+                    bad.append((host, f"failed {fails} health checks: {result.detail}"))
+            if not bad or len(bad) >= len(serving):
+                continue  # nothing to do, or nothing healthy left to move traffic to
+            keep = [h for h in serving if h.id not in {b.id for b, _ in bad}]
+            await self.fleet.switch(service, keep, [], why="health monitor")
+            for host, why in bad:
+                self.fleet._set(host, HostState.FAILED, why)
+                await self.fleet.destroy([host], why=why)
+                self._failures.pop(host.id, None)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                now = time.time()
+                expired = [h for h in self.store.hosts(states=[HostState.WARM])
+                           if (h.warm_until or 0) <= now and not self.locks.locked(h.service)]
+                if expired:
+                    await self.fleet.destroy(expired, why="keep_previous expired")
+            except Exception:
+                log.exception("reaper pass failed")
+
+
+def bind_api_socket(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    sock = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as e:
+        sock.close()
+        raise ControllerError(f"cannot listen on {listen} for the API: {e.strerror}",
+                              hint="change [controller] listen, or use port 0 for any") from None
+    sock.listen(128)
+    return sock
+
+
+async def serve(project: Project) -> None:
+    """Run the controller until SIGTERM/SIGINT (controller only) or `down` (everything)."""
+    import uvicorn
+
+    from hinotori.controller.api import create_app
+
+    controller = Controller(project)
+    await controller.start()
+    sock = bind_api_socket(project.spec.controller.listen)
+    address = "{}:{}".format(*sock.getsockname()[:2])
+    app = create_app(controller, project.token())
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           access_log=False))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.stopping.set)
+    api = asyncio.create_task(server.serve(sockets=[sock]))
+    info = {"pid": os.getpid(), "address": address, "started_at": controller.started_at,
+            "router": project.spec.router.listen}
+    tmp = project.controller_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(project.controller_file)
+    log.info("controller up: api http://%s, router %s", address, project.spec.router.listen)
+    try:
+        await controller.stopping.wait()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(api, 5)
+        await controller.stop()

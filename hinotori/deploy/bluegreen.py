@@ -1,0 +1,85 @@
+"""Blue-green: boot a full set of the new release beside the old, switch all traffic at once.
+
+deploy:   boot N new (parallel) -> all healthy? -> one atomic switch -> drain old -> keep old warm
+rollback: previous release still warm and healthy -> one atomic switch back (instant);
+          otherwise a normal blue-green deploy of the previous release from its image.
+
+If any new host fails, nothing is switched and every new host is destroyed (Fleet.boot_healthy),
+so a failed deployment leaves traffic exactly where it was.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hinotori.deploy.fleet import Fleet, Progress
+from hinotori.errors import DeployError
+from hinotori.model import Host, HostState, Release
+
+STRATEGY = "blue-green"
+
+
+async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
+                 kind: str = "deploy") -> dict[str, Any]:
+    service = release.service
+    svc = fleet.service(service)
+    current, previous = fleet.store.service_releases(service)
+    old = fleet.hosts(service, HostState.SERVING)
+    started = time.monotonic()
+
+    progress("boot", {"release": release.name, "replicas": svc.replicas})
+    new = await fleet.boot_healthy(service, release, svc.replicas, progress)
+    healthy_s = time.monotonic() - started
+
+    switch_s = await fleet.switch(service, new, old, why=f"{kind} to {release.name}")
+    progress("switched", {"release": release.name, "switch_ms": round(switch_s * 1000, 2),
+                          "hosts": [h.id for h in new]})
+    left = current if current != release.number else previous
+    fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
+                                     why=f"{kind} to {release.name}")
+    drain_s = await _retire(fleet, service, old, progress)
+    return {"release": release.name, "instant": False, "boot_to_healthy_s": round(healthy_s, 3),
+            "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
+            "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}
+
+
+async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, Any]:
+    svc = fleet.service(service)
+    current, previous = fleet.store.service_releases(service)
+    if previous is None:
+        raise DeployError(f"{service} has no previous release to roll back to",
+                          hint=f"`hinotori deploy {service} --release vN` deploys any release")
+    target = fleet.store.release(service, previous)
+    warm = [h for h in fleet.hosts(service, HostState.WARM) if h.release == previous]
+    if len(warm) >= svc.replicas and await fleet.healthy_now(warm):
+        started = time.monotonic()
+        old = fleet.hosts(service, HostState.SERVING)
+        switch_s = await fleet.switch(service, warm, old, why=f"rollback to {target.name}")
+        progress("switched", {"release": target.name, "switch_ms": round(switch_s * 1000, 2),
+                              "warm": True, "hosts": [h.id for h in warm]})
+        fleet.store.set_service_releases(service, previous, current, actor=fleet.actor,
+                                         why=f"rollback to {target.name}")
+        drain_s = await _retire(fleet, service, old, progress)
+        return {"release": target.name, "instant": True, "switch_ms": round(switch_s * 1000, 2),
+                "drain_s": round(drain_s, 3), "total_s": round(time.monotonic() - started, 3),
+                "hosts": [h.id for h in warm]}
+    progress("cold", {"release": target.name,
+                      "why": "previous release is no longer warm; booting it from its image"})
+    return await deploy(fleet, target, progress, kind="rollback")
+
+
+async def _retire(fleet: Fleet, service: str, old: list[Host], progress: Progress) -> float:
+    """Drain the hosts just taken out of traffic and keep them warm; burn older warm ones."""
+    svc = fleet.service(service)
+    old_ids = {h.id for h in old}
+    stale = [h for h in fleet.hosts(service, HostState.WARM) if h.id not in old_ids]
+    if stale:
+        await fleet.destroy(stale, why="superseded: only the previous release is kept warm")
+    drain_s = await fleet.drain(old, svc.drain)
+    progress("drained", {"hosts": sorted(old_ids), "drain_s": round(drain_s, 3)})
+    if svc.keep_previous > 0:
+        fleet.keep_warm(old, svc.keep_previous)
+    else:
+        await fleet.destroy(old, why="replaced; keep_previous is 0")
+    return drain_s

@@ -1,0 +1,201 @@
+"""The fleet: the one owner of a project's hosts and of the routing table.
+
+Strategies, the health monitor and the warm-host reaper all change hosts and traffic through
+this class, so there is one place where the invariants live:
+
+- a host receives traffic only after it passed its health checks (``boot_healthy``);
+- the routing table is derived from the hosts the store says are SERVING; a switch applies the
+  new table to the router first and records the new states only after every router worker
+  acknowledged it, so a failed switch leaves traffic and state where they were;
+- every host state change is saved to the store, which logs it as an event.
+
+It knows providers and the router only through their protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hinotori.errors import DeployError, NotFound, ProviderError
+from hinotori.health import ProbeResult, probe, wait_healthy
+from hinotori.model import Backend, Host, HostState, Release, RoutingTable, ServiceRoute
+from hinotori.providers.base import BootRequest, Provider
+from hinotori.router.base import Router
+from hinotori.spec.schema import ServiceSpec, Spec
+from hinotori.store import Store
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
+               HostState.DRAINING, HostState.WARM)
+
+
+def _quiet(_: str, __: dict[str, Any]) -> None:
+    pass
+
+
+class Fleet:
+    def __init__(self, *, spec: Spec, store: Store, providers: Mapping[str, Provider],
+                 router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
+                 actor: str = "controller") -> None:
+        self.spec = spec
+        self.store = store
+        self.providers = providers
+        self.router = router
+        self.image_root = image_root  # digest -> the image's read-only tree
+        self.hosts_dir = hosts_dir
+        self.actor = actor
+        self._table_lock = asyncio.Lock()
+
+    # -- lookups -------------------------------------------------------------------------
+    def service(self, name: str) -> ServiceSpec:
+        try:
+            return self.spec.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.spec.services)) or "none"
+            raise NotFound(f"no service {name!r} in the spec (services: {known})") from None
+
+    def provider(self, host_or_service: Host | str) -> Provider:
+        if isinstance(host_or_service, Host):
+            return self.providers[host_or_service.provider]
+        return self.providers[self.service(host_or_service).provider]
+
+    def hosts(self, service: str, *states: HostState) -> list[Host]:
+        return self.store.hosts(service, states or None)
+
+    # -- booting -------------------------------------------------------------------------
+    async def boot_healthy(self, service: str, release: Release, count: int,
+                           progress: Progress = _quiet) -> list[Host]:
+        """Boot ``count`` hosts in parallel and return them READY, or destroy every one of
+        them and raise DeployError naming the first that failed, its health answer and its last
+        log lines."""
+        results = await asyncio.gather(
+            *(self._boot_one(service, release, progress) for _ in range(count)),
+            return_exceptions=True)
+        hosts = [r[0] for r in results if isinstance(r, tuple)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        failures += [DeployError(r[1]) for r in results if isinstance(r, tuple) and r[1]]
+        if not failures:
+            return hosts
+        await self.destroy(hosts, why="deployment refused: a new host failed")
+        first = failures[0]
+        if not isinstance(first, DeployError | ProviderError):
+            raise first
+        raise DeployError(f"{service} v{release.number} refused: {first.message}",
+                          hint="traffic was not switched; fix the release and deploy again")
+
+    async def _boot_one(self, service: str, release: Release,
+                        progress: Progress) -> tuple[Host, str | None]:
+        """(host, None) when healthy; (host, why) when it booted but failed its checks."""
+        svc = self.service(service)
+        provider = self.provider(service)
+        host_id = f"{service}-{secrets.token_hex(4)}"
+        request = BootRequest(host_id=host_id, release=release,
+                              image_root=self.image_root(release.image),
+                              state_dir=self.hosts_dir / host_id)
+        host = await provider.boot(request)
+        self.store.save_host(host, actor=self.actor)
+        progress("host.booted", {"host": host.id, "address": host.address})
+        self._set(host, HostState.VERIFYING)
+
+        async def alive() -> bool:
+            return await provider.adopt(host)
+
+        result = await wait_healthy(host.address or "", svc.health.check(),
+                                    deadline=svc.boot_timeout, alive=alive)
+        if result.ok:
+            self._set(host, HostState.READY, "passed its health checks")
+            progress("host.ready", {"host": host.id})
+            return host, None
+        self._set(host, HostState.FAILED, result.detail)
+        progress("host.failed", {"host": host.id, "detail": result.detail})
+        return host, self._failure_report(host, result)
+
+    def _failure_report(self, host: Host, result: ProbeResult) -> str:
+        lines = self.provider(host).logs(host, tail=15)
+        log = "\n".join(f"    | {line}" for line in lines) or "    | (no output)"
+        return (f"host {host.id} failed its health check: {result.detail}\n"
+                f"  last log lines of {host.id}:\n{log}")
+
+    # -- traffic -------------------------------------------------------------------------
+    def routing_table(self, version: int, overrides: Mapping[str, list[Host]] | None = None
+                      ) -> RoutingTable:
+        """The table the store describes, with ``overrides`` replacing a service's backends."""
+        overrides = overrides or {}
+        routes = []
+        for name, svc in sorted(self.spec.services.items()):
+            serving = overrides.get(name)
+            if serving is None:
+                serving = self.hosts(name, HostState.SERVING)
+            backends = tuple(Backend(host_id=h.id, address=h.address or "", release=h.release)
+                             for h in serving if h.address)
+            routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
+                                       path_prefix=svc.path_prefix))
+        return RoutingTable(version=version, routes=tuple(routes))
+
+    async def switch(self, service: str, serve: list[Host], retire: list[Host],
+                     why: str) -> float:
+        """Atomically route ``service`` to exactly ``serve``; ``retire`` go DRAINING.
+        Returns how long the router took to acknowledge, in seconds."""
+        async with self._table_lock:
+            table = self.routing_table(self.store.next_counter("table_version"),
+                                       {service: serve})
+            started = time.perf_counter()
+            await self.router.apply(table)
+            took = time.perf_counter() - started
+            for host in serve:
+                self._set(host, HostState.SERVING, why)
+            for host in retire:
+                if host.id not in {h.id for h in serve}:
+                    self._set(host, HostState.DRAINING, why)
+        return took
+
+    async def sync_router(self) -> None:
+        """Make the router serve what the store says (at controller start)."""
+        async with self._table_lock:
+            await self.router.apply(self.routing_table(self.store.next_counter("table_version")))
+
+    async def drain(self, hosts: list[Host], timeout: float) -> float:
+        """Wait until the router has no request in flight to ``hosts`` (or ``timeout``)."""
+        started = time.monotonic()
+        ids = {h.id for h in hosts}
+        while ids and time.monotonic() - started < timeout:
+            stats = await self.router.stats()
+            if all(stats[i].active == 0 for i in ids if i in stats):
+                break
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    def keep_warm(self, hosts: list[Host], seconds: float) -> None:
+        until = time.time() + seconds
+        for host in hosts:
+            host.warm_until = until
+            self._set(host, HostState.WARM, "kept warm for instant rollback")
+
+    async def healthy_now(self, hosts: list[Host]) -> bool:
+        """One probe of each host: all alive and answering their health check."""
+        async def one(host: Host) -> bool:
+            check = self.service(host.service).health.check()
+            return await self.provider(host).adopt(host) and \
+                (await probe(host.address or "", check)).ok
+        return all(await asyncio.gather(*(one(h) for h in hosts)))
+
+    # -- burning -------------------------------------------------------------------------
+    async def destroy(self, hosts: list[Host], why: str) -> None:
+        async def one(host: Host) -> None:
+            grace = self.service(host.service).stop_grace if host.service in \
+                self.spec.services else 10.0
+            await self.provider(host).destroy(host, grace=grace)
+            host.warm_until = None
+            self._set(host, HostState.DESTROYED, why)
+        await asyncio.gather(*(one(h) for h in hosts))
+
+    def _set(self, host: Host, state: HostState, why: str = "") -> None:
+        """Save the host in ``state``; the store logs an event when the state changed."""
+        host.state = state
+        self.store.save_host(host, actor=self.actor, why=why)

@@ -1,0 +1,60 @@
+"""Releases from bakes and config changes: a release is made only when something changed.
+
+A release is service + image digest + config (command, env, port variable). Baking the same
+inputs again, or deploying with an unchanged config, makes no new release; a changed image or a
+changed config makes exactly one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hinotori.bake import BakeResult, RunStep, bake
+from hinotori.errors import NotFound
+from hinotori.model import Release, ReleaseConfig
+from hinotori.project import Project
+from hinotori.store import default_actor
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    release: Release
+    created: bool  # False: the newest release already had this image and config
+
+
+def bake_service(project: Project, service: str, *,
+                 on_progress: Callable[[str], None] | None = None) -> tuple[BakeResult,
+                                                                            ReleaseOutcome]:
+    svc = project.service(service)
+    steps = [RunStep(run=s.run if isinstance(s.run, str) else tuple(s.run), env=dict(s.env))
+             for s in svc.image.steps]
+    result = bake(project.root / svc.image.context, steps, project.images,
+                  labels={"service": service, "project": project.spec.project.name},
+                  on_progress=on_progress)
+    outcome = ensure_release(project, service, image=result.image.digest,
+                             config=svc.release_config(), reason="bake")
+    return result, outcome
+
+
+def ensure_release(project: Project, service: str, *, image: str | None = None,
+                   config: ReleaseConfig | None = None, reason: str) -> ReleaseOutcome:
+    """The newest release if it already has ``image`` and ``config``; else a new one.
+    ``image`` None keeps the newest release's image (a config-only release)."""
+    latest = project.store.latest_release(service)
+    if image is None:
+        if latest is None:
+            raise NotFound(f"{service} has no image yet",
+                           hint=f"run `hinotori bake {service}` first")
+        image = latest.image
+    config = config or project.service(service).release_config()
+    if latest and latest.image == image and latest.config == config:
+        return ReleaseOutcome(latest, created=False)
+    release = project.store.create_release(service, image, config, actor=default_actor(),
+                                           reason=reason)
+    return ReleaseOutcome(release, created=True)
+
+
+def config_with_env(project: Project, service: str, overrides: dict[str, str]) -> ReleaseConfig:
+    """The spec's config for ``service`` with ``overrides`` on top of its env."""
+    return project.service(service).release_config(overrides)
