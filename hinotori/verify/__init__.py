@@ -1,0 +1,1 @@
+"""Verify: serverspec-style checks run against a host before any traffic reaches it."""
