@@ -53,10 +53,17 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(avoid: deque[int]) -> int:
+    """A port free now and not handed to a host recently: the host binds it only once started,
+    so two hosts booting at once must not be given the same one."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            avoid.append(port)
+            return port
+    raise ProviderError("no free TCP port on 127.0.0.1", hint="too many hosts on this machine?")
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -101,6 +108,7 @@ class ProcessProvider:
     def __init__(self, hosts_root: Path) -> None:
         self.hosts_root = Path(hosts_root)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
+        self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
 
     async def boot(self, req: BootRequest) -> Host:
         rel, state_dir = req.release, req.state_dir
@@ -116,7 +124,7 @@ class ProcessProvider:
                                 hint="is the image still in the image store? "
                                      "`hinotori images` lists them") from e
         scratch.mkdir(exist_ok=True)
-        port = _free_port()
+        port = _free_port(self._ports)
         env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
         env.update(rel.config.env)
         env.update({rel.config.port_env: str(port), "HINOTORI_HOST_ID": req.host_id,
@@ -145,13 +153,16 @@ class ProcessProvider:
         _write_host(host, state_dir)
         return host
 
+    def _reap(self, pid: int) -> None:
+        """Collect our dead child, if it is one, so it does not linger as a zombie."""
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:
+            del self._children[pid]
+
     def _alive(self, host: Host) -> bool:
         if host.pid is None:
             return False
-        child = self._children.get(host.pid)
-        if child is not None and child.poll() is not None:  # reaps our dead child
-            del self._children[host.pid]
-            return False
+        self._reap(host.pid)
         try:
             os.kill(host.pid, 0)
         except ProcessLookupError:
@@ -160,13 +171,14 @@ class ProcessProvider:
             pass  # exists, but not ours to signal: the start ticks decide
         st = _proc_stat(host.pid)
         if st is None:  # no /proc (not Linux): the pid is all we can check
-            return child is not None or "start_ticks" not in host.data
-        return st[0] not in "ZX" and st[1] == host.data.get("start_ticks")
+            return host.pid in self._children or "start_ticks" not in host.data
+        if st[0] in "ZX":
+            self._reap(host.pid)  # it died since the first look
+            return False
+        return st[1] == host.data.get("start_ticks")
 
     def _group_alive(self, pgid: int) -> bool:
-        child = self._children.get(pgid)
-        if child is not None and child.poll() is not None:
-            del self._children[pgid]
+        self._reap(pgid)
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
@@ -197,7 +209,6 @@ class ProcessProvider:
                     await asyncio.sleep(0.05)
                 if not self._group_alive(pgid):
                     break
-        self._children.pop(pgid or -1, None)
         state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
         await asyncio.to_thread(_remove_tree, state_dir / "root")
         await asyncio.to_thread(_remove_tree, state_dir / "scratch")
