@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.cli import controlcmds, render
+from hinotori.cli import controlcmds, driftcmd, render
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
@@ -29,6 +29,7 @@ app.command("down")(controlcmds.down)
 app.command("deploy")(controlcmds.deploy)
 app.command("rollback")(controlcmds.rollback)
 app.command("status")(controlcmds.status)
+app.command("drift")(driftcmd.drift)
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

@@ -32,6 +32,8 @@ class DeployBody(BaseModel):
     release: int | None = None
     lock_wait: float = Field(0.0, ge=0)
     actor: str = "api"
+    replace: bool = False  # deploy even if the release already serves: fresh hosts
+    reason: str = ""
 
 
 class ShutdownBody(BaseModel):
@@ -77,14 +79,16 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @app.post("/v1/services/{service}/deploy")
     async def deploy(service: str, body: DeployBody) -> dict[str, Any]:
-        number = await controller.start_deployment(service, kind="deploy", release=body.release,
-                                                   lock_wait=body.lock_wait, actor=body.actor)
+        number = await controller.start_deployment(
+            service, kind="deploy", release=body.release, lock_wait=body.lock_wait,
+            actor=body.actor, replace=body.replace, reason=body.reason)
         return {"deployment": number}
 
     @app.post("/v1/services/{service}/rollback")
     async def rollback(service: str, body: DeployBody) -> dict[str, Any]:
-        number = await controller.start_deployment(service, kind="rollback", release=None,
-                                                   lock_wait=body.lock_wait, actor=body.actor)
+        number = await controller.start_deployment(
+            service, kind="rollback", release=None, lock_wait=body.lock_wait, actor=body.actor,
+            reason=body.reason)
         return {"deployment": number}
 
     @app.get("/v1/deployments/{number}")

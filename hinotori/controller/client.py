@@ -47,8 +47,10 @@ class ControllerClient:
         return self.call("GET", "/v1/status")
 
     def start_deployment(self, service: str, kind: str, *, release: int | None = None,
-                         lock_wait: float = 0.0, actor: str = "cli") -> int | None:
-        body = {"release": release, "lock_wait": lock_wait, "actor": actor}
+                         lock_wait: float = 0.0, actor: str = "cli", replace: bool = False,
+                         reason: str = "") -> int | None:
+        body = {"release": release, "lock_wait": lock_wait, "actor": actor, "replace": replace,
+                "reason": reason}
         timeout = max(30.0, lock_wait + 30.0)
         return self.call("POST", f"/v1/services/{service}/{kind}", json=body,
                          timeout=timeout)["deployment"]

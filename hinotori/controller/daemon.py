@@ -139,9 +139,11 @@ class Controller:
 
     # -- deployments ---------------------------------------------------------------------
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
-                               lock_wait: float, actor: str) -> int | None:
+                               lock_wait: float, actor: str, replace: bool = False,
+                               reason: str = "") -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
-        Returns its id, or None when the wanted release is already serving."""
+        Returns its id, or None when the wanted release is already serving (unless
+        ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
         self.fleet.service(service)
         hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
         await hold.__aenter__()
@@ -160,12 +162,12 @@ class Controller:
                 target = release if release is not None else latest.number  # type: ignore[union-attr]
                 self.store.release(service, target)  # raises NotFound for a bad --release
                 serving = self.fleet.hosts(service, HostState.SERVING)
-                if target == current and serving:
+                if target == current and serving and not replace:
                     await hold.__aexit__(None, None, None)
                     return None
             number = self.store.create_deployment(
                 service, strategy=bluegreen.STRATEGY, kind=kind, from_release=current,
-                to_release=target, actor=actor)
+                to_release=target, actor=actor, reason=reason)
         except BaseException:
             await hold.__aexit__(None, None, None)
             raise

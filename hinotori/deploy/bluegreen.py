@@ -38,7 +38,7 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     left = current if current != release.number else previous
     fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
                                      why=f"{kind} to {release.name}")
-    drain_s = await _retire(fleet, service, old, progress)
+    drain_s = await _retire(fleet, service, old, left, progress)
     return {"release": release.name, "instant": False, "boot_to_healthy_s": round(healthy_s, 3),
             "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
             "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}
@@ -60,7 +60,7 @@ async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, 
                               "warm": True, "hosts": [h.id for h in warm]})
         fleet.store.set_service_releases(service, previous, current, actor=fleet.actor,
                                          why=f"rollback to {target.name}")
-        drain_s = await _retire(fleet, service, old, progress)
+        drain_s = await _retire(fleet, service, old, current, progress)
         return {"release": target.name, "instant": True, "switch_ms": round(switch_s * 1000, 2),
                 "drain_s": round(drain_s, 3), "total_s": round(time.monotonic() - started, 3),
                 "hosts": [h.id for h in warm]}
@@ -69,17 +69,22 @@ async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, 
     return await deploy(fleet, target, progress, kind="rollback")
 
 
-async def _retire(fleet: Fleet, service: str, old: list[Host], progress: Progress) -> float:
-    """Drain the hosts just taken out of traffic and keep them warm; burn older warm ones."""
+async def _retire(fleet: Fleet, service: str, old: list[Host], previous: int | None,
+                  progress: Progress) -> float:
+    """Drain the hosts just taken out of traffic. Only hosts of the previous release stay warm
+    (for instant rollback); any other retired or warm host is burned: an older release, or
+    hosts replaced by fresh ones of the same release (e.g. because they drifted)."""
     svc = fleet.service(service)
     old_ids = {h.id for h in old}
-    stale = [h for h in fleet.hosts(service, HostState.WARM) if h.id not in old_ids]
+    stale = [h for h in fleet.hosts(service, HostState.WARM)
+             if h.id not in old_ids and h.release != previous]
     if stale:
         await fleet.destroy(stale, why="superseded: only the previous release is kept warm")
     drain_s = await fleet.drain(old, svc.drain)
     progress("drained", {"hosts": sorted(old_ids), "drain_s": round(drain_s, 3)})
-    if svc.keep_previous > 0:
-        fleet.keep_warm(old, svc.keep_previous)
-    else:
-        await fleet.destroy(old, why="replaced; keep_previous is 0")
+    warm = [h for h in old if h.release == previous and svc.keep_previous > 0]
+    fleet.keep_warm(warm, svc.keep_previous)
+    burn = [h for h in old if h not in warm]
+    if burn:
+        await fleet.destroy(burn, why="replaced by fresh hosts")
     return drain_s

@@ -208,7 +208,8 @@ class Store:
 
     # -- deployments ---------------------------------------------------------------------
     def create_deployment(self, service: str, *, strategy: str, kind: str,
-                          from_release: int | None, to_release: int, actor: str) -> int:
+                          from_release: int | None, to_release: int, actor: str,
+                          reason: str = "") -> int:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO deployments (service, strategy, kind, from_release, to_release, "
@@ -216,7 +217,8 @@ class Store:
                 (service, strategy, kind, from_release, to_release, "running", time.time()))
             number = int(cur.lastrowid or 0)
             self._event(db, actor, f"{kind}.started", f"{service}/deployment/{number}",
-                        {"strategy": strategy, "from": from_release, "to": to_release})
+                        {"strategy": strategy, "from": from_release, "to": to_release,
+                         "reason": reason})
         return number
 
     def add_deployment_step(self, number: int, step: dict[str, Any]) -> None:

@@ -1,0 +1,103 @@
+"""`hinotori drift`: compare every live host's view with its image manifest; exit 1 on drift.
+
+With --replace, a service whose serving hosts drifted gets a zero-downtime deploy of the same
+release (fresh hosts from the untouched image); the reason is recorded in the event log.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hinotori.cli import render
+from hinotori.cli.render import console
+from hinotori.durations import parse_duration
+from hinotori.model import Host, HostState
+from hinotori.observe.drift import Drift, compare
+from hinotori.project import Project
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+WATCHED = (HostState.READY, HostState.SERVING, HostState.DRAINING, HostState.WARM)
+
+
+def drift(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
+          spec: SpecOpt = Path("."), json_out: JsonOpt = False,
+          replace: Annotated[bool, typer.Option(help="replace drifted serving hosts by a "
+                                                "zero-downtime deploy of the same release")]
+          = False,
+          lock_wait: Annotated[str, typer.Option("--lock-wait")] = "0s") -> None:
+    """Report files added, removed and changed on live hosts since their image was baked."""
+    project = Project.load(spec)
+    if service:
+        project.service(service)
+    hosts = [h for h in project.store.hosts(service, WATCHED) if h.root and Path(h.root).is_dir()]
+    manifests: dict[str, Any] = {}
+    for h in hosts:
+        image = project.store.release(h.service, h.release).image
+        if image not in manifests:
+            manifests[image] = project.images.get(image).manifest()
+
+    def one(h: Host) -> tuple[Host, Drift]:
+        image = project.store.release(h.service, h.release).image
+        return h, compare(manifests[image], Path(h.root or ""))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, hosts))
+    drifted = [(h, d) for h, d in results if d.drifted]
+    if json_out:
+        render.print_json([{"host": h.id, "service": h.service, "release": f"v{h.release}",
+                            "state": str(h.state), "drifted": d.drifted, **d.to_dict()}
+                           for h, d in results])
+    else:
+        _print(results)
+    if replace and drifted:
+        _replace(project, drifted, parse_duration(lock_wait), json_out)
+    if drifted:
+        raise typer.Exit(1)
+
+
+def _print(results: list[tuple[Host, Drift]]) -> None:
+    if not results:
+        console.print("no live hosts to check")
+        return
+    for h, d in results:
+        if not d.drifted:
+            console.print(f"[green]✓[/] {h.id} ({h.service} v{h.release}, {h.state}): no drift")
+            continue
+        console.print(f"[red]✗[/] {h.id} ({h.service} v{h.release}, {h.state}): "
+                      f"{len(d.added)} added, {len(d.removed)} removed, "
+                      f"{len(d.changed)} changed")
+        for path in d.added:
+            console.print(f"    + {path}", highlight=False)
+        for path in d.removed:
+            console.print(f"    - {path}", highlight=False)
+        for change in d.changed:
+            console.print(f"    ~ {change.path}: {change.what}", highlight=False)
+
+
+def _replace(project: Project, drifted: list[tuple[Host, Drift]], lock_wait: float,
+             json_out: bool) -> None:
+    from hinotori.cli.controlcmds import _actor, _print_step
+    from hinotori.controller.client import ControllerClient
+
+    client = ControllerClient(project)
+    try:
+        for service in sorted({h.service for h, _ in drifted if h.state == HostState.SERVING}):
+            ids = [h.id for h, _ in drifted if h.service == service]
+            current, _ = project.store.service_releases(service)
+            reason = f"drift on {', '.join(ids)}"
+            number = client.start_deployment(service, "deploy", release=current,
+                                             lock_wait=lock_wait, actor=_actor(), replace=True,
+                                             reason=reason)
+            assert number is not None
+            dep = client.follow(number, (lambda _: None) if json_out else _print_step)
+            if dep["state"] != "succeeded":
+                render.err_console.print(f"[red]replacing {service} failed:[/] {dep['error']}")
+            elif not json_out:
+                console.print(f"[green]replaced[/] {service} v{current}'s hosts ({reason})")
+    finally:
+        client.close()

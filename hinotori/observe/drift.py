@@ -1,0 +1,132 @@
+"""Drift: how a live host's view of its image differs from the image's manifest (like AIDE).
+
+Nothing on a live host is ever changed by hinotori (invariant 6): drift is only reported, and
+fixed by replacing the host. The image manifest already records path, type, mode, size and
+sha256 of every file, so it *is* the integrity database; this module walks the host's view and
+compares. Unlike the bake walk it refuses nothing: a planted fifo or a symlink pointing out of
+the tree is exactly what must be reported, not an error.
+
+Files are hashed on a thread pool (hashlib releases the GIL), and a file whose size already
+differs is reported without being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hinotori.bake import ManifestEntry
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    what: str  # "content", "mode 0444 -> 0644", "type file -> dir", "target a -> b"
+
+
+@dataclass
+class Drift:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[Change] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"added": self.added, "removed": self.removed,
+                "changed": [{"path": c.path, "what": c.what} for c in self.changed]}
+
+
+@dataclass(frozen=True)
+class _Seen:
+    kind: str  # file, dir, symlink, or the special kind (fifo, socket, device)
+    mode: str
+    size: int
+    path: str  # absolute
+    target: str | None = None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
+
+
+def _walk(root: Path) -> Iterator[tuple[str, _Seen]]:
+    stack = [("", os.fspath(root))]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        try:
+            entries = list(os.scandir(abs_dir))
+        except OSError:
+            continue  # unreadable: its contents show up as removed
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            kind = _kind(st.st_mode)
+            mode = "0777" if kind == "symlink" else f"{st.st_mode & 0o7777:04o}"
+            target = os.readlink(entry.path) if kind == "symlink" else None
+            yield rel, _Seen(kind, mode, st.st_size, entry.path, target)
+            if kind == "dir":
+                stack.append((rel, entry.path))
+
+
+def _sha256(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def compare(manifest: Iterable[ManifestEntry], root: Path, *, workers: int = 8) -> Drift:
+    """Drift of the tree at ``root`` against ``manifest``."""
+    expected = {e.path: e for e in manifest}
+    seen = dict(_walk(root))
+    drift = Drift()
+    drift.added = sorted(p for p in seen if p not in expected)
+    drift.removed = sorted(p for p in expected if p not in seen)
+    to_hash: list[tuple[str, ManifestEntry, _Seen]] = []
+    for path, want in expected.items():
+        got = seen.get(path)
+        if got is None:
+            continue
+        if got.kind != want.type:
+            drift.changed.append(Change(path, f"type {want.type} -> {got.kind}"))
+            continue
+        if got.mode != want.mode:
+            drift.changed.append(Change(path, f"mode {want.mode} -> {got.mode}"))
+        if want.type == "symlink" and got.target != want.target:
+            drift.changed.append(Change(path, f"target {want.target} -> {got.target}"))
+        elif want.type == "file":
+            if got.size != want.size:
+                drift.changed.append(Change(path, "content"))
+            else:
+                to_hash.append((path, want, got))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hinotori-drift") as pool:
+        digests = pool.map(lambda item: _sha256(item[2].path), to_hash, chunksize=64)
+        for (path, want, _), digest in zip(to_hash, digests, strict=True):
+            if digest != want.sha256:
+                drift.changed.append(Change(path, "content"))
+    drift.changed.sort(key=lambda c: (c.path, c.what))
+    return drift

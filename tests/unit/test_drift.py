@@ -1,0 +1,51 @@
+"""Drift compares a tree with its image manifest and reports, never refuses, what it finds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hinotori.bake import build_manifest
+from hinotori.observe.drift import Change, compare
+
+
+def tree(root: Path) -> Path:
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    (root / "conf").write_text("a=1\n")
+    (root / "link").symlink_to("conf")
+    return root
+
+
+def test_untouched_tree_has_no_drift(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t")
+    assert not compare(build_manifest(root), root).drifted
+
+
+def test_every_kind_of_change_is_reported(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t")
+    manifest = build_manifest(root)
+    (root / "app" / "main.py").write_text("print('HI')\n")  # same size, other content
+    (root / "conf").chmod(0o600)
+    (root / "link").unlink()
+    (root / "link").symlink_to("app")
+    (root / "added.txt").write_text("")
+    os.mkfifo(root / "app" / "pipe")  # an image may not hold it; drift must still report it
+    (root / "escape").symlink_to("/etc/passwd")
+    drift = compare(manifest, root)
+    assert drift.added == ["added.txt", "app/pipe", "escape"]
+    assert drift.removed == []
+    assert Change("app/main.py", "content") in drift.changed
+    assert Change("conf", "mode 0644 -> 0600") in drift.changed
+    assert Change("link", "target conf -> app") in drift.changed
+
+
+def test_removed_and_type_changes(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t")
+    manifest = build_manifest(root)
+    (root / "app" / "main.py").unlink()
+    (root / "conf").unlink()
+    (root / "conf").mkdir()
+    drift = compare(manifest, root)
+    assert drift.removed == ["app/main.py"]
+    assert drift.changed == [Change("conf", "type file -> dir")]
