@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ from hinotori.spec.schema import ServiceSpec, Spec
 from hinotori.store import Store
 
 Progress = Callable[[str, dict[str, Any]], None]
+# Runs a service's verify checks on a healthy host before it may take traffic: None if they
+# passed, else a report of what failed (expected versus got).
+Verifier = Callable[[Host], Awaitable[str | None]]
 
 LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
                HostState.DRAINING, HostState.WARM)
@@ -42,13 +45,14 @@ def _quiet(_: str, __: dict[str, Any]) -> None:
 class Fleet:
     def __init__(self, *, spec: Spec, store: Store, providers: Mapping[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
-                 actor: str = "controller") -> None:
+                 verifier: Verifier | None = None, actor: str = "controller") -> None:
         self.spec = spec
         self.store = store
         self.providers = providers
         self.router = router
         self.image_root = image_root  # digest -> the image's read-only tree
         self.hosts_dir = hosts_dir
+        self.verifier = verifier
         self.actor = actor
         self._table_lock = asyncio.Lock()
 
@@ -108,13 +112,18 @@ class Fleet:
 
         result = await wait_healthy(host.address or "", svc.health.check(),
                                     deadline=svc.boot_timeout, alive=alive)
-        if result.ok:
-            self._set(host, HostState.READY, "passed its health checks")
-            progress("host.ready", {"host": host.id})
-            return host, None
-        self._set(host, HostState.FAILED, result.detail)
-        progress("host.failed", {"host": host.id, "detail": result.detail})
-        return host, self._failure_report(host, result)
+        if not result.ok:
+            self._set(host, HostState.FAILED, result.detail)
+            progress("host.failed", {"host": host.id, "detail": result.detail})
+            return host, self._failure_report(host, result)
+        failed_checks = await self.verifier(host) if self.verifier else None
+        if failed_checks:
+            self._set(host, HostState.FAILED, "failed its verify checks")
+            progress("host.failed", {"host": host.id, "detail": "failed its verify checks"})
+            return host, f"host {host.id} failed its verify checks:\n{failed_checks}"
+        self._set(host, HostState.READY, "passed its checks")
+        progress("host.ready", {"host": host.id})
+        return host, None
 
     def _failure_report(self, host: Host, result: ProbeResult) -> str:
         lines = self.provider(host).logs(host, tail=15)
