@@ -40,8 +40,9 @@ def _make_project(directory: Path, router_port: int) -> Project:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hinotori"))
     spec = directory / "hinotori.toml"
     text = spec.read_text()
-    spec.write_text(text.replace('listen = "127.0.0.1:8080"',
-                                 f'listen = "127.0.0.1:{router_port}"', 1))
+    text = text.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{router_port}"', 1)
+    # The refused release (step 5) should not keep the audience waiting for 30s.
+    spec.write_text(text.replace('boot_timeout = "30s"', 'boot_timeout = "5s"', 1))
     (directory / "VERSION").write_text("1\n")
     return Project.load(directory)
 

@@ -34,7 +34,7 @@ from hinotori.project import Project
 from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
-from hinotori.router.builtin import BuiltinRouter
+from hinotori.router.proxy import BuiltinRouter
 
 log = logging.getLogger("hinotori.controller")
 

@@ -1,0 +1,3 @@
+from hinotori.router.proxy.worker import main
+
+main()
