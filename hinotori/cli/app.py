@@ -155,7 +155,8 @@ def demo(keep: Annotated[bool, typer.Option(help="keep the temporary project")] 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
     except HinotoriError as e:
         render.print_error(e)
         sys.exit(e.exit_code)
@@ -171,3 +172,4 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
