@@ -67,7 +67,8 @@ class Request:
     length: int | None
 
     def header(self, name: bytes) -> bytes | None:
-        return next((v for k, v in self.headers if k == name), None)
+        """Value of header ``name`` (lower-case); names keep the client's spelling."""
+        return next((v for k, v in self.headers if k.lower() == name), None)
 
 
 @dataclass
@@ -97,13 +98,13 @@ class _RequestEvents:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self.parser
         headers = self._headers
-        te = next((v for k, v in headers if k == b"transfer-encoding"), b"")
-        cl = next((v for k, v in headers if k == b"content-length"), None)
+        te = next((v for k, v in headers if k.lower() == b"transfer-encoding"), b"")
+        cl = next((v for k, v in headers if k.lower() == b"content-length"), None)
         self.events.append(("head", Request(
             method=p.get_method(), target=self._url, version=p.get_http_version().encode(),
             headers=headers, keep_alive=p.should_keep_alive(),
@@ -131,7 +132,7 @@ class _ResponseEvents:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -391,15 +392,14 @@ class ClientConnection:
         return keep
 
     def _send_head(self, conn: _Conn, request: Request) -> None:
-        drop = HOP_BY_HOP | {name.strip().lower() for v in
-                             (v for k, v in request.headers if k == b"connection")
-                             for name in v.split(b",")}
+        drop = HOP_BY_HOP | _connection_tokens(request.headers)
         lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
         forwarded_for = self.client_ip
         for k, v in request.headers:
-            if k in drop or k in (b"x-forwarded-proto", b"x-forwarded-host"):
+            name = k.lower()
+            if name in drop or name in (b"x-forwarded-proto", b"x-forwarded-host"):
                 continue
-            if k == b"x-forwarded-for":
+            if name == b"x-forwarded-for":
                 forwarded_for = v + b", " + self.client_ip
                 continue
             lines.append(k + b": " + v + b"\r\n")
@@ -503,11 +503,9 @@ class ClientConnection:
 
     def _write_head(self, resp: _ResponseEvents, request: Request,
                     keep: bool) -> tuple[bytes, bool, bool]:
-        drop = HOP_BY_HOP | {name.strip().lower() for v in
-                             (v for k, v in resp.headers if k == b"connection")
-                             for name in v.split(b",")}
-        has_length = any(k == b"content-length" for k, _ in resp.headers)
-        chunked = any(k == b"transfer-encoding" and b"chunked" in v.lower()
+        drop = HOP_BY_HOP | _connection_tokens(resp.headers)
+        has_length = any(k.lower() == b"content-length" for k, _ in resp.headers)
+        chunked = any(k.lower() == b"transfer-encoding" and b"chunked" in v.lower()
                       for k, v in resp.headers)
         bodiless = resp.no_body or resp.status in (204, 304)
         until_eof = not (has_length or chunked or bodiless)
@@ -519,13 +517,19 @@ class ClientConnection:
         else:
             mode, keep = b"raw", False  # an HTTP/1.0 client learns the end by the close
         lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or b"OK")]
-        lines += [k + b": " + v + b"\r\n" for k, v in resp.headers if k not in drop]
+        lines += [k + b": " + v + b"\r\n" for k, v in resp.headers if k.lower() not in drop]
         if mode == b"chunked" and not bodiless:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"connection: keep-alive\r\n" if keep else b"connection: close\r\n")
         lines.append(b"\r\n")
         self.writer.write(b"".join(lines))
         return mode, until_eof, keep
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in Connection: hop-by-hop too (RFC 9110, 7.6.1)."""
+    return {token.strip().lower() for k, v in headers if k.lower() == b"connection"
+            for token in v.split(b",")}
 
 
 def counters_snapshot(stats: Stats) -> dict[str, dict[str, object]]:
