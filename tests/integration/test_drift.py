@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_drift_is_found_and_replaced_under_load(running: Project) -> None:
     (root / "app.py").write_text((root / "app.py").read_text() + "# hotfix by hand\n")
     (root / "VERSION").chmod(0o600)
     (root / "backdoor.sh").write_text("#!/bin/sh\n")
-    found = p.json("drift")
+    found = json.loads(p.cli("drift", "--json", check=False).stdout)
     report = next(r for r in found if r["host"] == victim["id"])  # type: ignore[union-attr]
     assert report["drifted"] and report["added"] == ["backdoor.sh"]
     assert {"path": "app.py", "what": "content"} in report["changed"]

@@ -30,12 +30,17 @@ CALL_TIMEOUT = 5.0
 class _Channel:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.lock = asyncio.Lock()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def call(self, msg: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         data = json.dumps(msg).encode() + b"\n"
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # streams and locks belong to one loop: start afresh
+            self.loop, self.lock = loop, asyncio.Lock()
+            self.reader = self.writer = None
         async with self.lock:
             for attempt in (1, 2):  # a stale connection (worker restarted) gets one reconnect
                 try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hinotori.model import RoutingTable
-from hinotori.router.proxy.http import Proxy, counters_snapshot
+from hinotori.router.proxy.relay import Proxy
 from hinotori.router.proxy.routes import CompiledTable
 
 SHUTDOWN_GRACE = 10.0
@@ -111,7 +111,7 @@ class Worker:
             table = proxy.table.table
             return {"ok": True, "table": table.to_dict() if table.version else None}
         if op == "stats":
-            return {"ok": True, "backends": counters_snapshot(proxy.stats)}
+            return {"ok": True, "backends": {h: c.to_dict() for h, c in proxy.stats.items()}}
         if op == "shutdown":
             self.stopping.set()
             return {"ok": True}
@@ -121,14 +121,17 @@ class Worker:
         sock = listen_socket(self.args.listen, self.args.exclusive_check)
         control_path = Path(self.args.control)
         control_path.unlink(missing_ok=True)
-        server = await asyncio.start_server(self.proxy.handle, sock=sock, limit=65536,
-                                            backlog=4096)
-        control = await asyncio.start_unix_server(self.control, path=str(control_path))
         loop = asyncio.get_running_loop()
+        server = await loop.create_server(self.proxy.client_factory, sock=sock, backlog=4096)
+        control = await asyncio.start_unix_server(self.control, path=str(control_path))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         print(f"router worker {os.getpid()} listening on {self.args.listen}", flush=True)
-        await self.stopping.wait()
+        while not self.stopping.is_set():  # close client connections idle too long
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self.stopping.wait()
+            self.proxy.sweep()
         # Graceful: stop accepting, close idle keep-alive connections, let in-flight finish.
         server.close()
         self.proxy.closing = True
