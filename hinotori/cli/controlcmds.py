@@ -51,6 +51,7 @@ def _start_detached(project: Project) -> None:
         console.print("controller already running")
         return
     project.controller_file.unlink(missing_ok=True)
+    start = project.controller_log.stat().st_size if project.controller_log.exists() else 0
     with open(project.controller_log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hinotori", "up", "--spec", str(project.loaded.path)],
@@ -59,7 +60,9 @@ def _start_detached(project: Project) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = project.controller_log.read_text(errors="replace").splitlines()[-15:]
+            with open(project.controller_log, "rb") as log:
+                log.seek(start)  # only what this start wrote
+                tail = log.read().decode(errors="replace").splitlines()[-15:]
             raise ControllerError("the controller exited while starting:\n  " + "\n  ".join(tail),
                                   hint=f"full log: {project.controller_log}")
         if project.controller_file.exists() and _answers(project):
@@ -213,7 +216,8 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
         render.print_json(dep)
     if dep["state"] != "succeeded":
         if not json_out:
-            render.err_console.print(f"[bold red]{kind} {number} failed:[/] {dep['error']}",
+            render.err_console.print(f"[bold red]{kind} {number} failed:[/] "
+                                     f"{render.escape(dep['error'] or '')}",
                                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
@@ -230,12 +234,15 @@ def _print_step(step: dict[str, Any]) -> None:
         "boot": lambda s: f"booting {s['replicas']} host(s) of {s['release']}",
         "host.booted": lambda s: f"  {s['host']} started on {s['address']}",
         "host.ready": lambda s: f"  {s['host']} healthy",
-        "host.failed": lambda s: f"  [red]{s['host']} failed[/]: {s['detail']}",
+        "host.failed": lambda s: f"  [red]{s['host']} failed[/]: {render.escape(s['detail'])}",
         "switched": lambda s: f"switched traffic to {s['release']} in {s['switch_ms']} ms",
-        "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in {s['drain_s']}s",
+        "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in {s['drain_s']}s"
+        if s["hosts"] else None,
         "cold": lambda s: f"{s['why']}",
     }.get(name)
-    console.print(text(step) if text else f"{name}: {step}", highlight=False)
+    line = text(step) if text else f"{name}: {step}"
+    if line:
+        console.print(line, highlight=False)
 
 
 def _actor() -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hinotori.errors import HinotoriError
@@ -31,10 +32,12 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def print_error(error: HinotoriError) -> None:
-    err_console.print(f"[bold red]error:[/] {error.message}", highlight=False, markup=True,
+    # User text may hold brackets ("[router] listen") that Rich would take for markup.
+    err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False,
                       soft_wrap=True)
     if error.hint:
-        err_console.print(f"[yellow]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(error.hint)}", highlight=False,
+                          soft_wrap=True)
 
 
 def age(ts: float | None) -> str:

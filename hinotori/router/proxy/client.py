@@ -113,7 +113,7 @@ class BuiltinRouter:
         if first and not any(await asyncio.gather(*(self._ping(j)
                                                     for j in range(1, self.workers)))):
             argv.append("--exclusive-check")
-        with open(self._log(i), "ab") as log:
+        with open(self._log(i), "wb") as log:  # fresh per start: errors show this run only
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True)
         self._children.append(proc)

@@ -43,8 +43,8 @@ def listen_socket(listen: str, exclusive_check: bool) -> socket.socket:
         try:
             probe.bind((host, int(port)))
         except OSError as e:
-            raise SystemExit(f"cannot listen on {listen}: {e.strerror}: the address is in use; "
-                             "change [router] listen in hinotori.toml") from None
+            raise SystemExit(f"cannot listen on {listen}: {e.strerror}; change [router] listen "
+                             "in hinotori.toml") from None
         finally:
             probe.close()
     sock = socket.socket(family)
