@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from hinotori import __version__
 from hinotori.controller.daemon import Controller
+from hinotori.controller.metrics import by_release, prometheus_text
 from hinotori.errors import HinotoriError, LockedError, NotFound
 from hinotori.model import HostState
 
@@ -99,6 +100,17 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
         states = None if all else [s for s in HostState if s.alive]
         return [h.to_dict() for h in store.hosts(service, states)]
+
+    @app.get("/v1/metrics")
+    async def metrics(service: str | None = None) -> list[dict[str, Any]]:
+        folded = by_release(await fleet.router.stats(), store.hosts())
+        return [m.to_dict() for m in folded if service in (None, m.service)]
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        hosts = store.hosts()
+        body = prometheus_text(by_release(await fleet.router.stats(), hosts), hosts)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/v1/shutdown")
     async def shutdown(body: ShutdownBody) -> dict[str, Any]:

@@ -150,16 +150,18 @@ class BuiltinRouter:
         for reply in await self._all({"op": "stats"}):
             for host_id, c in reply["backends"].items():
                 t = total.setdefault(host_id, {"active": 0, "requests": 0, "errors": 0,
-                                               "statuses": {}, "latency": []})
-                for key in ("active", "requests", "errors"):
-                    t[key] += c[key]
+                                               "statuses": {}, "latency": [],
+                                               "latency_sum_ms": 0.0})
+                for key in ("active", "requests", "errors", "latency_sum_ms"):
+                    t[key] += c.get(key, 0)
                 for k, v in c["statuses"].items():
                     t["statuses"][k] = t["statuses"].get(k, 0) + v
                 t["latency"] = [a + b for a, b in zip(t["latency"] or [0] * len(c["latency"]),
                                                       c["latency"], strict=True)]
         return {h: BackendStats(host_id=h, active=t["active"], requests=t["requests"],
                                 errors=t["errors"], statuses=t["statuses"],
-                                latency=tuple(t["latency"])) for h, t in total.items()}
+                                latency=tuple(t["latency"]), latency_sum_ms=t["latency_sum_ms"])
+                for h, t in total.items()}
 
     async def stop(self) -> None:
         for i, channel in enumerate(self.channels):

@@ -74,13 +74,16 @@ class Counters:
     statuses: dict[str, int] = field(default_factory=lambda: {"2xx": 0, "3xx": 0, "4xx": 0,
                                                                "5xx": 0})
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    latency_sum_ms: float = 0.0
 
     def observe(self, status: int, latency_ms: float) -> None:
         self.requests += 1
+        self.latency_sum_ms += latency_ms
         key = f"{min(max(status // 100, 2), 5)}xx"
         self.statuses[key] += 1
         self.latency[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
 
     def to_dict(self) -> dict[str, object]:
         return {"active": self.active, "requests": self.requests, "errors": self.errors,
-                "statuses": self.statuses, "latency": self.latency}
+                "statuses": self.statuses, "latency": self.latency,
+                "latency_sum_ms": self.latency_sum_ms}
