@@ -71,6 +71,7 @@ class Host:
     root: str | None = None  # the host's own read-only view of its image
     data: dict[str, Any] = field(default_factory=dict)  # provider-private (log path, start ticks…)
     warm_until: float | None = None
+    weight: int = 100  # relative share of its service's traffic while serving
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,23 +104,28 @@ class ServiceRoute:
     """How requests reach one service: which requests match, and which backends serve them.
 
     A request matches when its Host header (without port) is in ``hosts`` (or ``hosts`` is empty)
-    and its path starts with ``path_prefix``. The most specific match wins.
+    and its path starts with ``path_prefix``. The most specific match wins. A request may ask
+    for a side with ``X-Hinotori-Release: canary | stable | vN``; with ``sticky``, a cookie
+    keeps a client on the release it first got while a canary runs.
     """
 
     service: str
     backends: tuple[Backend, ...] = ()
     hosts: tuple[str, ...] = ()
     path_prefix: str = "/"
+    canary: int | None = None  # the release being canaried, if any
+    sticky: bool = False  # while two releases serve, a client keeps the one it first got
 
     def to_dict(self) -> dict[str, Any]:
         return {"service": self.service, "hosts": list(self.hosts),
-                "path_prefix": self.path_prefix,
+                "path_prefix": self.path_prefix, "canary": self.canary, "sticky": self.sticky,
                 "backends": [asdict(b) for b in self.backends]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServiceRoute:
         return cls(service=d["service"], hosts=tuple(d.get("hosts", ())),
-                   path_prefix=d.get("path_prefix", "/"),
+                   path_prefix=d.get("path_prefix", "/"), canary=d.get("canary"),
+                   sticky=bool(d.get("sticky", False)),
                    backends=tuple(Backend(**b) for b in d.get("backends", ())))
 
 

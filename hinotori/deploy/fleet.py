@@ -132,28 +132,36 @@ class Fleet:
                 f"  last log lines of {host.id}:\n{log}")
 
     # -- traffic -------------------------------------------------------------------------
-    def routing_table(self, version: int, overrides: Mapping[str, list[Host]] | None = None
+    def routing_table(self, version: int,
+                      overrides: Mapping[str, tuple[list[Host], int | None]] | None = None
                       ) -> RoutingTable:
-        """The table the store describes, with ``overrides`` replacing a service's backends."""
+        """The table the store describes; ``overrides`` replaces a service's serving hosts
+        and canary release (a switch in the making)."""
         overrides = overrides or {}
         routes = []
         for name, svc in sorted(self.spec.services.items()):
-            serving = overrides.get(name)
-            if serving is None:
-                serving = self.hosts(name, HostState.SERVING)
-            backends = tuple(Backend(host_id=h.id, address=h.address or "", release=h.release)
-                             for h in serving if h.address)
+            if name in overrides:
+                serving, canary = overrides[name]
+            else:
+                serving, canary = self.hosts(name, HostState.SERVING), self.store.canary(name)
+            backends = tuple(Backend(host_id=h.id, address=h.address or "", release=h.release,
+                                     weight=h.weight) for h in serving if h.address)
             routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
-                                       path_prefix=svc.path_prefix))
+                                       path_prefix=svc.path_prefix, canary=canary,
+                                       sticky=getattr(svc.strategy, "sticky", False)))
         return RoutingTable(version=version, routes=tuple(routes))
 
-    async def switch(self, service: str, serve: list[Host], retire: list[Host],
-                     why: str) -> float:
-        """Atomically route ``service`` to exactly ``serve``; ``retire`` go DRAINING.
-        Returns how long the router took to acknowledge, in seconds."""
+    async def switch(self, service: str, serve: list[Host], retire: list[Host], why: str, *,
+                     weights: Mapping[str, int] | None = None,
+                     canary: int | None = None) -> float:
+        """Atomically route ``service`` to exactly ``serve`` (with ``weights`` by host id,
+        default 100 each, and ``canary`` naming the release under test); ``retire`` go
+        DRAINING. Returns how long the router took to acknowledge, in seconds."""
         async with self._table_lock:
+            for host in serve:
+                host.weight = (weights or {}).get(host.id, 100)
             table = self.routing_table(self.store.next_counter("table_version"),
-                                       {service: serve})
+                                       {service: (serve, canary)})
             started = time.perf_counter()
             await self.router.apply(table)
             took = time.perf_counter() - started
@@ -161,7 +169,10 @@ class Fleet:
                 self._set(host, HostState.SERVING, why)
             for host in retire:
                 if host.id not in {h.id for h in serve}:
+                    host.weight = 100
                     self._set(host, HostState.DRAINING, why)
+            if self.store.canary(service) != canary:
+                self.store.set_canary(service, canary, actor=self.actor, why=why)
         return took
 
     async def sync_router(self) -> None:

@@ -50,17 +50,15 @@ def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
-        raise _spec_error(e, text, file) from None
+        raise _spec_error(e, text, file, data) from None
 
 
-def _spec_error(error: ValidationError, text: str, file: str) -> SpecError:
+def _spec_error(error: ValidationError, text: str, file: str, data: dict) -> SpecError:
     """The first problem, located; the others listed after it so one run shows them all."""
     lines = key_lines(text)
     problems = []
     for err in error.errors():
-        # Drop pydantic's union-branch tags ("str", "list[str]", "function-after[...]").
-        loc = [p for p in err["loc"] if isinstance(p, int) or ("[" not in p and p not in
-               ("str", "list", "int", "float", "bool"))]
+        loc = _toml_path(err["loc"], data)
         key = ".".join(str(p) for p in loc) or None
         message = _message(err)
         problems.append((line_of(lines, loc), key, message))
@@ -69,6 +67,28 @@ def _spec_error(error: ValidationError, text: str, file: str) -> SpecError:
             for ln, k, m in problems[1:]]
     hint = ("also: " + "; ".join(more)) if more else None
     return SpecError(message, file=file, line=line, key=key, hint=hint)
+
+
+def _toml_path(loc: tuple[str | int, ...], data: object) -> list[str | int]:
+    """The TOML key path of a pydantic error location: drop what pydantic adds that the file
+    does not say: union-branch tags ("str", "list[str]") and the discriminator of a tagged
+    union (the value of its `kind` key, e.g. "canary")."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in ("str", "list", "int", "float",
+                                                               "bool")):
+            continue
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return path
 
 
 def _message(err: dict) -> str:

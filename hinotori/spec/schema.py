@@ -83,8 +83,41 @@ class ImageSpec(Strict):
     steps: list[RunStepSpec] = []
 
 
-class StrategySpec(Strict):
+class BlueGreenSpec(Strict):
     kind: Literal["blue-green"] = "blue-green"
+
+
+class AnalysisSpec(Strict):
+    """How each canary step is judged (canary against stable on the same window)."""
+
+    interval: Duration = 5.0  # judge this often during a step
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # canary 5xx share, absolute
+    max_error_rate_diff: float = Field(0.01, ge=0, le=1)  # canary minus stable
+    max_p95_ratio: float | None = Field(None, gt=0)
+    max_p99_ratio: float | None = Field(1.5, gt=0)
+    min_requests: int = Field(50, ge=1)  # fewer canary requests than this: inconclusive
+    deadline: Duration = 120.0  # inconclusive this long into a step: decide by `inconclusive`
+    inconclusive: Literal["fail", "pass"] = "fail"  # no data is not a pass, unless you say so
+    webhook: str | None = None  # custom analysis: POST JSON, answer {"result": "pass"|"fail"}
+
+
+class CanarySpec(Strict):
+    kind: Literal["canary"]
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field([5, 25, 50, 100], min_length=1)
+    pause: Duration = 30.0  # each step lasts at least this long before it may pass
+    analysis: AnalysisSpec = AnalysisSpec()
+    sticky: bool = True  # a client keeps the release it first got while the canary runs
+
+    @model_validator(mode="after")
+    def _ascending(self) -> CanarySpec:
+        if self.steps != sorted(set(self.steps)):
+            raise ValueError("canary steps must be distinct weights in ascending order")
+        if self.steps[-1] != 100:
+            raise ValueError("the last canary step must be 100 (full promotion)")
+        return self
+
+
+StrategySpec = Annotated[BlueGreenSpec | CanarySpec, Field(discriminator="kind")]
 
 
 class ServiceSpec(Strict):
@@ -96,7 +129,7 @@ class ServiceSpec(Strict):
     hosts: list[str] = []  # Host headers routed to this service; empty = any
     path_prefix: str = "/"
     health: HealthSpec = HealthSpec()
-    strategy: StrategySpec = StrategySpec()
+    strategy: StrategySpec = BlueGreenSpec()
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback

@@ -36,4 +36,9 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER releases_no_update BEFORE UPDATE ON releases
         BEGIN SELECT RAISE(ABORT, 'releases are never edited'); END;
     """,
+    # 2: canary traffic: each serving host's weight, and which release of a service is the canary.
+    """
+    ALTER TABLE hosts ADD COLUMN weight INTEGER NOT NULL DEFAULT 100;
+    ALTER TABLE services ADD COLUMN canary INTEGER;
+    """,
 ]

@@ -161,12 +161,26 @@ class Store:
     def set_service_releases(self, service: str, current: int | None, previous: int | None, *,
                              actor: str, why: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO services VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+            db.execute("INSERT INTO services (name, current, previous, updated_at) "
+                       "VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
                        "current = excluded.current, previous = excluded.previous, "
                        "updated_at = excluded.updated_at", (service, current, previous,
                                                             time.time()))
             self._event(db, actor, "service.releases", service,
                         {"current": current, "previous": previous, "why": why})
+
+    def canary(self, service: str) -> int | None:
+        """The release being canaried for ``service`` (None when no canary runs)."""
+        row = self._db.execute("SELECT canary FROM services WHERE name = ?",
+                               (service,)).fetchone()
+        return row["canary"] if row else None
+
+    def set_canary(self, service: str, release: int | None, *, actor: str, why: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO services (name, updated_at, canary) VALUES (?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET canary = excluded.canary, "
+                       "updated_at = excluded.updated_at", (service, time.time(), release))
+            self._event(db, actor, "service.canary", service, {"canary": release, "why": why})
 
     # -- hosts ---------------------------------------------------------------------------
     def save_host(self, host: Host, *, actor: str, why: str = "") -> None:
@@ -174,13 +188,15 @@ class Store:
         with self.transaction() as db:
             old = db.execute("SELECT state FROM hosts WHERE id = ?", (host.id,)).fetchone()
             db.execute(
-                "INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "INSERT INTO hosts (id, service, release, provider, state, born_at, address, pid, "
+                "root, data, warm_until, updated_at, weight) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET "
                 "state=excluded.state, address=excluded.address, pid=excluded.pid, "
                 "root=excluded.root, data=excluded.data, warm_until=excluded.warm_until, "
-                "updated_at=excluded.updated_at",
+                "updated_at=excluded.updated_at, weight=excluded.weight",
                 (host.id, host.service, host.release, host.provider, str(host.state),
                  host.born_at, host.address, host.pid, host.root, json.dumps(host.data),
-                 host.warm_until, time.time()))
+                 host.warm_until, time.time(), host.weight))
             if old is None or old["state"] != str(host.state):
                 detail = {"release": f"v{host.release}", "address": host.address}
                 if why:
@@ -275,7 +291,7 @@ def _host(row: sqlite3.Row) -> Host:
     return Host(id=row["id"], service=row["service"], release=row["release"],
                 provider=row["provider"], state=HostState(row["state"]), born_at=row["born_at"],
                 address=row["address"], pid=row["pid"], root=row["root"],
-                data=json.loads(row["data"]), warm_until=row["warm_until"])
+                data=json.loads(row["data"]), warm_until=row["warm_until"], weight=row["weight"])
 
 
 def _deployment(row: sqlite3.Row) -> dict[str, Any]:

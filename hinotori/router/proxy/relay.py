@@ -63,6 +63,17 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
             for token in v.split(b",")}
 
 
+def _cookie(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a Cookie header."""
+    if not header:
+        return None
+    for part in header.split(b";"):
+        key, _, value = part.strip().partition(b"=")
+        if key == name:
+            return value
+    return None
+
+
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None:
@@ -72,7 +83,8 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 
 class Request:
     __slots__ = ("body", "body_size", "chunked", "complete", "head", "headers", "keep_alive",
-                 "kept", "method", "started", "target", "tried", "version")
+                 "kept", "method", "release", "set_cookie", "started", "target", "tried",
+                 "version")
 
     def __init__(self) -> None:
         self.target = b""
@@ -88,6 +100,8 @@ class Request:
         self.head = b""  # the request head as sent to backends
         self.tried: set[str] = set()
         self.started = 0.0
+        self.release: int | None = None  # the release this request is held to, if any
+        self.set_cookie = False  # tell the client which release it got (sticky routes)
 
     def header(self, name: bytes) -> bytes | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
@@ -255,6 +269,7 @@ class ClientSide(asyncio.Protocol):
         self.route: CompiledRoute | None = None
         self.backend: BackendSide | None = None
         self.host_id = ""
+        self.release = 0  # release of the backend serving the current request
         self.response: _Response | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.keep_alive = True
@@ -366,6 +381,10 @@ class ClientSide(asyncio.Protocol):
         self.route = route
         self.proxy.in_flight += 1
         req.head = self._request_head(req)
+        if route.sticky or route.canary is not None:
+            req.release = route.wanted(req.header(b"x-hinotori-release"),
+                                       _cookie(req.header(b"cookie"), route.cookie))
+            req.set_cookie = route.sticky and req.release is None
         self._dispatch(req)
 
     def _finish_local(self, req: Request) -> None:
@@ -382,11 +401,14 @@ class ClientSide(asyncio.Protocol):
         if len(req.tried) >= MAX_TRIES:
             self._fail(req, 502, b"no backend could be reached")
             return
-        backend = route.pick(req.tried)
+        backend = route.pick(req.tried, req.release)
+        if backend is None and req.release is not None:
+            backend = route.pick(req.tried)  # its release has no reachable host left
         if backend is None:
             self._fail(req, 502, b"no backend could be reached")
             return
         req.tried.add(backend.host_id)
+        self.release = backend.release
         self.host_id = backend.host_id
         conn = self.proxy.take_idle(backend.address)
         if conn is not None:
@@ -534,6 +556,9 @@ class ClientSide(asyncio.Protocol):
         lines += [k + b": " + v + b"\r\n" for k, v in headers if k.lower() not in drop]
         if resp.chunked_out:
             lines.append(b"Transfer-Encoding: chunked\r\n")
+        if req.set_cookie and self.route is not None:
+            lines.append(b"Set-Cookie: %s=v%d; Path=/; HttpOnly; SameSite=Lax\r\n"
+                         % (self.route.cookie, self.release))
         lines.append(b"Connection: keep-alive\r\n\r\n" if self.keep_alive
                      else b"Connection: close\r\n\r\n")
         self.transport.write(b"".join(lines))

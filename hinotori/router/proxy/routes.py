@@ -17,27 +17,57 @@ from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRou
 
 
 class CompiledRoute:
-    __slots__ = ("_current", "backends", "hosts", "prefix", "service")
+    __slots__ = ("_current", "backends", "canary", "cookie", "hosts", "prefix", "releases",
+                 "service", "sticky")
 
     def __init__(self, route: ServiceRoute) -> None:
         self.service = route.service
         self.hosts = frozenset(h.lower() for h in route.hosts)
         self.prefix = route.path_prefix
-        self.backends = [b for b in route.backends if b.weight > 0]
+        # Weight-0 backends stay listed: a request may still ask for their release by name.
+        self.backends = list(route.backends)
+        self.releases = frozenset(b.release for b in self.backends)
+        self.canary = route.canary
+        self.sticky = route.sticky and len(self.releases) > 1
+        self.cookie = f"hinotori-{route.service}".encode()
         self._current = [0] * len(self.backends)
+
+    def wanted(self, header: bytes | None, cookie: bytes | None) -> int | None:
+        """The release a request asks for (X-Hinotori-Release, else the sticky cookie), if it
+        is one this route serves."""
+        for value, from_cookie in ((header, False), (cookie, True)):
+            if not value or (from_cookie and not self.sticky):
+                continue
+            v = value.strip().lower()
+            if v == b"canary":
+                release = self.canary
+            elif v == b"stable":
+                release = next((r for r in sorted(self.releases, reverse=True)
+                                if r != self.canary), None)
+            else:
+                digits = v.removeprefix(b"v")
+                release = int(digits) if digits.isdigit() else None
+            if release in self.releases:
+                return release
+        return None
 
     def matches(self, host: str, path: str) -> bool:
         return (not self.hosts or host in self.hosts) and path.startswith(self.prefix)
 
-    def pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> Backend | None:
-        """The next backend by smooth weighted round-robin, skipping ``exclude`` (host ids)."""
+    def pick(self, exclude: set[str] | frozenset[str] = frozenset(),
+             release: int | None = None) -> Backend | None:
+        """The next backend by smooth weighted round-robin, skipping ``exclude`` (host ids);
+        only backends of ``release`` when given (weight 0 then counts as 1)."""
         best, total = -1, 0
         current, backends = self._current, self.backends
         for i, b in enumerate(backends):
-            if b.host_id in exclude:
+            if b.host_id in exclude or (release is not None and b.release != release):
                 continue
-            current[i] += b.weight
-            total += b.weight
+            weight = b.weight or (1 if release is not None else 0)
+            if not weight:
+                continue
+            current[i] += weight
+            total += weight
             if best < 0 or current[i] > current[best]:
                 best = i
         if best < 0:
