@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--switches", type=int, default=200)
+    ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool):
@@ -156,26 +157,27 @@ def main() -> None:
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
             targets[f"haproxy, {threads} thread{'s' * (threads > 1)}"] = port
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for _ in range(args.runs):
-            for name, port in targets.items():
-                samples[name].append(wrk(port, args.duration))
-        med = {name: {k: statistics.median(s[k] for s in runs) for k in runs[0]}
-               for name, runs in samples.items()}
-        print(f"wrk -t1 -c50 -d{args.duration:g}s, medians of {args.runs} interleaved runs, "
-              f"2 backends")
-        print(f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-        for name, m in med.items():
-            print(f"{name:<30}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
-                  + ("  (errors!)" if m["errors"] else ""))
-        direct = med["direct (one backend)"]
-        for w, t in ((1, 1), (2, 2)):
-            ours = med[f"hinotori builtin, {w} worker{'s' * (w > 1)}"]
-            theirs = med[f"haproxy, {t} thread{'s' * (t > 1)}"]
-            print(f"builtin/haproxy req/s, {w} worker(s) vs {t} thread(s): "
-                  f"{ours['rps'] / theirs['rps']:.2f}x; added p50 over direct: builtin "
-                  f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
-                  f"{theirs['p50'] - direct['p50']:+.2f} ms")
+        if not args.switch_only:
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            for _ in range(args.runs):
+                for name, port in targets.items():
+                    samples[name].append(wrk(port, args.duration))
+            med = {name: {k: statistics.median(s[k] for s in runs) for k in runs[0]}
+                   for name, runs in samples.items()}
+            print(f"wrk -t1 -c50 -d{args.duration:g}s, medians of {args.runs} interleaved runs, "
+                  f"2 backends")
+            print(f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+            for name, m in med.items():
+                print(f"{name:<30}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
+                      + ("  (errors!)" if m["errors"] else ""))
+            direct = med["direct (one backend)"]
+            for w, t in ((1, 1), (2, 2)):
+                ours = med[f"hinotori builtin, {w} worker{'s' * (w > 1)}"]
+                theirs = med[f"haproxy, {t} thread{'s' * (t > 1)}"]
+                print(f"builtin/haproxy req/s, {w} worker(s) vs {t} thread(s): "
+                      f"{ours['rps'] / theirs['rps']:.2f}x; added p50 over direct: builtin "
+                      f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
+                      f"{theirs['p50'] - direct['p50']:+.2f} ms")
 
         async def measure() -> list[float]:
             router = BuiltinRouter(work / "builtin1", routers[0].listen, workers=1)

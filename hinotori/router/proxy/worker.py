@@ -67,6 +67,7 @@ class Worker:
         self.proxy = Proxy(CompiledTable(self._load_table()))
         self.stopping = asyncio.Event()
         self.control_writers: set[asyncio.StreamWriter] = set()
+        self._save_pending = False
 
     def _load_table(self) -> RoutingTable:
         try:
@@ -78,6 +79,19 @@ class Worker:
         tmp = self.table_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(table.to_dict()))
         tmp.replace(self.table_file)
+
+    def _schedule_save(self) -> None:
+        """Persist the live table a moment after the swap, coalescing bursts of applies: the
+        swap is what "switched" means, and file I/O must not sit in the switch's path."""
+        if self._save_pending:
+            return
+        self._save_pending = True
+
+        def save() -> None:
+            self._save_pending = False
+            self._save_table(self.proxy.table.table)
+
+        asyncio.get_running_loop().call_later(0.05, save)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.control_writers.add(writer)
@@ -101,8 +115,7 @@ class Worker:
         if op == "apply":
             table = RoutingTable.from_dict(msg["table"])
             proxy.swap(CompiledTable(table))
-            # Persisting is off the acknowledgement path: the swap is what "switched" means.
-            asyncio.get_running_loop().run_in_executor(None, self._save_table, table)
+            self._schedule_save()
             return {"ok": True, "version": table.version}
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "version": proxy.table.version or None,
