@@ -30,6 +30,11 @@ app.command("deploy")(controlcmds.deploy)
 app.command("rollback")(controlcmds.rollback)
 app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
+for _name in ("promote", "pause", "resume", "abort", "deployments"):
+    app.command(_name)(getattr(controlcmds, _name))
+deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
+deployment_app.command("show")(controlcmds.deployment_show)
+app.add_typer(deployment_app, name="deployment")
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

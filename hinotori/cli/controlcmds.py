@@ -163,8 +163,10 @@ def deploy(service: str, spec: SpecOpt = Path("."),
            release: Annotated[str | None, typer.Option("--release", help="e.g. v3")] = None,
            env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE: a "
                           "config-only release from the current image")] = None,
+           strategy: Annotated[str | None, typer.Option(
+               "--strategy", help="blue-green | canary (default: the spec's)")] = None,
            lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
-    """Deploy a release (default: the newest) blue-green, with zero dropped requests."""
+    """Deploy a release (default: the newest) with zero dropped requests."""
     project = Project.load(spec)
     project.service(service)
     wait = parse_duration(lock_wait)
@@ -184,7 +186,7 @@ def deploy(service: str, spec: SpecOpt = Path("."),
     elif env:
         raise SpecError("--env and --release cannot be combined", key="--env",
                         hint="--env makes a new release from the current image")
-    _run_deployment(project, service, "deploy", number, wait, json_out)
+    _run_deployment(project, service, "deploy", number, wait, json_out, strategy)
 
 
 def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
@@ -196,11 +198,11 @@ def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s"
 
 
 def _run_deployment(project: Project, service: str, kind: str, release: int | None,
-                    lock_wait: float, json_out: bool) -> None:
+                    lock_wait: float, json_out: bool, strategy: str | None = None) -> None:
     client = ControllerClient(project)
     try:
         number = client.start_deployment(service, kind, release=release, lock_wait=lock_wait,
-                                          actor=_actor())
+                                          actor=_actor(), strategy=strategy)
         if number is None:
             current, _ = project.store.service_releases(service)
             if json_out:
@@ -223,6 +225,7 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
     if not json_out:
         s = dep["summary"]
         how = "instantly from warm hosts" if s.get("instant") else \
+            f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
             f"boot→healthy {s.get('boot_to_healthy_s')}s"
         console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}, switch "
                       f"{s['switch_ms']} ms, drain {s['drain_s']}s, total {s['total_s']}s)")
@@ -239,10 +242,82 @@ def _print_step(step: dict[str, Any]) -> None:
         "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in {s['drain_s']}s"
         if s["hosts"] else None,
         "cold": lambda s: f"{s['why']}",
+        "note": lambda s: s["text"],
+        "step": lambda s: f"canary weight {s['weight']}% (switch {s['switch_ms']} ms)",
+        "analysis": lambda s: f"  {s['elapsed_s']}s: {s['outcome']}"
+        f"{' (paused)' if s['paused'] else ''} — canary {s['metrics'].get('canary_requests')} "
+        f"req, {_pct(s['metrics'].get('canary_error_rate'))} errors, p99 "
+        f"{s['metrics'].get('canary_p99_ms')} ms; stable "
+        f"{s['metrics'].get('stable_requests')} req, "
+        f"{_pct(s['metrics'].get('stable_error_rate'))} errors"
+        + (f" [{render.escape('; '.join(s['reasons']))}]" if s["reasons"] else ""),
+        "rolled-back": lambda s: f"[red]rolled back to stable[/] in {s['back_ms']} ms",
+        "promoted": lambda s: f"promoted {s['release']} (switch {s['switch_ms']} ms)",
     }.get(name)
     line = text(step) if text else f"{name}: {step}"
     if line:
         console.print(line, highlight=False)
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"
+
+
+def _control(action: str) -> Any:
+    def command(service: str, spec: SpecOpt = Path(".")) -> None:
+        project = Project.load(spec)
+        project.service(service)
+        client = ControllerClient(project)
+        try:
+            client.control(service, action)
+        finally:
+            client.close()
+        console.print(f"{action}: sent to {service}'s running canary")
+
+    command.__doc__ = {"promote": "Skip the remaining canary steps: all traffic to the canary.",
+                       "pause": "Hold the running canary at its step (failures still roll "
+                                "back).",
+                       "resume": "Let a paused canary go on.",
+                       "abort": "Roll the running canary back to stable now."}[action]
+    return command
+
+
+promote, pause, resume, abort = (_control(a) for a in ("promote", "pause", "resume", "abort"))
+
+
+def deployments(service: Annotated[str | None, typer.Argument()] = None,
+                spec: SpecOpt = Path("."),
+                limit: Annotated[int, typer.Option(help="newest N")] = 20,
+                json_out: JsonOpt = False) -> None:
+    """Deployments, newest last: strategy, releases, outcome, duration."""
+    project = Project.load(spec)
+    rows = project.store.deployments(service, limit)
+    if json_out:
+        render.print_json(rows)
+        return
+    render.table(None, ["id", "service", "kind", "strategy", "from", "to", "state", "started",
+                        "took"],
+                 [(d["id"], d["service"], d["kind"], d["strategy"], _v(d["from_release"]),
+                   _v(d["to_release"]), d["state"], render.when(d["started_at"]),
+                   f"{d['ended_at'] - d['started_at']:.1f}s" if d["ended_at"] else "")
+                  for d in rows])
+
+
+def deployment_show(number: int, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """One deployment's timeline: steps, weights, judged metrics and decisions."""
+    project = Project.load(spec)
+    d = project.store.deployment(number)
+    if json_out:
+        render.print_json(d)
+        return
+    console.print(f"deployment {d['id']}: {d['kind']} of {d['service']} "
+                  f"{_v(d['from_release'])} → {_v(d['to_release'])} ({d['strategy']}), "
+                  f"[bold]{d['state']}[/]", highlight=False)
+    for step in d["steps"]:
+        console.print(f"[dim]{render.when(step['ts'])}[/] ", end="")
+        _print_step(step)
+    if d["error"]:
+        render.err_console.print(f"[red]error:[/] {render.escape(d['error'])}")
 
 
 def _actor() -> str:

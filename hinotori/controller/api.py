@@ -35,6 +35,7 @@ class DeployBody(BaseModel):
     actor: str = "api"
     replace: bool = False  # deploy even if the release already serves: fresh hosts
     reason: str = ""
+    strategy: str | None = None  # default: the service's strategy in the spec
 
 
 class ShutdownBody(BaseModel):
@@ -82,7 +83,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     async def deploy(service: str, body: DeployBody) -> dict[str, Any]:
         number = await controller.start_deployment(
             service, kind="deploy", release=body.release, lock_wait=body.lock_wait,
-            actor=body.actor, replace=body.replace, reason=body.reason)
+            actor=body.actor, replace=body.replace, reason=body.reason, strategy=body.strategy)
         return {"deployment": number}
 
     @app.post("/v1/services/{service}/rollback")
@@ -91,6 +92,18 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             service, kind="rollback", release=None, lock_wait=body.lock_wait, actor=body.actor,
             reason=body.reason)
         return {"deployment": number}
+
+    @app.post("/v1/services/{service}/{action}")
+    async def control(service: str, action: str) -> dict[str, Any]:
+        if action not in ("pause", "resume", "promote", "abort"):
+            raise NotFound(f"no action {action!r}",
+                           hint="actions: deploy, rollback, pause, resume, promote, abort")
+        controller.control(service, action)
+        return {"service": service, "action": action}
+
+    @app.get("/v1/deployments")
+    async def deployments(service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return store.deployments(service, limit)
 
     @app.get("/v1/deployments/{number}")
     async def deployment(number: int) -> dict[str, Any]:

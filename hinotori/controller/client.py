@@ -48,9 +48,9 @@ class ControllerClient:
 
     def start_deployment(self, service: str, kind: str, *, release: int | None = None,
                          lock_wait: float = 0.0, actor: str = "cli", replace: bool = False,
-                         reason: str = "") -> int | None:
+                         reason: str = "", strategy: str | None = None) -> int | None:
         body = {"release": release, "lock_wait": lock_wait, "actor": actor, "replace": replace,
-                "reason": reason}
+                "reason": reason, "strategy": strategy}
         timeout = max(30.0, lock_wait + 30.0)
         return self.call("POST", f"/v1/services/{service}/{kind}", json=body,
                          timeout=timeout)["deployment"]
@@ -67,6 +67,9 @@ class ControllerClient:
             if dep["state"] != "running":
                 return dep
             time.sleep(poll)
+
+    def control(self, service: str, action: str) -> None:
+        self.call("POST", f"/v1/services/{service}/{action}")
 
     def shutdown(self, teardown: bool = True) -> None:
         self.call("POST", "/v1/shutdown", json={"teardown": teardown})

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Any
 
-from hinotori.deploy import bluegreen
+from hinotori.deploy import bluegreen, canary
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import ControllerError, DeployError, HinotoriError
@@ -35,6 +35,7 @@ from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
 from hinotori.router.proxy import BuiltinRouter
+from hinotori.spec.schema import CanarySpec
 
 log = logging.getLogger("hinotori.controller")
 
@@ -63,6 +64,7 @@ class Controller:
         self.store = project.store
         self.fleet = make_fleet(project)
         self.locks = ServiceLocks()
+        self.controls: dict[str, canary.Control] = {}  # running canaries, by service
         self.stopping = asyncio.Event()
         self.teardown = False  # set by `down`: also destroy hosts and stop the router
         self.started_at = time.time()
@@ -116,7 +118,24 @@ class Controller:
             if dep["state"] == "running":
                 self.store.finish_deployment(dep["id"], "failed", actor=ACTOR,
                                              error="interrupted: the controller stopped")
+        for name in fleet.spec.services:
+            await self._abandon_canary(name)
         await fleet.sync_router()
+
+    async def _abandon_canary(self, service: str) -> None:
+        """A canary nobody judges any more (its controller died) goes back to stable."""
+        release = self.store.canary(service)
+        if release is None:
+            return
+        serving = self.fleet.hosts(service, HostState.SERVING)
+        stable = [h for h in serving if h.release != release]
+        tested = [h for h in serving if h.release == release]
+        why = "interrupted canary rolled back when the controller started"
+        if stable:
+            await self.fleet.switch(service, stable, tested, why=why, canary=None)
+            await self.fleet.destroy(tested, why=why)
+        else:
+            self.store.set_canary(service, None, actor=ACTOR, why=why)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -140,7 +159,7 @@ class Controller:
     # -- deployments ---------------------------------------------------------------------
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
                                lock_wait: float, actor: str, replace: bool = False,
-                               reason: str = "") -> int | None:
+                               reason: str = "", strategy: str | None = None) -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
@@ -165,23 +184,46 @@ class Controller:
                 if target == current and serving and not replace:
                     await hold.__aexit__(None, None, None)
                     return None
+            spec_strategy = self.fleet.service(service).strategy
+            chosen = strategy or spec_strategy.kind
+            if chosen not in (bluegreen.STRATEGY, canary.STRATEGY):
+                raise DeployError(f"unknown strategy {chosen!r}",
+                                  hint="use blue-green or canary")
+            if kind == "rollback":
+                chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
             number = self.store.create_deployment(
-                service, strategy=bluegreen.STRATEGY, kind=kind, from_release=current,
+                service, strategy=chosen, kind=kind, from_release=current,
                 to_release=target, actor=actor, reason=reason)
         except BaseException:
             await hold.__aexit__(None, None, None)
             raise
-        self.spawn(self._run_deployment(number, service, kind, target, hold))
+        self.spawn(self._run_deployment(number, service, kind, target, hold, chosen))
         return number
 
+    def control(self, service: str, action: str) -> None:
+        """pause | resume | promote | abort the running canary of ``service``."""
+        self.fleet.service(service)
+        control = self.controls.get(service)
+        if control is None:
+            raise DeployError(f"{service} has no canary deployment running",
+                              hint="pause, resume, promote and abort act on a running canary")
+        control.request(action)
+        self.store.record(ACTOR, f"deploy.{action}", service, {"by": "operator"})
+
     async def _run_deployment(self, number: int, service: str, kind: str, target: int,
-                              hold: Any) -> None:
+                              hold: Any, strategy: str) -> None:
         def progress(step: str, detail: dict[str, Any]) -> None:
             self.store.add_deployment_step(number, {"step": step, **detail})
 
         try:
             if kind == "rollback":
                 summary = await bluegreen.rollback(self.fleet, service, progress)
+            elif strategy == canary.STRATEGY:
+                spec = self.fleet.service(service).strategy
+                control = self.controls[service] = canary.Control()
+                summary = await canary.deploy(
+                    self.fleet, self.store.release(service, target), progress, control,
+                    spec if isinstance(spec, CanarySpec) else CanarySpec(kind="canary"))
             else:
                 release = self.store.release(service, target)
                 summary = await bluegreen.deploy(self.fleet, release, progress)
@@ -197,6 +239,7 @@ class Controller:
             self.store.finish_deployment(number, "failed", actor=ACTOR,
                                          error=f"internal error: {e!r}")
         finally:
+            self.controls.pop(service, None)
             await hold.__aexit__(None, None, None)
 
     # -- loops ---------------------------------------------------------------------------

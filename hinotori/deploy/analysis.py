@@ -17,7 +17,6 @@ from enum import StrEnum
 
 from hinotori.model import LATENCY_BUCKETS_MS
 
-
 _EPS = 1e-9  # rates are ratios of counts: 0.05 - 0.04 must not be "more than 0.01"
 
 

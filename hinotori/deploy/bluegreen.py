@@ -38,7 +38,7 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     left = current if current != release.number else previous
     fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
                                      why=f"{kind} to {release.name}")
-    drain_s = await _retire(fleet, service, old, left, progress)
+    drain_s = await retire(fleet, service, old, left, progress)
     return {"release": release.name, "instant": False, "boot_to_healthy_s": round(healthy_s, 3),
             "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
             "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}
@@ -60,7 +60,7 @@ async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, 
                               "warm": True, "hosts": [h.id for h in warm]})
         fleet.store.set_service_releases(service, previous, current, actor=fleet.actor,
                                          why=f"rollback to {target.name}")
-        drain_s = await _retire(fleet, service, old, current, progress)
+        drain_s = await retire(fleet, service, old, current, progress)
         return {"release": target.name, "instant": True, "switch_ms": round(switch_s * 1000, 2),
                 "drain_s": round(drain_s, 3), "total_s": round(time.monotonic() - started, 3),
                 "hosts": [h.id for h in warm]}
@@ -69,7 +69,7 @@ async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, 
     return await deploy(fleet, target, progress, kind="rollback")
 
 
-async def _retire(fleet: Fleet, service: str, old: list[Host], previous: int | None,
+async def retire(fleet: Fleet, service: str, old: list[Host], previous: int | None,
                   progress: Progress) -> float:
     """Drain the hosts just taken out of traffic. Only hosts of the previous release stay warm
     (for instant rollback); any other retired or warm host is burned: an older release, or

@@ -1,0 +1,145 @@
+"""Canary deployments judged by router metrics, end to end under load (real CLI, controller,
+router and hosts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hinotori.loadgen import BackgroundLoad
+
+from .conftest import Project, make_project, wait_until
+
+pytestmark = pytest.mark.integration
+
+CANARY = """
+[services.web.strategy]
+kind = "canary"
+steps = {steps}
+pause = "{pause}"
+
+[services.web.strategy.analysis]
+interval = "300ms"
+min_requests = 20
+max_error_rate = 0.05
+max_p99_ratio = 10.0
+deadline = "{deadline}"
+"""
+
+
+@pytest.fixture
+def canary_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
+    steps, pause, deadline = getattr(request, "param", ("[10, 50, 100]", "1s", "3s"))
+    p = make_project(tmp_path, replicas=2)
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text() + CANARY.format(steps=steps, pause=pause,
+                                                     deadline=deadline))
+    p.cli("up", "-d")
+    p.cli("bake", "web")
+    p.cli("deploy", "web")  # v1: nothing to compare with yet, so this one goes blue-green
+    yield p
+    from .conftest import _teardown
+
+    _teardown(p)
+
+
+def get(address: str, headers: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    req = urllib.request.Request(f"http://{address}/", headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+        return r.headers["X-Hello-Version"], dict(r.headers)
+
+
+def test_failing_canary_rolls_back_at_its_first_step(canary_project: Project) -> None:
+    p = canary_project
+    load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
+    load.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        result = p.cli("deploy", "web", "--env", "HELLO_ERROR_RATE=0.5", "--env",
+                       "HELLO_VERSION=2", check=False)
+        during = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        stats = load.stop()
+    assert result.returncode == 1
+    assert "failed its canary analysis at 10%" in result.stderr
+    assert "rolled back to stable" in result.stdout
+    # Clients saw about weight x error rate of the traffic while the step ran, no more.
+    expected = 0.10 * 0.5 * 300 * during
+    assert 0 < stats.failed <= 3 * expected + 10, (stats.failed, expected)
+    assert stats.by_header["2"] < stats.by_header["1"]
+    assert all(h["release"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
+    assert get(p.router)[0] == "1"
+    dep = p.json("deployments")[-1]  # type: ignore[index]
+    shown = p.cli("deployment", "show", str(dep["id"])).stdout
+    assert "canary weight 10%" in shown and "fail" in shown
+
+
+@pytest.mark.parametrize("canary_project", [("[20, 50, 100]", "1s", "5s")], indirect=True)
+def test_healthy_canary_is_promoted_through_every_step(canary_project: Project) -> None:
+    p = canary_project
+    p.set_version("2")
+    p.cli("bake", "web")
+    load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
+    load.start()
+    try:
+        out = p.cli("deploy", "web").stdout
+        time.sleep(0.3)
+    finally:
+        stats = load.stop()
+    assert stats.failed == 0, stats.failures
+    assert "canary weight 20%" in out and "canary weight 50%" in out and "promoted v2" in out
+    dep = p.json("deployments")[-1]  # type: ignore[index]
+    assert dep["strategy"] == "canary" and dep["state"] == "succeeded"
+    assert [s["outcome"] for s in dep["summary"]["steps"]] == ["pass", "pass"]
+    assert get(p.router)[0] == "2"
+    assert {h["release"] for h in p.serving()} == {"v2"}
+
+
+@pytest.mark.parametrize("canary_project", [("[50, 100]", "500ms", "2s")], indirect=True)
+def test_canary_without_traffic_is_not_promoted(canary_project: Project) -> None:
+    p = canary_project
+    p.set_version("2")
+    p.cli("bake", "web")
+    result = p.cli("deploy", "web", check=False)
+    assert result.returncode == 1 and "inconclusive" in result.stderr
+    assert get(p.router)[0] == "1"
+
+
+@pytest.mark.parametrize("canary_project", [("[50, 100]", "60s", "120s")], indirect=True)
+def test_override_header_stickiness_pause_and_abort(canary_project: Project) -> None:
+    p = canary_project
+    p.set_version("2")
+    p.cli("bake", "web")
+    deploying = subprocess.Popen([sys.executable, "-m", "hinotori", "deploy", "web", "--spec",
+                                  str(p.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    try:
+        assert wait_until(lambda: any(h["release"] == "v2" and h["state"] == "serving"
+                                      for h in p.json("hosts")), timeout=30)
+        p.cli("pause", "web")
+        assert {get(p.router, {"X-Hinotori-Release": "canary"})[0] for _ in range(20)} == {"2"}
+        assert {get(p.router, {"X-Hinotori-Release": "stable"})[0] for _ in range(20)} == {"1"}
+        assert {get(p.router, {"X-Hinotori-Release": "v1"})[0] for _ in range(5)} == {"1"}
+        # Sticky: the first answer sets a cookie; with it, a client keeps its release.
+        version, headers = get(p.router)
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert cookie == f"hinotori-web=v{version}"
+        assert {get(p.router, {"Cookie": cookie})[0] for _ in range(30)} == {version}
+        seen = {get(p.router)[0] for _ in range(60)}
+        assert seen == {"1", "2"}  # without a cookie, both sides get traffic at 50%
+        p.cli("abort", "web")
+        _, err = deploying.communicate(timeout=60)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+    assert deploying.returncode == 1 and "aborted by an operator" in err
+    assert {get(p.router)[0] for _ in range(10)} == {"1"}
+    assert p.cli("promote", "web", check=False).returncode == 1  # nothing running now
