@@ -164,7 +164,8 @@ def deploy(service: str, spec: SpecOpt = Path("."),
            env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE: a "
                           "config-only release from the current image")] = None,
            strategy: Annotated[str | None, typer.Option(
-               "--strategy", help="blue-green | canary (default: the spec's)")] = None,
+               "--strategy", help="blue-green | canary | rolling (default: the spec's)")]
+           = None,
            lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
     """Deploy a release (default: the newest) with zero dropped requests."""
     project = Project.load(spec)
@@ -226,9 +227,12 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
         s = dep["summary"]
         how = "instantly from warm hosts" if s.get("instant") else \
             f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
+            f"rolling in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
             f"boot→healthy {s.get('boot_to_healthy_s')}s"
-        console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}, switch "
-                      f"{s['switch_ms']} ms, drain {s['drain_s']}s, total {s['total_s']}s)")
+        timing = f", switch {s['switch_ms']} ms, drain {s['drain_s']}s" \
+            if s.get("switch_ms") is not None else ""
+        console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}{timing}, "
+                      f"total {s['total_s']}s)")
 
 
 def _print_step(step: dict[str, Any]) -> None:
@@ -253,6 +257,9 @@ def _print_step(step: dict[str, Any]) -> None:
         + (f" [{render.escape('; '.join(s['reasons']))}]" if s["reasons"] else ""),
         "rolled-back": lambda s: f"[red]rolled back to stable[/] in {s['back_ms']} ms",
         "promoted": lambda s: f"promoted {s['release']} (switch {s['switch_ms']} ms)",
+        "batch": lambda s: f"rolling batch: booting {s['boot']} of {s['release']} "
+        f"({s['serving_old']} old + {s['serving_new']} new serving)",
+        "rolling-back": lambda s: f"[red]batch failed[/]: rolling back to {s['to']}",
     }.get(name)
     line = text(step) if text else f"{name}: {step}"
     if line:

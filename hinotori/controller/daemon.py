@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Any
 
-from hinotori.deploy import bluegreen, canary
+from hinotori.deploy import bluegreen, canary, rolling
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import ControllerError, DeployError, HinotoriError
@@ -35,7 +35,7 @@ from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
 from hinotori.router.proxy import BuiltinRouter
-from hinotori.spec.schema import CanarySpec
+from hinotori.spec.schema import CanarySpec, RollingSpec
 
 log = logging.getLogger("hinotori.controller")
 
@@ -186,9 +186,9 @@ class Controller:
                     return None
             spec_strategy = self.fleet.service(service).strategy
             chosen = strategy or spec_strategy.kind
-            if chosen not in (bluegreen.STRATEGY, canary.STRATEGY):
+            if chosen not in (bluegreen.STRATEGY, canary.STRATEGY, rolling.STRATEGY):
                 raise DeployError(f"unknown strategy {chosen!r}",
-                                  hint="use blue-green or canary")
+                                  hint="use blue-green, canary or rolling")
             if kind == "rollback":
                 chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
             number = self.store.create_deployment(
@@ -224,6 +224,11 @@ class Controller:
                 summary = await canary.deploy(
                     self.fleet, self.store.release(service, target), progress, control,
                     spec if isinstance(spec, CanarySpec) else CanarySpec(kind="canary"))
+            elif strategy == rolling.STRATEGY:
+                spec = self.fleet.service(service).strategy
+                summary = await rolling.deploy(
+                    self.fleet, self.store.release(service, target), progress,
+                    spec if isinstance(spec, RollingSpec) else RollingSpec(kind="rolling"))
             else:
                 release = self.store.release(service, target)
                 summary = await bluegreen.deploy(self.fleet, release, progress)

@@ -117,7 +117,20 @@ class CanarySpec(Strict):
         return self
 
 
-StrategySpec = Annotated[BlueGreenSpec | CanarySpec, Field(discriminator="kind")]
+class RollingSpec(Strict):
+    kind: Literal["rolling"]
+    max_surge: int = Field(1, ge=0)  # hosts above replicas while rolling
+    max_unavailable: int = Field(0, ge=0)  # hosts below replicas while rolling
+
+    @model_validator(mode="after")
+    def _can_move(self) -> RollingSpec:
+        if self.max_surge + self.max_unavailable < 1:
+            raise ValueError("max_surge + max_unavailable must be at least 1, or nothing can "
+                             "be replaced")
+        return self
+
+
+StrategySpec = Annotated[BlueGreenSpec | CanarySpec | RollingSpec, Field(discriminator="kind")]
 
 
 class ServiceSpec(Strict):
