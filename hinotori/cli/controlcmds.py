@@ -255,6 +255,8 @@ def _print_step(step: dict[str, Any]) -> None:
         f"{s['metrics'].get('stable_requests')} req, "
         f"{_pct(s['metrics'].get('stable_error_rate'))} errors"
         + (f" [{render.escape('; '.join(s['reasons']))}]" if s["reasons"] else ""),
+        "hook": lambda s: f"{s['hook']} hook exited {s['rc']}"
+        + (f": {render.escape(s['output'].splitlines()[-1])}" if s["output"] else ""),
         "rolled-back": lambda s: f"[red]rolled back to stable[/] in {s['back_ms']} ms",
         "promoted": lambda s: f"promoted {s['release']} (switch {s['switch_ms']} ms)",
         "batch": lambda s: f"rolling batch: booting {s['boot']} of {s['release']} "

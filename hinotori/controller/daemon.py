@@ -24,8 +24,10 @@ import socket
 import time
 from typing import Any
 
+from hinotori.controller.notify import Notifier
 from hinotori.deploy import bluegreen, canary, rolling
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
+from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import ControllerError, DeployError, HinotoriError
 from hinotori.health import probe
@@ -65,6 +67,9 @@ class Controller:
         self.fleet = make_fleet(project)
         self.locks = ServiceLocks()
         self.controls: dict[str, canary.Control] = {}  # running canaries, by service
+        notify = project.spec.notify
+        self.notifier = Notifier(notify.webhooks, timeout=notify.timeout)
+        self._notify_task: asyncio.Task[Any] | None = None
         self.stopping = asyncio.Event()
         self.teardown = False  # set by `down`: also destroy hosts and stop the router
         self.started_at = time.time()
@@ -91,6 +96,7 @@ class Controller:
         await self.fleet.router.start()
         await self.adopt()
         self.spawn(self._monitor_loop())
+        self._notify_task = self.spawn(self.notifier.run())
         self.spawn(self._reaper_loop())
         self.store.record(ACTOR, "controller.started", self.project.spec.project.name,
                           {"pid": os.getpid()})
@@ -163,6 +169,7 @@ class Controller:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
+        self.reload_spec()
         self.fleet.service(service)
         hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
         await hold.__aenter__()
@@ -200,6 +207,24 @@ class Controller:
         self.spawn(self._run_deployment(number, service, kind, target, hold, chosen))
         return number
 
+    def reload_spec(self) -> None:
+        """Each deployment runs with the spec as it is on disk now (strategy, hooks, replicas,
+        timeouts), like the CLI that asked for it; an invalid spec refuses the deployment."""
+        fresh = Project.load(self.project.loaded.path).spec
+        if fresh == self.fleet.spec:
+            return
+        if fresh.router != self.project.spec.router:
+            self.store.record(ACTOR, "spec.router-changed", fresh.project.name,
+                              {"note": "takes effect at the next `hinotori up`"})
+        self.fleet.spec = fresh
+        if fresh.notify != self.project.spec.notify:
+            if self._notify_task is not None:
+                self._notify_task.cancel()
+            self.notifier.set_urls(fresh.notify.webhooks)
+            self.notifier.timeout = fresh.notify.timeout
+            self._notify_task = self.spawn(self.notifier.run())
+        self.project.spec = fresh
+
     def control(self, service: str, action: str) -> None:
         """pause | resume | promote | abort the running canary of ``service``."""
         self.fleet.service(service)
@@ -212,29 +237,45 @@ class Controller:
 
     async def _run_deployment(self, number: int, service: str, kind: str, target: int,
                               hold: Any, strategy: str) -> None:
+        svc = self.fleet.service(service)
+        current, _ = self.store.service_releases(service)
+        context = {"HINOTORI_SERVICE": service, "HINOTORI_DEPLOYMENT": str(number),
+                   "HINOTORI_KIND": kind, "HINOTORI_STRATEGY": strategy,
+                   "HINOTORI_FROM_RELEASE": f"v{current}" if current else "",
+                   "HINOTORI_TO_RELEASE": f"v{target}",
+                   "HINOTORI_ROUTER": self.project.spec.router.listen}
+        about = {"service": service, "deployment": number, "kind": kind, "strategy": strategy,
+                 "from": context["HINOTORI_FROM_RELEASE"], "to": f"v{target}"}
+        hook_tasks: list[asyncio.Task[None]] = []
+
         def progress(step: str, detail: dict[str, Any]) -> None:
             self.store.add_deployment_step(number, {"step": step, **detail})
+            self.notifier.emit("step", **about, step=step, detail=detail)
+            if step in ("switched", "promoted") and svc.hooks.post_switch:
+                hook_tasks.append(asyncio.create_task(self._hook(
+                    number, "post_switch", svc.hooks.post_switch, context, svc.hooks.timeout)))
 
+        self.notifier.emit("started", **about)
         try:
-            if kind == "rollback":
-                summary = await bluegreen.rollback(self.fleet, service, progress)
-            elif strategy == canary.STRATEGY:
-                spec = self.fleet.service(service).strategy
-                control = self.controls[service] = canary.Control()
-                summary = await canary.deploy(
-                    self.fleet, self.store.release(service, target), progress, control,
-                    spec if isinstance(spec, CanarySpec) else CanarySpec(kind="canary"))
-            elif strategy == rolling.STRATEGY:
-                spec = self.fleet.service(service).strategy
-                summary = await rolling.deploy(
-                    self.fleet, self.store.release(service, target), progress,
-                    spec if isinstance(spec, RollingSpec) else RollingSpec(kind="rolling"))
-            else:
-                release = self.store.release(service, target)
-                summary = await bluegreen.deploy(self.fleet, release, progress)
+            if svc.hooks.pre_deploy:
+                result = await self._hook(number, "pre_deploy", svc.hooks.pre_deploy, context,
+                                          svc.hooks.timeout)
+                if not result.ok:
+                    raise DeployError(f"{service}: the pre-deploy hook failed, nothing was "
+                                      f"changed\n{result.describe()}")
+            summary = await self._strategy(service, kind, target, strategy, progress)
+            await asyncio.gather(*hook_tasks)
+            if svc.hooks.post_deploy:
+                await self._hook(number, "post_deploy", svc.hooks.post_deploy, context,
+                                 svc.hooks.timeout)
             self.store.finish_deployment(number, "succeeded", actor=ACTOR, summary=summary)
+            self.notifier.emit("promoted" if strategy == canary.STRATEGY else "succeeded",
+                               **about, summary=summary)
         except HinotoriError as e:
             self.store.finish_deployment(number, "failed", actor=ACTOR, error=str(e))
+            rolled_back = isinstance(e, canary.CanaryFailed)
+            self.notifier.emit("rolled_back" if rolled_back else "failed", **about,
+                               error=str(e))
         except asyncio.CancelledError:
             self.store.finish_deployment(number, "failed", actor=ACTOR,
                                          error="interrupted: the controller stopped")
@@ -243,9 +284,38 @@ class Controller:
             log.exception("deployment %s crashed", number)
             self.store.finish_deployment(number, "failed", actor=ACTOR,
                                          error=f"internal error: {e!r}")
+            self.notifier.emit("failed", **about, error=f"internal error: {e!r}")
         finally:
             self.controls.pop(service, None)
             await hold.__aexit__(None, None, None)
+
+    async def _strategy(self, service: str, kind: str, target: int, strategy: str,
+                        progress: Any) -> dict[str, Any]:
+        spec = self.fleet.service(service).strategy
+        if kind == "rollback":
+            return await bluegreen.rollback(self.fleet, service, progress)
+        release = self.store.release(service, target)
+        if strategy == canary.STRATEGY:
+            control = self.controls[service] = canary.Control()
+            return await canary.deploy(
+                self.fleet, release, progress, control,
+                spec if isinstance(spec, CanarySpec) else CanarySpec(kind="canary"))
+        if strategy == rolling.STRATEGY:
+            return await rolling.deploy(
+                self.fleet, release, progress,
+                spec if isinstance(spec, RollingSpec) else RollingSpec(kind="rolling"))
+        return await bluegreen.deploy(self.fleet, release, progress)
+
+    async def _hook(self, number: int, name: str, argv: list[str], context: dict[str, str],
+                    timeout: float) -> HookResult:
+        result = await run_hook(name, argv, env=context, cwd=self.project.root,
+                                timeout=timeout)
+        self.store.add_deployment_step(number, {"step": "hook", "hook": name, "rc": result.rc,
+                                                "output": result.output})
+        if not result.ok:
+            self.store.record(ACTOR, "hook.failed", f"{context['HINOTORI_SERVICE']}/"
+                              f"deployment/{number}", {"hook": name, "rc": result.rc})
+        return result
 
     # -- loops ---------------------------------------------------------------------------
     async def _monitor_loop(self) -> None:

@@ -133,6 +133,15 @@ class RollingSpec(Strict):
 StrategySpec = Annotated[BlueGreenSpec | CanarySpec | RollingSpec, Field(discriminator="kind")]
 
 
+class HooksSpec(Strict):
+    """Commands (argv lists) run around a deployment, with its context in HINOTORI_* env."""
+
+    pre_deploy: list[str] = []  # a failure aborts the deployment before any host boots
+    post_switch: list[str] = []  # right after traffic moved to the new release
+    post_deploy: list[str] = []  # after the deployment succeeded
+    timeout: Duration = 60.0
+
+
 class ServiceSpec(Strict):
     provider: Literal["process"] = "process"
     replicas: int = Field(1, ge=1, le=100)
@@ -143,6 +152,7 @@ class ServiceSpec(Strict):
     path_prefix: str = "/"
     health: HealthSpec = HealthSpec()
     strategy: StrategySpec = BlueGreenSpec()
+    hooks: HooksSpec = HooksSpec()
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
@@ -160,8 +170,14 @@ class ServiceSpec(Strict):
                              env={**self.env, **(env_overrides or {})}, port_env=self.port_env)
 
 
+class NotifySpec(Strict):
+    webhooks: list[str] = []  # receive JSON deployment events (started, step, promoted, …)
+    timeout: Duration = 2.0
+
+
 class Spec(Strict):
     project: ProjectSpec = ProjectSpec()
+    notify: NotifySpec = NotifySpec()
     controller: ControllerSpec = ControllerSpec()
     router: RouterSpec = RouterSpec()
     services: dict[Name, ServiceSpec] = Field(min_length=1)

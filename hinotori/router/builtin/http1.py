@@ -1,0 +1,186 @@
+"""HTTP/1.1 message pieces the proxy needs: hop-by-hop filtering, request and response heads,
+canned router responses, chunk framing. Pure functions over bytes; no I/O.
+
+Everything stays in ``bytes`` because that is what httptools hands us and what the transports
+take; decoding header names and values to ``str`` on the hot path would only cost time.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# Headers that describe one connection, not the message (RFC 9110 section 7.6.1). A proxy must not
+# forward them; any header named in ``Connection`` is hop-by-hop as well.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+# Request headers the router sets itself (the client's values are replaced or appended to).
+_SET_BY_ROUTER = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (``data`` must not be empty: that would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _connection_tokens(values: list[bytes]) -> set[bytes]:
+    return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
+
+
+def split_host(host: bytes) -> bytes:
+    """Host header value -> lower-case host without port (``[::1]:80`` -> ``[::1]``)."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    return host.partition(b":")[0]
+
+
+class RequestHead:
+    """A client request, analysed: the bytes to send upstream and what routing needs."""
+
+    __slots__ = ("chunked", "data", "expect_continue", "host", "path")
+
+    def __init__(self, data: bytes, host: bytes, path: bytes, chunked: bool,
+                 expect_continue: bool) -> None:
+        self.data = data          # request line + headers, ready to write upstream
+        self.host = host          # lower-case, no port; b"" when the request had none
+        self.path = path          # path without query, for prefix matching
+        self.chunked = chunked    # body arrives (and leaves) chunked
+        self.expect_continue = expect_continue
+
+
+def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
+                       client_ip: bytes, default_host: bytes) -> RequestHead:
+    """The head to send to a backend: HTTP/1.1, hop-by-hop headers removed, X-Forwarded-* set.
+
+    The client's ``Host`` is kept (backends route on it); an absolute-form URL is turned into
+    origin-form. ``Transfer-Encoding`` is re-emitted because the proxy re-chunks the body it
+    decoded; ``Content-Length`` passes as is.
+    """
+    host: bytes | None = None
+    xff: bytes | None = None
+    te: bytes | None = None
+    expect_continue = False
+    conn_values: list[bytes] = []
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection" or lname == b"proxy-connection":
+                conn_values.append(value)
+            elif lname == b"transfer-encoding":
+                te = value
+            continue
+        if lname == b"host":
+            host = value
+        elif lname == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        elif lname in _SET_BY_ROUTER:
+            continue
+        elif lname == b"expect":
+            # The router answers "100 Continue" itself; the backend gets the body regardless.
+            expect_continue = value.strip().lower() == b"100-continue"
+            continue
+        kept.append((lname, name, value))
+
+    if not url.startswith(b"/"):
+        url, url_host = _origin_form(url)
+        if url_host:
+            host = url_host
+            kept = [k for k in kept if k[0] != b"host"]
+            kept.append((b"host", b"Host", url_host))
+    q = url.find(b"?")
+    path = url if q < 0 else url[:q]
+
+    extra = _connection_tokens(conn_values) - HOP_BY_HOP if conn_values else ()
+    lines = [method, b" ", url, b" HTTP/1.1\r\n"]
+    for lname, name, value in kept:
+        if lname not in extra:
+            lines += (name, b": ", value, b"\r\n")
+    if host is None:
+        lines += (b"Host: ", default_host, b"\r\n")
+    lines += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip,
+              b"\r\nX-Forwarded-Proto: http\r\n")
+    if host is not None:
+        lines += (b"X-Forwarded-Host: ", host, b"\r\n")
+    if te is not None:
+        lines += (b"Transfer-Encoding: ", te, b"\r\n")
+    lines.append(b"\r\n")
+    return RequestHead(b"".join(lines), split_host(host) if host else b"", path,
+                       te is not None, expect_continue)
+
+
+def _origin_form(url: bytes) -> tuple[bytes, bytes]:
+    """``http://host:port/p?q`` -> (``/p?q``, ``host:port``); ``*`` and oddities -> (``/``, b"")."""
+    scheme_end = url.find(b"://")
+    if scheme_end < 0:
+        return b"/", b""  # "*" (OPTIONS *) or an authority-form we do not proxy
+    rest = url[scheme_end + 3:]
+    slash = rest.find(b"/")
+    if slash < 0:
+        return b"/", rest
+    return rest[slash:], rest[:slash]
+
+
+class ResponseHead:
+    """A backend response's headers with hop-by-hop ones removed, and how its body is framed."""
+
+    __slots__ = ("chunked", "has_length", "lines")
+
+    def __init__(self, lines: list[bytes], has_length: bool, chunked: bytes | None) -> None:
+        self.lines = lines            # "Name: value\r\n" pieces to forward
+        self.has_length = has_length  # Content-Length present (and no Transfer-Encoding)
+        self.chunked = chunked        # the Transfer-Encoding value when the body is chunked
+
+
+def filter_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
+    te: bytes | None = None
+    conn_values: list[bytes] = []
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    has_length = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection" or lname == b"proxy-connection":
+                conn_values.append(value)
+            elif lname == b"transfer-encoding":
+                te = value
+            continue
+        if lname == b"content-length":
+            has_length = True
+        kept.append((lname, name, value))
+    extra = _connection_tokens(conn_values) - HOP_BY_HOP if conn_values else ()
+    lines: list[bytes] = []
+    for lname, name, value in kept:
+        if lname in extra or (te is not None and lname == b"content-length"):
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value))
+    return ResponseHead(lines, has_length and te is None, te)
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def router_response(status: int, text: str, *, close: bool, http11: bool = True) -> bytes:
+    """A short plain-text response generated by the router itself (404, 502, ...)."""
+    body = text.encode() + b"\n"
+    conn = b"Connection: close\r\n" if close else (b"" if http11 else
+                                                   b"Connection: keep-alive\r\n")
+    return b"%bContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%b" \
+           b"Server: hinotori\r\n\r\n%b" % (status_line(status, b""), len(body), conn, body)
