@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 class Recorder(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out apart: no 40 ms delayed-ACK stall
 
     def log_message(self, *args: object) -> None:
         pass
@@ -117,7 +118,7 @@ def test_weights_are_accurate_and_switch_is_atomic(router: BuiltinRouter) -> Non
 
     async def load() -> tuple[Counter[str], int, int]:
         async with LoadGenerator(router.listen, clients=10, record_header="x-backend") as lg:
-            while lg.stats().total < 2000:
+            while lg.stats().total < 10_000:  # the issue asks for +-2 points over 10,000
                 await asyncio.sleep(0.05)
             split = lg.stats().by_header
             await router.apply(table(2, be(c)))

@@ -70,10 +70,12 @@ class _Channel:
 class BuiltinRouter:
     kind = "builtin"
 
-    def __init__(self, state_dir: Path, listen: str, workers: int = 1) -> None:
+    def __init__(self, state_dir: Path, listen: str, workers: int = 1,
+                 metrics: bool = True) -> None:
         self.state_dir = Path(state_dir)
         self.listen = listen
         self.workers = workers
+        self.metrics = metrics
         self.channels = [_Channel(self.state_dir / f"router-{i}.sock") for i in range(workers)]
         self._children: list[subprocess.Popen[bytes]] = []
 
@@ -110,6 +112,8 @@ class BuiltinRouter:
         argv = [sys.executable, "-m", "hinotori.router.proxy", "--listen", self.listen,
                 "--control", str(channel.path),
                 "--table-file", str(self.state_dir / "router-table.json")]
+        if not self.metrics:
+            argv.append("--no-metrics")
         if first and not any(await asyncio.gather(*(self._ping(j)
                                                     for j in range(1, self.workers)))):
             argv.append("--exclusive-check")

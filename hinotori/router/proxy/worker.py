@@ -64,7 +64,7 @@ class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.table_file = Path(args.table_file)
-        self.proxy = Proxy(CompiledTable(self._load_table()))
+        self.proxy = Proxy(CompiledTable(self._load_table()), metrics=not args.no_metrics)
         self.stopping = asyncio.Event()
         self.control_writers: set[asyncio.StreamWriter] = set()
         self._save_pending = False
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--listen", required=True)
     ap.add_argument("--control", required=True)
     ap.add_argument("--table-file", required=True)
+    ap.add_argument("--no-metrics", action="store_true",
+                    help="count nothing (only to measure what the counters cost)")
     ap.add_argument("--exclusive-check", action="store_true",
                     help="refuse to start if anything already listens on the address")
     args = ap.parse_args(argv)

@@ -1,0 +1,366 @@
+"""One proxied request: pick a backend, get a connection, forward, retry, relay the response.
+
+Life of an exchange::
+
+    prepare()        headers parsed: build the upstream head (it is the first pending chunk)
+    begin()          its turn on the client connection: match the live table, dispatch
+    _dispatch()      pick a backend (retries: one not tried yet), pooled connection or connect
+    _attach()        bound to an UpstreamProtocol: pending request bytes are written
+    on_response_*    head, body pieces, completion relayed to the client (re-chunked if needed)
+    _finish()        client connection moves on to its next request, or closes
+
+Request bytes (head and body, already framed for the backend) go to ``pending`` until a
+connection is attached. For retryable requests they are also kept in ``replay`` up to
+``REPLAY_LIMIT``, so a request whose connection died before any response byte can be sent again.
+
+When may a request be sent again?
+
+* the connection could not be made (refused, reset, timeout): always; nothing reached an app;
+* it was sent, and the connection failed before any response byte: only for idempotent methods
+  whose bytes so far are all still in ``replay``;
+* anything else (a response started, a non-idempotent method, a big body): the client gets 502,
+  or, if the response head was already relayed, its connection is cut.
+
+Attempts are bounded by ``MAX_ATTEMPTS`` and by the route's backends not tried yet. A retry
+matches the table live at that moment, so it never goes to a backend removed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+from hinotori.router.builtin import http1
+from hinotori.router.builtin.upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from hinotori.router.builtin.downstream import ClientProtocol
+    from hinotori.router.builtin.table import Target
+    from hinotori.router.builtin.worker import Worker
+
+log = logging.getLogger("hinotori.router")
+
+MAX_ATTEMPTS = 3
+REPLAY_LIMIT = 64 * 1024     # request bytes kept for a re-send
+PENDING_LIMIT = 256 * 1024   # request bytes buffered before we stop reading the client
+CONNECT_TIMEOUT = 3.0
+
+
+class Exchange:
+    __slots__ = (
+        "attempts", "body_chunked", "client", "close_after", "connecting", "done",
+        "expect_continue", "head", "headers", "host", "http11", "keep_alive", "method",
+        "path", "pending", "pending_size", "reject", "replay", "replay_size",
+        "request_complete", "rechunk", "response_started", "stale_retry_used", "target",
+        "tried", "upstream", "url", "wbuf", "worker",
+    )
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.worker: Worker = client.worker
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.http11 = True
+        self.keep_alive = True
+        self.host = b""
+        self.path = b"/"
+        self.body_chunked = False
+        self.expect_continue = False
+        self.reject: tuple[int, str] | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.request_complete = False
+        self.target: Target | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.tried: set[str] = set()
+        self.attempts = 0
+        self.stale_retry_used = False
+        self.response_started = False
+        self.rechunk = False
+        self.close_after = False
+        self.wbuf: list[bytes] = []
+        self.done = False
+
+    # -- request side (driven by the client's parser) ------------------------------------------
+
+    def prepare(self) -> None:
+        """Headers are complete: build the head for the backend."""
+        if self.method == b"CONNECT":
+            self.reject = (405, "CONNECT is not supported by this router")
+            self.keep_alive = False
+            return
+        head = http1.build_request_head(self.method, self.url, self.headers, self.client.peer,
+                                        self.worker.listen_bytes)
+        self.host = head.host
+        self.path = head.path
+        self.body_chunked = head.chunked
+        self.expect_continue = head.expect_continue and self.http11
+        if self.method in http1.IDEMPOTENT_METHODS:
+            self.replay = []
+        self._push(head.data)
+
+    def on_request_body(self, data: bytes) -> None:
+        if not self.done and self.reject is None:
+            self._push(http1.chunk(data) if self.body_chunked else data)
+
+    def on_request_complete(self) -> None:
+        self.request_complete = True
+        if self.done:
+            return
+        if self.body_chunked:
+            self._push(http1.LAST_CHUNK)
+        up = self.upstream
+        if up is not None:
+            up.last_active = self.worker.clock  # the backend timeout runs from here
+
+    def _push(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                replay.append(data)
+        up = self.upstream
+        if up is not None and not self.client.in_feed:
+            up.transport.write(data)  # type: ignore[union-attr]
+            return
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_LIMIT:
+            self.client.block_reading(self.client.BLOCK_PENDING)
+
+    def flush_request(self) -> None:
+        up = self.upstream
+        pending = self.pending
+        if up is None or not pending:
+            return
+        up.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])  # type: ignore[union-attr]
+        pending.clear()
+        self.pending_size = 0
+        self.client.unblock_reading(self.client.BLOCK_PENDING)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """This exchange's turn on its client connection."""
+        if self.reject is not None:
+            self._reply(*self.reject)
+            return
+        compiled = self.worker.table
+        if compiled is None:
+            self._reply(503, "no routing table loaded yet")
+            return
+        route = compiled.match(self.host, self.path)
+        if route is None:
+            self._reply(404, "no route for this host and path")
+            return
+        target = route.pick()
+        if target is None:
+            self._reply(503, f"service {route.service} has no backends")
+            return
+        if self.expect_continue:
+            self.client.transport.write(http1.CONTINUE_100)  # type: ignore[union-attr]
+        self._send_to(target)
+
+    def _retry(self) -> None:
+        """Send again, elsewhere if possible; or give up with 502."""
+        compiled = self.worker.table
+        route = compiled.match(self.host, self.path) if compiled is not None else None
+        target = route.pick_other(self.tried) if route is not None else None
+        if target is None or self.attempts >= MAX_ATTEMPTS:
+            self._fail(502, "no backend could take the request")
+            return
+        self._send_to(target)
+
+    def _send_to(self, target: Target) -> None:
+        self.attempts += 1
+        self.target = target
+        conn = target.pool.checkout()
+        if conn is not None:
+            self._attach(conn, target, reused=True)
+        else:
+            self.connecting = self.worker.loop.create_task(self._connect(target))
+
+    async def _connect(self, target: Target) -> None:
+        loop = self.worker.loop
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(partial(UpstreamProtocol, target.pool),
+                                       target.host, target.port),
+                CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            self.connecting = None
+            target.counters.errors += 1
+            self.worker.report_backend_error(target, f"connect failed: {exc or 'timeout'}")
+            if not self.done:
+                self.tried.add(target.address)
+                self._retry()
+            return
+        self.connecting = None
+        if self.done:
+            target.pool.checkin(conn)  # the client left meanwhile; keep the fresh connection
+            return
+        self._attach(conn, target, reused=False)
+
+    def _attach(self, conn: UpstreamProtocol, target: Target, reused: bool) -> None:
+        self.upstream = conn
+        conn.bind(self, reused, self.worker.clock)
+        counters = target.counters
+        counters.active += 1
+        counters.requests += 1
+        if self.client.write_paused:
+            conn.pause_reading()
+        if not self.client.in_feed:
+            self.flush_request()
+
+    def _detach(self) -> UpstreamProtocol | None:
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            self.target.counters.active -= 1  # type: ignore[union-attr]
+            self.client.unblock_reading(self.client.BLOCK_UPSTREAM)
+        return conn
+
+    # -- response side (driven by the upstream parser) -----------------------------------------
+
+    def on_response_head(self, conn: UpstreamProtocol, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> None:
+        if status == 101:
+            self.on_upstream_broken(conn, "backend switched protocols without being asked")
+            return
+        head = http1.filter_response_headers(headers)
+        lines = head.lines
+        close = not self.keep_alive or self.client.closing or not self.request_complete
+        if self.method == b"HEAD":
+            conn.skip_body = True
+        elif status in (204, 304):
+            pass
+        elif head.chunked is not None:
+            if self.http11:
+                lines.append(b"Transfer-Encoding: %b\r\n" % head.chunked)
+                self.rechunk = True
+            else:
+                close = True  # HTTP/1.0: the body ends when the connection does
+        elif not head.has_length:
+            conn.eof_body = True
+            if self.http11:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                close = True
+        if close:
+            lines.append(b"Connection: close\r\n")
+        elif not self.http11:
+            lines.append(b"Connection: keep-alive\r\n")
+        self.close_after = close
+        self.response_started = True
+        self.wbuf.append(http1.status_line(status, reason) + b"".join(lines) + b"\r\n")
+
+    def on_response_body(self, data: bytes) -> None:
+        self.wbuf.append(http1.chunk(data) if self.rechunk else data)
+
+    def flush_response(self) -> None:
+        wbuf = self.wbuf
+        if wbuf:
+            self.client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
+            wbuf.clear()
+
+    def on_response_complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
+        if self.rechunk:
+            self.wbuf.append(http1.LAST_CHUNK)
+        self.flush_response()
+        self._detach()
+        if keep_alive and self.request_complete and not conn.closed:
+            conn.pool.checkin(conn)
+        else:
+            conn.close()
+        self._finish(self.close_after)
+
+    def on_upstream_lost(self, conn: UpstreamProtocol) -> None:
+        """The backend connection closed before its response was complete."""
+        self._detach()
+        if self.done:
+            return
+        if self.response_started:
+            self._cut(f"backend {self.target.address} closed mid-response")  # type: ignore[union-attr]
+            return
+        if not conn.got_bytes and self.replay is not None:
+            if conn.reused and not self.stale_retry_used:
+                # Most likely a keep-alive connection the backend had just closed: its other idle
+                # connections are suspect too; this backend may be tried again, fresh.
+                self.stale_retry_used = True
+                conn.pool.close_idle()
+            else:
+                self.tried.add(conn.pool.address)
+            self.pending = list(self.replay)
+            self.pending_size = self.replay_size
+            self._retry()
+            return
+        what = "an invalid" if conn.got_bytes else "no"
+        self._fail(502, f"backend closed the connection with {what} response")
+
+    def on_upstream_broken(self, conn: UpstreamProtocol, why: str) -> None:
+        """The backend sent something we cannot relay (bad HTTP)."""
+        self._detach()
+        conn.abort()
+        if not self.done:
+            self.worker.report_backend_error(self.target, why)  # type: ignore[arg-type]
+            if self.response_started:
+                self._cut(why)
+            else:
+                self._fail(502, "backend sent an invalid response")
+
+    def on_upstream_timeout(self) -> None:
+        conn = self._detach()
+        if conn is not None:
+            conn.abort()
+        if self.response_started:
+            self._cut("backend timed out mid-response")
+        else:
+            self._fail(504, "backend did not answer in time")
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _reply(self, status: int, text: str) -> None:
+        """A response generated by the router when no backend was involved."""
+        close = not self.keep_alive or not self.request_complete or self.client.closing
+        self.client.transport.write(  # type: ignore[union-attr]
+            http1.router_response(status, text, close=close, http11=self.http11))
+        self._finish(close)
+
+    def _fail(self, status: int, text: str) -> None:
+        """A router-generated 5xx blamed on the last backend tried."""
+        if self.target is not None:
+            self.target.counters.errors += 1
+        self._reply(status, text)
+
+    def _cut(self, why: str) -> None:
+        """The response head is already out: the only honest signal left is a cut connection."""
+        if self.target is not None:
+            self.target.counters.errors += 1
+        log.warning("%s; closing the client connection", why)
+        self.flush_response()
+        self.done = True
+        self.client.abort()
+
+    def _finish(self, close: bool) -> None:
+        self.done = True
+        self.client.exchange_done(self, close)
+
+    def abort(self) -> None:
+        """The client went away: stop everything, keep nothing half-used."""
+        self.done = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self._detach()
+        if conn is not None:
+            conn.abort()

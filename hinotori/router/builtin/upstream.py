@@ -1,0 +1,234 @@
+"""Backend connections: the protocol that reads responses, and a keep-alive pool per address.
+
+An ``UpstreamProtocol`` is either idle in its ``Pool`` or bound to exactly one ``Exchange``
+(one proxied request). It parses the response with httptools and hands head, body pieces and
+completion to the exchange; the exchange decides what reaches the client.
+
+Why the pool is careful:
+
+* backends close idle keep-alive connections on their own schedule (gunicorn after 2 s, node and
+  uvicorn after 5 s). Reusing one at that moment loses the request, so a connection idle longer
+  than ``MAX_IDLE`` is never handed out, and one the backend closed (EOF, reset) is dropped at
+  once;
+* a pool whose address left the routing table is *retired*: its idle connections close now, and
+  connections still carrying a request close when that request is done (draining).
+
+httptools cannot be told a response is to a HEAD request, so it would wait for a body the
+``Content-Length`` announces but that never comes. For HEAD the exchange sets ``skip_body``; the
+message ends with its head and the connection gets a fresh parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpResponseParser
+
+if TYPE_CHECKING:
+    from hinotori.router.builtin.exchange import Exchange
+
+MAX_IDLE = 1.5            # seconds a pooled connection may sit unused (below gunicorn's 2 s)
+MAX_IDLE_PER_POOL = 512   # idle connections kept per backend address
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "closed", "eof_body", "exchange", "got_bytes", "head_done", "headers", "idle_since",
+        "interim", "last_active", "parser", "pool", "read_paused", "reason", "reused",
+        "skip_body", "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.last_active = 0.0     # coarse clock; read by the worker's timeout sweep
+        self.read_paused = False
+        self.reused = False        # came from the pool (may have been closed under us)
+        self.got_bytes = False     # any byte of a response arrived for the current exchange
+        self.head_done = False
+        self.interim = False       # parsing a 1xx interim response (dropped)
+        self.skip_body = False     # response to HEAD: ends with its head
+        self.eof_body = False      # response body is delimited by connection close
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+
+    # -- binding to an exchange ----------------------------------------------------------------
+
+    def bind(self, exchange: Exchange, reused: bool, now: float) -> None:
+        self.exchange = exchange
+        self.reused = reused
+        self.got_bytes = self.head_done = self.skip_body = self.eof_body = False
+        self.last_active = now
+
+    def close(self) -> None:
+        self.closed = True
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection without flushing (its response is of no use any more)."""
+        self.closed = True
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the backend is confused; never reuse it.
+            self.close()
+            return
+        self.got_bytes = True
+        self.last_active = ex.worker.clock
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            if self.exchange is ex:
+                ex.on_upstream_broken(self, f"invalid response from backend: {exc}")
+            return
+        if self.exchange is not ex:
+            return  # completed (or failed) inside the parser callbacks
+        if self.skip_body and self.head_done:
+            keep = self.parser.should_keep_alive()
+            self.parser = HttpResponseParser(self)
+            ex.on_response_complete(self, keep)
+        else:
+            ex.flush_response()
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ex = self.exchange
+        if ex is None:
+            return  # idle in a pool: the pool skips closed connections
+        self.exchange = None
+        if self.eof_body and self.head_done:
+            ex.on_response_complete(self, False)  # body delimited by close: this is its end
+        else:
+            ex.on_upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.block_reading(ex.client.BLOCK_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.unblock_reading(ex.client.BLOCK_UPSTREAM)
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.head_done:  # headers after the head are trailers: dropped
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True  # e.g. 103 Early Hints: not forwarded
+            return
+        self.head_done = True
+        ex = self.exchange
+        if ex is not None:
+            ex.on_response_head(self, status, self.reason, self.headers)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is not None and not self.interim and not self.skip_body:
+            ex.on_response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        ex = self.exchange
+        if ex is not None and not self.skip_body:
+            ex.on_response_complete(self, self.parser.should_keep_alive())
+
+
+class Pool:
+    """Idle keep-alive connections to one backend address, most recently used first."""
+
+    __slots__ = ("address", "idle", "loop", "retired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
+        self.loop = loop
+        self.address = address
+        self.idle: list[UpstreamProtocol] = []
+        self.retired = False
+
+    def checkout(self) -> UpstreamProtocol | None:
+        idle = self.idle
+        if not idle:
+            return None
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > MAX_IDLE:
+                # Everything below it in the stack is older still.
+                conn.close()
+                self.close_idle()
+                return None
+            return conn
+        return None
+
+    def checkin(self, conn: UpstreamProtocol) -> None:
+        if self.retired or conn.closed or len(self.idle) >= MAX_IDLE_PER_POOL:
+            conn.close()
+            return
+        conn.exchange = None
+        conn.resume_reading()  # it may have been paused for a slow client
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def close_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle too long (the backend would time them out anyway)."""
+        idle = self.idle
+        if idle and now - idle[0].idle_since > MAX_IDLE:
+            self.idle = [c for c in idle if not c.closed and now - c.idle_since <= MAX_IDLE]
+            for c in idle:
+                if now - c.idle_since > MAX_IDLE:
+                    c.close()
+
+    def retire(self) -> None:
+        """The address left the routing table: close idle connections, refuse check-ins."""
+        self.retired = True
+        self.close_idle()
