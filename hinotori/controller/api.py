@@ -115,9 +115,17 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return [h.to_dict() for h in store.hosts(service, states)]
 
     @app.get("/v1/metrics")
-    async def metrics(service: str | None = None) -> list[dict[str, Any]]:
-        folded = by_release(await fleet.router.stats(), store.hosts())
-        return [m.to_dict() for m in folded if service in (None, m.service)]
+    async def metrics(service: str | None = None, by: str = "release") -> list[dict[str, Any]]:
+        """Per service and release (default), or per host with ``by=host``."""
+        stats, hosts = await fleet.router.stats(), store.hosts()
+        if by == "host":
+            owner = {h.id: h for h in hosts}
+            return [{"host": hid, "service": owner[hid].service,
+                     "release": f"v{owner[hid].release}", "requests": s.requests,
+                     "errors": s.errors, "in_flight": s.active, "statuses": s.statuses}
+                    for hid, s in sorted(stats.items()) if hid in owner
+                    and service in (None, owner[hid].service)]
+        return [m.to_dict() for m in by_release(stats, hosts) if service in (None, m.service)]
 
     @app.get("/metrics")
     async def prometheus() -> Response:

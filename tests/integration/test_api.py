@@ -58,6 +58,8 @@ def test_metrics_per_release_outlive_their_hosts(running: Project) -> None:
     by_release = {m["release"]: m for m in json.loads(body)}
     assert by_release["v1"]["requests"] == 30 and by_release["v1"]["statuses"]["2xx"] == 30
     assert by_release["v2"]["requests"] == 20 and by_release["v1"]["p99_ms"] is not None
+    per_host = json.loads(call(p, "/v1/metrics?by=host", token)[1])
+    assert sum(h["requests"] for h in per_host if h["release"] == "v1") == 30
     status, text = call(p, "/metrics", token)
     assert status == 200
     assert b'hinotori_requests_total{code="2xx",release="v1",service="web"} 30.0' in text

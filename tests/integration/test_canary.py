@@ -143,3 +143,51 @@ def test_override_header_stickiness_pause_and_abort(canary_project: Project) -> 
     assert deploying.returncode == 1 and "aborted by an operator" in err
     assert {get(p.router)[0] for _ in range(10)} == {"1"}
     assert p.cli("promote", "web", check=False).returncode == 1  # nothing running now
+
+
+def test_custom_analysis_webhook_can_fail_a_healthy_looking_canary(tmp_path: Path) -> None:
+    import http.server
+    import json
+    import threading
+
+    asked: list[dict] = []
+
+    class Judge(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"result": "fail", "reason": "business metric dropped"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    judge = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=judge.serve_forever, daemon=True).start()
+    p = make_project(tmp_path, replicas=1)
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text() + CANARY.format(steps="[50, 100]", pause="1s",
+                                                     deadline="5s")
+                    + f'webhook = "http://127.0.0.1:{judge.server_address[1]}/judge"\n')
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web")
+        p.cli("deploy", "web")
+        p.set_version("2")
+        p.cli("bake", "web")
+        load = BackgroundLoad(p.router, clients=10, rate=200)
+        load.start()
+        try:
+            result = p.cli("deploy", "web", check=False)
+        finally:
+            stats = load.stop()
+        assert result.returncode == 1 and "business metric dropped" in result.stderr
+        assert asked and asked[0]["release"] == "v2" and asked[0]["weight"] == 50
+        assert stats.failed == 0 and get(p.router)[0] == "1"
+    finally:
+        from .conftest import _teardown
+
+        _teardown(p)
+        judge.shutdown()

@@ -1,0 +1,68 @@
+"""``python -m hinotori.router.builtin``: run one data-plane worker (see ``worker``).
+
+Exit codes: 0 after a graceful stop; 2 for a usage problem (bad arguments, address in use, a
+live worker already on the control socket), with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hinotori.router.builtin.control import ControlSocketBusy
+from hinotori.router.builtin.listener import AddressInUse, parse_address
+from hinotori.router.builtin.worker import Worker
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None  # the stdlib loop works, only slower
+    return uvloop.new_event_loop
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hinotori.router.builtin",
+                                description="Run one hinotori router (data-plane) worker.")
+    p.add_argument("--listen", required=True, help="HOST:PORT to serve HTTP on")
+    p.add_argument("--control", required=True, type=Path, help="Unix socket for control ops")
+    p.add_argument("--table-file", required=True, type=Path,
+                   help="last applied routing table (loaded on start, rewritten on apply)")
+    p.add_argument("--log", type=Path, help="log file (default: stderr)")
+    args = p.parse_args(argv)
+    try:
+        parse_address(args.listen)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    handler: logging.Handler = (logging.FileHandler(args.log) if args.log
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s router[%(process)d] %(levelname)s %(message)s"))
+    logger = logging.getLogger("hinotori.router")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def run() -> int:
+        worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop())
+        return await worker.run()
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(run())
+    except (AddressInUse, ControlSocketBusy) as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The worker's control channel: newline-delimited JSON over a Unix socket.
+
+One request object per line, one response object per line, in order::
+
+    {"op":"ping"}                -> {"ok":true,"pid":..,"version":N|null,"listen":".."}
+    {"op":"apply","table":{..}}  -> {"ok":true,"version":N}     (after the swap is done)
+    {"op":"get"}                 -> {"ok":true,"table":{..}|null}
+    {"op":"stats"}               -> {"ok":true,"backends":{host_id:{"active","requests","errors"}}}
+    {"op":"shutdown"}            -> {"ok":true}, then a graceful stop
+    anything wrong               -> {"ok":false,"error":"..."}
+
+The server runs on the worker's event loop. Every op is a few dictionary operations (apply: one
+compile and one reference swap), so it never holds the loop long enough to matter to requests.
+The socket is mode 0600: whoever can write to it can redirect traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hinotori.model import RoutingTable
+
+if TYPE_CHECKING:
+    from hinotori.router.builtin.worker import Worker
+
+log = logging.getLogger("hinotori.router")
+
+LINE_LIMIT = 64 * 1024 * 1024  # a routing table is one line
+
+
+class ControlSocketBusy(Exception):
+    """Another live worker already answers on this control socket."""
+
+
+def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
+    """Answer one control request. Returns (response, stop_after_replying)."""
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        return {"ok": False, "error": "request must be a JSON object with a string 'op'"}, False
+    op = request["op"]
+    if op == "ping":
+        return {"ok": True, **worker.describe()}, False
+    if op == "apply":
+        raw = request.get("table")
+        if not isinstance(raw, dict):
+            return {"ok": False, "error": "apply needs 'table': a routing table object"}, False
+        try:
+            table = RoutingTable.from_dict(raw)
+            worker.apply(table)
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"ok": False, "error": f"invalid routing table: {exc!r}"}, False
+        return {"ok": True, "version": table.version}, False
+    if op == "get":
+        return {"ok": True, "table": worker.table_dict()}, False
+    if op == "stats":
+        return {"ok": True, "backends": worker.stats()}, False
+    if op == "shutdown":
+        return {"ok": True}, True
+    return {"ok": False, "error": f"unknown op {op!r} (ping, apply, get, stats, shutdown)"}, False
+
+
+async def start_server(worker: Worker, path: Path) -> asyncio.AbstractServer:
+    """Listen on ``path``; a stale socket file is replaced, a live one is ControlSocketBusy."""
+    if path.exists() or path.is_symlink():
+        if ping_sync(path) is not None:
+            raise ControlSocketBusy(f"a router worker already answers on {path}")
+        path.unlink()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                if not line.strip():
+                    continue
+                try:
+                    request = json.loads(line)
+                except ValueError as exc:
+                    response, stop = {"ok": False, "error": f"not JSON: {exc}"}, False
+                else:
+                    response, stop = handle(worker, request)
+                writer.write(json.dumps(response).encode() + b"\n")
+                await writer.drain()
+                if stop:
+                    worker.request_stop()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+            log.warning("control connection dropped: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(serve, path=str(path), limit=LINE_LIMIT)
+    finally:
+        os.umask(old_umask)
+    return server
+
+
+def ping_sync(path: Path, timeout: float = 1.0) -> dict[str, Any] | None:
+    """Blocking ping (for start-up checks, before the loop serves anything). None if no answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(b'{"op":"ping"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                part = s.recv(65536)
+                if not part:
+                    return None
+                buf += part
+        answer = json.loads(buf)
+    except (OSError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) and answer.get("ok") else None

@@ -1,0 +1,213 @@
+"""One data-plane worker process: the shared state of the proxy and its life cycle.
+
+The worker owns what every connection reads: the live ``CompiledTable`` (swapped whole on
+``apply``), the connection pools by backend address, the counters by host id, and a coarse clock.
+Connections hold a reference to the worker, not copies, so a swap is seen by the very next
+request.
+
+A one-second sweep keeps timing off the hot path: it advances the clock, closes client
+connections idle past ``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past
+``BACKEND_TIMEOUT``, and closes pooled connections idle too long. No per-request timers.
+
+Life cycle: load the last table from the table file (a restarted worker serves what it served
+before), bind the listener (SO_REUSEPORT; see ``listener``), then the control socket, which is the
+readiness signal. On SIGTERM/SIGINT or the ``shutdown`` op: stop accepting, close idle client
+connections, let in-flight requests finish for up to ``DRAIN_TIMEOUT``, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from hinotori.model import RoutingTable
+from hinotori.router.builtin import control
+from hinotori.router.builtin.downstream import ClientProtocol
+from hinotori.router.builtin.listener import open_listener
+from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
+from hinotori.router.builtin.upstream import Pool
+
+log = logging.getLogger("hinotori.router")
+
+CLIENT_IDLE_TIMEOUT = 75.0  # longer than common client pools keep idle connections (60 s)
+BACKEND_TIMEOUT = 60.0      # backend silent this long after the request -> 504
+DRAIN_TIMEOUT = 10.0        # graceful shutdown bound for in-flight requests
+ERROR_LOG_INTERVAL = 5.0    # at most one log line per backend address per interval
+
+
+class Worker:
+    def __init__(self, listen: str, control_path: Path, table_file: Path,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.listen = listen
+        self.listen_bytes = listen.encode()
+        self.control_path = control_path
+        self.table_file = table_file
+        self.loop = loop
+        self.clock = loop.time()
+        self.clients: set[ClientProtocol] = set()
+        self.table: CompiledTable | None = None
+        self.pools: dict[str, Pool] = {}
+        self.counters: dict[str, Counters] = {}
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._error_logged: dict[str, float] = {}
+        self._persist_next: RoutingTable | None = None
+        self._persist_task: asyncio.Task[None] | None = None
+
+    # -- the routing table ---------------------------------------------------------------------
+
+    def apply(self, table: RoutingTable, *, persist: bool = True) -> None:
+        """Swap in ``table`` (ValueError if invalid; then nothing changes)."""
+        old_pools = self.pools
+        compiled = compile_table(table, self._pool_for, self._counters_for)
+        self.table = compiled  # the swap: the next request sees the new table
+        self.pools = compiled.pools
+        for address, pool in old_pools.items():
+            if address not in compiled.pools:
+                pool.retire()  # in-flight requests finish; idle connections close now
+        log.info("table v%d applied (%d routes, %d backend addresses)",
+                 table.version, len(table.routes), len(compiled.pools))
+        if persist:
+            self._persist(table)
+
+    def _pool_for(self, address: str) -> Pool:
+        pool = self.pools.get(address)
+        return pool if pool is not None else Pool(self.loop, address)
+
+    def _counters_for(self, host_id: str) -> Counters:
+        c = self.counters.get(host_id)
+        if c is None:
+            c = self.counters[host_id] = Counters()
+        return c
+
+    def table_dict(self) -> dict[str, Any] | None:
+        return self.table.table.to_dict() if self.table is not None else None
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {host_id: c.to_dict() for host_id, c in self.counters.items()}
+
+    def describe(self) -> dict[str, Any]:
+        version = self.table.table.version if self.table is not None else None
+        return {"pid": os.getpid(), "version": version, "listen": self.listen}
+
+    def report_backend_error(self, target: Target, why: str) -> None:
+        now = self.loop.time()
+        if now - self._error_logged.get(target.address, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+            self._error_logged[target.address] = now
+            log.warning("backend %s (%s): %s", target.host_id, target.address, why)
+
+    # -- the table file ------------------------------------------------------------------------
+
+    def _load_table_file(self) -> None:
+        try:
+            text = self.table_file.read_text()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read table file %s: %s; starting without a table",
+                        self.table_file, exc)
+            return
+        try:
+            self.apply(RoutingTable.from_dict(json.loads(text)), persist=False)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring unreadable table file %s: %r", self.table_file, exc)
+
+    def _persist(self, table: RoutingTable) -> None:
+        """Write the table file in a thread, coalescing applies that come faster than writes."""
+        self._persist_next = table
+        if self._persist_task is None or self._persist_task.done():
+            self._persist_task = self.loop.create_task(self._persist_loop())
+
+    async def _persist_loop(self) -> None:
+        while self._persist_next is not None:
+            table, self._persist_next = self._persist_next, None
+            try:
+                await self.loop.run_in_executor(None, write_table_file, self.table_file, table)
+            except OSError as exc:
+                log.error("cannot write table file %s: %s", self.table_file, exc)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _sibling_serves(self) -> bool:
+        """Does a sibling worker (a control socket next to ours) serve our listen address?"""
+        for sock in self.control_path.parent.glob("*.sock"):
+            if sock != self.control_path:
+                info = control.ping_sync(sock)
+                if info is not None and info.get("listen") == self.listen:
+                    return True
+        return False
+
+    async def run(self) -> int:
+        if self.control_path.exists() and control.ping_sync(self.control_path) is not None:
+            raise control.ControlSocketBusy(
+                f"a router worker already answers on {self.control_path}")
+        self._load_table_file()
+        sock = open_listener(self.listen, self._sibling_serves)
+        server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock)
+        ctl = await control.start_server(self, self.control_path)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        sweeper = self.loop.create_task(self._sweep())
+        version = self.table.table.version if self.table is not None else None
+        log.info("worker pid %d serving %s (table v%s)", os.getpid(), self.listen, version)
+        try:
+            await self._stop.wait()
+            log.info("stopping: draining %d client connections", len(self.clients))
+            await self._drain(server)
+        finally:
+            sweeper.cancel()
+            ctl.close()
+            with contextlib.suppress(OSError):
+                self.control_path.unlink()
+            if self._persist_task is not None:
+                await self._persist_task
+        log.info("worker pid %d stopped", os.getpid())
+        return 0
+
+    async def _drain(self, server: asyncio.AbstractServer) -> None:
+        self.stopping = True
+        server.close()
+        for client in list(self.clients):
+            client.shutdown()
+        deadline = self.loop.time() + DRAIN_TIMEOUT
+        while self.clients and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for client in list(self.clients):
+            client.abort()
+        for pool in self.pools.values():
+            pool.retire()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock = self.loop.time()
+            for pool in self.pools.values():
+                pool.sweep(now)
+            for client in list(self.clients):
+                ex = client.current
+                if ex is None or not ex.request_complete:
+                    # Idle between requests, or a client that stopped sending mid-request.
+                    if client.idle_for(now) > CLIENT_IDLE_TIMEOUT:
+                        client.expire()
+                elif ex.upstream is not None and now - ex.upstream.last_active > BACKEND_TIMEOUT:
+                    ex.on_upstream_timeout()
+
+
+def write_table_file(path: Path, table: RoutingTable) -> None:
+    """Atomically replace ``path`` with ``table`` (temp file in the same directory + rename)."""
+    data = json.dumps(table.to_dict(), indent=1).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
