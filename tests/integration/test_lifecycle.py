@@ -63,6 +63,8 @@ def test_deploy_rollback_rounds_under_load_drop_nothing(running: Project) -> Non
 def test_failing_health_check_is_refused_and_traffic_stays(running: Project) -> None:
     p = running
     p.cli("deploy", "web")
+    spec = p.path / "hinotori.toml"  # the controller reads the spec afresh for each deploy
+    spec.write_text(spec.read_text().replace('boot_timeout = "30s"', 'boot_timeout = "3s"'))
     before = {h["id"] for h in p.serving()}
     load = BackgroundLoad(p.router, clients=20, rate=200, record_header="x-hello-version")
     load.start()
