@@ -44,6 +44,11 @@ class Provider(Protocol):
         Destroying a host that is already gone is not an error."""
         ...
 
+    async def kill(self, host: Host) -> None:
+        """Kill the host abruptly (SIGKILL or the engine's kill), leaving its view in place:
+        what a crash or a chaos monkey does. Cleanup is destroy's job."""
+        ...
+
     async def adopt(self, host: Host) -> bool:
         """True if the host recorded in the store is still running and is the same host
         (not a reused pid). Never changes the host."""

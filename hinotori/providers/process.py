@@ -215,6 +215,11 @@ class ProcessProvider:
         if state_dir.is_dir():
             _write_host(replace(host, state=HostState.DESTROYED), state_dir)
 
+    async def kill(self, host: Host) -> None:
+        if host.pid is not None and self._alive(host):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(host.pid, signal.SIGKILL)
+
     async def adopt(self, host: Host) -> bool:
         return self._alive(host)
 
