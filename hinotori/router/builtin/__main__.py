@@ -34,6 +34,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--table-file", required=True, type=Path,
                    help="last applied routing table (loaded on start, rewritten on apply)")
     p.add_argument("--log", type=Path, help="log file (default: stderr)")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="count requests only, no status classes or latency (to measure their cost)")
     args = p.parse_args(argv)
     try:
         parse_address(args.listen)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
 
     async def run() -> int:
-        worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop())
+        worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),
+                        metrics=not args.no_metrics)
         return await worker.run()
 
     try:
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except (AddressInUse, ControlSocketBusy) as exc:
         print(exc, file=sys.stderr, flush=True)
         return 2
+    except OSError as exc:  # e.g. address not available here, no permission for the port
+        print(f"hinotori router: cannot start on {args.listen}: {exc}", file=sys.stderr,
+              flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from hinotori.router.builtin import http1
@@ -37,7 +38,7 @@ from hinotori.router.builtin.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from hinotori.router.builtin.downstream import ClientProtocol
-    from hinotori.router.builtin.table import Target
+    from hinotori.router.builtin.table import CompiledRoute, Target
     from hinotori.router.builtin.worker import Worker
 
 log = logging.getLogger("hinotori.router")
@@ -55,9 +56,9 @@ class Exchange:
         "client",
         "close_after",
         "connecting",
+        "cookie",
         "done",
         "expect_continue",
-        "head",
         "headers",
         "host",
         "http11",
@@ -68,11 +69,17 @@ class Exchange:
         "pending_size",
         "rechunk",
         "reject",
+        "release",
+        "release_hint",
         "replay",
         "replay_size",
         "request_complete",
         "response_started",
+        "route",
+        "set_cookie",
         "stale_retry_used",
+        "started",
+        "status",
         "target",
         "tried",
         "upstream",
@@ -94,6 +101,13 @@ class Exchange:
         self.body_chunked = False
         self.expect_continue = False
         self.reject: tuple[int, str] | None = None
+        self.release_hint: bytes | None = None  # X-Hinotori-Release
+        self.cookie: bytes | None = None
+        self.route: CompiledRoute | None = None
+        self.release: int | None = None         # the release this request is held to
+        self.set_cookie = False                 # sticky route: tell the client its release
+        self.started = 0.0
+        self.status = 0
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.replay: list[bytes] | None = None
@@ -125,6 +139,8 @@ class Exchange:
         self.path = head.path
         self.body_chunked = head.chunked
         self.expect_continue = head.expect_continue and self.http11
+        self.release_hint = head.release
+        self.cookie = head.cookie
         if self.method in http1.IDEMPOTENT_METHODS:
             self.replay = []
         self._push(head.data)
@@ -185,10 +201,16 @@ class Exchange:
         if route is None:
             self._reply(404, "no route for this host and path")
             return
-        target = route.pick()
+        self.route = route
+        if route.selects_release:
+            self.release = route.wanted(self.release_hint,
+                                        http1.cookie_value(self.cookie, route.cookie))
+            self.set_cookie = route.sticky and self.release is None
+        target = self._pick(route)
         if target is None:
             self._reply(503, f"service {route.service} has no backends")
             return
+        self.started = perf_counter()
         if self.expect_continue:
             self.client.transport.write(http1.CONTINUE_100)  # type: ignore[union-attr]
         self._send_to(target)
@@ -197,11 +219,18 @@ class Exchange:
         """Send again, elsewhere if possible; or give up with 502."""
         compiled = self.worker.table
         route = compiled.match(self.host, self.path) if compiled is not None else None
-        target = route.pick_other(self.tried) if route is not None else None
+        target = self._pick(route) if route is not None else None
         if target is None or self.attempts >= MAX_ATTEMPTS:
             self._fail(502, "no backend could take the request")
             return
         self._send_to(target)
+
+    def _pick(self, route: CompiledRoute) -> Target | None:
+        if self.release is not None:
+            target = route.pick_release(self.release, self.tried)
+            if target is not None:
+                return target  # else: that release has no reachable backend left
+        return route.pick() if not self.tried else route.pick_other(self.tried)
 
     def _send_to(self, target: Target) -> None:
         self.attempts += 1
@@ -280,11 +309,15 @@ class Exchange:
                 self.rechunk = True
             else:
                 close = True
+        if self.set_cookie:
+            lines.append(http1.set_cookie_line(self.route.cookie,  # type: ignore[union-attr]
+                                               self.target.release))  # type: ignore[union-attr]
         if close:
             lines.append(b"Connection: close\r\n")
         elif not self.http11:
             lines.append(b"Connection: keep-alive\r\n")
         self.close_after = close
+        self.status = status
         self.response_started = True
         self.wbuf.append(http1.status_line(status, reason) + b"".join(lines) + b"\r\n")
 
@@ -302,6 +335,7 @@ class Exchange:
             self.wbuf.append(http1.LAST_CHUNK)
         self.flush_response()
         self._detach()
+        self._observe(self.status)
         if keep_alive and self.request_complete and not conn.closed:
             conn.pool.checkin(conn)
         else:
@@ -360,16 +394,25 @@ class Exchange:
             http1.router_response(status, text, close=close, http11=self.http11))
         self._finish(close)
 
+    def _observe(self, status: int) -> None:
+        counters = self.target.counters  # type: ignore[union-attr]
+        if self.worker.metrics:
+            counters.observe(status, (perf_counter() - self.started) * 1000.0)
+        else:
+            counters.requests += 1
+
     def _fail(self, status: int, text: str) -> None:
         """A router-generated 5xx blamed on the last backend tried."""
         if self.target is not None:
             self.target.counters.errors += 1
+            self._observe(status)
         self._reply(status, text)
 
     def _cut(self, why: str) -> None:
         """The response head is already out: the only honest signal left is a cut connection."""
         if self.target is not None:
             self.target.counters.errors += 1
+            self._observe(502)
         log.warning("%s; closing the client connection", why)
         self.flush_response()
         self.done = True

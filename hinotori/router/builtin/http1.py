@@ -45,15 +45,17 @@ def split_host(host: bytes) -> bytes:
 class RequestHead:
     """A client request, analysed: the bytes to send upstream and what routing needs."""
 
-    __slots__ = ("chunked", "data", "expect_continue", "host", "path")
+    __slots__ = ("chunked", "cookie", "data", "expect_continue", "host", "path", "release")
 
     def __init__(self, data: bytes, host: bytes, path: bytes, chunked: bool,
-                 expect_continue: bool) -> None:
+                 expect_continue: bool, release: bytes | None, cookie: bytes | None) -> None:
         self.data = data          # request line + headers, ready to write upstream
         self.host = host          # lower-case, no port; b"" when the request had none
         self.path = path          # path without query, for prefix matching
         self.chunked = chunked    # body arrives (and leaves) chunked
         self.expect_continue = expect_continue
+        self.release = release    # X-Hinotori-Release, if sent
+        self.cookie = cookie      # Cookie header(s), if sent (for sticky routes)
 
 
 def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
@@ -68,6 +70,8 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
     xff: bytes | None = None
     te: bytes | None = None
     expect_continue = False
+    release: bytes | None = None
+    cookie: bytes | None = None
     conn_values: list[bytes] = []
     kept: list[tuple[bytes, bytes, bytes]] = []
     for name, value in headers:
@@ -80,6 +84,10 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
             continue
         if lname == b"host":
             host = value
+        elif lname == b"cookie":
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif lname == b"x-hinotori-release":
+            release = value
         elif lname == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
             continue
@@ -115,7 +123,22 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
         lines += (b"Transfer-Encoding: ", te, b"\r\n")
     lines.append(b"\r\n")
     return RequestHead(b"".join(lines), split_host(host) if host else b"", path,
-                       te is not None, expect_continue)
+                       te is not None, expect_continue, release, cookie)
+
+
+def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a Cookie header, if present."""
+    if not header or name not in header:
+        return None
+    for part in header.split(b";"):
+        key, eq, value = part.strip().partition(b"=")
+        if eq and key == name:
+            return value.strip().strip(b'"')
+    return None
+
+
+def set_cookie_line(name: bytes, release: int) -> bytes:
+    return b"Set-Cookie: %b=v%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (name, release)
 
 
 def _origin_form(url: bytes) -> tuple[bytes, bytes]:

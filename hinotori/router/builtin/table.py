@@ -10,6 +10,10 @@ A ``RoutingTable`` (the wire/model form) is compiled into a ``CompiledTable``:
   a request needs no further lookups.
 * weights become a precomputed smooth-weighted-round-robin schedule (nginx's algorithm, unrolled):
   picking is an index increment, and a 90/10 split interleaves instead of sending 9 in a row.
+* a request may ask for a release (``X-Hinotori-Release: canary | stable | vN``, or the route's
+  sticky cookie ``hinotori-<service>=vN``); then only that release's backends are candidates,
+  weight-0 ones included (weight counts as 1), because asking by name is how you reach a canary
+  that gets no share of the traffic.
 
 The worker swaps the whole ``CompiledTable`` reference on ``apply``; nothing in it is mutated
 afterwards except the schedule cursor and the counters.
@@ -17,13 +21,14 @@ afterwards except the schedule cursor and the counters.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hinotori.model import RoutingTable, ServiceRoute
+from hinotori.model import LATENCY_BUCKETS_MS, RoutingTable, ServiceRoute
 from hinotori.router.builtin.http1 import split_host
 from hinotori.router.builtin.listener import parse_address
 
@@ -33,18 +38,34 @@ if TYPE_CHECKING:
 _MAX_SCHEDULE = 10_000  # beyond this many slots, fall back to weighted random picks
 
 
-class Counters:
-    """Per-backend counters; plain attributes because the hot path bumps them per request."""
+_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 
-    __slots__ = ("active", "errors", "requests")
+
+class Counters:
+    """Per-backend counters (the wire form of ``model.BackendStats``); plain attributes and
+    lists because the hot path bumps them per request."""
+
+    __slots__ = ("active", "errors", "latency", "latency_sum_ms", "requests", "statuses")
 
     def __init__(self) -> None:
-        self.active = 0    # requests in flight to the backend now
-        self.requests = 0  # requests sent to the backend (each attempt counts)
-        self.errors = 0    # connect failures and router-generated 5xx blamed on the backend
+        self.active = 0      # requests in flight to the backend now
+        self.requests = 0    # responses answered for it: relayed, or router-made 502/504
+        self.errors = 0      # connect failures and router-generated 5xx blamed on the backend
+        self.statuses = [0, 0, 0, 0]  # 2xx, 3xx, 4xx, 5xx (1xx counts as 2xx)
+        self.latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # ms buckets + overflow
+        self.latency_sum_ms = 0.0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"active": self.active, "requests": self.requests, "errors": self.errors}
+    def observe(self, status: int, latency_ms: float) -> None:
+        self.requests += 1
+        cls = status // 100 - 2
+        self.statuses[0 if cls < 0 else 3 if cls > 3 else cls] += 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
+
+    def to_dict(self) -> dict[str, object]:
+        return {"active": self.active, "requests": self.requests, "errors": self.errors,
+                "statuses": dict(zip(_STATUS_CLASSES, self.statuses, strict=True)),
+                "latency": list(self.latency), "latency_sum_ms": round(self.latency_sum_ms, 3)}
 
 
 @dataclass(eq=False, slots=True)
@@ -54,6 +75,7 @@ class Target:
     host: str
     port: int
     weight: int
+    release: int
     pool: Pool
     counters: Counters
 
@@ -65,6 +87,41 @@ class CompiledRoute:
     targets: tuple[Target, ...]           # weight > 0 only
     schedule: list[Target] = field(default_factory=list)
     cursor: int = 0
+    # Release selection (canary/sticky); ``by_release`` holds every backend, weight 0 included.
+    by_release: dict[int, tuple[Target, ...]] = field(default_factory=dict)
+    canary: int | None = None
+    sticky: bool = False                  # only when more than one release serves
+    cookie: bytes = b""                   # sticky cookie name: hinotori-<service>
+
+    @property
+    def selects_release(self) -> bool:
+        return self.sticky or self.canary is not None
+
+    def wanted(self, header: bytes | None, cookie: bytes | None) -> int | None:
+        """The release a request asks for (header first, then the sticky cookie), if this
+        route serves it."""
+        for value in (header, cookie if self.sticky else None):
+            if not value:
+                continue
+            v = value.strip().lower()
+            release: int | None
+            if v == b"canary":
+                release = self.canary
+            elif v == b"stable":
+                release = max((r for r in self.by_release if r != self.canary), default=None)
+            else:
+                digits = v.removeprefix(b"v")
+                release = int(digits) if digits.isdigit() else None
+            if release in self.by_release:
+                return release
+        return None
+
+    def pick_release(self, release: int, exclude: set[str]) -> Target | None:
+        """A backend of ``release`` by weight (weight 0 counts as 1), not in ``exclude``."""
+        candidates = [t for t in self.by_release.get(release, ()) if t.address not in exclude]
+        if not candidates:
+            return None
+        return random.choices(candidates, weights=[t.weight or 1 for t in candidates])[0]
 
     def pick(self) -> Target | None:
         """The next backend by weight, or None when the route has none."""
@@ -145,7 +202,7 @@ def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
     pools: dict[str, Pool] = {}
     for route in table.routes:
         _check_route(route)
-        targets: list[Target] = []
+        everyone: list[Target] = []
         for b in route.backends:
             try:
                 host, port = parse_address(b.address)
@@ -154,12 +211,18 @@ def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
             pool = pools.get(b.address)
             if pool is None:
                 pool = pools[b.address] = pool_for(b.address)
-            if b.weight > 0:
-                targets.append(Target(b.host_id, b.address, host, port, b.weight, pool,
-                                      counters_for(b.host_id)))
+            everyone.append(Target(b.host_id, b.address, host, port, b.weight, int(b.release),
+                                   pool, counters_for(b.host_id)))
+        targets = [t for t in everyone if t.weight > 0]
         order = smooth_schedule([t.weight for t in targets])
+        by_release: dict[int, tuple[Target, ...]] = {}
+        for t in everyone:
+            by_release[t.release] = (*by_release.get(t.release, ()), t)
         compiled = CompiledRoute(route.service, route.path_prefix.encode(), tuple(targets),
-                                 [targets[i] for i in order])
+                                 [targets[i] for i in order], by_release=by_release,
+                                 canary=route.canary,
+                                 sticky=route.sticky and len(by_release) > 1,
+                                 cookie=b"hinotori-" + route.service.encode())
         if compiled.schedule:
             # Start each worker at a different point so workers do not move in lockstep.
             compiled.cursor = random.randrange(len(compiled.schedule))

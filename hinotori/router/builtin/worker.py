@@ -39,12 +39,14 @@ CLIENT_IDLE_TIMEOUT = 75.0  # longer than common client pools keep idle connecti
 BACKEND_TIMEOUT = 60.0      # backend silent this long after the request -> 504
 DRAIN_TIMEOUT = 10.0        # graceful shutdown bound for in-flight requests
 ERROR_LOG_INTERVAL = 5.0    # at most one log line per backend address per interval
+LISTEN_BACKLOG = 2048       # bursts of new connections wait in the kernel, not get refused
 
 
 class Worker:
     def __init__(self, listen: str, control_path: Path, table_file: Path,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, *, metrics: bool = True) -> None:
         self.listen = listen
+        self.metrics = metrics  # statuses and latency per backend; off only to measure its cost
         self.listen_bytes = listen.encode()
         self.control_path = control_path
         self.table_file = table_file
@@ -89,7 +91,7 @@ class Worker:
     def table_dict(self) -> dict[str, Any] | None:
         return self.table.table.to_dict() if self.table is not None else None
 
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, object]]:
         return {host_id: c.to_dict() for host_id, c in self.counters.items()}
 
     def describe(self) -> dict[str, Any]:
@@ -151,8 +153,10 @@ class Worker:
             raise control.ControlSocketBusy(
                 f"a router worker already answers on {self.control_path}")
         self._load_table_file()
-        sock = open_listener(self.listen, self._sibling_serves)
-        server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock)
+        sock = open_listener(self.listen, self._sibling_serves, backlog=LISTEN_BACKLOG)
+        # create_server listens again with its own backlog (default 100): pass ours.
+        server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock,
+                                               backlog=LISTEN_BACKLOG)
         ctl = await control.start_server(self, self.control_path)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)

@@ -1,0 +1,318 @@
+"""``BuiltinRouter``: the control plane's handle on the data-plane workers.
+
+Files in ``state_dir`` per worker i: ``router-{i}.sock`` (control), ``router-{i}.pid``,
+``router-{i}.log`` (the worker's stdout/stderr), and one ``router-table.json`` shared by all
+(every worker writes the same table to it; a restarted worker loads it).
+
+Workers are detached: a new session, no inherited stdin/stdout, so they outlive the controller,
+even its SIGKILL. ``start`` therefore first asks whether a worker already answers on its socket
+and adopts it; only otherwise does it spawn one. Worker 0 starts first, the others after it,
+because a worker decides whether a taken port is a sibling's (fine) or a stranger's (error) by
+asking the sockets next to its own.
+
+The controller reaps the workers it spawned (a waiter thread per child), so a worker that exits
+while the controller lives never lingers as a zombie. Workers adopted from a previous controller
+are not our children; their parent is init.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from hinotori.errors import RouterError
+from hinotori.model import BackendStats, RoutingTable
+from hinotori.router.builtin.client import ControlClient, ControlError
+from hinotori.router.builtin.listener import parse_address
+
+START_TIMEOUT = 10.0   # spawn -> answering ping
+APPLY_TIMEOUT = 5.0    # apply -> every worker acknowledged
+CALL_TIMEOUT = 5.0     # get, stats, shutdown
+STOP_TIMEOUT = 15.0    # shutdown -> exit (workers drain for up to 10 s), then SIGKILL
+_WORKER_MODULE = "hinotori.router.builtin"
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+
+class BuiltinRouter:
+    """The built-in asyncio data plane, as the ``Router`` protocol (``hinotori.router.base``)."""
+
+    kind = "builtin"
+
+    def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
+                 metrics: bool = True) -> None:
+        try:
+            parse_address(listen)
+        except ValueError as exc:
+            raise RouterError(str(exc), hint="fix [router] listen in hinotori.toml") from None
+        if not isinstance(workers, int) or workers < 1:
+            raise RouterError(f"router workers must be an integer >= 1, got {workers!r}",
+                              hint="fix [router] workers in hinotori.toml")
+        self.state_dir = Path(state_dir).absolute()
+        self.listen = listen
+        self.workers = workers
+        self.metrics = metrics
+        if len(os.fsencode(self._sock(workers - 1))) > _SOCKET_PATH_MAX:
+            raise RouterError(
+                f"the router's state directory {self.state_dir} is too deep for a Unix socket "
+                f"path ({_SOCKET_PATH_MAX} bytes at most)",
+                hint="move the project (or its .hinotori directory) to a shorter path")
+        self.table_file = self.state_dir / "router-table.json"
+        self._clients = [ControlClient(self._sock(i)) for i in range(workers)]
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"BuiltinRouter({str(self.state_dir)!r}, {self.listen!r}, workers={self.workers})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _sock(self, i: int) -> Path:
+        return self.state_dir / f"router-{i}.sock"
+
+    def _pidfile(self, i: int) -> Path:
+        return self.state_dir / f"router-{i}.pid"
+
+    def _log(self, i: int) -> Path:
+        return self.state_dir / f"router-{i}.log"
+
+    def _client(self, i: int) -> ControlClient:
+        return self._clients[i] if i < self.workers else ControlClient(self._sock(i))
+
+    # -- Router protocol -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt the workers answering on their sockets; spawn the missing ones. Idempotent."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        extra = self._leftover_indices()
+        if extra:  # from a run with more workers: they would serve a stale table forever
+            await asyncio.gather(*(self._stop_worker(i) for i in extra))
+        await self._ensure(0)
+        if self.workers > 1:
+            await asyncio.gather(*(self._ensure(i) for i in range(1, self.workers)))
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Send ``table`` to every worker at once; return when all acknowledged it."""
+        line = json.dumps({"op": "apply", "table": table.to_dict()}).encode() + b"\n"
+        answers = await asyncio.gather(
+            *(self._call(i, line, APPLY_TIMEOUT) for i in range(self.workers)),
+            return_exceptions=True)
+        problems = []
+        for i, answer in enumerate(answers):
+            if isinstance(answer, BaseException):
+                problems.append(f"worker {i}: {answer}")
+            elif not answer.get("ok") or answer.get("version") != table.version:
+                problems.append(f"worker {i}: {answer.get('error', answer)}")
+        if problems:
+            raise RouterError(
+                f"routing table v{table.version} was not acknowledged by every router worker: "
+                + "; ".join(problems),
+                hint="traffic may be split between tables; apply again, or restart the router")
+
+    async def current(self) -> RoutingTable | None:
+        """The table every worker serves; None if there is none yet, or if workers disagree
+        (an apply failed half-way: the caller should apply its table again)."""
+        answers = await asyncio.gather(*(self._call(i, {"op": "get"}, CALL_TIMEOUT)
+                                         for i in range(self.workers)))
+        tables = [self._ok(i, a).get("table") for i, a in enumerate(answers)]
+        if tables[0] is None or any(t != tables[0] for t in tables[1:]):
+            return None
+        return RoutingTable.from_dict(tables[0])
+
+    async def stats(self) -> dict[str, BackendStats]:
+        answers = await asyncio.gather(*(self._call(i, {"op": "stats"}, CALL_TIMEOUT)
+                                         for i in range(self.workers)))
+        return sum_stats([self._ok(i, a).get("backends") or {} for i, a in enumerate(answers)])
+
+    async def stop(self) -> None:
+        """Stop every worker gracefully (SIGKILL after STOP_TIMEOUT) and remove their files."""
+        indices = sorted(set(range(self.workers)) | set(self._leftover_indices()))
+        await asyncio.gather(*(self._stop_worker(i) for i in indices))
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def _ping(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        try:
+            answer = await self._client(i).request({"op": "ping"}, timeout)
+        except ControlError:
+            return None
+        return answer if answer.get("ok") else None
+
+    async def _ensure(self, i: int) -> None:
+        info = await self._ping(i)
+        if info is not None and info.get("listen") == self.listen:
+            self._pidfile(i).write_text(f"{info['pid']}\n")
+            return
+        if info is not None:  # the configured address changed: replace the worker
+            await self._stop_worker(i)
+        await self._spawn(i)
+
+    async def _spawn(self, i: int) -> None:
+        sock, log_path = self._sock(i), self._log(i)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # stale: nobody answered on it
+        argv = [sys.executable, "-m", _WORKER_MODULE, "--listen", self.listen,
+                "--control", str(sock), "--table-file", str(self.table_file)]
+        if not self.metrics:
+            argv.append("--no-metrics")
+        # The worker must import hinotori even when it is not installed (run from a checkout).
+        root = str(Path(__file__).resolve().parents[3])  # the directory holding hinotori/
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        with open(log_path, "ab") as log:
+            log_offset = log.tell()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=self.state_dir, env=env)
+        self._children[i] = proc
+        threading.Thread(target=proc.wait, name=f"reap-router-{i}", daemon=True).start()
+        self._pidfile(i).write_text(f"{proc.pid}\n")
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            if proc.returncode is not None:
+                raise RouterError(
+                    f"router worker {i} exited during start (exit code {proc.returncode}): "
+                    f"{_log_tail(log_path, log_offset)}",
+                    hint=f"the worker's log is {log_path}")
+            info = await self._ping(i, timeout=0.5)
+            if info is not None and info.get("pid") == proc.pid:
+                return
+            if loop.time() > deadline:
+                proc.kill()
+                raise RouterError(
+                    f"router worker {i} did not answer on {sock} within {START_TIMEOUT:g}s: "
+                    f"{_log_tail(log_path, log_offset)}",
+                    hint=f"the worker's log is {log_path}")
+            await asyncio.sleep(0.02)
+
+    async def _stop_worker(self, i: int) -> None:
+        sock = self._sock(i)
+        client = self._client(i)
+        pid: int | None = None
+        info = await self._ping(i)
+        if info is not None:
+            pid = int(info["pid"])
+            with contextlib.suppress(ControlError):
+                await client.request({"op": "shutdown"}, CALL_TIMEOUT)
+        else:  # not answering: a hung or half-started worker may still hold the port
+            pid = self._pid_from_file(i)
+            if pid is not None and self._is_our_worker(pid, sock):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            else:
+                pid = None
+        client.close()
+        if pid is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_TIMEOUT
+            while self._alive(i, pid) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if self._alive(i, pid) and self._is_our_worker(pid, sock):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                while self._alive(i, pid) and loop.time() < deadline + 5:
+                    await asyncio.sleep(0.02)
+        self._children.pop(i, None)
+        for path in (sock, self._pidfile(i)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _leftover_indices(self) -> list[int]:
+        found = set()
+        for path in [*self.state_dir.glob("router-*.sock"), *self.state_dir.glob("router-*.pid")]:
+            index = path.stem.removeprefix("router-")
+            if index.isdigit() and int(index) >= self.workers:
+                found.add(int(index))
+        return sorted(found)
+
+    def _pid_from_file(self, i: int) -> int | None:
+        try:
+            return int(self._pidfile(i).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, i: int, pid: int) -> bool:
+        child = self._children.get(i)
+        if child is not None and child.pid == pid:
+            return child.returncode is None  # our waiter thread sets it when the child exits
+        return _pid_alive(pid)
+
+    @staticmethod
+    def _is_our_worker(pid: int, sock: Path) -> bool:
+        """Guard against pid reuse: only signal a process that is this worker."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return _pid_alive(pid) and not Path("/proc").is_dir()  # no procfs: trust the file
+        return _WORKER_MODULE.encode() in cmdline and os.fsencode(sock) in cmdline
+
+    # -- control calls -------------------------------------------------------------------------
+
+    async def _call(self, i: int, message: dict[str, Any] | bytes,
+                    timeout: float) -> dict[str, Any]:
+        try:
+            return await self._client(i).request(message, timeout)
+        except ControlError as exc:
+            raise RouterError(f"router worker {i} is not reachable: {exc}",
+                              hint="start the router (the controller does it on start)") from None
+
+    @staticmethod
+    def _ok(i: int, answer: dict[str, Any]) -> dict[str, Any]:
+        if not answer.get("ok"):
+            raise RouterError(f"router worker {i} refused: {answer.get('error', answer)}")
+        return answer
+
+
+def sum_stats(per_worker: list[dict[str, dict[str, Any]]]) -> dict[str, BackendStats]:
+    """Add up the workers' per-backend counters."""
+    total: dict[str, dict[str, Any]] = {}
+    for backends in per_worker:
+        for host_id, c in backends.items():
+            t = total.setdefault(host_id, {"active": 0, "requests": 0, "errors": 0,
+                                           "statuses": {}, "latency": [], "latency_sum_ms": 0.0})
+            for key in ("active", "requests", "errors"):
+                t[key] += int(c.get(key, 0))
+            for cls, n in (c.get("statuses") or {}).items():
+                t["statuses"][cls] = t["statuses"].get(cls, 0) + int(n)
+            lat = list(c.get("latency") or ())
+            t["latency"] = [a + b for a, b in zip(t["latency"] or [0] * len(lat), lat,
+                                                  strict=True)] if lat else t["latency"]
+            t["latency_sum_ms"] += float(c.get("latency_sum_ms", 0.0))
+    return {host_id: BackendStats(host_id=host_id, active=t["active"], requests=t["requests"],
+                                  errors=t["errors"], statuses=t["statuses"],
+                                  latency=tuple(t["latency"]), latency_sum_ms=t["latency_sum_ms"])
+            for host_id, t in total.items()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still "exists" for kill(0); it is dead for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rfind(")") + 2:][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _log_tail(path: Path, offset: int, lines: int = 8) -> str:
+    """The last lines a worker wrote to its log since ``offset`` (this start only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) if tail else "(the worker wrote nothing)"
