@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.cli import controlcmds, driftcmd, render
+from hinotori.cli import chaoscmd, controlcmds, driftcmd, render
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
@@ -30,7 +30,8 @@ app.command("deploy")(controlcmds.deploy)
 app.command("rollback")(controlcmds.rollback)
 app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
-for _name in ("promote", "pause", "resume", "abort", "deployments"):
+app.command("chaos")(chaoscmd.chaos)
+for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix"):
     app.command(_name)(getattr(controlcmds, _name))
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
 deployment_app.command("show")(controlcmds.deployment_show)

@@ -227,7 +227,7 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
         s = dep["summary"]
         how = "instantly from warm hosts" if s.get("instant") else \
             f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
-            f"rolling in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
+            f"rolled in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
             f"boot→healthy {s.get('boot_to_healthy_s')}s"
         timing = f", switch {s['switch_ms']} ms, drain {s['drain_s']}s" \
             if s.get("switch_ms") is not None else ""
@@ -266,6 +266,15 @@ def _print_step(step: dict[str, Any]) -> None:
     line = text(step) if text else f"{name}: {step}"
     if line:
         console.print(line, highlight=False)
+
+
+def phoenix(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+            json_out: JsonOpt = False) -> None:
+    """Burn and rebuild every host of the service from its image, one at a time, with zero
+    dropped requests (the phoenix server)."""
+    project = Project.load(spec)
+    project.service(service)
+    _run_deployment(project, service, "phoenix", None, parse_duration(lock_wait), json_out)
 
 
 def _pct(rate: float | None) -> str:

@@ -93,6 +93,17 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             reason=body.reason)
         return {"deployment": number}
 
+    @app.post("/v1/services/{service}/phoenix")
+    async def phoenix(service: str, body: DeployBody) -> dict[str, Any]:
+        number = await controller.start_deployment(
+            service, kind="phoenix", release=None, lock_wait=body.lock_wait, actor=body.actor,
+            reason=body.reason or "phoenix rotation on demand")
+        return {"deployment": number}
+
+    @app.post("/v1/hosts/{host_id}/kill")
+    async def kill(host_id: str, body: DeployBody) -> dict[str, Any]:
+        return (await controller.kill(host_id, body.actor)).to_dict()
+
     @app.post("/v1/services/{service}/{action}")
     async def control(service: str, action: str) -> dict[str, Any]:
         if action not in ("pause", "resume", "promote", "abort"):

@@ -68,6 +68,15 @@ class ControllerClient:
                 return dep
             time.sleep(poll)
 
+    def kill(self, host_id: str, actor: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/hosts/{host_id}/kill", json={"actor": actor})
+
+    def hosts(self, service: str) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/hosts", params={"service": service})
+
+    def metrics(self, service: str) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/metrics", params={"service": service})
+
     def control(self, service: str, action: str) -> None:
         self.call("POST", f"/v1/services/{service}/{action}")
 

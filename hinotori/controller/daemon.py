@@ -29,7 +29,7 @@ from hinotori.deploy import bluegreen, canary, rolling
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import ControllerError, DeployError, HinotoriError
+from hinotori.errors import ControllerError, DeployError, HinotoriError, LockedError
 from hinotori.health import probe
 from hinotori.model import Host, HostState
 from hinotori.project import Project
@@ -75,6 +75,7 @@ class Controller:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, int] = {}
+        self._heal_after: dict[str, float] = {}  # back-off after a failed heal
         self._lock_file: Any = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -165,7 +166,8 @@ class Controller:
     # -- deployments ---------------------------------------------------------------------
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
                                lock_wait: float, actor: str, replace: bool = False,
-                               reason: str = "", strategy: str | None = None) -> int | None:
+                               reason: str = "", strategy: str | None = None,
+                               only: set[str] | None = None) -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
@@ -180,6 +182,10 @@ class Controller:
                     raise DeployError(f"{service} has no previous release to roll back to",
                                       hint="a rollback needs a service deployed at least twice")
                 target = previous
+            elif kind == "phoenix":
+                if current is None or not self.fleet.hosts(service, HostState.SERVING):
+                    raise DeployError(f"{service} has no serving hosts to rotate")
+                target = current
             else:
                 latest = self.store.latest_release(service)
                 if latest is None and release is None:
@@ -198,13 +204,15 @@ class Controller:
                                   hint="use blue-green, canary or rolling")
             if kind == "rollback":
                 chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
+            if kind == "phoenix":
+                chosen = rolling.STRATEGY  # one host at a time, never below replicas
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
                 to_release=target, actor=actor, reason=reason)
         except BaseException:
             await hold.__aexit__(None, None, None)
             raise
-        self.spawn(self._run_deployment(number, service, kind, target, hold, chosen))
+        self.spawn(self._run_deployment(number, service, kind, target, hold, chosen, only))
         return number
 
     def reload_spec(self) -> None:
@@ -236,7 +244,7 @@ class Controller:
         self.store.record(ACTOR, f"deploy.{action}", service, {"by": "operator"})
 
     async def _run_deployment(self, number: int, service: str, kind: str, target: int,
-                              hold: Any, strategy: str) -> None:
+                              hold: Any, strategy: str, only: set[str] | None = None) -> None:
         svc = self.fleet.service(service)
         current, _ = self.store.service_releases(service)
         context = {"HINOTORI_SERVICE": service, "HINOTORI_DEPLOYMENT": str(number),
@@ -263,7 +271,7 @@ class Controller:
                 if not result.ok:
                     raise DeployError(f"{service}: the pre-deploy hook failed, nothing was "
                                       f"changed\n{result.describe()}")
-            summary = await self._strategy(service, kind, target, strategy, progress)
+            summary = await self._strategy(service, kind, target, strategy, progress, only)
             await asyncio.gather(*hook_tasks)
             if svc.hooks.post_deploy:
                 await self._hook(number, "post_deploy", svc.hooks.post_deploy, context,
@@ -290,11 +298,16 @@ class Controller:
             await hold.__aexit__(None, None, None)
 
     async def _strategy(self, service: str, kind: str, target: int, strategy: str,
-                        progress: Any) -> dict[str, Any]:
+                        progress: Any, only: set[str] | None = None) -> dict[str, Any]:
         spec = self.fleet.service(service).strategy
         if kind == "rollback":
             return await bluegreen.rollback(self.fleet, service, progress)
         release = self.store.release(service, target)
+        if kind == "phoenix":
+            return await rolling.deploy(self.fleet, release, progress,
+                                        RollingSpec(kind="rolling", max_surge=1,
+                                                    max_unavailable=0),
+                                        kind="phoenix", only=only)
         if strategy == canary.STRATEGY:
             control = self.controls[service] = canary.Control()
             return await canary.deploy(
@@ -327,11 +340,12 @@ class Controller:
                 log.exception("health monitor pass failed")
 
     async def _monitor_once(self) -> None:
-        """Take a dead or persistently unhealthy serving host out of traffic, as long as
-        another healthy host of its service remains (invariant 2, without emptying a service)."""
+        """Self-healing. A serving host that died or keeps failing its health check is taken
+        out of traffic while a healthy one remains (invariant 2, without emptying a service);
+        then a service below its replicas gets fresh, health-gated hosts of its release."""
         for service in self.fleet.spec.services:
             if self.locks.locked(service):
-                continue  # a deployment owns the service's hosts right now
+                continue  # a deployment (or a heal) owns the service's hosts right now
             serving = self.fleet.hosts(service, HostState.SERVING)
             bad: list[tuple[Host, str]] = []
             check = self.fleet.service(service).health.check()
@@ -344,14 +358,66 @@ class Controller:
                 self._failures[host.id] = fails
                 if fails >= check.unhealthy:
                     bad.append((host, f"failed {fails} health checks: {result.detail}"))
-            if not bad or len(bad) >= len(serving):
-                continue  # nothing to do, or nothing healthy left to move traffic to
-            keep = [h for h in serving if h.id not in {b.id for b, _ in bad}]
-            await self.fleet.switch(service, keep, [], why="health monitor")
-            for host, why in bad:
-                self.fleet._set(host, HostState.FAILED, why)
-                await self.fleet.destroy([host], why=why)
-                self._failures.pop(host.id, None)
+            healthy = [h for h in serving if h.id not in {b.id for b, _ in bad}]
+            if bad and healthy:
+                await self.fleet.switch(service, healthy, [], why="health monitor",
+                                        weights={h.id: h.weight for h in healthy},
+                                        canary=self.store.canary(service))
+                for host, why in bad:
+                    self.fleet._set(host, HostState.FAILED, why)
+                    await self.fleet.destroy([host], why=why)
+                    self._failures.pop(host.id, None)
+            current, _ = self.store.service_releases(service)
+            missing = self.fleet.service(service).replicas - len(healthy)
+            if current is not None and missing > 0 and time.time() >= \
+                    self._heal_after.get(service, 0):
+                self.spawn(self._heal(service, current, missing))
+
+    async def _heal(self, service: str, release: int, count: int) -> None:
+        try:
+            async with self.locks.hold(service, "self-healing"):
+                started = time.monotonic()
+                new = await self.fleet.boot_healthy(service, self.store.release(service, release),
+                                                    count)
+                serving = self.fleet.hosts(service, HostState.SERVING)
+                alive = [h for h in serving if await self.fleet.provider(h).adopt(h)]
+                dead = [h for h in serving if h not in alive]
+                await self.fleet.switch(service, alive + new, dead,
+                                        why=f"self-healing: {count} host(s) missing")
+                if dead:
+                    await self.fleet.destroy(dead, why="found dead while healing")
+                self.store.record(ACTOR, "service.healed", service, {
+                    "release": f"v{release}", "booted": [h.id for h in new],
+                    "replaced": [h.id for h in dead],
+                    "took_s": round(time.monotonic() - started, 3)})
+        except LockedError:
+            pass  # a deployment started meanwhile: it owns the hosts
+        except HinotoriError as e:
+            self._heal_after[service] = time.time() + 5.0  # back off, then try again
+            self.store.record(ACTOR, "service.heal-failed", service, {"error": str(e)[:500]})
+
+    async def _rotate_aged(self) -> None:
+        """Phoenix by age: serving hosts older than the service's max_age are replaced, one at a
+        time, by the same release from its image."""
+        now = time.time()
+        for name, svc in self.fleet.spec.services.items():
+            if svc.max_age is None or self.locks.locked(name):
+                continue
+            aged = {h.id for h in self.fleet.hosts(name, HostState.SERVING)
+                    if now - h.born_at > svc.max_age}
+            if aged:
+                await self.start_deployment(name, kind="phoenix", release=None, lock_wait=0,
+                                            actor="controller (max_age)", only=aged,
+                                            reason=f"{len(aged)} host(s) older than max_age")
+
+    async def kill(self, host_id: str, actor: str) -> Host:
+        """Chaos: kill one serving host abruptly; the self-healing loop replaces it."""
+        host = self.store.host(host_id)
+        if host.state != HostState.SERVING:
+            raise DeployError(f"host {host_id} is {host.state}, not serving")
+        await self.fleet.provider(host).kill(host)
+        self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}", {"pid": host.pid})
+        return host
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -362,6 +428,7 @@ class Controller:
                            if (h.warm_until or 0) <= now and not self.locks.locked(h.service)]
                 if expired:
                     await self.fleet.destroy(expired, why="keep_previous expired")
+                await self._rotate_aged()
             except Exception:
                 log.exception("reaper pass failed")
 

@@ -25,7 +25,7 @@ class ReleaseMetrics:
     service: str
     release: int
     requests: int = 0
-    errors: int = 0  # router-side: failed connections, 502/504 made by the router
+    errors: int = 0  # backend failures the router saw, retried or not (not client failures)
     in_flight: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))

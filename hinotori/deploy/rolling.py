@@ -27,7 +27,9 @@ STRATEGY = "rolling"
 
 
 async def deploy(fleet: Fleet, release: Release, progress: Progress, strategy: RollingSpec,
-                 *, kind: str = "deploy", rolling_back: bool = False) -> dict[str, Any]:
+                 *, kind: str = "deploy", rolling_back: bool = False,
+                 only: set[str] | None = None) -> dict[str, Any]:
+    """Roll ``release`` in; with ``only``, replace just those hosts (phoenix by age)."""
     service = release.service
     svc = fleet.service(service)
     current, previous = fleet.store.service_releases(service)
@@ -36,6 +38,9 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, strategy: R
     if rolling_back:  # hosts of the release we go back to that still serve count as done
         new = [h for h in serving if h.release == release.number]
         old = [h for h in serving if h.release != release.number]
+    elif only is not None:  # replace these hosts; the others already count as new
+        new = [h for h in serving if h.id not in only]
+        old = [h for h in serving if h.id in only]
     else:  # every serving host is replaced, even of the same release (e.g. drift --replace)
         new, old = [], serving
     n, surge, unavailable = svc.replicas, strategy.max_surge, strategy.max_unavailable

@@ -153,6 +153,7 @@ class ServiceSpec(Strict):
     health: HealthSpec = HealthSpec()
     strategy: StrategySpec = BlueGreenSpec()
     hooks: HooksSpec = HooksSpec()
+    max_age: Duration | None = None  # phoenix: hosts older than this are replaced, one by one
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback

@@ -609,6 +609,9 @@ class ClientSide(asyncio.Protocol):
         self.response = None
 
     def _fail(self, req: Request, status: int, text: bytes) -> None:
+        if self.host_id and self.proxy.metrics:  # what the client got counts as an answer
+            self.proxy.counters(self.host_id).observe(
+                status, (time.perf_counter() - req.started) * 1000)
         self._detach(reusable=False)
         if not req.complete:
             self.keep_alive = False  # the rest of the body is not worth reading
