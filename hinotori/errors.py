@@ -12,6 +12,7 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── ProviderError                      a host could not be booted, adopted or destroyed
     ├── RouterError                        the data plane could not be started or reached
     ├── ControllerError                    controller not running, unreachable, or refused us
+    │   └── Unauthorised                   missing or wrong API token or webhook signature
     └── DeployError                        a deployment failed; traffic stayed where it was
         └── LockedError                    another deployment of the service holds the lock
 """
@@ -81,6 +82,10 @@ class RouterError(HinotoriError):
 
 
 class ControllerError(HinotoriError):
+    pass
+
+
+class Unauthorised(ControllerError):
     pass
 
 

@@ -31,7 +31,7 @@ app.command("rollback")(controlcmds.rollback)
 app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
 app.command("chaos")(chaoscmd.chaos)
-for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix"):
+for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "ship"):
     app.command(_name)(getattr(controlcmds, _name))
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
 deployment_app.command("show")(controlcmds.deployment_show)

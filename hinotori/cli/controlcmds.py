@@ -268,6 +268,23 @@ def _print_step(step: dict[str, Any]) -> None:
         console.print(line, highlight=False)
 
 
+def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+         json_out: JsonOpt = False) -> None:
+    """bake -> deploy with the spec's strategy, in one step (continuous delivery). Every new
+    host passes its health (and verify) checks before it takes traffic."""
+    from hinotori.releases import bake_service
+
+    project = Project.load(spec)
+    project.service(service)
+    with console.status(f"baking {service}…"):
+        result, outcome = bake_service(project, service)
+    if not json_out:
+        console.print(f"baked {render.short_digest(result.image.digest)} → "
+                      f"{outcome.release.name}{'' if outcome.created else ' (unchanged)'}")
+    _run_deployment(project, service, "deploy", outcome.release.number,
+                    parse_duration(lock_wait), json_out)
+
+
 def phoenix(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
             json_out: JsonOpt = False) -> None:
     """Burn and rebuild every host of the service from its image, one at a time, with zero

@@ -11,20 +11,15 @@ import secrets
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from hinotori import __version__
 from hinotori.controller.daemon import Controller
 from hinotori.controller.metrics import by_release, prometheus_text
-from hinotori.errors import HinotoriError, LockedError, NotFound
+from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import HostState
-
-
-class Unauthorised(HinotoriError):
-    pass
-
 
 _STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
 
@@ -49,8 +44,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             raise Unauthorised("missing or wrong API token",
                                 hint="the token is in .hinotori/token of the project")
 
-    app = FastAPI(title="hinotori controller", version=__version__,
-                  dependencies=[Depends(authorised)])
+    app = FastAPI(title="hinotori controller", version=__version__)
+    api = APIRouter(dependencies=[Depends(authorised)])  # everything but the push webhook
     store, fleet = controller.store, controller.fleet
 
     @app.exception_handler(HinotoriError)
@@ -59,7 +54,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return JSONResponse({"error": exc.message, "hint": exc.hint,
                              "type": type(exc).__name__}, status_code=status)
 
-    @app.get("/v1/status")
+    @api.get("/v1/status")
     async def status() -> dict[str, Any]:
         services = []
         for name in sorted(controller.project.spec.services):
@@ -79,32 +74,32 @@ def create_app(controller: Controller, token: str) -> FastAPI:
                 "uptime_s": round(time.time() - controller.started_at, 1),
                 "router": controller.project.spec.router.listen, "services": services}
 
-    @app.post("/v1/services/{service}/deploy")
+    @api.post("/v1/services/{service}/deploy")
     async def deploy(service: str, body: DeployBody) -> dict[str, Any]:
         number = await controller.start_deployment(
             service, kind="deploy", release=body.release, lock_wait=body.lock_wait,
             actor=body.actor, replace=body.replace, reason=body.reason, strategy=body.strategy)
         return {"deployment": number}
 
-    @app.post("/v1/services/{service}/rollback")
+    @api.post("/v1/services/{service}/rollback")
     async def rollback(service: str, body: DeployBody) -> dict[str, Any]:
         number = await controller.start_deployment(
             service, kind="rollback", release=None, lock_wait=body.lock_wait, actor=body.actor,
             reason=body.reason)
         return {"deployment": number}
 
-    @app.post("/v1/services/{service}/phoenix")
+    @api.post("/v1/services/{service}/phoenix")
     async def phoenix(service: str, body: DeployBody) -> dict[str, Any]:
         number = await controller.start_deployment(
             service, kind="phoenix", release=None, lock_wait=body.lock_wait, actor=body.actor,
             reason=body.reason or "phoenix rotation on demand")
         return {"deployment": number}
 
-    @app.post("/v1/hosts/{host_id}/kill")
+    @api.post("/v1/hosts/{host_id}/kill")
     async def kill(host_id: str, body: DeployBody) -> dict[str, Any]:
         return (await controller.kill(host_id, body.actor)).to_dict()
 
-    @app.post("/v1/services/{service}/{action}")
+    @api.post("/v1/services/{service}/{action}")
     async def control(service: str, action: str) -> dict[str, Any]:
         if action not in ("pause", "resume", "promote", "abort"):
             raise NotFound(f"no action {action!r}",
@@ -112,20 +107,20 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         controller.control(service, action)
         return {"service": service, "action": action}
 
-    @app.get("/v1/deployments")
+    @api.get("/v1/deployments")
     async def deployments(service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return store.deployments(service, limit)
 
-    @app.get("/v1/deployments/{number}")
+    @api.get("/v1/deployments/{number}")
     async def deployment(number: int) -> dict[str, Any]:
         return store.deployment(number)
 
-    @app.get("/v1/hosts")
+    @api.get("/v1/hosts")
     async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
         states = None if all else [s for s in HostState if s.alive]
         return [h.to_dict() for h in store.hosts(service, states)]
 
-    @app.get("/v1/metrics")
+    @api.get("/v1/metrics")
     async def metrics(service: str | None = None, by: str = "release") -> list[dict[str, Any]]:
         """Per service and release (default), or per host with ``by=host``."""
         stats, hosts = await fleet.router.stats(), store.hosts()
@@ -138,16 +133,26 @@ def create_app(controller: Controller, token: str) -> FastAPI:
                     and service in (None, owner[hid].service)]
         return [m.to_dict() for m in by_release(stats, hosts) if service in (None, m.service)]
 
-    @app.get("/metrics")
+    @api.get("/metrics")
     async def prometheus() -> Response:
         hosts = store.hosts()
         body = prometheus_text(by_release(await fleet.router.stats(), hosts), hosts)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/shutdown")
+    @api.post("/v1/shutdown")
     async def shutdown(body: ShutdownBody) -> dict[str, Any]:
         controller.teardown = body.teardown
         controller.stopping.set()
         return {"stopping": True, "teardown": body.teardown}
 
+    @app.post("/v1/webhooks/push", include_in_schema=True)
+    async def push(request: Request) -> dict[str, Any]:
+        """A GitHub-style push, signed with HMAC-SHA256 (X-Hub-Signature-256): ships every
+        service whose `ship_on` matches the repository and branch. Unsigned or wrongly signed
+        pushes are refused and recorded."""
+        body = await request.body()
+        shipped = await controller.push(body, request.headers.get("x-hub-signature-256"))
+        return {"shipped": shipped}
+
+    app.include_router(api)
     return app

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -29,7 +31,13 @@ from hinotori.deploy import bluegreen, canary, rolling
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import ControllerError, DeployError, HinotoriError, LockedError
+from hinotori.errors import (
+    ControllerError,
+    DeployError,
+    HinotoriError,
+    LockedError,
+    Unauthorised,
+)
 from hinotori.health import probe
 from hinotori.model import Host, HostState
 from hinotori.project import Project
@@ -409,6 +417,47 @@ class Controller:
                 await self.start_deployment(name, kind="phoenix", release=None, lock_wait=0,
                                             actor="controller (max_age)", only=aged,
                                             reason=f"{len(aged)} host(s) older than max_age")
+
+    async def push(self, body: bytes, signature: str | None) -> list[str]:
+        """Continuous delivery: verify a push's HMAC-SHA256 signature, then bake and deploy
+        every service whose `ship_on` names its repository and branch."""
+        secret = os.environ.get(self.fleet.spec.webhook.secret_env, "")
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not secret or not signature or not hmac.compare_digest(signature, expected):
+            self.store.record("webhook", "webhook.rejected", "push",
+                              {"why": "no secret configured" if not secret else
+                               "unsigned" if not signature else "bad signature"})
+            raise Unauthorised("push refused: missing or bad X-Hub-Signature-256",
+                               hint=f"sign the body with the secret in "
+                                    f"${self.fleet.spec.webhook.secret_env}")
+        try:
+            event = json.loads(body)
+            repository = event["repository"]["full_name"]
+            branch = event["ref"].removeprefix("refs/heads/")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DeployError("push payload is not a GitHub-style push event",
+                              hint="it needs ref and repository.full_name") from None
+        self.reload_spec()
+        shipped = [name for name, svc in self.fleet.spec.services.items()
+                   if svc.ship_on and svc.ship_on.repository == repository
+                   and svc.ship_on.branch == branch]
+        self.store.record("webhook", "webhook.push", repository,
+                          {"branch": branch, "commit": event.get("after"), "ships": shipped})
+        for name in shipped:
+            self.spawn(self._ship(name, f"push {repository}@{branch} "
+                                        f"{str(event.get('after', ''))[:12]}"))
+        return shipped
+
+    async def _ship(self, service: str, why: str) -> None:
+        """bake -> deploy with the spec's strategy (the bake runs in a thread: it is slow)."""
+        from hinotori.releases import bake_service
+
+        try:
+            _, outcome = await asyncio.to_thread(bake_service, self.project, service)
+            await self.start_deployment(service, kind="deploy", release=outcome.release.number,
+                                        lock_wait=600, actor="webhook", reason=why)
+        except HinotoriError as e:
+            self.store.record("webhook", "ship.failed", service, {"error": str(e)[:500]})
 
     async def kill(self, host_id: str, actor: str) -> Host:
         """Chaos: kill one serving host abruptly; the self-healing loop replaces it."""

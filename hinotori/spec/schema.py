@@ -154,6 +154,7 @@ class ServiceSpec(Strict):
     strategy: StrategySpec = BlueGreenSpec()
     hooks: HooksSpec = HooksSpec()
     max_age: Duration | None = None  # phoenix: hosts older than this are replaced, one by one
+    ship_on: ShipOnSpec | None = None  # a signed push to this repository/branch ships it
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
@@ -171,6 +172,15 @@ class ServiceSpec(Strict):
                              env={**self.env, **(env_overrides or {})}, port_env=self.port_env)
 
 
+class ShipOnSpec(Strict):
+    repository: str  # "org/app", as in the push payload's repository.full_name
+    branch: str = "main"
+
+
+class WebhookSpec(Strict):
+    secret_env: EnvName = "HINOTORI_WEBHOOK_SECRET"  # where the controller finds the secret
+
+
 class NotifySpec(Strict):
     webhooks: list[str] = []  # receive JSON deployment events (started, step, promoted, …)
     timeout: Duration = 2.0
@@ -179,6 +189,7 @@ class NotifySpec(Strict):
 class Spec(Strict):
     project: ProjectSpec = ProjectSpec()
     notify: NotifySpec = NotifySpec()
+    webhook: WebhookSpec = WebhookSpec()
     controller: ControllerSpec = ControllerSpec()
     router: RouterSpec = RouterSpec()
     services: dict[Name, ServiceSpec] = Field(min_length=1)
