@@ -265,9 +265,7 @@ class Exchange:
     def _attach(self, conn: UpstreamProtocol, target: Target, reused: bool) -> None:
         self.upstream = conn
         conn.bind(self, reused, self.worker.clock)
-        counters = target.counters
-        counters.active += 1
-        counters.requests += 1
+        target.counters.active += 1
         if self.client.write_paused:
             conn.pause_reading()
         if not self.client.in_feed:

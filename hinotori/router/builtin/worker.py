@@ -130,7 +130,8 @@ class Worker:
         while self._persist_next is not None:
             table, self._persist_next = self._persist_next, None
             try:
-                await self.loop.run_in_executor(None, write_table_file, self.table_file, table)
+                await self.loop.run_in_executor(None, write_table_file, self.table_file, table,
+                                                self.control_path.stem)
             except OSError as exc:
                 log.error("cannot write table file %s: %s", self.table_file, exc)
 
@@ -206,12 +207,15 @@ class Worker:
                     ex.on_upstream_timeout()
 
 
-def write_table_file(path: Path, table: RoutingTable) -> None:
-    """Atomically replace ``path`` with ``table`` (temp file in the same directory + rename)."""
-    data = json.dumps(table.to_dict(), indent=1).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def write_table_file(path: Path, table: RoutingTable, writer: str) -> None:
+    """Atomically replace ``path`` with ``table``: a temp file in the same directory, renamed.
+
+    No fsync, on purpose: the file is for a worker that crashed or was killed, and the page cache
+    outlives any process. fsync would only add power-loss durability (after which the
+    controller applies its table again anyway) at the price of a window of up to hundreds of
+    milliseconds on a busy disk, in which a killed worker would leave no table at all.
+    ``writer`` (the worker's name) keeps workers' temp files apart and bounded in number.
+    """
+    tmp = path.with_name(f".{path.name}.{writer}.tmp")
+    tmp.write_text(json.dumps(table.to_dict(), indent=1))
     os.replace(tmp, path)
