@@ -102,6 +102,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._next()
         else:
             self.current.flush_request()
+            if self.queue:  # pipelined requests wait; stop reading more behind them
+                self.block_reading(self.BLOCK_PIPELINE)
 
     def eof_received(self) -> bool:
         self.eof = True
