@@ -26,6 +26,7 @@ import socket
 import time
 from typing import Any
 
+from hinotori.controller.discovery import render_discovery
 from hinotori.controller.notify import Notifier
 from hinotori.deploy import bluegreen, canary, rolling
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
@@ -73,6 +74,7 @@ class Controller:
         self.project = project
         self.store = project.store
         self.fleet = make_fleet(project)
+        self.fleet.membership = self._membership
         self.locks = ServiceLocks()
         self.controls: dict[str, canary.Control] = {}  # running canaries, by service
         notify = project.spec.notify
@@ -136,6 +138,24 @@ class Controller:
         for name in fleet.spec.services:
             await self._abandon_canary(name)
         await fleet.sync_router()
+        render_discovery(self.project.state_dir / "discovery", fleet)
+
+    def _membership(self, service: str, joined: list[Host], left: list[Host]) -> None:
+        """Hosts joined or left a service's traffic: re-render the discovery files and run the
+        spec's on_join/on_leave hooks (in the background: membership never blocks a switch)."""
+        render_discovery(self.project.state_dir / "discovery", self.fleet)
+        svc = self.fleet.service(service)
+        for event, hosts, argv in (("join", joined, svc.hooks.on_join),
+                                   ("leave", left, svc.hooks.on_leave)):
+            for host in hosts:
+                self.store.record(ACTOR, f"member.{event}", f"{service}/{host.id}",
+                                  {"address": host.address, "release": f"v{host.release}"})
+                if argv:
+                    env = {"HINOTORI_SERVICE": service, "HINOTORI_EVENT": event,
+                           "HINOTORI_HOST_ID": host.id, "HINOTORI_HOST_ADDRESS":
+                           host.address or "", "HINOTORI_RELEASE": f"v{host.release}"}
+                    self.spawn(run_hook(f"on_{event}", argv, env=env, cwd=self.project.root,
+                                        timeout=svc.hooks.timeout))
 
     async def _abandon_canary(self, service: str) -> None:
         """A canary nobody judges any more (its controller died) goes back to stable."""

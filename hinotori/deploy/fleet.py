@@ -33,6 +33,8 @@ Progress = Callable[[str, dict[str, Any]], None]
 # Runs a service's verify checks on a healthy host before it may take traffic: None if they
 # passed, else a report of what failed (expected versus got).
 Verifier = Callable[[Host], Awaitable[str | None]]
+# Told after every switch which hosts joined and which left a service's traffic.
+Membership = Callable[[str, list[Host], list[Host]], None]
 
 LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
                HostState.DRAINING, HostState.WARM)
@@ -45,7 +47,8 @@ def _quiet(_: str, __: dict[str, Any]) -> None:
 class Fleet:
     def __init__(self, *, spec: Spec, store: Store, providers: Mapping[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
-                 verifier: Verifier | None = None, actor: str = "controller") -> None:
+                 verifier: Verifier | None = None, membership: Membership | None = None,
+                 actor: str = "controller") -> None:
         self.spec = spec
         self.store = store
         self.providers = providers
@@ -53,6 +56,7 @@ class Fleet:
         self.image_root = image_root  # digest -> the image's read-only tree
         self.hosts_dir = hosts_dir
         self.verifier = verifier
+        self.membership = membership
         self.actor = actor
         self._table_lock = asyncio.Lock()
 
@@ -158,6 +162,7 @@ class Fleet:
         default 100 each, and ``canary`` naming the release under test); ``retire`` go
         DRAINING. Returns how long the router took to acknowledge, in seconds."""
         async with self._table_lock:
+            before = {h.id for h in self.hosts(service, HostState.SERVING)}
             for host in serve:
                 host.weight = (weights or {}).get(host.id, 100)
             table = self.routing_table(self.store.next_counter("table_version"),
@@ -173,6 +178,11 @@ class Fleet:
                     self._set(host, HostState.DRAINING, why)
             if self.store.canary(service) != canary:
                 self.store.set_canary(service, canary, actor=self.actor, why=why)
+            serving_ids = {h.id for h in serve}
+            joined = [h for h in serve if h.id not in before]
+            left = [h for h in retire if h.id in before and h.id not in serving_ids]
+            if self.membership and (joined or left):
+                self.membership(service, joined, left)
         return took
 
     async def sync_router(self) -> None:

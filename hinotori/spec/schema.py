@@ -136,6 +136,8 @@ StrategySpec = Annotated[BlueGreenSpec | CanarySpec | RollingSpec, Field(discrim
 class HooksSpec(Strict):
     """Commands (argv lists) run around a deployment, with its context in HINOTORI_* env."""
 
+    on_join: list[str] = []  # a host started serving (HINOTORI_HOST_ID, _ADDRESS, _EVENT set)
+    on_leave: list[str] = []  # a host stopped serving
     pre_deploy: list[str] = []  # a failure aborts the deployment before any host boots
     post_switch: list[str] = []  # right after traffic moved to the new release
     post_deploy: list[str] = []  # after the deployment succeeded
