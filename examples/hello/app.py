@@ -11,7 +11,9 @@ so a test or a demo can play a bad release without writing a new app:
     HINOTORI_HOST_ID   the host name reported in ``X-Hello-Host`` (else the machine's hostname)
 
 Routes: ``GET /``, ``GET /healthz``, ``GET /sleep?ms=N`` (for in-flight and draining tests),
-``POST /echo`` (Content-Length or chunked bodies).
+``POST /echo`` (Content-Length or chunked bodies), and with a ``data`` volume
+(``HINOTORI_VOLUME_DATA``, for stateful services) ``POST /notes`` appends a line that
+``GET /notes`` returns.
 
 SIGTERM drains: the listening socket closes at once (new connections are refused), requests in
 flight finish (for at most ``DRAIN_LIMIT`` seconds) and the process exits 0. Responses sent
@@ -45,6 +47,8 @@ def _version() -> str:
 
 VERSION = _version()
 HOST = os.environ.get("HINOTORI_HOST_ID") or socket.gethostname()
+_VOLUME = os.environ.get("HINOTORI_VOLUME_DATA")
+NOTES = Path(_VOLUME) / "notes.txt" if _VOLUME else None
 ERROR_RATE = float(os.environ.get("HELLO_ERROR_RATE") or 0)
 LATENCY = float(os.environ.get("HELLO_LATENCY_MS") or 0) / 1000
 HEALTHY = os.environ.get("HELLO_HEALTHY", "1") != "0"
@@ -97,6 +101,8 @@ class Handler(BaseHTTPRequestHandler):
                     self._reply(200, f"hello from v{VERSION} ({HOST})\n".encode())
             elif url.path == "/healthz":
                 self._reply(*((200, b"ok") if HEALTHY else (503, b"unhealthy")))
+            elif url.path == "/notes" and NOTES:
+                self._reply(200, NOTES.read_bytes() if NOTES.exists() else b"")
             elif url.path == "/sleep":
                 ms = float(parse_qs(url.query).get("ms", ["0"])[0])
                 time.sleep(ms / 1000)
@@ -109,6 +115,10 @@ class Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if urlsplit(self.path).path == "/echo":
                 self._reply(200, body, "application/octet-stream")
+            elif urlsplit(self.path).path == "/notes" and NOTES:
+                with NOTES.open("ab") as f:  # on the volume: outlives this host and release
+                    f.write(body.rstrip(b"\n") + b"\n")
+                self._reply(201, b"noted\n")
             else:
                 self._reply(404, b"not found\n")
 

@@ -50,6 +50,9 @@ def chaos(service: str, spec: SpecOpt = Path("."),
           json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Kill random hosts of a service and measure that nobody notices."""
     project = Project.load(spec)
+    if project.service(service).stateful:
+        raise HinotoriError(f"{service} is stateful: chaos never kills it",
+                            hint="stateful services are left alone by chaos and phoenix")
     replicas = project.service(service).replicas
     every, until = parse_duration(interval), time.monotonic() + parse_duration(duration)
     give_up = parse_duration(recover_timeout)

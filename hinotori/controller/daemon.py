@@ -211,6 +211,9 @@ class Controller:
                                       hint="a rollback needs a service deployed at least twice")
                 target = previous
             elif kind == "phoenix":
+                if self.fleet.service(service).stateful:
+                    raise DeployError(f"{service} is stateful: phoenix never burns it",
+                                      hint="deploy it explicitly; it stops before it starts")
                 if current is None or not self.fleet.hosts(service, HostState.SERVING):
                     raise DeployError(f"{service} has no serving hosts to rotate")
                 target = current
@@ -429,8 +432,8 @@ class Controller:
         time, by the same release from its image."""
         now = time.time()
         for name, svc in self.fleet.spec.services.items():
-            if svc.max_age is None or self.locks.locked(name):
-                continue
+            if svc.max_age is None or svc.stateful or self.locks.locked(name):
+                continue  # stateful services are never burned on purpose
             aged = {h.id for h in self.fleet.hosts(name, HostState.SERVING)
                     if now - h.born_at > svc.max_age}
             if aged:
@@ -484,6 +487,9 @@ class Controller:
         host = self.store.host(host_id)
         if host.state != HostState.SERVING:
             raise DeployError(f"host {host_id} is {host.state}, not serving")
+        if self.fleet.service(host.service).stateful:
+            raise DeployError(f"{host.service} is stateful: chaos never kills it",
+                              hint="stateful services are left alone by chaos and phoenix")
         await self.fleet.provider(host).kill(host)
         self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}", {"pid": host.pid})
         return host

@@ -28,6 +28,8 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     old = fleet.hosts(service, HostState.SERVING)
     started = time.monotonic()
 
+    if svc.stateful and old:
+        return await _stop_then_start(fleet, release, old, progress, kind=kind)
     progress("boot", {"release": release.name, "replicas": svc.replicas})
     new = await fleet.boot_healthy(service, release, svc.replicas, progress)
     healthy_s = time.monotonic() - started
@@ -88,3 +90,37 @@ async def retire(fleet: Fleet, service: str, old: list[Host], previous: int | No
     if burn:
         await fleet.destroy(burn, why="replaced by fresh hosts")
     return drain_s
+
+
+async def _stop_then_start(fleet: Fleet, release: Release, old: list[Host],
+                           progress: Progress, *, kind: str) -> dict[str, Any]:
+    """A stateful service never has two hosts writing one volume: take the old host out of
+    traffic, drain it and stop it, then boot the new release on the same volume. Requests in
+    the gap get a 503 from the router. If the new release fails, the old one is booted again
+    on its untouched volume."""
+    service = release.service
+    svc = fleet.service(service)
+    current, previous = fleet.store.service_releases(service)
+    started = time.monotonic()
+    await fleet.switch(service, [], old, why=f"stateful {kind}: stop before start")
+    drain_s = await fleet.drain(old, svc.drain)
+    await fleet.destroy(old, why="stateful: stopped before the new release gets the volume")
+    progress("stopped", {"hosts": [h.id for h in old], "drain_s": round(drain_s, 3)})
+    try:
+        new = await fleet.boot_healthy(service, release, svc.replicas, progress)
+    except DeployError:
+        if current is not None:
+            back = await fleet.boot_healthy(service, fleet.store.release(service, current),
+                                            svc.replicas, progress)
+            await fleet.switch(service, back, [], why="stateful: the old release restored")
+        raise
+    switch_s = await fleet.switch(service, new, [], why=f"stateful {kind} to {release.name}")
+    progress("switched", {"release": release.name, "switch_ms": round(switch_s * 1000, 2),
+                          "hosts": [h.id for h in new]})
+    left = current if current != release.number else previous
+    fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
+                                     why=f"{kind} to {release.name} (stateful)")
+    return {"release": release.name, "instant": False, "stateful": True,
+            "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
+            "gap_s": round(time.monotonic() - started, 3),
+            "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}

@@ -105,7 +105,8 @@ class Fleet:
         host_id = f"{service}-{secrets.token_hex(4)}"
         request = BootRequest(host_id=host_id, release=release,
                               image_root=self.image_root(release.image),
-                              state_dir=self.hosts_dir / host_id)
+                              state_dir=self.hosts_dir / host_id,
+                              extra_env=self.volume_env(service))
         host = await provider.boot(request)
         self.store.save_host(host, actor=self.actor)
         progress("host.booted", {"host": host.id, "address": host.address})
@@ -134,6 +135,15 @@ class Fleet:
         log = "\n".join(f"    | {line}" for line in lines) or "    | (no output)"
         return (f"host {host.id} failed its health check: {result.detail}\n"
                 f"  last log lines of {host.id}:\n{log}")
+
+    def volume_env(self, service: str) -> dict[str, str]:
+        """Each declared volume: a directory that outlives every host of the service."""
+        env = {}
+        for name in self.service(service).volumes:
+            path = self.hosts_dir.parent / "volumes" / service / name
+            path.mkdir(parents=True, exist_ok=True)
+            env[f"HINOTORI_VOLUME_{name.upper().replace('-', '_')}"] = str(path)
+        return env
 
     # -- traffic -------------------------------------------------------------------------
     def routing_table(self, version: int,

@@ -157,6 +157,11 @@ class ServiceSpec(Strict):
     hooks: HooksSpec = HooksSpec()
     max_age: Duration | None = None  # phoenix: hosts older than this are replaced, one by one
     ship_on: ShipOnSpec | None = None  # a signed push to this repository/branch ships it
+    # "The database: don't break it". A stateful service keeps its volumes across releases
+    # (HINOTORI_VOLUME_<NAME> in the host's env), is never burned by phoenix or chaos, and its
+    # deploys stop the old host before the new one gets the volume: one writer, always.
+    stateful: bool = False
+    volumes: list[Name] = []
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
@@ -167,6 +172,12 @@ class ServiceSpec(Strict):
     def _prefix(self) -> ServiceSpec:
         if not self.path_prefix.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
+        if self.stateful and self.replicas != 1:
+            raise ValueError("a stateful service has one host (one writer per volume): set "
+                             "replicas = 1")
+        if self.stateful and self.strategy.kind != "blue-green":
+            raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
+                             "at its default")
         return self
 
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
