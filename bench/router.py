@@ -1,6 +1,6 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
-    python bench/router.py [--duration 5] [--runs 3] [--switches 200]
+    python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--impl builtin,proxy]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
@@ -8,6 +8,10 @@ printed with ratios. Configurations: straight to one backend (the floor), the bu
 with 1 and 2 workers, HAProxy (Debian package) with 1 and 2 threads. Then the switch latency:
 from the call to BuiltinRouter.apply() to the first response from the new backend set, seen
 by a client sending back-to-back keep-alive requests, p50/p99 over --switches switches.
+
+``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
+and/or ``proxy`` (hinotori.router.proxy); both expose the same BuiltinRouter, so one run can put
+them side by side. Everything started here is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import re
 import shutil
 import signal
@@ -27,7 +32,13 @@ import time
 from pathlib import Path
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router.proxy import BuiltinRouter
+from hinotori.router.builtin import BuiltinRouter
+
+IMPLS = ("builtin", "proxy")  # hinotori.router.<impl>.BuiltinRouter
+
+
+def router_class(impl: str) -> type[BuiltinRouter]:
+    return importlib.import_module(f"hinotori.router.{impl}").BuiltinRouter  # type: ignore[no-any-return]
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,9 +96,16 @@ backend app
 
 async def switch_latency(router: BuiltinRouter, port: int, a: list[Backend], b: list[Backend],
                          switches: int) -> list[float]:
+    """Time from the apply call to the first response from the new set, per switch (ms).
+
+    One client sends back-to-back keep-alive requests; it timestamps each response as it
+    arrives and wakes the switcher (an Event, not a polling loop: on a small machine a spinning
+    waiter steals the CPU that the router and the backends need, and inflates the tail).
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-    latest: dict[str, object] = {"name": b"", "at": 0.0}
+    want: dict[str, object] = {"name": b"", "after": float("inf"), "at": 0.0}
+    arrived = asyncio.Event()
     stop = False
 
     async def client() -> None:
@@ -96,8 +114,11 @@ async def switch_latency(router: BuiltinRouter, port: int, a: list[Backend], b: 
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
             await reader.readexactly(length)
-            latest["name"] = re.search(rb"(?i)x-backend: (\w+)", head).group(1)  # type: ignore[union-attr]
-            latest["at"] = time.perf_counter()
+            at = time.perf_counter()
+            name = re.search(rb"(?i)x-backend: ([a-z]+)", head).group(1)  # type: ignore[union-attr]
+            if name == want["name"] and at > want["after"] and not arrived.is_set():  # type: ignore[operator]
+                want["at"] = at
+                arrived.set()
 
     task = asyncio.create_task(client())
     results = []
@@ -105,36 +126,53 @@ async def switch_latency(router: BuiltinRouter, port: int, a: list[Backend], b: 
     for i in range(switches):
         backends, name = sets[(i + 1) % 2]
         await asyncio.sleep(0.005)
+        arrived.clear()
         started = time.perf_counter()
+        want.update(name=name, after=started)
         await router.apply(RoutingTable(version=i + 2, routes=(
             ServiceRoute(service="bench", backends=tuple(backends)),)))
-        while not (latest["name"] == name and latest["at"] > started):  # type: ignore[operator]
-            await asyncio.sleep(0)
-        results.append((latest["at"] - started) * 1000)  # type: ignore[operator]
+        await asyncio.wait_for(arrived.wait(), 10)
+        results.append((want["at"] - started) * 1000)  # type: ignore[operator]
     stop = True
     await task
     writer.close()
     return results
 
 
+def percentile(sorted_ms: list[float], p: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, round(p / 100 * (len(sorted_ms) - 1)))]
+
+
+def label(impl: str, workers: int) -> str:
+    return f"hinotori {impl}, {workers} worker{'s' * (workers > 1)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--switches", type=int, default=200)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--runs", type=int, default=3, help="runs per configuration (medians)")
+    ap.add_argument("--switches", type=int, default=200, help="switches timed")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument("--impl", default="builtin",
+                    help="comma-separated data planes to measure: builtin, proxy")
     args = ap.parse_args()
+    impls = [i.strip() for i in args.impl.split(",") if i.strip()]
+    if not impls or any(i not in IMPLS for i in impls):
+        sys.exit(f"--impl: choose from {', '.join(IMPLS)} (comma-separated)")
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed: apt-get install {tool}")
+    # SIGTERM takes the same way out as Ctrl-C, through the cleanup below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="hinotori-bench-router-"))
     procs: list[subprocess.Popen[bytes]] = []
-    routers: list[BuiltinRouter] = []
+    routers: dict[str, BuiltinRouter] = {}
     try:
         ports = [free_port() for _ in range(4)]  # a0, a1 (set A) and b0, b1 (set B)
         procs.append(subprocess.Popen([sys.executable, str(HERE / "backend.py"),
                                        str(ports[0]), "a", str(ports[1]), "a",
-                                       str(ports[2]), "b", str(ports[3]), "b"]))
+                                       str(ports[2]), "b", str(ports[3]), "b"],
+                                      stdout=subprocess.DEVNULL))
         for p in ports:
             wait_port(p)
         set_a = [Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports[:2])]
@@ -142,14 +180,15 @@ def main() -> None:
         table = RoutingTable(version=1, routes=(ServiceRoute(service="bench",
                                                              backends=tuple(set_a)),))
         targets: dict[str, int] = {"direct (one backend)": ports[0]}
-        for workers in (1, 2):
-            port = free_port()
-            router = BuiltinRouter(work / f"builtin{workers}", f"127.0.0.1:{port}",
-                                   workers=workers)
-            asyncio.run(router.start())
-            asyncio.run(router.apply(table))
-            routers.append(router)
-            targets[f"hinotori builtin, {workers} worker{'s' * (workers > 1)}"] = port
+        for impl in impls:
+            for workers in (1, 2):
+                port = free_port()
+                router = router_class(impl)(work / f"{impl}{workers}", f"127.0.0.1:{port}",
+                                     workers=workers)
+                routers[label(impl, workers)] = router
+                asyncio.run(router.start())
+                asyncio.run(router.apply(table))
+                targets[label(impl, workers)] = port
         for threads in (1, 2):
             port = free_port()
             cfg = haproxy_config(port, ports[:2], threads, work / f"haproxy{threads}.cfg")
@@ -158,40 +197,26 @@ def main() -> None:
             wait_port(port)
             targets[f"haproxy, {threads} thread{'s' * (threads > 1)}"] = port
         if not args.switch_only:
-            samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-            for _ in range(args.runs):
-                for name, port in targets.items():
-                    samples[name].append(wrk(port, args.duration))
-            med = {name: {k: statistics.median(s[k] for s in runs) for k in runs[0]}
-                   for name, runs in samples.items()}
-            print(f"wrk -t1 -c50 -d{args.duration:g}s, medians of {args.runs} interleaved runs, "
-                  f"2 backends")
-            print(f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-            for name, m in med.items():
-                print(f"{name:<30}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
-                      + ("  (errors!)" if m["errors"] else ""))
-            direct = med["direct (one backend)"]
-            for w, t in ((1, 1), (2, 2)):
-                ours = med[f"hinotori builtin, {w} worker{'s' * (w > 1)}"]
-                theirs = med[f"haproxy, {t} thread{'s' * (t > 1)}"]
-                print(f"builtin/haproxy req/s, {w} worker(s) vs {t} thread(s): "
-                      f"{ours['rps'] / theirs['rps']:.2f}x; added p50 over direct: builtin "
-                      f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
-                      f"{theirs['p50'] - direct['p50']:+.2f} ms")
+            throughput(targets, impls, args.duration, args.runs)
 
-        async def measure() -> list[float]:
-            router = BuiltinRouter(work / "builtin1", routers[0].listen, workers=1)
-            await router.start()  # adopts the running worker: a fresh control connection
-            return await switch_latency(router, targets["hinotori builtin, 1 worker"], set_a,
-                                        set_b, args.switches)
-
-        lat = sorted(asyncio.run(measure()))
-        p50 = lat[len(lat) // 2]
-        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
         print(f"switch latency (apply call -> first response from the new set), "
-              f"{len(lat)} switches: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms")
+              f"{args.switches} switches, 1 worker:")
+        for impl in impls:
+            async def measure(impl: str = impl) -> list[float]:
+                first = routers[label(impl, 1)]
+                # A new router object adopts the running worker: a fresh control connection.
+                router = router_class(impl)(first.state_dir, first.listen, workers=1)
+                await router.start()
+                return await switch_latency(router, targets[label(impl, 1)], set_a, set_b,
+                                            args.switches)
+
+            lat = sorted(asyncio.run(measure()))
+            print(f"  {impl:<8} p50 {percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms,"
+                  f" max {lat[-1]:.2f} ms")
+    except KeyboardInterrupt:
+        print("interrupted; cleaning up", file=sys.stderr)
     finally:
-        for router in routers:
+        for router in routers.values():
             with contextlib.suppress(Exception):
                 asyncio.run(router.stop())
         for proc in procs:
@@ -200,7 +225,30 @@ def main() -> None:
                 proc.wait(5)
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int) -> None:
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for _ in range(runs):  # interleaved, so machine noise hits every configuration alike
+        for name, port in targets.items():
+            samples[name].append(wrk(port, duration))
+    med = {name: {k: statistics.median(s[k] for s in got) for k in got[0]}
+           for name, got in samples.items()}
+    print(f"wrk -t1 -c50 -d{duration:g}s, medians of {runs} interleaved runs, 2 backends")
+    print(f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, m in med.items():
+        print(f"{name:<30}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
+              + ("  (errors!)" if m["errors"] else ""))
+    direct = med["direct (one backend)"]
+    for impl in impls:
+        for n in (1, 2):
+            ours, theirs = med[label(impl, n)], med[f"haproxy, {n} thread{'s' * (n > 1)}"]
+            print(f"{impl}/haproxy req/s, {n} worker(s) vs {n} thread(s): "
+                  f"{ours['rps'] / theirs['rps']:.2f}x; added p50 over direct: {impl} "
+                  f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
+                  f"{theirs['p50'] - direct['p50']:+.2f} ms")
 
 
 if __name__ == "__main__":
