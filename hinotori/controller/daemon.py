@@ -113,24 +113,24 @@ class Controller:
                           {"pid": os.getpid()})
 
     async def adopt(self) -> None:
-        """Find the same truth after a restart (see the module docstring)."""
+        """Find the same truth after a restart (see the module docstring).
+
+        Order matters: first make the router serve exactly what the store says (live serving
+        hosts; an abandoned canary rolled back), and only then burn what is not routed. A
+        controller killed between a router switch and its store write leaves the router ahead
+        of the store; routing first means no request goes to a host we are about to burn."""
         fleet, known = self.fleet, set()
+        unrouted: list[Host] = []
         for host in self.store.hosts(states=LIVE_STATES):
             known.add(host.id)
             if host.provider not in fleet.providers or not await fleet.provider(host).adopt(host):
                 fleet._set(host, HostState.FAILED, "found dead when the controller started")
                 await fleet.destroy([host], why="found dead when the controller started")
             elif host.state in UNROUTED:
-                await fleet.destroy([host], why="left unrouted by an interrupted deployment")
+                unrouted.append(host)
             elif host.state == HostState.DRAINING:
                 fleet.keep_warm([host], fleet.service(host.service).keep_previous
                                 if host.service in fleet.spec.services else 0)
-        for provider in fleet.providers.values():
-            orphans = [h for h in await provider.list() if h.id not in known]
-            for orphan in orphans:
-                await provider.destroy(orphan, grace=5.0)
-                self.store.record(ACTOR, "host.orphan-destroyed", f"{orphan.service}/{orphan.id}",
-                                  {"pid": orphan.pid})
         for dep in self.store.deployments():
             if dep["state"] == "running":
                 self.store.finish_deployment(dep["id"], "failed", actor=ACTOR,
@@ -138,6 +138,13 @@ class Controller:
         for name in fleet.spec.services:
             await self._abandon_canary(name)
         await fleet.sync_router()
+        await fleet.destroy(unrouted, why="left unrouted by an interrupted deployment")
+        for provider in fleet.providers.values():
+            orphans = [h for h in await provider.list() if h.id not in known]
+            for orphan in orphans:
+                await provider.destroy(orphan, grace=5.0)
+                self.store.record(ACTOR, "host.orphan-destroyed", f"{orphan.service}/{orphan.id}",
+                                  {"pid": orphan.pid})
         render_discovery(self.project.state_dir / "discovery", fleet)
 
     def _membership(self, service: str, joined: list[Host], left: list[Host]) -> None:

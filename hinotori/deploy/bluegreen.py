@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hinotori import faults
 from hinotori.deploy.fleet import Fleet, Progress
 from hinotori.errors import DeployError
 from hinotori.model import Host, HostState, Release
@@ -37,10 +38,13 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     switch_s = await fleet.switch(service, new, old, why=f"{kind} to {release.name}")
     progress("switched", {"release": release.name, "switch_ms": round(switch_s * 1000, 2),
                           "hosts": [h.id for h in new]})
+    faults.point("bluegreen.switched")
     left = current if current != release.number else previous
     fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
                                      why=f"{kind} to {release.name}")
+    faults.point("bluegreen.recorded")
     drain_s = await retire(fleet, service, old, left, progress)
+    faults.point("bluegreen.retired")
     return {"release": release.name, "instant": False, "boot_to_healthy_s": round(healthy_s, 3),
             "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
             "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}
@@ -84,6 +88,7 @@ async def retire(fleet: Fleet, service: str, old: list[Host], previous: int | No
         await fleet.destroy(stale, why="superseded: only the previous release is kept warm")
     drain_s = await fleet.drain(old, svc.drain)
     progress("drained", {"hosts": sorted(old_ids), "drain_s": round(drain_s, 3)})
+    faults.point("retire.drained")
     warm = [h for h in old if h.release == previous and svc.keep_previous > 0]
     fleet.keep_warm(warm, svc.keep_previous)
     burn = [h for h in old if h not in warm]

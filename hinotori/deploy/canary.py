@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from hinotori import faults
 from hinotori.deploy import bluegreen
 from hinotori.deploy.analysis import Outcome, Thresholds, Verdict, Window, judge
 from hinotori.deploy.fleet import Fleet, Progress
@@ -103,6 +104,7 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, control: Co
                                       weights=weights(stable, canary, percent),
                                       canary=release.number)
             progress("step", {"weight": percent, "switch_ms": round(took * 1000, 2)})
+            faults.point("canary.step")
             verdict = await _judge_step(fleet, stable, canary, strategy, control, percent,
                                         release, progress)
             judged.append({"weight": percent, "outcome": str(verdict.outcome),
@@ -120,6 +122,7 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, control: Co
     took = await fleet.switch(service, canary, stable, why=f"canary {release.name} promoted",
                               canary=None)
     progress("promoted", {"release": release.name, "switch_ms": round(took * 1000, 2)})
+    faults.point("canary.promoted")
     left = current if current != release.number else previous
     fleet.store.set_service_releases(service, release.number, left, actor=fleet.actor,
                                      why=f"canary {release.name} promoted")
@@ -170,6 +173,7 @@ async def _judge_step(fleet: Fleet, stable: list[Host], canary: list[Host],
         progress("analysis", {"weight": percent, "outcome": str(verdict.outcome),
                               "reasons": verdict.reasons, "metrics": verdict.metrics,
                               "elapsed_s": round(elapsed, 2), "paused": control.paused})
+        faults.point("canary.judged")
         if verdict.outcome == Outcome.FAIL:
             return verdict
         if control.paused:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hinotori import faults
 from hinotori.errors import DeployError, NotFound, ProviderError
 from hinotori.health import ProbeResult, probe, wait_healthy
 from hinotori.model import Backend, Host, HostState, Release, RoutingTable, ServiceRoute
@@ -128,6 +129,7 @@ class Fleet:
             return host, f"host {host.id} failed its verify checks:\n{failed_checks}"
         self._set(host, HostState.READY, "passed its checks")
         progress("host.ready", {"host": host.id})
+        faults.point("host.ready")
         return host, None
 
     def _failure_report(self, host: Host, result: ProbeResult) -> str:
@@ -177,9 +179,11 @@ class Fleet:
                 host.weight = (weights or {}).get(host.id, 100)
             table = self.routing_table(self.store.next_counter("table_version"),
                                        {service: (serve, canary)})
+            faults.point("switch.before-apply")
             started = time.perf_counter()
             await self.router.apply(table)
             took = time.perf_counter() - started
+            faults.point("switch.after-apply")  # the router is ahead of the store here
             for host in serve:
                 self._set(host, HostState.SERVING, why)
             for host in retire:
