@@ -157,12 +157,27 @@ class Controller:
             for host in hosts:
                 self.store.record(ACTOR, f"member.{event}", f"{service}/{host.id}",
                                   {"address": host.address, "release": f"v{host.release}"})
+                if self.fleet.spec.membership.serf:
+                    self.spawn(self._serf_event(event, service, host))
                 if argv:
                     env = {"HINOTORI_SERVICE": service, "HINOTORI_EVENT": event,
                            "HINOTORI_HOST_ID": host.id, "HINOTORI_HOST_ADDRESS":
                            host.address or "", "HINOTORI_RELEASE": f"v{host.release}"}
                     self.spawn(run_hook(f"on_{event}", argv, env=env, cwd=self.project.root,
                                         timeout=svc.hooks.timeout))
+
+    async def _serf_event(self, event: str, service: str, host: Host) -> None:
+        """Tell the Serf cluster (through the local agent's RPC) that a member joined or left;
+        a failure is an event here, never a failed switch."""
+        payload = json.dumps({"event": event, "service": service, "host": host.id,
+                              "address": host.address, "release": f"v{host.release}"},
+                             separators=(",", ":"))
+        argv = ["serf", "event", f"-rpc-addr={self.fleet.spec.membership.serf}",
+                "-coalesce=false", "hinotori-member", payload]
+        result = await run_hook("serf", argv, env={}, cwd=self.project.root, timeout=10)
+        if not result.ok:
+            self.store.record(ACTOR, "member.serf-failed", f"{service}/{host.id}",
+                              {"rc": result.rc, "output": result.output[-300:]})
 
     async def _abandon_canary(self, service: str) -> None:
         """A canary nobody judges any more (its controller died) goes back to stable."""

@@ -194,6 +194,12 @@ class WebhookSpec(Strict):
     secret_env: EnvName = "HINOTORI_WEBHOOK_SECRET"  # where the controller finds the secret
 
 
+class MembershipSpec(Strict):
+    # RPC address of a local Serf agent: joins and leaves also go out as Serf user events
+    # ("hinotori-member", JSON payload), so other machines' handlers see them.
+    serf: Address | None = None
+
+
 class NotifySpec(Strict):
     webhooks: list[str] = []  # receive JSON deployment events (started, step, promoted, …)
     timeout: Duration = 2.0
@@ -203,6 +209,7 @@ class Spec(Strict):
     project: ProjectSpec = ProjectSpec()
     notify: NotifySpec = NotifySpec()
     webhook: WebhookSpec = WebhookSpec()
+    membership: MembershipSpec = MembershipSpec()
     controller: ControllerSpec = ControllerSpec()
     router: RouterSpec = RouterSpec()
     services: dict[Name, ServiceSpec] = Field(min_length=1)
