@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +52,21 @@ def main(argv: list[str] | None = None) -> int:
                                 else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter(
         "%(asctime)s router[%(process)d] %(levelname)s %(message)s"))
+    # The event loop only queues records; a thread writes them, so a slow disk never stalls
+    # requests.
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
     logger = logging.getLogger("hinotori.router")
-    logger.addHandler(handler)
+    logger.addHandler(logging.handlers.QueueHandler(records))
     logger.setLevel(logging.INFO)
+    listener.start()
+    try:
+        return _run(args)
+    finally:
+        listener.stop()  # flushes what is queued
+
+
+def _run(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),

@@ -52,7 +52,7 @@ def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
             return {"ok": False, "error": "apply needs 'table': a routing table object"}, False
         try:
             table = RoutingTable.from_dict(raw)
-            worker.apply(table)
+            worker.apply(table, wire=raw)
         except (KeyError, TypeError, ValueError) as exc:
             return {"ok": False, "error": f"invalid routing table: {exc!r}"}, False
         return {"ok": True, "version": table.version}, False
@@ -83,7 +83,8 @@ async def start_server(worker: Worker, path: Path) -> asyncio.AbstractServer:
                     response, stop = {"ok": False, "error": f"not JSON: {exc}"}, False
                 else:
                     response, stop = handle(worker, request)
-                writer.write(json.dumps(response).encode() + b"\n")
+                writer.write(json.dumps(response).encode() + b"\n")  # sent at once
+                worker.flush_table_file()  # after the ack: the controller never waits on disk
                 await writer.drain()
                 if stop:
                     worker.request_stop()

@@ -11,8 +11,11 @@ connections idle past ``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent p
 
 Life cycle: load the last table from the table file (a restarted worker serves what it served
 before), bind the listener (SO_REUSEPORT; see ``listener``), then the control socket, which is the
-readiness signal. On SIGTERM/SIGINT or the ``shutdown`` op: stop accepting, close idle client
-connections, let in-flight requests finish for up to ``DRAIN_TIMEOUT``, exit 0.
+readiness signal. Each apply rewrites the table file right after its acknowledgement, with the
+file system calls in a thread: disk latency never reaches the event loop.
+
+On SIGTERM/SIGINT or the ``shutdown`` op: stop accepting, close idle client connections, let
+in-flight requests finish for up to ``DRAIN_TIMEOUT``, exit 0.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ CLIENT_IDLE_TIMEOUT = 75.0  # longer than common client pools keep idle connecti
 BACKEND_TIMEOUT = 60.0      # backend silent this long after the request -> 504
 DRAIN_TIMEOUT = 10.0        # graceful shutdown bound for in-flight requests
 ERROR_LOG_INTERVAL = 5.0    # at most one log line per backend address per interval
-PERSIST_DELAY = 0.05        # seconds between an apply and writing the table file
 LISTEN_BACKLOG = 2048       # bursts of new connections wait in the kernel, not get refused
 
 
@@ -60,13 +62,17 @@ class Worker:
         self.stopping = False
         self._stop = asyncio.Event()
         self._error_logged: dict[str, float] = {}
-        self._persist_next: RoutingTable | None = None
-        self._persist_timer: asyncio.TimerHandle | None = None
+        self._persist_next: dict[str, Any] | None = None  # applied, not yet in the file
+        self._writing: asyncio.Future[None] | None = None  # a table file write in progress
 
     # -- the routing table ---------------------------------------------------------------------
 
-    def apply(self, table: RoutingTable, *, persist: bool = True) -> None:
-        """Swap in ``table`` (ValueError if invalid; then nothing changes)."""
+    def apply(self, table: RoutingTable, *, persist: bool = True,
+              wire: dict[str, Any] | None = None) -> None:
+        """Swap in ``table`` (ValueError if invalid; then nothing changes).
+
+        ``wire`` is the table as it arrived (saves re-serialising it for the table file).
+        """
         old_pools = self.pools
         compiled = compile_table(table, self._pool_for, self._counters_for)
         self.table = compiled  # the swap: the next request sees the new table
@@ -77,7 +83,8 @@ class Worker:
         log.info("table v%d applied (%d routes, %d backend addresses)",
                  table.version, len(table.routes), len(compiled.pools))
         if persist:
-            self._persist(table)
+            self._persist_next = wire if wire is not None else table.to_dict()
+            self.loop.call_soon(self.flush_table_file)  # if the caller does not flush first
 
     def _pool_for(self, address: str) -> Pool:
         pool = self.pools.get(address)
@@ -121,27 +128,38 @@ class Worker:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring unreadable table file %s: %r", self.table_file, exc)
 
-    def _persist(self, table: RoutingTable) -> None:
-        """Write the table file shortly after an apply, once per burst of applies.
+    def flush_table_file(self) -> None:
+        """Start writing the table of the last apply to the table file (coalesced).
 
-        The write runs on the loop, not in a thread, on purpose: it takes tens of microseconds
-        (no fsync, see ``write_table_file``), while a thread running Python code can hold the
-        GIL for the whole switch interval (5 ms) and stall requests in exactly the moment that
-        matters, right after a switch. The delay keeps it clear of the first new requests.
+        The control server calls this right after sending the apply's acknowledgement, so the
+        controller never waits for the disk. The JSON is made here (one C call); only the file
+        system calls run in a thread: they release the GIL and run next to no Python, so the
+        thread cannot hold the GIL for a whole switch interval (5 ms) and stall requests right
+        after a switch, as it did when it serialised the table itself. A write in progress is
+        followed by one more with the newest table, never by a queue of stale ones.
         """
-        self._persist_next = table
-        if self._persist_timer is None:
-            self._persist_timer = self.loop.call_later(PERSIST_DELAY, self._persist_now)
+        if self._persist_next is None or self._writing is not None:
+            return  # nothing new, or the running write's callback will come back here
+        data = json.dumps(self._persist_next).encode()
+        self._persist_next = None
+        self._writing = self.loop.run_in_executor(None, write_table_file, self.table_file, data,
+                                                  self.control_path.stem)
+        self._writing.add_done_callback(self._written)
 
-    def _persist_now(self) -> None:
-        self._persist_timer = None
-        table, self._persist_next = self._persist_next, None
-        if table is None:
-            return
-        try:
-            write_table_file(self.table_file, table, self.control_path.stem)
-        except OSError as exc:
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        self._writing = None
+        exc = fut.exception()
+        if exc is not None:
             log.error("cannot write table file %s: %s", self.table_file, exc)
+        self.flush_table_file()
+
+    async def _finish_table_file(self) -> None:
+        """On stop: wait for the table file to hold the last applied table."""
+        self.flush_table_file()
+        while self._writing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._writing)
+            await asyncio.sleep(0)  # let _written run (it may start the final write)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -181,9 +199,7 @@ class Worker:
             ctl.close()
             with contextlib.suppress(OSError):
                 self.control_path.unlink()
-            if self._persist_timer is not None:  # an apply not written yet: write it now
-                self._persist_timer.cancel()
-                self._persist_now()
+            await self._finish_table_file()
         log.info("worker pid %d stopped", os.getpid())
         return 0
 
@@ -216,15 +232,15 @@ class Worker:
                     ex.on_upstream_timeout()
 
 
-def write_table_file(path: Path, table: RoutingTable, writer: str) -> None:
-    """Atomically replace ``path`` with ``table``: a temp file in the same directory, renamed.
+def write_table_file(path: Path, data: bytes, writer: str) -> None:
+    """Atomically replace ``path`` with ``data``: a temp file in the same directory, renamed.
 
     No fsync, on purpose: the file is for a worker that crashed or was killed, and the page cache
-    outlives any process. fsync would only add power-loss durability (after which the
-    controller applies its table again anyway) at the price of a window of up to hundreds of
-    milliseconds on a busy disk, in which a killed worker would leave no table at all.
-    ``writer`` (the worker's name) keeps workers' temp files apart and bounded in number.
+    outlives any process. fsync would only add power-loss durability (after which the controller
+    applies its table again anyway) at the price of a window of up to hundreds of milliseconds
+    on a busy disk, in which a killed worker would leave no table at all. ``writer`` (the
+    worker's name) keeps workers' temp files apart and bounded in number.
     """
     tmp = path.with_name(f".{path.name}.{writer}.tmp")
-    tmp.write_text(json.dumps(table.to_dict(), indent=1))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
