@@ -367,6 +367,13 @@ def test_host_and_path_matching_404_and_503(router: BuiltinRouter, backends: Bac
     r = asyncio.run(fetch(port, "/", host="nobody.test"))
     assert r.status == 404 and b"no route" in r.body
 
+    async def head_then_get() -> None:  # a router-made answer to HEAD carries no body
+        conn = await Conn.open(port)
+        assert (await conn.request("/", "HEAD", host="nobody.test")).status == 404
+        assert (await conn.request("/", host="api.example.com")).backend == "api"
+        conn.close()
+    asyncio.run(head_then_get())
+
 
 # -- switching ---------------------------------------------------------------------------------
 
