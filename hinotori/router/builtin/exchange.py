@@ -251,7 +251,7 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             self.connecting = None
             target.counters.errors += 1
-            self.worker.report_backend_error(target, f"connect failed: {exc or 'timeout'}")
+            self.worker.report_backend_error(target, f"connect failed: {str(exc) or 'timed out'}")
             if not self.done:
                 self.tried.add(target.address)
                 self._retry()

@@ -143,6 +143,10 @@ class UpstreamProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.exchange is None and not self.interim:
+            # A second response nobody asked for, in the same read as the first (which already
+            # put us back in the pool): the connection is out of step; never reuse it.
+            self.close()
         self.headers = []
         self.reason = b""
 
