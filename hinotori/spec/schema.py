@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from hinotori.durations import parse_duration
+from hinotori.durations import parse_duration, parse_size
 from hinotori.model import HealthCheck, ReleaseConfig
 
 
@@ -144,6 +144,67 @@ class HooksSpec(Strict):
     timeout: Duration = 60.0
 
 
+class LogForwardSpec(Strict):
+    """One `[[logs.forward]]` table: ship the central log store on to another system. Each
+    forwarder reads the store by its own persisted cursor, so a receiver that is down only
+    makes its backlog grow (up to `max_backlog` lines, then oldest first are dropped and
+    counted); it never slows ingest or another forwarder."""
+
+    kind: Literal["syslog", "loki", "fluentd"]
+    address: str  # HOST:PORT for syslog and fluentd; an http(s) URL for loki
+    name: Name | None = None  # names its cursor in logs.db; default "<kind> <address>"
+    services: list[Name] = []  # only these services; empty = every service
+    batch: int = Field(1000, ge=1, le=100_000)
+    max_backlog: int = Field(1_000_000, ge=1)
+    retry_max: Duration = 10.0  # exponential back-off between attempts tops out here
+    timeout: Duration = 10.0  # one batch must be delivered (and acknowledged) within this
+    facility: int | None = Field(None, ge=0, le=23)  # syslog: default 16 (local0)
+    tenant: str | None = None  # loki: X-Scope-OrgID
+    labels: dict[str, str] = {}  # loki: extra static labels on every stream
+    tag: str | None = None  # fluentd: tag prefix, default "hinotori" (tag = prefix.service)
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> LogForwardSpec:
+        own = {"syslog": {"facility"}, "loki": {"tenant", "labels"}, "fluentd": {"tag"}}
+        for kind, keys in own.items():
+            stray = sorted(keys & self.model_fields_set)
+            if kind != self.kind and stray:
+                raise ValueError(f"{', '.join(stray)} only apply to kind = \"{kind}\"")
+        if self.kind == "loki":
+            if not self.address.startswith(("http://", "https://")):
+                raise ValueError("a loki address is a URL, e.g. \"http://127.0.0.1:3100\"")
+        else:
+            _address(self.address)
+        return self
+
+
+class LogsSpec(Strict):
+    """`[logs]`: the central store (.hinotori/logs.db) that keeps every host's output and
+    declared log files after the host is gone, and where it is forwarded."""
+
+    retention: Duration = 7 * 86400.0  # lines older than this are deleted
+    max_size: Annotated[int, BeforeValidator(lambda v: parse_size(v) if isinstance(v, str)
+                                             else v), Field(ge=1 << 20)] = 1 << 30
+    ship_interval: Duration = 0.2  # how often live hosts' new lines are shipped
+    forward: list[LogForwardSpec] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> LogsSpec:
+        names = [f.name for f in self.forward if f.name]
+        if len(names) != len(set(names)):
+            raise ValueError("each [[logs.forward]] needs a distinct name")
+        return self
+
+    @staticmethod
+    def relative_glob(value: str) -> str:
+        """A declared log file: a glob relative to the host's view or scratch directory."""
+        parts = value.split("/")
+        if not value or value.startswith("/") or ".." in parts or "" in parts:
+            raise ValueError(f"log_files are globs relative to the host's view or scratch dir, "
+                             f"without '..', e.g. \"logs/*.log\" (got {value!r})")
+        return value
+
+
 class ServiceSpec(Strict):
     provider: Literal["process"] = "process"
     replicas: int = Field(1, ge=1, le=100)
@@ -162,6 +223,9 @@ class ServiceSpec(Strict):
     # deploys stop the old host before the new one gets the volume: one writer, always.
     stateful: bool = False
     volumes: list[Name] = []
+    # Files the service writes logs to besides stdout/stderr (globs relative to the host's
+    # view or its scratch dir, $HINOTORI_SCRATCH): shipped to the central log store too.
+    log_files: list[Annotated[str, AfterValidator(LogsSpec.relative_glob)]] = []
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
@@ -212,6 +276,7 @@ class Spec(Strict):
     membership: MembershipSpec = MembershipSpec()
     controller: ControllerSpec = ControllerSpec()
     router: RouterSpec = RouterSpec()
+    logs: LogsSpec = LogsSpec()
     services: dict[Name, ServiceSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
