@@ -1,0 +1,282 @@
+"""The shipper: moves new lines from every live host's files into the central store.
+
+``ship(hosts)`` is one pass over the live hosts (the controller runs it every ~200 ms);
+``flush(host, final=True)`` ships everything of one host and is called around its
+destruction, so that a host's logs are in the store before the host is gone (invariant 5).
+
+How it reads, and why:
+
+- **From the stored offset.** Each (host, source) is a stream whose shipped offset lives in
+  logs.db and moves in the same transaction as its lines, so a restarted controller resumes
+  exactly where the last one stopped, and a line is stored once even if read twice.
+- **Complete lines only**, until the host's life ends: then its partial last line is shipped
+  too (see tail.py).
+- **Files stay open** between passes, like ``tail -F``: a file that is renamed (rotated) or
+  deleted - even the whole view of a destroyed process host - can still be read to its end
+  through the open descriptor. A path that now names another file (new inode) or a file
+  shorter than its offset (truncated) starts a new generation of the stream at offset 0; the
+  old file is read to its end first.
+- **One transaction per pass**, on a worker thread: SQLite's C code releases the GIL, and the
+  event loop (health probes, the API) keeps running while a large batch is stored. Each
+  source gets at most 1 MiB per pass and a pass at most ``pass_bytes``, so one noisy host
+  cannot starve the others or make a pass long; the order rotates between passes.
+
+Since process hosts keep output.log after they die, the lines of a host killed with SIGKILL
+are all shipped by the next flush or pass: the kernel had them as soon as write() returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from hinotori.model import Host
+from hinotori.observe.logs.sources import SOURCES, LogSource, SourceFile
+from hinotori.observe.logs.store import Batch, LogStore, Row
+from hinotori.observe.logs.tail import READ_SIZE, read_lines
+
+log = logging.getLogger("hinotori.logs")
+
+Declared = Callable[[str], Sequence[str]]  # service -> its log_files globs
+
+
+def no_declared_files(_: str) -> Sequence[str]:
+    return ()
+
+
+@dataclass(eq=False)
+class _Tail:
+    host: str
+    name: str
+    fh: BinaryIO
+    ident: str  # "dev:inode" of the open file
+    stream: int
+    gen: int
+    offset: int
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+
+
+@dataclass
+class _Work:
+    tail: _Tail
+    rows: list[Row]
+    offset: int  # where the tail is once these rows are stored
+    close: bool = False
+
+
+@dataclass
+class ShipStats:
+    passes: int = 0
+    lines: int = 0  # new lines stored
+    errors: int = 0
+    open_files: int = 0
+    last_error: str | None = field(default=None)
+
+
+def _ident(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+class Shipper:
+    def __init__(self, store: LogStore, *, declared: Declared = no_declared_files,
+                 sources: Mapping[str, LogSource] = SOURCES,
+                 pass_bytes: int = 16 * READ_SIZE) -> None:
+        self.store = store
+        self.declared = declared
+        self.sources = sources
+        self.pass_bytes = pass_bytes
+        self.stats = ShipStats()
+        self._tails: dict[str, dict[str, _Tail]] = {}  # host id -> source name -> open tail
+        self._retiring: list[_Tail] = []  # rotated or finished: read to the end, then closed
+        self._lock = asyncio.Lock()  # one pass or flush at a time: they share the tails
+        self._turn = 0
+        self._warned: set[str] = set()
+
+    # -- the API -------------------------------------------------------------------------
+    async def ship(self, hosts: Iterable[Host]) -> int:
+        """One pass over ``hosts``, which must be every live host: a host shipped before that
+        is no longer among them is finished, so the rest of its files (partial tail too) is
+        shipped and they are closed. Returns how many new lines were stored."""
+        hosts = list(hosts)
+        async with self._lock:
+            return await asyncio.to_thread(self._pass, hosts)
+
+    async def flush(self, host: Host, final: bool = True) -> int:
+        """Ship everything ``host`` has written so far. With ``final`` the host is done:
+        its partial last lines are shipped too and its files closed. Returns new lines."""
+        async with self._lock:
+            return await asyncio.to_thread(self._drain, host, final)
+
+    @contextlib.asynccontextmanager
+    async def destroying(self, host: Host) -> AsyncIterator[None]:
+        """Wrap a provider's destroy: ship (and open) everything before it, and after it the
+        rest - what the host wrote while stopping, read from files kept open even if destroy
+        removed them. If destroy fails the host may live on: only complete lines then."""
+        await self.flush(host, final=False)
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            await self.flush(host, final=done)
+
+    def close(self) -> None:
+        """Close every open file (the controller is stopping; offsets are in the store)."""
+        for tails in self._tails.values():
+            for tail in tails.values():
+                tail.close()
+        for tail in self._retiring:
+            tail.close()
+        self._tails.clear()
+        self._retiring.clear()
+        self.stats.open_files = 0
+
+    # -- one pass ------------------------------------------------------------------------
+    def _pass(self, hosts: list[Host]) -> int:
+        ts = self.store.now()
+        live = {h.id for h in hosts}
+        for gone in [h for h in self._tails if h not in live]:
+            self._retiring += self._tails.pop(gone).values()
+        work = self._read_retiring(ts)
+        budget = self.pass_bytes
+        self._turn += 1
+        k = self._turn % len(hosts) if hosts else 0
+        for host in hosts[k:] + hosts[:k]:
+            for tail in self._discover(host):
+                if budget <= 0:
+                    break
+                w = self._read(tail, ts, final=False, size=min(READ_SIZE, budget))
+                if w:
+                    budget -= w.offset - tail.offset
+                    work.append(w)
+        return self._commit(work, ts)
+
+    def _drain(self, host: Host, final: bool) -> int:
+        stored = 0
+        tails = self._discover(host)
+        while True:
+            ts = self.store.now()
+            work = [w for w in (self._read(t, ts, final=final) for t in tails) if w]
+            work += self._read_retiring(ts, host.id)
+            if not work:
+                break
+            stored += self._commit(work, ts)
+        if final:
+            for tail in self._tails.pop(host.id, {}).values():
+                tail.close()
+            self.stats.open_files = self._count_open()
+        return stored
+
+    def _read(self, tail: _Tail, ts: float, *, final: bool,
+              size: int = READ_SIZE) -> _Work | None:
+        try:
+            rows, offset = read_lines(tail.fh, tail.offset, stream=tail.stream, ts=ts,
+                                      final=final, size=size)
+        except OSError as e:
+            self._error(f"cannot read {tail.name} of {tail.host}: {e}")
+            return None
+        return _Work(tail, rows, offset) if offset != tail.offset else None
+
+    def _read_retiring(self, ts: float, host: str | None = None) -> list[_Work]:
+        """Finished files: read their rest (partial tail included); close them at the end."""
+        work = []
+        for tail in list(self._retiring):
+            if host is not None and tail.host != host:
+                continue
+            w = self._read(tail, ts, final=True)
+            if w is None:
+                tail.close()
+                self._retiring.remove(tail)
+            else:
+                work.append(w)
+        return work
+
+    def _commit(self, work: list[_Work], ts: float) -> int:
+        if not work:
+            return 0
+        try:
+            stored = self.store.ingest([Batch(w.tail.stream, w.rows, w.offset) for w in work],
+                                       ts)
+        except Exception as e:  # offsets did not move: the next pass reads the same lines
+            self._error(f"cannot store log lines: {e}")
+            raise
+        for w in work:
+            w.tail.offset = w.offset
+        self.stats.passes += 1
+        self.stats.lines += stored
+        return stored
+
+    # -- finding and opening files ---------------------------------------------------------
+    def _discover(self, host: Host) -> list[_Tail]:
+        """The host's open tails, after opening new files and noticing rotation."""
+        source = self.sources.get(host.provider)
+        if source is None:
+            if host.provider not in self._warned:
+                self._warned.add(host.provider)
+                log.warning("no log source for provider %r: its hosts' logs are not shipped",
+                            host.provider)
+            return []
+        tails = self._tails.setdefault(host.id, {})
+        try:
+            files = source.files(host, self.declared(host.service))
+        except OSError as e:
+            self._error(f"cannot list log files of {host.id}: {e}")
+            files = []
+        for sf in files:
+            tail = tails.get(sf.name)
+            if tail is None:
+                opened = self._open(host, sf)
+                if opened:
+                    tails[sf.name] = opened
+                continue
+            try:
+                now = _ident(os.stat(sf.path))
+                size = os.fstat(tail.fh.fileno()).st_size
+            except OSError:
+                continue  # gone from its path: keep reading the open file
+            if now != tail.ident:  # rotated: finish the old file, start a new generation
+                self._retiring.append(tail)
+                opened = self._open(host, sf, after=tail)
+            elif size < tail.offset:  # truncated in place: what was cut is gone
+                tail.close()
+                opened = self._open(host, sf, after=tail)
+            else:
+                continue
+            if opened:
+                tails[sf.name] = opened
+            else:
+                del tails[sf.name]
+        self.stats.open_files = self._count_open()
+        return list(tails.values())
+
+    def _open(self, host: Host, sf: SourceFile, after: _Tail | None = None) -> _Tail | None:
+        try:
+            fh = open(sf.path, "rb")  # noqa: SIM115 - kept open across passes on purpose
+            st = os.fstat(fh.fileno())
+        except OSError:
+            return None
+        ident = _ident(st)
+        known = self.store.stream(host.id, sf.name)
+        if after is None and known and known.inode == ident and st.st_size >= known.shipped:
+            return _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped)
+        gen = 0 if known is None else known.gen + 1
+        stream = self.store.open_stream(host=host.id, service=host.service,
+                                        release=host.release, source=sf.name, inode=ident,
+                                        gen=gen)
+        return _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped)
+
+    def _count_open(self) -> int:
+        return sum(len(t) for t in self._tails.values()) + len(self._retiring)
+
+    def _error(self, message: str) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = message
+        log.warning("%s", message)
