@@ -36,6 +36,7 @@ def delete_through(store: LogStore, last_id: int, chunk: int = CHUNK) -> int:
     while low <= last_id:
         upto = min(last_id, low + chunk - 1)
         with store.transaction() as db:
+            store.remember_high(db)  # rowids must go on above it even if the table empties
             db.execute("INSERT INTO lines_fts (lines_fts, rowid, line) "
                        "SELECT 'delete', id, line FROM lines WHERE id BETWEEN ? AND ?",
                        (low, upto))

@@ -18,8 +18,8 @@ How it reads, and why:
   old file is read to its end first.
 - **One transaction per pass**, on a worker thread: SQLite's C code releases the GIL, and the
   event loop (health probes, the API) keeps running while a large batch is stored. Each
-  source gets at most 1 MiB per pass and a pass at most ``pass_bytes``, so one noisy host
-  cannot starve the others or make a pass long; the order rotates between passes.
+  source gets at most 1 MiB per pass and a pass stops reading after ``pass_bytes``, so one
+  noisy host cannot starve the others or make a pass long; the order rotates between passes.
 
 Since process hosts keep output.log after they die, the lines of a host killed with SIGKILL
 are all shipped by the next flush or pass: the kernel had them as soon as write() returned.
@@ -145,18 +145,18 @@ class Shipper:
         live = {h.id for h in hosts}
         for gone in [h for h in self._tails if h not in live]:
             self._retiring += self._tails.pop(gone).values()
-        work = self._read_retiring(ts)
-        budget = self.pass_bytes
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
-        for host in hosts[k:] + hosts[:k]:
-            for tail in self._discover(host):
-                if budget <= 0:
-                    break
-                w = self._read(tail, ts, final=False, size=min(READ_SIZE, budget))
-                if w:
-                    budget -= w.offset - tail.offset
-                    work.append(w)
+        live_tails = [self._discover(host) for host in hosts[k:] + hosts[:k]]
+        work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
+        budget = self.pass_bytes
+        for tail in (t for tails in live_tails for t in tails):
+            if budget <= 0:
+                break
+            w = self._read(tail, ts, final=False)  # whole reads: a short one would cut a line
+            if w:
+                budget -= w.offset - tail.offset
+                work.append(w)
         return self._commit(work, ts)
 
     def _drain(self, host: Host, final: bool) -> int:
@@ -164,8 +164,8 @@ class Shipper:
         tails = self._discover(host)
         while True:
             ts = self.store.now()
-            work = [w for w in (self._read(t, ts, final=final) for t in tails) if w]
-            work += self._read_retiring(ts, host.id)
+            work = self._read_retiring(ts, host.id)
+            work += [w for w in (self._read(t, ts, final=final) for t in tails) if w]
             if not work:
                 break
             stored += self._commit(work, ts)
@@ -175,11 +175,10 @@ class Shipper:
             self.stats.open_files = self._count_open()
         return stored
 
-    def _read(self, tail: _Tail, ts: float, *, final: bool,
-              size: int = READ_SIZE) -> _Work | None:
+    def _read(self, tail: _Tail, ts: float, *, final: bool) -> _Work | None:
         try:
             rows, offset = read_lines(tail.fh, tail.offset, stream=tail.stream, ts=ts,
-                                      final=final, size=size)
+                                      final=final)
         except OSError as e:
             self._error(f"cannot read {tail.name} of {tail.host}: {e}")
             return None
@@ -196,6 +195,8 @@ class Shipper:
                 tail.close()
                 self._retiring.remove(tail)
             else:
+                with contextlib.suppress(OSError):
+                    w.close = w.offset >= os.fstat(tail.fh.fileno()).st_size  # read to the end
                 work.append(w)
         return work
 
@@ -210,6 +211,10 @@ class Shipper:
             raise
         for w in work:
             w.tail.offset = w.offset
+            if w.close:
+                w.tail.close()
+                self._retiring.remove(w.tail)
+        self.stats.open_files = self._count_open()
         self.stats.passes += 1
         self.stats.lines += stored
         return stored

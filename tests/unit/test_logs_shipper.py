@@ -1,0 +1,196 @@
+"""The shipper on files (no processes): offsets, partial lines, dedup on re-ship, restarts,
+rotation, declared files, finished hosts. Real processes are in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hinotori.model import Host
+from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
+from tests.unit.test_logs_store import make_host
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def append(path: Path, data: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(data)
+
+
+def stored(store: LogStore, **q: object) -> list[tuple[str, str]]:
+    return [(ln.source, ln.line) for ln in search(store, LogQuery(limit=None, **q))]  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LogStore:
+    return LogStore(tmp_path / "logs.db")
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path / "hosts" / "web-1")
+
+
+def out(host: Host) -> Path:
+    return Path(host.data["log"])
+
+
+def test_ships_complete_lines_and_waits_for_the_partial_one(store: LogStore, host: Host) -> None:
+    shipper = Shipper(store)
+    append(out(host), "one\ntwo\nthr")
+    assert run(shipper.ship([host])) == 2
+    assert run(shipper.ship([host])) == 0
+    append(out(host), "ee\n")
+    assert run(shipper.ship([host])) == 1
+    assert stored(store) == [("stdout", "one"), ("stdout", "two"), ("stdout", "three")]
+    line = search(store, LogQuery(grep="three"))[0]
+    assert (line.service, line.release, line.host, line.offset) == ("web", 1, "web-1", 8)
+
+
+def test_flush_final_ships_the_partial_tail(store: LogStore, host: Host) -> None:
+    shipper = Shipper(store)
+    append(out(host), "done\nno newline at the end")
+    assert run(shipper.flush(host, final=False)) == 1
+    assert run(shipper.flush(host)) == 1
+    assert stored(store)[-1] == ("stdout", "no newline at the end")
+
+
+def test_reship_after_a_lost_offset_stores_nothing_twice(store: LogStore, host: Host) -> None:
+    append(out(host), "".join(f"line {i}\n" for i in range(1, 101)))
+    run(Shipper(store).ship([host]))
+    stream = store.stream("web-1", "stdout")
+    assert stream is not None
+    store.set_shipped(stream.id, 0)  # as if the offset write had been lost
+    again = Shipper(store)
+    assert run(again.ship([host])) == 0
+    assert [t for _, t in stored(store)] == [f"line {i}" for i in range(1, 101)]
+
+
+def test_a_new_shipper_resumes_at_the_stored_offset(store: LogStore, host: Host) -> None:
+    append(out(host), "a\nb\n")
+    first = Shipper(store)
+    run(first.ship([host]))
+    first.close()
+    append(out(host), "c\n")
+    assert run(Shipper(store).ship([host])) == 1  # only c: the controller restarted
+    assert [t for _, t in stored(store)] == ["a", "b", "c"]
+
+
+def test_two_shippers_on_one_store_never_duplicate(store: LogStore, host: Host) -> None:
+    append(out(host), "".join(f"{i}\n" for i in range(500)))
+    a, b = Shipper(store), Shipper(store)
+    run(a.ship([host]))
+    append(out(host), "".join(f"{i}\n" for i in range(500, 1000)))
+    run(b.ship([host]))  # b opened at the stored offset
+    run(a.ship([host]))  # a's own offset is stale: everything it re-reads is ignored
+    assert [t for _, t in stored(store)] == [str(i) for i in range(1000)]
+
+
+def test_declared_files_in_view_and_scratch(store: LogStore, host: Host) -> None:
+    view, scratch = Path(host.root or ""), Path(host.data["state_dir"]) / "scratch"
+    (view / "logs").mkdir()
+    append(view / "logs" / "app.log", "in the view\n")
+    append(scratch / "app.log", "in scratch\n")
+    append(scratch / "other.txt", "not declared\n")
+    shipper = Shipper(store, declared=lambda service: ["logs/*.log", "*.log"])
+    run(shipper.ship([host]))
+    assert sorted(stored(store)) == [("$HINOTORI_SCRATCH/app.log", "in scratch"),
+                                     ("logs/app.log", "in the view")]
+
+
+def test_a_symlink_out_of_the_host_is_not_shipped(store: LogStore, host: Host,
+                                                  tmp_path: Path) -> None:
+    secret = tmp_path / "secret.log"
+    secret.write_text("do not ship\n")
+    os.symlink(secret, Path(host.root or "") / "evil.log")
+    run(Shipper(store, declared=lambda s: ["*.log"]).ship([host]))
+    assert stored(store) == []
+
+
+def test_rotation_by_rename_reads_the_old_file_to_its_end(store: LogStore, host: Host) -> None:
+    scratch = Path(host.data["state_dir"]) / "scratch"
+    log = scratch / "app.log"
+    shipper = Shipper(store, declared=lambda s: ["app.log"])
+    append(log, "1\n2\n")
+    run(shipper.ship([host]))
+    append(log, "3\n4-partial")  # written just before rotation
+    log.rename(scratch / "app.log.1")
+    append(log, "5\n")
+    run(shipper.ship([host]))
+    run(shipper.ship([host]))
+    assert [t for _, t in stored(store)] == ["1", "2", "3", "4-partial", "5"]
+
+
+def test_truncation_starts_a_new_generation(store: LogStore, host: Host) -> None:
+    shipper = Shipper(store)
+    append(out(host), "old one\nold two\n")
+    run(shipper.ship([host]))
+    out(host).write_text("new\n")  # copytruncate: same file, shorter
+    run(shipper.ship([host]))
+    assert [t for _, t in stored(store)] == ["old one", "old two", "new"]
+
+
+def test_a_host_that_left_the_live_set_is_finished(store: LogStore, host: Host,
+                                                   tmp_path: Path) -> None:
+    other = make_host(tmp_path / "hosts" / "web-2", host_id="web-2")
+    shipper = Shipper(store)
+    append(out(host), "a\nlast words without newline")
+    append(out(other), "b\n")
+    run(shipper.ship([host, other]))
+    run(shipper.ship([other]))  # web-1 is gone: its partial tail is shipped, file closed
+    assert stored(store, host="web-1") == [("stdout", "a"),
+                                           ("stdout", "last words without newline")]
+    assert shipper.stats.open_files == 1
+
+
+def test_destroying_reads_files_the_destroy_removed(store: LogStore, host: Host) -> None:
+    scratch = Path(host.data["state_dir"]) / "scratch"
+    append(scratch / "app.log", "before\n")
+    shipper = Shipper(store, declared=lambda s: ["app.log"])
+
+    async def destroy() -> None:
+        async with shipper.destroying(host):
+            with open(scratch / "app.log", "a") as f:  # the app's last words, at SIGTERM
+                f.write("while stopping\nand its very last")
+            shutil.rmtree(scratch)  # the provider removes the host's scratch and view
+
+    run(destroy())
+    assert [t for _, t in stored(store)] == ["before", "while stopping", "and its very last"]
+    assert shipper.stats.open_files == 0
+
+
+def test_a_failed_destroy_keeps_partial_lines_waiting(store: LogStore, host: Host) -> None:
+    shipper = Shipper(store)
+    append(out(host), "whole\nhal")
+
+    async def destroy() -> None:
+        async with shipper.destroying(host):
+            raise RuntimeError("provider could not destroy")
+
+    with pytest.raises(RuntimeError):
+        run(destroy())
+    assert [t for _, t in stored(store)] == ["whole"]
+
+
+def test_a_provider_without_a_log_source_is_skipped(store: LogStore, tmp_path: Path) -> None:
+    alien = make_host(tmp_path / "hosts" / "x-1", host_id="x-1", provider="vm")
+    assert run(Shipper(store).ship([alien])) == 0
+
+
+def test_a_pass_is_bounded_and_fair(store: LogStore, tmp_path: Path) -> None:
+    hosts = [make_host(tmp_path / "hosts" / f"h-{i}", host_id=f"h-{i}") for i in range(3)]
+    for h in hosts:
+        append(out(h), "".join(f"{h.id} {i:06d}\n" for i in range(60_000)))  # ~0.6 MB each
+    shipper = Shipper(store, pass_bytes=1 << 20)
+    first = run(shipper.ship(hosts))
+    assert 0 < first < 180_000
+    while run(shipper.ship(hosts)):
+        pass
+    assert len(search(store, LogQuery(limit=None))) == 180_000
