@@ -106,12 +106,22 @@ def test_back_off_grows_exponentially_to_retry_max(store: LogStore) -> None:
 
 
 def test_backlog_over_the_bound_drops_oldest_and_says_so(store: LogStore) -> None:
+    lines(store, 100)
+    asyncio.run(make(store, FakeSink()).drain(5))  # delivered up to 100, then a long outage
+    lines(store, 1000)
+    sink, events = FakeSink(), []
+    assert asyncio.run(make(store, sink, events, max_backlog=300).drain(5))
+    assert sink.got == list(range(801, 1101))
+    assert store.cursor("t").dropped == 700
+    assert events[0][0] == "logs.forward-dropped" and events[0][2]["dropped"] == 700
+
+
+def test_a_new_forwarder_starts_within_max_backlog_and_drops_nothing(store: LogStore) -> None:
     lines(store, 1000)
     sink, events = FakeSink(), []
     assert asyncio.run(make(store, sink, events, max_backlog=300).drain(5))
     assert sink.got == list(range(701, 1001))
-    assert store.cursor("t").dropped == 700
-    assert events[0][0] == "logs.forward-dropped" and events[0][2]["dropped"] == 700
+    assert store.cursor("t").dropped == 0 and events == []
 
 
 def test_retention_overtaking_the_cursor_is_counted(store: LogStore) -> None:

@@ -100,6 +100,7 @@ class Cursor:
     name: str
     pos: int  # the last rowid delivered (or skipped)
     dropped: int  # lines this consumer will never get (backlog bound, retention)
+    new: bool = False  # never saved: a consumer that has not started yet
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ class LogStore:
         with self.reading() as db:
             row = db.execute("SELECT name, pos, dropped FROM cursors WHERE name = ?",
                              (name,)).fetchone()
-        return Cursor(*row) if row else Cursor(name, 0, 0)
+        return Cursor(*row) if row else Cursor(name, 0, 0, new=True)
 
     def save_cursor(self, name: str, pos: int, dropped: int = 0) -> None:
         """Move ``name`` to ``pos``, adding ``dropped`` to its count of lines given up."""

@@ -11,6 +11,8 @@ newest line, the oldest beyond the bound are skipped (the cursor jumps), counted
 cursor's ``dropped`` and announced by a ``logs.forward-dropped`` event and a warning. Lines
 that retention deleted before they were sent are counted the same way. Nothing is dropped
 otherwise: delivery is at-least-once (a batch whose acknowledgement was lost is sent again).
+A forwarder added to a project starts at the oldest stored line, or ``max_backlog`` lines
+from the newest if there are more (those are not counted as its drops: it never had them).
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class ForwardLoop:
         self.timeout, self.retry_min, self.retry_max, self.poll = (timeout, retry_min,
                                                                    retry_max, poll)
         self.on_event = on_event
-        self.stats = ForwardStats(pos=store.cursor(name).pos)
+        cursor = store.cursor(name)
+        self.stats = ForwardStats(pos=cursor.pos)
+        self._fresh = cursor.new  # a new forwarder starts within max_backlog, dropping nothing
         self._attempt = 0  # consecutive failures
 
     @property
@@ -127,6 +131,10 @@ class ForwardLoop:
             lost = low - 1 - pos
             self._warn_dropped(lost, "retention deleted them before they were sent")
             await self._advance(low - 1, lost)
+        if self._fresh:
+            self._fresh = False
+            if high - pos > self.max_backlog:  # lines from before it existed: not its losses
+                await self._advance(high - self.max_backlog)
         if high - self.stats.pos > self.max_backlog:
             target = high - self.max_backlog
             lost = await asyncio.to_thread(self.store.count, self.stats.pos, target)
