@@ -194,3 +194,31 @@ def test_a_pass_is_bounded_and_fair(store: LogStore, tmp_path: Path) -> None:
     while run(shipper.ship(hosts)):
         pass
     assert len(search(store, LogQuery(limit=None))) == 180_000
+
+
+def test_flush_of_a_host_still_writing_fast_ends(store: LogStore, host: Host) -> None:
+    """flush ships what was written when it began; a writer that never pauses cannot keep it
+    going (it would hold up the host's destroy)."""
+    import threading
+    import time
+
+    append(out(host), "".join(f"early {i}\n" for i in range(50_000)))
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(out(host), "a") as f:
+            while not stop.is_set():
+                f.write("".join(f"late {i}\n" for i in range(1000)))
+                f.flush()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        started = time.monotonic()
+        run(Shipper(store).flush(host, final=False))
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+    assert took < 10
+    assert len(search(store, LogQuery(grep="early", limit=None))) == 50_000

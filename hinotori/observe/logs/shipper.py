@@ -160,20 +160,37 @@ class Shipper:
         return self._commit(work, ts)
 
     def _drain(self, host: Host, final: bool) -> int:
+        """Everything written when the flush began (a host still writing fast cannot keep
+        it going); then, if ``final``, the rest up to the end, partial tails included."""
         stored = 0
         tails = self._discover(host)
+        goal = {id(t): self._size(t) for t in tails}
         while True:
             ts = self.store.now()
             work = self._read_retiring(ts, host.id)
-            work += [w for w in (self._read(t, ts, final=final) for t in tails) if w]
+            work += [w for w in (self._read(t, ts, final=False) for t in tails
+                                 if t.offset < goal[id(t)]) if w]
             if not work:
                 break
             stored += self._commit(work, ts)
         if final:
+            for _ in range(64):  # a finished host's files no longer grow: one round, normally
+                ts = self.store.now()
+                work = [w for w in (self._read(t, ts, final=True) for t in tails) if w]
+                if not work:
+                    break
+                stored += self._commit(work, ts)
             for tail in self._tails.pop(host.id, {}).values():
                 tail.close()
             self.stats.open_files = self._count_open()
         return stored
+
+    @staticmethod
+    def _size(tail: _Tail) -> int:
+        try:
+            return os.fstat(tail.fh.fileno()).st_size
+        except OSError:
+            return tail.offset
 
     def _read(self, tail: _Tail, ts: float, *, final: bool) -> _Work | None:
         try:
