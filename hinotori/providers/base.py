@@ -1,13 +1,15 @@
 """The Provider protocol: how a fresh host comes to exist (the bootstrapping layer).
 
 A provider boots a host of a release from its image, finds hosts it booted earlier (after a
-controller restart), and destroys them. It knows nothing of strategies, routers or the store.
+controller restart), runs commands inside them (``exec``: how verify checks reach a host), and
+destroys them. It knows nothing of strategies, routers or the store.
 Hosts must outlive the process that booted them: a controller that dies must not take its hosts
 with it, so that the next controller can adopt them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -24,6 +26,19 @@ class BootRequest:
     image_root: Path  # the image's read-only file tree in the image store
     state_dir: Path  # a directory the provider may use for this host (view, scratch, logs)
     extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run inside a host (``Provider.exec``) left behind."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.rc == 0
 
 
 @runtime_checkable
@@ -52,6 +67,14 @@ class Provider(Protocol):
     async def adopt(self, host: Host) -> bool:
         """True if the host recorded in the store is still running and is the same host
         (not a reused pid). Never changes the host."""
+        ...
+
+    async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
+                   timeout: float = 60.0) -> CommandResult:
+        """Run ``argv`` (never a shell string) inside the host: in its view, as its working
+        directory, with the env it was booted with. Returns whatever the exit status; raises
+        ProviderError if the command cannot be started or outlives ``timeout`` (then it is
+        killed, with anything it started)."""
         ...
 
     async def list(self) -> list[Host]:

@@ -15,6 +15,10 @@ The embedded default, needing nothing beyond this machine. Choices, and why:
 - **Findable.** ``state_dir/host.json`` records the Host; list() scans ``hosts_root/*/host.json``,
   so boot with ``state_dir = hosts_root / host_id``. destroy() keeps host.json (marked destroyed)
   and output.log: the logs of dead hosts are still wanted.
+- **exec runs where the host runs.** boot() keeps the env it computed (port included) in
+  ``state_dir/env.json`` (mode 0600: release env may hold secrets; not in the store), so exec()
+  runs a command in the host's view with exactly the host's env, in a session of its own that
+  a timeout kills whole. destroy() removes the file with the view.
 
 Children we booted are kept as Popen objects and polled, so they are reaped instead of lingering
 as zombies; adopted hosts (booted by an earlier controller) are not our children.
@@ -33,12 +37,13 @@ import stat
 import subprocess
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from hinotori.errors import ProviderError
 from hinotori.model import Host, HostState
-from hinotori.providers.base import BootRequest
+from hinotori.providers.base import BootRequest, CommandResult
 
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 
@@ -87,6 +92,14 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _write_env(env: dict[str, str], state_dir: Path) -> None:
+    tmp = state_dir / "env.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(env, f)
+    tmp.replace(state_dir / "env.json")
+
+
 def _write_host(host: Host, state_dir: Path) -> None:
     tmp = state_dir / "host.json.tmp"
     tmp.write_text(json.dumps(host.to_dict(), indent=2))
@@ -131,6 +144,7 @@ class ProcessProvider:
                     "HINOTORI_SERVICE": rel.service, "HINOTORI_RELEASE": rel.name,
                     "HINOTORI_SCRATCH": str(scratch), "TMPDIR": str(scratch)})
         env.update(req.extra_env)
+        _write_env(env, state_dir)
         try:
             with open(log, "ab") as out:
                 proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
@@ -212,6 +226,8 @@ class ProcessProvider:
         state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
         await asyncio.to_thread(_remove_tree, state_dir / "root")
         await asyncio.to_thread(_remove_tree, state_dir / "scratch")
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / "env.json").unlink()
         if state_dir.is_dir():
             _write_host(replace(host, state=HostState.DESTROYED), state_dir)
 
@@ -222,6 +238,43 @@ class ProcessProvider:
 
     async def adopt(self, host: Host) -> bool:
         return self._alive(host)
+
+    async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
+                   timeout: float = 60.0) -> CommandResult:
+        if not argv:
+            raise ProviderError("exec needs a command (an argv list)")
+        state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
+        if not host.root or not Path(host.root).is_dir():
+            raise ProviderError(f"host {host.id} has no view to run in (destroyed?)",
+                                hint="`hinotori hosts` lists the live hosts")
+        try:
+            env = json.loads((state_dir / "env.json").read_text())
+        except (OSError, ValueError):
+            # Booted before env.json existed: the base env and its port are all we know.
+            env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+            env.update({"PORT": str(host.data.get("port", "")), "HINOTORI_HOST_ID": host.id})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=host.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            raise ProviderError(f"cannot run {argv[0]!r} in host {host.id}: "
+                                f"{e.strerror or e}",
+                                hint="the program must exist in the host's view or on its "
+                                     "PATH") from e
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except BaseException as e:  # timed out or cancelled: leave nothing running
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            if isinstance(e, TimeoutError):
+                raise ProviderError(f"{argv[0]!r} in host {host.id} did not finish within "
+                                    f"{timeout:g}s; killed") from None
+            raise
+        return CommandResult(rc=proc.returncode if proc.returncode is not None else -1,
+                             stdout=out.decode("utf-8", "replace"),
+                             stderr=err.decode("utf-8", "replace"))
 
     async def list(self) -> list[Host]:
         found = (_read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))
