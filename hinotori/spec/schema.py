@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from hinotori.durations import parse_duration, parse_size
 from hinotori.model import HealthCheck, ReleaseConfig
+from hinotori.verify.checks import Check
 
 
 def _duration(value: object) -> float:
@@ -226,6 +227,11 @@ class ServiceSpec(Strict):
     # Files the service writes logs to besides stdout/stderr (globs relative to the host's
     # view or its scratch dir, $HINOTORI_SCRATCH): shipped to the central log store too.
     log_files: list[Annotated[str, AfterValidator(LogsSpec.relative_glob)]] = []
+    # Verify: serverspec-style checks ([[services.NAME.checks]], see hinotori/verify/checks.py)
+    # and pytest-testinfra files (paths relative to this spec) a new host must pass before it
+    # takes traffic; `hinotori verify NAME` runs them on a throwaway host.
+    checks: list[Check] = []
+    testinfra: list[Annotated[str, Field(min_length=1)]] = []
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback

@@ -1,0 +1,311 @@
+"""The check spec: what a ``[[services.NAME.checks]]`` table may say, validated with pydantic.
+
+A check is one TOML table whose resource key names what is checked and whose other keys are
+matchers, as in serverspec and goss::
+
+    { file = "app.py", mode = "0444" }
+    { command = "python3 -V", exit_status = 0, stdout = "3\\." }
+    { port = "$PORT", listening = true }
+    { http = "/healthz", status = 200, body = "ok" }
+
+Each resource is one model with ``extra="forbid"``, so an unknown matcher is an error at its own
+key. The models form a tagged union chosen by which resource key the table has; a table with no
+resource key, or with two, is refused before any model sees it. Tags are written
+``check[file]``: the spec loader drops bracketed union tags from error locations, so an error
+points at ``services.web.checks.3.mode`` and its line, not at an invented key.
+
+Only what can be decided without the host is checked here (one resource, known matchers, regexes
+that compile, modes and sizes well formed). What the host says is the evaluator's business
+(``evaluator.py``), which receives each check as ``plan()``: resource, target and matchers with
+their defaults filled in. Adding a resource is one model here, one line in ``RESOURCES`` and one
+function in the evaluator's table (the evaluator ships to hosts as a single file, so it keeps its
+own table).
+
+This module must not import ``hinotori.spec`` (the spec schema imports it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
+
+from hinotori.durations import parse_duration, parse_size
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression ({e}): {value!r}") from None
+    return value
+
+
+def _mode(value: object) -> str:
+    # TOML has no leading-zero integers; an int here is almost always a decimal typo (644).
+    if not isinstance(value, str) or not re.fullmatch(r"(0o?)?[0-7]{3,4}", value):
+        raise ValueError(f"write a mode as an octal string, e.g. \"0644\" (got {value!r})")
+    return f"{int(value.replace('o', ''), 8):04o}"
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"durations are strings with a unit, e.g. \"10s\" (got {value!r})")
+    return parse_duration(value)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like \"4KiB\"")
+    return value if isinstance(value, int) else parse_size(str(value))
+
+
+def _argv(value: object) -> list[str]:
+    """A command as an argv list; a string is split like a shell would, without a shell."""
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            raise ValueError(f"cannot split the command into words: {e}") from None
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        argv = list(value)
+    else:
+        raise ValueError("a command is a string or a list of strings")
+    if not argv:
+        raise ValueError("a command cannot be empty")
+    return argv
+
+
+def _port(value: object) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not (
+            (text.isdigit() and 0 < int(text) < 65536)
+            or re.fullmatch(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", text)):
+        raise ValueError(f"a port is a number (1-65535) or a variable of the host's env such as "
+                         f"\"$PORT\" (got {value!r})")
+    return text
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+Mode = Annotated[str, BeforeValidator(_mode)]
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+Target = Annotated[str, Field(min_length=1)]
+FileType = Literal["file", "directory", "symlink", "socket", "pipe", "character-device",
+                   "block-device"]
+
+
+class CheckBase(BaseModel):
+    """Shared by every check: the resource key (``resource``), an optional title, and a
+    ``presence`` matcher (exists, running…) that, when false, must stand alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    resource: ClassVar[str]
+    presence: ClassVar[str | None] = "exists"
+    title: str | None = None  # shown instead of the generated description
+
+    @model_validator(mode="after")
+    def _absent_alone(self) -> CheckBase:
+        flag = self.presence
+        if flag and getattr(self, flag) is False:
+            extra = sorted(self.model_fields_set - {self.resource, "title", flag})
+            if extra:
+                raise ValueError(f"`{flag} = false` checks that the {self.resource} is absent: "
+                                 f"drop {', '.join(extra)}")
+        return self
+
+    @property
+    def target(self) -> Any:
+        return getattr(self, self.resource)
+
+    def matchers(self) -> dict[str, Any]:
+        """Every matcher that applies, defaults included (None means "not checked")."""
+        return self.model_dump(exclude={self.resource, "title"}, exclude_none=True)
+
+    def describe(self) -> str:
+        return self.title or f"{self.resource} {self._target_text()}"
+
+    def _target_text(self) -> str:
+        return str(self.target)
+
+    def plan(self) -> dict[str, Any]:
+        """The check as the evaluator reads it (JSON-ready)."""
+        return {"resource": self.resource, "target": self.target, "matchers": self.matchers(),
+                "description": self.describe()}
+
+
+class FileCheck(CheckBase):
+    resource = "file"
+    file: Target  # relative to the host's view (its working directory) or absolute
+    exists: bool = True
+    type: FileType | None = None
+    mode: Mode | None = None
+    owner: str | None = None  # a user name or a numeric uid
+    group: str | None = None  # a group name or a numeric gid
+    contains: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str)
+                                                   else v)] | None = None  # every substring
+    matches: Regex | None = None  # searched in the content
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    size: Size | None = None
+
+
+class DirectoryCheck(CheckBase):
+    resource = "directory"
+    directory: Target
+    exists: bool = True
+    mode: Mode | None = None
+    owner: str | None = None
+    group: str | None = None
+
+
+class CommandCheck(CheckBase):
+    resource = "command"
+    presence = None
+    command: Annotated[list[str], BeforeValidator(_argv)]  # run without a shell
+    exit_status: int = 0
+    stdout: Regex | None = None
+    stderr: Regex | None = None
+    timeout: Duration = 10.0
+
+    def _target_text(self) -> str:
+        return shlex.join(self.command)
+
+
+class PortCheck(CheckBase):
+    resource = "port"
+    presence = "listening"
+    port: Annotated[str, BeforeValidator(_port)]
+    listening: bool = True
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+    def _target_text(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
+class HttpCheck(CheckBase):
+    resource = "http"
+    presence = None
+    http: Target  # "/path" on the host's address, or a whole http(s):// URL
+    method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] = "GET"
+    status: int = Field(200, ge=100, le=599)
+    body: Regex | None = None
+    header: dict[str, Regex] | None = None  # header name -> regex its value must match
+    timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _url(self) -> HttpCheck:
+        if not self.http.startswith(("/", "http://", "https://")):
+            raise ValueError("http is a path such as \"/healthz\" or an http(s):// URL")
+        return self
+
+    def _target_text(self) -> str:
+        return f"{self.method} {self.http}"
+
+
+class ProcessCheck(CheckBase):
+    resource = "process"
+    presence = "running"
+    process: Target  # a process name (as in /proc/PID/comm) or a part of its command line
+    running: bool = True
+    count: int | None = Field(None, ge=0)
+
+
+class EnvCheck(CheckBase):
+    resource = "env"
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    exists: bool = True
+    value: Regex | None = None
+
+
+class PackageCheck(CheckBase):
+    resource = "package"
+    presence = "installed"
+    package: Target
+    installed: bool = True
+    version: Regex | None = None  # searched in the installed version string
+
+
+class UserCheck(CheckBase):
+    resource = "user"
+    user: Target
+    exists: bool = True
+    uid: int | None = Field(None, ge=0)
+    home: str | None = None
+    shell: str | None = None
+    groups: list[str] | None = None  # the user is in each of these (primary or supplementary)
+
+
+class GroupCheck(CheckBase):
+    resource = "group"
+    group: Target
+    exists: bool = True
+    gid: int | None = Field(None, ge=0)
+
+
+class ServiceCheck(CheckBase):
+    resource = "service"
+    presence = None
+    service: Target
+    running: bool | None = True
+    enabled: bool | None = None
+
+
+RESOURCES: dict[str, type[CheckBase]] = {m.resource: m for m in (
+    FileCheck, DirectoryCheck, CommandCheck, PortCheck, HttpCheck, ProcessCheck, EnvCheck,
+    PackageCheck, UserCheck, GroupCheck, ServiceCheck)}
+
+
+def _one_resource(value: object) -> object:
+    if isinstance(value, dict):
+        named = [k for k in value if k in RESOURCES]
+        if len(named) != 1:
+            what = "none" if not named else " and ".join(named)
+            raise ValueError(f"a check names exactly one resource ({', '.join(RESOURCES)}); "
+                             f"this one names {what}")
+    return value
+
+
+def _tag(value: object) -> str | None:
+    if isinstance(value, CheckBase):
+        return f"check[{value.resource}]"
+    if isinstance(value, dict):
+        return next((f"check[{k}]" for k in value if k in RESOURCES), None)
+    return None
+
+
+Check = Annotated[
+    Annotated[FileCheck, Tag("check[file]")]
+    | Annotated[DirectoryCheck, Tag("check[directory]")]
+    | Annotated[CommandCheck, Tag("check[command]")]
+    | Annotated[PortCheck, Tag("check[port]")]
+    | Annotated[HttpCheck, Tag("check[http]")]
+    | Annotated[ProcessCheck, Tag("check[process]")]
+    | Annotated[EnvCheck, Tag("check[env]")]
+    | Annotated[PackageCheck, Tag("check[package]")]
+    | Annotated[UserCheck, Tag("check[user]")]
+    | Annotated[GroupCheck, Tag("check[group]")]
+    | Annotated[ServiceCheck, Tag("check[service]")],
+    Discriminator(_tag, custom_error_type="check_resource",
+                  custom_error_message="a check is a table naming one resource"),
+    BeforeValidator(_one_resource),
+]
+
+_CHECKS: TypeAdapter[list[CheckBase]] = TypeAdapter(list[Check])
+
+
+def parse_checks(data: object) -> list[CheckBase]:
+    """Checks from plain data (a list of tables). Raises pydantic's ValidationError; in a spec,
+    the loader turns that into a SpecError with file, line and key."""
+    return _CHECKS.validate_python(data)

@@ -1,0 +1,574 @@
+"""The in-host evaluator: runs every check of a plan inside the host, in one go.
+
+Standard library only (Python 3.9+) and self-contained, because it is shipped to the host as
+source and run there by the host's own interpreter (``python3 -I -S -c SOURCE``, the plan on
+stdin; or as ``python3 evaluator.py < plan.json``). It prints one JSON document on stdout.
+Evaluating inside the host, in one process, is what makes verification fast: serverspec and
+testinfra run one command (or more) per check from outside, while this process stats files,
+reads /proc and opens sockets itself, so a thousand checks cost one interpreter start plus
+milliseconds.
+
+Design:
+
+- **Parallel.** Checks run on a thread pool; most are syscalls and reads that release the GIL,
+  and commands and HTTP requests wait in parallel instead of in turn.
+- **Retry like goss.** With ``retry_timeout`` > 0, checks that failed are evaluated again every
+  ``sleep`` seconds until they pass or the timeout is spent; passed checks are kept. This is what
+  lets ``verify`` start right after boot without racing the app.
+- **Host facts once per round.** /proc/net, the process table, passwd, group and the dpkg
+  database are read at most once per round however many checks ask (``Facts``), then forgotten,
+  so a retry sees fresh state.
+- **Expected versus got.** Every matcher reports what was expected and what was found, so a
+  failure says why without a second look at the host.
+
+Plan (JSON on stdin)::
+
+    {"mode": "evaluate" | "survey", "checks": [{"resource", "target", "matchers",
+     "description"}], "retry_timeout": 0, "sleep": 1, "address": "127.0.0.1:8000",
+     "session": 1234, "os_root": "/", "workers": 16}
+
+``address`` is where relative http checks go; ``session`` (the host's session id, when it has
+one) limits process checks to the host's own processes; ``os_root`` is where passwd, group and
+the dpkg database are read (``/``: the host's own OS). A result::
+
+    {"results": [{"ok", "matchers": [{"matcher", "expected", "got", "ok"}], "duration",
+     "attempts", "error"}], "duration": seconds}
+
+``survey`` (for ``hinotori checks generate``) reports what the host has instead: its files,
+listening sockets and processes.
+
+Services without systemd: ``running`` means a process with the service's name runs (or
+``/run/NAME.pid`` names a live process) and ``enabled`` means a unit is linked into a
+``*.wants`` directory or an init script into ``/etc/rc[2-5].d`` as ``S??NAME``.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+PLAN_VERSION = 1
+_MAX_BODY = 1 << 20  # bytes of an HTTP body or file kept for matching
+_SHOWN = 200  # characters of output shown as "got"
+_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+Matcher = dict[str, Any]
+
+
+class Unset(Exception):
+    """A $VAR in a target is not in the host's env."""
+
+
+class Facts:
+    """Host facts shared by the checks of one round, each computed once (per-key locks, so
+    threads asking for the same fact wait for one computation instead of repeating it)."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.env = dict(os.environ)
+        self.os_root = plan.get("os_root") or "/"
+        self._values: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            return self._values[key]
+
+    def expand(self, text: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1) or m.group(2)
+            if name not in self.env:
+                raise Unset(f"${name} is not set in the host's env")
+            return self.env[name]
+        return _VAR.sub(one, text)
+
+    def os_path(self, path: str) -> str:
+        return os.path.join(self.os_root, path.lstrip("/"))
+
+
+def _m(name: str, expected: Any, got: Any, ok: bool | None = None) -> Matcher:
+    ok = (expected == got) if ok is None else ok
+    return {"matcher": name, "expected": _text(expected), "got": _text(got), "ok": bool(ok)}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "(none)"
+    if isinstance(value, (list, tuple)):  # not X | Y: hosts may run 3.9
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _regex(name: str, pattern: str, text: str) -> Matcher:
+    found = re.search(pattern, text, re.MULTILINE) is not None
+    return _m(name, f"/{pattern}/", _shown(text) or "(empty)", found)
+
+
+# -- files ---------------------------------------------------------------------------------
+_KINDS = ((stat.S_ISLNK, "symlink"), (stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISFIFO, "pipe"), (stat.S_ISCHR, "character-device"),
+          (stat.S_ISBLK, "block-device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "unknown")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _owner(name: str, want: str, ident: int, to_name: Callable[[int], str]) -> Matcher:
+    got = str(ident) if want.isdigit() else to_name(ident)
+    return _m(name, want, got)
+
+
+def _content(facts: Facts, path: str) -> bytes:
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read(_MAX_BODY)
+    return facts.get(f"content:{path}", read)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_file(target: str, m: dict[str, Any], facts: Facts,
+               kind: str | None = None) -> list[Matcher]:
+    path = facts.expand(target)
+    try:
+        lst = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return [_m("exists", m["exists"], False)]
+    out = [_m("exists", m["exists"], True)]
+    if not m["exists"]:
+        return out
+    st = lst
+    want_kind = kind or m.get("type")
+    if stat.S_ISLNK(lst.st_mode) and want_kind != "symlink":
+        try:
+            st = os.stat(path)
+        except OSError:
+            return [*out, _m("type", want_kind or "file", "broken symlink")]
+    if want_kind:
+        out.append(_m("type", want_kind, _kind(st.st_mode)))
+    if "mode" in m:
+        out.append(_m("mode", m["mode"], f"{stat.S_IMODE(st.st_mode):04o}"))
+    if "owner" in m:
+        out.append(_owner("owner", m["owner"], st.st_uid, _user_name))
+    if "group" in m:
+        out.append(_owner("group", m["group"], st.st_gid, _group_name))
+    if "size" in m:
+        out.append(_m("size", m["size"], st.st_size))
+    if "sha256" in m:
+        out.append(_m("sha256", m["sha256"].lower(), _sha256(path)))
+    if "contains" in m or "matches" in m:
+        text = _content(facts, path).decode("utf-8", "replace")
+        for part in m.get("contains", ()):
+            out.append(_m("contains", part, "found" if part in text else "not found",
+                          part in text))
+        if "matches" in m:
+            out.append(_regex("matches", m["matches"], text))
+    return out
+
+
+def check_directory(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    return check_file(target, m, facts, kind="directory")
+
+
+# -- commands and HTTP ---------------------------------------------------------------------
+def check_command(target: list[str], m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    try:
+        done = subprocess.run(target, capture_output=True, timeout=m["timeout"],
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return [_m("exit_status", m["exit_status"], f"timed out after {m['timeout']:g}s",
+                   False)]
+    except OSError as e:
+        return [_m("exit_status", m["exit_status"], f"cannot run: {e.strerror or e}", False)]
+    out = [_m("exit_status", m["exit_status"], done.returncode)]
+    for name in ("stdout", "stderr"):
+        if name in m:
+            out.append(_regex(name, m[name], getattr(done, name).decode("utf-8", "replace")))
+    return out
+
+
+def check_http(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = facts.expand(target)
+    if url.startswith("/"):
+        url = f"http://{facts.plan.get('address') or '127.0.0.1'}{url}"
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        import ssl
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.netloc, timeout=m["timeout"], context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.netloc, timeout=m["timeout"])
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request(m["method"], path, headers={"User-Agent": "hinotori-verify",
+                                                 "Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read(_MAX_BODY).decode("utf-8", "replace")
+    except TimeoutError:
+        return [_m("status", m["status"], f"timed out after {m['timeout']:g}s", False)]
+    except (OSError, http.client.HTTPException) as e:
+        return [_m("status", m["status"], f"{type(e).__name__}: {e}", False)]
+    finally:
+        conn.close()
+    out = [_m("status", m["status"], resp.status)]
+    if "body" in m:
+        out.append(_regex("body", m["body"], body))
+    for name, pattern in (m.get("header") or {}).items():
+        value = resp.getheader(name)
+        if value is None:
+            out.append(_m(f"header {name}", f"/{pattern}/", "(absent)", False))
+        else:
+            out.append(_regex(f"header {name}", pattern, value))
+    return out
+
+
+# -- sockets and processes -----------------------------------------------------------------
+def _hex_ip(text: str) -> str:
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in reversed(raw))
+    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]  # little-endian 32-bit words
+    import ipaddress
+    return str(ipaddress.IPv6Address(b"".join(words)))
+
+
+def _sockets(facts: Facts) -> list[dict[str, Any]]:
+    """Listening TCP and bound UDP sockets from /proc/net (the host's network namespace)."""
+    def read() -> list[dict[str, Any]]:
+        found = []
+        for proto, name, state in (("tcp", "tcp", "0A"), ("tcp", "tcp6", "0A"),
+                                   ("udp", "udp", "07"), ("udp", "udp6", "07")):
+            try:
+                with open(f"/proc/net/{name}") as f:
+                    lines = f.readlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == state:
+                    ip, port = fields[1].split(":")
+                    found.append({"protocol": proto, "ip": _hex_ip(ip), "port": int(port, 16),
+                                  "inode": int(fields[9])})
+        return found
+    return facts.get("sockets", read)
+
+
+def check_port(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    text = facts.expand(target)
+    if not text.isdigit():
+        return [_m("listening", m["listening"], f"{target} is {text!r}, not a port", False)]
+    if not os.path.isdir("/proc/net"):
+        return [_m("listening", m["listening"], "no /proc/net on this host", False)]
+    port = int(text)
+    ips = sorted({s["ip"] for s in _sockets(facts)
+                  if s["port"] == port and s["protocol"] == m["protocol"]})
+    got = f"true (on {', '.join(ips)})" if ips else False
+    return [_m("listening", m["listening"], got, bool(ips) == m["listening"])]
+
+
+def _processes(facts: Facts) -> list[dict[str, Any]]:
+    """Every process visible in /proc: pid, session, name (comm) and command line."""
+    def read() -> list[dict[str, Any]]:
+        me, found = os.getpid(), []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    raw = f.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue  # gone meanwhile
+            rest = raw[raw.rindex(")") + 2:].split()
+            if rest[0] in "ZX":
+                continue
+            found.append({"pid": int(entry), "session": int(rest[3]),
+                          "comm": raw[raw.index("(") + 1:raw.rindex(")")], "argv": argv})
+        return found
+    return facts.get("processes", read)
+
+
+def _host_processes(facts: Facts) -> list[dict[str, Any]]:
+    session = facts.plan.get("session")
+    procs = _processes(facts)
+    return [p for p in procs if p["session"] == session] if session else procs
+
+
+def _matches_process(p: dict[str, Any], name: str) -> bool:
+    return p["comm"] == name or name in " ".join(p["argv"])
+
+
+def check_process(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    if not os.path.isdir("/proc"):
+        return [_m("running", m["running"], "no /proc on this host", False)]
+    count = sum(1 for p in _host_processes(facts) if _matches_process(p, target))
+    out = [_m("running", m["running"], count > 0)]
+    if m["running"] and "count" in m:
+        out.append(_m("count", m["count"], count))
+    return out
+
+
+def check_env(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    value = facts.env.get(target)
+    out = [_m("exists", m["exists"], value is not None)]
+    if value is not None and "value" in m:
+        out.append(_regex("value", m["value"], value))
+    return out
+
+
+# -- the OS: packages, users, groups, services ---------------------------------------------
+def _dpkg(facts: Facts) -> dict[str, str] | None:
+    """Installed package -> version from the dpkg status database, None if there is none."""
+    def read() -> dict[str, str] | None:
+        try:
+            with open(facts.os_path("var/lib/dpkg/status"), encoding="utf-8",
+                      errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return None
+        found = {}
+        for para in text.split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in para.splitlines()
+                          if ": " in line and not line.startswith(" "))
+            if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+                found[fields["Package"]] = fields.get("Version", "")
+        return found
+    return facts.get("dpkg", read)
+
+
+def check_package(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    packages = _dpkg(facts)
+    if packages is None:
+        return [_m("installed", m["installed"], "no dpkg database (var/lib/dpkg/status)",
+                   False)]
+    version = packages.get(target)
+    out = [_m("installed", m["installed"], version is not None)]
+    if version is not None and "version" in m:
+        out.append(_regex("version", m["version"], version))
+    return out
+
+
+def _table(facts: Facts, name: str) -> list[list[str]]:
+    def read() -> list[list[str]]:
+        try:
+            with open(facts.os_path(f"etc/{name}"), encoding="utf-8", errors="replace") as f:
+                return [line.rstrip("\n").split(":") for line in f
+                        if line.strip() and not line.startswith("#")]
+        except OSError:
+            return []
+    return facts.get(f"etc/{name}", read)
+
+
+def check_user(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    entry = next((e for e in _table(facts, "passwd") if len(e) >= 7 and e[0] == target), None)
+    out = [_m("exists", m["exists"], entry is not None)]
+    if entry is None or not m["exists"]:
+        return out
+    if "uid" in m:
+        out.append(_m("uid", m["uid"], int(entry[2])))
+    if "home" in m:
+        out.append(_m("home", m["home"], entry[5]))
+    if "shell" in m:
+        out.append(_m("shell", m["shell"], entry[6]))
+    if "groups" in m:
+        groups = sorted({g[0] for g in _table(facts, "group") if len(g) >= 4 and (
+            g[2] == entry[3] or target in g[3].split(","))})
+        missing = [g for g in m["groups"] if g not in groups]
+        out.append(_m("groups", m["groups"], groups, not missing))
+    return out
+
+
+def check_group(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    entry = next((e for e in _table(facts, "group") if len(e) >= 3 and e[0] == target), None)
+    out = [_m("exists", m["exists"], entry is not None)]
+    if entry is not None and m["exists"] and "gid" in m:
+        out.append(_m("gid", m["gid"], int(entry[2])))
+    return out
+
+
+def _systemd(facts: Facts) -> bool:
+    return os.path.isdir("/run/systemd/system") and facts.os_root == "/"
+
+
+def _service_enabled(name: str, facts: Facts) -> bool:
+    import glob
+    unit = name if "." in name else f"{name}.service"
+    patterns = [facts.os_path(f"etc/systemd/system/*.wants/{unit}"),
+                *(facts.os_path(f"etc/rc{n}.d/S[0-9][0-9]{name}") for n in "2345")]
+    return any(glob.glob(p) for p in patterns)
+
+
+def _service_running(name: str, facts: Facts) -> bool:
+    try:
+        with open(facts.os_path(f"run/{name}.pid")) as f:
+            os.kill(int(f.read().split()[0]), 0)
+        return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return any(p["comm"] == name for p in _processes(facts))
+
+
+def _systemctl(verb: str, name: str) -> bool:
+    try:
+        return subprocess.run(["systemctl", verb, "--quiet", name], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def check_service(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    out, systemd = [], _systemd(facts)
+    if "running" in m:
+        running = _systemctl("is-active", target) if systemd else _service_running(target, facts)
+        out.append(_m("running", m["running"], running))
+    if "enabled" in m:
+        enabled = _systemctl("is-enabled", target) if systemd else _service_enabled(target,
+                                                                                    facts)
+        out.append(_m("enabled", m["enabled"], enabled))
+    return out
+
+
+RESOURCES: dict[str, Callable[[Any, dict[str, Any], Facts], list[Matcher]]] = {
+    "file": check_file, "directory": check_directory, "command": check_command,
+    "port": check_port, "http": check_http, "process": check_process, "env": check_env,
+    "package": check_package, "user": check_user, "group": check_group,
+    "service": check_service,
+}
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def evaluate_one(check: dict[str, Any], facts: Facts) -> dict[str, Any]:
+    start = time.perf_counter()
+    error = None
+    try:
+        matchers = RESOURCES[check["resource"]](check["target"], check["matchers"], facts)
+    except Unset as e:
+        matchers, error = [], str(e)
+    except Exception as e:  # one broken check must not hide the others' results
+        matchers, error = [], f"{type(e).__name__}: {e}"
+    ok = error is None and all(x["ok"] for x in matchers)
+    return {"ok": ok, "matchers": matchers, "error": error,
+            "duration": time.perf_counter() - start}
+
+
+def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
+    """Every check, in parallel; failed ones again every ``sleep`` s until ``retry_timeout``."""
+    start = time.monotonic()
+    checks = plan.get("checks", [])
+    deadline = start + float(plan.get("retry_timeout") or 0)
+    sleep = max(0.01, float(plan.get("sleep") or 1.0))
+    results: list[dict[str, Any]] = [{} for _ in checks]
+    attempts = [0] * len(checks)
+    pending = list(range(len(checks)))
+    workers = max(1, min(int(plan.get("workers") or 16), len(checks) or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending:
+            facts = Facts(plan)  # a new round sees fresh host state
+            done = list(pool.map(lambda i, f=facts: evaluate_one(checks[i], f), pending))
+            for n, i in enumerate(pending):
+                results[i] = done[n]
+                attempts[i] += 1
+            pending = [i for i in pending if not results[i]["ok"]]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            time.sleep(min(sleep, left))
+    for i, result in enumerate(results):
+        result["attempts"] = attempts[i]
+    return {"version": PLAN_VERSION, "results": results, "duration": time.monotonic() - start}
+
+
+def survey(plan: dict[str, Any]) -> dict[str, Any]:
+    """What the host has, for writing starter checks: files of its working directory (up to
+    ``files_limit``, with sha256 of the small ones), its listening sockets and processes, and
+    the value of its ``port_env`` variable."""
+    facts = Facts(plan)
+    limit = int(plan.get("files_limit") or 200)
+    files: list[dict[str, Any]] = []
+    for top, dirs, names in os.walk("."):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted([*dirs, *names]):
+            if len(files) >= limit:
+                break
+            path = os.path.relpath(os.path.join(top, name))
+            st = os.lstat(path)
+            entry = {"path": path, "type": _kind(st.st_mode),
+                     "mode": f"{stat.S_IMODE(st.st_mode):04o}", "size": st.st_size}
+            if stat.S_ISREG(st.st_mode) and st.st_size <= _MAX_BODY:
+                entry["sha256"] = _sha256(path)
+            files.append(entry)
+    procs = _host_processes(facts) if os.path.isdir("/proc") else []
+    inodes = set()
+    for p in procs:
+        try:
+            for fd in os.listdir(f"/proc/{p['pid']}/fd"):
+                link = os.readlink(f"/proc/{p['pid']}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+        except OSError:
+            continue
+    sockets = [s for s in _sockets(facts) if not plan.get("session") or s["inode"] in inodes]
+    return {"version": PLAN_VERSION, "files": files, "sockets": sockets,
+            "processes": [{"comm": p["comm"], "argv": p["argv"]} for p in procs],
+            "port": facts.env.get(plan.get("port_env") or "PORT")}
+
+
+def main() -> int:
+    plan = json.load(sys.stdin)
+    result = survey(plan) if plan.get("mode") == "survey" else evaluate(plan)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
