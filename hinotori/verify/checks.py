@@ -9,8 +9,10 @@ matchers, as in serverspec and goss::
     { http = "/healthz", status = 200, body = "ok" }
 
 Each resource is one model with ``extra="forbid"``, so an unknown matcher is an error at its own
-key. The models form a tagged union chosen by which resource key the table has; a table with no
-resource key, or with two, is refused before any model sees it. Tags are written
+key. The models form a tagged union chosen by the table's first resource key (``group`` is both
+a resource and a matcher of ``file``, so "which resource key" alone would be ambiguous); a table
+with no resource key, or with another one that is not a matcher of the first, is refused before
+any model sees it. Tags are written
 ``check[file]``: the spec loader drops bracketed union tags from error locations, so an error
 points at ``services.web.checks.3.mode`` and its line, not at an invented key.
 
@@ -267,13 +269,23 @@ RESOURCES: dict[str, type[CheckBase]] = {m.resource: m for m in (
     PackageCheck, UserCheck, GroupCheck, ServiceCheck)}
 
 
+def _resource_keys(value: dict[object, object]) -> tuple[str | None, list[str]]:
+    """The resource a table names (its first resource key) and any other resource keys that
+    are not matchers of it (``group`` is a resource, and also a matcher of ``file``)."""
+    named = [k for k in value if isinstance(k, str) and k in RESOURCES]
+    if not named:
+        return None, []
+    fields = RESOURCES[named[0]].model_fields
+    return named[0], [k for k in named[1:] if k not in fields]
+
+
 def _one_resource(value: object) -> object:
     if isinstance(value, dict):
-        named = [k for k in value if k in RESOURCES]
-        if len(named) != 1:
-            what = "none" if not named else " and ".join(named)
-            raise ValueError(f"a check names exactly one resource ({', '.join(RESOURCES)}); "
-                             f"this one names {what}")
+        resource, others = _resource_keys(value)
+        if resource is None or others:
+            what = "none" if resource is None else " and ".join([resource, *others])
+            raise ValueError(f"a check names exactly one resource ({', '.join(RESOURCES)}) "
+                             f"by its first such key; this one names {what}")
     return value
 
 
@@ -281,7 +293,8 @@ def _tag(value: object) -> str | None:
     if isinstance(value, CheckBase):
         return f"check[{value.resource}]"
     if isinstance(value, dict):
-        return next((f"check[{k}]" for k in value if k in RESOURCES), None)
+        resource, _ = _resource_keys(value)
+        return f"check[{resource}]" if resource else None
     return None
 
 
