@@ -104,6 +104,7 @@ def parse_junit(text: str, names: Sequence[str]) -> list[CheckResult]:
     results = []
     for case in ET.fromstring(text).iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
+        name = name.removesuffix("[local]")  # testinfra's parameter: always the one host
         head, _, _ = classname.partition(".")
         where = classname
         if head.startswith("f") and head[1:].isdigit() and int(head[1:]) < len(names):
