@@ -1,8 +1,9 @@
 """A routing table compiled for the hot path, and the per-backend counters.
 
-Matching: a route whose ``hosts`` contain the request's Host (port stripped, lower-cased) beats
-a route without hosts; among those, the longest matching ``path_prefix`` wins. Routes are
-sorted once per table version, so a request walks a short list.
+Matching: a route whose ``hosts`` contain the request's Host (port stripped, lower-cased; an
+IPv6 literal keeps its brackets, as in ``[::1]``) beats a route without hosts; among those, the
+longest matching ``path_prefix`` wins. Routes are sorted once per table version, so a request
+walks a short list.
 
 Choice: smooth weighted round-robin (as nginx does): deterministic, spreads a weight-3 backend
 as A A B A rather than A A A B, and exact over any window, which random choice is not.
@@ -14,6 +15,16 @@ import bisect
 from dataclasses import dataclass, field
 
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
+
+
+def split_host(host: str) -> str:
+    """A Host header as routes name it: lower-case, without port; an IPv6 literal keeps its
+    brackets (``[FE80::1]:80`` -> ``[fe80::1]``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[:end + 1] if end > 0 else host
+    return host.partition(":")[0]
 
 
 class CompiledRoute:
@@ -86,8 +97,7 @@ class CompiledTable:
         self.addresses = {b.address for r in routes for b in r.backends}
 
     def match(self, host: str | None, path: str) -> CompiledRoute | None:
-        host = (host or "").split(":", 1)[0].lower() if not (host or "").startswith("[") \
-            else (host or "").split("]", 1)[0] + "]"
+        host = split_host(host or "")
         for route in self.routes:
             if route.matches(host, path):
                 return route
