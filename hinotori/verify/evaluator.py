@@ -25,7 +25,7 @@ Plan (JSON on stdin)::
 
     {"mode": "evaluate" | "survey", "checks": [{"resource", "target", "matchers",
      "description"}], "retry_timeout": 0, "sleep": 1, "address": "127.0.0.1:8000",
-     "session": 1234, "os_root": "/", "workers": 16}
+     "session": 1234, "os_root": "/", "workers": 8}
 
 ``address`` is where relative http checks go; ``session`` (the host's session id, when it has
 one) limits process checks to the host's own processes; ``os_root`` is where passwd, group and
@@ -45,26 +45,31 @@ Services without systemd: ``running`` means a process with the service's name ru
 from __future__ import annotations
 
 import grp
-import hashlib
 import json
 import os
 import pwd
 import re
+import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+
+# Startup is most of the cost of a small plan, so modules only some checks need (subprocess,
+# hashlib, ssl, glob) are imported where used, typing only for type checkers, and HTTP is
+# spoken over a plain socket: http.client alone would cost more to import (~20 ms) than
+# evaluating two hundred checks.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 PLAN_VERSION = 1
 _MAX_BODY = 1 << 20  # bytes of an HTTP body or file kept for matching
 _SHOWN = 200  # characters of output shown as "got"
 _VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
-Matcher = dict[str, Any]
+Matcher = dict  # {"matcher", "expected", "got", "ok"}
 
 
 class Unset(Exception):
@@ -165,6 +170,8 @@ def _content(facts: Facts, path: str) -> bytes:
 
 
 def _sha256(path: str) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -217,6 +224,8 @@ def check_directory(target: str, m: dict[str, Any], facts: Facts) -> list[Matche
 
 # -- commands and HTTP ---------------------------------------------------------------------
 def check_command(target: list[str], m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    import subprocess
+
     try:
         done = subprocess.run(target, capture_output=True, timeout=m["timeout"],
                               stdin=subprocess.DEVNULL)
@@ -232,37 +241,83 @@ def check_command(target: list[str], m: dict[str, Any], facts: Facts) -> list[Ma
     return out
 
 
-def check_http(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
-    import http.client
-    from urllib.parse import urlsplit
-
-    url = facts.expand(target)
+def _split_url(url: str, default: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of an http(s) URL; a path alone goes to ``default``."""
     if url.startswith("/"):
-        url = f"http://{facts.plan.get('address') or '127.0.0.1'}{url}"
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        import ssl
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.netloc, timeout=m["timeout"], context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.netloc, timeout=m["timeout"])
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        url = f"http://{default}{url}"
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    host, port = netloc, 443 if scheme == "https" else 80
+    if netloc.rsplit(":", 1)[-1].isdigit() and not netloc.endswith("]"):
+        host, _, text = netloc.rpartition(":")
+        port = int(text)
+    return scheme, host.strip("[]"), port, slash + path or "/"
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, i = bytearray(), 0
+    while i < len(body):
+        end = body.find(b"\r\n", i)
+        size = int(body[i:end].split(b";")[0] or b"0", 16) if end >= 0 else 0
+        if size == 0:
+            break
+        out += body[end + 2:end + 2 + size]
+        i = end + 2 + size + 2
+    return bytes(out)
+
+
+def _http_get(url: str, method: str, timeout: float,
+              default: str) -> tuple[int, dict[str, str], str]:
+    """One HTTP/1.1 request with ``Connection: close``: (status, headers, body)."""
+    scheme, host, port, path = _split_url(url, default)
+    deadline = time.monotonic() + timeout
+    sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        conn.request(m["method"], path, headers={"User-Agent": "hinotori-verify",
-                                                 "Connection": "close"})
-        resp = conn.getresponse()
-        body = resp.read(_MAX_BODY).decode("utf-8", "replace")
+        if scheme == "https":
+            import ssl
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nAccept: */*\r\n"
+                     "User-Agent: hinotori-verify\r\nConnection: close\r\n\r\n".encode())
+        data = bytearray()
+        while len(data) < _MAX_BODY + 65536:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if method == "HEAD" and b"\r\n\r\n" in data:
+                break
+    finally:
+        sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ConnectionError(f"not an HTTP response: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    return int(parts[1]), headers, body[:_MAX_BODY].decode("utf-8", "replace")
+
+
+def check_http(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    try:
+        status, headers, body = _http_get(facts.expand(target), m["method"], m["timeout"],
+                                          facts.plan.get("address") or "127.0.0.1:80")
     except TimeoutError:
         return [_m("status", m["status"], f"timed out after {m['timeout']:g}s", False)]
-    except (OSError, http.client.HTTPException) as e:
+    except OSError as e:
         return [_m("status", m["status"], f"{type(e).__name__}: {e}", False)]
-    finally:
-        conn.close()
-    out = [_m("status", m["status"], resp.status)]
+    out = [_m("status", m["status"], status)]
     if "body" in m:
         out.append(_regex("body", m["body"], body))
     for name, pattern in (m.get("header") or {}).items():
-        value = resp.getheader(name)
+        value = headers.get(name.lower())
         if value is None:
             out.append(_m(f"header {name}", f"/{pattern}/", "(absent)", False))
         else:
@@ -276,29 +331,36 @@ def _hex_ip(text: str) -> str:
     if len(raw) == 4:
         return ".".join(str(b) for b in reversed(raw))
     words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]  # little-endian 32-bit words
-    import ipaddress
-    return str(ipaddress.IPv6Address(b"".join(words)))
+    return socket.inet_ntop(socket.AF_INET6, b"".join(words))
 
 
-def _sockets(facts: Facts) -> list[dict[str, Any]]:
-    """Listening TCP and bound UDP sockets from /proc/net (the host's network namespace)."""
+def _net_file(facts: Facts, name: str) -> list[dict[str, Any]]:
+    """Listening TCP (or bound UDP) sockets in /proc/net/NAME (tcp, tcp6, udp, udp6): the
+    host's network namespace. Read at most once a round: on some machines reading it costs
+    the kernel milliseconds."""
+    protocol = name.rstrip("6")
+    state = "0A" if protocol == "tcp" else "07"  # LISTEN; UDP sockets "unconnected"
+
     def read() -> list[dict[str, Any]]:
+        try:
+            with open(f"/proc/net/{name}") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            return []
         found = []
-        for proto, name, state in (("tcp", "tcp", "0A"), ("tcp", "tcp6", "0A"),
-                                   ("udp", "udp", "07"), ("udp", "udp6", "07")):
-            try:
-                with open(f"/proc/net/{name}") as f:
-                    lines = f.readlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == state:
-                    ip, port = fields[1].split(":")
-                    found.append({"protocol": proto, "ip": _hex_ip(ip), "port": int(port, 16),
-                                  "inode": int(fields[9])})
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == state:
+                ip, port = fields[1].split(":")
+                found.append({"protocol": protocol, "ip": _hex_ip(ip), "port": int(port, 16),
+                              "inode": int(fields[9])})
         return found
-    return facts.get("sockets", read)
+
+    return facts.get(f"net/{name}", read)
+
+
+def _sockets(facts: Facts, protocol: str) -> list[dict[str, Any]]:
+    return _net_file(facts, protocol) + _net_file(facts, protocol + "6")
 
 
 def check_port(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
@@ -308,8 +370,7 @@ def check_port(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
     if not os.path.isdir("/proc/net"):
         return [_m("listening", m["listening"], "no /proc/net on this host", False)]
     port = int(text)
-    ips = sorted({s["ip"] for s in _sockets(facts)
-                  if s["port"] == port and s["protocol"] == m["protocol"]})
+    ips = sorted({s["ip"] for s in _sockets(facts, m["protocol"]) if s["port"] == port})
     got = f"true (on {', '.join(ips)})" if ips else False
     return [_m("listening", m["listening"], got, bool(ips) == m["listening"])]
 
@@ -366,31 +427,39 @@ def check_env(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
 
 
 # -- the OS: packages, users, groups, services ---------------------------------------------
-def _dpkg(facts: Facts) -> dict[str, str] | None:
-    """Installed package -> version from the dpkg status database, None if there is none."""
-    def read() -> dict[str, str] | None:
+def _dpkg(facts: Facts) -> str | None:
+    """The dpkg status database (paragraphs of "Field: value" lines), None if there is none."""
+    def read() -> str | None:
         try:
             with open(facts.os_path("var/lib/dpkg/status"), encoding="utf-8",
                       errors="replace") as f:
-                text = f.read()
+                return "\n" + f.read()
         except OSError:
             return None
-        found = {}
-        for para in text.split("\n\n"):
-            fields = dict(line.split(": ", 1) for line in para.splitlines()
-                          if ": " in line and not line.startswith(" "))
-            if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-                found[fields["Package"]] = fields.get("Version", "")
-        return found
     return facts.get("dpkg", read)
 
 
+def _installed_version(db: str, name: str) -> str | None:
+    """The version of ``name`` if some architecture of it is installed. Finds the package's
+    paragraphs directly: parsing every paragraph of a large database costs more than a few
+    lookups."""
+    start = db.find(f"\nPackage: {name}\n")
+    while start >= 0:
+        end = db.find("\n\n", start + 1)
+        fields = dict(line.split(": ", 1) for line in db[start + 1:end if end >= 0 else None]
+                      .splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Status", "").endswith(" installed"):
+            return fields.get("Version", "")
+        start = db.find(f"\nPackage: {name}\n", start + 1)
+    return None
+
+
 def check_package(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
-    packages = _dpkg(facts)
-    if packages is None:
+    db = _dpkg(facts)
+    if db is None:
         return [_m("installed", m["installed"], "no dpkg database (var/lib/dpkg/status)",
                    False)]
-    version = packages.get(target)
+    version = _installed_version(db, target)
     out = [_m("installed", m["installed"], version is not None)]
     if version is not None and "version" in m:
         out.append(_regex("version", m["version"], version))
@@ -458,6 +527,8 @@ def _service_running(name: str, facts: Facts) -> bool:
 
 
 def _systemctl(verb: str, name: str) -> bool:
+    import subprocess
+
     try:
         return subprocess.run(["systemctl", verb, "--quiet", name], stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=10).returncode == 0
@@ -500,6 +571,55 @@ def evaluate_one(check: dict[str, Any], facts: Facts) -> dict[str, Any]:
             "duration": time.perf_counter() - start}
 
 
+def _prefetch(checks: list[dict[str, Any]], facts: Facts) -> None:
+    """Start reading the slow host facts the checks will ask for, each in a thread of its
+    own, so they overlap each other and the checks instead of queueing on one worker."""
+    jobs: dict[str, Callable[[], object]] = {}
+    for check in checks:
+        kind = check["resource"]
+        if kind == "port":
+            proto = check["matchers"].get("protocol", "tcp")
+            for name in (proto, proto + "6"):
+                jobs[name] = lambda n=name: _net_file(facts, n)
+        elif kind == "process":
+            jobs[kind] = lambda: _processes(facts)
+        elif kind == "package":
+            jobs[kind] = lambda: _dpkg(facts)
+
+    def quietly(job: Callable[[], object]) -> None:
+        try:
+            job()
+        except Exception:  # the check asking for it meets (and reports) the same error
+            return
+
+    for job in jobs.values():
+        threading.Thread(target=quietly, args=(job,), daemon=True).start()
+
+
+def _parallel(indexes: list[int], work: Callable[[int], dict[str, Any]],
+              results: list[dict[str, Any]], workers: int) -> None:
+    """results[i] = work(i) for each index, on ``workers`` threads (a plain pool: importing
+    concurrent.futures costs more than it saves here)."""
+    todo = iter(indexes)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            results[i] = work(i)
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(workers, len(indexes)) - 1)]
+    for t in threads:
+        t.start()
+    worker()  # the main thread works too
+    for t in threads:
+        t.join()
+
+
 def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
     """Every check, in parallel; failed ones again every ``sleep`` s until ``retry_timeout``."""
     start = time.monotonic()
@@ -509,19 +629,18 @@ def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
     results: list[dict[str, Any]] = [{} for _ in checks]
     attempts = [0] * len(checks)
     pending = list(range(len(checks)))
-    workers = max(1, min(int(plan.get("workers") or 16), len(checks) or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        while pending:
-            facts = Facts(plan)  # a new round sees fresh host state
-            done = list(pool.map(lambda i, f=facts: evaluate_one(checks[i], f), pending))
-            for n, i in enumerate(pending):
-                results[i] = done[n]
-                attempts[i] += 1
-            pending = [i for i in pending if not results[i]["ok"]]
-            left = deadline - time.monotonic()
-            if not pending or left <= 0:
-                break
-            time.sleep(min(sleep, left))
+    workers = max(1, min(int(plan.get("workers") or 8), len(checks) or 1))
+    while pending:
+        facts = Facts(plan)  # a new round sees fresh host state
+        _prefetch([checks[i] for i in pending], facts)
+        _parallel(pending, lambda i, f=facts: evaluate_one(checks[i], f), results, workers)
+        for i in pending:
+            attempts[i] += 1
+        pending = [i for i in pending if not results[i]["ok"]]
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(sleep, left))
     for i, result in enumerate(results):
         result["attempts"] = attempts[i]
     return {"version": PLAN_VERSION, "results": results, "duration": time.monotonic() - start}
@@ -556,7 +675,8 @@ def survey(plan: dict[str, Any]) -> dict[str, Any]:
                     inodes.add(int(link[8:-1]))
         except OSError:
             continue
-    sockets = [s for s in _sockets(facts) if not plan.get("session") or s["inode"] in inodes]
+    sockets = [s for proto in ("tcp", "udp") for s in _sockets(facts, proto)
+               if not plan.get("session") or s["inode"] in inodes]
     return {"version": PLAN_VERSION, "files": files, "sockets": sockets,
             "processes": [{"comm": p["comm"], "argv": p["argv"]} for p in procs],
             "port": facts.env.get(plan.get("port_env") or "PORT")}

@@ -42,7 +42,7 @@ def evaluator_source() -> str:
 
 
 def build_plan(host: Host, checks: Sequence[CheckBase], *, mode: str = "evaluate",
-               retry_timeout: float = 0.0, sleep: float = 1.0, workers: int = 16,
+               retry_timeout: float = 0.0, sleep: float = 1.0, workers: int = 8,
                **extra: Any) -> dict[str, Any]:
     return {"mode": mode, "checks": [c.plan() for c in checks], "retry_timeout": retry_timeout,
             "sleep": sleep, "workers": workers, "address": host.address,
@@ -95,7 +95,7 @@ def _result(check: CheckBase, raw: dict[str, Any]) -> CheckResult:
 async def verify_host(provider: Provider, host: Host, checks: Sequence[CheckBase], *,
                       retry_timeout: float = 0.0, sleep: float = 1.0,
                       testinfra: Sequence[Path] = (), python: str = "python3",
-                      workers: int = 16) -> Report:
+                      workers: int = 8) -> Report:
     """Evaluate ``checks`` inside ``host`` (all at once, in parallel; failing ones retried every
     ``sleep`` s until ``retry_timeout``), then its ``testinfra`` files; one Report of both.
 

@@ -1,0 +1,294 @@
+"""hinotori verify against serverspec and pytest-testinfra: the same 200 checks, the same host.
+
+    python bench/verify.py [--runs 5]
+
+Boots one process host of examples/hello (plus a static/ tree of 130 small read-only files),
+writes the same 200 checks three times (hinotori check tables; a serverspec spec file for the
+exec backend run by rspec; a pytest-testinfra file for the local:// backend) and times each
+tool verifying that host, as a whole process each time, medians of --runs:
+
+- serverspec and testinfra run in the host's view with the host's env (from the process
+  provider's env.json), exactly where hinotori's evaluator runs;
+- hinotori is timed three ways: ``verify_host`` from a process that is already up (what the
+  controller's verify gate and the CLI pay per host: one exec, the evaluator, the checks); the
+  in-host evaluator alone as a cold process on a ready plan (what runs in the host, like a
+  goss binary); and a cold ``python -c`` that first imports hinotori (pydantic and all),
+  parses the checks and calls verify_host (the strictest comparison);
+- every tool must pass all 200 checks, or the bench fails: the three suites check the same
+  things, written in each tool's own idiom (serverspec has no HTTP resource: curl, as its users
+  do; testinfra has none either: urllib in the test).
+
+The mix: 100 files (exists, mode), 30 file contents, 15 directories, 10 users, 5 groups,
+10 listening ports, 10 HTTP requests, 10 commands, 5 processes, 5 packages.
+
+Needs: ``apt-get install -y ruby-serverspec curl`` and ``pip install pytest-testinfra``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hinotori.health import wait_healthy
+from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
+from hinotori.providers.base import BootRequest
+from hinotori.providers.process import ProcessProvider
+from hinotori.verify import evaluator, parse_checks
+from hinotori.verify.runner import build_plan
+
+HELLO = Path(__file__).resolve().parents[1] / "examples" / "hello"
+N_STATIC = 130
+
+
+def make_image(root: Path) -> Path:
+    image = root / "image"
+    shutil.copytree(HELLO, image, ignore=shutil.ignore_patterns("__pycache__", ".hinotori"))
+    static = image / "static"
+    static.mkdir()
+    for i in range(N_STATIC):
+        (static / f"f{i:03d}.txt").write_text(f"asset {i}\n")
+    (static / "sub").mkdir()
+    for p in sorted(image.rglob("*"), reverse=True):
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    return image
+
+
+def suite(comm: str) -> list[dict]:
+    """The 200 checks as neutral descriptions, rendered by each tool's writer below."""
+    checks: list[dict] = []
+    checks += [{"kind": "file", "path": f"static/f{i:03d}.txt", "mode": "0444"}
+               for i in range(100)]
+    checks += [{"kind": "content", "path": f"static/f{i:03d}.txt", "text": f"asset {i}"}
+               for i in range(100, 130)]
+    checks += [{"kind": "dir", "path": p} for p in ["static", "static/sub", "."] * 5]
+    checks += [{"kind": "user", "name": "root", "uid": 0}] * 10
+    checks += [{"kind": "group", "name": "root", "gid": 0}] * 5
+    checks += [{"kind": "port"}] * 10
+    checks += [{"kind": "http", "path": "/healthz", "body": "ok"}] * 10
+    checks += [{"kind": "command", "argv": ["cat", "VERSION"], "stdout": "^1$"}] * 10
+    checks += [{"kind": "process", "name": comm}] * 5
+    checks += [{"kind": "package", "name": p} for p in ["dpkg", "bash", "coreutils", "ruby",
+                                                         "curl"]]
+    assert len(checks) == 200
+    return checks
+
+
+# -- hinotori --------------------------------------------------------------------------------
+def hinotori_checks(checks: list[dict]) -> list[dict]:
+    out = []
+    for c in checks:
+        out.append({
+            "file": lambda c: {"file": c["path"], "mode": c["mode"]},
+            "content": lambda c: {"file": c["path"], "contains": [c["text"]]},
+            "dir": lambda c: {"directory": c["path"]},
+            "user": lambda c: {"user": c["name"], "uid": c["uid"]},
+            "group": lambda c: {"group": c["name"], "gid": c["gid"]},
+            "port": lambda c: {"port": "$PORT", "listening": True},
+            "http": lambda c: {"http": c["path"], "status": 200, "body": c["body"]},
+            "command": lambda c: {"command": c["argv"], "exit_status": 0, "stdout": c["stdout"]},
+            "process": lambda c: {"process": c["name"], "running": True},
+            "package": lambda c: {"package": c["name"], "installed": True},
+        }[c["kind"]](c))
+    return out
+
+
+WARM = """
+import asyncio, json, sys, time
+from hinotori.model import Host, HostState
+from hinotori.providers.process import ProcessProvider
+from hinotori.verify import parse_checks, verify_host
+host_doc, checks_path, runs = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+host_doc["state"] = HostState(host_doc["state"])
+host = Host(**host_doc)
+checks = parse_checks(json.load(open(checks_path)))
+provider = ProcessProvider(__import__("pathlib").Path(host.data["state_dir"]).parent)
+times = []
+for _ in range(runs):
+    t = time.perf_counter()
+    report = asyncio.run(verify_host(provider, host, checks, python=sys.executable))
+    times.append(time.perf_counter() - t)
+    assert report.total == 200 and report.ok, [r for r in report.results if not r.ok][:3]
+print(json.dumps(times))
+"""
+
+
+# -- serverspec ------------------------------------------------------------------------------
+def _rb(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid Ruby double-quoted string here
+
+
+def serverspec_file(checks: list[dict]) -> str:
+    lines = ["require 'serverspec'", "set :backend, :exec", ""]
+    for c in checks:
+        k = c["kind"]
+        if k == "file":
+            body = ["it { should exist }", f"it {{ should be_mode {int(c['mode'], 8):o} }}"]
+            head = f"file({_rb(c['path'])})"
+        elif k == "content":
+            body, head = [f"its(:content) {{ should contain({_rb(c['text'])}) }}"], \
+                f"file({_rb(c['path'])})"
+        elif k == "dir":
+            body, head = ["it { should be_directory }"], f"file({_rb(c['path'])})"
+        elif k == "user":
+            body = ["it { should exist }", f"it {{ should have_uid {c['uid']} }}"]
+            head = f"user({_rb(c['name'])})"
+        elif k == "group":
+            body = ["it { should exist }", f"it {{ should have_gid {c['gid']} }}"]
+            head = f"group({_rb(c['name'])})"
+        elif k == "port":
+            body, head = ["it { should be_listening }"], "port(ENV['PORT'].to_i)"
+        elif k == "http":
+            url = "\"http://127.0.0.1:#{ENV['PORT']}" + c["path"] + "\""
+            head = f"command(\"curl -s -w ' %{{http_code}}' \" + {url})"
+            body = [f"its(:stdout) {{ should match(/{c['body']} 200$/) }}"]
+        elif k == "command":
+            head = f"command({_rb(' '.join(c['argv']))})"
+            body = ["its(:exit_status) { should eq 0 }",
+                    f"its(:stdout) {{ should match(/{c['stdout']}/) }}"]
+        elif k == "process":
+            body, head = ["it { should be_running }"], f"process({_rb(c['name'])})"
+        else:
+            body, head = ["it { should be_installed }"], f"package({_rb(c['name'])})"
+        lines += [f"describe {head} do", *(f"  {b}" for b in body), "end", ""]
+    return "\n".join(lines)
+
+
+# -- testinfra -------------------------------------------------------------------------------
+def testinfra_file(checks: list[dict]) -> str:
+    lines = ["import os", "import re", "import urllib.request", ""]
+    for n, c in enumerate(checks):
+        k = c["kind"]
+        lines.append(f"def test_{n:03d}_{k}(host):")
+        if k == "file":
+            lines += [f"    f = host.file({c['path']!r})", "    assert f.exists",
+                      f"    assert f.mode == 0o{c['mode'][1:]}"]
+        elif k == "content":
+            lines += [f"    assert host.file({c['path']!r}).contains({c['text']!r})"]
+        elif k == "dir":
+            lines += [f"    assert host.file({c['path']!r}).is_directory"]
+        elif k == "user":
+            lines += [f"    u = host.user({c['name']!r})", "    assert u.exists",
+                      f"    assert u.uid == {c['uid']}"]
+        elif k == "group":
+            lines += [f"    g = host.group({c['name']!r})", "    assert g.exists",
+                      f"    assert g.gid == {c['gid']}"]
+        elif k == "port":
+            lines += ["    assert host.socket('tcp://127.0.0.1:' + os.environ['PORT'])"
+                      ".is_listening"]
+        elif k == "http":
+            lines += ["    url = 'http://127.0.0.1:' + os.environ['PORT'] + " + repr(c["path"]),
+                      "    with urllib.request.urlopen(url, timeout=5) as r:",
+                      f"        assert r.status == 200 and {c['body']!r} in r.read().decode()"]
+        elif k == "command":
+            lines += [f"    out = host.run({' '.join(c['argv'])!r})", "    assert out.rc == 0",
+                      f"    assert re.search({c['stdout']!r}, out.stdout, re.M)"]
+        elif k == "process":
+            lines += [f"    assert host.process.filter(comm={c['name']!r})"]
+        else:
+            lines += [f"    assert host.package({c['name']!r}).is_installed"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- running ---------------------------------------------------------------------------------
+def timed(argv: list[str], cwd: str, env: dict[str, str],
+          stdin: str | None = None) -> tuple[float, str]:
+    t = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, input=stdin)
+    elapsed = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed (exit {done.returncode}):\n"
+                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return elapsed, done.stdout
+
+
+async def boot(work: Path) -> tuple[ProcessProvider, Host]:
+    provider = ProcessProvider(work / "hosts")
+    release = Release("web", 1, "sha256:" + "0" * 64,
+                      ReleaseConfig(command=(sys.executable, "app.py")), time.time())
+    host = await provider.boot(BootRequest("web-bench", release, make_image(work),
+                                           work / "hosts" / "web-bench"))
+    result = await wait_healthy(host.address or "", HealthCheck(interval=0.05, healthy=1),
+                                deadline=15)
+    if not result.ok:
+        raise SystemExit(f"host did not come up: {result.detail}")
+    return provider, host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    for tool in ("rspec", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y ruby-serverspec curl")
+    work = Path(tempfile.mkdtemp(prefix="hinotori-bench-verify-"))
+    provider, host = asyncio.run(boot(work))
+    try:
+        comm = Path(f"/proc/{host.pid}/comm").read_text().strip()
+        checks = suite(comm)
+        env = json.loads((Path(host.data["state_dir"]) / "env.json").read_text())
+        root = host.root or ""
+        (work / "checks.json").write_text(json.dumps(hinotori_checks(checks)))
+        (work / "spec").mkdir()
+        (work / "spec" / "host_spec.rb").write_text(serverspec_file(checks))
+        (work / "ti").mkdir()
+        (work / "ti" / "test_host.py").write_text(testinfra_file(checks))
+        (work / "ti" / "pytest.ini").write_text("[pytest]\n")
+
+        host_doc = json.dumps(host.to_dict())
+        warm_argv = [sys.executable, "-c", WARM, host_doc, str(work / "checks.json")]
+        plan = json.dumps(build_plan(host, parse_checks(hinotori_checks(checks))))
+        cold, warm, alone, spec_t, ti_t = [], [], [], [], []
+        _, out = timed([*warm_argv, str(args.runs)], root, dict(os.environ))
+        warm = json.loads(out)
+        for _ in range(args.runs):
+            cold.append(timed([*warm_argv, "1"], root, dict(os.environ))[0])
+            t, out = timed([sys.executable, "-I", "-S", evaluator.__file__], root, env, plan)
+            assert all(r["ok"] for r in json.loads(out)["results"]), out[-500:]
+            alone.append(t)
+            t, out = timed(["rspec", "--format", "progress", str(work / "spec" / "host_spec.rb")],
+                           root, env)
+            assert " 0 failures" in out, out[-500:]
+            spec_t.append(t)
+            t, out = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "-c", str(work / "ti" / "pytest.ini"), "--rootdir", str(work / "ti"),
+                            "--hosts=local://", str(work / "ti" / "test_host.py")], root, env)
+            assert "200 passed" in out, out[-500:]
+            ti_t.append(t)
+    finally:
+        asyncio.run(provider.destroy(host, grace=3))
+        if host.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(host.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+    mine = [("hinotori verify_host (warm process)", warm),
+            ("hinotori evaluator alone (cold process)", alone),
+            ("hinotori cold python -c (imports hinotori)", cold)]
+    peers = [("serverspec 2.42 (rspec, exec backend)", spec_t),
+             ("pytest-testinfra 10 (local backend)", ti_t)]
+    med = {name: statistics.median(ts) for name, ts in mine + peers}
+    print(f"\n200 checks against one process host of examples/hello, median of {args.runs} "
+          "runs (each tool passed all 200 every run)\n")
+    print(f"{'tool':44} {'median':>10} {'min':>10}   {'serverspec / it':>15} "
+          f"{'testinfra / it':>15}")
+    for name, ts in mine + peers:
+        m = med[name]
+        print(f"{name:44} {m * 1000:8.1f}ms {min(ts) * 1000:8.1f}ms   "
+              f"{med[peers[0][0]] / m:14.1f}x {med[peers[1][0]] / m:14.1f}x")
+
+
+if __name__ == "__main__":
+    main()
