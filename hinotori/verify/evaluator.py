@@ -266,6 +266,22 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
+def _complete(data: bytearray, method: str) -> bool:
+    """Whether a whole response is in: we asked for ``Connection: close``, but a server that
+    keeps the connection open must not make us wait for the timeout."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    if method == "HEAD":
+        return True
+    head = bytes(data[:end]).lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at >= 0:
+        length = head[at + 17:].split(b"\r\n", 1)[0].strip()
+        return length.isdigit() and len(data) - end - 4 >= int(length)
+    return b"chunked" in head and data.endswith(b"\r\n0\r\n\r\n")
+
+
 def _http_get(url: str, method: str, timeout: float,
               default: str) -> tuple[int, dict[str, str], str]:
     """One HTTP/1.1 request with ``Connection: close``: (status, headers, body)."""
@@ -280,14 +296,12 @@ def _http_get(url: str, method: str, timeout: float,
         sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nAccept: */*\r\n"
                      "User-Agent: hinotori-verify\r\nConnection: close\r\n\r\n".encode())
         data = bytearray()
-        while len(data) < _MAX_BODY + 65536:
+        while len(data) < _MAX_BODY + 65536 and not _complete(data, method):
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-            if method == "HEAD" and b"\r\n\r\n" in data:
-                break
     finally:
         sock.close()
     head, _, body = bytes(data).partition(b"\r\n\r\n")

@@ -22,7 +22,7 @@ from hinotori.health import wait_healthy
 from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
 from hinotori.providers.base import BootRequest, CommandResult
 from hinotori.providers.process import ProcessProvider
-from hinotori.verify import Report, parse_checks, verify_host
+from hinotori.verify import Report, VerifyPlan, fleet_verifier, parse_checks, verify_host
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +232,20 @@ def test_testinfra_files_fold_into_the_report(provider: ProcessProvider, host: H
     assert not missing.ok and missing.source == "testinfra"
     assert "assert False" in missing.got and missing.expected == "result pass"
     assert not list(Path(host.root or "").glob("**/hinotori-testinfra-*"))  # view untouched
+
+
+def test_fleet_verifier_gates_a_host(provider: ProcessProvider, host: Host) -> None:
+    """The Fleet's verify gate: None when every check passes, else what failed."""
+    passing = VerifyPlan(checks=tuple(parse_checks([{"file": "app.py", "mode": "0444"}])),
+                         python=PY)
+    failing = VerifyPlan(checks=tuple(parse_checks([{"file": "app.py", "mode": "0600"},
+                                                    {"port": "$PORT"}])), python=PY)
+    plans = {"web": passing}
+    gate = fleet_verifier({"process": provider}, plans.get)
+    assert asyncio.run(gate(host)) is None
+    plans["web"] = failing
+    assert asyncio.run(gate(host)) == "  ✗ file app.py: expected mode 0600, got mode 0444"
+    plans["web"] = VerifyPlan(checks=passing.checks, python="no-such-python")
+    assert "cannot run 'no-such-python'" in (asyncio.run(gate(host)) or "")
+    del plans["web"]
+    assert asyncio.run(gate(host)) is None  # a service without checks passes

@@ -164,3 +164,36 @@ def test_user_errors_are_messages_not_tracebacks(baked: Project) -> None:
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     fmt = cli(baked, "verify", "web", "--format", "yaml")
     assert fmt.returncode == 1 and "unknown format 'yaml'" in fmt.stderr
+
+
+def test_generate_from_a_running_host(baked: Project) -> None:
+    """--host surveys a live host of the store (here booted and recorded by the test the way
+    the fleet does) instead of booting a throwaway one; the host is left running."""
+    import asyncio
+
+    from hinotori.health import wait_healthy
+    from hinotori.model import HealthCheck, HostState
+    from hinotori.providers.base import BootRequest
+    from hinotori.providers.process import ProcessProvider
+
+    project = HinotoriProject.load(baked.path)
+    release = project.store.latest_release("web")
+    assert release is not None
+    provider = ProcessProvider(project.hosts_dir)
+    host = asyncio.run(provider.boot(BootRequest(
+        "web-live", release, project.images.rootfs(release.image),
+        project.hosts_dir / "web-live")))
+    try:
+        healthy = asyncio.run(wait_healthy(host.address or "", HealthCheck(interval=0.05),
+                                           deadline=15))
+        assert healthy.ok, provider.logs(host)
+        host.state = HostState.SERVING
+        project.store.save_host(host, actor="test")
+        gen = cli(baked, "checks", "generate", "web", "--host", "web-live")
+        assert gen.returncode == 0, gen.stderr
+        assert "from host web-live (web v1)" in gen.stdout and 'port = "$PORT"' in gen.stdout
+        assert asyncio.run(provider.adopt(host))  # still running: surveyed, not touched
+        wrong = cli(baked, "checks", "generate", "web", "--host", "web-nope")
+        assert wrong.returncode == 1 and "no host web-nope" in wrong.stderr
+    finally:
+        asyncio.run(provider.destroy(host, grace=3))

@@ -139,8 +139,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    protocol_version = "HTTP/1.1"  # keeps connections open unless asked to close
+
     def do_GET(self) -> None:
-        status, body = (200, b"ok\n") if self.path == "/healthz" else (404, b"not found\n")
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"6\r\nhello \r\n7\r\nchunked\r\n0\r\n\r\n")
+            return
+        if self.path == "/sticky":
+            self.close_connection = False  # ignores our Connection: close
+        status, body = ((200, b"ok\n") if self.path in ("/healthz", "/sticky")
+                        else (404, b"not found\n"))
         self.send_response(status)
         self.send_header("X-App", "hello v2")
         self.send_header("Content-Length", str(len(body)))
@@ -168,6 +179,10 @@ def test_http(server: str) -> None:
     assert failed(result) == {"status": ("200", "404"), "body": ("/ok/", "not found"),
                               "header X-App": ("/v3/", "hello v2"),
                               "header X-None": ("/./", "(absent)")}
+    assert one({"http": "/chunked", "body": "^hello chunked$"}, address=server)["ok"]
+    # A server that keeps the connection open: the response is whole at Content-Length,
+    # so this passes instead of waiting out (and failing on) the timeout.
+    assert one({"http": "/sticky", "body": "ok", "timeout": "1s"}, address=server)["ok"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
