@@ -15,6 +15,7 @@ Neither needs a controller.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sys
 import time
@@ -89,6 +90,8 @@ def checks_generate(
             "--host", help="survey this running host instead of a throwaway one")] = None,
         output: Annotated[Path | None, typer.Option(
             "--output", "-o", help="write here instead of stdout")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="the checks as a JSON list")]
+        = False,
         spec: SpecOpt = Path(".")) -> None:
     """Print starter [[services.NAME.checks]] tables from what a host of the service has: its
     ports, files (modes, sha256 of key files), processes and health endpoint."""
@@ -101,8 +104,9 @@ def checks_generate(
     header = (f"starter checks for {service}, from host {used.id} ({service} v{used.release}) "
               f"at {render.when(time.time())}\nby `hinotori checks generate`: keep what matters, "
               "add what is missing")
-    text = to_toml(service, checks, header=header,
-                   more_files=max(0, len(survey.get("files", ())) - MAX_FILES))
+    text = (json.dumps(checks, indent=2) + "\n" if json_out else
+            to_toml(service, checks, header=header,
+                    more_files=max(0, len(survey.get("files", ())) - MAX_FILES)))
     if output is None:
         sys.stdout.write(text)
     else:

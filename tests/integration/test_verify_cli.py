@@ -192,6 +192,9 @@ def test_generate_from_a_running_host(baked: Project) -> None:
         gen = cli(baked, "checks", "generate", "web", "--host", "web-live")
         assert gen.returncode == 0, gen.stderr
         assert "from host web-live (web v1)" in gen.stdout and 'port = "$PORT"' in gen.stdout
+        as_json = json.loads(cli(baked, "checks", "generate", "web", "--host", "web-live",
+                                 "--json").stdout)
+        assert {"port": "$PORT", "listening": True} in as_json
         assert asyncio.run(provider.adopt(host))  # still running: surveyed, not touched
         wrong = cli(baked, "checks", "generate", "web", "--host", "web-nope")
         assert wrong.returncode == 1 and "no host web-nope" in wrong.stderr
