@@ -38,8 +38,11 @@ def listen_socket(listen: str, exclusive_check: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if exclusive_check:
         # SO_REUSEPORT would happily share the port with a stranger that also set it; make
-        # sure nobody else is there before the first worker takes it.
+        # sure nobody else is there before the first worker takes it. SO_REUSEADDR on the
+        # probe only lets it past TIME_WAIT leftovers of our own earlier run (connections the
+        # router closed); on Linux it never binds over a live listener.
         probe = socket.socket(family)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
         except OSError as e:
