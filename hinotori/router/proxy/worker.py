@@ -6,7 +6,8 @@ detached from the controller that starts it and keeps serving if that controller
 
 Control channel: a unix socket, one JSON object per line each way:
     {"op": "ping"}                 -> {"ok": true, "pid": …, "version": N|null, "listen": "…"}
-    {"op": "apply", "table": {…}}  -> {"ok": true, "version": N}   (after the swap)
+    {"op": "apply", "table": {…}}  -> {"ok": true, "version": N}   (after the swap, once the
+                                                                    table file holds it too)
     {"op": "get"}                  -> {"ok": true, "table": {…}|null}
     {"op": "stats"}                -> {"ok": true, "backends": {host_id: counters}}
     {"op": "shutdown"}             -> {"ok": true}, then a graceful exit
@@ -70,7 +71,8 @@ class Worker:
         self.proxy = Proxy(CompiledTable(self._load_table()), metrics=not args.no_metrics)
         self.stopping = asyncio.Event()
         self.control_writers: set[asyncio.StreamWriter] = set()
-        self._save_pending = False
+        self._save_lock = asyncio.Lock()
+        self._saved: RoutingTable | None = None
 
     def _load_table(self) -> RoutingTable:
         try:
@@ -78,30 +80,38 @@ class Worker:
         except (OSError, ValueError, KeyError):
             return RoutingTable(version=0)
 
-    def _save_table(self, table: RoutingTable) -> None:
+    def _write_table_file(self, data: str) -> None:
         tmp = self.table_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table.to_dict()))
-        tmp.replace(self.table_file)
+        tmp.write_text(data)
+        tmp.replace(self.table_file)  # atomic: a crash leaves the old file or the new one
 
-    def _schedule_save(self) -> None:
-        """Persist the live table a moment after the swap, coalescing bursts of applies: the
-        swap is what "switched" means, and file I/O must not sit in the switch's path."""
-        if self._save_pending:
-            return
-        self._save_pending = True
+    async def _persist(self) -> None:
+        """Write the live table to the table file and return once it is there.
 
-        def save() -> None:
-            self._save_pending = False
-            self._save_table(self.proxy.table.table)
-
-        asyncio.get_running_loop().call_later(0.05, save)
+        Run after the swap and before the ack: traffic moves at the swap (no file I/O in
+        its way), and an acknowledged table survives a crash of this worker, whose restart
+        reads the file. The syscalls run in a thread so the loop keeps relaying meanwhile.
+        Serialised: concurrent applies write in turn, each writing the table live at its
+        turn, so the file never goes back to an older table. No fsync: a crashed worker, not
+        a crashed machine, is what this guards against. A failed write answers the apply
+        with its error: the table is live but would not survive a restart.
+        """
+        async with self._save_lock:
+            table = self.proxy.table.table
+            if table is self._saved:  # an apply that swapped after ours already wrote it
+                return
+            await asyncio.to_thread(self._write_table_file, json.dumps(table.to_dict()))
+            self._saved = table
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.control_writers.add(writer)
         try:
             while line := await reader.readline():
                 try:
-                    reply = self.answer(json.loads(line))
+                    msg = json.loads(line)
+                    reply = self.answer(msg)
+                    if msg.get("op") == "apply":
+                        await self._persist()
                 except Exception as e:  # a bad message must not kill the data plane
                     reply = {"ok": False, "error": f"{e.__class__.__name__}: {e}"}
                 writer.write(json.dumps(reply).encode() + b"\n")
@@ -118,7 +128,6 @@ class Worker:
         if op == "apply":
             table = RoutingTable.from_dict(msg["table"])
             proxy.swap(CompiledTable(table))
-            self._schedule_save()
             return {"ok": True, "version": table.version}
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "version": proxy.table.version or None,
