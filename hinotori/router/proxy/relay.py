@@ -23,8 +23,8 @@ Why it is safe to switch and drain at any moment:
 HTTP hygiene: hop-by-hop headers (and any named in Connection) are dropped both ways, header
 names keep their spelling, X-Forwarded-For/-Proto/-Host are set, bodies stream (Content-Length
 passed through, chunked re-chunked, close-delimited responses sent chunked to HTTP/1.1 clients),
-``Expect: 100-continue`` is answered by the proxy, HEAD/204/304 carry no body. Back-pressure:
-a slow reader on one side pauses reading on the other.
+``Expect: 100-continue`` is answered by the proxy, HEAD/204/304 carry no body (router-made
+answers to HEAD neither). Back-pressure: a slow reader on one side pauses reading on the other.
 """
 
 from __future__ import annotations
@@ -392,7 +392,7 @@ class ClientSide(asyncio.Protocol):
     def _finish_local(self, req: Request) -> None:
         """Answer a request the router itself answers (404/503), once its body has arrived."""
         status, text = self.local_status
-        self._write_simple(status, text)
+        self._write_simple(status, text, head_only=req.method == b"HEAD")
         self.current = None
         self._next_or_close()
 
@@ -615,7 +615,7 @@ class ClientSide(asyncio.Protocol):
         self._detach(reusable=False)
         if not req.complete:
             self.keep_alive = False  # the rest of the body is not worth reading
-        self._write_simple(status, text)
+        self._write_simple(status, text, head_only=req.method == b"HEAD")
         self._finish_request(reusable=True)
 
     def _finish_request(self, reusable: bool) -> None:
@@ -635,12 +635,15 @@ class ClientSide(asyncio.Protocol):
             return
         self._start_next()
 
-    def _write_simple(self, status: int, text: bytes) -> None:
+    def _write_simple(self, status: int, text: bytes, head_only: bool = False) -> None:
+        """A router-made answer. To HEAD without its body: the client reads no body after a
+        HEAD, so one would be taken for the start of the next response."""
         body = text + b"\n"
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: %s\r\n\r\n%s" % (status, REASONS.get(status, b"Error"), len(body),
-                                          b"keep-alive" if self.keep_alive else b"close", body))
+                                          b"keep-alive" if self.keep_alive else b"close",
+                                          b"" if head_only else body))
 
     def error_and_close(self, status: int, text: bytes) -> None:
         self.keep_alive = False
