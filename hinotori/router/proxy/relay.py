@@ -23,8 +23,9 @@ Why it is safe to switch and drain at any moment:
 HTTP hygiene: hop-by-hop headers (and any named in Connection) are dropped both ways, header
 names keep their spelling, X-Forwarded-For/-Proto/-Host are set, bodies stream (Content-Length
 passed through, chunked re-chunked, close-delimited responses sent chunked to HTTP/1.1 clients),
-``Expect: 100-continue`` is answered by the proxy, HEAD/204/304 carry no body (router-made
-answers to HEAD neither). Back-pressure: a slow reader on one side pauses reading on the other.
+``Expect: 100-continue`` is answered by the proxy (once that request is the one being answered),
+HEAD/204/304 carry no body (router-made answers to HEAD neither). Back-pressure: a slow reader on
+one side pauses reading on the other.
 """
 
 from __future__ import annotations
@@ -332,8 +333,6 @@ class ClientSide(asyncio.Protocol):
         te = req.header(b"transfer-encoding")
         req.chunked = te is not None and b"chunked" in te.lower()
         self.pending.append(req)
-        if (req.header(b"expect") or b"").lower() == b"100-continue":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.current is None:
             self._start_next()
 
@@ -369,6 +368,12 @@ class ClientSide(asyncio.Protocol):
             return
         req = self.current = self.pending.popleft()
         req.started = time.perf_counter()
+        # 100 Continue only now that this request is the one being answered: sent while an
+        # earlier pipelined response is pending, it would read as an interim answer to that one.
+        # An HTTP/1.0 client's expectation is ignored (RFC 9110, 10.1.1).
+        if not req.complete and req.version == b"1.1" and \
+                (req.header(b"expect") or b"").lower() == b"100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.keep_alive = req.keep_alive and not self.proxy.closing
         path = req.target.split(b"?", 1)[0].decode("latin-1")
         host = req.header(b"host")
