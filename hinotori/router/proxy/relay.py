@@ -472,19 +472,20 @@ class ClientSide(asyncio.Protocol):
     def _request_head(self, req: Request) -> bytes:
         drop = HOP_BY_HOP | connection_tokens(req.headers)
         lines = [b"%s %s HTTP/1.1\r\n" % (req.method, req.target)]
-        forwarded_for = self.client_ip
+        chain: list[bytes] = []  # every X-Forwarded-For the client sent, in order: one list
         host = None
         for k, v in req.headers:
             name = k.lower()
             if name in drop or name == b"x-forwarded-proto" or name == b"x-forwarded-host":
                 continue
             if name == b"x-forwarded-for":
-                forwarded_for = v + b", " + self.client_ip
+                chain.append(v.strip())
                 continue
             if name == b"host":
                 host = v
             lines.append(k + b": " + v + b"\r\n")
-        lines.append(b"X-Forwarded-For: " + forwarded_for + b"\r\n")
+        chain.append(self.client_ip)
+        lines.append(b"X-Forwarded-For: " + b", ".join(chain) + b"\r\n")
         lines.append(b"X-Forwarded-Proto: " + self.proxy.scheme + b"\r\n")
         if host is not None:
             lines.append(b"X-Forwarded-Host: " + host + b"\r\n")
