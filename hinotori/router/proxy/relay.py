@@ -25,7 +25,7 @@ names keep their spelling, X-Forwarded-For/-Proto/-Host are set, bodies stream (
 passed through, chunked re-chunked, close-delimited responses sent chunked to HTTP/1.1 clients),
 ``Expect: 100-continue`` is answered by the proxy (once that request is the one being answered),
 HEAD/204/304 carry no body (router-made answers to HEAD neither). Back-pressure: a slow reader on
-one side pauses reading on the other.
+one side pauses reading on the other; a backend connection reads again once back in the pool.
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ class Proxy:
             conn.close()
             return
         conn.idle_since = time.monotonic()
+        # A slow client may have paused reading from it (back-pressure) just as its response
+        # completed; idle in the pool it must read again, or it would never see its next
+        # response, nor its backend closing it.
+        conn.transport.resume_reading()
         stack.append(conn)
 
     def client_factory(self) -> ClientSide:
@@ -279,6 +283,7 @@ class ClientSide(asyncio.Protocol):
         self.local_status: tuple[int, bytes] = (404, b"")  # what the router answers itself
         self.client_ip = b"127.0.0.1"
         self.last_active = time.monotonic()
+        self.writing_paused = False  # our writes to the client are backed up (back-pressure)
 
     # -- client connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -304,10 +309,12 @@ class ClientSide(asyncio.Protocol):
             self._finish_request(reusable=False)
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
 
@@ -448,6 +455,8 @@ class ClientSide(asyncio.Protocol):
     def _attach(self, req: Request, conn: BackendSide) -> None:
         self.backend = conn
         conn.client = self
+        if self.writing_paused:  # still backed up from the last response: this one waits too
+            conn.transport.pause_reading()
         self.proxy.counters(self.host_id).active += 1
         self.response = _Response(self, bodiless=req.method == b"HEAD")
         self.timer = asyncio.get_running_loop().call_later(RESPONSE_TIMEOUT, self._timed_out)
