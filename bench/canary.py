@@ -30,7 +30,7 @@ from hinotori.examples import example_dir
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.project import Project
 from hinotori.releases import bake_service, config_with_env, ensure_release
-from hinotori.router.proxy import BuiltinRouter
+from hinotori.router.builtin import BuiltinRouter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from router import free_port, wait_port, wrk

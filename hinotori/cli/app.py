@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.cli import chaoscmd, controlcmds, driftcmd, render
+from hinotori.cli import chaoscmd, controlcmds, driftcmd, logcmds, render, verifycmds
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
@@ -31,6 +31,9 @@ app.command("rollback")(controlcmds.rollback)
 app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
 app.command("chaos")(chaoscmd.chaos)
+app.command("logs")(logcmds.logs)
+app.command("verify")(verifycmds.verify)
+app.add_typer(verifycmds.checks_app, name="checks")
 for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "ship"):
     app.command(_name)(getattr(controlcmds, _name))
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
@@ -63,7 +66,9 @@ def init(directory: Annotated[Path, typer.Argument()] = Path("."),
 
 @app.command()
 def bake(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
-         spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+         spec: SpecOpt = Path("."), json_out: JsonOpt = False,
+         no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again, "
+                                                "ignoring the build cache")] = False) -> None:
     """Bake the service's image from its recipe; make a release if anything changed."""
     from hinotori.releases import bake_service
 
@@ -74,16 +79,21 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
         project.service(name)
         with console.status(f"baking {name}…") as status:
             result, outcome = bake_service(
-                project, name, on_progress=lambda m, s=status, n=name: s.update(f"{n}: {m}"))
+                project, name, on_progress=lambda m, s=status, n=name: s.update(f"{n}: {m}"),
+                use_cache=not no_cache)
         release = outcome.release
         results.append({"service": name, "image": result.image.digest, "reused": result.reused,
                         "release": release.name, "release_created": outcome.created,
-                        "files": result.image.provenance.get("file_count")})
+                        "files": result.image.provenance.get("file_count"),
+                        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses})
         if not json_out:
             verb = "new release" if outcome.created else "no change, still"
+            steps = result.cache_hits + result.cache_misses
+            cache = (f" [dim]({result.cache_hits} of {steps} steps cached)[/]"
+                     if steps else "")
             console.print(f"[bold]{name}[/]: image {render.short_digest(result.image.digest)}"
                           f"{' (already stored)' if result.reused else ''} — {verb} "
-                          f"[bold]{release.name}[/]")
+                          f"[bold]{release.name}[/]{cache}")
     if json_out:
         render.print_json(results)
 

@@ -20,7 +20,9 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
+import random
 import signal
 import socket
 import time
@@ -45,7 +47,7 @@ from hinotori.project import Project
 from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
-from hinotori.router.proxy import BuiltinRouter
+from hinotori.router.builtin import BuiltinRouter
 from hinotori.spec.schema import CanarySpec, RollingSpec
 
 log = logging.getLogger("hinotori.controller")
@@ -86,6 +88,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, int] = {}
         self._heal_after: dict[str, float] = {}  # back-off after a failed heal
+        self._rng = random.Random()
         self._lock_file: Any = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -504,6 +507,27 @@ class Controller:
         except HinotoriError as e:
             self.store.record("webhook", "ship.failed", service, {"error": str(e)[:500]})
 
+    async def _scheduled_chaos(self, tick: float = 1.0) -> None:
+        """The spec's chaos schedules: each second inside a schedule, a kill happens with
+        probability 1 - exp(-tick / mean_time_between_kills), if the steady state holds."""
+        now = time.localtime()
+        for name, svc in self.fleet.spec.services.items():
+            chaos = svc.chaos
+            if chaos is None or self.locks.locked(name):
+                continue
+            day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[now.tm_wday]
+            if day not in chaos.days or not chaos.hours[0] <= now.tm_hour < chaos.hours[1]:
+                continue
+            if self._rng.random() >= 1 - math.exp(-tick / chaos.mean_time_between_kills):
+                continue
+            serving = self.fleet.hosts(name, HostState.SERVING)
+            if len(serving) < svc.replicas or len(serving) - 1 < chaos.min_healthy:
+                self.store.record(ACTOR, "chaos.skipped", name, {
+                    "why": f"{len(serving)} serving of {svc.replicas}, min_healthy "
+                           f"{chaos.min_healthy}"})
+                continue
+            await self.kill(self._rng.choice(serving).id, actor="chaos (schedule)")
+
     async def kill(self, host_id: str, actor: str) -> Host:
         """Chaos: kill one serving host abruptly; the self-healing loop replaces it."""
         host = self.store.host(host_id)
@@ -526,6 +550,7 @@ class Controller:
                 if expired:
                     await self.fleet.destroy(expired, why="keep_previous expired")
                 await self._rotate_aged()
+                await self._scheduled_chaos()
             except Exception:
                 log.exception("reaper pass failed")
 

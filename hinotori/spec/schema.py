@@ -134,6 +134,27 @@ class RollingSpec(Strict):
 StrategySpec = Annotated[BlueGreenSpec | CanarySpec | RollingSpec, Field(discriminator="kind")]
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ChaosSpec(Strict):
+    """Opt-in chaos monkey schedule: while in its days and hours, the controller kills a random
+    serving host now and then (a Poisson process with this mean time between kills), never
+    during a deployment and never leaving fewer than `min_healthy` hosts serving."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS[:5])
+    hours: tuple[int, int] = (9, 17)  # local time, [start, end)
+    mean_time_between_kills: Duration = 3600.0
+    min_healthy: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _hours(self) -> ChaosSpec:
+        start, end = self.hours
+        if not (0 <= start < end <= 24):
+            raise ValueError("hours is [start, end) within 0..24, e.g. [9, 17]")
+        return self
+
+
 class HooksSpec(Strict):
     """Commands (argv lists) run around a deployment, with its context in HINOTORI_* env."""
 
@@ -224,6 +245,7 @@ class ServiceSpec(Strict):
     # deploys stop the old host before the new one gets the volume: one writer, always.
     stateful: bool = False
     volumes: list[Name] = []
+    chaos: ChaosSpec | None = None  # opt-in: no schedule, no scheduled kills
     # Files the service writes logs to besides stdout/stderr (globs relative to the host's
     # view or its scratch dir, $HINOTORI_SCRATCH): shipped to the central log store too.
     log_files: list[Annotated[str, AfterValidator(LogsSpec.relative_glob)]] = []
@@ -245,6 +267,8 @@ class ServiceSpec(Strict):
         if self.stateful and self.replicas != 1:
             raise ValueError("a stateful service has one host (one writer per volume): set "
                              "replicas = 1")
+        if self.stateful and self.chaos is not None:
+            raise ValueError("a stateful service is never chaos-killed: remove its chaos table")
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")

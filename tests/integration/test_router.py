@@ -21,7 +21,7 @@ import pytest
 from hinotori.errors import RouterError
 from hinotori.loadgen import LoadGenerator
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router.proxy import BuiltinRouter
+from hinotori.router.builtin import BuiltinRouter
 
 from .conftest import free_port
 
@@ -217,7 +217,7 @@ def test_new_controller_adopts_workers_that_survive_their_parent(tmp_path: Path)
     state = tmp_path / "router"
     a = backend("a")
     script = (f"import asyncio; from pathlib import Path; "
-              f"from hinotori.router.proxy import BuiltinRouter; "
+              f"from hinotori.router.builtin import BuiltinRouter; "
               f"r = BuiltinRouter(Path({str(state)!r}), {listen!r}); asyncio.run(r.start())")
     parent = subprocess.Popen([sys.executable, "-c", script + "; import time; time.sleep(60)"])
     deadline = time.monotonic() + 15
