@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hinotori.bake import BakeResult, RunStep, bake
+from hinotori.bake import BakeResult, BuildCache, bake
 from hinotori.errors import NotFound
 from hinotori.model import Release, ReleaseConfig
 from hinotori.project import Project
@@ -24,16 +24,20 @@ class ReleaseOutcome:
 
 
 def bake_service(project: Project, service: str, *,
-                 on_progress: Callable[[str], None] | None = None) -> tuple[BakeResult,
-                                                                            ReleaseOutcome]:
+                 on_progress: Callable[[str], None] | None = None,
+                 use_cache: bool = True) -> tuple[BakeResult, ReleaseOutcome]:
+    """Bake ``service``'s image from its recipe and make a release if anything changed.
+    ``use_cache=False`` runs every step again (``hinotori bake --no-cache``)."""
     svc = project.service(service)
-    steps = [RunStep(run=s.run if isinstance(s.run, str) else tuple(s.run), env=dict(s.env))
-             for s in svc.image.steps]
-    result = bake(project.root / svc.image.context, steps, project.images,
-                  labels={"service": service, "project": project.spec.project.name},
-                  on_progress=on_progress)
-    outcome = ensure_release(project, service, image=result.image.digest,
-                             config=svc.release_config(), reason="bake")
+    # Held across the bake and the release, so `gc` cannot remove the new image in between.
+    # bake() takes the same lock shared again: flock grants a shared lock while others
+    # hold it shared, even with an exclusive request (gc) waiting, so this cannot deadlock.
+    with BuildCache.beside(project.images.root).lock():
+        result = bake(project.root / svc.image.context, svc.image.recipe(), project.images,
+                      labels={"service": service, "project": project.spec.project.name},
+                      on_progress=on_progress, use_cache=use_cache)
+        outcome = ensure_release(project, service, image=result.image.digest,
+                                 config=svc.release_config(), reason="bake")
     return result, outcome
 
 

@@ -4,32 +4,55 @@ Configuration happens here and only here, never on a live host. The modules, one
 
     ignore.py      which context paths stay out (.hinotoriignore, gitignore semantics)
     tree.py        walking a tree as an image sees it; what an image may hold; removing trees
-    context.py     copying the context into a scratch build directory
-    steps.py       recipe steps (RunStep) and their registry; the clean step environment
+    paths.py       paths named by steps: relative, no "..", never resolving out of their tree
+    context.py     the build context as a source: reading it, hashing it, copying from it
+    place.py       putting files, links and directories into a build tree (never in place)
+    stepbase.py    what a step is (the Step interface, StepContext)
+    runsteps.py    run and env steps; the clean step environment
+    filesteps.py   copy, file and remove steps
+    steps.py       the registry of step kinds; a step from its dict form
     normalise.py   uniform modes and mtimes before the manifest is taken
     manifest.py    manifest entries, canonical serialisation, digest
     provenance.py  recipe hash and git source for image.json (outside the digest)
+    cache.py       the build cache: chained step keys, snapshots, blobs, lock, prune
+    snapshot.py    a build tree into the cache (hard links) and back (verified copies)
     images.py      the image store: Image, ImageStore, atomic commit
     builder.py     bake(), tying the above together
 
-Same inputs give the same digest in another directory, on another machine: see manifest.py for
-exactly what the digest covers.
+Same inputs give the same digest in another directory, on another machine, and with or without
+the build cache: see manifest.py for exactly what the digest covers.
 """
 
 from hinotori.bake.builder import BakeResult, bake
+from hinotori.bake.cache import BuildCache
 from hinotori.bake.ignore import IgnoreRules
 from hinotori.bake.images import Image, ImageStore
 from hinotori.bake.manifest import ManifestEntry, build_manifest, manifest_digest
 from hinotori.bake.provenance import recipe_hash
-from hinotori.bake.steps import STEP_KINDS, RunStep, Step, step_from_dict
+from hinotori.bake.steps import (
+    STEP_KINDS,
+    CopyStep,
+    EnvStep,
+    FileStep,
+    RemoveStep,
+    RunStep,
+    Step,
+    step_from_dict,
+    step_kind,
+)
 
 __all__ = [
     "STEP_KINDS",
     "BakeResult",
+    "BuildCache",
+    "CopyStep",
+    "EnvStep",
+    "FileStep",
     "IgnoreRules",
     "Image",
     "ImageStore",
     "ManifestEntry",
+    "RemoveStep",
     "RunStep",
     "Step",
     "bake",
@@ -37,4 +60,5 @@ __all__ = [
     "manifest_digest",
     "recipe_hash",
     "step_from_dict",
+    "step_kind",
 ]

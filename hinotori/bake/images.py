@@ -12,7 +12,8 @@ filesystem, so readers see a whole image or none, and a failed or killed bake ne
 partial one under its digest. Two bakes racing to the same digest both produce identical
 content; the second rename fails because the directory exists, and its copy is discarded.
 Removal runs the other way: rename out to ``.tmp`` first, then delete at leisure. Scratch left by a
-killed process stays in ``.tmp`` and is never mistaken for an image.
+killed process stays in ``.tmp`` and is never mistaken for an image; its name holds the pid of the
+process that made it (``bake-<pid>-…``, ``remove-<pid>-…``), so ``gc`` can tell it is orphaned.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hinotori.errors import ImageNotFound
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _DIR_NAME = re.compile(r"sha256-([0-9a-f]{64})")
+_SCRATCH_NAME = re.compile(r"(?:bake|remove)-(\d+)-.*")
 MIN_PREFIX = 8
 
 
@@ -45,6 +47,18 @@ class Image:
     @property
     def rootfs(self) -> Path:
         return self.path / "rootfs"
+
+    @property
+    def file_count(self) -> int:
+        return int(self.provenance.get("file_count", 0))
+
+    @property
+    def total_size(self) -> int:
+        return int(self.provenance.get("total_size", 0))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.provenance.get("labels", {}))
 
     def manifest(self) -> list[ManifestEntry]:
         return read_manifest(self.path / "manifest.json")
@@ -93,7 +107,8 @@ class ImageStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Renaming a directory rewrites its ".." entry, which needs write permission on it.
         os.chmod(path, 0o755)
-        doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir)) / path.name
+        doomed = Path(tempfile.mkdtemp(prefix=f"remove-{os.getpid()}-",
+                                       dir=self.tmp_dir)) / path.name
         os.rename(path, doomed)
         force_remove(doomed.parent)
 
@@ -118,6 +133,19 @@ class ImageStore:
             raise
         os.chmod(final, 0o555)
         return True
+
+    def scratch_dirs(self) -> list[tuple[Path, int | None]]:
+        """Scratch directories in ``.tmp`` with the pid of the process that made each (None
+        when the name holds none)."""
+        try:
+            names = sorted(os.listdir(self.tmp_dir))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            m = _SCRATCH_NAME.fullmatch(name)
+            found.append((self.tmp_dir / name, int(m.group(1)) if m else None))
+        return found
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hinotori.bake.tree import DIR, FILE, SYMLINK, walk
+from hinotori.bake.tree import DIR, FILE, SYMLINK, Node, walk
 
 SYMLINK_MODE = "0777"
 # Below this many files a thread pool costs more than it saves.
 PARALLEL_MIN_FILES = 64
+HASH_WORKERS = min(8, (os.cpu_count() or 1) + 2)
 _CHUNK = 1 << 20
 
 
@@ -106,27 +107,46 @@ def build_manifest(root: Path) -> list[ManifestEntry]:
     """Walk ``root`` and return its entries, sorted canonically.
 
     Refuses (BakeError naming the path) what an image may not hold: special files, absolute or
-    escaping symlinks, non-UTF-8 names. Files are hashed on a thread pool when there are many of
-    them; hashlib releases the GIL while it hashes, so the threads really run side by side.
+    escaping symlinks, non-UTF-8 names.
+    """
+    return entries_of(walk(Path(root)))
+
+
+def entries_of(nodes: Iterable[Node]) -> list[ManifestEntry]:
+    """Manifest entries for walked nodes, sorted canonically, with the modes found on disk.
+
+    Files are hashed on a thread pool when there are many of them; hashlib releases the GIL
+    while it hashes, so the threads really run side by side.
     """
     entries: list[ManifestEntry] = []
     files: list[tuple[str, str]] = []
-    for node in walk(Path(root)):
+    for node in nodes:
         if node.kind == FILE:
             files.append((node.rel, node.abs))
         elif node.kind == DIR:
-            entries.append(ManifestEntry(node.rel, DIR, _mode(node.st.st_mode)))
+            entries.append(ManifestEntry(node.rel, DIR, mode_text(node.st.st_mode)))
         else:
             entries.append(ManifestEntry(node.rel, SYMLINK, SYMLINK_MODE,
                                          target=os.readlink(node.abs)))
     if len(files) >= PARALLEL_MIN_FILES:
-        workers = min(8, (os.cpu_count() or 1) + 2)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hinotori-hash") as pool:
+        with ThreadPoolExecutor(max_workers=HASH_WORKERS,
+                                thread_name_prefix="hinotori-hash") as pool:
             entries.extend(pool.map(_file_entry, files, chunksize=32))
     else:
         entries.extend(map(_file_entry, files))
     entries.sort(key=_sort_key)
     return entries
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    """The hex sha256 and size of a file's content, read once."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _file_entry(item: tuple[str, str]) -> ManifestEntry:
@@ -140,8 +160,8 @@ def _file_entry(item: tuple[str, str]) -> ManifestEntry:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return ManifestEntry(rel, FILE, _mode(mode), size=size, sha256=h.hexdigest())
+    return ManifestEntry(rel, FILE, mode_text(mode), size=size, sha256=h.hexdigest())
 
 
-def _mode(st_mode: int) -> str:
+def mode_text(st_mode: int) -> str:
     return f"{st_mode & 0o7777:04o}"

@@ -12,15 +12,22 @@ content, so before the manifest is taken the tree is made uniform:
 - owners are left as they are and never recorded.
 
 The walk refuses what an image may not hold (special files, escaping symlinks), naming the path.
+
+``normalised_entries`` applies the same mode rules to manifest entries recorded before
+normalising (a build-cache snapshot), so the image digest of a cached tree is known without
+rebuilding or rehashing it: it is the digest that normalising the tree and building its manifest
+would give.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
+from hinotori.bake.manifest import ManifestEntry
 from hinotori.bake.tree import DIR, FILE, walk
 from hinotori.errors import BakeError
 
@@ -45,6 +52,18 @@ def normalise(root: Path, epoch: int) -> None:
         os.utime(node.abs, times, follow_symlinks=False)
     os.chmod(root, DIR_MODE)
     os.utime(root, times)
+
+
+def normalised_entries(entries: Iterable[ManifestEntry]) -> list[ManifestEntry]:
+    """Entries with the modes ``normalise`` would give their paths (symlinks keep "0777")."""
+    out = []
+    for e in entries:
+        if e.type == FILE:
+            e = replace(e, mode=f"{file_mode(int(e.mode, 8)):04o}")
+        elif e.type == DIR:
+            e = replace(e, mode=f"{DIR_MODE:04o}")
+        out.append(e)
+    return out
 
 
 def build_epoch(environ: Mapping[str, str] | None = None) -> int | None:

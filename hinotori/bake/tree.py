@@ -44,14 +44,19 @@ def walk(
     *,
     skip: Callable[[str, bool], bool] | None = None,
     what: str = "image",
+    start: str = "",
+    check_links: bool = True,
 ) -> Iterator[Node]:
     """Yield every node under ``root`` (not ``root`` itself), parents before children.
 
     ``skip(rel, is_dir)`` prunes a path (and, for a directory, everything under it). ``what``
-    names the tree in error messages ("build context", "image").
+    names the tree in error messages ("build context", "image"). ``start`` walks only below
+    that directory (a relative path); paths stay relative to ``root`` and symlinks are still
+    judged against ``root``. ``check_links=False`` yields symlinks unjudged, for callers that
+    judge them later (a cache snapshot of a tree that a later step may still fix).
     """
     real_root = os.path.realpath(root)
-    stack = [("", os.fspath(root))]
+    stack = [(start, os.path.join(root, start) if start else os.fspath(root))]
     while stack:
         rel_dir, abs_dir = stack.pop()
         try:
@@ -63,18 +68,18 @@ def walk(
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             st = entry.stat(follow_symlinks=False)
-            kind = _kind(st.st_mode)
+            kind = kind_of(st.st_mode)
             # Pruned paths are not checked: what the image will not hold may be anything.
             if skip is not None and skip(rel, kind == DIR):
                 continue
             _check_name(rel, f"{what} path")
             if kind is None:
                 raise BakeError(
-                    f"{what} path {rel} is a special file ({_special_name(st.st_mode)}); "
+                    f"{what} path {rel} is a special file ({special_name(st.st_mode)}); "
                     "an image holds only regular files, directories and symlinks",
                     hint="remove it (from a build context: or list it in .hinotoriignore)",
                 )
-            if kind == SYMLINK:
+            if kind == SYMLINK and check_links:
                 check_symlink(rel, entry.path, real_root, what)
             yield Node(rel, entry.path, kind, st)
             if kind == DIR:
@@ -117,7 +122,7 @@ def force_remove(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _kind(mode: int) -> str | None:
+def kind_of(mode: int) -> str | None:
     if stat.S_ISREG(mode):
         return FILE
     if stat.S_ISDIR(mode):
@@ -127,7 +132,7 @@ def _kind(mode: int) -> str | None:
     return None
 
 
-def _special_name(mode: int) -> str:
+def special_name(mode: int) -> str:
     for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
         if test(mode):

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
+from hinotori.bake.paths import relative
+from hinotori.bake.stepbase import parse_mode
+from hinotori.bake.steps import Step, step_from_dict, step_kind
 from hinotori.durations import parse_duration, parse_size
 from hinotori.model import HealthCheck, ReleaseConfig
 from hinotori.verify.checks import Check
@@ -74,14 +86,96 @@ class HealthSpec(Strict):
                            healthy=self.healthy, unhealthy=self.unhealthy)
 
 
+def _step_path(what: str, *, allow_root: bool = False) -> AfterValidator:
+    """A path in a step: relative, no '..' (hinotori.bake.paths); kept as written."""
+    def check(value: str) -> str:
+        relative(value, what, allow_root=allow_root)
+        return value
+    return AfterValidator(check)
+
+
+StepMode = Annotated[str, BeforeValidator(parse_mode)]
+
+
 class RunStepSpec(Strict):
+    """{ run = "shell line" | ["argv", ...], env = { K = "V" } }"""
+
     run: str | list[str] = Field(min_length=1)
     env: dict[EnvName, str] = {}
 
 
+class EnvStepSpec(Strict):
+    """{ env = { K = "V" } }: environment for every later run step."""
+
+    env: dict[EnvName, str] = Field(min_length=1)
+
+
+class CopyStepSpec(Strict):
+    """{ copy = "src", to = "dest", mode = "0644" }: context path -> image path."""
+
+    # Named by its alias: a field called `copy` would shadow BaseModel.copy.
+    source: Annotated[str, _step_path("copy", allow_root=True), Field(alias="copy")]
+    to: Annotated[str, _step_path("to", allow_root=True)]
+    mode: StepMode | None = None
+
+
+class FileStepSpec(Strict):
+    """{ file = "path", content = "...", mode = "0644" }"""
+
+    file: Annotated[str, _step_path("file")]
+    content: str
+    mode: StepMode = "0644"
+
+
+class RemoveStepSpec(Strict):
+    """{ remove = "path" }"""
+
+    remove: Annotated[str, _step_path("remove")]
+
+
+_STEP_SPECS: dict[type[BaseModel], str] = {RunStepSpec: "run", EnvStepSpec: "env",
+                                           CopyStepSpec: "copy", FileStepSpec: "file",
+                                           RemoveStepSpec: "remove"}
+
+
+def _step_tag(value: object) -> str | None:
+    # Tags are bracketed so the spec loader drops them from error locations (see load.py).
+    if isinstance(value, dict):
+        kind = step_kind(value)
+        return f"step[{kind}]" if kind else None
+    kind = _STEP_SPECS.get(type(value))  # type: ignore[arg-type]
+    return f"step[{kind}]" if kind else None
+
+
+def _one_step_kind(value: object) -> object:
+    if isinstance(value, dict) and step_kind(value) is None:
+        raise ValueError("a step is a table with exactly one of run, env, copy, file, remove "
+                         "(env may also go with run), e.g. { copy = \"src\", to = \"app/\" }")
+    return value
+
+
+StepSpec = Annotated[
+    Annotated[RunStepSpec, Tag("step[run]")]
+    | Annotated[EnvStepSpec, Tag("step[env]")]
+    | Annotated[CopyStepSpec, Tag("step[copy]")]
+    | Annotated[FileStepSpec, Tag("step[file]")]
+    | Annotated[RemoveStepSpec, Tag("step[remove]")],
+    Discriminator(_step_tag, custom_error_type="step_kind",
+                  custom_error_message="a step is a table naming one kind of step"),
+    BeforeValidator(_one_step_kind),
+]
+
+
 class ImageSpec(Strict):
+    """How a service's image is baked: the build context and the recipe (hinotori.bake)."""
+
     context: str = "."
-    steps: list[RunStepSpec] = []
+    steps: list[StepSpec] = []
+
+    def recipe(self) -> list[Step]:
+        """The steps as the builder takes them."""
+        return [step_from_dict(s.model_dump(exclude_unset=True, by_alias=True))
+                for s in self.steps]
 
 
 class BlueGreenSpec(Strict):
@@ -245,7 +339,6 @@ class ServiceSpec(Strict):
     # deploys stop the old host before the new one gets the volume: one writer, always.
     stateful: bool = False
     volumes: list[Name] = []
-    chaos: ChaosSpec | None = None  # opt-in: no schedule, no scheduled kills
     # Files the service writes logs to besides stdout/stderr (globs relative to the host's
     # view or its scratch dir, $HINOTORI_SCRATCH): shipped to the central log store too.
     log_files: list[Annotated[str, AfterValidator(LogsSpec.relative_glob)]] = []
@@ -254,6 +347,7 @@ class ServiceSpec(Strict):
     # takes traffic; `hinotori verify NAME` runs them on a throwaway host.
     checks: list[Check] = []
     testinfra: list[Annotated[str, Field(min_length=1)]] = []
+    chaos: ChaosSpec | None = None  # opt-in: no schedule, no scheduled kills
     boot_timeout: Duration = 60.0  # from boot to healthy, per host
     drain: Duration = 10.0  # longest wait for in-flight requests of a host taken out of traffic
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
