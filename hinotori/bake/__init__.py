@@ -18,6 +18,8 @@ Configuration happens here and only here, never on a live host. The modules, one
     snapshot.py    a build tree into the cache (hard links) and back (verified copies)
     images.py      the image store: Image, ImageStore, atomic commit
     builder.py     bake(), tying the above together
+    diff.py        what changed between two images' manifests
+    gc.py          which images are in use; removing the rest, and unreachable cache
 
 Same inputs give the same digest in another directory, on another machine, and with or without
 the build cache: see manifest.py for exactly what the digest covers.

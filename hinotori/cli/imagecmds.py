@@ -1,0 +1,213 @@
+"""Image housekeeping commands: ``images``, ``image inspect``, ``image diff``, ``gc``.
+
+Plain Typer-compatible functions (registered in app.py). They read the image store and the state
+store directly, so they work with or without a controller. An image reference (REF) is a digest
+or a unique prefix of at least 8 hex characters (``sha256:`` optional), or a release:
+``web@v3`` (also ``web@3``), ``web@current``, ``web@previous`` or ``web@latest``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hinotori.bake import Image, step_kind
+from hinotori.bake.diff import diff_manifests
+from hinotori.bake.gc import DEFAULT_KEEP, collect
+from hinotori.cli import render
+from hinotori.cli.render import console
+from hinotori.errors import ImageNotFound, NotFound
+from hinotori.project import Project
+from hinotori.store import default_actor
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. web@v3")]
+
+
+def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """Stored images, newest first, with the releases that use each."""
+    project = Project.load(spec)
+    using = _releases_using(project)
+    found = project.images.list()
+    if json_out:
+        render.print_json([{"digest": i.digest, "created_at": i.created_at,
+                            "files": i.file_count, "size": i.total_size, "labels": i.labels,
+                            "releases": using.get(i.digest, [])} for i in found])
+        return
+    render.table(None, ["image", "created", "files", "size", "labels", "releases"],
+                 [(render.short_digest(i.digest), render.when(i.created_at), i.file_count,
+                   _size(i.total_size), " ".join(f"{k}={v}" for k, v in i.labels.items()),
+                   ", ".join(using.get(i.digest, [])) or "-") for i in found])
+
+
+def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """Where an image came from: recipe, source commit, builder, build time, env, size."""
+    project = Project.load(spec)
+    image = resolve_image(project, ref)
+    info = image.provenance
+    releases = _releases_using(project).get(image.digest, [])
+    if json_out:
+        render.print_json({**info, "digest": image.digest, "path": str(image.path),
+                           "releases": releases})
+        return
+    source = info.get("source")
+    rows: list[tuple[str, Any]] = [
+        ("digest", image.digest),
+        ("created", f"{render.when(image.created_at)} ({render.age(image.created_at)} ago)"),
+        ("build time", f"{info['build_seconds']:.1f}s" if "build_seconds" in info else "-"),
+        ("builder", f"hinotori {info.get('builder_version', '?')}"),
+        ("recipe hash", info.get("recipe_hash", "-")),
+        ("source", "-" if not source else
+         f"{source['commit']}{' (dirty)' if source.get('dirty') else ''}"),
+        ("context", info.get("context", "-")),
+        ("labels", " ".join(f"{k}={v}" for k, v in image.labels.items()) or "-"),
+        ("env", " ".join(f"{k}={v}" for k, v in info.get("env", {}).items()) or "-"),
+        ("files", f"{image.file_count} ({_size(image.total_size)})"),
+        ("releases", ", ".join(releases) or "-"),
+    ]
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:  # plain lines, not a table: a digest must never be cut short
+        console.print(f"{key + ':':<{width}}{value}", highlight=False, markup=False,
+                      soft_wrap=True)
+    recipe = info.get("recipe", [])
+    console.print(f"recipe ({len(recipe)} steps):" if recipe else "recipe: no steps",
+                  highlight=False)
+    for i, step in enumerate(recipe, start=1):
+        console.print(f"  {i}. {_step_text(step)}", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
+def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."),
+               json_out: JsonOpt = False) -> None:
+    """Files added, removed and changed (content, mode, type) from image A to image B."""
+    project = Project.load(spec)
+    before, after = resolve_image(project, a), resolve_image(project, b)
+    diff = diff_manifests(before.manifest(), after.manifest())
+    if json_out:
+        render.print_json({"a": before.digest, "b": after.digest, **diff.to_dict()})
+        return
+    for e in diff.added:
+        console.print(f"+ {e.path}{'/' if e.type == 'dir' else ''}", highlight=False,
+                      markup=False)
+    for e in diff.removed:
+        console.print(f"- {e.path}{'/' if e.type == 'dir' else ''}", highlight=False,
+                      markup=False)
+    for c in diff.changed:
+        console.print(f"~ {c.path} ({_change_text(c.what, c.before, c.after)})",
+                      highlight=False, markup=False)
+    console.print(f"{render.short_digest(before.digest)} -> {render.short_digest(after.digest)}:"
+                  f" {len(diff.added)} added, {len(diff.removed)} removed, "
+                  f"{len(diff.changed)} changed", highlight=False)
+
+
+def gc(spec: SpecOpt = Path("."),
+       keep: Annotated[int, typer.Option(min=0, help="keep the images of each service's "
+                                         "newest N releases")] = DEFAULT_KEEP,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")]
+       = False,
+       json_out: JsonOpt = False) -> None:
+    """Remove images no release in use needs (never a current, previous, canary or live
+    host's), unreachable build-cache entries and orphaned scratch."""
+    project = Project.load(spec)
+    result = collect(project.images, project.store, keep=keep, dry_run=dry_run,
+                     actor=default_actor())
+    if json_out:
+        render.print_json(result.to_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for image in result.removed:
+        labels = " ".join(f"{k}={v}" for k, v in image.labels.items())
+        console.print(f"{verb} {render.short_digest(image.digest)} "
+                      f"({image.file_count} files, {_size(image.total_size)}) {labels}",
+                      highlight=False, markup=False)
+    for digest, why in result.kept.items():
+        console.print(f"kept {render.short_digest(digest)}: {'; '.join(why)}",
+                      highlight=False, markup=False)
+    c = result.cache
+    console.print(f"{verb} {len(result.removed)} images ({_size(result.freed)}), "
+                  f"{c.snapshots} cache snapshots, {c.blobs} cache blobs ({_size(c.bytes)}), "
+                  f"{len(result.scratch)} scratch directories", highlight=False)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def resolve_image(project: Project, ref: str) -> Image:
+    """An image by digest (prefix) or by release (``web@v3``, ``web@current``, …)."""
+    if "@" not in ref:
+        return project.images.get(ref)
+    service, _, which = ref.partition("@")
+    store = project.store
+    number: int | None
+    if which in ("current", "previous"):
+        current, previous = store.service_releases(service)
+        number = current if which == "current" else previous
+    elif which == "latest":
+        latest = store.latest_release(service)
+        number = latest.number if latest else None
+    elif which.removeprefix("v").isdigit():
+        number = int(which.removeprefix("v"))
+    else:
+        raise NotFound(f"{ref!r} is not an image reference",
+                       hint="use a digest (prefix), or SERVICE@vN, SERVICE@current, "
+                            "SERVICE@previous or SERVICE@latest")
+    if number is None:
+        raise NotFound(f"{service} has no {which} release",
+                       hint=f"`hinotori releases {service}` lists its releases")
+    release = store.release(service, number)
+    try:
+        return project.images.get(release.image)
+    except ImageNotFound:
+        raise ImageNotFound(f"{ref} uses image {release.image}, which is no longer stored",
+                            hint=f"bake it again: `hinotori bake {service}`") from None
+
+
+def _releases_using(project: Project) -> dict[str, list[str]]:
+    using: dict[str, list[str]] = {}
+    for r in project.store.releases():
+        using.setdefault(r.image, []).append(f"{r.service}@{r.name}")
+    return using
+
+
+def _step_text(step: dict[str, Any]) -> str:
+    """A recipe step as the spec writes it, its kind first: { copy = "src", to = "app/" }."""
+    kind = step_kind(step)
+    return _toml({k: step[k] for k in sorted(step, key=lambda k: (k != kind, k))})
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # a TOML basic string is a JSON string
+
+
+def _change_text(what: tuple[str, ...], before: Any, after: Any) -> str:
+    parts = []
+    for w in what:
+        if w == "type":
+            parts.append(f"type {before.type} -> {after.type}")
+        elif w == "mode":
+            parts.append(f"mode {before.mode} -> {after.mode}")
+        elif before.type == after.type == "symlink":
+            parts.append(f"target {before.target} -> {after.target}")
+        elif before.type == after.type:
+            parts.append(f"content, {_size(before.size)} -> {_size(after.size)}")
+        else:
+            parts.append("content")
+    return "; ".join(parts)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
