@@ -25,6 +25,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -49,6 +50,7 @@ from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.spec.schema import CanarySpec, RollingSpec
+from hinotori.verify.runner import VerifyPlan, fleet_verifier
 
 log = logging.getLogger("hinotori.controller")
 
@@ -66,9 +68,23 @@ def make_router(project: Project) -> Router:
 
 
 def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
-    return Fleet(spec=project.spec, store=project.store, providers=make_providers(project),
-                 router=make_router(project), image_root=lambda d: project.images.rootfs(d),
-                 hosts_dir=project.hosts_dir, actor=actor)
+    providers = make_providers(project)
+    fleet = Fleet(spec=project.spec, store=project.store, providers=providers,
+                  router=make_router(project), image_root=lambda d: project.images.rootfs(d),
+                  hosts_dir=project.hosts_dir, actor=actor)
+
+    def plan_of(service: str) -> VerifyPlan | None:
+        """The service's checks, read from the spec as it is now (reloaded per deployment)."""
+        svc = fleet.spec.services.get(service)
+        if svc is None:
+            return None
+        return VerifyPlan(checks=tuple(svc.checks),
+                          testinfra=tuple(project.root / t for t in svc.testinfra),
+                          python=sys.executable)
+
+    # No host takes traffic before its service's checks pass on it (invariant 2).
+    fleet.verifier = fleet_verifier(providers, plan_of)
+    return fleet
 
 
 class Controller:
