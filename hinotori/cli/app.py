@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.cli import chaoscmd, controlcmds, driftcmd, logcmds, render, verifycmds
+from hinotori.cli import chaoscmd, controlcmds, driftcmd, imagecmds, logcmds, render, verifycmds
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
@@ -32,6 +32,12 @@ app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
 app.command("chaos")(chaoscmd.chaos)
 app.command("logs")(logcmds.logs)
+app.command("images")(imagecmds.images)
+app.command("gc")(imagecmds.gc)
+image_app = typer.Typer(no_args_is_help=True, help="One image: inspect, diff.")
+image_app.command("inspect")(imagecmds.image_inspect)
+image_app.command("diff")(imagecmds.image_diff)
+app.add_typer(image_app, name="image")
 app.command("verify")(verifycmds.verify)
 app.add_typer(verifycmds.checks_app, name="checks")
 for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "ship"):
