@@ -15,7 +15,8 @@ Configuration happens here and only here, never on a live host. The modules, one
     manifest.py    manifest entries, canonical serialisation, digest
     provenance.py  recipe hash and git source for image.json (outside the digest)
     cache.py       the build cache: chained step keys, snapshots, blobs, lock, prune
-    snapshot.py    a build tree into the cache (hard links) and back (verified copies)
+    blobs.py       the cache's file contents: loose blobs (hard links) and packs (copies)
+    snapshot.py    a build tree into the cache and back (verified copies)
     images.py      the image store: Image, ImageStore, atomic commit
     builder.py     bake(), tying the above together
     diff.py        what changed between two images' manifests

@@ -25,7 +25,7 @@ succeeded. When an identical image is already stored it is returned as it is, wi
 provenance and labels: an image never changes once stored.
 
 Every bake holds the cache lock shared for its whole run; ``gc`` takes it exclusively, so it
-never removes a blob a bake is restoring, nor scratch a bake is using.
+never removes content a bake is restoring, nor scratch a bake is using.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hinotori
@@ -50,7 +50,15 @@ from hinotori.bake.manifest import (
 )
 from hinotori.bake.normalise import build_epoch, normalise, normalised_entries
 from hinotori.bake.provenance import git_source, recipe_hash
-from hinotori.bake.snapshot import CacheDamaged, Tracker, restore, settle, take, unshare
+from hinotori.bake.snapshot import (
+    CacheDamaged,
+    Seen,
+    Tracker,
+    restore,
+    settle,
+    take,
+    unshare,
+)
 from hinotori.bake.steps import Step, StepContext, step_environment
 from hinotori.bake.tree import FILE, force_remove
 from hinotori.errors import BakeError
@@ -102,6 +110,7 @@ class _Bake:
         self.steps, self.store, self.cache, self.source = steps, store, cache, source
         self.scratch, self.say, self.labels = scratch, say, labels
         self.rootfs = scratch / "rootfs"
+        self.real_rootfs = os.path.join(os.path.realpath(scratch), "rootfs")  # how steps see it
         self.logs = scratch / "logs"
         self.logs.mkdir()
         self.epoch = build_epoch()
@@ -121,11 +130,12 @@ class _Bake:
             self._make_keys()
             snap, position = self._longest_cached()
         if snap is not None and position == n:
-            self._report_cached(n)
-            if snap.error:
+            if snap.error:  # what normalising the tree would refuse, refused without it
+                self._report_cached(n)
                 raise BakeError(snap.error, hint=snap.hint)
             digest = manifest_digest(normalised_entries(snap.entries))
             if self.store.exists(digest):
+                self._report_cached(n)
                 self.say(f"image {digest} already stored")
                 return BakeResult(self.store.get(digest), reused=True, cache_hits=n)
         if snap is not None:
@@ -181,7 +191,8 @@ class _Bake:
             os.mkdir(self.rootfs, 0o755)
         else:
             self.say(f"copying context {self.source.root}")
-            copied = self.source.copy_all(self.rootfs, self.context_entries)
+            copied = self.source.copy_all(self.rootfs, self.context_entries,
+                                          self._verified if self.cache else None)
             self.say(f"copied {copied.files} files ({_size(copied.bytes)})")
         self._snapshot(0)
 
@@ -205,7 +216,8 @@ class _Bake:
         step.execute(StepContext(
             build_dir=self.rootfs, env={**self.base_env, **self.envs[i - 1]},
             log_dir=self.logs, index=i, source=self.source,
-            inputs=self.inputs[i - 1] if self.cache is not None else None))
+            inputs=self.inputs[i - 1] if self.cache is not None else None,
+            on_verified=self._verified if self.cache is not None else None))
         # Steps are not sandboxed: one may have replaced the build dir itself, and nothing may
         # walk (or snapshot) a link to elsewhere.
         if self.rootfs.is_symlink() or not self.rootfs.is_dir():
@@ -214,15 +226,21 @@ class _Bake:
         self.say(f"step {i}/{n}: {step.describe()} (ran in {time.monotonic() - began:.1f}s)")
         self._snapshot(i, changed=step.changes_tree)
 
+    def _verified(self, path: str, sha256: str) -> None:
+        rel = os.path.relpath(path, self.real_rootfs).replace(os.sep, "/")
+        self.tracker[rel] = Seen.of(os.lstat(path), sha256)
+
     def _snapshot(self, position: int, *, changed: bool = True) -> None:
         if self.cache is None:
             return
         key = self.keys[position]
         if not changed and self.current is not None:
-            snap = Snapshot(key, self.current.entries, self.current.error, self.current.hint)
+            snap = replace(self.current, key=key)  # the same tree under this step's key
         else:
             try:
-                snap = take(key, self.rootfs, self.cache, self.tracker)
+                # Link blobs to the tree's files only once no later step may rewrite them.
+                link = not any(s.writes_in_place for s in self.steps[position:])
+                snap = take(key, self.rootfs, self.cache, self.tracker, link=link)
             except (BakeError, OSError) as e:
                 self.say(f"not cached after step {position}: {e}")
                 self.current = None

@@ -18,33 +18,32 @@ Layout (``root`` is ``.hinotori/cache/``, beside ``images/``)::
     root/steps/<key>.json     one snapshot: the tree after a step, as manifest entries with the
                               modes found on disk (not yet normalised), plus why the tree is not
                               yet a valid image (an escaping link a later step may remove)
-    root/blobs/<2 hex>/<sha256>   file contents, one file per distinct content
-    root/.tmp/                snapshots being written, blobs being copied
+    root/blobs/, root/packs/  file contents (``blobs.py``): hard links to a build tree's files,
+                              or copies packed one file per snapshot
+    root/.tmp/                snapshots and packs being written
     root/lock                 flock: every bake holds it shared, ``gc`` exclusive
 
-Blobs are hard links to files of a build tree (``snapshot.py`` explains why that is safe and
-when a file is copied instead). A snapshot file appears by one rename, after every blob it names
-exists, so a snapshot is either whole or absent; a failed step writes none. ``prune`` keeps only
-the snapshots named by the images that remain (each image.json lists its chain of keys) and the
-blobs those snapshots name.
+A snapshot file appears by one rename, after every content it names is stored, so a snapshot is
+either whole or absent; a failed step writes none. ``prune`` keeps only the snapshots named by
+the images that remain (each image.json lists its chain of keys) and the contents those
+snapshots name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hinotori
+from hinotori.bake.blobs import ContentStore
 from hinotori.bake.manifest import ManifestEntry, manifest_digest
 from hinotori.bake.stepbase import Step
 from hinotori.bake.tree import FILE, force_remove
@@ -78,12 +77,16 @@ class Snapshot:
     entries: list[ManifestEntry]  # modes as found on disk
     error: str | None = None  # why this tree would not be a valid image, if it would not
     hint: str | None = None
+    where: dict[str, str] = field(default_factory=dict)  # packed contents: sha -> place
+
+    def files(self) -> Iterator[ManifestEntry]:
+        return (e for e in self.entries if e.type == FILE)
 
 
 @dataclass(frozen=True)
 class PruneStats:
     snapshots: int
-    blobs: int
+    blobs: int  # stored content files: loose blobs and packs
     bytes: int
 
 
@@ -91,9 +94,8 @@ class BuildCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.steps_dir = self.root / "steps"
-        self.blobs_dir = self.root / "blobs"
         self.tmp_dir = self.root / ".tmp"
-        self._known_blobs: set[str] = set()  # blobs seen present during this process's bake
+        self.contents = ContentStore(self.root)
 
     @classmethod
     def beside(cls, images_root: Path) -> BuildCache:
@@ -126,15 +128,16 @@ class BuildCache:
             if data.get("format") != CACHE_FORMAT or data.get("key") != key:
                 return None
             return Snapshot(key, [ManifestEntry.from_dict(e) for e in data["entries"]],
-                            data.get("error"), data.get("hint"))
-        except (OSError, ValueError, KeyError, TypeError):
+                            data.get("error"), data.get("hint"), dict(data.get("where", {})))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # a snapshot we cannot read is a miss, never a failed bake
 
     def save(self, snapshot: Snapshot) -> None:
         self.steps_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         data = {"format": CACHE_FORMAT, "key": snapshot.key, "error": snapshot.error,
-                "hint": snapshot.hint, "entries": [e.to_dict() for e in snapshot.entries]}
+                "hint": snapshot.hint, "where": snapshot.where,
+                "entries": [e.to_dict() for e in snapshot.entries]}
         fd, tmp = tempfile.mkstemp(prefix="snapshot-", dir=self.tmp_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             # dumps, not dump: dump streams through the pure-Python encoder, 5x slower.
@@ -151,61 +154,24 @@ class BuildCache:
         except FileNotFoundError:
             return []
 
-    # -- blobs ---------------------------------------------------------------------------------
-
-    def blob(self, sha256: str) -> Path:
-        return self.blobs_dir / sha256[:2] / sha256
-
-    def has_blob(self, sha256: str) -> bool:
-        if sha256 in self._known_blobs:
-            return True
-        present = self.blob(sha256).is_file()
-        if present:
-            self._known_blobs.add(sha256)
-        return present
-
-    def add_blob(self, path: str, sha256: str) -> bool:
-        """Store the file at ``path`` (whose content has ``sha256``) as a blob, unless one is
-        there. True when the blob is a hard link to ``path``: the file then shares its storage
-        with the cache and must not be rewritten in place."""
-        if self.has_blob(sha256):
-            return False
-        dest = self.blob(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, dest)
-            linked = True
-        except FileExistsError:
-            linked = False
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            # No hard links here (another filesystem, or a limit): keep a copy instead.
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
-            os.close(fd)
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
-            linked = False
-        self._known_blobs.add(sha256)
-        return linked
-
     # -- housekeeping --------------------------------------------------------------------------
 
     def usage(self) -> PruneStats:
-        blobs = list(self._blob_files())
-        return PruneStats(len(self.keys()), len(blobs), sum(size for _, _, size in blobs))
+        stored = list(self.contents.files())
+        return PruneStats(len(self.keys()), len(stored), sum(size for _, _, size in stored))
 
     def prune(self, keep: set[str], *, dry_run: bool = False) -> PruneStats:
-        """Remove snapshots not in ``keep`` and blobs no kept snapshot names, and scratch.
+        """Remove snapshots not in ``keep``, contents no kept snapshot names, and scratch.
         Call it under ``lock(exclusive=True)``."""
         doomed = [k for k in self.keys() if k not in keep]
         needed: set[str] = set()
         for key in keep:
             snap = self.load(key)
-            if snap is not None:
-                needed.update(e.sha256 for e in snap.entries if e.type == FILE and e.sha256)
-        unused = [(p, size) for p, sha, size in self._blob_files() if sha not in needed]
+            if snap is None:
+                continue
+            needed.update(f"pack:{place.partition(':')[0]}" for place in snap.where.values())
+            needed.update(e.sha256 for e in snap.files() if e.sha256 not in snap.where)
+        unused = [(p, size) for p, name, size in self.contents.files() if name not in needed]
         if not dry_run:
             for key in doomed:
                 self.evict(key)
@@ -213,12 +179,5 @@ class BuildCache:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             force_remove(self.tmp_dir)
-            self._known_blobs.clear()
+            self.contents.forget()
         return PruneStats(len(doomed), len(unused), sum(size for _, size in unused))
-
-    def _blob_files(self) -> Iterator[tuple[Path, str, int]]:
-        if not self.blobs_dir.is_dir():
-            return
-        for shard in sorted(self.blobs_dir.iterdir()):
-            for blob in sorted(shard.iterdir()):
-                yield blob, blob.name, blob.lstat().st_size

@@ -98,13 +98,14 @@ class BuildSource:
     def manifest(self, src: str, label: str) -> list[ManifestEntry]:
         return entries_of(self.nodes(src, label))
 
-    def copy_all(self, dest: Path, expected: Sequence[ManifestEntry] | None = None) -> CopyStats:
+    def copy_all(self, dest: Path, expected: Sequence[ManifestEntry] | None = None,
+                 on_verified: Callable[[str, str], None] | None = None) -> CopyStats:
         """Copy the whole context into the new directory ``dest``."""
         os.mkdir(dest, 0o755)
         real_root = os.path.realpath(dest)
         label = "copying the build context"
         return copy_nodes(self.nodes("", label), lambda rel: os.path.join(real_root, rel),
-                          real_root=real_root, label=label,
+                          real_root=real_root, label=label, on_verified=on_verified,
                           expected=None if expected is None else {e.path: e for e in expected})
 
 
@@ -116,9 +117,11 @@ def copy_nodes(
     label: str,
     mode: int | None = None,
     expected: Mapping[str, ManifestEntry] | None = None,
+    on_verified: Callable[[str, str], None] | None = None,
 ) -> CopyStats:
     """Copy context ``nodes`` into the tree at ``real_root``; ``target_of(rel)`` is where each
-    goes (an absolute path inside the tree). ``mode`` replaces the files' own modes."""
+    goes (an absolute path inside the tree). ``mode`` replaces the files' own modes.
+    ``on_verified(target, sha256)`` hears of each file checked against ``expected``."""
     files = size = 0
     seen: set[str] = set()
     for node in nodes:
@@ -137,8 +140,11 @@ def copy_nodes(
                 clear_for_file(target, shown, label)
                 file_mode = mode if mode is not None else stat.S_IMODE(node.st.st_mode) | 0o600
                 got = copy_file(node.abs, target, file_mode, want.sha256 if want else None)
-                if want is not None and got != want.sha256:
-                    raise _changed(label, node.rel)
+                if want is not None:
+                    if got != want.sha256:
+                        raise _changed(label, node.rel)
+                    if on_verified is not None:
+                        on_verified(target, got)
                 files += 1
                 size += node.st.st_size
             else:
@@ -157,12 +163,13 @@ def copy_nodes(
 
 
 def copy_context(
-    context: Path, dest: Path, rules: IgnoreRules, *, also_skip: Path | Sequence[Path] = (),
+    context: Path, dest: Path, rules: IgnoreRules, *,
+    also_skip: Path | Sequence[Path] | None = None,
     expected: Sequence[ManifestEntry] | None = None,
 ) -> CopyStats:
     """Copy all of ``context`` into the new directory ``dest``; ``also_skip`` are paths never
     to copy (the image store, the cache). ``expected``: see the module docstring."""
-    skip = [also_skip] if isinstance(also_skip, Path) else list(also_skip)
+    skip = [also_skip] if isinstance(also_skip, Path) else list(also_skip or ())
     return BuildSource(context, rules, skip).copy_all(dest, expected)
 
 

@@ -104,7 +104,8 @@ class CopyStep(Step):
             return os.path.join(dest, rel[cut:]) if whole_dir else target
         copy_nodes(ctx.source.nodes(src, label), target_of, real_root=real_root, label=label,
                    mode=None if self.mode is None else int(self.mode, 8),
-                   expected=None if ctx.inputs is None else {e.path: e for e in ctx.inputs})
+                   expected=None if ctx.inputs is None else {e.path: e for e in ctx.inputs},
+                   on_verified=ctx.on_verified)
 
 
 @dataclass(frozen=True)

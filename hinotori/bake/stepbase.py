@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -56,6 +56,9 @@ class StepContext:
     index: int
     source: BuildSource | None = None
     inputs: Sequence[ManifestEntry] | None = None
+    # Told (absolute path, sha256) of each file the step wrote and verified against ``inputs``,
+    # so the cache's snapshot need not hash it again.
+    on_verified: Callable[[str, str], None] | None = None
 
     def label(self, step: Step) -> str:
         return f"step {self.index} ({step.describe()})"

@@ -213,10 +213,10 @@ def test_a_damaged_cache_entry_is_discarded_and_rebuilt(tmp_path: Path, counter:
     ctx = make_context(tmp_path / "ctx")
     first = bake(ctx, recipe(counter), store)
     store.remove(first.image.digest)  # so the next bake must restore, not just reuse
-    for blob in BuildCache.beside(store.root).blobs_dir.rglob("*"):
-        if blob.is_file():
-            blob.chmod(0o644)
-            blob.write_text("bit rot\n")
+    for stored in BuildCache.beside(store.root).root.glob("[bp][la]*/**/*"):  # blobs, packs
+        if stored.is_file():
+            stored.chmod(0o644)
+            stored.write_bytes(b"bit rot" * (stored.stat().st_size // 7 + 1))
     said: list[str] = []
     again = bake(ctx, recipe(counter), store, on_progress=said.append)
     assert again.image.digest == first.image.digest

@@ -12,7 +12,15 @@ import pytest
 from hinotori.bake import BuildCache, CopyStep, ManifestEntry, RunStep, build_manifest
 from hinotori.bake.cache import Snapshot, base_key, step_key
 from hinotori.bake.normalise import normalise, normalised_entries
-from hinotori.bake.snapshot import CacheDamaged, Tracker, restore, settle, take, unshare
+from hinotori.bake.snapshot import (
+    CacheDamaged,
+    Seen,
+    Tracker,
+    restore,
+    settle,
+    take,
+    unshare,
+)
 from hinotori.errors import BakeError
 
 
@@ -61,7 +69,7 @@ def test_take_links_blobs_and_restore_copies_them_back(tmp_path: Path,
     assert snap.entries == build_manifest(src) and snap.error is None
     assert set(tracker) == {"app/main.py", "app/lib/util.py", "app/copy.py", "run.sh"}
     # Blobs are hard links to the tree's files (one per content: copy.py shares util.py's).
-    blobs = sorted(p.name for p in cache.blobs_dir.rglob("*") if p.is_file())
+    blobs = sorted(p.name for p in cache.contents.blobs_dir.rglob("*") if p.is_file())
     assert len(blobs) == 3
     assert os.stat(src / "app" / "main.py").st_nlink == 2
 
@@ -99,6 +107,51 @@ def test_unchanged_files_are_not_hashed_again_but_changes_are_seen(
     assert snap.entries == build_manifest(tree)
 
 
+def test_while_a_run_step_is_to_come_contents_are_packed_copies(tmp_path: Path,
+                                                               cache: BuildCache) -> None:
+    tree = make_tree(tmp_path / "t")
+    tracker: Tracker = {}
+    snap = take("k1", tree, cache, tracker, link=False)
+    assert all(os.stat(p).st_nlink == 1 for p in tree.rglob("*") if p.is_file())
+    assert unshare(tree, tracker) == 0
+    (pack,) = cache.contents.packs_dir.iterdir()  # one file for all three contents
+    assert not cache.contents.blobs_dir.exists()
+    assert len(snap.where) == 3 and {w.split(":")[0] for w in snap.where.values()} == {pack.stem}
+    cache.save(snap)
+    restore(cache.load("k1"), cache, tmp_path / "back", {})  # type: ignore[arg-type]
+    assert build_manifest(tmp_path / "back") == snap.entries
+    # Contents already stored are referenced, not stored again.
+    (tree / "new.txt").write_text("new\n")
+    settle(tmp_path, tracker)
+    again = take("k2", tree, cache, tracker, link=False)
+    assert set(again.where) == set(snap.where) | {next(
+        e.sha256 for e in again.entries if e.path == "new.txt")}
+    assert len(list(cache.contents.packs_dir.iterdir())) == 2
+    # A damaged pack is a miss.
+    pack.write_bytes(b"x" * pack.stat().st_size)
+    with pytest.raises(CacheDamaged, match="other content"):
+        restore(again, cache, tmp_path / "damaged", {})
+
+
+def test_content_a_step_verified_is_stored_without_hashing_again(
+        tmp_path: Path, cache: BuildCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = make_tree(tmp_path / "t")
+    manifest = {e.path: e for e in build_manifest(tree)}
+    tracker: Tracker = {rel: Seen.of(os.lstat(tree / rel), e.sha256 or "")
+                        for rel, e in manifest.items() if e.type == "file"}
+    from hinotori.bake import snapshot as snapshot_mod
+
+    def no_hashing(path: str) -> tuple[str, int]:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(snapshot_mod, "file_sha256", no_hashing)
+    for link in (False, True):
+        snap = take(f"k{link}", tree, cache, tracker, link=link)
+        assert snap.entries == build_manifest(tree)
+        restore(snap, cache, tmp_path / f"back{link}", {})
+        assert build_manifest(tmp_path / f"back{link}") == snap.entries
+
+
 def test_unshare_keeps_a_step_from_reaching_the_cache(tmp_path: Path, cache: BuildCache) -> None:
     tree = make_tree(tmp_path / "t")
     tracker: Tracker = {}
@@ -109,7 +162,7 @@ def test_unshare_keeps_a_step_from_reaching_the_cache(tmp_path: Path, cache: Bui
     assert (os.stat(tree / "app").st_mode & 0o777) == 0o555
     with open(tree / "app" / "main.py", "a") as f:
         f.write("appended by a run step\n")
-    assert cache.blob(main.sha256 or "").read_text() == "main\n"
+    assert cache.contents.loose(main.sha256 or "").read_text() == "main\n"
     assert os.stat(tree / "run.sh").st_mode & 0o777 == 0o750
 
 
@@ -118,7 +171,7 @@ def test_a_damaged_or_missing_blob_is_a_miss_not_a_wrong_tree(tmp_path: Path,
     tree = make_tree(tmp_path / "t")
     snap = take("k1", tree, cache, {})
     main = next(e for e in snap.entries if e.path == "app/main.py")
-    blob = cache.blob(main.sha256 or "")
+    blob = cache.contents.loose(main.sha256 or "")
     os.chmod(blob, 0o644)
     blob.write_text("tampered\n")  # the tree's file shares the inode: like a root-owned edit
     with pytest.raises(CacheDamaged, match="other content"):
@@ -166,14 +219,17 @@ def test_prune_keeps_what_is_reachable(tmp_path: Path, cache: BuildCache) -> Non
     two.mkdir()
     (two / "a").write_text("shared\n")
     (two / "c").write_text("only in two\n")
-    for key, tree in (("k1", one), ("k2", two)):
-        cache.save(take(key, tree, cache, {}))
+    three = tmp_path / "three"
+    three.mkdir()
+    (three / "d").write_text("packed\n")
+    for key, tree, link in (("k1", one, True), ("k2", two, True), ("k3", three, False)):
+        cache.save(take(key, tree, cache, {}, link=link))
     (cache.tmp_dir / "leftover").mkdir(parents=True)
-    assert cache.usage().snapshots == 2 and cache.usage().blobs == 3
+    assert cache.usage().snapshots == 3 and cache.usage().blobs == 4  # 3 loose, 1 pack
 
     dry = cache.prune({"k2"}, dry_run=True)
-    assert (dry.snapshots, dry.blobs, dry.bytes) == (1, 1, len("only in one\n"))
-    assert cache.usage().blobs == 3
+    assert (dry.snapshots, dry.blobs, dry.bytes) == (2, 2, len("only in one\npacked\n"))
+    assert cache.usage().blobs == 4
     assert cache.prune({"k2"}) == dry
     assert cache.keys() == ["k2"] and cache.usage().blobs == 2
     assert not cache.tmp_dir.exists()
