@@ -24,6 +24,13 @@ baker's own (which would make images depend on who baked them):
 Steps are not sandboxed (this is the process flavour of bake): they run as the baker, and the
 clean environment is about reproducibility, not isolation.
 
+The build directory's absolute path differs from one bake to the next (it is scratch space in
+the image store), so a step that writes that path into a file makes a different image every
+time, cached or not, here or on another machine. The usual culprits are Python's: pip records a
+wheel installed *by path* in ``direct_url.json``, and bytecode embeds the absolute source path.
+Install by name from a local directory (``pip install --no-index --find-links wheels --no-compile
+…``) and compile with a relative ``python -m compileall -d deps deps``.
+
 A ``RunStep`` runs in its own session with output (stdout and stderr together) going to a log
 file beside the build dir, not a pipe: a step that leaves a background process behind cannot hang
 the bake, and when the step's main process exits, anything left in its process group is killed, so
