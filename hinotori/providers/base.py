@@ -41,6 +41,14 @@ class CommandResult:
         return self.rc == 0
 
 
+@dataclass(frozen=True)
+class HostUsage:
+    """What a host consumes, for per-service resource metrics (summed over its hosts)."""
+
+    cpu_seconds: float  # cumulative user+system CPU time of everything running in the host
+    memory_bytes: int  # resident memory now
+
+
 @runtime_checkable
 class Provider(Protocol):
     name: str
@@ -79,6 +87,10 @@ class Provider(Protocol):
 
     async def list(self) -> list[Host]:
         """Every host of this provider found on the machine, known to the store or not."""
+        ...
+
+    async def usage(self, host: Host) -> HostUsage | None:
+        """CPU time and memory of the host now; None if it is gone or the provider can't tell."""
         ...
 
     def logs(self, host: Host, tail: int | None = None) -> list[str]:

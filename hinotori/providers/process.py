@@ -43,7 +43,7 @@ from pathlib import Path
 
 from hinotori.errors import ProviderError
 from hinotori.model import Host, HostState
-from hinotori.providers.base import BootRequest, CommandResult
+from hinotori.providers.base import BootRequest, CommandResult, HostUsage
 
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 
@@ -280,6 +280,12 @@ class ProcessProvider:
         found = (_read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))
         return [h for h in found if h and h.state != HostState.DESTROYED and self._alive(h)]
 
+    async def usage(self, host: Host) -> HostUsage | None:
+        """Summed over every process of the host's session (its command and all it started)."""
+        if host.pid is None or not self._alive(host):
+            return None
+        return _session_usage(host.pid)
+
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         path = Path(host.data.get("log") or Path(host.root or ".").parent / "output.log")
         try:
@@ -288,3 +294,30 @@ class ProcessProvider:
         except FileNotFoundError:
             return []
         return [line.rstrip("\n") for line in lines]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _session_usage(sid: int) -> HostUsage | None:
+    """CPU seconds and resident bytes of all processes in session ``sid``, from /proc."""
+    cpu_ticks = rss_pages = 0
+    found = False
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        fields = raw[raw.rfind(")") + 2:].split()
+        # fields[0] is field 3 (state): session is field 6, utime/stime 14/15, rss 24.
+        if int(fields[3]) != sid:
+            continue
+        found = True
+        cpu_ticks += int(fields[11]) + int(fields[12])
+        rss_pages += int(fields[21])
+    if not found:
+        return None
+    return HostUsage(cpu_seconds=cpu_ticks / _TICKS, memory_bytes=rss_pages * _PAGE)
