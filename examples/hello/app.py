@@ -11,6 +11,7 @@ so a test or a demo can play a bad release without writing a new app:
     HINOTORI_HOST_ID   the host name reported in ``X-Hello-Host`` (else the machine's hostname)
 
 Routes: ``GET /``, ``GET /healthz``, ``GET /sleep?ms=N`` (for in-flight and draining tests),
+``GET /print?n=N&tag=T`` (prints N lines "T 0".."T N-1" to stdout, for log-shipping tests),
 ``POST /echo`` (Content-Length or chunked bodies), and with a ``data`` volume
 (``HINOTORI_VOLUME_DATA``, for stateful services) ``POST /notes`` appends a line that
 ``GET /notes`` returns.
@@ -103,6 +104,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(*((200, b"ok") if HEALTHY else (503, b"unhealthy")))
             elif url.path == "/notes" and NOTES:
                 self._reply(200, NOTES.read_bytes() if NOTES.exists() else b"")
+            elif url.path == "/print":  # log lines on demand, for log-shipping tests
+                query = parse_qs(url.query)
+                count, tag = int(query.get("n", ["1"])[0]), query.get("tag", ["line"])[0]
+                for i in range(count):
+                    print(f"{tag} {i}", flush=True)
+                self._reply(200, f"printed {count}\n".encode())
             elif url.path == "/sleep":
                 ms = float(parse_qs(url.query).get("ms", ["0"])[0])
                 time.sleep(ms / 1000)

@@ -44,6 +44,7 @@ from hinotori.errors import (
 )
 from hinotori.health import probe
 from hinotori.model import Host, HostState
+from hinotori.observe.logs import LogPipeline, LogStore, logs_db
 from hinotori.project import Project
 from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
@@ -106,6 +107,9 @@ class Controller:
         self._heal_after: dict[str, float] = {}  # back-off after a failed heal
         self._rng = random.Random()
         self._lock_file: Any = None
+        self.logs = self._log_pipeline()
+        self.fleet.destroying = self.logs.shipper.destroying
+        self._logs_task: asyncio.Task[Any] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     def claim(self) -> None:
@@ -127,6 +131,8 @@ class Controller:
         await self.adopt()
         self.spawn(self._monitor_loop())
         self._notify_task = self.spawn(self.notifier.run())
+        # Not in spawn()'s set: it stops last, after a teardown has flushed every host.
+        self._logs_task = asyncio.create_task(self.logs.run())
         self.spawn(self._reaper_loop())
         self.store.record(ACTOR, "controller.started", self.project.spec.project.name,
                           {"pid": os.getpid()})
@@ -213,6 +219,19 @@ class Controller:
         else:
             self.store.set_canary(service, None, actor=ACTOR, why=why)
 
+    def _log_pipeline(self) -> LogPipeline:
+        """Ships every live host's output (and its service's log_files) to .hinotori/logs.db."""
+        def declared(service: str) -> list[str]:
+            svc = self.fleet.spec.services.get(service)
+            return list(svc.log_files) if svc else []
+
+        def event(action: str, subject: str, detail: dict[str, Any]) -> None:
+            self.store.record(ACTOR, action, subject, detail)
+
+        return LogPipeline(LogStore(logs_db(self.project.state_dir)), self.project.spec.logs,
+                           hosts=lambda: self.store.hosts(states=LIVE_STATES),
+                           declared=declared, on_event=event)
+
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -227,6 +246,9 @@ class Controller:
             hosts = self.store.hosts(states=LIVE_STATES)
             await self.fleet.destroy(hosts, why="hinotori down")
             await self.fleet.router.stop()
+        if self._logs_task is not None:
+            self._logs_task.cancel()
+            await asyncio.gather(self._logs_task, return_exceptions=True)
         self.store.record(ACTOR, "controller.stopped", self.project.spec.project.name,
                           {"teardown": self.teardown})
         with contextlib.suppress(FileNotFoundError):

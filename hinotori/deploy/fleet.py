@@ -15,9 +15,11 @@ It knows providers and the router only through their protocols.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ Progress = Callable[[str, dict[str, Any]], None]
 Verifier = Callable[[Host], Awaitable[str | None]]
 # Told after every switch which hosts joined and which left a service's traffic.
 Membership = Callable[[str, list[Host], list[Host]], None]
+# Wraps every provider destroy: the log shipper flushes the host before and after it, so a
+# host's output is in the central store before the host is gone (invariant 5).
+Destroying = Callable[[Host], AbstractAsyncContextManager[None]]
 
 LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
                HostState.DRAINING, HostState.WARM)
@@ -58,6 +63,7 @@ class Fleet:
         self.hosts_dir = hosts_dir
         self.verifier = verifier
         self.membership = membership
+        self.destroying: Destroying | None = None
         self.actor = actor
         self._table_lock = asyncio.Lock()
 
@@ -234,7 +240,9 @@ class Fleet:
         async def one(host: Host) -> None:
             grace = self.service(host.service).stop_grace if host.service in \
                 self.spec.services else 10.0
-            await self.provider(host).destroy(host, grace=grace)
+            around = self.destroying(host) if self.destroying else contextlib.nullcontext()
+            async with around:
+                await self.provider(host).destroy(host, grace=grace)
             host.warm_until = None
             self._set(host, HostState.DESTROYED, why)
         await asyncio.gather(*(one(h) for h in hosts))
