@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -44,3 +45,15 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"invalid size {text!r}: write e.g. \"512KiB\", \"64MiB\", \"2GiB\"")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_moment(text: str, now: float | None = None) -> float:
+    """A point in time: a duration ago ("10m" = ten minutes before ``now``) or epoch seconds
+    (any plain number large enough to be a date: 1764000000). ValueError if neither."""
+    try:
+        number = float(text)
+    except ValueError:
+        return (time.time() if now is None else now) - parse_duration(text)
+    if number >= 1e9:
+        return number
+    return (time.time() if now is None else now) - parse_duration(text)

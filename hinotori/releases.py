@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hinotori.bake import BakeResult, BuildCache, bake
 from hinotori.errors import NotFound
 from hinotori.model import Release, ReleaseConfig
 from hinotori.project import Project
-from hinotori.store import default_actor
+from hinotori.store import Store, default_actor
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,16 @@ def ensure_release(project: Project, service: str, *, image: str | None = None,
 def config_with_env(project: Project, service: str, overrides: dict[str, str]) -> ReleaseConfig:
     """The spec's config for ``service`` with ``overrides`` on top of its env."""
     return project.service(service).release_config(overrides)
+
+
+def release_rows(store: Store, service: str | None = None) -> list[dict[str, Any]]:
+    """Every release (newest last) as `hinotori releases --json` and `GET /v1/releases` show
+    it: with its role, "current", "previous" or ""."""
+    rows: list[dict[str, Any]] = []
+    for r in store.releases(service):
+        current, previous = store.service_releases(r.service)
+        role = "current" if r.number == current else "previous" if r.number == previous else ""
+        rows.append({"service": r.service, "release": r.name, "image": r.image,
+                     "created_at": r.created_at, "reason": r.reason, "role": role,
+                     "config": r.config.to_dict()})
+    return rows

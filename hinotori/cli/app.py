@@ -10,16 +10,27 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from hinotori.cli import chaoscmd, controlcmds, driftcmd, imagecmds, logcmds, render, verifycmds
+from hinotori.cli import (
+    auditcmd,
+    chaoscmd,
+    controlcmds,
+    driftcmd,
+    imagecmds,
+    logcmds,
+    render,
+    verifycmds,
+)
+from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
 from hinotori.model import HostState
 from hinotori.project import Project
+from hinotori.releases import release_rows
 from hinotori.spec import SPEC_FILE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -32,6 +43,8 @@ app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
 app.command("chaos")(chaoscmd.chaos)
 app.command("logs")(logcmds.logs)
+app.command("audit")(auditcmd.audit)
+app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
 app.command("images")(imagecmds.images)
 app.command("gc")(imagecmds.gc)
 image_app = typer.Typer(no_args_is_help=True, help="One image: inspect, diff.")
@@ -45,9 +58,6 @@ for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
 deployment_app.command("show")(controlcmds.deployment_show)
 app.add_typer(deployment_app, name="deployment")
-
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 @app.command()
@@ -127,14 +137,7 @@ def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt
 def releases(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
              json_out: JsonOpt = False) -> None:
     """Releases (never edited), newest last, with which one serves."""
-    project = Project.load(spec)
-    rows: list[dict[str, Any]] = []
-    for r in project.store.releases(service):
-        current, previous = project.store.service_releases(r.service)
-        mark = "current" if r.number == current else "previous" if r.number == previous else ""
-        rows.append({"service": r.service, "release": r.name, "image": r.image,
-                     "created_at": r.created_at, "reason": r.reason, "role": mark,
-                     "config": r.config.to_dict()})
+    rows = release_rows(Project.load(spec).store, service)
     if json_out:
         render.print_json(rows)
         return
@@ -143,24 +146,6 @@ def releases(service: Annotated[str | None, typer.Argument()] = None, spec: Spec
                    render.when(r["created_at"]), r["reason"],
                    " ".join(f"{k}={v}" for k, v in r["config"]["env"].items()), r["role"])
                   for r in rows])
-
-
-@app.command()
-def history(service: Annotated[str | None, typer.Argument(help="filter by subject")] = None,
-            spec: SpecOpt = Path("."),
-            limit: Annotated[int, typer.Option(help="newest N events")] = 50,
-            action: Annotated[str | None, typer.Option(help="action prefix, e.g. host.")] = None,
-            json_out: JsonOpt = False) -> None:
-    """The append-only event log: who did what, when, and why."""
-    project = Project.load(spec)
-    events = project.store.events(subject=service, action=action, limit=limit)
-    if json_out:
-        render.print_json([e.__dict__ for e in events])
-        return
-    render.table(None, ["when", "actor", "action", "subject", "detail"],
-                 [(render.when(e.ts), e.actor, e.action, e.subject,
-                   ", ".join(f"{k}={v}" for k, v in e.detail.items() if v not in (None, "")))
-                  for e in events])
 
 
 @app.command()

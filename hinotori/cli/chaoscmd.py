@@ -17,13 +17,12 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
+from hinotori.cli.options import SpecOpt
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError
 from hinotori.project import Project
-
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 
 
 def _serving(client: ControllerClient, service: str) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
+from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.durations import parse_duration
@@ -22,8 +23,6 @@ from hinotori.errors import ControllerError, DeployError, HinotoriError, SpecErr
 from hinotori.project import Project
 from hinotori.releases import config_with_env, ensure_release
 
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 LockWait = Annotated[str, typer.Option("--lock-wait", help="wait this long for another "
                                        "deployment of the service, e.g. 30s")]
 

@@ -13,14 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
+from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.durations import parse_duration
 from hinotori.model import Host, HostState
 from hinotori.observe.drift import Drift, compare
 from hinotori.project import Project
 
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 WATCHED = (HostState.READY, HostState.SERVING, HostState.DRAINING, HostState.WARM)
 
 

@@ -18,13 +18,12 @@ from hinotori.bake import Image, step_kind
 from hinotori.bake.diff import diff_manifests
 from hinotori.bake.gc import DEFAULT_KEEP, collect
 from hinotori.cli import render
+from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import ImageNotFound, NotFound
 from hinotori.project import Project
 from hinotori.store import default_actor
 
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. web@v3")]
 
 

@@ -22,6 +22,7 @@ from hinotori.observe.logs import LogLine, LogQuery, LogsError, LogStore, follow
 from hinotori.project import Project
 
 # --spec has no -f here: -f is --follow, as in `tail -f`, `docker logs -f`, `kubectl logs -f`.
+# No -f here: it is --follow, as in tail -f.
 SpecOpt = Annotated[Path, typer.Option("--spec", help="hinotori.toml or its directory")]
 
 

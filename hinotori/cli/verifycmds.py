@@ -28,6 +28,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
+from hinotori.cli.options import SpecOpt
 from hinotori.cli.render import console, err_console
 from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
@@ -40,7 +41,6 @@ from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
 from hinotori.verify.report import FORMATS, RENDERERS, print_table
 from hinotori.verify.survey import MAX_FILES, starter_checks, survey_host, to_toml
 
-SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="vN; default: the newest")]
 
 checks_app = typer.Typer(no_args_is_help=True, help="Write and manage verify checks.")

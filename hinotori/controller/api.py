@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from hinotori import __version__
 from hinotori.controller.daemon import Controller
 from hinotori.controller.metrics import by_release, prometheus_text
+from hinotori.controller.readapi import read_routes
 from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import HostState
 
@@ -154,5 +155,6 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         shipped = await controller.push(body, request.headers.get("x-hub-signature-256"))
         return {"shipped": shipped}
 
+    api.include_router(read_routes(controller))
     app.include_router(api)
     return app

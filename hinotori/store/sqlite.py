@@ -96,18 +96,29 @@ class Store:
             self._event(db, actor, action, subject, detail)
 
     def events(self, *, subject: str | None = None, action: str | None = None,
-               since: float | None = None, limit: int = 100) -> list[Event]:
-        """Newest last; ``subject`` matches exactly or as a prefix ("web" matches "web/v2")."""
+               actor: str | None = None, since: float | None = None,
+               until: float | None = None, text: str | None = None,
+               limit: int = 100) -> list[Event]:
+        """Newest last. ``subject`` matches exactly or as a prefix ("web" matches "web/v2");
+        ``action`` and ``actor`` are prefixes ("host." / "ci:"); ``text`` is a
+        case-insensitive substring of the detail (the why, the reason, a host id…)."""
         where, args = [], []
         if subject:
             where.append("(subject = ? OR subject LIKE ?)")
             args += [subject, f"{subject}/%"]
-        if action:
-            where.append("action LIKE ?")
-            args.append(f"{action}%")
+        for column, prefix in (("action", action), ("actor", actor)):
+            if prefix:
+                where.append(f"{column} LIKE ? ESCAPE '\\'")
+                args.append(_like_escape(prefix) + "%")
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        if text:
+            where.append("detail LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like_escape(text)}%")
         sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [Event(id=r["id"], ts=r["ts"], actor=r["actor"], action=r["action"],
@@ -299,3 +310,8 @@ def _deployment(row: sqlite3.Row) -> dict[str, Any]:
     d["steps"] = json.loads(d["steps"])
     d["summary"] = json.loads(d["summary"])
     return d
+
+
+def _like_escape(text: str) -> str:
+    """``text`` taken literally in a LIKE pattern (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

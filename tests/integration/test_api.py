@@ -4,6 +4,7 @@ whose hosts are all gone, in JSON and the Prometheus text format."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -65,3 +66,66 @@ def test_metrics_per_release_outlive_their_hosts(running: Project) -> None:
     assert b'hinotori_requests_total{code="2xx",release="v1",service="web"} 30.0' in text
     assert b'hinotori_request_duration_seconds_count{release="v2",service="web"} 20.0' in text
     assert b"hinotori_hosts{" in text
+
+
+def test_events_logs_and_releases_are_served(running: Project) -> None:
+    p = running
+    token = (p.path / ".hinotori" / "token").read_text().strip()
+    p.cli("deploy", "web")
+
+    def get(path: str) -> object:
+        status, body = call(p, path, token)
+        assert status == 200, body
+        return json.loads(body)
+
+    events = get("/v1/events?action=deploy.&since=10m")["events"]  # type: ignore[index]
+    assert [e["action"] for e in events][-1] == "deploy.succeeded"
+    assert all(e["action"].startswith("deploy.") for e in events)
+    assert get("/v1/events?actor=nobody-at-all")["events"] == []  # type: ignore[index]
+    assert call(p, "/v1/events?since=yesterday-ish", token)[0] == 400
+
+    host = p.serving()[0]
+    urllib.request.urlopen(f"http://{host['address']}/print?n=3&tag=api-probe", timeout=10)
+    found: list[dict] = []
+    for _ in range(100):  # shipped within a ship interval or two
+        found = get("/v1/logs?service=web&release=v1&grep=api-probe")["lines"]  # type: ignore
+        if len(found) == 3:
+            break
+        time.sleep(0.1)
+    assert [ln["line"] for ln in found] == ["api-probe 0", "api-probe 1", "api-probe 2"]
+    assert {ln["host"] for ln in found} == {host["id"]}
+    after = get(f"/v1/logs?service=web&grep=api-probe&after={found[1]['id']}")
+    assert [ln["line"] for ln in after["lines"]] == ["api-probe 2"]  # type: ignore[index]
+
+    releases = get("/v1/releases?service=web")
+    assert [(r["release"], r["role"]) for r in releases] == [("v1", "current")]  # type: ignore
+
+    spec = get("/openapi.json")
+    for path in ("/v1/events", "/v1/logs", "/v1/releases", "/v1/services/{service}/deploy"):
+        assert path in spec["paths"]  # type: ignore[index]
+    assert call(p, "/v1/logs", None)[0] == 401
+
+
+def test_audit_filters_who_what_when_why(running: Project) -> None:
+    p = running
+    p.cli("deploy", "web")
+    p.set_version("2")
+    p.cli("bake", "web")
+    p.cli("deploy", "web")
+    p.cli("rollback", "web")
+    every = p.json("audit", "--limit", "1000")
+    assert {"id", "ts", "actor", "action", "subject", "why", "detail"} <= set(every[0])  # type: ignore
+    rollbacks = p.json("audit", "web", "--action", "rollback.")
+    assert rollbacks and all(e["action"].startswith("rollback.") for e in rollbacks)  # type: ignore
+    mine = p.json("audit", "--actor", every[-1]["actor"], "--limit", "1000")  # type: ignore
+    assert mine and all(e["actor"] == every[-1]["actor"] for e in mine)  # type: ignore
+    assert p.json("audit", "--since", "1s", "--until", "1s") == []
+    assert p.json("audit", "--until", "1h") == []  # the project is minutes old
+    served = [e for e in p.json("audit", "--action", "host.serving", "--limit", "1000")]  # type: ignore
+    host = served[0]["subject"].split("/")[-1]  # type: ignore[index]
+    grepped = p.json("audit", "--grep", host, "--limit", "1000")
+    assert grepped and all(host in json.dumps(e) for e in grepped)  # type: ignore[union-attr]
+    text = p.cli("audit", "--action", "rollback.").stdout
+    assert "rollback" in text and "who" in text
+    bad = p.cli("audit", "--since", "soon", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

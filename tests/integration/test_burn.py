@@ -43,8 +43,8 @@ def test_chaos_kills_are_healed_and_nobody_notices(three: Project) -> None:
     after = {h["id"] for h in p.serving()}
     victims = {v["host"] for v in report["victims"]}
     assert len(after) == 3 and not victims & after and before - after
-    kills = p.json("history", "--action", "chaos.kill")
-    heals = p.json("history", "--action", "service.healed")
+    kills = p.json("audit", "--action", "chaos.kill")
+    heals = p.json("audit", "--action", "service.healed")
     assert len(kills) == report["kills"] and heals  # type: ignore[arg-type]
 
 

@@ -32,14 +32,14 @@ def test_scheduled_chaos(tmp_path: Path, inside: bool) -> None:
         load.start()
         try:
             if inside:
-                assert wait_until(lambda: len(p.json("history", "--action", "chaos.kill")) >= 2,
+                assert wait_until(lambda: len(p.json("audit", "--action", "chaos.kill")) >= 2,
                                   timeout=30)
                 assert wait_until(lambda: len(p.serving()) == 3, timeout=15)
             else:
                 time.sleep(4)
         finally:
             stats = load.stop()
-        kills = p.json("history", "--action", "chaos.kill")
+        kills = p.json("audit", "--action", "chaos.kill")
         assert (len(kills) >= 2) if inside else not kills  # type: ignore[arg-type]
         assert stats.failed == 0, stats.failures
     finally:

@@ -45,6 +45,6 @@ def test_drift_is_found_and_replaced_under_load(running: Project) -> None:
     assert stats.failed == 0, stats.failures
     assert victim["id"] not in {h["id"] for h in p.serving()}
     assert p.cli("drift", check=False).returncode == 0
-    events = p.json("history", "--action", "deploy.started")
+    events = p.json("audit", "--action", "deploy.started")
     assert any(victim["id"] in e["detail"].get("reason", "") for e in events)  # type: ignore[union-attr]
     assert not os.path.exists(root)  # the drifted host is burned, not kept warm

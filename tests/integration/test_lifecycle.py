@@ -30,7 +30,7 @@ def get(address: str, path: str = "/", timeout: float = 10) -> tuple[int, dict[s
 
 
 def ever_served(project: Project) -> set[str]:
-    events = project.json("history", "--action", "host.serving", "--limit", "10000")
+    events = project.json("audit", "--action", "host.serving", "--limit", "10000")
     return {e["subject"].split("/", 1)[1] for e in events}  # type: ignore[union-attr]
 
 
@@ -55,8 +55,8 @@ def test_deploy_rollback_rounds_under_load_drop_nothing(running: Project) -> Non
     assert set(stats.by_header) <= ever_served(p)
     status = p.json("status")["services"][0]  # type: ignore[index]
     assert (status["current"], status["previous"]) == (1, 2)
-    deployments = p.json("history", "--action", "deploy.succeeded", "--limit", "100")
-    rollbacks = p.json("history", "--action", "rollback.succeeded", "--limit", "100")
+    deployments = p.json("audit", "--action", "deploy.succeeded", "--limit", "100")
+    rollbacks = p.json("audit", "--action", "rollback.succeeded", "--limit", "100")
     assert len(deployments) == 11 and len(rollbacks) == 10  # type: ignore[arg-type]
 
 
@@ -131,7 +131,7 @@ def test_orphans_and_interrupted_deployments_are_swept_at_restart(running: Proje
     p.cli("up", "-d")
     hosts = p.json("hosts")
     assert {h["release"] for h in hosts} == {"v1"}  # type: ignore[union-attr]
-    deployments = p.json("history", "--action", "deploy.failed")
+    deployments = p.json("audit", "--action", "deploy.failed")
     assert any("interrupted" in e["detail"].get("error", "") for e in deployments)  # type: ignore[union-attr]
     assert get(p.router)[1]["X-Hello-Version"] == "1"
 

@@ -99,7 +99,7 @@ def test_verify_exits_0_when_every_check_passes_and_1_when_one_fails(baked: Proj
     assert tap.returncode == 1 and "not ok 5 - file VERSION" in tap.stdout
 
     assert_no_live_host(baked)
-    events = [e["action"] for e in baked.json("history", "--limit", "100")]  # type: ignore[index, union-attr]
+    events = [e["action"] for e in baked.json("audit", "--limit", "100")]  # type: ignore[index, union-attr]
     assert events.count("host.verifying") == 4 and events.count("host.destroyed") == 4
     assert "verify.passed" in events and "verify.failed" in events
 

@@ -1,0 +1,65 @@
+"""`hinotori audit`: the append-only event log — who did what to which subject, when and why.
+
+Every change the controller, a deployment or a person makes is an event written in the same
+transaction as the change itself (the store's triggers refuse edits and deletes), so this is the
+record to read after an incident. It reads the store directly: it works whether or not the
+controller runs, and the same events are served at ``GET /v1/events``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hinotori.cli import render
+from hinotori.cli.logcmds import parse_since
+from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.model import Event
+from hinotori.project import Project
+
+# Keys of an event's detail that say why it happened, in the order they are looked for.
+WHY_KEYS = ("why", "reason", "error")
+
+
+def why(event: Event) -> str:
+    return next((str(event.detail[k]) for k in WHY_KEYS if event.detail.get(k)), "")
+
+
+def details(event: Event) -> str:
+    return ", ".join(f"{k}={v}" for k, v in event.detail.items()
+                     if k not in WHY_KEYS and v not in (None, "", [], {}))
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "ts": event.ts, "actor": event.actor, "action": event.action,
+            "subject": event.subject, "why": why(event), "detail": event.detail}
+
+
+def audit(subject: Annotated[str | None, typer.Argument(
+              help="a subject or its prefix: a service (web), a host (web/web-1a2b)")] = None,
+          actor: Annotated[str | None, typer.Option(
+              "--actor", help="who: an actor or its prefix, e.g. alice or ci:")] = None,
+          action: Annotated[str | None, typer.Option(
+              "--action", help="what: an action or its prefix, e.g. deployment. or host.")] = None,
+          since: Annotated[str | None, typer.Option(
+              "--since", help="events of the last …, e.g. 30m, 2h, 7d")] = None,
+          until: Annotated[str | None, typer.Option(
+              "--until", help="events older than …, e.g. 1h")] = None,
+          grep: Annotated[str | None, typer.Option(
+              "--grep", help="text in the event's details (a reason, a host id…)")] = None,
+          limit: Annotated[int, typer.Option("--limit", min=1, help="the newest N events")] = 100,
+          spec: SpecOpt = Path("."),
+          json_out: JsonOpt = False) -> None:
+    """The event log (who, what, when, why), with filters; oldest first."""
+    project = Project.load(spec)
+    events = project.store.events(subject=subject, actor=actor, action=action,
+                                  since=parse_since(since), until=parse_since(until),
+                                  text=grep, limit=limit)
+    if json_out:
+        render.print_json([event_dict(e) for e in events])
+        return
+    render.table(None, ["when", "who", "what", "subject", "why", "details"],
+                 [(render.when(e.ts), e.actor, e.action, e.subject, why(e), details(e))
+                  for e in events])
