@@ -18,9 +18,11 @@ from hinotori.cli import (
     auditcmd,
     chaoscmd,
     controlcmds,
+    dashboardcmd,
     driftcmd,
     imagecmds,
     logcmds,
+    metricscmd,
     render,
     verifycmds,
 )
@@ -43,6 +45,8 @@ app.command("status")(controlcmds.status)
 app.command("drift")(driftcmd.drift)
 app.command("chaos")(chaoscmd.chaos)
 app.command("logs")(logcmds.logs)
+app.command("metrics")(metricscmd.metrics)
+app.command("dashboard")(dashboardcmd.dashboard)
 app.command("audit")(auditcmd.audit)
 app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
 app.command("images")(imagecmds.images)

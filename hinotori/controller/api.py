@@ -16,8 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from hinotori import __version__
+from hinotori.controller import dashboard
 from hinotori.controller.daemon import Controller
-from hinotori.controller.metrics import by_release, prometheus_text
+from hinotori.controller.dashboard.sessions import DashboardSessions
+from hinotori.controller.metrics import from_totals, prometheus_text
+from hinotori.controller.metricsapi import history_routes
 from hinotori.controller.readapi import read_routes
 from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import HostState
@@ -39,8 +42,12 @@ class ShutdownBody(BaseModel):
 
 
 def create_app(controller: Controller, token: str) -> FastAPI:
-    def authorised(authorization: str | None = Header(default=None)) -> None:
+    sessions = DashboardSessions()  # the web dashboard's read-only sign-ins
+
+    def authorised(request: Request, authorization: str | None = Header(default=None)) -> None:
         given = (authorization or "").removeprefix("Bearer ").strip()
+        if given and sessions.authorise(given, request.method):
+            return
         if not given or not secrets.compare_digest(given.encode(), token.encode()):
             raise Unauthorised("missing or wrong API token",
                                 hint="the token is in .hinotori/token of the project")
@@ -132,12 +139,14 @@ def create_app(controller: Controller, token: str) -> FastAPI:
                      "errors": s.errors, "in_flight": s.active, "statuses": s.statuses}
                     for hid, s in sorted(stats.items()) if hid in owner
                     and service in (None, owner[hid].service)]
-        return [m.to_dict() for m in by_release(stats, hosts) if service in (None, m.service)]
+        totals = await controller.metrics.totals(service)  # they outlive hosts and routers
+        return [m.to_dict() for m in from_totals(totals, stats, hosts)]
 
     @api.get("/metrics")
     async def prometheus() -> Response:
         hosts = store.hosts()
-        body = prometheus_text(by_release(await fleet.router.stats(), hosts), hosts)
+        totals = await controller.metrics.totals()
+        body = prometheus_text(from_totals(totals, await fleet.router.stats(), hosts), hosts)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @api.post("/v1/shutdown")
@@ -156,5 +165,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return {"shipped": shipped}
 
     api.include_router(read_routes(controller))
+    api.include_router(history_routes(controller.metrics))
+    dashboard.mount(app, api, sessions)  # the page at /, its sign-in, /v1/dashboard/ticket
     app.include_router(api)
     return app

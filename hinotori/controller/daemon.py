@@ -45,6 +45,7 @@ from hinotori.errors import (
 from hinotori.health import probe
 from hinotori.model import Host, HostState
 from hinotori.observe.logs import LogPipeline, LogStore, logs_db
+from hinotori.observe.metrics import MetricsRecorder, MetricsStore, chain_destroying, metrics_db
 from hinotori.project import Project
 from hinotori.providers.base import Provider
 from hinotori.providers.process import ProcessProvider
@@ -108,8 +109,13 @@ class Controller:
         self._rng = random.Random()
         self._lock_file: Any = None
         self.logs = self._log_pipeline()
-        self.fleet.destroying = self.logs.shipper.destroying
+        self.metrics = self._metrics_recorder()
+        # Before a host goes: flush its logs, and keep what it counted since the last sample.
+        self.fleet.destroying = chain_destroying(self.logs.shipper.destroying,
+                                                 self.metrics.destroying)
         self._logs_task: asyncio.Task[Any] | None = None
+        self._metrics_task: asyncio.Task[Any] | None = None
+        self._metrics_stopped = False
 
     # -- life cycle ----------------------------------------------------------------------
     def claim(self) -> None:
@@ -133,6 +139,9 @@ class Controller:
         self._notify_task = self.spawn(self.notifier.run())
         # Not in spawn()'s set: it stops last, after a teardown has flushed every host.
         self._logs_task = asyncio.create_task(self.logs.run())
+        # Not in spawn()'s set either: its last sample needs the router, after a teardown's
+        # destroys (whose final counts it stores) and before the router stops.
+        self._metrics_task = asyncio.create_task(self.metrics.run())
         self.spawn(self._reaper_loop())
         self.store.record(ACTOR, "controller.started", self.project.spec.project.name,
                           {"pid": os.getpid()})
@@ -232,6 +241,30 @@ class Controller:
                            hosts=lambda: self.store.hosts(states=LIVE_STATES),
                            declared=declared, on_event=event)
 
+    def _metrics_recorder(self) -> MetricsRecorder:
+        """Per-release history in .hinotori/metrics.db, sampled from the router and providers."""
+        async def usage(host: Host) -> Any:
+            provider = self.fleet.providers.get(host.provider)
+            return await provider.usage(host) if provider is not None else None
+
+        return MetricsRecorder(MetricsStore(metrics_db(self.project.state_dir)),
+                               self.project.spec.metrics, stats=self.fleet.router.stats,
+                               hosts=self.store.hosts, usage=usage)
+
+    async def _stop_metrics(self) -> None:
+        """Stop sampling after one last sample (run() takes it when cancelled; a controller
+        that never started, as in `down` without one, takes it here while the router runs)."""
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            await asyncio.gather(self._metrics_task, return_exceptions=True)
+            self._metrics_task = None
+        elif not self._metrics_stopped:
+            try:
+                await self.metrics.sample_once()
+            except Exception as e:  # the router may be gone already: nothing left to count
+                log.warning("last metrics sample failed: %r", e)
+        self._metrics_stopped = True
+
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -245,7 +278,9 @@ class Controller:
         if self.teardown:
             hosts = self.store.hosts(states=LIVE_STATES)
             await self.fleet.destroy(hosts, why="hinotori down")
+            await self._stop_metrics()
             await self.fleet.router.stop()
+        await self._stop_metrics()
         if self._logs_task is not None:
             self._logs_task.cancel()
             await asyncio.gather(self._logs_task, return_exceptions=True)
@@ -595,7 +630,11 @@ class Controller:
 
 def bind_api_socket(listen: str) -> socket.socket:
     host, _, port = listen.rpartition(":")
-    sock = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
+    # proto=IPPROTO_TCP, so the connections it accepts carry it too and asyncio sets
+    # TCP_NODELAY on them (it checks sock.proto): otherwise uvicorn's separate header and body
+    # writes meet Nagle and delayed ACKs, and every API answer takes 40 ms more.
+    sock = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), int(port)))

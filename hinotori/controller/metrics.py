@@ -5,7 +5,11 @@ graph keyed by host name dies with the host. The router counts per backend host 
 the hot path); here the controller, which knows which release each host ran, folds them.
 
 Exposed as JSON (`GET /v1/metrics`) and in the Prometheus text format (`GET /metrics`) through
-prometheus-client's exposition code, so the names and formats follow its conventions.
+prometheus-client's exposition code, so the names and formats follow its conventions. The
+counters served there are the metric history's totals (``from_totals``: kept per release in
+.hinotori/metrics.db by the sampler, plus what the router counted since its last sample), so
+they survive the hosts, a restarted router and a restarted controller; ``by_release`` folds the
+router's live per-host counters (in flight, and the per-host view).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats, Host
+from hinotori.observe.metrics import Total, bucket_percentile
 
 
 @dataclass
@@ -30,6 +35,8 @@ class ReleaseMetrics:
     statuses: dict[str, int] = field(default_factory=dict)
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     latency_sum_ms: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the release's hosts (history totals only)
+    memory_bytes: int = 0  # resident memory of the release's live hosts at the last sample
 
     @property
     def error_rate(self) -> float:
@@ -38,15 +45,7 @@ class ReleaseMetrics:
 
     def percentile_ms(self, p: float) -> float | None:
         """Upper bound of the latency bucket holding the p-th percentile (None: no data)."""
-        total = sum(self.latency)
-        if not total:
-            return None
-        rank, seen = p / 100 * total, 0
-        for bound, count in zip((*LATENCY_BUCKETS_MS, float("inf")), self.latency, strict=True):
-            seen += count
-            if seen >= rank:
-                return bound
-        return float("inf")
+        return bucket_percentile(self.latency, p)
 
     def to_dict(self) -> dict[str, Any]:
         return {"service": self.service, "release": f"v{self.release}",
@@ -55,7 +54,8 @@ class ReleaseMetrics:
                 "p50_ms": self.percentile_ms(50), "p95_ms": self.percentile_ms(95),
                 "p99_ms": self.percentile_ms(99),
                 "latency_buckets_ms": list(LATENCY_BUCKETS_MS), "latency": self.latency,
-                "latency_sum_ms": round(self.latency_sum_ms, 3)}
+                "latency_sum_ms": round(self.latency_sum_ms, 3),
+                "cpu_seconds": round(self.cpu_seconds, 3), "memory_bytes": self.memory_bytes}
 
 
 def by_release(stats: dict[str, BackendStats], hosts: list[Host]) -> list[ReleaseMetrics]:
@@ -80,6 +80,18 @@ def by_release(stats: dict[str, BackendStats], hosts: list[Host]) -> list[Releas
     return sorted(folded.values(), key=lambda m: (m.service, m.release))
 
 
+def from_totals(totals: list[Total], stats: dict[str, BackendStats],
+                hosts: list[Host]) -> list[ReleaseMetrics]:
+    """The history's per-release totals, with requests in flight from the live counters."""
+    live = {(m.service, m.release): m.in_flight for m in by_release(stats, hosts)}
+    return [ReleaseMetrics(service=t.service, release=t.release, requests=t.counts.requests,
+                           errors=t.counts.errors, in_flight=live.get((t.service, t.release), 0),
+                           statuses=dict(t.counts.statuses), latency=list(t.counts.latency),
+                           latency_sum_ms=t.counts.latency_sum_ms,
+                           cpu_seconds=t.counts.cpu_seconds, memory_bytes=t.memory_bytes)
+            for t in totals]
+
+
 class _Snapshot(Collector):
     def __init__(self, metrics: list[ReleaseMetrics], hosts: list[Host]) -> None:
         self.metrics = metrics
@@ -97,8 +109,15 @@ class _Snapshot(Collector):
         latency = HistogramMetricFamily("hinotori_request_duration_seconds",
                                         "Time from relaying a request to its last response byte",
                                         labels=labels)
+        cpu = CounterMetricFamily("hinotori_cpu_seconds", "CPU time used by the release's "
+                                  "hosts (summed; survives the hosts)", labels=labels)
+        memory = GaugeMetricFamily("hinotori_memory_bytes", "Resident memory of the release's "
+                                   "live hosts, summed, at the last sample", labels=labels)
         for m in self.metrics:
             release = [m.service, f"v{m.release}"]
+            cpu.add_metric(release, m.cpu_seconds)
+            if m.memory_bytes:  # a release with no live host has no memory, not 0 bytes
+                memory.add_metric(release, m.memory_bytes)
             for code, count in sorted(m.statuses.items()):
                 requests.add_metric([*release, code], count)
             errors.add_metric(release, m.errors)
@@ -119,7 +138,7 @@ class _Snapshot(Collector):
                 counts[key] = counts.get(key, 0) + 1
         for key, count in sorted(counts.items()):
             hosts.add_metric(list(key), count)
-        yield from (requests, errors, in_flight, latency, hosts)
+        yield from (requests, errors, in_flight, latency, cpu, memory, hosts)
 
 
 def prometheus_text(metrics: list[ReleaseMetrics], hosts: list[Host]) -> bytes:

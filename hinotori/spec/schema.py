@@ -321,6 +321,30 @@ class LogsSpec(Strict):
         return value
 
 
+class MetricsSpec(Strict):
+    """`[metrics]`: the per-release history in .hinotori/metrics.db (request rate, errors,
+    latency, CPU, memory) that outlives hosts; raw points roll up into 1-minute points."""
+
+    interval: Annotated[Duration, Field(ge=1.0, le=60.0)] = 10.0  # one sample this often
+    retention_10s: Duration = 86400.0  # raw (one per interval) points are kept this long
+    retention_1m: Duration = 30 * 86400.0  # 1-minute points are kept this long
+
+    @model_validator(mode="after")
+    def _retentions(self) -> MetricsSpec:
+        if self.retention_10s < 3600 or self.retention_1m < self.retention_10s:
+            raise ValueError("metrics retention_10s must be at least 1h, and retention_1m at "
+                             "least retention_10s")
+        return self
+
+
+class EngineSpec(Strict):
+    """`[engine]`: the container engine (Docker or Podman) that runs `provider = "container"`
+    hosts and builds OS images, through the Docker Engine API. No url: $DOCKER_HOST,
+    $CONTAINER_HOST, the usual sockets, then a private Podman service under .hinotori/."""
+
+    url: Annotated[str, Field(pattern=r"^(unix|tcp|ssh|http|https)://\S+$")] | None = None
+
+
 class ServiceSpec(Strict):
     provider: Literal["process"] = "process"
     replicas: int = Field(1, ge=1, le=100)
@@ -401,6 +425,8 @@ class Spec(Strict):
     controller: ControllerSpec = ControllerSpec()
     router: RouterSpec = RouterSpec()
     logs: LogsSpec = LogsSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    engine: EngineSpec = EngineSpec()
     services: dict[Name, ServiceSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

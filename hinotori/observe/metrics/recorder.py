@@ -1,0 +1,152 @@
+"""What the controller runs for metrics: a sample every ``[metrics] interval``, rollup and
+pruning every minute, a last sample before each host is destroyed, and the totals the
+Prometheus endpoint serves.
+
+The recorder gets what it observes through callables (router stats, the hosts the store
+knows, a host's usage), so it imports no controller and runs in tests on plain data. Every
+observation and the write it leads to happen under one asyncio lock: a destroy-time sample
+never interleaves with a periodic one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+
+from hinotori.model import BackendStats, Host
+from hinotori.observe.metrics.points import Counts, Point
+from hinotori.observe.metrics.sampler import Sampler
+from hinotori.observe.metrics.store import MetricsStore, Total
+from hinotori.providers.base import HostUsage
+from hinotori.spec.schema import MetricsSpec
+
+log = logging.getLogger("hinotori.metrics")
+
+StatsSource = Callable[[], Awaitable[Mapping[str, BackendStats]]]
+HostsSource = Callable[[], Iterable[Host]]
+UsageSource = Callable[[Host], Awaitable[HostUsage | None]]
+Destroying = Callable[[Host], AbstractAsyncContextManager[None]]
+
+MAINTAIN_EVERY = 60.0
+
+
+class MetricsRecorder:
+    def __init__(self, store: MetricsStore, spec: MetricsSpec, *, stats: StatsSource,
+                 hosts: HostsSource, usage: UsageSource,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.spec = spec
+        self.stats = stats
+        self.hosts = hosts
+        self.usage = usage
+        self.clock = clock
+        self.sampler = Sampler(store.sampler_state())
+        self._lock = asyncio.Lock()
+
+    async def _usage(self, hosts: Iterable[Host]) -> dict[str, HostUsage]:
+        live = [h for h in hosts if h.state.alive]
+        found = await asyncio.gather(*(self.usage(h) for h in live), return_exceptions=True)
+        return {h.id: u for h, u in zip(live, found, strict=True) if isinstance(u, HostUsage)}
+
+    async def sample_once(self) -> list[Point]:
+        """Take one sample and store it (points, totals and baseline in one transaction)."""
+        async with self._lock:
+            stats = await self.stats()
+            hosts = list(self.hosts())
+            usage = await self._usage(hosts)
+            before = self.sampler.state()
+            now = self.clock()
+            points = self.sampler.sample(now, stats, hosts, usage, self.spec.interval)
+            write = asyncio.ensure_future(asyncio.to_thread(
+                self.store.write_sample, points, self.sampler.state(), now))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # Cancelled while the thread writes: the write goes on; whether the baseline
+                # moves must follow whether it was stored, or a delta is counted twice.
+                await asyncio.wait([write])
+                if write.exception() is not None:
+                    self.sampler.restore(before)
+                raise
+            except BaseException:
+                self.sampler.restore(before)  # not stored: the next sample counts it again
+                raise
+            return points
+
+    async def maintain(self) -> tuple[int, int]:
+        """Roll complete minutes up, then prune past retention: (rolled, pruned)."""
+        now = self.clock()
+        rolled = await asyncio.to_thread(self.store.rollup, now)
+        pruned = await asyncio.to_thread(self.store.prune, now, keep_raw=self.spec.retention_10s,
+                                         keep_minute=self.spec.retention_1m)
+        return rolled, pruned
+
+    @contextlib.asynccontextmanager
+    async def destroying(self, host: Host) -> AsyncIterator[None]:
+        """Around a host's destroy: first keep what it counted and used since the last sample
+        (it goes into the next one). Never stops the destroy: a failure is logged."""
+        try:
+            async with self._lock:
+                stats = await self.stats()
+                usage = await self.usage(host) if host.state.alive else None
+                self.sampler.final(host, stats.get(host.id), usage)
+        except Exception:
+            log.exception("metrics: final sample of %s failed", host.id)
+        yield
+
+    async def totals(self, service: str | None = None) -> list[Total]:
+        """Per (service, release): every counter since the history began, including what the
+        router counted since the last sample; gauges as of the last sample."""
+        async with self._lock:
+            stats = await self.stats()
+            fresh = self.sampler.peek(stats, self.hosts())
+            stored = await asyncio.to_thread(self.store.totals, service)
+        out: dict[tuple[str, int], Total] = {(t.service, t.release): t for t in stored}
+        for (svc, rel), counts in fresh.items():
+            if service not in (None, svc):
+                continue
+            old = out.get((svc, rel))
+            total = Counts.from_dict(old.counts.to_dict()) if old else Counts()
+            total.add(counts)
+            out[(svc, rel)] = Total(service=svc, release=rel, counts=total,
+                                    memory_bytes=old.memory_bytes if old else 0,
+                                    hosts=old.hosts if old else 0,
+                                    updated=old.updated if old else self.clock())
+        return [out[k] for k in sorted(out)]
+
+    async def run(self) -> None:
+        """Sample every interval, maintain every minute, until cancelled; then one last
+        sample, so a controller that stops cleanly leaves everything counted in the store."""
+        next_maintain = 0.0
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.sample_once()
+                    if started >= next_maintain:
+                        await self.maintain()
+                        next_maintain = started + MAINTAIN_EVERY
+                except Exception:
+                    log.exception("metrics sample failed")
+                await asyncio.sleep(max(0.0, self.spec.interval - (time.monotonic() - started)))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.sample_once())
+
+
+def chain_destroying(*hooks: Destroying | None) -> Destroying:
+    """Several ``Fleet.destroying`` hooks as one: entered in order, left in reverse."""
+    active = [h for h in hooks if h is not None]
+
+    @contextlib.asynccontextmanager
+    async def around(host: Host) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for hook in active:
+                await stack.enter_async_context(hook(host))
+            yield
+
+    return around
