@@ -15,11 +15,15 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hinotori.bake import ImageStore
 from hinotori.errors import NotFound
 from hinotori.spec import LoadedSpec, ServiceSpec, Spec, load_spec
 from hinotori.store import Store
+
+if TYPE_CHECKING:
+    import docker
 
 STATE_DIR = ".hinotori"
 
@@ -70,6 +74,13 @@ class Project:
             known = ", ".join(sorted(self.spec.services))
             raise NotFound(f"no service {name!r} in {self.loaded.path.name}",
                            hint=f"services in the spec: {known}") from None
+
+    def engine(self) -> docker.DockerClient:
+        """A client of the container engine this project uses (``[engine] url``, else the
+        usual places, else a private Podman service under .hinotori/). Close it when done."""
+        from hinotori.engine import connect  # the docker SDK only when an engine is needed
+
+        return connect(self.spec.engine.url, state_dir=self.state_dir)
 
     def token(self) -> str:
         """The API token, created (mode 0600) on first use."""

@@ -34,12 +34,37 @@ def bake_service(project: Project, service: str, *,
     # bake() takes the same lock shared again: flock grants a shared lock while others
     # hold it shared, even with an exclusive request (gc) waiting, so this cannot deadlock.
     with BuildCache.beside(project.images.root).lock():
-        result = bake(project.root / svc.image.context, svc.image.recipe(), project.images,
-                      labels={"service": service, "project": project.spec.project.name},
-                      on_progress=on_progress, use_cache=use_cache)
+        if svc.image.os is not None:
+            result = _bake_os(project, service, on_progress=on_progress, use_cache=use_cache)
+        else:
+            result = bake(project.root / svc.image.context, svc.image.recipe(),
+                          project.images,
+                          labels={"service": service, "project": project.spec.project.name},
+                          on_progress=on_progress, use_cache=use_cache)
         outcome = ensure_release(project, service, image=result.image.digest,
                                  config=svc.release_config(), reason="bake")
     return result, outcome
+
+
+def _bake_os(project: Project, service: str, *, on_progress: Callable[[str], None] | None,
+             use_cache: bool) -> BakeResult:
+    """An OS image (``image.os`` set): built in the container engine; its digest is the
+    engine image id the container provider runs."""
+    from hinotori.bake.osimage import BaseSpec, OsRecipe, bake_os
+
+    image = project.service(service).image
+    assert image.os is not None
+    os_spec = image.os
+    recipe = OsRecipe(BaseSpec(suite=os_spec.suite, variant=os_spec.variant,
+                               packages=tuple(os_spec.packages), mirror=os_spec.mirror,
+                               arch=os_spec.arch), workdir=os_spec.workdir)
+    client = project.engine()
+    try:
+        return bake_os(client, project.root / image.context, image.recipe(), recipe,
+                       project.images, project=project.spec.project.name, service=service,
+                       on_progress=on_progress, use_cache=use_cache)
+    finally:
+        client.close()
 
 
 def ensure_release(project: Project, service: str, *, image: str | None = None,

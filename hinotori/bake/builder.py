@@ -74,6 +74,9 @@ class BakeResult:
     reused: bool  # True when an identical image was already stored
     cache_hits: int = 0  # recipe steps whose result came from the build cache
     cache_misses: int = 0  # recipe steps that ran (hits + misses == number of steps)
+    # OS images (osimage/bake.py): which steps (1-based) came from the engine's layer cache;
+    # None for file trees, whose cached steps are always the first ``cache_hits``.
+    cached_steps: tuple[int, ...] | None = None
 
 
 def bake(

@@ -9,7 +9,9 @@ An image is in use, and is never removed, while a release that names it is
       ready, serving, draining and warm hosts all keep their image.
 
 Every other stored image goes, including images no release names (a bake whose release was
-never made). Then the build cache: snapshots that no remaining image's chain names (each
+never made). An OS image goes from the container engine too (its hinotori tag; see
+osimage/engine_images.py); one the engine cannot remove stays recorded and is reported as kept.
+Then the build cache: snapshots that no remaining image's chain names (each
 image.json lists ``cache_keys``) and blobs that no remaining snapshot names. Then scratch in the
 image store's ``.tmp`` whose process is gone (a killed bake or removal).
 
@@ -23,15 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hinotori.bake.cache import BuildCache, PruneStats
 from hinotori.bake.images import Image, ImageStore
+from hinotori.bake.osimage.engine_images import remove_engine_images
 from hinotori.bake.tree import force_remove
 from hinotori.errors import NotFound
 from hinotori.model import HostState
 from hinotori.store import Store
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 DEFAULT_KEEP = 3
 
@@ -84,7 +91,8 @@ def images_in_use(store: Store, *, keep: int = DEFAULT_KEEP) -> dict[str, list[s
 
 
 def collect(images: ImageStore, store: Store, *, keep: int = DEFAULT_KEEP,
-            dry_run: bool = False, actor: str = "hinotori") -> GcResult:
+            dry_run: bool = False, actor: str = "hinotori",
+            engine: Callable[[], DockerClient] | None = None) -> GcResult:
     """Remove what nothing uses (or, with ``dry_run``, only say what would go)."""
     cache = BuildCache.beside(images.root)
     with cache.lock(exclusive=True):
@@ -97,6 +105,11 @@ def collect(images: ImageStore, store: Store, *, keep: int = DEFAULT_KEEP,
         orphans = [path for path, pid in images.scratch_dirs()
                    if path.name.startswith("bake-") or not _alive(pid)]
         if not dry_run:
+            refused = remove_engine_images([i for i in doomed if i.kind == "os"],
+                                           engine=engine)
+            for image in [i for i in doomed if i.digest in refused]:
+                doomed.remove(image)
+                kept[image.digest] = [refused[image.digest]]
             for image in doomed:
                 images.remove(image.digest)
             for path in orphans:

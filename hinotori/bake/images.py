@@ -5,6 +5,11 @@ Layout (the root is normally the project's ``.hinotori/images/``)::
     <root>/sha256-<hex>/rootfs/         the image's files, read-only (0444/0555 files, 0555 dirs)
     <root>/sha256-<hex>/manifest.json   canonical manifest; sha256 of this file == <hex>
     <root>/sha256-<hex>/image.json      provenance (outside the digest)
+    <root>/sha256-<hex>/engine.json     OS images only (hinotori.bake.osimage): the image lives
+                                        in the container engine and <hex> is its engine id;
+                                        the directory records it (image.json: base, layers,
+                                        recipe) and has no rootfs. Its manifest.json is
+                                        written later, when first asked for (osimage/files.py)
     <root>/.tmp/                        scratch space for bakes and removals in progress
 
 An image directory appears in one ``rename(2)`` of a fully written scratch directory on the same
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hinotori.bake.manifest import ManifestEntry, read_manifest
+from hinotori.bake.manifest import ManifestEntry, read_manifest, write_manifest
 from hinotori.bake.tree import force_remove
 from hinotori.errors import ImageNotFound
 
@@ -35,6 +40,7 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _DIR_NAME = re.compile(r"sha256-([0-9a-f]{64})")
 _SCRATCH_NAME = re.compile(r"(?:bake|remove)-(\d+)-.*")
 MIN_PREFIX = 8
+ENGINE_FILE = "engine.json"
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,20 @@ class Image:
     def labels(self) -> dict[str, str]:
         return dict(self.provenance.get("labels", {}))
 
+    @property
+    def kind(self) -> str:
+        """"files" (a rootfs here) or "os" (an engine image recorded here)."""
+        return str(self.provenance.get("kind", "files"))
+
+    @property
+    def has_manifest(self) -> bool:
+        return (self.path / "manifest.json").is_file()
+
     def manifest(self) -> list[ManifestEntry]:
+        if not self.has_manifest:
+            raise ImageNotFound(
+                f"{self.digest} is an OS image whose file list has not been read yet",
+                hint="`hinotori image inspect` or `image diff` reads it from the engine")
         return read_manifest(self.path / "manifest.json")
 
 
@@ -134,6 +153,31 @@ class ImageStore:
         os.chmod(final, 0o555)
         return True
 
+    def record(self, digest: str, info: dict[str, Any], *, engine: dict[str, Any]) -> bool:
+        """Record an engine image (an OS image) under its engine id; False if already there."""
+        scratch = self.new_scratch()
+        try:
+            for name, data in (("image.json", info), (ENGINE_FILE, engine)):
+                path = scratch / name
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n",
+                                encoding="utf-8")
+                os.chmod(path, 0o444)
+            return self.commit(scratch, digest)
+        finally:
+            force_remove(scratch)
+
+    def add_manifest(self, digest: str, entries: list[ManifestEntry]) -> None:
+        """Give a recorded engine image its manifest (computed from the engine, later)."""
+        path = self._require(digest)
+        os.chmod(path, 0o755)
+        try:
+            tmp = path / f".manifest-{os.getpid()}.json"
+            write_manifest(tmp, entries)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path / "manifest.json")
+        finally:
+            os.chmod(path, 0o555)
+
     def scratch_dirs(self) -> list[tuple[Path, int | None]]:
         """Scratch directories in ``.tmp`` with the pid of the process that made each (None
         when the name holds none)."""
@@ -167,7 +211,8 @@ class ImageStore:
 
     @staticmethod
     def _complete(path: Path) -> bool:
-        return (path / "manifest.json").is_file() and (path / "image.json").is_file()
+        return (path / "image.json").is_file() and (
+            (path / "manifest.json").is_file() or (path / ENGINE_FILE).is_file())
 
     def _load(self, hex_: str) -> Image:
         path = self.root / f"sha256-{hex_}"

@@ -5,6 +5,7 @@
     { copy = "src", to = "dest", mode = "0644" }      filesteps.py: context -> image
     { file = "path", content = "...", mode = "0644" } filesteps.py: write a file
     { remove = "path" }                               filesteps.py: remove a path
+    { apt = ["curl", ...] }                           aptstep.py: Debian packages (OS images)
 
 What a step is and must do is in ``stepbase.py``. A new kind of step is one class (in the module
 where it fits) plus one line in ``STEP_KINDS``. A dict is the kind whose name is one of its keys
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hinotori.bake.aptstep import AptStep
 from hinotori.bake.filesteps import CopyStep, FileStep, RemoveStep
 from hinotori.bake.runsteps import ZIP_EPOCH, EnvStep, RunStep, step_environment
 from hinotori.bake.stepbase import Step, StepContext
@@ -23,6 +25,7 @@ from hinotori.bake.stepbase import Step, StepContext
 __all__ = [
     "STEP_KINDS",
     "ZIP_EPOCH",
+    "AptStep",
     "CopyStep",
     "EnvStep",
     "FileStep",
@@ -42,6 +45,7 @@ STEP_KINDS: dict[str, type[Step]] = {
     CopyStep.kind: CopyStep,
     FileStep.kind: FileStep,
     RemoveStep.kind: RemoveStep,
+    AptStep.kind: AptStep,
 }
 
 

@@ -105,7 +105,8 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
         results.append({"service": name, "image": result.image.digest, "reused": result.reused,
                         "release": release.name, "release_created": outcome.created,
                         "files": result.image.provenance.get("file_count"),
-                        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses})
+                        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
+                        "cached_steps": result.cached_steps})
         if not json_out:
             verb = "new release" if outcome.created else "no change, still"
             steps = result.cache_hits + result.cache_misses
@@ -114,6 +115,11 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
             console.print(f"[bold]{name}[/]: image {render.short_digest(result.image.digest)}"
                           f"{' (already stored)' if result.reused else ''} — {verb} "
                           f"[bold]{release.name}[/]{cache}")
+            if result.cached_steps is not None and steps:  # an OS image: say which layers
+                built = [i for i in range(1, steps + 1) if i not in result.cached_steps]
+                console.print(f"  [dim]{result.image.digest}; steps cached: "
+                              f"{' '.join(map(str, result.cached_steps)) or 'none'}; built: "
+                              f"{' '.join(map(str, built)) or 'none'}[/]", highlight=False)
     if json_out:
         render.print_json(results)
 

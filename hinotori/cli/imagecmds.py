@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.bake import Image, step_kind
+from hinotori.bake import Image, ManifestEntry, step_kind
 from hinotori.bake.diff import diff_manifests
 from hinotori.bake.gc import DEFAULT_KEEP, collect
 from hinotori.cli import render
@@ -34,11 +34,13 @@ def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
     found = project.images.list()
     if json_out:
         render.print_json([{"digest": i.digest, "created_at": i.created_at,
-                            "files": i.file_count, "size": i.total_size, "labels": i.labels,
+                            "files": None if i.kind == "os" else i.file_count,
+                            "kind": i.kind, "size": i.total_size, "labels": i.labels,
                             "releases": using.get(i.digest, [])} for i in found])
         return
     render.table(None, ["image", "created", "files", "size", "labels", "releases"],
-                 [(render.short_digest(i.digest), render.when(i.created_at), i.file_count,
+                 [(render.short_digest(i.digest), render.when(i.created_at),
+                   "-" if i.kind == "os" else i.file_count,
                    _size(i.total_size), " ".join(f"{k}={v}" for k, v in i.labels.items()),
                    ", ".join(using.get(i.digest, [])) or "-") for i in found])
 
@@ -47,6 +49,9 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
     """Where an image came from: recipe, source commit, builder, build time, env, size."""
     project = Project.load(spec)
     image = resolve_image(project, ref)
+    if image.kind == "os" and not image.has_manifest:
+        _manifest(project, image)  # an OS image's files are read once, on first inspect
+        image = project.images.get(image.digest)
     info = image.provenance
     releases = _releases_using(project).get(image.digest, [])
     if json_out:
@@ -68,6 +73,15 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
         ("files", f"{image.file_count} ({_size(image.total_size)})"),
         ("releases", ", ".join(releases) or "-"),
     ]
+    if image.kind == "os":
+        files = len([e for e in image.manifest() if e.type == "file"])
+        base = info.get("base", {})
+        rows[-2] = ("files", f"{files} ({_size(image.total_size)} in the engine)")
+        rows[1:1] = [("engine tag", info.get("engine", {}).get("tag", "-")),
+                     ("base", f"{base.get('tag', '-')} = {base.get('suite', '?')} "
+                              f"{base.get('variant', '?')} {base.get('arch', '?')}, "
+                              f"packages: {' '.join(base.get('packages', []))}"),
+                     ("workdir", info.get("workdir", "-"))]
     width = max(len(k) for k, _ in rows) + 2
     for key, value in rows:  # plain lines, not a table: a digest must never be cut short
         console.print(f"{key + ':':<{width}}{value}", highlight=False, markup=False,
@@ -75,9 +89,16 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
     recipe = info.get("recipe", [])
     console.print(f"recipe ({len(recipe)} steps):" if recipe else "recipe: no steps",
                   highlight=False)
+    cached = set(info.get("cached_steps", []))
     for i, step in enumerate(recipe, start=1):
-        console.print(f"  {i}. {_step_text(step)}", highlight=False, markup=False,
-                      soft_wrap=True)
+        console.print(f"  {i}. {_step_text(step)}{' (cached)' if i in cached else ''}",
+                      highlight=False, markup=False, soft_wrap=True)
+    layers = info.get("layers", [])
+    if layers:
+        console.print(f"layers ({len(layers)}, newest first):", highlight=False)
+        for layer in layers:
+            console.print(f"  {_size(layer['size']):>10}  {layer['created_by'][:120]}",
+                          highlight=False, markup=False, soft_wrap=True)
 
 
 def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."),
@@ -85,7 +106,7 @@ def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."),
     """Files added, removed and changed (content, mode, type) from image A to image B."""
     project = Project.load(spec)
     before, after = resolve_image(project, a), resolve_image(project, b)
-    diff = diff_manifests(before.manifest(), after.manifest())
+    diff = diff_manifests(_manifest(project, before), _manifest(project, after))
     if json_out:
         render.print_json({"a": before.digest, "b": after.digest, **diff.to_dict()})
         return
@@ -113,7 +134,7 @@ def gc(spec: SpecOpt = Path("."),
     host's), unreachable build-cache entries and orphaned scratch."""
     project = Project.load(spec)
     result = collect(project.images, project.store, keep=keep, dry_run=dry_run,
-                     actor=default_actor())
+                     actor=default_actor(), engine=project.engine)
     if json_out:
         render.print_json(result.to_dict())
         return
@@ -163,6 +184,19 @@ def resolve_image(project: Project, ref: str) -> Image:
     except ImageNotFound:
         raise ImageNotFound(f"{ref} uses image {release.image}, which is no longer stored",
                             hint=f"bake it again: `hinotori bake {service}`") from None
+
+
+def _manifest(project: Project, image: Image) -> list[ManifestEntry]:
+    """An image's manifest; an OS image's is read from the engine the first time."""
+    if image.kind != "os":
+        return image.manifest()
+    from hinotori.bake.osimage import os_manifest
+
+    client = project.engine()
+    try:
+        return os_manifest(client, project.images, image)
+    finally:
+        client.close()
 
 
 def _releases_using(project: Project) -> dict[str, list[str]]:

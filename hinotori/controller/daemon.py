@@ -48,6 +48,7 @@ from hinotori.observe.logs import LogPipeline, LogStore, logs_db
 from hinotori.observe.metrics import MetricsRecorder, MetricsStore, chain_destroying, metrics_db
 from hinotori.project import Project
 from hinotori.providers.base import Provider
+from hinotori.providers.container import ContainerProvider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
@@ -61,7 +62,14 @@ UNROUTED = (HostState.BOOTING, HostState.VERIFYING, HostState.READY)
 
 
 def make_providers(project: Project) -> dict[str, Provider]:
-    return {"process": ProcessProvider(project.hosts_dir)}
+    providers: dict[str, Provider] = {"process": ProcessProvider(project.hosts_dir)}
+    # Only a project with container hosts (declared, or still recorded) gets the container
+    # provider, and it reaches the engine on first use: process-only projects never need one.
+    if any(s.provider == "container" for s in project.spec.services.values()) or any(
+            h.provider == "container" for h in project.store.hosts(states=LIVE_STATES)):
+        providers["container"] = ContainerProvider(
+            project.spec.project.name, url=project.spec.engine.url, state_dir=project.state_dir)
+    return providers
 
 
 def make_router(project: Project) -> Router:
@@ -82,7 +90,8 @@ def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
             return None
         return VerifyPlan(checks=tuple(svc.checks),
                           testinfra=tuple(project.root / t for t in svc.testinfra),
-                          python=sys.executable)
+                          # A container runs its image's python3, not this controller's.
+                          python=sys.executable if svc.provider == "process" else "python3")
 
     # No host takes traffic before its service's checks pass on it (invariant 2).
     fleet.verifier = fleet_verifier(providers, plan_of)
@@ -361,6 +370,10 @@ class Controller:
             self.notifier.timeout = fresh.notify.timeout
             self._notify_task = self.spawn(self.notifier.run())
         self.project.spec = fresh
+        # A service that moved to (or arrived with) a new provider: add it in place, so the
+        # fleet and its verifier, which share this dict, both see it.
+        for name, provider in make_providers(self.project).items():
+            self.fleet.providers.setdefault(name, provider)
 
     def control(self, service: str, action: str) -> None:
         """pause | resume | promote | abort the running canary of ``service``."""

@@ -51,7 +51,7 @@ def _quiet(_: str, __: dict[str, Any]) -> None:
 
 
 class Fleet:
-    def __init__(self, *, spec: Spec, store: Store, providers: Mapping[str, Provider],
+    def __init__(self, *, spec: Spec, store: Store, providers: dict[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
                  verifier: Verifier | None = None, membership: Membership | None = None,
                  actor: str = "controller") -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from hinotori.bake.aptstep import check_package
 from hinotori.bake.paths import relative
 from hinotori.bake.stepbase import parse_mode
 from hinotori.bake.steps import Step, step_from_dict, step_kind
@@ -133,9 +134,18 @@ class RemoveStepSpec(Strict):
     remove: Annotated[str, _step_path("remove")]
 
 
+DebianPackage = Annotated[str, AfterValidator(check_package)]
+
+
+class AptStepSpec(Strict):
+    """{ apt = ["curl", ...] }: Debian packages, one cached layer (OS images only)."""
+
+    apt: list[DebianPackage] = Field(min_length=1)
+
+
 _STEP_SPECS: dict[type[BaseModel], str] = {RunStepSpec: "run", EnvStepSpec: "env",
                                            CopyStepSpec: "copy", FileStepSpec: "file",
-                                           RemoveStepSpec: "remove"}
+                                           RemoveStepSpec: "remove", AptStepSpec: "apt"}
 
 
 def _step_tag(value: object) -> str | None:
@@ -149,8 +159,8 @@ def _step_tag(value: object) -> str | None:
 
 def _one_step_kind(value: object) -> object:
     if isinstance(value, dict) and step_kind(value) is None:
-        raise ValueError("a step is a table with exactly one of run, env, copy, file, remove "
-                         "(env may also go with run), e.g. { copy = \"src\", to = \"app/\" }")
+        raise ValueError("a step is a table with exactly one of run, env, copy, file, remove, "
+                         "apt (env may also go with run), e.g. { copy = \"src\", to = \"app/\" }")
     return value
 
 
@@ -159,11 +169,28 @@ StepSpec = Annotated[
     | Annotated[EnvStepSpec, Tag("step[env]")]
     | Annotated[CopyStepSpec, Tag("step[copy]")]
     | Annotated[FileStepSpec, Tag("step[file]")]
-    | Annotated[RemoveStepSpec, Tag("step[remove]")],
+    | Annotated[RemoveStepSpec, Tag("step[remove]")]
+    | Annotated[AptStepSpec, Tag("step[apt]")],
     Discriminator(_step_tag, custom_error_type="step_kind",
                   custom_error_message="a step is a table naming one kind of step"),
     BeforeValidator(_one_step_kind),
 ]
+
+
+class OsSpec(Strict):
+    """`os = { ... }`: the image is a Debian system bootstrapped with mmdebstrap and imported
+    into the container engine; the recipe's steps become its layers (hinotori.bake.osimage).
+    python3 is always installed (verify runs its evaluator inside the host) besides
+    `packages`."""
+
+    suite: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,30}$")] = "bookworm"
+    # Only variants that include apt: apt steps and `packages` need it.
+    variant: Literal["minbase", "apt", "buildd", "required", "important", "standard"] = "minbase"
+    packages: list[DebianPackage] = []
+    mirror: Annotated[str, Field(pattern=r"^(https?|file)://\S+$")] = (
+        "http://deb.debian.org/debian")
+    arch: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] | None = None  # default: the host's
+    workdir: Annotated[str, Field(pattern=r"^/\S*$")] = "/app"  # where step paths point
 
 
 class ImageSpec(Strict):
@@ -171,6 +198,14 @@ class ImageSpec(Strict):
 
     context: str = "."
     steps: list[StepSpec] = []
+    os: OsSpec | None = None  # None: a file tree (process hosts); else a Debian OS image
+
+    @model_validator(mode="after")
+    def _apt_needs_os(self) -> ImageSpec:
+        if self.os is None and any(isinstance(s, AptStepSpec) for s in self.steps):
+            raise ValueError("apt steps install Debian packages, so they need an OS image: add "
+                             "os = { suite = \"bookworm\" } to this [image] table")
+        return self
 
     def recipe(self) -> list[Step]:
         """The steps as the builder takes them."""
@@ -346,7 +381,9 @@ class EngineSpec(Strict):
 
 
 class ServiceSpec(Strict):
-    provider: Literal["process"] = "process"
+    # process: a local process group in a copy of a file-tree image; container: a container of
+    # an OS image ([image] os = { ... }) in the engine of [engine].
+    provider: Literal["process", "container"] = "process"
     replicas: int = Field(1, ge=1, le=100)
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
@@ -387,6 +424,13 @@ class ServiceSpec(Strict):
                              "replicas = 1")
         if self.stateful and self.chaos is not None:
             raise ValueError("a stateful service is never chaos-killed: remove its chaos table")
+        if self.provider == "container" and self.image.os is None:
+            raise ValueError("a container host runs an OS image: add os = { suite = "
+                             "\"bookworm\" } to this service's [image] table (or use "
+                             "provider = \"process\" for a file-tree image)")
+        if self.provider == "process" and self.image.os is not None:
+            raise ValueError("an OS image runs in the container engine, not as a process: set "
+                             "provider = \"container\" (or remove `os` for a file-tree image)")
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")

@@ -21,6 +21,7 @@ from hinotori.bake import (
     step_from_dict,
     step_kind,
 )
+from hinotori.bake.aptstep import AptStep
 from hinotori.bake.context import BuildSource
 from hinotori.bake.stepbase import StepContext, parse_mode
 from hinotori.errors import BakeError, SpecError
@@ -37,15 +38,16 @@ def test_every_kind_round_trips_through_its_dict_form() -> None:
         CopyStep(".", "."),
         FileStep("etc/app.conf", "x = 1\n"),
         RemoveStep("tests"),
+        AptStep(("curl",)),
     ]
-    assert sorted(STEP_KINDS) == ["copy", "env", "file", "remove", "run"]
+    assert sorted(STEP_KINDS) == ["apt", "copy", "env", "file", "remove", "run"]
     for step in steps:
         assert step_from_dict(step.to_json()) == step
     assert steps[2].to_json() == {"copy": "src", "to": "app/", "mode": "0755"}
     assert steps[4].to_json() == {"file": "etc/app.conf", "content": "x = 1\n", "mode": "0644"}
     assert [s.describe() for s in steps[1:]] == [
         "env: MODE=prod", "copy: src -> app/", "copy: . -> .",
-        "file: etc/app.conf (6 bytes, 0644)", "remove: tests"]
+        "file: etc/app.conf (6 bytes, 0644)", "remove: tests", "apt: curl"]
 
 
 def test_the_kind_of_a_dict() -> None:

@@ -58,6 +58,7 @@ class _Tail:
     stream: int
     gen: int
     offset: int
+    unframe: Callable[[str], str] | None = None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -199,6 +200,9 @@ class Shipper:
         except OSError as e:
             self._error(f"cannot read {tail.name} of {tail.host}: {e}")
             return None
+        if tail.unframe is not None:
+            unframe = tail.unframe
+            rows = [(s, off, t, unframe(text)) for s, off, t, text in rows]
         return _Work(tail, rows, offset) if offset != tail.offset else None
 
     def _read_retiring(self, ts: float, host: str | None = None) -> list[_Work]:
@@ -288,12 +292,14 @@ class Shipper:
         ident = _ident(st)
         known = self.store.stream(host.id, sf.name)
         if after is None and known and known.inode == ident and st.st_size >= known.shipped:
-            return _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped)
+            return _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
+                         sf.unframe)
         gen = 0 if known is None else known.gen + 1
         stream = self.store.open_stream(host=host.id, service=host.service,
                                         release=host.release, source=sf.name, inode=ident,
                                         gen=gen)
-        return _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped)
+        return _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
+                     sf.unframe)
 
     def _count_open(self) -> int:
         return sum(len(t) for t in self._tails.values()) + len(self._retiring)

@@ -13,7 +13,7 @@ For a new provider: one class with ``files`` below, and one line in ``SOURCES``.
 from __future__ import annotations
 
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +28,7 @@ SCRATCH = "$HINOTORI_SCRATCH/"  # how a scratch file is named: the way the host 
 class SourceFile:
     name: str  # "stdout", "logs/app.log" (in the view), "$HINOTORI_SCRATCH/app.log"
     path: Path  # where this machine reads it
+    unframe: Callable[[str], str] | None = None  # a line as written -> the host's own text
 
 
 class LogSource(Protocol):
@@ -72,6 +73,20 @@ class ProcessLogSource:
         return found
 
 
+class ContainerLogSource:
+    """Container hosts: the log file the engine writes on this machine (``host.data["log"]``,
+    stdout and stderr framed by the engine, unframed here), while the container exists."""
+
+    def files(self, host: Host, declared: Sequence[str]) -> list[SourceFile]:
+        from hinotori.providers.container_logs import decode
+
+        out = host.data.get("log")
+        if not out or not Path(out).is_file():
+            return []
+        return [SourceFile(STDOUT, Path(out), unframe=lambda raw: decode(raw).text)]
+
+
 SOURCES: dict[str, LogSource] = {
     "process": ProcessLogSource(),
+    "container": ContainerLogSource(),
 }

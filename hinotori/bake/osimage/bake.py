@@ -1,0 +1,143 @@
+"""``bake_os()``: a recipe on a Debian base -> an engine image, registered in the image store.
+
+    base      the bootstrapped Debian for (suite, variant, packages, mirror, arch)   base.py
+    recipe    one Containerfile instruction per step, context tar assembled here   containerfile.py
+    build     the engine's build API, layer cache on, fixed timestamp              engine_build.py
+    tag       localhost/hinotori/<project>-<service>:<12 hex of the id>, only after success
+    record    <images>/sha256-<engine id hex>/ with image.json (provenance: base, layers,
+              recipe) and engine.json; no manifest.json until someone asks (files.py)
+
+The image's digest is the engine's image id (``client.images.get(ref).id``): the container
+provider runs exactly that id, and the release names it. A cached rebake of unchanged inputs
+is all layer-cache hits, so the engine answers with the same id, the record is already there
+and no release is made. Nothing here reads the image's files: that is what keeps the cached
+rebake as fast as the engine's own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hinotori
+from hinotori.bake.builder import BakeResult
+from hinotori.bake.cache import BuildCache
+from hinotori.bake.context import BuildSource
+from hinotori.bake.ignore import IgnoreRules
+from hinotori.bake.images import ImageStore
+from hinotori.bake.osimage.base import BaseSpec, ensure_base
+from hinotori.bake.osimage.containerfile import context_tar, translate
+from hinotori.bake.osimage.engine_build import build
+from hinotori.bake.provenance import git_source, recipe_hash
+from hinotori.bake.steps import Step
+from hinotori.errors import BakeError
+
+if TYPE_CHECKING:
+    import docker
+
+Progress = Callable[[str], None]
+IMAGE_REPOSITORY = "localhost/hinotori"
+
+
+@dataclass(frozen=True)
+class OsRecipe:
+    base: BaseSpec
+    workdir: str = "/app"
+
+
+def image_repository(project: str, service: str) -> str:
+    return f"{IMAGE_REPOSITORY}/{project}-{service}"
+
+
+def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], recipe: OsRecipe,
+            store: ImageStore, *, project: str, service: str,
+            on_progress: Progress | None = None, use_cache: bool = True,
+            ignore_file: str = ".hinotoriignore") -> BakeResult:
+    say = on_progress or (lambda _m: None)
+    started = time.monotonic()
+    context = _check_context(Path(context))
+    cache = BuildCache.beside(store.root)
+    source = BuildSource(context, IgnoreRules.load(context, ignore_file), (store.root, cache.root))
+    base_id = ensure_base(client, recipe.base, on_progress=say)
+    epoch = recipe.base.epoch()
+    steps = list(steps)
+    translation = translate(steps, base=recipe.base.tag, workdir=recipe.workdir, source=source,
+                            epoch=epoch)
+
+    def describe(instruction: int) -> str:
+        owner = translation.owners.get(instruction, 0)
+        if owner == 0:
+            return "the image's prelude (FROM, ARG, WORKDIR)"
+        return f"step {owner}/{len(steps)} ({steps[owner - 1].describe()})"
+
+    with context_tar(translation, source, epoch=epoch) as tar:
+        outcome = build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
+                        describe=describe)
+    cached_steps = sorted(translation.owners[n] for n in outcome.cached
+                          if translation.owners.get(n))
+    for i, step in enumerate(steps, start=1):
+        say(f"step {i}/{len(steps)}: {step.describe()}"
+            f"{' (cached)' if i in cached_steps else ''}")
+    image_id, image = outcome.image_id, outcome.image
+    repository = image_repository(project, service)
+    tag = image_id.removeprefix("sha256:")[:12]
+    if f"{repository}:{tag}" not in image.tags:
+        image.tag(repository, tag=tag)
+    hits = len(cached_steps)
+
+    def result(reused: bool) -> BakeResult:
+        return BakeResult(store.get(image_id), reused=reused, cache_hits=hits,
+                          cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
+
+    if store.exists(image_id):
+        say(f"image {image_id} already stored")
+        return result(reused=True)
+    info = _provenance(image, base_id, steps, recipe, source, translation.text,
+                       tag=f"{repository}:{tag}", service=service, project=project,
+                       cached_steps=cached_steps, seconds=time.monotonic() - started)
+    store.record(image_id, info, engine={"id": image_id, "tag": f"{repository}:{tag}"})
+    say(f"stored image {image_id}")
+    return result(reused=False)
+
+
+def _provenance(image: Any, base_id: str, steps: list[Step], recipe: OsRecipe,
+                source: BuildSource, containerfile: str, *, tag: str, service: str,
+                project: str, cached_steps: list[int], seconds: float) -> dict[str, Any]:
+    env: dict[str, str] = {}
+    for step in steps:
+        env = step.environment(env)
+    layers = [{"id": h.get("Id", ""), "created_by": h.get("CreatedBy", ""),
+               "size": int(h.get("Size") or 0)} for h in image.history()]
+    info: dict[str, Any] = {
+        "kind": "os",
+        "digest": image.id,
+        "created_at": time.time(),
+        "build_seconds": round(seconds, 3),
+        "builder_version": hinotori.__version__,
+        "recipe_hash": recipe_hash(steps),
+        "recipe": [s.to_json() for s in steps],
+        "context": str(source.root),
+        "env": dict(sorted(env.items())),
+        "workdir": recipe.workdir,
+        "total_size": int(image.attrs.get("Size") or 0),
+        "labels": {"project": project, "service": service},
+        "engine": {"id": image.id, "tag": tag},
+        "base": {"tag": recipe.base.tag, "id": base_id, **recipe.base.inputs()},
+        "layers": layers,
+        "cached_steps": cached_steps,
+        "containerfile": containerfile,
+    }
+    git = git_source(source.root)
+    if git is not None:
+        info["source"] = git
+    return info
+
+
+def _check_context(context: Path) -> Path:
+    if not context.is_dir():
+        raise BakeError(f"build context {context} is not a directory",
+                        hint="check the image's `context` path (relative to hinotori.toml)")
+    return context.resolve()

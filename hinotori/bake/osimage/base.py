@@ -1,0 +1,191 @@
+"""Base images: a Debian root filesystem from mmdebstrap, imported into the container engine.
+
+A base is named by what went into it, never by when it was made::
+
+    key = sha256 of {suite, variant, packages (sorted, python3 always among them), mirror,
+                     architecture, SOURCE_DATE_EPOCH, format}
+    tag = localhost/hinotori-base:<first 24 hex of key>
+
+The engine is the cache: when the tag exists the base is reused, by every service of every
+project on this engine, without running mmdebstrap. Otherwise mmdebstrap writes a tarball
+(SOURCE_DATE_EPOCH set, so file times and generated files do not depend on the clock), it is
+imported through the Engine API (``images/create?fromSrc=-``) and tagged, and the tarball is
+deleted unless the caller keeps tarballs (``tar_cache``; the integration tests do, so a fresh
+engine imports in seconds instead of bootstrapping again).
+
+Two bakes needing the same base at once would both bootstrap it; an exclusive ``flock`` per key
+(under the user's cache directory, so it spans projects) makes the second wait and then find
+the tag. Note the key does not pin the mirror's contents: the same key bootstrapped a month
+later may hold newer packages. The base is bootstrapped once and then reused until removed, so
+a project's images only change when its own inputs do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hinotori.bake.runsteps import ZIP_EPOCH
+from hinotori.errors import BakeError
+
+if TYPE_CHECKING:
+    import docker
+
+Progress = Callable[[str], None]
+BASE_REPOSITORY = "localhost/hinotori-base"
+ALWAYS = ("python3",)  # verify runs its evaluator with the host's python3
+FORMAT = 1  # bump when the way a base is made changes, so old bases are not reused
+TAIL_LINES = 20
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    suite: str = "bookworm"
+    variant: str = "minbase"
+    packages: tuple[str, ...] = ()
+    mirror: str = "http://deb.debian.org/debian"
+    arch: str | None = None
+
+    @property
+    def all_packages(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.packages) | set(ALWAYS)))
+
+    def architecture(self) -> str:
+        return self.arch or host_architecture()
+
+    def epoch(self) -> int:
+        value = os.environ.get("SOURCE_DATE_EPOCH", "")
+        return int(value) if value.isdigit() else ZIP_EPOCH
+
+    def inputs(self) -> dict[str, object]:
+        return {"format": FORMAT, "suite": self.suite, "variant": self.variant,
+                "packages": list(self.all_packages), "mirror": self.mirror,
+                "arch": self.architecture(), "source_date_epoch": self.epoch()}
+
+    def key(self) -> str:
+        blob = json.dumps(self.inputs(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{BASE_REPOSITORY}:{self.key()[:24]}"
+
+
+@functools.cache  # a base's tag and key ask for it several times a bake: one dpkg run
+def host_architecture() -> str:
+    """Debian's name for this machine's architecture (amd64, arm64, …)."""
+    dpkg = shutil.which("dpkg")
+    if dpkg:
+        out = subprocess.run([dpkg, "--print-architecture"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf"}.get(machine, machine)
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hinotori"
+
+
+@contextlib.contextmanager
+def _key_lock(key: str) -> Iterator[None]:
+    locks = cache_home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"base-{key[:24]}.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def find_base(client: docker.DockerClient, base: BaseSpec) -> str | None:
+    """The engine image id of ``base`` if the engine has it."""
+    import docker.errors
+
+    try:
+        return str(client.images.get(base.tag).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def ensure_base(client: docker.DockerClient, base: BaseSpec, *,
+                on_progress: Progress | None = None, tar_cache: Path | None = None) -> str:
+    """The engine image id of ``base``, bootstrapping and importing it first if needed."""
+    say = on_progress or (lambda _m: None)
+    found = find_base(client, base)
+    if found is not None:
+        say(f"base {base.tag} (cached)")
+        return found
+    key = base.key()
+    with _key_lock(key):
+        found = find_base(client, base)  # another bake made it while we waited
+        if found is not None:
+            say(f"base {base.tag} (made meanwhile by another bake)")
+            return found
+        kept = tar_cache / f"base-{key[:24]}.tar" if tar_cache else None
+        if kept is not None and kept.is_file():
+            say(f"base {base.tag}: importing {kept}")
+            return _import(client, base, kept)
+        with tempfile.TemporaryDirectory(prefix="hinotori-base-",
+                                         dir=tar_cache or None) as tmp:
+            tarball = Path(tmp) / "rootfs.tar"
+            bootstrap(base, tarball, say)
+            say(f"base {base.tag}: importing into the engine")
+            image_id = _import(client, base, tarball)
+            if kept is not None:
+                os.replace(tarball, kept)
+        return image_id
+
+
+def bootstrap(base: BaseSpec, tarball: Path, say: Progress) -> None:
+    """Run mmdebstrap for ``base``, writing a tarball; BakeError with its output on failure."""
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        raise BakeError("mmdebstrap is not installed, so no Debian base image can be made",
+                        hint="install it (apt-get install mmdebstrap), or bake the service "
+                             "without `os` as a file-tree image")
+    argv = [mmdebstrap, f"--variant={base.variant}", f"--architectures={base.architecture()}",
+            f"--include={','.join(base.all_packages)}", "--format=tar",
+            base.suite, str(tarball), base.mirror]
+    say(f"base {base.tag}: mmdebstrap {base.suite} ({base.variant}, "
+        f"{' '.join(base.all_packages)})")
+    log = tarball.with_suffix(".log")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(base.epoch()), "LANG": "C.UTF-8"}
+    with open(log, "wb") as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+        shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
+        raise BakeError(f"mmdebstrap {base.suite} failed with exit code {proc.returncode}; "
+                        f"last {len(tail)} lines of output:\n{shown}",
+                        hint=f"check the suite, the package names and that {base.mirror} "
+                             "is reachable")
+
+
+def _import(client: docker.DockerClient, base: BaseSpec, tarball: Path) -> str:
+    try:
+        # The whole reference as `repository`: Podman's compat import ignores `tag`.
+        client.api.import_image(src=str(tarball), repository=base.tag,
+                                changes=[f"ENV PATH={DEFAULT_PATH}"])
+    except Exception as e:  # the SDK raises its own and requests' errors alike
+        raise BakeError(f"the engine refused to import the base image: {e}",
+                        hint="check the engine (`podman info`) and its free disk space") from e
+    found = find_base(client, base)
+    if found is None:
+        raise BakeError(f"the engine imported {tarball} but has no {base.tag}",
+                        hint="check the engine's log")
+    return found
