@@ -11,7 +11,11 @@ by a client sending back-to-back keep-alive requests, p50/p99 over --switches sw
 
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
 and/or ``proxy`` (hinotori.router.proxy); both expose the same BuiltinRouter, so one run can put
-them side by side. Everything started here is stopped on exit, Ctrl-C and SIGTERM included.
+them side by side. ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
+haproxy: generated config, Runtime API), with 1 and 2 threads beside the hand-written config
+with as many, and both again without the per-request latency log (the log's cost); a thread
+streams the latency log meanwhile, as the controller would. Everything started here is stopped
+on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
+from hinotori.router.haproxy import HaproxyRouter
 
-IMPLS = ("builtin", "proxy")  # hinotori.router.<impl>.BuiltinRouter
+IMPLS = ("builtin", "proxy", "haproxy-hinotori")  # hinotori.router.<impl>.BuiltinRouter
+HAPROXY_IMPL = "haproxy-hinotori"
 
 
 def router_class(impl: str) -> type[BuiltinRouter]:
@@ -94,7 +102,7 @@ backend app
     return path
 
 
-async def switch_latency(router: BuiltinRouter, port: int, a: list[Backend], b: list[Backend],
+async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Backend],
                          switches: int) -> list[float]:
     """Time from the apply call to the first response from the new set, per switch (ms).
 
@@ -144,7 +152,39 @@ def percentile(sorted_ms: list[float], p: float) -> float:
 
 
 def label(impl: str, workers: int) -> str:
+    if impl == HAPROXY_IMPL:
+        return f"hinotori haproxy, {workers} thread{'s' * (workers > 1)}"
     return f"hinotori {impl}, {workers} worker{'s' * (workers > 1)}"
+
+
+def no_log(threads: int) -> str:
+    return f"{label(HAPROXY_IMPL, threads)}, no log"
+
+
+class LogReader:
+    """Streams HaproxyRouter latency logs in a thread of its own while wrk runs (the
+    controller's event loop would do this), so their cost is in the numbers."""
+
+    def __init__(self, routers: list[HaproxyRouter]) -> None:
+        self.routers = routers
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread.start()
+
+    async def _run(self) -> None:
+        for r in self.routers:
+            await r.log.attach()  # type: ignore[union-attr]
+        while not self.stop.is_set():
+            await asyncio.sleep(0.1)
+        for r in self.routers:
+            r.log.close()  # type: ignore[union-attr]
+
+    def lines(self) -> int:
+        return sum(r.log.lines for r in self.routers)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
 
 
 def main() -> None:
@@ -154,7 +194,8 @@ def main() -> None:
     ap.add_argument("--switches", type=int, default=200, help="switches timed")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--impl", default="builtin",
-                    help="comma-separated data planes to measure: builtin, proxy")
+                    help="comma-separated data planes to measure: builtin, proxy, "
+                         "haproxy-hinotori")
     args = ap.parse_args()
     impls = [i.strip() for i in args.impl.split(",") if i.strip()]
     if not impls or any(i not in IMPLS for i in impls):
@@ -166,7 +207,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="hinotori-bench-router-"))
     procs: list[subprocess.Popen[bytes]] = []
-    routers: dict[str, BuiltinRouter] = {}
+    routers: dict[str, BuiltinRouter | HaproxyRouter] = {}
+    reader: LogReader | None = None
     try:
         ports = [free_port() for _ in range(4)]  # a0, a1 (set A) and b0, b1 (set B)
         procs.append(subprocess.Popen([sys.executable, str(HERE / "backend.py"),
@@ -181,14 +223,25 @@ def main() -> None:
                                                              backends=tuple(set_a)),))
         targets: dict[str, int] = {"direct (one backend)": ports[0]}
         for impl in impls:
-            for workers in (1, 2):
+            variants: list[tuple[str, int, bool]] = [(label(impl, n), n, True) for n in (1, 2)]
+            if impl == HAPROXY_IMPL:
+                variants += [(no_log(n), n, False) for n in (1, 2)]
+            for name, workers, log in variants:
                 port = free_port()
-                router = router_class(impl)(work / f"{impl}{workers}", f"127.0.0.1:{port}",
-                                     workers=workers)
-                routers[label(impl, workers)] = router
+                router: BuiltinRouter | HaproxyRouter
+                if impl == HAPROXY_IMPL:
+                    router = HaproxyRouter(work / f"{impl}{workers}{log}", f"127.0.0.1:{port}",
+                                           workers=workers, latency_log=log)
+                else:
+                    router = router_class(impl)(work / f"{impl}{workers}", f"127.0.0.1:{port}",
+                                                workers=workers)
+                routers[name] = router
                 asyncio.run(router.start())
                 asyncio.run(router.apply(table))
-                targets[label(impl, workers)] = port
+                targets[name] = port
+        if HAPROXY_IMPL in impls:
+            reader = LogReader([r for r in routers.values()
+                                if isinstance(r, HaproxyRouter) and r.log is not None])
         for threads in (1, 2):
             port = free_port()
             cfg = haproxy_config(port, ports[:2], threads, work / f"haproxy{threads}.cfg")
@@ -198,6 +251,10 @@ def main() -> None:
             targets[f"haproxy, {threads} thread{'s' * (threads > 1)}"] = port
         if not args.switch_only:
             throughput(targets, impls, args.duration, args.runs)
+            if reader is not None:
+                print(f"latency log lines read while wrk ran: {reader.lines()}")
+        if reader is not None:
+            reader.close()
 
         print(f"switch latency (apply call -> first response from the new set), "
               f"{args.switches} switches, 1 worker:")
@@ -205,17 +262,23 @@ def main() -> None:
             async def measure(impl: str = impl) -> list[float]:
                 first = routers[label(impl, 1)]
                 # A new router object adopts the running worker: a fresh control connection.
-                router = router_class(impl)(first.state_dir, first.listen, workers=1)
+                router: Router
+                if impl == HAPROXY_IMPL:
+                    router = HaproxyRouter(first.state_dir, first.listen, workers=1)
+                else:
+                    router = router_class(impl)(first.state_dir, first.listen, workers=1)
                 await router.start()
                 return await switch_latency(router, targets[label(impl, 1)], set_a, set_b,
                                             args.switches)
 
             lat = sorted(asyncio.run(measure()))
-            print(f"  {impl:<8} p50 {percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms,"
-                  f" max {lat[-1]:.2f} ms")
+            print(f"  {impl:<16} p50 {percentile(lat, 50):.2f} ms, "
+                  f"p99 {percentile(lat, 99):.2f} ms, max {lat[-1]:.2f} ms")
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
+        if reader is not None:
+            reader.close()
         for router in routers.values():
             with contextlib.suppress(Exception):
                 asyncio.run(router.stop())
@@ -237,18 +300,27 @@ def throughput(targets: dict[str, int], impls: list[str], duration: float, runs:
     med = {name: {k: statistics.median(s[k] for s in got) for k in got[0]}
            for name, got in samples.items()}
     print(f"wrk -t1 -c50 -d{duration:g}s, medians of {runs} interleaved runs, 2 backends")
-    print(f"{'target':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'target':<36}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for name, m in med.items():
-        print(f"{name:<30}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
+        print(f"{name:<36}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
               + ("  (errors!)" if m["errors"] else ""))
     direct = med["direct (one backend)"]
     for impl in impls:
         for n in (1, 2):
             ours, theirs = med[label(impl, n)], med[f"haproxy, {n} thread{'s' * (n > 1)}"]
-            print(f"{impl}/haproxy req/s, {n} worker(s) vs {n} thread(s): "
-                  f"{ours['rps'] / theirs['rps']:.2f}x; added p50 over direct: {impl} "
+            unit = "thread(s)" if impl == HAPROXY_IMPL else "worker(s)"
+            print(f"{impl}/haproxy req/s, {n} {unit} vs {n} thread(s): "
+                  f"{ours['rps'] / theirs['rps']:.2f}x, p99 {ours['p99'] / theirs['p99']:.2f}x; "
+                  f"added p50 over direct: {impl} "
                   f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
                   f"{theirs['p50'] - direct['p50']:+.2f} ms")
+        if impl == HAPROXY_IMPL:
+            for n in (1, 2):
+                logged, bare = med[label(impl, n)], med[no_log(n)]
+                hand = med[f"haproxy, {n} thread{'s' * (n > 1)}"]
+                print(f"{impl} latency log cost, {n} thread(s): req/s with/without "
+                      f"{logged['rps'] / bare['rps']:.2f}x; without log vs hand-written: "
+                      f"{bare['rps'] / hand['rps']:.2f}x")
 
 
 if __name__ == "__main__":

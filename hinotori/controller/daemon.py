@@ -52,6 +52,7 @@ from hinotori.providers.container import ContainerProvider
 from hinotori.providers.process import ProcessProvider
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
+from hinotori.router.haproxy import HaproxyRouter
 from hinotori.spec.schema import CanarySpec, RollingSpec
 from hinotori.verify.runner import VerifyPlan, fleet_verifier
 
@@ -74,6 +75,9 @@ def make_providers(project: Project) -> dict[str, Provider]:
 
 def make_router(project: Project) -> Router:
     r = project.spec.router
+    if r.kind == "haproxy":
+        return HaproxyRouter(project.router_dir, r.listen, workers=r.workers,
+                             haproxy=r.haproxy, maxconn=r.maxconn, log_sample=r.latency_sample)
     return BuiltinRouter(project.router_dir, r.listen, workers=r.workers)
 
 
@@ -360,8 +364,12 @@ class Controller:
         if fresh == self.fleet.spec:
             return
         if fresh.router != self.project.spec.router:
-            self.store.record(ACTOR, "spec.router-changed", fresh.project.name,
-                              {"note": "takes effect at the next `hinotori up`"})
+            note = "takes effect at the next `hinotori up`"
+            if fresh.router.kind != self.project.spec.router.kind:
+                # Two data planes cannot share the listen address: the running one must go.
+                note = (f"router kind {self.project.spec.router.kind} -> {fresh.router.kind}: "
+                        "run `hinotori down` then `hinotori up` to switch data planes")
+            self.store.record(ACTOR, "spec.router-changed", fresh.project.name, {"note": note})
         self.fleet.spec = fresh
         if fresh.notify != self.project.spec.notify:
             if self._notify_task is not None:

@@ -61,9 +61,22 @@ class ControllerSpec(Strict):
 
 
 class RouterSpec(Strict):
-    kind: Literal["builtin"] = "builtin"
+    kind: Literal["builtin", "haproxy"] = "builtin"
     listen: Address = "127.0.0.1:8080"
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=64)  # builtin: worker processes; haproxy: nbthread
+    # kind = "haproxy" only:
+    haproxy: str = "haproxy"  # the executable (a name on PATH or a path)
+    maxconn: int = Field(4096, ge=1)
+    latency_sample: int = Field(1, ge=1)  # log 1 request in N for the latency histogram
+
+    @model_validator(mode="after")
+    def _haproxy_keys_need_haproxy(self) -> RouterSpec:
+        if self.kind != "haproxy":
+            extra = [k for k in ("haproxy", "maxconn", "latency_sample")
+                     if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"router.{extra[0]} only applies to kind = \"haproxy\"")
+        return self
 
 
 class HealthSpec(Strict):

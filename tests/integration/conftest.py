@@ -146,3 +146,13 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ["DOCKER_HOST"] = old
     with contextlib.suppress(Exception):
         subprocess.run(["pkill", "-f", f"podman system service --time=0 {url}"], timeout=10)
+
+
+@pytest.fixture(scope="session")
+def docker_client(engine_url: str) -> Iterator[object]:
+    """A docker SDK client of the session's Podman service, for tests that look inside it."""
+    import docker
+
+    client = docker.DockerClient(base_url=engine_url, timeout=120)
+    yield client
+    client.close()

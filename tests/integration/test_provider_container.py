@@ -45,15 +45,6 @@ COMMAND = ("python3", "app.py")
 
 
 @pytest.fixture(scope="session")
-def docker_client(engine_url: str) -> Iterator[object]:
-    import docker
-
-    client = docker.DockerClient(base_url=engine_url, timeout=120)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
 def app_image(docker_client) -> str:
     """Engine image id of Debian bookworm minbase + python3 with the example app in /app."""
     from hinotori.bake.osimage import BaseSpec, ensure_base
@@ -479,63 +470,3 @@ def test_deploy_rollback_restart_with_container_hosts(container_project: Project
         f"listening on port {CONTAINER_PORT}") for line in shipped), shipped
     assert docker_client.containers.list(all=True,
                                          filters={"label": f"hinotori.project={name}"}) == []
-
-
-CANARY = """
-[services.web.strategy]
-kind = "canary"
-steps = [20, 100]
-pause = "1s"
-
-[services.web.strategy.analysis]
-interval = "300ms"
-min_requests = 20
-max_error_rate = 0.05
-max_p99_ratio = 10.0
-deadline = "4s"
-"""
-
-
-def hello_in_a_container() -> str:
-    """examples/hello/app.py (error rate, latency and version set by env), listening on every
-    interface of its container's own network namespace: the engine publishes it on the
-    machine's 127.0.0.1 only."""
-    text = (ROOT / "examples" / "hello" / "app.py").read_text()
-    bound = text.replace('Server(("127.0.0.1", port)', 'Server(("0.0.0.0", port)')
-    assert bound != text
-    return bound
-
-
-def test_canary_with_container_hosts(container_projects: Callable[..., Project]) -> None:
-    p = container_projects(hello_in_a_container(), CANARY)
-    p.cli("up", "-d")
-    p.cli("bake", "web")
-    p.cli("deploy", "web", "--env", "HELLO_VERSION=1", timeout=300)  # first: blue-green
-    [stable] = {h["release"] for h in p.serving()}
-
-    load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
-    load.start()
-    try:
-        bad = p.cli("deploy", "web", "--env", "HELLO_ERROR_RATE=0.5", "--env",
-                    "HELLO_VERSION=2", check=False, timeout=300)
-    finally:
-        failing = load.stop()
-    assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "failed its canary analysis at 20%" in bad.stderr
-    assert "rolled back to stable" in bad.stdout
-    assert failing.failed > 0 and failing.by_header["2"] < failing.by_header["1"]
-    assert {h["release"] for h in p.json("hosts")} == {stable}  # type: ignore[union-attr]
-
-    load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
-    load.start()
-    try:
-        good = p.cli("deploy", "web", "--env", "HELLO_VERSION=3", timeout=300).stdout
-    finally:
-        stats = load.stop()
-    assert stats.failed == 0, stats.failures
-    [promoted] = {h["release"] for h in p.serving()}
-    assert promoted != stable
-    assert "canary weight 20%" in good and f"promoted {promoted}" in good
-    assert {"1", "3"} <= set(stats.by_header)
-    dep = p.json("deployments")[-1]  # type: ignore[index]
-    assert dep["strategy"] == "canary" and dep["state"] == "succeeded"

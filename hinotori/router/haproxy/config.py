@@ -1,0 +1,315 @@
+"""From a RoutingTable to what HAProxy runs: a Plan (backends, servers, maps) and haproxy.cfg.
+
+The plan has two parts that change at different speeds:
+
+* the *shape* (which services exist, their Host/path rules, how many release slots each has)
+  lives in haproxy.cfg as frontend ACLs and backends; changing it needs a (seamless) reload.
+* the *runtime state* (servers, their addresses and weights, which release a header or the
+  sticky cookie selects) changes with every deployment and goes through the Runtime API with no
+  reload: servers with ``add server``/``set server``/``del server``, release selection with
+  ``add map``/``set map``/``del map``. The cfg is rewritten with the same state after each apply,
+  so a reload or a restart starts from exactly what was served.
+
+Per service ``svc`` there is a main backend ``svc`` (every serving host, weighted; the one
+ordinary requests use) and release slots ``svc.r1``, ``svc.r2``... (the hosts of one release
+each, weight 0 counted as 1), used when a request asks for a release: ``X-Hinotori-Release:
+canary | stable | vN``, or the sticky cookie ``hinotori-svc=vN``. A per-service map turns that
+value into the slot backend. A release keeps its slot while it serves; a new release takes a
+free slot, so a blue-green switch or a canary never changes the shape. Only when more releases
+serve at once than there are slots (at least two) does the shape grow.
+
+Servers are named ``v<release>_<host id>``: the release is in the name so the main backend can
+tell a sticky client which release it got (``srv_name,field(1,_)``), and the host id gives the
+counters their key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hinotori.model import RoutingTable, ServiceRoute
+
+MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
+MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
+FRONTEND = "_front"   # service names start with a letter, so "_" names never clash
+NO_ROUTE = "_none"
+LATENCY_RING = "hinotori-latency"
+RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
+_HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The part of one route that lives in haproxy.cfg."""
+
+    service: str
+    hosts: tuple[str, ...]
+    prefix: str
+    slots: int
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    host: str
+    port: int
+    weight: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class Plan:
+    shapes: tuple[Shape, ...] = ()
+    servers: dict[str, dict[str, Server]] = field(default_factory=dict)  # backend -> name ->
+    maps: dict[str, dict[str, str]] = field(default_factory=dict)  # service -> key -> backend
+    sticky: set[str] = field(default_factory=set)  # services whose cookie selects a release
+    slots: dict[str, dict[int, int]] = field(default_factory=dict)  # service -> release -> slot
+
+
+def server_name(release: int, host_id: str) -> str:
+    return f"v{release}_{host_id}"
+
+
+def host_of(name: str) -> str:
+    """The host id in a server name (``v3_web-1a2b`` -> ``web-1a2b``)."""
+    return name.split("_", 1)[1] if "_" in name else name
+
+
+def slot_backend(service: str, slot: int) -> str:
+    return f"{service}.r{slot}"
+
+
+def _split_address(address: str, where: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{where}: address must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def scaled(weights: list[int]) -> list[int]:
+    """Weights in HAProxy's 0..256, keeping their ratios (a nonzero weight stays nonzero)."""
+    top = max(weights, default=0)
+    if top <= MAX_WEIGHT:
+        return list(weights)
+    return [0 if w == 0 else max(1, round(w * MAX_WEIGHT / top)) for w in weights]
+
+
+def _check(route: ServiceRoute) -> None:
+    if not route.path_prefix.startswith("/") or any(c.isspace() for c in route.path_prefix):
+        raise ValueError(f"route {route.service!r}: path_prefix must start with '/' and have no "
+                         f"spaces, got {route.path_prefix!r}")
+    for h in route.hosts:
+        if not h or any(c.isspace() or c in "\"'\\#" for c in h):
+            raise ValueError(f"route {route.service!r}: bad host {h!r}")
+    for b in route.backends:
+        if not isinstance(b.weight, int) or b.weight < 0:
+            raise ValueError(f"route {route.service!r}: backend {b.host_id!r} weight must be an "
+                             f"integer >= 0, got {b.weight!r}")
+        if not _HOST_ID.match(b.host_id):
+            raise ValueError(f"route {route.service!r}: host id {b.host_id!r} cannot name an "
+                             f"HAProxy server (letters, digits, '.', ':', '-', '_')")
+
+
+def _assign_slots(releases: list[int], previous: dict[int, int]) -> dict[int, int]:
+    """Release -> slot: releases keep the slot they had; new ones take the lowest free slot."""
+    kept = {r: s for r, s in previous.items() if r in releases}
+    taken = set(kept.values())
+    free = (s for s in range(1, len(releases) + len(taken) + 2) if s not in taken)
+    for r in sorted(releases):
+        if r not in kept:
+            kept[r] = next(free)
+    return kept
+
+
+def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
+         previous_shapes: tuple[Shape, ...] = ()) -> Plan:
+    """The Plan serving ``table``. Raises ValueError naming a bad route or backend."""
+    out = Plan()
+    old_slot_count = {s.service: s.slots for s in previous_shapes}
+    shapes = []
+    seen: set[str] = set()
+    for route in table.routes:
+        _check(route)
+        if route.service in seen:
+            raise ValueError(f"route {route.service!r} appears twice in the table")
+        seen.add(route.service)
+        svc = route.service
+        releases = sorted({int(b.release) for b in route.backends})
+        slots = _assign_slots(releases, previous_slots.get(svc, {}))
+        out.slots[svc] = slots
+        count = max(MIN_SLOTS, old_slot_count.get(svc, 0), max(slots.values(), default=0))
+        hosts = tuple(sorted({h.lower().rsplit(":", 1)[0] if h.count(":") == 1 else h.lower()
+                              for h in route.hosts}))
+        shapes.append(Shape(svc, hosts, route.path_prefix, count))
+
+        parsed = [(b, *_split_address(b.address, f"route {svc!r}: backend {b.host_id!r}"))
+                  for b in route.backends]
+        main = out.servers.setdefault(svc, {})
+        for (b, host, port), w in zip(parsed, scaled([b.weight for b in route.backends]),
+                                      strict=True):
+            name = server_name(b.release, b.host_id)
+            main[name] = Server(name, host, port, w)
+        for slot in range(1, count + 1):
+            out.servers.setdefault(slot_backend(svc, slot), {})
+        for release, slot in slots.items():
+            members = [(b, host, port) for b, host, port in parsed if b.release == release]
+            side = out.servers[slot_backend(svc, slot)]
+            for (b, host, port), w in zip(members, scaled([max(1, b.weight) for b, *_ in members]),
+                                          strict=True):
+                name = server_name(b.release, b.host_id)
+                side[name] = Server(name, host, port, w)
+
+        keys = {f"v{r}": slot_backend(svc, s) for r, s in slots.items()}
+        if route.canary is not None and route.canary in slots:
+            keys["canary"] = slot_backend(svc, slots[route.canary])
+        stable = max((r for r in slots if r != route.canary), default=None)
+        if stable is not None:
+            keys["stable"] = slot_backend(svc, slots[stable])
+        out.maps[svc] = keys
+        if route.sticky and len(slots) > 1:
+            out.sticky.add(svc)
+    out.shapes = tuple(shapes)
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything in haproxy.cfg that is not the table."""
+
+    listen: str
+    stats_socket: Path
+    maps_dir: Path
+    threads: int = 1
+    maxconn: int = 4096
+    latency_log: bool = True        # per-request latency lines into the LATENCY_RING
+    log_sample: int = 1             # log one request in this many
+    hard_stop_after: float = 60.0   # an old worker's longest life after a reload
+
+
+def map_file(settings: Settings, service: str) -> Path:
+    return settings.maps_dir / f"{service}.map"
+
+
+def sticky_file(settings: Settings) -> Path:
+    return settings.maps_dir / "sticky.map"
+
+
+def map_text(entries: dict[str, str]) -> str:
+    return "".join(f"{k} {v}\n" for k, v in sorted(entries.items()))
+
+
+def _ordered(shapes: tuple[Shape, ...]) -> list[tuple[int, Shape]]:
+    """The order rules are tried in: routes with hosts first, then longest prefix first
+    (stable: among equals the table's order), as the built-in router matches."""
+    indexed = list(enumerate(shapes))
+    return sorted(indexed, key=lambda p: (not p[1].hosts, -len(p[1].prefix)))
+
+
+def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
+    """haproxy.cfg for ``the_plan``. ``loaded`` False: no table yet (every request gets 503)."""
+    s = settings
+    lines = [
+        "# Written by hinotori (hinotori/router/haproxy); rewritten on every apply.",
+        "global",
+        f"  maxconn {s.maxconn}",
+        f"  nbthread {s.threads}",
+        f"  stats socket {s.stats_socket} mode 600 level admin expose-fd listeners",
+        "  stats timeout 10m",  # the latency reader's idle stream reconnects after that
+        f"  hard-stop-after {max(1, round(s.hard_stop_after))}s",
+    ]
+    if s.latency_log:
+        sample = f" sample 1:{s.log_sample}" if s.log_sample > 1 else ""
+        lines.append(f"  log ring@{LATENCY_RING}{sample} local0 info")
+        lines += ["", f"ring {LATENCY_RING}", "  format raw", "  maxlen 200",
+                  f"  size {RING_BYTES}"]
+    lines += [
+        "",
+        "defaults",
+        "  mode http",
+        "  option http-keep-alive",
+        "  option dontlognull",
+        # A connection refused or closed unanswered by one host is tried on another.
+        "  option redispatch 1",
+        "  retries 3",
+        "  retry-on conn-failure empty-response",
+        "  timeout connect 2s",
+        "  timeout client 75s",
+        "  timeout server 75s",
+        "  timeout http-keep-alive 75s",
+        "  timeout queue 10s",
+        "",
+        f"frontend {FRONTEND}",
+        f"  bind {s.listen}",
+        # A request that may have reached an app is re-sent only when idempotent (as the
+        # built-in router): no L7 retry (empty response) for the other methods.
+        "  http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS "
+        "!{ method PUT DELETE TRACE }",
+    ]
+    if s.latency_log:
+        lines += ["  log global", '  log-format "%pid %rt %s %Ta"']
+    sticky = sticky_file(s)
+    for i, shape in _ordered(the_plan.shapes):
+        conds = []
+        if shape.hosts:
+            lines.append(f"  acl r{i}_host req.hdr(host),field(1,:),lower -m str "
+                         + " ".join(shape.hosts))
+            conds.append(f"r{i}_host")
+        if shape.prefix != "/":
+            lines.append(f"  acl r{i}_path path_beg {shape.prefix}")
+            conds.append(f"r{i}_path")
+        m = map_file(s, shape.service)
+        header = f"req.hdr(x-hinotori-release),lower,map({m})"
+        cookie = f"req.cook(hinotori-{shape.service}),lower,map({m})"
+        # Cheapest test first (conditions stop at the first false): most requests carry
+        # neither the header nor the cookie, and then no map is looked up at all.
+        by_header = [*conds, "{ req.hdr(x-hinotori-release) -m found }",
+                     f"{{ {header} -m found }}"]
+        by_cookie = [*conds, f"{{ req.cook(hinotori-{shape.service}) -m found }}",
+                     f"{{ str({shape.service}),map({sticky}) -m found }}",
+                     f"{{ {cookie} -m found }}"]
+        lines += [
+            f"  use_backend %[{header}] if " + " ".join(by_header),
+            f"  use_backend %[{cookie}] if " + " ".join(by_cookie),
+            f"  use_backend {shape.service}" + (" if " + " ".join(conds) if conds else ""),
+        ]
+    lines += [f"  default_backend {NO_ROUTE}", ""]
+    for shape in the_plan.shapes:
+        svc = shape.service
+        lines += [
+            f"backend {svc}",
+            "  balance roundrobin",
+            # A sticky route tells a client which release it got; asking again by cookie goes
+            # to that release's slot backend, never here.
+            f'  http-response add-header Set-Cookie "hinotori-{svc}='
+            f'%[srv_name,field(1,_)]; Path=/; HttpOnly; SameSite=Lax" '
+            f"if {{ str({svc}),map({sticky}) -m found }}",
+            *_server_lines(the_plan.servers.get(svc, {})),
+            "",
+        ]
+        for slot in range(1, shape.slots + 1):
+            name = slot_backend(svc, slot)
+            lines += [f"backend {name}", "  balance roundrobin",
+                      *_server_lines(the_plan.servers.get(name, {})), ""]
+    status, why = (404, "no route for this host and path") if loaded else \
+        (503, "no routing table loaded yet")
+    lines += [f"backend {NO_ROUTE}",
+              f'  http-request return status {status} content-type text/plain '
+              f'string "{why}\\n"', ""]
+    return "\n".join(lines)
+
+
+def server_options(weight: int) -> str:
+    """Options of a server line, in the cfg and in ``add server`` alike (dynamic servers do
+    not inherit ``default-server``). Idle pooled connections to a server go after 1 s (5 s
+    by default), because ``del server`` waits until a retired server has none left."""
+    return f"weight {weight} pool-purge-delay 1s"
+
+
+def _server_lines(servers: dict[str, Server]) -> list[str]:
+    return [f"  server {srv.name} {srv.address} {server_options(srv.weight)}"
+            for srv in sorted(servers.values(), key=lambda x: x.name)]

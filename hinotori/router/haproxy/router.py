@@ -1,0 +1,366 @@
+"""``HaproxyRouter``: HAProxy as the data plane, driven through its Runtime API.
+
+``apply(table)`` plans the table (config.py), then either
+
+* the shape is unchanged (the usual case: a deployment, a switch, a canary step, a drain): it
+  converges the running worker to the plan with Runtime API commands, in an order that never
+  leaves a request without a server: new servers added and made ready, release maps updated,
+  weights set, and only then the servers that left put in maintenance (no new requests; those
+  in flight finish), to be deleted once idle. No reload: the worker's pid and uptime do not
+  change. Or
+* the shape changed (a new service, new Host/path rules, more release slots): it writes the
+  new cfg and map files, reloads seamlessly through the master, and converges the new worker.
+
+Either way it returns once HAProxy acknowledged every command. Why dynamic servers (``add
+server``/``del server``, HAProxy >= 2.4) rather than pre-provisioned ``server-template`` slots:
+no cap on hosts per backend, and each server keeps a name that says which host and release it
+is, which the stats and the sticky cookie need; a slot would change identity with every
+deployment.
+
+State kept in ``state_dir``: haproxy.cfg and haproxy-maps/ (always the last applied table, so a
+reload or a fresh start serves it), haproxy-state.json (the table, the release slots, and the
+counters of retired workers and deleted servers), haproxy.pid, the two sockets, haproxy.log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hinotori.errors import RouterError
+from hinotori.model import BackendStats, RoutingTable
+from hinotori.router.haproxy import config, runtime
+from hinotori.router.haproxy.process import Supervisor, find_binary
+from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
+
+_SOCKET_PATH_MAX = 90  # HAProxy allows 97 bytes; it binds "<path>.<pid>.tmp" first
+_MAINT = 0x01  # srv_admin_state bit: forced maintenance
+
+
+class HaproxyRouter:
+    """HAProxy (master-worker, Runtime API) as the ``Router`` protocol."""
+
+    kind = "haproxy"
+
+    def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
+                 haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
+                 log_sample: int = 1, hard_stop_after: float = 60.0) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise RouterError(f"router listen must be host:port, got {listen!r}",
+                              hint="fix [router] listen in hinotori.toml")
+        self.listen = listen
+        self.haproxy = haproxy
+        sock_dir = socket_dir(self.state_dir)
+        sockets = {name: sock_dir / name for name in ("haproxy.sock", "haproxy-master.sock")}
+        self.cfg = self.state_dir / "haproxy.cfg"
+        self.state_file = self.state_dir / "haproxy-state.json"
+        self.settings = config.Settings(
+            listen=listen, stats_socket=sockets["haproxy.sock"],
+            maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
+            latency_log=latency_log, log_sample=log_sample, hard_stop_after=hard_stop_after)
+        self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING) \
+            if latency_log else None
+        self.supervisor: Supervisor | None = None
+        self._master_socket = sockets["haproxy-master.sock"]
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"HaproxyRouter({str(self.state_dir)!r}, {self.listen!r})"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.settings.stats_socket
+
+    def _lock(self) -> asyncio.Lock:
+        """One lock per event loop (a router object may be driven from several asyncio.run)."""
+        loop = id(asyncio.get_running_loop())
+        return self._locks.setdefault(loop, asyncio.Lock())
+
+    def _sup(self) -> Supervisor:
+        if self.supervisor is None:
+            self.supervisor = Supervisor(
+                find_binary(self.haproxy), self.cfg, self._master_socket, self.stats_socket,
+                self.state_dir / "haproxy.pid", self.state_dir / "haproxy.log")
+        return self.supervisor
+
+    # -- saved state ---------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    @staticmethod
+    def _table(state: dict[str, Any]) -> RoutingTable | None:
+        return RoutingTable.from_dict(state["table"]) if state.get("table") else None
+
+    @staticmethod
+    def _slots(state: dict[str, Any]) -> dict[str, dict[int, int]]:
+        return {svc: {int(r): int(s) for r, s in m.items()}
+                for svc, m in (state.get("slots") or {}).items()}
+
+    @staticmethod
+    def _shapes(state: dict[str, Any]) -> tuple[config.Shape, ...]:
+        return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
+                     for s in state.get("shapes") or ())
+
+    def _write(self, plan: config.Plan, loaded: bool) -> bool:
+        """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed."""
+        self.settings.maps_dir.mkdir(parents=True, exist_ok=True)
+        for svc, entries in plan.maps.items():
+            _write_text(config.map_file(self.settings, svc), config.map_text(entries))
+        _write_text(config.sticky_file(self.settings),
+                    config.map_text({svc: "1" for svc in plan.sticky}))
+        text = config.render(self.settings, plan, loaded=loaded)
+        try:
+            changed = self.cfg.read_text() != text
+        except OSError:
+            changed = True
+        if changed:
+            _write_text(self.cfg, text)
+        return changed
+
+    # -- Router protocol -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt the HAProxy running from ``state_dir`` if it answers; else start it with the
+        last applied table. Idempotent."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        sup = self._sup()
+        async with self._lock():
+            state = self._load()
+            table = self._table(state)
+            plan = config.plan(table or RoutingTable(0), self._slots(state), self._shapes(state))
+            changed = self._write(plan, loaded=table is not None)
+            if await sup.adoptable():
+                if changed:  # the settings (listen, threads, maxconn...) changed since
+                    await self._reload(state)
+                    self._save(state)
+            else:
+                await sup.stop()  # a half-dead master (no answering worker) must not linger
+                await sup.spawn()
+                state["base"] = {}  # a fresh HAProxy counts from zero
+                state["shapes"] = [vars(s) for s in plan.shapes]
+                self._save(state)
+        if self.log is not None:
+            await self.log.attach()
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Serve ``table``: Runtime API commands only, unless its shape changed (then one
+        seamless reload). Returns once HAProxy acknowledged it all."""
+        async with self._lock():
+            state = self._load()
+            try:
+                plan = config.plan(table, self._slots(state), self._shapes(state))
+            except ValueError as exc:
+                raise RouterError(f"routing table v{table.version} refused: {exc}") from None
+            self._write(plan, loaded=True)
+            if plan.shapes != self._shapes(state):
+                state["shapes"] = [vars(s) for s in plan.shapes]
+                await self._reload(state)
+            await self._converge(plan, state)
+            state["table"] = table.to_dict()
+            state["slots"] = {svc: {str(r): s for r, s in m.items()}
+                              for svc, m in plan.slots.items()}
+            self._save(state)
+
+    async def current(self) -> RoutingTable | None:
+        if not await self._sup().adoptable():
+            raise RouterError(f"HAProxy is not running from {self.state_dir}",
+                              hint="start the router (the controller does it on start)")
+        return self._table(self._load())
+
+    async def stats(self) -> dict[str, BackendStats]:
+        if self.log is not None:
+            await self.log.attach()
+        async with self._lock():
+            state = self._load()
+            servers = await self._server_counts()
+            servers = await self._sweep(servers, state)
+            counts = by_host(servers)
+            for host, d in (state.get("base") or {}).items():
+                counts.setdefault(host, Counts()).add(Counts.from_dict(d), active=False)
+            for host, active in (await self._old_workers_active()).items():
+                counts.setdefault(host, Counts()).active += active
+        return combine(counts, self.log)
+
+    async def stop(self) -> None:
+        try:
+            if self.log is not None:
+                self.log.close()
+        finally:
+            await self._sup().stop()
+            sock_dir = self.stats_socket.parent
+            if sock_dir != self.state_dir:  # the private /tmp one: gone with its sockets
+                with contextlib.suppress(OSError):
+                    sock_dir.rmdir()
+
+    # -- runtime state -------------------------------------------------------------------------
+
+    async def _server_counts(self) -> dict[tuple[str, str], Counts]:
+        (text,) = await runtime.run(self.stats_socket, ["show stat"])
+        return parse_servers(text)
+
+    async def _reload(self, state: dict[str, Any]) -> None:
+        """Seamless reload; the old worker's counters become part of the base first."""
+        try:
+            servers = await self._server_counts()
+        except RouterError:
+            servers = {}
+        base = {h: Counts.from_dict(d) for h, d in (state.get("base") or {}).items()}
+        for host, c in by_host(servers).items():
+            base.setdefault(host, Counts()).add(c, active=False)
+        state["base"] = {h: c.to_dict() for h, c in base.items()}
+        self._save(state)  # before the reload: a crash after it must not count twice
+        await self._sup().reload()
+        if self.log is not None:  # let the old worker go; read the new one's ring
+            self.log.reconnect()
+
+    async def _servers_state(self) -> dict[str, dict[str, dict[str, str]]]:
+        """``show servers state`` -> {backend: {server: {column: value}}}."""
+        (text,) = await runtime.run(self.stats_socket, ["show servers state"])
+        columns: list[str] = []
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for line in text.splitlines():
+            if line.startswith("# be_id"):
+                columns = line[2:].split()
+                continue
+            fields = line.split()
+            if not columns or len(fields) < len(columns) or not fields[0].isdigit():
+                continue
+            row = dict(zip(columns, fields, strict=False))
+            out.setdefault(row["be_name"], {})[row["srv_name"]] = row
+        return out
+
+    async def _map_entries(self, files: list[Path]) -> dict[Path, dict[str, str]]:
+        answers = await runtime.run(self.stats_socket, [f"show map {f}" for f in files])
+        out = {}
+        for f, text in zip(files, answers, strict=True):
+            entries = {}
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0].startswith("0x"):
+                    entries[parts[1]] = parts[2]
+            out[f] = entries
+        return out
+
+    async def _converge(self, plan: config.Plan, state: dict[str, Any]) -> None:
+        actual = await self._servers_state()
+        add: list[str] = []
+        weights: list[str] = []
+        retire: list[str] = []
+        for backend, wanted in plan.servers.items():
+            have = actual.get(backend, {})
+            for name, srv in wanted.items():
+                row = have.get(name)
+                target = f"{backend}/{name}"
+                if row is None:
+                    options = config.server_options(srv.weight)
+                    add += [f"add server {target} {srv.address} {options}",
+                            f"set server {target} state ready"]
+                    continue
+                if (row["srv_addr"], row["srv_port"]) != (srv.host, str(srv.port)):
+                    add.append(f"set server {target} addr {srv.host} port {srv.port}")
+                if int(row["srv_admin_state"]) & _MAINT:
+                    add.append(f"set server {target} state ready")
+                if row["srv_uweight"] != str(srv.weight):
+                    weights.append(f"set server {target} weight {srv.weight}")
+            for name, row in have.items():
+                if name not in wanted and not int(row["srv_admin_state"]) & _MAINT:
+                    # In flight requests finish; new ones go elsewhere. Deleted once idle.
+                    retire.append(f"set server {backend}/{name} state maint")
+        for backend, have in actual.items():  # backends the plan dropped: only after a reload
+            if backend not in plan.servers:
+                retire += [f"set server {backend}/{n} state maint" for n, r in have.items()
+                           if not int(r["srv_admin_state"]) & _MAINT]
+
+        maps = {config.map_file(self.settings, svc): entries
+                for svc, entries in plan.maps.items()}
+        maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
+        current = await self._map_entries(list(maps))
+        map_cmds: list[str] = []
+        for f, entries in maps.items():
+            have_map = current[f]
+            for key, value in entries.items():
+                if key not in have_map:
+                    map_cmds.append(f"add map {f} {key} {value}")
+                elif have_map[key] != value:
+                    map_cmds.append(f"set map {f} {key} {value}")
+            map_cmds += [f"del map {f} {key}" for key in have_map if key not in entries]
+        await runtime.run_checked(self.stats_socket, add + map_cmds + weights + retire)
+        if retire:
+            await self._sweep(await self._server_counts(), state)
+            self._save(state)
+
+    async def _sweep(self, servers: dict[tuple[str, str], Counts],
+                     state: dict[str, Any]) -> dict[tuple[str, str], Counts]:
+        """Delete idle servers in maintenance (their counters join the base). Returns the
+        servers still there. A server that still has connections stays for the next sweep."""
+        actual = await self._servers_state()
+        idle = [(be, name) for be, rows in actual.items() for name, row in rows.items()
+                if int(row["srv_admin_state"]) & _MAINT and
+                servers.get((be, name), Counts()).active == 0]
+        if not idle:
+            return servers
+        answers = await runtime.run(self.stats_socket, [f"del server {be}/{n}" for be, n in idle])
+        base = {h: Counts.from_dict(d) for h, d in (state.get("base") or {}).items()}
+        kept = dict(servers)
+        for key, answer in zip(idle, answers, strict=True):
+            if answer.strip() == "Server deleted.":
+                gone = kept.pop(key, None)
+                if gone is not None:
+                    base.setdefault(config.host_of(key[1]), Counts()).add(gone, active=False)
+        state["base"] = {h: c.to_dict() for h, c in base.items()}
+        self._save(state)
+        return kept
+
+    async def _old_workers_active(self) -> dict[str, int]:
+        """Requests still in flight in workers a reload replaced (they finish them)."""
+        try:
+            _, old = await self._sup().workers()
+        except RouterError:
+            return {}
+        out: dict[str, int] = {}
+        for pid in old:
+            with contextlib.suppress(RouterError):
+                text = await runtime.master(self._master_socket, f"@!{pid} show stat", 2.0)
+                for host, c in by_host(parse_servers(text)).items():
+                    if c.active:
+                        out[host] = out.get(host, 0) + c.active
+        return out
+
+
+def socket_dir(state_dir: Path) -> Path:
+    """Where the sockets go: ``state_dir``, or when its path is too long for HAProxy's socket
+    paths, a private directory under /tmp named after it (so an adopter finds the same one)."""
+    if len(os.fsencode(state_dir / "haproxy-master.sock")) <= _SOCKET_PATH_MAX:
+        return state_dir
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / f"hinotori-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    if base.stat().st_uid != os.getuid() or base.stat().st_mode & 0o077:
+        raise RouterError(f"{base} is not a private directory of this user",
+                          hint="remove it, or move the project to a shorter path")
+    path = base / digest
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

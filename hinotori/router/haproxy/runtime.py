@@ -1,0 +1,119 @@
+"""HAProxy's Runtime API, over its Unix sockets: the worker's stats socket and the master's.
+
+Worker socket: all the commands of one call go down one connection in interactive ("prompt")
+mode, so they run in order and each answer comes back separately (split on the prompt); that is
+one round trip for a whole batch, and an error can be pinned on the command that caused it.
+
+Master socket (master-worker mode): one command per connection; the master only answers once
+it sees the end of the input, hence the write shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hinotori.errors import RouterError
+
+CALL_TIMEOUT = 10.0
+
+# What HAProxy answers when a command worked; anything else is an error message.
+_QUIET_OK = ("", "New server registered.", "Server deleted.")
+
+
+class RuntimeApiError(RouterError):
+    pass
+
+
+async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    except (TimeoutError, OSError) as exc:
+        raise RuntimeApiError(f"HAProxy's runtime socket {path} does not answer: {exc}",
+                              hint="is HAProxy running? `hinotori up` starts it") from None
+    try:
+        writer.write(payload)
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    except (TimeoutError, OSError) as exc:
+        raise RuntimeApiError(f"HAProxy's runtime socket {path} failed mid-call: {exc!r}",
+                              hint="retry; if it persists, restart the router") from None
+    finally:
+        writer.close()
+    return data.decode("utf-8", "replace")
+
+
+async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) -> list[str]:
+    """Run ``commands`` in order on the worker socket; their answers, one string each."""
+    if not commands:
+        return []
+    for c in commands:
+        if "\n" in c or ";" in c:
+            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
+    payload = ("prompt\n" + "".join(c + "\n" for c in commands) + "quit\n").encode()
+    text = await _exchange(path, payload, timeout)
+    # Every answer is followed by the prompt "\n> "; the first one answers "prompt" itself.
+    parts = text.split("\n> ")
+    answers = [p.strip("\n") for p in parts[1:1 + len(commands)]]
+    if len(answers) != len(commands):
+        raise RuntimeApiError(
+            f"HAProxy answered {len(answers)} of {len(commands)} runtime commands: {text[-300:]!r}",
+            hint="the worker may have been reloading; apply again")
+    return answers
+
+
+async def run_checked(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) -> None:
+    """Run commands that answer nothing (or a fixed "done") when they work; raise on any other
+    answer, naming the command."""
+    answers = await run(path, commands, timeout)
+    failed = [f"`{c}`: {a}" for c, a in zip(commands, answers, strict=True)
+              if a.strip() not in _QUIET_OK]
+    if failed:
+        raise RuntimeApiError("HAProxy refused runtime commands: " + "; ".join(failed[:5]),
+                              hint="the router state may be partly applied; apply again")
+
+
+async def master(path: Path, command: str, timeout: float = CALL_TIMEOUT) -> str:
+    """One command on the master CLI (``show proc``, ``reload``, ``@!<pid> show stat``...)."""
+    return await _exchange(path, (command + "\n").encode(), timeout)
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """``show info`` -> {"Pid": "123", "Uptime_sec": "5", ...}."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def parse_proc(text: str) -> tuple[int | None, list[int], list[int]]:
+    """``show proc`` on the master -> (master pid, current worker pids, old worker pids)."""
+    master_pid: int | None = None
+    current: list[int] = []
+    old: list[int] = []
+    section = "master"
+    for line in text.splitlines():
+        if line.startswith("# workers"):
+            section = "current"
+            continue
+        if line.startswith("# old workers"):
+            section = "old"
+            continue
+        if line.startswith("# programs"):
+            section = "programs"
+            continue
+        fields = line.split()
+        if not fields or not fields[0].isdigit():
+            continue
+        pid = int(fields[0])
+        if section == "master" and len(fields) > 1 and fields[1] == "master":
+            master_pid = pid
+        elif section == "current" and fields[1:2] == ["worker"]:
+            current.append(pid)
+        elif section == "old" and fields[1:2] == ["worker"]:
+            old.append(pid)
+    return master_pid, current, old

@@ -1,0 +1,201 @@
+"""Per-host counters from HAProxy: ``show stat`` for counts, its log ring for latencies.
+
+``show stat`` gives every server's requests by status class, errors and sessions in flight,
+but only an average response time. The latency histogram the canary analysis needs comes from
+HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <request#> <server>
+<Ta>`` (Ta: total active time, ms) into an in-memory ring that the router object streams over
+the stats socket. One short line per request (or one in ``log_sample``).
+
+A host's servers in the main backend and in its release slot add up to one host. Counters
+restart when HAProxy's worker is replaced (a reload) or a server is deleted; the router keeps
+what it read before either (the "base" in its state file) and adds it back, so counts only grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
+from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of
+
+_STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
+           ("hrsp_5xx", "5xx"), ("hrsp_other", "5xx"))
+
+
+@dataclass
+class Counts:
+    active: int = 0
+    requests: int = 0
+    errors: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Counts, *, active: bool = True) -> None:
+        if active:
+            self.active += other.active
+        self.requests += other.requests
+        self.errors += other.errors
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "statuses": self.statuses}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Counts:
+        return cls(requests=int(d.get("requests", 0)), errors=int(d.get("errors", 0)),
+                   statuses={k: int(v) for k, v in (d.get("statuses") or {}).items()})
+
+
+def _int(row: dict[str, str], key: str) -> int:
+    value = row.get(key) or "0"
+    return int(value) if value.isdigit() else 0
+
+
+def parse_servers(csv_text: str) -> dict[tuple[str, str], Counts]:
+    """``show stat`` CSV -> {(backend, server): Counts} for every server row."""
+    text = csv_text.lstrip()
+    text = text[2:] if text.startswith("# ") else text
+    out = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        px, sv = row.get("pxname") or "", row.get("svname") or ""
+        if not sv or sv in ("FRONTEND", "BACKEND") or px in (FRONTEND, NO_ROUTE):
+            continue
+        statuses: dict[str, int] = {}
+        for column, cls in _STATUS:
+            n = _int(row, column)
+            if n:
+                statuses[cls] = statuses.get(cls, 0) + n
+        out[(px, sv)] = Counts(active=_int(row, "scur") + _int(row, "qcur"),
+                               requests=sum(statuses.values()),
+                               errors=_int(row, "econ") + _int(row, "eresp"),
+                               statuses=statuses)
+    return out
+
+
+def by_host(servers: dict[tuple[str, str], Counts]) -> dict[str, Counts]:
+    out: dict[str, Counts] = {}
+    for (_, name), c in servers.items():
+        out.setdefault(host_of(name), Counts()).add(c)
+    return out
+
+
+class LatencyLog:
+    """Reads HAProxy's per-request ``<pid> <request#> <server> <Ta>`` log lines from its ring
+    buffer into a histogram per host.
+
+    HAProxy logs into an in-memory ring (``ring`` section, ``log ring@...``): writing costs it a
+    memory copy, and when nobody reads (the controller is down) old lines are overwritten, never
+    queued. The router object reads the ring over the stats socket: first a dump (so a caller
+    sees every line already logged), then ``show events <ring> -w``, which streams new lines as
+    they come. The stream starts with the ring's content again, so lines are de-duplicated by
+    (worker pid, request number). After a reload the reader reconnects to the new worker."""
+
+    def __init__(self, stats_socket: Path, ring: str) -> None:
+        self.stats_socket = stats_socket
+        self.ring = ring
+        self.latency: dict[str, list[int]] = {}
+        self.latency_sum_ms: dict[str, float] = {}
+        self.lines = 0
+        self._seen: dict[bytes, set[int]] = {}  # worker pid -> request numbers counted
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._caught_up = asyncio.Event()
+
+    async def attach(self, wait: float = 2.0) -> None:
+        """Have the running loop read the ring; on a (re)start, return once what the ring
+        already holds has been counted."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._loop is loop:
+            return
+        self._loop = loop
+        self._caught_up = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="haproxy-latency-log")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), wait)
+
+    def reconnect(self) -> None:
+        """The worker changed (reload): read the new one's ring."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            self._task.cancel()
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
+                writer.write(f"show events {self.ring}\n".encode())
+                writer.write_eof()
+                self.record(await asyncio.wait_for(reader.read(), 10))
+                writer.close()
+                self._caught_up.set()
+                reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
+                self._writer = writer
+                writer.write(f"show events {self.ring} -w\n".encode())
+                pending = b""
+                while data := await reader.read(1 << 16):  # whole chunks: far cheaper per line
+                    pending += data
+                    end = pending.rfind(b"\n") + 1
+                    if end:
+                        self.record(pending[:end])
+                        pending = pending[end:]
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+            self._caught_up.set()
+            await asyncio.sleep(0.1)
+
+    def record(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            fields = line.split()
+            if len(fields) != 4:
+                continue
+            pid, number, name, ta = fields
+            if not (number.isdigit() and ta.isdigit()) or name == b"<NOSRV>":
+                continue  # Ta is -1 for a request nobody answered
+            seen = self._seen.get(pid)
+            if seen is None:
+                seen = self._seen[pid] = set()
+            n = int(number)
+            if n in seen:
+                continue
+            seen.add(n)
+            if len(seen) > 200_000:  # keep the recent half: the ring never holds that many
+                cut = sorted(seen)[100_000]
+                self._seen[pid] = {x for x in seen if x >= cut}
+            ms = int(ta)
+            host = host_of(name.decode("ascii", "replace"))
+            buckets = self.latency.get(host)
+            if buckets is None:
+                buckets = self.latency[host] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+            buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+            self.latency_sum_ms[host] = self.latency_sum_ms.get(host, 0.0) + ms
+            self.lines += 1
+
+
+def combine(counts: dict[str, Counts], log: LatencyLog | None) -> dict[str, BackendStats]:
+    out = {}
+    for host, c in counts.items():
+        latency = tuple(log.latency.get(host, ())) if log is not None else ()
+        out[host] = BackendStats(
+            host_id=host, active=c.active, requests=c.requests, errors=c.errors,
+            statuses=dict(c.statuses), latency=latency or (0,) * (len(LATENCY_BUCKETS_MS) + 1),
+            latency_sum_ms=round(log.latency_sum_ms.get(host, 0.0), 3) if log else 0.0)
+    return out

@@ -1,0 +1,165 @@
+"""The same end-to-end guarantees on every combination of provider and router:
+{process, container} hosts x {builtin, haproxy} data plane.
+
+For each: a blue-green deploy and a rollback under continuous keep-alive load drop nothing; a
+canary whose release fails half its requests is judged on the router's numbers (the built-in
+router's counters, or HAProxy's stats) and rolled back to stable; a healthy canary is promoted
+through its steps with nothing dropped. Real CLI, controller, router, hosts (and Podman and
+HAProxy where the combination names them).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hinotori.loadgen import BackgroundLoad
+
+from .conftest import Project, _teardown, free_port, make_project, require
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CANARY = """
+[services.web.strategy]
+kind = "canary"
+steps = [20, 100]
+pause = "1s"
+
+[services.web.strategy.analysis]
+interval = "300ms"
+min_requests = 20
+max_error_rate = 0.05
+max_p99_ratio = 10.0
+deadline = "5s"
+"""
+
+CONTAINER_SPEC = """\
+[project]
+name = "{name}"
+
+[router]
+listen = "{listen}"
+
+[services.web]
+provider = "container"
+replicas = 2
+command = ["python3", "app.py"]
+health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
+boot_timeout = "60s"
+stop_grace = "10s"
+keep_previous = "10m"
+
+[services.web.image]
+os = {{ suite = "bookworm", variant = "minbase", workdir = "/app" }}
+steps = [{{ copy = "app.py", to = "app.py", mode = "0644" }}]
+"""
+
+
+def _hello_on_every_interface() -> str:
+    """examples/hello/app.py listening on all interfaces of its container's own network
+    namespace (the engine publishes it on the machine's 127.0.0.1 only)."""
+    text = (ROOT / "examples" / "hello" / "app.py").read_text()
+    bound = text.replace('Server(("127.0.0.1", port)', 'Server(("0.0.0.0", port)')
+    assert bound != text
+    return bound
+
+
+def _process_project(tmp_path: Path) -> Project:
+    return make_project(tmp_path, replicas=2)
+
+
+def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
+    require(shutil.which("mmdebstrap") is not None,
+            "mmdebstrap is not installed (apt-get install mmdebstrap)")
+    request.getfixturevalue("engine_url")  # a real Podman service for this session
+    path = tmp_path / f"matrix{uuid.uuid4().hex[:6]}"  # the project's name, too
+    path.mkdir()
+    (path / "app.py").write_text(_hello_on_every_interface())
+    listen = f"127.0.0.1:{free_port()}"
+    (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=path.name, listen=listen))
+    project = Project(path)
+    project.router = listen
+    return project
+
+
+def _use_haproxy(project: Project) -> None:
+    require(shutil.which("haproxy") is not None, "haproxy is not installed (apt-get install "
+                                                 "haproxy)")
+    spec = project.path / "hinotori.toml"
+    text = spec.read_text()
+    assert text.count("[router]\n") == 1
+    spec.write_text(text.replace("[router]\n", '[router]\nkind = "haproxy"\n'))
+
+
+@pytest.fixture(params=[("process", "builtin"), ("process", "haproxy"),
+                        ("container", "builtin"), ("container", "haproxy")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    provider, router = request.param
+    project = (_process_project(tmp_path) if provider == "process"
+               else _container_project(tmp_path, request))
+    if router == "haproxy":
+        _use_haproxy(project)
+    yield project
+    _teardown(project)
+    if provider == "container":  # leave no container or image tag of this project behind
+        client = request.getfixturevalue("docker_client")
+        name = project.path.name
+        for c in client.containers.list(all=True,
+                                        filters={"label": f"hinotori.project={name}"}):
+            c.remove(force=True, v=True)
+        for image in client.images.list(name=f"localhost/hinotori/{name}-web"):
+            for tag in image.tags:
+                client.images.remove(tag)
+
+
+def _under_load(project: Project, *args: str, check: bool = True):
+    load = BackgroundLoad(project.router, clients=20, rate=250, record_header="x-hello-version")
+    load.start()
+    try:
+        result = project.cli(*args, check=check, timeout=300)
+    finally:
+        stats = load.stop()
+    return result, stats
+
+
+def test_deploy_rollback_and_canary_drop_nothing(stack: Project) -> None:
+    p = stack
+    p.cli("up", "-d")
+    p.cli("bake", "web")
+    p.cli("deploy", "web", "--env", "HELLO_VERSION=1", timeout=300)
+    [first] = {h["release"] for h in p.serving()}
+
+    # Blue-green to a new release, then an instant rollback, under load: nothing dropped.
+    out, stats = _under_load(p, "deploy", "web", "--env", "HELLO_VERSION=2")
+    [second] = {h["release"] for h in p.serving()}
+    assert second != first and f"now serves {second}" in out.stdout
+    assert stats.failed == 0, stats.failures
+    out, more = _under_load(p, "rollback", "web")
+    assert f"now serves {first}" in out.stdout and "instantly from warm hosts" in out.stdout
+    assert more.failed == 0, more.failures
+    assert stats.total + more.total > 200 and {"1", "2"} <= set(stats.by_header)
+
+    # A canary failing half its requests is judged on the router's numbers and rolled back.
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text() + CANARY)
+    bad, failing = _under_load(p, "deploy", "web", "--env", "HELLO_ERROR_RATE=0.5",
+                               "--env", "HELLO_VERSION=3", check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "failed its canary analysis at 20%" in bad.stderr
+    assert "rolled back to stable" in bad.stdout
+    assert failing.by_header["3"] < failing.by_header["1"]
+    assert {h["release"] for h in p.serving()} == {first}
+
+    # A healthy canary goes through its steps and is promoted, nothing dropped.
+    good, stats = _under_load(p, "deploy", "web", "--env", "HELLO_VERSION=4")
+    assert stats.failed == 0, stats.failures
+    [promoted] = {h["release"] for h in p.serving()}
+    assert "canary weight 20%" in good.stdout and f"promoted {promoted}" in good.stdout
+    assert {"1", "4"} <= set(stats.by_header)

@@ -1,0 +1,468 @@
+"""The HAProxy router (hinotori.router.haproxy) against a real HAProxy, then end to end.
+
+First the router object on its own: routine changes (weights, switches, drains, servers added
+and removed, canary release maps) go through the Runtime API without a reload, which the
+master's worker pid and the worker's own ``show info`` Pid/Uptime prove; a new service is a
+seamless reload under load; a fresh router object adopts the running HAProxy; stats are counted
+per host. Then through the real CLI with ``[router] kind = "haproxy"``: deploys and rollbacks
+under keep-alive load with zero failed requests, and a bad canary rolled back by an analysis
+that reads HAProxy's stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hinotori.errors import RouterError
+from hinotori.loadgen import BackgroundLoad
+from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
+from hinotori.router.base import Router
+from hinotori.router.haproxy import HaproxyRouter, runtime
+from hinotori.router.haproxy.router import socket_dir
+
+from .conftest import Project, _teardown, make_project, require, wait_until
+from .test_router_builtin import Backends, Conn, fetch, free_port, route, table
+
+pytestmark = pytest.mark.integration
+
+HAVE_HAPROXY = shutil.which("haproxy") is not None
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[HaproxyRouter]:
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    r = HaproxyRouter(tmp_path / "router", f"127.0.0.1:{free_port()}")
+    asyncio.run(r.start())
+    yield r
+    asyncio.run(r.stop())
+
+
+_versions = iter(range(1000, 10**6))
+
+
+def apply(r: HaproxyRouter, *routes: ServiceRoute) -> RoutingTable:
+    t = table(next(_versions), *routes)
+    asyncio.run(r.apply(t))
+    return t
+
+
+def port_of(r: HaproxyRouter) -> int:
+    return int(r.listen.rpartition(":")[2])
+
+
+async def identity(r: HaproxyRouter) -> tuple[int | None, list[int], str, int]:
+    """(master pid, current workers from the master, worker's own Pid, its Uptime_sec)."""
+    sup = r.supervisor
+    assert sup is not None
+    current, _ = await sup.workers()
+    info = await sup.worker_info()
+    return sup.master_pid(), current, info["Pid"], int(info["Uptime_sec"])
+
+
+async def servers_in(r: HaproxyRouter, backend: str) -> set[str]:
+    (text,) = await runtime.run(r.stats_socket, [f"show servers state {backend}"])
+    return {line.split()[3] for line in text.splitlines()
+            if line[:1].isdigit() and len(line.split()) > 4}
+
+
+def backends_seen(port: int, n: int, headers: list[str] | None = None) -> Counter[str]:
+    async def run() -> Counter[str]:
+        conn = await Conn.open(port)
+        seen: Counter[str] = Counter()
+        for _ in range(n):
+            r = await conn.request(headers=headers)
+            assert r.status == 200, (r.status, r.body)
+            seen[r.backend or "?"] += 1
+        conn.close()
+        return seen
+    return asyncio.run(run())
+
+
+# -- the router object -------------------------------------------------------------------------
+
+def test_implements_the_router_protocol(router: HaproxyRouter) -> None:
+    assert isinstance(router, Router)
+    assert router.kind == "haproxy"
+    assert asyncio.run(router.current()) is None
+    assert asyncio.run(fetch(port_of(router))).status == 503  # no table yet
+
+
+def test_routine_changes_never_reload(router: HaproxyRouter, backends: Backends) -> None:
+    a1, a2, b1, b2, c1 = (backends.add(n) for n in ("a1", "a2", "b1", "b2", "c1"))
+    port = port_of(router)
+    apply(router, route(a1.backend(), a2.backend()))  # the first table sets the shape
+    before = asyncio.run(identity(router))
+    assert before[0] is not None and before[1] == [int(before[2])]
+
+    for _ in range(3):
+        # weights
+        apply(router, route(a1.backend(300), a2.backend(100)))
+        seen = backends_seen(port, 40)
+        assert 25 <= seen["a1"] <= 35 and seen["a1"] + seen["a2"] == 40, seen
+        # blue-green switch to release 2
+        apply(router, route(b1.backend(release=2), b2.backend(release=2)))
+        assert set(backends_seen(port, 10)) == {"b1", "b2"}
+        # canary: release 3 at weight 0 but selectable by header; stable = 2
+        apply(router, route(b1.backend(release=2), b2.backend(release=2),
+                            c1.backend(0, release=3), canary=3, sticky=True))
+        assert set(backends_seen(port, 10)) == {"b1", "b2"}
+        assert set(backends_seen(port, 5, ["X-Hinotori-Release: canary"])) == {"c1"}
+        assert set(backends_seen(port, 5, ["X-Hinotori-Release: stable"])) == {"b1", "b2"}
+        assert set(backends_seen(port, 5, ["X-Hinotori-Release: v3"])) == {"c1"}
+        assert set(backends_seen(port, 5, ["Cookie: hinotori-svc=v3"])) == {"c1"}
+        # drain one host (removed), add one back
+        apply(router, route(b1.backend(release=2)))
+        assert set(backends_seen(port, 6)) == {"b1"}
+        apply(router, route(b1.backend(release=2), b2.backend(release=2)))
+        assert set(backends_seen(port, 6)) == {"b1", "b2"}
+        # and back to release 1
+        apply(router, route(a1.backend(), a2.backend()))
+        assert set(backends_seen(port, 6)) == {"a1", "a2"}
+
+    after = asyncio.run(identity(router))
+    assert after[:3] == before[:3], "a routine change reloaded HAProxy"
+    assert after[3] >= before[3]
+    # Servers that left were deleted once idle: only the live ones remain in the main backend.
+    assert wait_until(lambda: asyncio.run(router.stats()) is not None and  # sweeps
+                      asyncio.run(servers_in(router, "svc")) == {"v1_a1", "v1_a2"}, 10, 0.2)
+    assert asyncio.run(router.current()) is not None
+    assert asyncio.run(router.current()).route("svc").backends[0].host_id == "a1"  # type: ignore[union-attr]
+
+
+def test_host_and_path_rules_and_404(router: HaproxyRouter, backends: Backends) -> None:
+    api, www, other = backends.add("api"), backends.add("www"), backends.add("other")
+    apply(router,
+          route(api.backend(), service="api", hosts=("svc.test",), prefix="/api"),
+          route(www.backend(), service="www", hosts=("svc.test", "WWW.test:8080")),
+          route(other.backend(), service="other", prefix="/other"))
+    port = port_of(router)
+
+    async def run() -> None:
+        assert (await fetch(port, "/api/x")).backend == "api"
+        assert (await fetch(port, "/")).backend == "www"
+        assert (await fetch(port, "/", host="www.test:1234")).backend == "www"
+        assert (await fetch(port, "/other/1", host="nope.test")).backend == "other"
+        # a host route beats a no-host route even with a shorter prefix
+        assert (await fetch(port, "/other/1")).backend == "www"
+        assert (await fetch(port, "/", host="nope.test")).status == 404
+    asyncio.run(run())
+
+
+def test_in_flight_request_finishes_across_a_switch(router: HaproxyRouter,
+                                                   backends: Backends) -> None:
+    old, new = backends.add("old"), backends.add("new")
+    apply(router, route(old.backend()))
+    port = port_of(router)
+
+    async def run() -> None:
+        slow = asyncio.create_task(fetch(port, "/slow?ms=800"))
+        await asyncio.sleep(0.2)
+        await router.apply(table(next(_versions), route(new.backend(release=2))))
+        assert (await fetch(port)).backend == "new"
+        stats = await router.stats()
+        assert stats["old"].active == 1  # draining: in maintenance, still finishing
+        assert "v1_old" in await servers_in(router, "svc")
+        r = await slow
+        assert (r.status, r.backend) == (200, "old")
+        # Deleted once idle (HAProxy first closes its pooled connections to it: ~1 s).
+        deadline = time.monotonic() + 10
+        while await servers_in(router, "svc") != {"v2_new"} and time.monotonic() < deadline:
+            await router.stats()  # sweeps
+            await asyncio.sleep(0.2)
+        assert await servers_in(router, "svc") == {"v2_new"}
+    asyncio.run(run())
+
+
+def test_new_service_is_a_seamless_reload_under_load(router: HaproxyRouter,
+                                                    backends: Backends) -> None:
+    a, b = backends.add("ra"), backends.add("rb")
+    apply(router, route(a.backend()))
+    port = port_of(router)
+    before = asyncio.run(identity(router))
+
+    async def run() -> tuple[int, list[str], int]:
+        stop = asyncio.Event()
+        ok, failures, reconnects = 0, [], 0
+
+        async def client() -> None:
+            nonlocal ok, reconnects
+            conn = await Conn.open(port)
+            while not stop.is_set():
+                try:
+                    r = await conn.request("/")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # The old worker closed an idle keep-alive connection as it stopped; like
+                    # every HTTP client, resend an idempotent request on a new connection.
+                    conn.close()
+                    conn = await Conn.open(port)
+                    reconnects += 1
+                    r = await conn.request("/")
+                if r.status == 200 and r.backend == "ra":
+                    ok += 1
+                else:
+                    failures.append(f"{r.status} {r.backend}")
+                if (r.header("connection") or "").lower() == "close":
+                    conn.close()
+                    conn = await Conn.open(port)
+            conn.close()
+
+        tasks = [asyncio.create_task(client()) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        await router.apply(table(next(_versions), route(a.backend()),
+                                 route(b.backend(), service="reports", prefix="/reports")))
+        assert (await fetch(port, "/reports/1")).backend == "rb"
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return ok, failures, reconnects
+
+    before_stats = asyncio.run(router.stats())["ra"].requests
+    ok, failures, reconnects = asyncio.run(run())
+    after = asyncio.run(identity(router))
+    assert ok > 100 and failures == [], failures
+    assert reconnects <= 8, reconnects  # at most once per client connection, at the handover
+    assert after[0] == before[0] and after[2] != before[2], "expected one reload by the master"
+    # Counters carry over the reload: they only grow. What the old worker answers between the
+    # router's last read before the reload and its own exit is not counted (a known gap, see
+    # DESIGN.md), and under this load that is up to a few tenths of the total.
+    assert asyncio.run(router.stats())["ra"].requests >= before_stats + ok * 0.5
+
+
+def test_a_fresh_router_object_adopts_the_running_haproxy(router: HaproxyRouter,
+                                                         backends: Backends) -> None:
+    x = backends.add("x")
+    t = apply(router, route(x.backend()))
+    before = asyncio.run(identity(router))
+    again = HaproxyRouter(router.state_dir, router.listen)
+
+    async def run() -> None:
+        await again.start()
+        assert await again.current() == t
+        y = backends.add("y")
+        await again.apply(table(next(_versions), route(x.backend(), y.backend())))
+        assert await identity(again) == (*before[:3], (await identity(again))[3])
+        assert {(await fetch(port_of(router))).backend for _ in range(4)} == {"x", "y"}
+        again.log.close()  # type: ignore[union-attr]
+    asyncio.run(run())
+
+
+def test_stats_count_per_host_with_latency(router: HaproxyRouter, backends: Backends) -> None:
+    fast, slow = backends.add("fast"), backends.add("slow")
+    apply(router, route(fast.backend(), slow.backend(0, release=2), canary=2))
+    port = port_of(router)
+
+    async def run() -> None:
+        for _ in range(10):
+            assert (await fetch(port, "/")).backend == "fast"
+        for _ in range(3):
+            r = await fetch(port, "/slow?ms=120", headers=["X-Hinotori-Release: canary"])
+            assert r.backend == "slow"
+        assert (await fetch(port, "/nothing", host="x", headers=["Content-Length: x"])).status \
+            == 400
+        await asyncio.sleep(0.1)  # the log datagrams are read by this loop
+    asyncio.run(run())
+    stats = asyncio.run(router.stats())
+    assert stats["fast"].requests == 10 and stats["fast"].statuses == {"2xx": 10}
+    assert stats["slow"].requests == 3 and stats["slow"].active == 0
+    assert sum(stats["fast"].latency) == 10
+    slow_bucket = next(i for i, bound in enumerate(LATENCY_BUCKETS_MS) if bound >= 120)
+    assert stats["slow"].latency[slow_bucket] == 3, stats["slow"].latency
+    assert stats["slow"].latency_sum_ms >= 3 * 120
+
+
+def test_5xx_and_dead_backends_are_counted(router: HaproxyRouter, backends: Backends) -> None:
+    dead = Backend("dead", f"127.0.0.1:{free_port()}", 1)  # nothing listens
+    apply(router, route(dead))
+    r = asyncio.run(fetch(port_of(router)))
+    assert r.status == 503
+    stats = asyncio.run(router.stats())
+    assert stats["dead"].errors >= 1
+
+
+def test_retries_connect_failures_always_and_unanswered_requests_only_if_idempotent(
+        router: HaproxyRouter, backends: Backends) -> None:
+    alive, dying = backends.add("alive"), backends.add("dying", mode="die")
+    dead = Backend("dead", f"127.0.0.1:{free_port()}", 1, 100)  # nothing listens
+    apply(router, route(dead, alive.backend()))
+
+    async def run(method: str, n: int = 6) -> list[tuple[int, str | None]]:
+        got = []
+        for _ in range(n):
+            r = await fetch(port_of(router), method=method,
+                            body=b"payload" if method == "POST" else None)
+            got.append((r.status, r.backend))
+        return got
+
+    # Connection refused: no app saw the request, so even a POST goes to another host.
+    assert asyncio.run(run("POST")) == [(200, "alive")] * 6
+    apply(router, route(dying.backend(), alive.backend()))
+    posts = asyncio.run(run("POST"))
+    failed = [p for p in posts if p[0] != 200]
+    assert failed, "no POST reached the dying backend"
+    assert len(failed) == dying.count("POST"), "a POST that reached a backend was re-sent"
+    gets = asyncio.run(run("GET"))
+    assert gets == [(200, "alive")] * 6
+    assert dying.count("GET") >= 1, "no GET was re-sent from the dying backend"
+
+
+def test_missing_haproxy_and_bad_tables_are_clear_errors(tmp_path: Path,
+                                                         router: HaproxyRouter) -> None:
+    r = HaproxyRouter(tmp_path / "none", f"127.0.0.1:{free_port()}",
+                      haproxy="/nonexistent/haproxy")
+    with pytest.raises(RouterError) as err:
+        asyncio.run(r.start())
+    assert "not installed" in str(err.value) and "apt-get install haproxy" in (err.value.hint
+                                                                             or "")
+    with pytest.raises(RouterError, match="host id"):
+        apply(router, route(Backend("bad host", "127.0.0.1:1", 1)))
+    with pytest.raises(RouterError, match="weight"):
+        apply(router, route(Backend("w", "127.0.0.1:1", 1, -1)))
+
+
+def test_stop_stops_haproxy(tmp_path: Path) -> None:
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    r = HaproxyRouter(tmp_path / "r", f"127.0.0.1:{free_port()}")
+    asyncio.run(r.start())
+    pid = r.supervisor.master_pid()  # type: ignore[union-attr]
+    assert pid is not None
+    asyncio.run(r.stop())
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    with pytest.raises(OSError):
+        asyncio.run(fetch(port_of(r)))
+
+
+# -- end to end through the CLI ----------------------------------------------------------------
+
+def haproxy_project(tmp_path: Path, extra: str = "") -> Project:
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    p = make_project(tmp_path, extra=extra)
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text().replace("[router]\n", '[router]\nkind = "haproxy"\n', 1))
+    return p
+
+
+def hello(address: str, headers: dict[str, str] | None = None) -> str:
+    req = urllib.request.Request(f"http://{address}/", headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+        return r.headers["X-Hello-Version"]
+
+
+def worker_pid(p: Project) -> str:
+    async def ask() -> str:
+        sock = socket_dir(p.path / ".hinotori" / "router") / "haproxy.sock"
+        (text,) = await runtime.run(sock, ["show info"])
+        return runtime.parse_info(text)["Pid"]
+    return asyncio.run(ask())
+
+
+def test_deploys_and_rollbacks_under_load_drop_nothing(tmp_path: Path) -> None:
+    p = haproxy_project(tmp_path)
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web")
+        p.cli("deploy", "web")  # v1
+        p.set_version("2")
+        p.cli("bake", "web")
+        worker = worker_pid(p)
+        load = BackgroundLoad(p.router, clients=50, rate=300, record_header="x-hello-version")
+        load.start()
+        try:
+            for _ in range(4):
+                assert "now serves v2" in p.cli("deploy", "web", "--release", "v2").stdout
+                assert "now serves v1" in p.cli("rollback", "web").stdout
+        finally:
+            stats = load.stop()
+        assert stats.total > 500
+        assert stats.failed == 0, stats.failures
+        assert set(stats.by_header) == {"1", "2"}
+        assert worker_pid(p) == worker, "a deploy reloaded HAProxy"
+        assert hello(p.router) == "1"
+    finally:
+        _teardown(p)
+
+
+CANARY = """
+[services.web.strategy]
+kind = "canary"
+steps = [10, 50, 100]
+pause = "1s"
+
+[services.web.strategy.analysis]
+interval = "300ms"
+min_requests = 20
+max_error_rate = 0.05
+max_p99_ratio = 10.0
+deadline = "3s"
+"""
+
+
+def test_bad_canary_is_rolled_back_from_haproxy_stats(tmp_path: Path) -> None:
+    p = haproxy_project(tmp_path, CANARY)
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web")
+        p.cli("deploy", "web")  # v1, blue-green: nothing to compare with yet
+        load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
+        load.start()
+        try:
+            time.sleep(0.5)
+            result = p.cli("deploy", "web", "--env", "HELLO_ERROR_RATE=0.5", "--env",
+                           "HELLO_VERSION=2", check=False)
+            time.sleep(0.5)
+        finally:
+            stats = load.stop()
+        assert result.returncode == 1, result.stdout
+        assert "failed its canary analysis at 10%" in result.stderr
+        assert "rolled back to stable" in result.stdout
+        assert 0 < stats.by_header["2"] < stats.by_header["1"]
+        assert all(h["release"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
+        assert wait_until(lambda: hello(p.router) == "1")
+    finally:
+        _teardown(p)
+
+
+def test_controller_sigkill_and_restart_adopts_haproxy(tmp_path: Path) -> None:
+    p = haproxy_project(tmp_path)
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web")
+        p.cli("deploy", "web")
+        master = (p.path / ".hinotori" / "router" / "haproxy.pid").read_text()
+        worker = worker_pid(p)
+        load = BackgroundLoad(p.router, clients=20, rate=200)
+        load.start()
+        try:
+            os.kill(p.controller_pid(), signal.SIGKILL)
+            p.cli("up", "-d")
+            assert (p.path / ".hinotori" / "router" / "haproxy.pid").read_text() == master
+            assert worker_pid(p) == worker  # adopted as it was: no restart, no reload
+            p.set_version("2")
+            p.cli("bake", "web")
+            assert "now serves v2" in p.cli("deploy", "web").stdout
+        finally:
+            stats = load.stop()
+        assert stats.failed == 0, stats.failures
+        assert worker_pid(p) == worker
+        assert hello(p.router) == "2"
+    finally:
+        _teardown(p)

@@ -1,0 +1,128 @@
+"""The HAProxy router's planning and config writing (pure functions; the real HAProxy runs in
+tests/integration/test_router_haproxy.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.router.haproxy import config
+from hinotori.router.haproxy.runtime import parse_proc
+from hinotori.router.haproxy.stats import LatencyLog, parse_servers
+from hinotori.spec.schema import RouterSpec
+
+
+def route(*backends: Backend, **kw: object) -> ServiceRoute:
+    return ServiceRoute("web", tuple(backends), **kw)  # type: ignore[arg-type]
+
+
+def b(host: str, release: int, weight: int = 100, port: int = 9000) -> Backend:
+    return Backend(host, f"127.0.0.1:{port}", release, weight)
+
+
+def test_releases_keep_their_slot_and_new_ones_take_a_free_one() -> None:
+    first = config.plan(RoutingTable(1, (route(b("a", 1)),)), {})
+    assert first.slots == {"web": {1: 1}}
+    canary = config.plan(RoutingTable(2, (route(b("a", 1), b("c", 2, 0), canary=2,
+                                                sticky=True),)), first.slots, first.shapes)
+    assert canary.slots == {"web": {1: 1, 2: 2}}
+    assert canary.shapes == first.shapes  # two slots from the start: a canary is no reload
+    assert canary.maps["web"] == {"v1": "web.r1", "v2": "web.r2", "canary": "web.r2",
+                                  "stable": "web.r1"}
+    assert canary.sticky == {"web"}
+    # weight 0 gets no ordinary traffic, but counts as 1 when asked for by release
+    assert canary.servers["web"]["v2_c"].weight == 0
+    assert canary.servers["web.r2"]["v2_c"].weight == 1
+    switched = config.plan(RoutingTable(3, (route(b("c", 2)),)), canary.slots, canary.shapes)
+    assert switched.slots == {"web": {2: 2}} and switched.shapes == first.shapes
+    assert switched.sticky == set()  # one release: nothing to stick to
+    third = config.plan(RoutingTable(4, (route(b("c", 2), b("d", 3)),)), switched.slots,
+                        switched.shapes)
+    assert third.slots == {"web": {2: 2, 3: 1}} and third.shapes == first.shapes
+    many = config.plan(RoutingTable(5, (route(b("c", 2), b("d", 3), b("e", 4)),)),
+                       third.slots, third.shapes)
+    assert many.shapes[0].slots == 3  # only more releases than slots changes the shape
+
+
+def test_weights_are_scaled_into_haproxy_range_keeping_ratios() -> None:
+    assert config.scaled([100, 100, 0]) == [100, 100, 0]
+    assert config.scaled([900, 100, 1, 0]) == [256, 28, 1, 0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (route(b("a b", 1)), "host id"),
+    (route(b("a", 1, -1)), "weight"),
+    (route(Backend("a", "nowhere", 1)), "host:port"),
+    (route(b("a", 1), path_prefix="api"), "path_prefix"),
+    (route(b("a", 1), hosts=("a b",)), "bad host"),
+])
+def test_bad_routes_are_refused_by_name(bad: ServiceRoute, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config.plan(RoutingTable(1, (bad,)), {})
+
+
+def settings(tmp_path: Path) -> config.Settings:
+    return config.Settings(listen="127.0.0.1:8080", stats_socket=tmp_path / "s.sock",
+                           maps_dir=tmp_path / "maps")
+
+
+def test_host_routes_come_first_then_longest_prefix(tmp_path: Path) -> None:
+    table = RoutingTable(1, (
+        ServiceRoute("any", (b("x", 1),)),
+        ServiceRoute("docs", (b("y", 1),), path_prefix="/docs"),
+        ServiceRoute("site", (b("z", 1),), hosts=("Example.COM:80",)),
+    ))
+    text = config.render(settings(tmp_path), config.plan(table, {}), loaded=True)
+    plain = [line.split()[1] for line in text.splitlines()
+             if line.startswith("  use_backend") and "%[" not in line]
+    assert plain == ["site", "docs", "any"]
+    assert "req.hdr(host),field(1,:),lower -m str example.com" in text
+    assert "server v1_x 127.0.0.1:9000 weight 100" in text
+
+
+def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.skip("haproxy is not installed; the integration tests need it")
+    s = settings(tmp_path)
+    p = config.plan(RoutingTable(1, (route(b("a", 1), b("c", 2, 10), canary=2, sticky=True),
+                                      ServiceRoute("api", (b("x", 1),), hosts=("api.test",),
+                                                   path_prefix="/v1"))), {})
+    s.maps_dir.mkdir()
+    for svc, entries in p.maps.items():
+        config.map_file(s, svc).write_text(config.map_text(entries))
+    config.sticky_file(s).write_text(config.map_text({"web": "1"}))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(config.render(s, p, loaded=True))
+    result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_parsers() -> None:
+    proc = ("#<PID> <type> <reloads> <uptime> <version>\n1 master 0 [failed: 0] 0d 2.6\n"
+            "# workers\n3 worker 1 0d 2.6\n# old workers\n2 worker 0 0d 2.6\n# programs\n")
+    assert parse_proc(proc) == (1, [3], [2])
+    csv = ("# pxname,svname,qcur,scur,econ,eresp,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,"
+           "hrsp_5xx,hrsp_other\n_front,FRONTEND,,5,,,0,9,0,0,0,0\n"
+           "web,v1_a,0,2,1,0,0,7,0,1,2,0\nweb,BACKEND,0,2,1,0,0,7,0,1,2,0\n")
+    counts = parse_servers(csv)
+    assert list(counts) == [("web", "v1_a")]
+    c = counts[("web", "v1_a")]
+    assert (c.active, c.requests, c.errors, c.statuses) == (2, 10, 1,
+                                                           {"2xx": 7, "4xx": 1, "5xx": 2})
+    log = LatencyLog(Path("/nonexistent"), "ring")
+    log.record(b"7 1 v1_a 3\n7 2 v2_b 150\n7 1 v1_a 3\n8 1 v1_a 0\n7 3 <NOSRV> -1\nnoise\n")
+    assert log.lines == 3  # the repeated (pid 7, request 1) counts once
+    assert sum(log.latency["a"]) == 2 and log.latency_sum_ms["b"] == 150
+
+
+def test_haproxy_keys_only_with_kind_haproxy() -> None:
+    assert RouterSpec(kind="haproxy", maxconn=100).maxconn == 100
+    with pytest.raises(ValidationError, match="only applies"):
+        RouterSpec(maxconn=100)
