@@ -1,6 +1,7 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
-    python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--impl builtin,proxy]
+    python bench/router.py [--duration 5] [--runs 3] [--switches 200]
+                            [--impl builtin,haproxy-hinotori]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
@@ -10,8 +11,7 @@ from the call to BuiltinRouter.apply() to the first response from the new backen
 by a client sending back-to-back keep-alive requests, p50/p99 over --switches switches.
 
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
-and/or ``proxy`` (hinotori.router.proxy); both expose the same BuiltinRouter, so one run can put
-them side by side. ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
+and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
 haproxy: generated config, Runtime API), with 1 and 2 threads beside the hand-written config
 with as many, and both again without the per-request latency log (the log's cost); a thread
 streams the latency log meanwhile, as the controller would. Everything started here is stopped
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import re
 import shutil
 import signal
@@ -41,12 +40,10 @@ from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
 
-IMPLS = ("builtin", "proxy", "haproxy-hinotori")  # hinotori.router.<impl>.BuiltinRouter
+IMPLS = ("builtin", "haproxy-hinotori")
 HAPROXY_IMPL = "haproxy-hinotori"
 
 
-def router_class(impl: str) -> type[BuiltinRouter]:
-    return importlib.import_module(f"hinotori.router.{impl}").BuiltinRouter  # type: ignore[no-any-return]
 
 HERE = Path(__file__).resolve().parent
 
@@ -194,7 +191,7 @@ def main() -> None:
     ap.add_argument("--switches", type=int, default=200, help="switches timed")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--impl", default="builtin",
-                    help="comma-separated data planes to measure: builtin, proxy, "
+                    help="comma-separated data planes to measure: builtin, "
                          "haproxy-hinotori")
     args = ap.parse_args()
     impls = [i.strip() for i in args.impl.split(",") if i.strip()]
@@ -233,7 +230,7 @@ def main() -> None:
                     router = HaproxyRouter(work / f"{impl}{workers}{log}", f"127.0.0.1:{port}",
                                            workers=workers, latency_log=log)
                 else:
-                    router = router_class(impl)(work / f"{impl}{workers}", f"127.0.0.1:{port}",
+                    router = BuiltinRouter(work / f"{impl}{workers}", f"127.0.0.1:{port}",
                                                 workers=workers)
                 routers[name] = router
                 asyncio.run(router.start())
@@ -266,7 +263,7 @@ def main() -> None:
                 if impl == HAPROXY_IMPL:
                     router = HaproxyRouter(first.state_dir, first.listen, workers=1)
                 else:
-                    router = router_class(impl)(first.state_dir, first.listen, workers=1)
+                    router = BuiltinRouter(first.state_dir, first.listen, workers=1)
                 await router.start()
                 return await switch_latency(router, targets[label(impl, 1)], set_a, set_b,
                                             args.switches)

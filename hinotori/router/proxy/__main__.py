@@ -1,3 +1,0 @@
-from hinotori.router.proxy.worker import main
-
-main()
