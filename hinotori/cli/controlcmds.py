@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ def up(spec: SpecOpt = Path("."),
     if detach:
         _start_detached(project)
         return
+    import asyncio  # here, not at the top: start-up time of every command (asyncio ~8 ms)
+
     from hinotori.controller.daemon import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -108,6 +109,8 @@ def down(spec: SpecOpt = Path(".")) -> None:
 
 def _teardown_without_controller(project: Project) -> None:
     """No controller answers: stop whatever it left running, straight from the store."""
+    import asyncio  # here, not at the top: start-up time of every command
+
     from hinotori.controller.daemon import Controller
     from hinotori.deploy.fleet import LIVE_STATES
 

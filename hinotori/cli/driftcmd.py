@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,8 +17,10 @@ from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.durations import parse_duration
 from hinotori.model import Host, HostState
-from hinotori.observe.drift import Drift, compare
 from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.observe.drift import Drift
 
 WATCHED = (HostState.READY, HostState.SERVING, HostState.DRAINING, HostState.WARM)
 
@@ -30,6 +32,10 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
           = False,
           lock_wait: Annotated[str, typer.Option("--lock-wait")] = "0s") -> None:
     """Report files added, removed and changed on live hosts since their image was baked."""
+    # Imported here, not at the top: start-up time of every command (Typer imports this module
+    # for the signature; only `hinotori drift` compares trees).
+    from hinotori.observe.drift import compare
+
     project = Project.load(spec)
     if service:
         project.service(service)

@@ -13,13 +13,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hinotori.durations import parse_duration
-from hinotori.observe.logs import LogLine, LogQuery, LogsError, LogStore, follow, logs_db, search
 from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.observe.logs import LogLine, LogQuery, LogStore
+
+# hinotori.observe.logs is imported inside the functions that use it, never at the top: every
+# command's start-up imports this module (Typer reads the signatures), and the log pipeline
+# (forwarders, httpx) costs ~0.1 s that only `hinotori logs` needs.
 
 # --spec has no -f here: -f is --follow, as in `tail -f`, `docker logs -f`, `kubectl logs -f`.
 # No -f here: it is --follow, as in tail -f.
@@ -31,6 +37,8 @@ def parse_release(text: str | None) -> int | None:
         return None
     digits = text.lower().removeprefix("v")
     if not digits.isdigit():
+        from hinotori.observe.logs import LogsError  # lazy: start-up time, see the top
+
         raise LogsError(f"--release {text!r} is not a release", hint="write it as v3 (or 3)")
     return int(digits)
 
@@ -41,6 +49,8 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     try:
         return (time.time() if now is None else now) - parse_duration(text)
     except ValueError:
+        from hinotori.observe.logs import LogsError  # lazy: start-up time, see the top
+
         raise LogsError(f"--since {text!r} is not a duration",
                         hint="how far back, e.g. 30s, 10m, 2h, 7d") from None
 
@@ -67,6 +77,14 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
          json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")]
          = False) -> None:
     """Host logs from the central store: live hosts and destroyed ones alike."""
+    from hinotori.observe.logs import (  # lazy: start-up time, see the top
+        LogQuery,
+        LogsError,
+        LogStore,
+        logs_db,
+        search,
+    )
+
     project = Project.load(spec)
     path = logs_db(project.state_dir)
     if not path.exists() and not follow_:
@@ -88,6 +106,8 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
 
 
 def _follow(store: LogStore, query: LogQuery, json_out: bool) -> None:
+    from hinotori.observe.logs import follow  # lazy: start-up time, see the top
+
     try:
         for line in follow(store, query):
             sys.stdout.write((json.dumps(line.to_dict()) if json_out else _human(line)) + "\n")

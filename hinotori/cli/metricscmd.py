@@ -27,8 +27,6 @@ from hinotori.cli import render
 from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError, NotFound
-from hinotori.observe.metrics import MetricsStore, history_text, metrics_db, parse_release
-from hinotori.observe.metrics.query import parse_step, parse_when
 from hinotori.project import Project
 
 CHART_HEIGHT = 11
@@ -47,6 +45,11 @@ CHARTS: tuple[tuple[str, Any], ...] = (
 def fetch(project: Project, service: str, *, release: str | None, since: str,
           until: str | None, step: str | None) -> tuple[dict[str, Any], str]:
     """The history and where it came from: the controller, or metrics.db when none runs."""
+    # Imported here, not at the top: every command's start-up imports this module (Typer reads
+    # the signatures), and the metrics package (asyncio, the sampler) is only for this one.
+    from hinotori.observe.metrics import MetricsStore, history_text, metrics_db, parse_release
+    from hinotori.observe.metrics.query import parse_step, parse_when
+
     now = time.time()
     parse_when("--since", since, now)  # a user's mistake is theirs to see, not a fallback
     if until:

@@ -14,7 +14,6 @@ Neither needs a controller.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sys
@@ -32,16 +31,18 @@ from hinotori.cli.options import SpecOpt
 from hinotori.cli.render import console, err_console
 from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
-from hinotori.health import wait_healthy
 from hinotori.model import Host, HostState, Release
 from hinotori.project import Project
 from hinotori.providers.base import BootRequest, Provider
 from hinotori.store import default_actor
 from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
 from hinotori.verify.report import FORMATS, RENDERERS, print_table
-from hinotori.verify.survey import MAX_FILES, starter_checks, survey_host, to_toml
 
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="vN; default: the newest")]
+
+# asyncio, hinotori.health and hinotori.verify.survey are imported inside the functions that
+# use them: every command's start-up imports this module (Typer reads the signatures), and they
+# are only for verify and checks generate. (hinotori.verify itself is loaded by the spec.)
 
 checks_app = typer.Typer(no_args_is_help=True, help="Write and manage verify checks.")
 
@@ -58,6 +59,8 @@ def verify(service: Annotated[str, typer.Argument(help="the service whose checks
            spec: SpecOpt = Path(".")) -> None:
     """Boot a throwaway host of a release, run the service's checks on it, destroy it; exit 1
     if any check failed."""
+    import asyncio  # lazy: start-up time, see checks_app
+
     fmt = "json" if json_out else format_
     if fmt not in FORMATS:
         raise HinotoriError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
@@ -95,6 +98,10 @@ def checks_generate(
         spec: SpecOpt = Path(".")) -> None:
     """Print starter [[services.NAME.checks]] tables from what a host of the service has: its
     ports, files (modes, sha256 of key files), processes and health endpoint."""
+    import asyncio  # lazy: start-up time, see checks_app
+
+    from hinotori.verify.survey import MAX_FILES, starter_checks, to_toml
+
     project = Project.load(spec)
     svc = project.service(service)
     survey, used, port = asyncio.run(_survey(project, service, release, host))
@@ -181,6 +188,8 @@ async def _healthy(project: Project, service: str, provider: Provider,
     async def alive() -> bool:
         return await provider.adopt(host)
 
+    from hinotori.health import wait_healthy  # lazy: start-up time, see checks_app
+
     start = time.perf_counter()
     result = await wait_healthy(host.address or "", check, deadline=svc.boot_timeout,
                                 alive=alive)
@@ -239,5 +248,7 @@ async def _survey(project: Project, service: str, release: str | None,
 
 async def _survey_one(provider: Provider, host: Host,
                       port_env: str) -> tuple[dict, Host, str | None]:
+    from hinotori.verify.survey import survey_host  # lazy: start-up time, see checks_app
+
     survey = await survey_host(provider, host, python=_python(host), port_env=port_env)
     return survey, host, survey.get("port")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from hinotori import errors
 from hinotori.errors import ControllerError, HinotoriError
 from hinotori.project import Project
+
+if TYPE_CHECKING:
+    import httpx
 
 NOT_RUNNING_HINT = "start it with `hinotori up -d`"
 
@@ -25,6 +26,11 @@ class ControllerClient:
             raise ControllerError(f"no controller is running for {project.root}",
                                   hint=NOT_RUNNING_HINT)
         self.info = json.loads(info.read_text())
+        # Imported here, not at the top: every CLI command imports this module at start-up
+        # (through the command modules), and httpx costs ~35 ms that only commands which
+        # talk to the controller need.
+        import httpx
+
         self.http = httpx.Client(base_url=f"http://{self.info['address']}", timeout=timeout,
                                  headers={"Authorization": f"Bearer {project.token()}"})
 
@@ -32,6 +38,8 @@ class ControllerClient:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx  # already imported by __init__; see there
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
