@@ -101,3 +101,30 @@ def release_rows(store: Store, service: str | None = None) -> list[dict[str, Any
                      "created_at": r.created_at, "reason": r.reason, "role": role,
                      "config": r.config.to_dict()})
     return rows
+
+
+def bake_summary(service: str, result: BakeResult, outcome: ReleaseOutcome) -> dict[str, Any]:
+    """One bake as `hinotori bake --json` and `POST /v1/services/{service}/bake` report it."""
+    return {"service": service, "image": result.image.digest, "reused": result.reused,
+            "release": outcome.release.name, "release_created": outcome.created,
+            "files": result.image.provenance.get("file_count"),
+            "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
+            "cached_steps": result.cached_steps}
+
+
+def releases_using(store: Store) -> dict[str, list[str]]:
+    """Image digest -> the releases ("web@v3") made from it."""
+    using: dict[str, list[str]] = {}
+    for r in store.releases():
+        using.setdefault(r.image, []).append(f"{r.service}@{r.name}")
+    return using
+
+
+def image_rows(project: Project) -> list[dict[str, Any]]:
+    """Stored images, newest first, with the releases that use each (`hinotori images --json`,
+    `GET /v1/images`)."""
+    using = releases_using(project.store)
+    return [{"digest": i.digest, "created_at": i.created_at,
+             "files": None if i.kind == "os" else i.file_count, "kind": i.kind,
+             "size": i.total_size, "labels": i.labels, "releases": using.get(i.digest, [])}
+            for i in project.images.list()]

@@ -90,7 +90,7 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
          no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again, "
                                                 "ignoring the build cache")] = False) -> None:
     """Bake the service's image from its recipe; make a release if anything changed."""
-    from hinotori.releases import bake_service
+    from hinotori.releases import bake_service, bake_summary
 
     project = Project.load(spec)
     names = [service] if service else sorted(project.spec.services)
@@ -102,11 +102,7 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
                 project, name, on_progress=lambda m, s=status, n=name: s.update(f"{n}: {m}"),
                 use_cache=not no_cache)
         release = outcome.release
-        results.append({"service": name, "image": result.image.digest, "reused": result.reused,
-                        "release": release.name, "release_created": outcome.created,
-                        "files": result.image.provenance.get("file_count"),
-                        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
-                        "cached_steps": result.cached_steps})
+        results.append(bake_summary(name, result, outcome))
         if not json_out:
             verb = "new release" if outcome.created else "no change, still"
             steps = result.cache_hits + result.cache_misses

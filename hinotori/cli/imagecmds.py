@@ -22,6 +22,7 @@ from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import ImageNotFound, NotFound
 from hinotori.project import Project
+from hinotori.releases import image_rows, releases_using
 from hinotori.store import default_actor
 
 RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. web@v3")]
@@ -29,20 +30,15 @@ RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. we
 
 def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
     """Stored images, newest first, with the releases that use each."""
-    project = Project.load(spec)
-    using = _releases_using(project)
-    found = project.images.list()
+    rows = image_rows(Project.load(spec))
     if json_out:
-        render.print_json([{"digest": i.digest, "created_at": i.created_at,
-                            "files": None if i.kind == "os" else i.file_count,
-                            "kind": i.kind, "size": i.total_size, "labels": i.labels,
-                            "releases": using.get(i.digest, [])} for i in found])
+        render.print_json(rows)
         return
     render.table(None, ["image", "created", "files", "size", "labels", "releases"],
-                 [(render.short_digest(i.digest), render.when(i.created_at),
-                   "-" if i.kind == "os" else i.file_count,
-                   _size(i.total_size), " ".join(f"{k}={v}" for k, v in i.labels.items()),
-                   ", ".join(using.get(i.digest, [])) or "-") for i in found])
+                 [(render.short_digest(i["digest"]), render.when(i["created_at"]),
+                   "-" if i["files"] is None else i["files"], _size(i["size"]),
+                   " ".join(f"{k}={v}" for k, v in i["labels"].items()),
+                   ", ".join(i["releases"]) or "-") for i in rows])
 
 
 def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
@@ -53,7 +49,7 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
         _manifest(project, image)  # an OS image's files are read once, on first inspect
         image = project.images.get(image.digest)
     info = image.provenance
-    releases = _releases_using(project).get(image.digest, [])
+    releases = releases_using(project.store).get(image.digest, [])
     if json_out:
         render.print_json({**info, "digest": image.digest, "path": str(image.path),
                            "releases": releases})
@@ -197,13 +193,6 @@ def _manifest(project: Project, image: Image) -> list[ManifestEntry]:
         return os_manifest(client, project.images, image)
     finally:
         client.close()
-
-
-def _releases_using(project: Project) -> dict[str, list[str]]:
-    using: dict[str, list[str]] = {}
-    for r in project.store.releases():
-        using.setdefault(r.image, []).append(f"{r.service}@{r.name}")
-    return using
 
 
 def _step_text(step: dict[str, Any]) -> str:

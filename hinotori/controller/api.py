@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from hinotori import __version__
 from hinotori.controller import dashboard
+from hinotori.controller.buildapi import build_routes
 from hinotori.controller.daemon import Controller
 from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.metrics import from_totals, prometheus_text
@@ -54,6 +55,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     app = FastAPI(title="hinotori controller", version=__version__)
     api = APIRouter(dependencies=[Depends(authorised)])  # everything but the push webhook
+    # Before /v1/services/{service}/{action} below, which would take "bake" for an action.
+    api.include_router(build_routes(controller))
     store, fleet = controller.store, controller.fleet
 
     @app.exception_handler(HinotoriError)

@@ -129,3 +129,36 @@ def test_audit_filters_who_what_when_why(running: Project) -> None:
     assert "rollback" in text and "who" in text
     bad = p.cli("audit", "--since", "soon", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_bake_and_images_through_the_api(project: Project) -> None:
+    p = project
+    p.cli("up", "-d")
+    token = (p.path / ".hinotori" / "token").read_text().strip()
+    info = json.loads((p.path / ".hinotori" / "controller.json").read_text())
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://{info['address']}{path}", method="POST",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, first = post("/v1/services/web/bake", {})
+    assert status == 200 and first["release"] == "v1" and first["release_created"]
+    status, again = post("/v1/services/web/bake", {})
+    assert again["image"] == first["image"] and not again["release_created"]
+    p.set_version("2")
+    status, second = post("/v1/services/web/bake", {"no_cache": True})
+    assert second["release"] == "v2" and second["cache_hits"] == 0
+    assert post("/v1/services/nope/bake", {})[0] == 404
+    images = json.loads(call(p, "/v1/images", token)[1])
+    assert {i["digest"]: i["releases"] for i in images} == {
+        first["image"]: ["web@v1"], second["image"]: ["web@v2"]}
+    assert p.json("images") == images  # the CLI and the API say the same
+    assert post("/v1/services/web/bake", {})[0] == 200
+    assert call(p, "/v1/images", None)[0] == 401
