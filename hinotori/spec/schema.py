@@ -68,11 +68,14 @@ class RouterSpec(Strict):
     haproxy: str = "haproxy"  # the executable (a name on PATH or a path)
     maxconn: int = Field(4096, ge=1)
     latency_sample: int = Field(1, ge=1)  # log 1 request in N for the latency histogram
+    # Re-send an idempotent request a host took but never answered (the built-in router always
+    # does); costs HAProxy a copy of every request (L7 retries), so off unless asked for.
+    retry_unanswered: bool = False
 
     @model_validator(mode="after")
     def _haproxy_keys_need_haproxy(self) -> RouterSpec:
         if self.kind != "haproxy":
-            extra = [k for k in ("haproxy", "maxconn", "latency_sample")
+            extra = [k for k in ("haproxy", "maxconn", "latency_sample", "retry_unanswered")
                      if k in self.model_fields_set]
             if extra:
                 raise ValueError(f"router.{extra[0]} only applies to kind = \"haproxy\"")

@@ -299,7 +299,31 @@ def test_5xx_and_dead_backends_are_counted(router: HaproxyRouter, backends: Back
 
 
 def test_retries_connect_failures_always_and_unanswered_requests_only_if_idempotent(
-        router: HaproxyRouter, backends: Backends) -> None:
+        tmp_path: Path, backends: Backends) -> None:
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    router = HaproxyRouter(tmp_path / "retrying", f"127.0.0.1:{free_port()}",
+                           retry_unanswered=True)  # [router] retry_unanswered = true
+    asyncio.run(router.start())
+    try:
+        _retries(router, backends)
+    finally:
+        asyncio.run(router.stop())
+
+
+def test_by_default_only_connect_failures_are_retried(router: HaproxyRouter,
+                                                      backends: Backends) -> None:
+    alive, dying = backends.add("alive"), backends.add("dying", mode="die")
+    dead = Backend("dead", f"127.0.0.1:{free_port()}", 1, 100)  # nothing listens
+    apply(router, route(dead, alive.backend()))
+    for _ in range(4):  # refused: no app saw it, so it goes to another host
+        assert asyncio.run(fetch(port_of(router))).status == 200
+    apply(router, route(dying.backend(), alive.backend()))
+    statuses = [asyncio.run(fetch(port_of(router))).status for _ in range(6)]
+    assert statuses.count(502) == dying.count("GET") >= 1  # taken, unanswered: not re-sent
+    assert "empty-response" not in router.cfg.read_text()
+
+
+def _retries(router: HaproxyRouter, backends: Backends) -> None:
     alive, dying = backends.add("alive"), backends.add("dying", mode="die")
     dead = Backend("dead", f"127.0.0.1:{free_port()}", 1, 100)  # nothing listens
     apply(router, route(dead, alive.backend()))

@@ -50,7 +50,8 @@ class HaproxyRouter:
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
-                 log_sample: int = 1, hard_stop_after: float = 60.0) -> None:
+                 log_sample: int = 1, hard_stop_after: float = 60.0,
+                 retry_unanswered: bool = False) -> None:
         self.state_dir = Path(state_dir).absolute()
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -65,7 +66,8 @@ class HaproxyRouter:
         self.settings = config.Settings(
             listen=listen, stats_socket=sockets["haproxy.sock"],
             maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
-            latency_log=latency_log, log_sample=log_sample, hard_stop_after=hard_stop_after)
+            latency_log=latency_log, log_sample=log_sample, hard_stop_after=hard_stop_after,
+            retry_unanswered=retry_unanswered)
         self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING) \
             if latency_log else None
         self.supervisor: Supervisor | None = None
