@@ -156,3 +156,39 @@ def docker_client(engine_url: str) -> Iterator[object]:
     client = docker.DockerClient(base_url=engine_url, timeout=120)
     yield client
     client.close()
+
+
+# A project whose service runs in containers of a Debian OS image (app.py and VERSION copied
+# from the project directory), for the end-to-end tests with container hosts.
+CONTAINER_SPEC = """\
+[project]
+name = "{name}"
+
+[router]
+listen = "{listen}"
+
+[services.web]
+provider = "container"
+replicas = 2
+command = ["python3", "app.py"]
+health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
+boot_timeout = "60s"
+stop_grace = "10s"
+keep_previous = "10m"
+
+[services.web.image]
+os = {{ suite = "bookworm", variant = "minbase", workdir = "/app" }}
+steps = [
+  {{ copy = "app.py", to = "app.py", mode = "0644" }},
+  {{ copy = "VERSION", to = "VERSION", mode = "0644" }},
+]
+
+[[services.web.checks]]
+process = "app.py"
+running = true
+
+[[services.web.checks]]
+command = "python3 -c 'import os; print(os.environ[\\"HINOTORI_SERVICE\\"])'"
+exit_status = 0
+stdout = "web"
+"""

@@ -19,7 +19,7 @@ import pytest
 
 from hinotori.loadgen import BackgroundLoad
 
-from .conftest import Project, _teardown, free_port, make_project, require
+from .conftest import CONTAINER_SPEC, Project, _teardown, free_port, make_project, require
 
 pytestmark = pytest.mark.integration
 
@@ -39,26 +39,6 @@ max_p99_ratio = 10.0
 deadline = "5s"
 """
 
-CONTAINER_SPEC = """\
-[project]
-name = "{name}"
-
-[router]
-listen = "{listen}"
-
-[services.web]
-provider = "container"
-replicas = 2
-command = ["python3", "app.py"]
-health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
-boot_timeout = "60s"
-stop_grace = "10s"
-keep_previous = "10m"
-
-[services.web.image]
-os = {{ suite = "bookworm", variant = "minbase", workdir = "/app" }}
-steps = [{{ copy = "app.py", to = "app.py", mode = "0644" }}]
-"""
 
 
 def _hello_on_every_interface() -> str:
@@ -81,6 +61,7 @@ def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> Projec
     path = tmp_path / f"matrix{uuid.uuid4().hex[:6]}"  # the project's name, too
     path.mkdir()
     (path / "app.py").write_text(_hello_on_every_interface())
+    (path / "VERSION").write_text("1\n")
     listen = f"127.0.0.1:{free_port()}"
     (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=path.name, listen=listen))
     project = Project(path)

@@ -33,7 +33,7 @@ from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
 from hinotori.providers.base import BootRequest, Provider
 from hinotori.providers.container import CONTAINER_PORT, ContainerProvider, container_name
 
-from .conftest import Project, free_port, require, wait_until
+from .conftest import CONTAINER_SPEC, Project, free_port, require, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -322,38 +322,6 @@ def test_unreachable_engine_is_clear(tmp_path: Path, app_image: str) -> None:
 
 # -- end to end: the real CLI, controller and router with container hosts -------------------
 
-E2E_SPEC = """\
-[project]
-name = "{name}"
-
-[router]
-listen = "{listen}"
-
-[services.web]
-provider = "container"
-replicas = 2
-command = ["python3", "app.py"]
-health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
-boot_timeout = "60s"
-stop_grace = "10s"
-keep_previous = "10m"
-
-[services.web.image]
-os = {{ suite = "bookworm", variant = "minbase", workdir = "/app" }}
-steps = [
-  {{ copy = "app.py", to = "app.py", mode = "0644" }},
-  {{ copy = "VERSION", to = "VERSION", mode = "0644" }},
-]
-
-[[services.web.checks]]
-process = "app.py"
-running = true
-
-[[services.web.checks]]
-command = "python3 -c 'import os; print(os.environ[\\"HINOTORI_SERVICE\\"])'"
-exit_status = 0
-stdout = "web"
-"""
 
 
 @pytest.fixture
@@ -369,7 +337,7 @@ def container_projects(tmp_path: Path, engine_url: str, app_image: str,
         (path / "app.py").write_text(app if app is not None else APP.read_text())
         name = f"cte2e{uuid.uuid4().hex[:6]}"
         listen = f"127.0.0.1:{free_port()}"
-        (path / "hinotori.toml").write_text(E2E_SPEC.format(name=name, listen=listen) + extra)
+        (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=name, listen=listen) + extra)
         (path / "VERSION").write_text(f"1-{uuid.uuid4().hex[:8]}\n")  # new to every cache
         project = Project(path)
         project.router = listen

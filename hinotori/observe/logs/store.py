@@ -32,15 +32,14 @@ from others, and Python's sqlite3 transaction state must not interleave.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hinotori.observe.logs.errors import LogsError
 from hinotori.observe.logs.records import LogLine
+from hinotori.observe.sqlitefile import SqliteFile
 
 LOGS_DB = "logs.db"
 
@@ -116,50 +115,11 @@ def logs_db(state_dir: Path) -> Path:
     return Path(state_dir) / LOGS_DB
 
 
-class LogStore:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise LogsError(f"cannot open the log store {self.path}: {e}",
-                            hint="is the file damaged? move it aside to start afresh "
-                                 "(host logs already in it are then lost)") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(_SCHEMA):
-            raise LogsError(f"the log store {self.path} was written by a newer hinotori",
-                            hint="upgrade hinotori")
-        for number in range(version, len(_SCHEMA)):
-            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA[number]}\n"
-                                   f"PRAGMA user_version = {number + 1};\nCOMMIT;")
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
+class LogStore(SqliteFile):
+    what = "the log store"
+    loses = "host logs already in it"
+    error = LogsError
+    schema = _SCHEMA
 
     # -- streams -------------------------------------------------------------------------
     def stream(self, host: str, source: str) -> Stream | None:

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hinotori.errors import HinotoriError
 from hinotori.observe.metrics.points import N_BUCKETS, Counts, Point
+from hinotori.observe.sqlitefile import SqliteFile
 
 METRICS_DB = "metrics.db"
 RAW, MINUTE = 0, 60
@@ -130,45 +129,11 @@ def _point(r: Sequence[Any]) -> Point:
                  hosts_max=r[at + 5])
 
 
-class MetricsStore:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise MetricsError(f"cannot open the metric history {self.path}: {e}",
-                               hint="is the file damaged? move it aside to start afresh "
-                                    "(the history in it is then lost)") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(_SCHEMA):
-            raise MetricsError(f"the metric history {self.path} was written by a newer "
-                               "hinotori", hint="upgrade hinotori")
-        for number in range(version, len(_SCHEMA)):
-            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA[number]}\n"
-                                   f"PRAGMA user_version = {number + 1};\nCOMMIT;")
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+class MetricsStore(SqliteFile):
+    what = "the metric history"
+    loses = "the history in it"
+    error = MetricsError
+    schema = _SCHEMA
 
     # -- meta --------------------------------------------------------------------------------
     def _meta(self, key: str) -> Any:

@@ -32,6 +32,7 @@ from hinotori.errors import RouterError
 from hinotori.model import BackendStats, RoutingTable
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
+from hinotori.router.processes import log_tail, pid_alive
 
 START_TIMEOUT = 10.0   # spawn -> answering ping
 APPLY_TIMEOUT = 5.0    # apply -> every worker acknowledged
@@ -180,7 +181,7 @@ class BuiltinRouter:
             if proc.returncode is not None:
                 raise RouterError(
                     f"router worker {i} exited during start (exit code {proc.returncode}): "
-                    f"{_log_tail(log_path, log_offset)}",
+                    f"{log_tail(log_path, log_offset, empty='(the worker wrote nothing)')}",
                     hint=f"the worker's log is {log_path}")
             info = await self._ping(i, timeout=0.5)
             if info is not None and info.get("pid") == proc.pid:
@@ -189,7 +190,7 @@ class BuiltinRouter:
                 proc.kill()
                 raise RouterError(
                     f"router worker {i} did not answer on {sock} within {START_TIMEOUT:g}s: "
-                    f"{_log_tail(log_path, log_offset)}",
+                    f"{log_tail(log_path, log_offset, empty='(the worker wrote nothing)')}",
                     hint=f"the worker's log is {log_path}")
             await asyncio.sleep(0.02)
 
@@ -243,7 +244,7 @@ class BuiltinRouter:
         child = self._children.get(i)
         if child is not None and child.pid == pid:
             return child.returncode is None  # our waiter thread sets it when the child exits
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
     @staticmethod
     def _is_our_worker(pid: int, sock: Path) -> bool:
@@ -251,7 +252,7 @@ class BuiltinRouter:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return _pid_alive(pid) and not Path("/proc").is_dir()  # no procfs: trust the file
+            return pid_alive(pid) and not Path("/proc").is_dir()  # no procfs: trust the file
         return _WORKER_MODULE.encode() in cmdline and os.fsencode(sock) in cmdline
 
     # -- control calls -------------------------------------------------------------------------
@@ -291,28 +292,3 @@ def sum_stats(per_worker: list[dict[str, dict[str, Any]]]) -> dict[str, BackendS
                                   latency=tuple(t["latency"]), latency_sum_ms=t["latency_sum_ms"])
             for host_id, t in total.items()}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie still "exists" for kill(0); it is dead for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rfind(")") + 2:][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _log_tail(path: Path, offset: int, lines: int = 8) -> str:
-    """The last lines a worker wrote to its log since ``offset`` (this start only)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(the worker wrote nothing)"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hinotori.errors import RouterError
 from hinotori.router.haproxy import runtime
+from hinotori.router.processes import log_tail, pid_alive
 
 START_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 15.0
@@ -88,7 +89,7 @@ class Supervisor:
         if os.fsencode(self.cfg) not in cmdline or os.fsencode(self.master_socket) \
                 not in b",".join(cmdline):
             return None  # pid reused by something else
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     async def workers(self) -> tuple[list[int], list[int]]:
         """(current worker pids, old worker pids still finishing requests after a reload)."""
@@ -134,12 +135,12 @@ class Supervisor:
         while not await self.adoptable():
             if proc.returncode is not None:
                 raise RouterError(f"HAProxy exited during start (exit code {proc.returncode}): "
-                                  f"{_log_tail(self.logfile, offset)}",
+                                  f"{self._tail(offset)}",
                                   hint=f"its log is {self.logfile}")
             if loop.time() > deadline:
                 await self.stop()
                 raise RouterError(f"HAProxy did not answer on {self.stats_socket} within "
-                                  f"{START_TIMEOUT:g}s: {_log_tail(self.logfile, offset)}",
+                                  f"{START_TIMEOUT:g}s: {self._tail(offset)}",
                                   hint=f"its log is {self.logfile}")
             await asyncio.sleep(0.02)
 
@@ -161,7 +162,7 @@ class Supervisor:
                     if info.get("Pid") == str(fresh[0]):
                         return fresh[0]
         raise RouterError(f"HAProxy did not finish a reload within {RELOAD_TIMEOUT:g}s: "
-                          f"{_log_tail(self.logfile, offset)}",
+                          f"{self._tail(offset)}",
                           hint=f"the previous worker keeps serving; HAProxy's log is "
                                f"{self.logfile}")
 
@@ -185,32 +186,11 @@ class Supervisor:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def _tail(self, offset: int) -> str:
+        return log_tail(self.logfile, offset, empty="(HAProxy wrote nothing)")
+
     def _alive(self, pid: int) -> bool:
         if self._child is not None and self._child.pid == pid:
             return self._child.returncode is None
-        return _alive(pid)
+        return pid_alive(pid)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rfind(")") + 2:][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _log_tail(path: Path, offset: int, lines: int = 8) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(HAProxy wrote nothing)"
