@@ -38,7 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hinotori.bake.osimage import BaseSpec, ensure_base  # noqa: E402
-from hinotori.engine import try_connect  # noqa: E402
+from hinotori.engine import (  # noqa: E402
+    ensure_podman_service,
+    stop_podman_service,
+    try_connect,
+)
 from hinotori.health import wait_healthy  # noqa: E402
 from hinotori.model import HealthCheck, Release, ReleaseConfig  # noqa: E402
 from hinotori.providers.base import BootRequest  # noqa: E402
@@ -49,19 +53,6 @@ APP = ROOT / "examples" / "debian-web" / "app.py"
 CHECK = HealthCheck(path="/healthz", interval=0.02, healthy=1, timeout=2.0)
 TAR_CACHE = Path.home() / ".cache" / "hinotori-test"
 
-
-def start_engine(sock: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A private Podman API service for this run; stopped by its pid at the end."""
-    url = f"unix://{sock}"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if try_connect(url, timeout=2) is not None:
-            return proc, url
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("podman system service did not answer")
 
 
 def app_image(client) -> str:
@@ -143,7 +134,7 @@ async def main() -> None:
         raise SystemExit("needs podman and mmdebstrap (apt-get install podman mmdebstrap)")
     with tempfile.TemporaryDirectory(prefix="hinotori-bench-boot-") as tmp_name:
         tmp = Path(tmp_name)
-        engine, url = start_engine(tmp / "podman.sock")
+        url = ensure_podman_service(tmp / "podman.sock")  # a private one, stopped below
         client = try_connect(url)
         assert client is not None
         client.api.timeout = 300
@@ -169,8 +160,7 @@ async def main() -> None:
                     "label": f"hinotori.project={container.project}"}):
                 c.remove(force=True, v=True)
             client.close()
-            engine.terminate()
-            engine.wait(timeout=30)
+            stop_podman_service(tmp / "podman.sock")
         print(f"\nboot to healthy, {args.boots} boots each (seconds)")
         print(f"{'kind':<12} {'p50':>8} {'p99':>8} {'mean':>8}")
         for kind, values in times.items():

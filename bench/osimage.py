@@ -45,25 +45,16 @@ from hinotori.bake.ignore import IgnoreRules  # noqa: E402
 from hinotori.bake.osimage import BaseSpec, context_tar, translate  # noqa: E402
 from hinotori.bake.osimage.base import ensure_base  # noqa: E402
 from hinotori.bake.runsteps import ZIP_EPOCH  # noqa: E402
-from hinotori.engine import try_connect  # noqa: E402
+from hinotori.engine import (  # noqa: E402
+    ensure_podman_service,
+    stop_podman_service,
+)
 from hinotori.project import Project  # noqa: E402
 from hinotori.releases import bake_service  # noqa: E402
 from hinotori.spec import load_spec  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "debian-web"
 
-
-def start_engine(sock: Path) -> tuple[subprocess.Popen[bytes], str]:
-    url = f"unix://{sock}"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if try_connect(url, timeout=2.0) is not None:
-            return proc, url
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("podman system service did not start")
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -86,12 +77,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-osimage-") as tmp_dir:
         tmp = Path(tmp_dir)
-        proc, url = start_engine(tmp / "podman.sock")
+        url = ensure_podman_service(tmp / "podman.sock")  # a private one, stopped below
         try:
             run(tmp, url, args)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_podman_service(tmp / "podman.sock")
 
 
 def run(tmp: Path, url: str, args: argparse.Namespace) -> None:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hinotori.errors import HinotoriError
+from hinotori.processes import pid_alive
 
 if TYPE_CHECKING:
     import docker
@@ -106,6 +108,7 @@ def ensure_podman_service(sock: Path, *, timeout: float = 30.0) -> str:
                                 start_new_session=True)
     finally:
         log.close()
+    sock.with_suffix(".pid").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -116,3 +119,21 @@ def ensure_podman_service(sock: Path, *, timeout: float = 30.0) -> str:
         time.sleep(0.1)
     proc.kill()
     raise EngineError(f"podman system service did not answer on {sock} within {timeout:.0f}s")
+
+
+def stop_podman_service(sock: Path, *, timeout: float = 30.0) -> None:
+    """Stop the service ``ensure_podman_service`` started on ``sock`` (its pid file says which
+    process); nothing to do if it is gone."""
+    pidfile = sock.with_suffix(".pid")
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)

@@ -58,6 +58,15 @@ class Release:
         return f"v{self.number}"
 
 
+def release_number(name: str) -> int:
+    """The number in a release's name as people write it: "v3", "V3" or "3". ValueError if
+    it is none of those."""
+    digits = name.lower().removeprefix("v")
+    if not digits.isdigit():
+        raise ValueError(f"{name!r} is not a release: write it as v3 (or 3)")
+    return int(digits)
+
+
 @dataclass
 class Host:
     id: str
@@ -173,3 +182,15 @@ class Event:
     subject: str
     detail: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+    # Keys of the detail that say why it happened, in the order they are looked for.
+    WHY_KEYS = ("why", "reason", "error")
+
+    @property
+    def why(self) -> str:
+        return next((str(self.detail[k]) for k in self.WHY_KEYS if self.detail.get(k)), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `hinotori audit --json` and `GET /v1/events` give it."""
+        return {"id": self.id, "ts": self.ts, "actor": self.actor, "action": self.action,
+                "subject": self.subject, "why": self.why, "detail": self.detail}

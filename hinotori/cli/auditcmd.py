@@ -9,7 +9,7 @@ controller runs, and the same events are served at ``GET /v1/events``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,22 +19,11 @@ from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.model import Event
 from hinotori.project import Project
 
-# Keys of an event's detail that say why it happened, in the order they are looked for.
-WHY_KEYS = ("why", "reason", "error")
-
-
-def why(event: Event) -> str:
-    return next((str(event.detail[k]) for k in WHY_KEYS if event.detail.get(k)), "")
-
 
 def details(event: Event) -> str:
+    """The detail without the why (its own column)."""
     return ", ".join(f"{k}={v}" for k, v in event.detail.items()
-                     if k not in WHY_KEYS and v not in (None, "", [], {}))
-
-
-def event_dict(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "ts": event.ts, "actor": event.actor, "action": event.action,
-            "subject": event.subject, "why": why(event), "detail": event.detail}
+                     if k not in Event.WHY_KEYS and v not in (None, "", [], {}))
 
 
 def audit(subject: Annotated[str | None, typer.Argument(
@@ -58,8 +47,8 @@ def audit(subject: Annotated[str | None, typer.Argument(
                                   since=parse_since(since), until=parse_since(until),
                                   text=grep, limit=limit)
     if json_out:
-        render.print_json([event_dict(e) for e in events])
+        render.print_json([e.to_dict() for e in events])
         return
     render.table(None, ["when", "who", "what", "subject", "why", "details"],
-                 [(render.when(e.ts), e.actor, e.action, e.subject, why(e), details(e))
+                 [(render.when(e.ts), e.actor, e.action, e.subject, e.why, details(e))
                   for e in events])

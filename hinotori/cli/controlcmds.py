@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.durations import parse_duration
 from hinotori.errors import ControllerError, DeployError, HinotoriError, SpecError
+from hinotori.model import release_number
+from hinotori.processes import pid_alive
 from hinotori.project import Project
 from hinotori.releases import config_with_env, ensure_release
 
@@ -99,9 +100,9 @@ def down(spec: SpecOpt = Path(".")) -> None:
         _teardown_without_controller(project)
         return
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if pid_alive(pid):
         raise ControllerError(f"the controller (pid {pid}) did not stop within 120s",
                               hint=f"kill it: kill {pid}; then run `hinotori down` again")
     console.print("controller, hosts and router stopped")
@@ -126,28 +127,15 @@ def _teardown_without_controller(project: Project) -> None:
     console.print(f"no controller was running; stopped {len(live)} host(s) and the router")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own detached child not yet reaped) counts as stopped
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def _parse_release(text: str | None) -> int | None:
     if text is None:
         return None
-    digits = text.lower().removeprefix("v")
-    if not digits.isdigit():
+    try:
+        return release_number(text)
+    except ValueError:
         raise SpecError(f"--release {text!r} is not a release", key="--release",
-                        hint="write it as v3 or 3; `hinotori releases` lists them")
-    return int(digits)
+                        hint="write it as v3 or 3; `hinotori releases` lists them") from None
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hinotori.durations import parse_duration
+from hinotori.model import release_number
 from hinotori.project import Project
 
 if TYPE_CHECKING:
@@ -35,12 +36,13 @@ SpecOpt = Annotated[Path, typer.Option("--spec", help="hinotori.toml or its dire
 def parse_release(text: str | None) -> int | None:
     if text is None:
         return None
-    digits = text.lower().removeprefix("v")
-    if not digits.isdigit():
+    try:
+        return release_number(text)
+    except ValueError:
         from hinotori.observe.logs import LogsError  # lazy: start-up time, see the top
 
-        raise LogsError(f"--release {text!r} is not a release", hint="write it as v3 (or 3)")
-    return int(digits)
+        raise LogsError(f"--release {text!r} is not a release",
+                        hint="write it as v3 (or 3)") from None
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:

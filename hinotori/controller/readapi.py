@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from hinotori.controller.daemon import Controller
 from hinotori.durations import parse_moment
 from hinotori.errors import HinotoriError
-from hinotori.model import Event
+from hinotori.model import release_number
 from hinotori.observe.logs import LogQuery, search
 from hinotori.releases import release_rows
 
@@ -35,15 +35,11 @@ def _moment(name: str, text: str | None) -> float | None:
 def _release(text: str | None) -> int | None:
     if not text:
         return None
-    digits = text.lower().removeprefix("v")
-    if not digits.isdigit():
-        raise HinotoriError(f"release={text!r} is not a release", hint="write it as v3 (or 3)")
-    return int(digits)
-
-
-def event_dict(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "ts": e.ts, "actor": e.actor, "action": e.action, "subject": e.subject,
-            "detail": e.detail}
+    try:
+        return release_number(text)
+    except ValueError:
+        raise HinotoriError(f"release={text!r} is not a release",
+                            hint="write it as v3 (or 3)") from None
 
 
 def read_routes(controller: Controller) -> APIRouter:
@@ -60,7 +56,7 @@ def read_routes(controller: Controller) -> APIRouter:
         found = store.events(subject=subject, action=action, actor=actor,
                              since=_moment("since", since), until=_moment("until", until),
                              text=grep, limit=max(1, min(limit, MAX_LIMIT)))
-        return {"events": [event_dict(e) for e in found]}
+        return {"events": [e.to_dict() for e in found]}
 
     @routes.get("/v1/logs")
     async def logs(service: str | None = None, release: str | None = None,

@@ -129,7 +129,7 @@ def require(ok: bool, message: str) -> None:
 def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real Podman API service (the Docker Engine API) on a private socket, started by the
     test session itself. Exported as DOCKER_HOST so that `hinotori` subprocesses find it."""
-    from hinotori.engine import EngineError, ensure_podman_service
+    from hinotori.engine import EngineError, ensure_podman_service, stop_podman_service
 
     require(shutil.which("podman") is not None, "podman is not installed (apt-get install podman)")
     sock = tmp_path_factory.mktemp("podman") / "podman.sock"
@@ -144,8 +144,7 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ.pop("DOCKER_HOST", None)
     else:
         os.environ["DOCKER_HOST"] = old
-    with contextlib.suppress(Exception):
-        subprocess.run(["pkill", "-f", f"podman system service --time=0 {url}"], timeout=10)
+    stop_podman_service(sock)
 
 
 @pytest.fixture(scope="session")
@@ -191,4 +190,21 @@ running = true
 command = "python3 -c 'import os; print(os.environ[\\"HINOTORI_SERVICE\\"])'"
 exit_status = 0
 stdout = "web"
+"""
+
+
+# A canary strategy for the web service, judged quickly on error rate (5%) with a lenient p99
+# ratio: fill in steps ("[10, 50, 100]"), pause and deadline.
+CANARY_SPEC = """
+[services.web.strategy]
+kind = "canary"
+steps = {steps}
+pause = "{pause}"
+
+[services.web.strategy.analysis]
+interval = "300ms"
+min_requests = 20
+max_error_rate = 0.05
+max_p99_ratio = 10.0
+deadline = "{deadline}"
 """

@@ -13,31 +13,16 @@ import pytest
 
 from hinotori.loadgen import BackgroundLoad
 
-from .conftest import Project, make_project, wait_until
+from .conftest import CANARY_SPEC, Project, make_project, wait_until
 
 pytestmark = pytest.mark.integration
-
-CANARY = """
-[services.web.strategy]
-kind = "canary"
-steps = {steps}
-pause = "{pause}"
-
-[services.web.strategy.analysis]
-interval = "300ms"
-min_requests = 20
-max_error_rate = 0.05
-max_p99_ratio = 10.0
-deadline = "{deadline}"
-"""
-
 
 @pytest.fixture
 def canary_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
     steps, pause, deadline = getattr(request, "param", ("[10, 50, 100]", "1s", "3s"))
     p = make_project(tmp_path, replicas=2)
     spec = p.path / "hinotori.toml"
-    spec.write_text(spec.read_text() + CANARY.format(steps=steps, pause=pause,
+    spec.write_text(spec.read_text() + CANARY_SPEC.format(steps=steps, pause=pause,
                                                      deadline=deadline))
     p.cli("up", "-d")
     p.cli("bake", "web")
@@ -168,7 +153,7 @@ def test_custom_analysis_webhook_can_fail_a_healthy_looking_canary(tmp_path: Pat
     threading.Thread(target=judge.serve_forever, daemon=True).start()
     p = make_project(tmp_path, replicas=1)
     spec = p.path / "hinotori.toml"
-    spec.write_text(spec.read_text() + CANARY.format(steps="[50, 100]", pause="1s",
+    spec.write_text(spec.read_text() + CANARY_SPEC.format(steps="[50, 100]", pause="1s",
                                                      deadline="5s")
                     + f'webhook = "http://127.0.0.1:{judge.server_address[1]}/judge"\n')
     try:

@@ -19,25 +19,21 @@ import pytest
 
 from hinotori.loadgen import BackgroundLoad
 
-from .conftest import CONTAINER_SPEC, Project, _teardown, free_port, make_project, require
+from .conftest import (
+    CANARY_SPEC,
+    CONTAINER_SPEC,
+    Project,
+    _teardown,
+    free_port,
+    make_project,
+    require,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CANARY = """
-[services.web.strategy]
-kind = "canary"
-steps = [20, 100]
-pause = "1s"
-
-[services.web.strategy.analysis]
-interval = "300ms"
-min_requests = 20
-max_error_rate = 0.05
-max_p99_ratio = 10.0
-deadline = "5s"
-"""
+CANARY = CANARY_SPEC.format(steps="[20, 100]", pause="1s", deadline="5s")
 
 
 

@@ -30,7 +30,7 @@ from hinotori.router.base import Router
 from hinotori.router.haproxy import HaproxyRouter, runtime
 from hinotori.router.haproxy.router import socket_dir
 
-from .conftest import Project, _teardown, make_project, require, wait_until
+from .conftest import CANARY_SPEC, Project, _teardown, make_project, require, wait_until
 from .test_router_builtin import Backends, Conn, fetch, free_port, route, table
 
 pytestmark = pytest.mark.integration
@@ -425,19 +425,7 @@ def test_deploys_and_rollbacks_under_load_drop_nothing(tmp_path: Path) -> None:
         _teardown(p)
 
 
-CANARY = """
-[services.web.strategy]
-kind = "canary"
-steps = [10, 50, 100]
-pause = "1s"
-
-[services.web.strategy.analysis]
-interval = "300ms"
-min_requests = 20
-max_error_rate = 0.05
-max_p99_ratio = 10.0
-deadline = "3s"
-"""
+CANARY = CANARY_SPEC.format(steps="[10, 50, 100]", pause="1s", deadline="3s")
 
 
 def test_bad_canary_is_rolled_back_from_haproxy_stats(tmp_path: Path) -> None:

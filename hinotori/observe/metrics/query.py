@@ -38,7 +38,7 @@ import time
 from typing import Any
 
 from hinotori.durations import format_duration, parse_duration, parse_moment
-from hinotori.model import LATENCY_BUCKETS_MS
+from hinotori.model import LATENCY_BUCKETS_MS, release_number
 from hinotori.observe.metrics.points import Point, merge_points
 from hinotori.observe.metrics.store import MINUTE, RAW, BadQuery, MetricsStore
 
@@ -111,11 +111,11 @@ def history(store: MetricsStore, service: str, *, since: float, until: float, no
 def parse_release(text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    digits = text.lower().removeprefix("v")
-    if not digits.isdigit():
+    try:
+        return release_number(text)
+    except ValueError:
         raise BadQuery(f"release {text!r} is not a release number",
-                       hint="write it as 3 or v3")
-    return int(digits)
+                       hint="write it as 3 or v3") from None
 
 
 def parse_when(name: str, text: str, now: float) -> float:

@@ -30,9 +30,9 @@ from typing import Any
 
 from hinotori.errors import RouterError
 from hinotori.model import BackendStats, RoutingTable
+from hinotori.processes import log_tail, pid_alive
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
-from hinotori.router.processes import log_tail, pid_alive
 
 START_TIMEOUT = 10.0   # spawn -> answering ping
 APPLY_TIMEOUT = 5.0    # apply -> every worker acknowledged

@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 from hinotori.errors import RouterError
+from hinotori.processes import log_tail, pid_alive
 from hinotori.router.haproxy import runtime
-from hinotori.router.processes import log_tail, pid_alive
 
 START_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 15.0

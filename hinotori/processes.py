@@ -1,4 +1,4 @@
-"""Small process helpers shared by the data planes' supervisors (built-in workers, HAProxy)."""
+"""Small process helpers shared by the data planes' supervisors, the CLI and the engine helper."""
 
 from __future__ import annotations
 
