@@ -13,9 +13,10 @@ by a client sending back-to-back keep-alive requests, p50/p99 over --switches sw
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
 and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
 haproxy: generated config, Runtime API), with 1 and 2 threads beside the hand-written config
-with as many, and both again without the per-request latency log (the log's cost); a thread
-streams the latency log meanwhile, as the controller would. Everything started here is stopped
-on exit, Ctrl-C and SIGTERM included.
+with as many: as configured by default (the latency log sampled down to LATENCY_LOG_RATE lines
+a second), logging every request, and without the latency log (the log's cost); a thread
+streams the latency logs meanwhile and sets their sampling, as the controller would.
+Everything started here is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import random
 import re
 import shutil
 import signal
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
@@ -75,7 +79,15 @@ def wrk(port: int, duration: float) -> dict[str, float]:
         assert m, out
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": 1.0 if errors else 0.0}
+    total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": 1.0 if errors else 0.0,
+            "requests": total}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def haproxy_config(port: int, backends: list[int], threads: int, path: Path) -> Path:
@@ -158,6 +170,10 @@ def no_log(threads: int) -> str:
     return f"{label(HAPROXY_IMPL, threads)}, no log"
 
 
+def every_request(threads: int) -> str:
+    return f"{label(HAPROXY_IMPL, threads)}, log all"
+
+
 class LogReader:
     """Streams HaproxyRouter latency logs in a thread of its own while wrk runs (the
     controller's event loop would do this), so their cost is in the numbers."""
@@ -178,6 +194,21 @@ class LogReader:
 
     def lines(self) -> int:
         return sum(r.log.lines for r in self.routers)  # type: ignore[union-attr]
+
+    def counted(self) -> int:
+        return sum(r.log.counted for r in self.routers)  # type: ignore[union-attr]
+
+    def cpu(self) -> float:
+        """CPU seconds the reading thread has used."""
+        return time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident))  # type: ignore[arg-type]
+
+    def settle(self) -> None:
+        """Wait until the readers have caught up with what the last run logged, so that their
+        backlog costs that run and not the next one."""
+        last = -1
+        while (now := self.lines()) != last:
+            last = now
+            time.sleep(0.3)
 
     def close(self) -> None:
         self.stop.set()
@@ -219,16 +250,22 @@ def main() -> None:
         table = RoutingTable(version=1, routes=(ServiceRoute(service="bench",
                                                              backends=tuple(set_a)),))
         targets: dict[str, int] = {"direct (one backend)": ports[0]}
+        cpu: dict[str, Callable[[], float]] = {}
         for impl in impls:
-            variants: list[tuple[str, int, bool]] = [(label(impl, n), n, True) for n in (1, 2)]
+            # (name, workers, latency log, its most lines a second: None for the default)
+            variants: list[tuple[str, int, bool, int | None]] = [
+                (label(impl, n), n, True, None) for n in (1, 2)]
             if impl == HAPROXY_IMPL:
-                variants += [(no_log(n), n, False) for n in (1, 2)]
-            for name, workers, log in variants:
+                variants += [(every_request(n), n, True, 0) for n in (1, 2)]
+                variants += [(no_log(n), n, False, None) for n in (1, 2)]
+            for name, workers, log, rate in variants:
                 port = free_port()
                 router: BuiltinRouter | HaproxyRouter
                 if impl == HAPROXY_IMPL:
-                    router = HaproxyRouter(work / f"{impl}{workers}{log}", f"127.0.0.1:{port}",
-                                           workers=workers, latency_log=log)
+                    options = {} if rate is None else {"latency_log_rate": rate}
+                    router = HaproxyRouter(work / f"{impl}{workers}{log}{rate}",
+                                           f"127.0.0.1:{port}", workers=workers,
+                                           latency_log=log, **options)
                 else:
                     router = BuiltinRouter(work / f"{impl}{workers}", f"127.0.0.1:{port}",
                                                 workers=workers)
@@ -245,11 +282,21 @@ def main() -> None:
             procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
-            targets[f"haproxy, {threads} thread{'s' * (threads > 1)}"] = port
+            name = f"haproxy, {threads} thread{'s' * (threads > 1)}"
+            targets[name] = port
+            cpu[name] = lambda pid=procs[-1].pid: process_cpu(pid)
+        for name, router in routers.items():
+            if isinstance(router, HaproxyRouter):
+                assert router.supervisor is not None
+                pid = int(asyncio.run(router.supervisor.worker_info())["Pid"])
+                reading = reader if reader is not None and router.log is not None else None
+                cpu[name] = lambda pid=pid, r=reading: process_cpu(pid) + (r.cpu() if r else 0)
         if not args.switch_only:
-            throughput(targets, impls, args.duration, args.runs)
+            throughput(targets, impls, args.duration, args.runs,
+                       reader.settle if reader is not None else lambda: None, cpu)
             if reader is not None:
-                print(f"latency log lines read while wrk ran: {reader.lines()}")
+                print(f"latency log lines read while wrk ran: {reader.lines()}; "
+                      f"requests they stand for: {reader.counted()}")
         if reader is not None:
             reader.close()
 
@@ -289,17 +336,31 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int) -> None:
+def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int,
+               settle: Callable[[], None], cpu: dict[str, Callable[[], float]]) -> None:
+    """wrk against every target, interleaved; ``cpu[name]()`` is the CPU seconds the proxy
+    serving ``name`` has used (for hinotori's HAProxy, its reader's too), read around each run
+    and the reader catching up after it: CPU per request does not depend on how the noisy
+    machine shared its cores during a run, which req/s does."""
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-    for _ in range(runs):  # interleaved, so machine noise hits every configuration alike
-        for name, port in targets.items():
-            samples[name].append(wrk(port, duration))
+    order = list(targets.items())
+    shuffle = random.Random(1).shuffle
+    for _ in range(runs):  # interleaved, so machine noise hits every configuration alike,
+        shuffle(order)     # and in a new order each round, so no place in it is favoured
+        for name, port in order:
+            used = cpu.get(name, lambda: 0.0)
+            before = used()
+            result = wrk(port, duration)
+            settle()
+            result["cpu_us"] = (used() - before) / result["requests"] * 1e6
+            samples[name].append(result)
     med = {name: {k: statistics.median(s[k] for s in got) for k in got[0]}
            for name, got in samples.items()}
     print(f"wrk -t1 -c50 -d{duration:g}s, medians of {runs} interleaved runs, 2 backends")
-    print(f"{'target':<36}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'target':<36}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
     for name, m in med.items():
-        print(f"{name:<36}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}"
+        cpu_us = f"{m['cpu_us']:>12.2f}" if name in cpu else f"{'':>12}"
+        print(f"{name:<36}{m['rps']:>10.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu_us}"
               + ("  (errors!)" if m["errors"] else ""))
     direct = med["direct (one backend)"]
     for impl in impls:
@@ -313,11 +374,13 @@ def throughput(targets: dict[str, int], impls: list[str], duration: float, runs:
                   f"{theirs['p50'] - direct['p50']:+.2f} ms")
         if impl == HAPROXY_IMPL:
             for n in (1, 2):
-                logged, bare = med[label(impl, n)], med[no_log(n)]
                 hand = med[f"haproxy, {n} thread{'s' * (n > 1)}"]
-                print(f"{impl} latency log cost, {n} thread(s): req/s with/without "
-                      f"{logged['rps'] / bare['rps']:.2f}x; without log vs hand-written: "
-                      f"{bare['rps'] / hand['rps']:.2f}x")
+                for key, what in (("rps", "req/s"), ("cpu_us", "requests per CPU-second")):
+                    ratios = [(hand[key] / med[name][key]) ** (-1 if key == "rps" else 1)
+                              for name in (label(impl, n), every_request(n), no_log(n))]
+                    print(f"{impl} vs hand-written {what}, {n} thread(s): latency log sampled "
+                          f"(default) {ratios[0]:.2f}x, every request logged {ratios[1]:.2f}x, "
+                          f"no latency log {ratios[2]:.2f}x")
 
 
 if __name__ == "__main__":

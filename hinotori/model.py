@@ -157,6 +157,9 @@ class RoutingTable:
 
 # Upper bounds (ms) of the router's latency histogram buckets; one more bucket holds the rest.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+# A data plane that logs requests to measure latency (HAProxy) logs at most about this many a
+# second; above it, a uniform sample that stands for them all.
+LATENCY_LOG_RATE = 1000
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def make_router(project: Project) -> Router:
     r = project.spec.router
     if r.kind == "haproxy":
         return HaproxyRouter(project.router_dir, r.listen, workers=r.workers,
-                             haproxy=r.haproxy, maxconn=r.maxconn, log_sample=r.latency_sample,
+                             haproxy=r.haproxy, maxconn=r.maxconn,
+                             latency_log_rate=r.latency_log_rate,
                              retry_unanswered=r.retry_unanswered)
     return BuiltinRouter(project.router_dir, r.listen, workers=r.workers)
 

@@ -25,7 +25,7 @@ from hinotori.bake.paths import relative
 from hinotori.bake.stepbase import parse_mode
 from hinotori.bake.steps import Step, step_from_dict, step_kind
 from hinotori.durations import parse_duration, parse_size
-from hinotori.model import HealthCheck, ReleaseConfig
+from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
 from hinotori.verify.checks import Check
 
 
@@ -67,7 +67,9 @@ class RouterSpec(Strict):
     # kind = "haproxy" only:
     haproxy: str = "haproxy"  # the executable (a name on PATH or a path)
     maxconn: int = Field(4096, ge=1)
-    latency_sample: int = Field(1, ge=1)  # log 1 request in N for the latency histogram
+    # Latency log lines HAProxy writes a second, at most about: above it, it logs a uniform
+    # sample that stands for every request (0: log every request, whatever it costs).
+    latency_log_rate: int = Field(LATENCY_LOG_RATE, ge=0)
     # Re-send an idempotent request a host took but never answered (the built-in router always
     # does); costs HAProxy a copy of every request (L7 retries), so off unless asked for.
     retry_unanswered: bool = False
@@ -75,7 +77,7 @@ class RouterSpec(Strict):
     @model_validator(mode="after")
     def _haproxy_keys_need_haproxy(self) -> RouterSpec:
         if self.kind != "haproxy":
-            extra = [k for k in ("haproxy", "maxconn", "latency_sample", "retry_unanswered")
+            extra = [k for k in ("haproxy", "maxconn", "latency_log_rate", "retry_unanswered")
                      if k in self.model_fields_set]
             if extra:
                 raise ValueError(f"router.{extra[0]} only applies to kind = \"haproxy\"")

@@ -18,7 +18,7 @@ import signal
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from hinotori.errors import RouterError
 from hinotori.loadgen import BackgroundLoad
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router.base import Router
-from hinotori.router.haproxy import HaproxyRouter, runtime
+from hinotori.router.haproxy import HaproxyRouter, config, runtime
 from hinotori.router.haproxy.router import socket_dir
 
 from .conftest import CANARY_SPEC, Project, _teardown, make_project, require, wait_until
@@ -287,6 +287,54 @@ def test_stats_count_per_host_with_latency(router: HaproxyRouter, backends: Back
     slow_bucket = next(i for i, bound in enumerate(LATENCY_BUCKETS_MS) if bound >= 120)
     assert stats["slow"].latency[slow_bucket] == 3, stats["slow"].latency
     assert stats["slow"].latency_sum_ms >= 3 * 120
+
+
+def test_latency_log_is_sampled_under_load_and_still_counts_every_request(
+        tmp_path: Path, backends: Backends) -> None:
+    """Above latency_log_rate lines a second, HAProxy logs a sample (N set through its map,
+    without a reload) whose lines count for N each; when traffic falls, every request again."""
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    r = HaproxyRouter(tmp_path / "router", f"127.0.0.1:{free_port()}", latency_log_rate=50)
+    host = backends.add("sampled")
+
+    async def run() -> None:
+        await r.start()
+        await r.apply(table(next(_versions), route(host.backend())))
+        before = await identity(r)
+        assert r.log is not None
+        conn = await Conn.open(port_of(r))
+        sent, until = 0, time.monotonic() + 2.5  # hundreds a second: far above 50
+        while time.monotonic() < until:
+            assert (await conn.request()).status == 200
+            sent += 1
+        await asyncio.sleep(0.3)
+        sample_map = config.sample_file(r.settings)
+        (text,) = await runtime.run(r.stats_socket, [f"show map {sample_map}"])
+        assert r.log.sample is not None and r.log.sample > 1, (sent, r.log.sample)
+        assert text.split()[-1] == str(r.log.sample)  # what HAProxy uses, set at runtime
+        assert sample_map.read_text() == f"n {r.log.sample}\n"  # kept for a reload
+        stats = (await r.stats())["sampled"]
+        assert stats.requests == sent  # exact: counted by HAProxy, not from the log
+        assert r.log.lines < 0.8 * sent, (r.log.lines, sent)
+        assert 0.6 * sent <= sum(stats.latency) <= 1.4 * sent, (sum(stats.latency), sent)
+
+        await asyncio.sleep(2.5)  # idle: the reader goes back to every request
+        assert r.log.sample == 1
+        counted = r.log.counted
+        for _ in range(20):
+            assert (await conn.request()).status == 200
+        conn.close()
+        await wait_for(lambda: r.log is not None and r.log.counted - counted >= 20)
+        assert r.log.counted - counted == 20
+        assert (await identity(r))[:3] == before[:3]  # all of it without a reload
+        await r.stop()
+    asyncio.run(run())
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def test_5xx_and_dead_backends_are_counted(router: HaproxyRouter, backends: Backends) -> None:

@@ -3,6 +3,7 @@ tests/integration/test_router_haproxy.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,10 +11,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router.haproxy import config
 from hinotori.router.haproxy.runtime import parse_proc
-from hinotori.router.haproxy.stats import LatencyLog, parse_servers
+from hinotori.router.haproxy.stats import (
+    ADAPT_EVERY,
+    MAX_SAMPLE,
+    LatencyLog,
+    next_sample,
+    parse_servers,
+    sample_for,
+)
 from hinotori.spec.schema import RouterSpec
 
 
@@ -97,6 +105,7 @@ def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
     for svc, entries in p.maps.items():
         config.map_file(s, svc).write_text(config.map_text(entries))
     config.sticky_file(s).write_text(config.map_text({"web": "1"}))
+    config.sample_file(s).write_text(config.map_text({config.SAMPLE_KEY: "7"}))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(config.render(s, p, loaded=True))
     result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True,
@@ -117,12 +126,69 @@ def test_parsers() -> None:
     assert (c.active, c.requests, c.errors, c.statuses) == (2, 10, 1,
                                                            {"2xx": 7, "4xx": 1, "5xx": 2})
     log = LatencyLog(Path("/nonexistent"), "ring")
-    log.record(b"7 1 v1_a 3\n7 2 v2_b 150\n7 1 v1_a 3\n8 1 v1_a 0\n7 3 <NOSRV> -1\nnoise\n")
+    log.record(b"7 1 v1_a 3 1\n7 2 v2_b 150 1\n7 1 v1_a 3 1\n8 1 v1_a 0 1\n7 3 <NOSRV> -1 1\n"
+               b"noise\n")
     assert log.lines == 3  # the repeated (pid 7, request 1) counts once
     assert sum(log.latency["a"]) == 2 and log.latency_sum_ms["b"] == 150
 
 
+def test_a_sampled_latency_line_counts_for_its_n() -> None:
+    log = LatencyLog(Path("/nonexistent"), "ring")
+    log.record(b"7 1 v1_a 3 40\n7 2 v1_a 12 40\n7 3 v1_a 12\n")  # the last: no N, counts 1
+    assert (log.lines, log.counted) == (3, 81)
+    assert log.latency["a"][LATENCY_BUCKETS_MS.index(5)] == 40  # 3 ms: the (2, 5] bucket
+    assert log.latency["a"][LATENCY_BUCKETS_MS.index(20)] == 41
+    assert log.latency_sum_ms["a"] == 3 * 40 + 12 * 40 + 12
+
+
+def test_sample_for_keeps_the_line_rate_near_the_cap() -> None:
+    assert sample_for(0, 1000) == 1
+    assert sample_for(1000, 1000) == 1  # every request up to the cap
+    assert sample_for(1001, 1000) == 2
+    assert sample_for(35_000, 1000) == 35
+    assert sample_for(10**9, 1000) == MAX_SAMPLE
+    assert sample_for(10**6, 0) == 1  # no cap: every request
+
+
+def test_next_sample_rises_at_once_and_falls_by_half() -> None:
+    assert next_sample(None, 7) == 7
+    assert next_sample(1, 2) == 2
+    assert next_sample(20, 24) == 20 and next_sample(20, 16) == 20  # within a quarter: kept
+    assert next_sample(20, 400) == 400
+    assert next_sample(400, 1) == 200 and next_sample(3, 1) == 1
+
+
+def test_the_reader_sets_n_from_the_rate_it_reads() -> None:
+    chosen: list[int] = []
+
+    async def set_sample(n: int) -> None:
+        chosen.append(n)
+
+    async def scenario() -> None:
+        log = LatencyLog(Path("/nonexistent"), "ring", max_rate=100, set_sample=set_sample)
+        t = log._window[0]
+        await log.adapt(t + ADAPT_EVERY / 2)  # within the first window: no choice yet
+        assert chosen == []
+        t += ADAPT_EVERY
+        log.record(b"".join(b"7 %d v1_a 1 1\n" % i for i in range(200)))  # 800 requests/s
+        await log.adapt(t)
+        assert chosen == [8]
+        t += ADAPT_EVERY
+        log.record(b"".join(b"7 %d v1_a 1 8\n" % i for i in range(200, 226)))  # 832/s: kept
+        await log.adapt(t)
+        assert chosen == [8]
+        for _ in range(3):  # quiet: halved each time, down to every request
+            t += ADAPT_EVERY
+            await log.adapt(t)
+        assert chosen == [8, 4, 2, 1]
+
+    asyncio.run(scenario())
+
+
 def test_haproxy_keys_only_with_kind_haproxy() -> None:
     assert RouterSpec(kind="haproxy", maxconn=100).maxconn == 100
+    assert RouterSpec(kind="haproxy", latency_log_rate=0).latency_log_rate == 0
     with pytest.raises(ValidationError, match="only applies"):
         RouterSpec(maxconn=100)
+    with pytest.raises(ValidationError, match="latency_log_rate only applies"):
+        RouterSpec(latency_log_rate=10)

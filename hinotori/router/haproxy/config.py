@@ -37,6 +37,7 @@ FRONTEND = "_front"   # service names start with a letter, so "_" names never cl
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
+SAMPLE_KEY = "n"      # the latency map's one key: HAProxy logs 1 request in its value
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
 
@@ -187,7 +188,6 @@ class Settings:
     threads: int = 1
     maxconn: int = 4096
     latency_log: bool = True        # per-request latency lines into the LATENCY_RING
-    log_sample: int = 1             # log one request in this many
     hard_stop_after: float = 60.0   # an old worker's longest life after a reload
     # Re-send an idempotent request that reached a host and got no answer, as the built-in
     # router does. Off by default: HAProxy's L7 retries keep a copy of every request, which
@@ -202,6 +202,11 @@ def map_file(settings: Settings, service: str) -> Path:
 
 def sticky_file(settings: Settings) -> Path:
     return settings.maps_dir / "sticky.map"
+
+
+def sample_file(settings: Settings) -> Path:
+    """The latency map: ``n <N>``, log 1 request in N (changed at runtime, no reload)."""
+    return settings.maps_dir / "latency.map"
 
 
 def map_text(entries: dict[str, str]) -> str:
@@ -228,8 +233,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         f"  hard-stop-after {max(1, round(s.hard_stop_after))}s",
     ]
     if s.latency_log:
-        sample = f" sample 1:{s.log_sample}" if s.log_sample > 1 else ""
-        lines.append(f"  log ring@{LATENCY_RING}{sample} local0 info")
+        lines.append(f"  log ring@{LATENCY_RING} local0 info")
         lines += ["", f"ring {LATENCY_RING}", "  format raw", "  maxlen 200",
                   f"  size {RING_BYTES}"]
     lines += [
@@ -257,7 +261,14 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         lines.append("  http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS "
                      "!{ method PUT DELETE TRACE }")
     if s.latency_log:
-        lines += ["  log global", '  log-format "%pid %rt %s %Ta"']
+        # Log 1 request in N, N read from the latency map per request, so the reader can
+        # bound the line rate at runtime (a log line per request costs HAProxy a large part
+        # of its req/s); each line carries its N and counts for N requests.
+        lines += ["  log global",
+                  f"  http-request set-var(txn.lat_n) str({SAMPLE_KEY}),"
+                  f"map_str_int({sample_file(s)},1)",
+                  "  http-request set-log-level silent if { rand,mod(txn.lat_n) -m int gt 0 }",
+                  '  log-format "%pid %rt %s %Ta %[var(txn.lat_n)]"']
     sticky = sticky_file(s)
     for i, shape in _ordered(the_plan.shapes):
         conds = []

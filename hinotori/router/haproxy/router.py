@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hinotori.errors import RouterError
-from hinotori.model import BackendStats, RoutingTable
+from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.haproxy import config, runtime
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
@@ -50,7 +50,7 @@ class HaproxyRouter:
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
-                 log_sample: int = 1, hard_stop_after: float = 60.0,
+                 latency_log_rate: int = LATENCY_LOG_RATE, hard_stop_after: float = 60.0,
                  retry_unanswered: bool = False) -> None:
         self.state_dir = Path(state_dir).absolute()
         host, sep, port = listen.rpartition(":")
@@ -66,9 +66,10 @@ class HaproxyRouter:
         self.settings = config.Settings(
             listen=listen, stats_socket=sockets["haproxy.sock"],
             maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
-            latency_log=latency_log, log_sample=log_sample, hard_stop_after=hard_stop_after,
+            latency_log=latency_log, hard_stop_after=hard_stop_after,
             retry_unanswered=retry_unanswered)
-        self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING) \
+        self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING,
+                              max_rate=latency_log_rate, set_sample=self._set_sample) \
             if latency_log else None
         self.supervisor: Supervisor | None = None
         self._master_socket = sockets["haproxy-master.sock"]
@@ -120,9 +121,13 @@ class HaproxyRouter:
         return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
                      for s in state.get("shapes") or ())
 
-    def _write(self, plan: config.Plan, loaded: bool) -> bool:
-        """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed."""
+    def _write(self, plan: config.Plan, loaded: bool, *, fresh: bool = False) -> bool:
+        """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed.
+        ``fresh``: for a new HAProxy, which logs every request until the reader sees traffic."""
         self.settings.maps_dir.mkdir(parents=True, exist_ok=True)
+        sample = config.sample_file(self.settings)
+        if fresh or not sample.exists():
+            _write_text(sample, config.map_text({config.SAMPLE_KEY: "1"}))
         for svc, entries in plan.maps.items():
             _write_text(config.map_file(self.settings, svc), config.map_text(entries))
         _write_text(config.sticky_file(self.settings),
@@ -147,8 +152,9 @@ class HaproxyRouter:
             state = self._load()
             table = self._table(state)
             plan = config.plan(table or RoutingTable(0), self._slots(state), self._shapes(state))
-            changed = self._write(plan, loaded=table is not None)
-            if await sup.adoptable():
+            adopt = await sup.adoptable()
+            changed = self._write(plan, loaded=table is not None, fresh=not adopt)
+            if adopt:
                 if changed:  # the settings (listen, threads, maxconn...) changed since
                     await self._reload(state)
                     self._save(state)
@@ -212,6 +218,13 @@ class HaproxyRouter:
                     sock_dir.rmdir()
 
     # -- runtime state -------------------------------------------------------------------------
+
+    async def _set_sample(self, n: int) -> None:
+        """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
+        a reload keeps it."""
+        sample = config.sample_file(self.settings)
+        _write_text(sample, config.map_text({config.SAMPLE_KEY: str(n)}))
+        await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:
         (text,) = await runtime.run(self.stats_socket, ["show stat"])

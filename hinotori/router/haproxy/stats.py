@@ -3,8 +3,12 @@
 ``show stat`` gives every server's requests by status class, errors and sessions in flight,
 but only an average response time. The latency histogram the canary analysis needs comes from
 HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <request#> <server>
-<Ta>`` (Ta: total active time, ms) into an in-memory ring that the router object streams over
-the stats socket. One short line per request (or one in ``log_sample``).
+<Ta> <N>`` (Ta: total active time, ms) into an in-memory ring that the router object streams
+over the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
+so it logs 1 request in N, and the reader sets N four times a second to keep near
+``max_rate`` lines a second: every request while traffic is below it, a uniform sample above
+it. A line counts for its N requests, so the histogram stays an estimate of all requests (its
+counts and sum), and the counts by status stay exact (they come from ``show stat``).
 
 A host's servers in the main backend and in its release slot add up to one host. Counters
 restart when HAProxy's worker is replaced (a reload) or a server is deleted; the router keeps
@@ -18,12 +22,23 @@ import bisect
 import contextlib
 import csv
 import io
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hinotori.errors import HinotoriError
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
 from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of
+
+ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
+# Pause after each read so that lines are read in batches: HAProxy pushes every line as it is
+# logged, and waking up for each one cost the reader more than parsing the line.
+READ_PAUSE = 0.05
+MAX_SAMPLE = 10_000  # log at least 1 request in this many
 
 _STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
            ("hrsp_5xx", "5xx"), ("hrsp_other", "5xx"))
@@ -86,9 +101,29 @@ def by_host(servers: dict[tuple[str, str], Counts]) -> dict[str, Counts]:
     return out
 
 
+def sample_for(rate: float, max_rate: int) -> int:
+    """N such that logging 1 request in N writes about ``max_rate`` lines a second at ``rate``
+    requests a second; 1 (every request) below it, or when ``max_rate`` is 0 (no cap)."""
+    if max_rate <= 0 or rate <= max_rate:
+        return 1
+    return min(MAX_SAMPLE, math.ceil(rate / max_rate))
+
+
+def next_sample(current: int | None, wanted: int) -> int:
+    """The N to set: up at once (a burst must not flood the log), down by half at most per
+    choice (traffic pausing between bursts keeps most of it), and unchanged within a quarter
+    (no runtime command for the noise of the rate)."""
+    if current is None:
+        return wanted
+    if abs(wanted - current) <= current // 4:
+        return current
+    return wanted if wanted > current else max(wanted, current // 2)
+
+
 class LatencyLog:
-    """Reads HAProxy's per-request ``<pid> <request#> <server> <Ta>`` log lines from its ring
-    buffer into a histogram per host.
+    """Reads HAProxy's per-request ``<pid> <request#> <server> <Ta> <N>`` log lines from its
+    ring buffer into a histogram per host, and keeps their rate near ``max_rate`` a second
+    through ``set_sample(N)`` (the router changes HAProxy's latency map).
 
     HAProxy logs into an in-memory ring (``ring`` section, ``log ring@...``): writing costs it a
     memory copy, and when nobody reads (the controller is down) old lines are overwritten, never
@@ -97,16 +132,22 @@ class LatencyLog:
     they come. The stream starts with the ring's content again, so lines are de-duplicated by
     (worker pid, request number). After a reload the reader reconnects to the new worker."""
 
-    def __init__(self, stats_socket: Path, ring: str) -> None:
+    def __init__(self, stats_socket: Path, ring: str, *, max_rate: int = 0,
+                 set_sample: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.stats_socket = stats_socket
         self.ring = ring
+        self.max_rate = max_rate
+        self.set_sample = set_sample
         self.latency: dict[str, list[int]] = {}
         self.latency_sum_ms: dict[str, float] = {}
-        self.lines = 0
+        self.lines = 0     # lines read
+        self.counted = 0   # requests they stand for (each line counts for its N)
+        self.sample: int | None = None  # the N last set; None: not set by this reader yet
+        self._window = (time.monotonic(), 0)  # (since, counted then): the rate N follows
         self._seen: dict[bytes, set[int]] = {}  # worker pid -> request numbers counted
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._stream: socket.socket | None = None  # the streaming read of the ring
         self._caught_up = asyncio.Event()
 
     async def attach(self, wait: float = 2.0) -> None:
@@ -123,18 +164,18 @@ class LatencyLog:
 
     def reconnect(self) -> None:
         """The worker changed (reload): read the new one's ring."""
-        if self._writer is not None:
-            self._writer.close()
+        if self._stream is not None:
+            with contextlib.suppress(OSError):  # the pending read ends; _run reconnects
+                self._stream.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.reconnect()
         if self._task is not None and self._loop is not None and not self._loop.is_closed():
             self._task.cancel()
         self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
@@ -143,33 +184,49 @@ class LatencyLog:
                 self.record(await asyncio.wait_for(reader.read(), 10))
                 writer.close()
                 self._caught_up.set()
-                reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
-                self._writer = writer
-                writer.write(f"show events {self.ring} -w\n".encode())
+                # A plain socket, read only when this loop asks (an asyncio stream would wake
+                # up for every line HAProxy pushes): lines wait in the socket between reads.
+                self._stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._stream.setblocking(False)
+                await loop.sock_connect(self._stream, str(self.stats_socket))
+                await loop.sock_sendall(self._stream, f"show events {self.ring} -w\n".encode())
                 pending = b""
-                while data := await reader.read(1 << 16):  # whole chunks: far cheaper per line
-                    pending += data
-                    end = pending.rfind(b"\n") + 1
-                    if end:
-                        self.record(pending[:end])
-                        pending = pending[end:]
+                while True:
+                    try:  # whole chunks: far cheaper per line
+                        data = await asyncio.wait_for(loop.sock_recv(self._stream, 1 << 18),
+                                                      ADAPT_EVERY)
+                    except TimeoutError:  # no line for a while: the rate fell, N may too
+                        data = None
+                    else:
+                        if not data:
+                            break
+                        pending += data
+                        end = pending.rfind(b"\n") + 1
+                        if end:
+                            self.record(pending[:end])
+                            pending = pending[end:]
+                    await self.adapt()
+                    await asyncio.sleep(READ_PAUSE)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
                 pass
             finally:
-                if self._writer is not None:
-                    self._writer.close()
-                    self._writer = None
+                if self._stream is not None:
+                    self._stream.close()
+                    self._stream = None
             self._caught_up.set()
             await asyncio.sleep(0.1)
 
     def record(self, data: bytes) -> None:
         for line in data.split(b"\n"):
             fields = line.split()
-            if len(fields) != 4:
+            if len(fields) == 4:  # written before sampling was configured: every request
+                fields.append(b"1")
+            if len(fields) != 5:
                 continue
-            pid, number, name, ta = fields
+            pid, number, name, ta, n_text = fields
             if not (number.isdigit() and ta.isdigit()) or name == b"<NOSRV>":
                 continue  # Ta is -1 for a request nobody answered
+            weight = int(n_text) if n_text.isdigit() and n_text != b"0" else 1
             seen = self._seen.get(pid)
             if seen is None:
                 seen = self._seen[pid] = set()
@@ -185,9 +242,27 @@ class LatencyLog:
             buckets = self.latency.get(host)
             if buckets is None:
                 buckets = self.latency[host] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-            buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
-            self.latency_sum_ms[host] = self.latency_sum_ms.get(host, 0.0) + ms
+            buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += weight
+            self.latency_sum_ms[host] = self.latency_sum_ms.get(host, 0.0) + ms * weight
             self.lines += 1
+            self.counted += weight
+
+    async def adapt(self, now: float | None = None) -> None:
+        """Once every ADAPT_EVERY: choose N for the request rate seen since the last choice,
+        and have the router set it if it changed."""
+        if self.set_sample is None:
+            return
+        now = time.monotonic() if now is None else now
+        since, counted = self._window
+        if now - since < ADAPT_EVERY:
+            return
+        self._window = (now, self.counted)
+        n = next_sample(self.sample,
+                        sample_for((self.counted - counted) / (now - since), self.max_rate))
+        if n != self.sample:
+            with contextlib.suppress(HinotoriError, OSError):  # the next choice tries again
+                await self.set_sample(n)
+                self.sample = n
 
 
 def combine(counts: dict[str, Counts], log: LatencyLog | None) -> dict[str, BackendStats]:
