@@ -5,8 +5,9 @@ send to hinotori.observe.logs.forward.receivers: small servers written to the pu
 protocols (Loki's JSON push API; Fluentd's forward protocol v1 with chunk acks). The syslog
 forwarder is tested against a real rsyslog in test_logs_rsyslog.py.
 
-The outage lasts OUTAGE seconds (HINOTORI_LOG_OUTAGE, default 3; the mechanism is the same
-for 30): lines keep being ingested meanwhile, the cursor waits, nothing is lost.
+The outage lasts OUTAGE seconds (HINOTORI_LOG_OUTAGE, default 3; the forward loop is the same
+for every kind, and test_logs_rsyslog.py holds a real rsyslog down for the 30 s the issue
+names): lines keep being ingested meanwhile, the cursor waits, nothing is lost.
 """
 
 from __future__ import annotations
@@ -55,14 +56,15 @@ class Producer:
 
 async def through_an_outage(tmp_path: Path, store: LogStore, loop: ForwardLoop,
                             stop: Callable[[], Awaitable[None]],
-                            start: Callable[[], Awaitable[None]]) -> dict[str, int]:
+                            start: Callable[[], Awaitable[None]], *,
+                            outage: float = OUTAGE) -> dict[str, int]:
     producer = Producer(tmp_path, store)
     making = asyncio.create_task(producer.run())
     forwarding = asyncio.create_task(loop.run())
     await asyncio.sleep(0.8)
     await stop()
     stored_at_stop = store.bounds()[1]
-    await asyncio.sleep(OUTAGE)
+    await asyncio.sleep(outage)
     during = {"ingested": store.bounds()[1] - stored_at_stop,
               "cursor_moved": store.cursor(loop.name).pos - loop.stats.pos,
               "failures": loop.stats.failures}
