@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     import docker
 
 WELL_KNOWN = ("unix:///run/podman/podman.sock", "unix:///var/run/docker.sock")
-PING_TIMEOUT = 5.0
+PING_TIMEOUT = 5.0  # is anything there: answered at once when it is
+# Every call after the ping: exporting an image, building, stopping a container with its grace
+# period all take longer than a ping, much longer on a loaded machine.
+CALL_TIMEOUT = 120
 # Pinned rather than "auto": negotiating asks the engine for /version, which Podman answers in
 # ~0.35 s (it gathers host facts), on every connect. 1.41 is Podman 4's API and well inside
 # Docker's supported range (1.24 and up).
@@ -77,6 +80,7 @@ def connect(url: str | None = None, *, state_dir: Path | None = None) -> docker.
     for candidate in tried if url is None else tried[:1]:
         client = try_connect(candidate)
         if client is not None:
+            client.api.timeout = CALL_TIMEOUT
             return client
     if url is None and state_dir is not None and shutil.which("podman"):
         return connect(ensure_podman_service(state_dir / "podman.sock"))

@@ -52,9 +52,6 @@ if TYPE_CHECKING:
 
 CONTAINER_PORT = 8000  # where the app listens inside its container (its own network namespace)
 LABEL = "hinotori."
-# Requests that wait on the container itself (start, stop, exec) may take long under load: the
-# ping timeout engine.connect uses is far too short for them.
-API_TIMEOUT = 120
 PORT_ATTEMPTS = 3
 T = TypeVar("T")
 
@@ -123,7 +120,6 @@ class ContainerProvider:
                     raise ProviderError(f"container hosts need a container engine: {e.message}",
                                         hint=e.hint or "start Docker or Podman, or set "
                                         "[engine] url in hinotori.toml") from None
-                client.api.timeout = API_TIMEOUT
                 self._client = client
             return self._client
 

@@ -37,7 +37,9 @@ def test_member_events_reach_another_serf_agent(tmp_path: Path) -> None:
                           f"-rpc-addr=127.0.0.1:{rpc_a}"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL),
         subprocess.Popen([serf, "agent", "-node=b", f"-bind=127.0.0.1:{bind_b}",
-                          f"-rpc-addr=127.0.0.1:{rpc_b}", f"-join=127.0.0.1:{bind_a}",
+                          # -join exits when agent a is not listening yet; this retries
+                          f"-rpc-addr=127.0.0.1:{rpc_b}", f"-retry-join=127.0.0.1:{bind_a}",
+                          "-retry-interval=1s",
                           f"-event-handler=user:hinotori-member={handler}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     p = make_project(tmp_path, replicas=2)

@@ -47,6 +47,9 @@ class LogPipeline:
                                               for f in spec.forward]
 
     async def run(self) -> None:
+        # One retention pass before anything is forwarded: lines that expired while the
+        # controller was down are not sent on.
+        await self._retain_logged()
         tasks = [asyncio.create_task(self._ship_loop()),
                  asyncio.create_task(self._retention_loop()),
                  *(asyncio.create_task(f.run()) for f in self.forwarders)]
@@ -81,8 +84,11 @@ class LogPipeline:
 
     async def _retention_loop(self) -> None:
         while True:
-            try:
-                await self.retain_once()
-            except Exception:
-                log.exception("log retention pass failed")
             await asyncio.sleep(self.retention_every)
+            await self._retain_logged()
+
+    async def _retain_logged(self) -> None:
+        try:
+            await self.retain_once()
+        except Exception:
+            log.exception("log retention pass failed")
