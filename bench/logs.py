@@ -44,8 +44,8 @@ from pathlib import Path
 from hinotori.model import Host, HostState
 from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
 from hinotori.observe.logs.forward import FluentdSink, ForwardLoop, LokiSink, SyslogSink
+from hinotori.processes import cpu_seconds
 
-TICK = os.sysconf("SC_CLK_TCK")
 WRITER = r"""
 import os, sys, time
 i = 0
@@ -99,8 +99,7 @@ class Rsyslog:
         self._seen, self._count = 0, 0
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return cpu_seconds(self.proc.pid)
 
     def count(self) -> int:
         """Lines in rsyslog's output so far (read incrementally)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import re
 import shutil
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.processes import cpu_seconds
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
@@ -82,12 +82,6 @@ def wrk(port: int, duration: float) -> dict[str, float]:
     total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": 1.0 if errors else 0.0,
             "requests": total}
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def haproxy_config(port: int, backends: list[int], threads: int, path: Path) -> Path:
@@ -284,13 +278,13 @@ def main() -> None:
             wait_port(port)
             name = f"haproxy, {threads} thread{'s' * (threads > 1)}"
             targets[name] = port
-            cpu[name] = lambda pid=procs[-1].pid: process_cpu(pid)
+            cpu[name] = lambda pid=procs[-1].pid: cpu_seconds(pid)
         for name, router in routers.items():
             if isinstance(router, HaproxyRouter):
                 assert router.supervisor is not None
                 pid = int(asyncio.run(router.supervisor.worker_info())["Pid"])
                 reading = reader if reader is not None and router.log is not None else None
-                cpu[name] = lambda pid=pid, r=reading: process_cpu(pid) + (r.cpu() if r else 0)
+                cpu[name] = lambda pid=pid, r=reading: cpu_seconds(pid) + (r.cpu() if r else 0)
         if not args.switch_only:
             throughput(targets, impls, args.duration, args.runs,
                        reader.settle if reader is not None else lambda: None, cpu)

@@ -22,6 +22,13 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2:].split()  # fields[0] is field 3; utime, stime 14, 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def log_tail(path: Path, offset: int, lines: int = 8, *, empty: str = "(nothing written)") -> str:
     """The last ``lines`` non-blank lines written to ``path`` since ``offset`` (this start
     only), joined with " | " for an error message."""

@@ -298,36 +298,38 @@ def test_latency_log_is_sampled_under_load_and_still_counts_every_request(
     host = backends.add("sampled")
 
     async def run() -> None:
-        await r.start()
-        await r.apply(table(next(_versions), route(host.backend())))
-        before = await identity(r)
-        assert r.log is not None
-        conn = await Conn.open(port_of(r))
-        sent, until = 0, time.monotonic() + 2.5  # hundreds a second: far above 50
-        while time.monotonic() < until:
-            assert (await conn.request()).status == 200
-            sent += 1
-        await asyncio.sleep(0.3)
-        sample_map = config.sample_file(r.settings)
-        (text,) = await runtime.run(r.stats_socket, [f"show map {sample_map}"])
-        assert r.log.sample is not None and r.log.sample > 1, (sent, r.log.sample)
-        assert text.split()[-1] == str(r.log.sample)  # what HAProxy uses, set at runtime
-        assert sample_map.read_text() == f"n {r.log.sample}\n"  # kept for a reload
-        stats = (await r.stats())["sampled"]
-        assert stats.requests == sent  # exact: counted by HAProxy, not from the log
-        assert r.log.lines < 0.8 * sent, (r.log.lines, sent)
-        assert 0.6 * sent <= sum(stats.latency) <= 1.4 * sent, (sum(stats.latency), sent)
+        try:
+            await r.start()
+            await r.apply(table(next(_versions), route(host.backend())))
+            before = await identity(r)
+            assert r.log is not None
+            conn = await Conn.open(port_of(r))
+            sent, until = 0, time.monotonic() + 2.5  # hundreds a second: far above 50
+            while time.monotonic() < until:
+                assert (await conn.request()).status == 200
+                sent += 1
+            await asyncio.sleep(0.3)
+            sample_map = config.sample_file(r.settings)
+            (text,) = await runtime.run(r.stats_socket, [f"show map {sample_map}"])
+            assert r.log.sample is not None and r.log.sample > 1, (sent, r.log.sample)
+            assert text.split()[-1] == str(r.log.sample)  # what HAProxy uses, set at runtime
+            assert sample_map.read_text() == f"n {r.log.sample}\n"  # kept for a reload
+            stats = (await r.stats())["sampled"]
+            assert stats.requests == sent  # exact: counted by HAProxy, not from the log
+            assert r.log.lines < 0.8 * sent, (r.log.lines, sent)
+            assert 0.6 * sent <= sum(stats.latency) <= 1.4 * sent, (sum(stats.latency), sent)
 
-        await asyncio.sleep(2.5)  # idle: the reader goes back to every request
-        assert r.log.sample == 1
-        counted = r.log.counted
-        for _ in range(20):
-            assert (await conn.request()).status == 200
-        conn.close()
-        await wait_for(lambda: r.log is not None and r.log.counted - counted >= 20)
-        assert r.log.counted - counted == 20
-        assert (await identity(r))[:3] == before[:3]  # all of it without a reload
-        await r.stop()
+            await asyncio.sleep(2.5)  # idle: the reader goes back to every request
+            assert r.log.sample == 1
+            counted = r.log.counted
+            for _ in range(20):
+                assert (await conn.request()).status == 200
+            conn.close()
+            await wait_for(lambda: r.log is not None and r.log.counted - counted >= 20)
+            assert r.log.counted - counted == 20
+            assert (await identity(r))[:3] == before[:3]  # all of it without a reload
+        finally:
+            await r.stop()
     asyncio.run(run())
 
 

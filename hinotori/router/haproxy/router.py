@@ -125,9 +125,8 @@ class HaproxyRouter:
         """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed.
         ``fresh``: for a new HAProxy, which logs every request until the reader sees traffic."""
         self.settings.maps_dir.mkdir(parents=True, exist_ok=True)
-        sample = config.sample_file(self.settings)
-        if fresh or not sample.exists():
-            _write_text(sample, config.map_text({config.SAMPLE_KEY: "1"}))
+        if fresh or not config.sample_file(self.settings).exists():
+            self._write_sample(1)
         for svc, entries in plan.maps.items():
             _write_text(config.map_file(self.settings, svc), config.map_text(entries))
         _write_text(config.sticky_file(self.settings),
@@ -222,9 +221,14 @@ class HaproxyRouter:
     async def _set_sample(self, n: int) -> None:
         """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
         a reload keeps it."""
+        sample = self._write_sample(n)
+        await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
+
+    def _write_sample(self, n: int) -> Path:
+        """The latency map file holding ``n`` (what a new or reloaded worker loads)."""
         sample = config.sample_file(self.settings)
         _write_text(sample, config.map_text({config.SAMPLE_KEY: str(n)}))
-        await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
+        return sample
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:
         (text,) = await runtime.run(self.stats_socket, ["show stat"])
