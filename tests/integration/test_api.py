@@ -10,12 +10,12 @@ import urllib.request
 
 import pytest
 
-from .conftest import Project
+from tests.support import CliProject
 
 pytestmark = pytest.mark.integration
 
 
-def call(p: Project, path: str, token: str | None) -> tuple[int, bytes]:
+def call(p: CliProject, path: str, token: str | None) -> tuple[int, bytes]:
     info = json.loads((p.path / ".hinotori" / "controller.json").read_text())
     req = urllib.request.Request(f"http://{info['address']}{path}")
     if token is not None:
@@ -27,13 +27,13 @@ def call(p: Project, path: str, token: str | None) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def hit(p: Project, n: int) -> None:
+def hit(p: CliProject, n: int) -> None:
     for _ in range(n):
         with urllib.request.urlopen(f"http://{p.router}/", timeout=10) as r:
             r.read()
 
 
-def test_token_is_required(running: Project) -> None:
+def test_token_is_required(running: CliProject) -> None:
     token = (running.path / ".hinotori" / "token").read_text().strip()
     assert call(running, "/v1/status", None)[0] == 401
     status, body = call(running, "/v1/status", token[:-1] + "x")
@@ -42,7 +42,7 @@ def test_token_is_required(running: Project) -> None:
     assert call(running, "/v1/status", token)[0] == 200
 
 
-def test_metrics_per_release_outlive_their_hosts(running: Project) -> None:
+def test_metrics_per_release_outlive_their_hosts(running: CliProject) -> None:
     p = running
     token = (p.path / ".hinotori" / "token").read_text().strip()
     p.cli("deploy", "web")
@@ -68,7 +68,7 @@ def test_metrics_per_release_outlive_their_hosts(running: Project) -> None:
     assert b"hinotori_hosts{" in text
 
 
-def test_events_logs_and_releases_are_served(running: Project) -> None:
+def test_events_logs_and_releases_are_served(running: CliProject) -> None:
     p = running
     token = (p.path / ".hinotori" / "token").read_text().strip()
     p.cli("deploy", "web")
@@ -106,7 +106,7 @@ def test_events_logs_and_releases_are_served(running: Project) -> None:
     assert call(p, "/v1/logs", None)[0] == 401
 
 
-def test_audit_filters_who_what_when_why(running: Project) -> None:
+def test_audit_filters_who_what_when_why(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     p.set_version("2")
@@ -131,7 +131,7 @@ def test_audit_filters_who_what_when_why(running: Project) -> None:
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
-def test_bake_and_images_through_the_api(project: Project) -> None:
+def test_bake_and_images_through_the_api(project: CliProject) -> None:
     p = project
     p.cli("up", "-d")
     token = (p.path / ".hinotori" / "token").read_text().strip()

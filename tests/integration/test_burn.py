@@ -9,23 +9,22 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import Project, _teardown, make_project, wait_until
+from tests.support import CliProject, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def three(tmp_path: Path) -> Project:
+def three(tmp_path: Path) -> CliProject:
     p = make_project(tmp_path, replicas=3)
     p.cli("up", "-d")
     p.cli("bake", "web")
     p.cli("deploy", "web")
     yield p
-    _teardown(p)
+    teardown(p)
 
 
-def test_chaos_kills_are_healed_and_nobody_notices(three: Project) -> None:
+def test_chaos_kills_are_healed_and_nobody_notices(three: CliProject) -> None:
     p = three
     before = {h["id"] for h in p.serving()}
     load = BackgroundLoad(p.router, clients=30, rate=300)
@@ -48,7 +47,7 @@ def test_chaos_kills_are_healed_and_nobody_notices(three: Project) -> None:
     assert len(kills) == report["kills"] and heals  # type: ignore[arg-type]
 
 
-def test_phoenix_rotates_every_host_without_a_failed_request(three: Project) -> None:
+def test_phoenix_rotates_every_host_without_a_failed_request(three: CliProject) -> None:
     p = three
     before = {h["id"] for h in p.serving()}
     load = BackgroundLoad(p.router, clients=30, rate=300)
@@ -84,4 +83,4 @@ def test_max_age_rotates_hosts_by_itself(tmp_path: Path) -> None:
         phoenix = [d for d in p.json("deployments") if d["kind"] == "phoenix"]  # type: ignore[union-attr]
         assert phoenix and phoenix[0]["state"] == "succeeded"
     finally:
-        _teardown(p)
+        teardown(p)

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import CANARY_SPEC, Project, make_project, wait_until
+from tests.support import CANARY_SPEC, CliProject, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 
 @pytest.fixture
-def canary_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
+def canary_project(tmp_path: Path, request: pytest.FixtureRequest) -> CliProject:
     steps, pause, deadline = getattr(request, "param", ("[10, 50, 100]", "1s", "3s"))
     p = make_project(tmp_path, replicas=2)
     spec = p.path / "hinotori.toml"
@@ -28,9 +27,9 @@ def canary_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
     p.cli("bake", "web")
     p.cli("deploy", "web")  # v1: nothing to compare with yet, so this one goes blue-green
     yield p
-    from .conftest import _teardown
+    from tests.support import teardown
 
-    _teardown(p)
+    teardown(p)
 
 
 def get(address: str, headers: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
@@ -40,7 +39,7 @@ def get(address: str, headers: dict[str, str] | None = None) -> tuple[str, dict[
         return r.headers["X-Hello-Version"], dict(r.headers)
 
 
-def test_failing_canary_rolls_back_at_its_first_step(canary_project: Project) -> None:
+def test_failing_canary_rolls_back_at_its_first_step(canary_project: CliProject) -> None:
     p = canary_project
     load = BackgroundLoad(p.router, clients=20, rate=300, record_header="x-hello-version")
     load.start()
@@ -68,7 +67,7 @@ def test_failing_canary_rolls_back_at_its_first_step(canary_project: Project) ->
 
 
 @pytest.mark.parametrize("canary_project", [("[20, 50, 100]", "1s", "5s")], indirect=True)
-def test_healthy_canary_is_promoted_through_every_step(canary_project: Project) -> None:
+def test_healthy_canary_is_promoted_through_every_step(canary_project: CliProject) -> None:
     p = canary_project
     p.set_version("2")
     p.cli("bake", "web")
@@ -89,7 +88,7 @@ def test_healthy_canary_is_promoted_through_every_step(canary_project: Project) 
 
 
 @pytest.mark.parametrize("canary_project", [("[50, 100]", "500ms", "2s")], indirect=True)
-def test_canary_without_traffic_is_not_promoted(canary_project: Project) -> None:
+def test_canary_without_traffic_is_not_promoted(canary_project: CliProject) -> None:
     p = canary_project
     p.set_version("2")
     p.cli("bake", "web")
@@ -99,7 +98,7 @@ def test_canary_without_traffic_is_not_promoted(canary_project: Project) -> None
 
 
 @pytest.mark.parametrize("canary_project", [("[50, 100]", "60s", "120s")], indirect=True)
-def test_override_header_stickiness_pause_and_abort(canary_project: Project) -> None:
+def test_override_header_stickiness_pause_and_abort(canary_project: CliProject) -> None:
     p = canary_project
     p.set_version("2")
     p.cli("bake", "web")
@@ -172,7 +171,7 @@ def test_custom_analysis_webhook_can_fail_a_healthy_looking_canary(tmp_path: Pat
         assert asked and asked[0]["release"] == "v2" and asked[0]["weight"] == 50
         assert stats.failed == 0 and get(p.router)[0] == "1"
     finally:
-        from .conftest import _teardown
+        from tests.support import teardown
 
-        _teardown(p)
+        teardown(p)
         judge.shutdown()

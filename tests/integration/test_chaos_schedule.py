@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import _teardown, make_project, wait_until
+from tests.support import make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,4 +42,4 @@ def test_scheduled_chaos(tmp_path: Path, inside: bool) -> None:
         assert (len(kills) >= 2) if inside else not kills  # type: ignore[arg-type]
         assert stats.failed == 0, stats.failures
     finally:
-        _teardown(p)
+        teardown(p)

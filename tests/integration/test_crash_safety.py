@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Project, _teardown, make_project, wait_until
+from tests.support import CliProject, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ deadline = "200ms"
 """
 
 
-def up(p: Project, fault: str | None) -> None:
+def up(p: CliProject, fault: str | None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HINOTORI_FAULT"}
     if fault:
         env["HINOTORI_FAULT"] = fault
@@ -58,7 +58,7 @@ def get(url: str) -> tuple[int, str]:
         return r.status, r.headers.get("X-Hello-Host", "")
 
 
-def assert_consistent(p: Project, point: str) -> None:
+def assert_consistent(p: CliProject, point: str) -> None:
     state = p.path / ".hinotori"
     hosts = p.json("hosts")
     serving = {h["id"]: h for h in hosts if h["state"] == "serving"}  # type: ignore[union-attr]
@@ -84,7 +84,7 @@ def assert_consistent(p: Project, point: str) -> None:
     assert all(d["state"] != "running" for d in deployments), point  # type: ignore[union-attr]
 
 
-def crash_at_every_point(p: Project, points: list[str]) -> None:
+def crash_at_every_point(p: CliProject, points: list[str]) -> None:
     for i, point in enumerate(points):
         up(p, point)
         pid = p.controller_pid()
@@ -111,4 +111,4 @@ def test_controller_killed_at_every_step_boundary(tmp_path: Path, strategy: str)
                              else CANARY_POINTS)
         up(p, None)
     finally:
-        _teardown(p)
+        teardown(p)

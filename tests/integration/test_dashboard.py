@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Project, _teardown, make_project, require
+from tests.support import CliProject, make_project, require, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -67,19 +67,19 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def canary_project(tmp_path: Path) -> Iterator[Project]:
+def canary_project(tmp_path: Path) -> Iterator[CliProject]:
     p = make_project(tmp_path, replicas=2, extra=CANARY)
     p.cli("up", "-d")
     p.cli("bake", "web")
     yield p
-    _teardown(p)
+    teardown(p)
 
 
-def api_address(p: Project) -> str:
+def api_address(p: CliProject) -> str:
     return json.loads((p.path / ".hinotori" / "controller.json").read_text())["address"]
 
 
-def hit(p: Project, n: int) -> None:
+def hit(p: CliProject, n: int) -> None:
     for _ in range(n):
         with urllib.request.urlopen(f"http://{p.router}/", timeout=10) as r:
             assert r.status == 200
@@ -98,7 +98,7 @@ def open_page(browser, url: str):  # type: ignore[no-untyped-def]
     return page
 
 
-def test_the_page_shows_a_canary_as_it_happens(canary_project: Project, browser,
+def test_the_page_shows_a_canary_as_it_happens(canary_project: CliProject, browser,
                                                tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -192,7 +192,7 @@ def test_the_page_shows_a_canary_as_it_happens(canary_project: Project, browser,
     assert page.errors == []
 
 
-def test_without_a_sign_in_the_page_says_how_and_the_api_refuses(running: Project, browser,
+def test_without_a_sign_in_the_page_says_how_and_the_api_refuses(running: CliProject, browser,
                                                                   tmp_path: Path) -> None:
     from playwright.sync_api import expect
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import Project
+from tests.support import CliProject
 
 pytestmark = pytest.mark.integration
 
 
-def test_drift_is_found_and_replaced_under_load(running: Project) -> None:
+def test_drift_is_found_and_replaced_under_load(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     clean = p.cli("drift", check=False)

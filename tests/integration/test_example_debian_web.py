@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Project, _teardown, free_port, require
+from tests.support import CliProject, free_port, require, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_debian_web_example_deploys_behind_haproxy(tmp_path: Path, engine_url: s
     text = text.replace('# kind = "haproxy"', 'kind = "haproxy"  #')
     assert text.count(listen) == 1 and 'kind = "haproxy"  #' in text and text != shipped
     spec.write_text(text)
-    project = Project(path)
+    project = CliProject(path)
     project.router = listen
     try:
         project.cli("up", "-d")
@@ -52,7 +52,7 @@ def test_debian_web_example_deploys_behind_haproxy(tmp_path: Path, engine_url: s
         report = project.json("verify", "web")
         assert report["ok"] and report["failed"] == 0 and report["total"] >= 5  # type: ignore
     finally:
-        _teardown(project)
+        teardown(project)
         for c in docker_client.containers.list(all=True,
                                                filters={"label": "hinotori.project=debian-web"}):
             c.remove(force=True, v=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _teardown, free_port, make_project
+from tests.support import free_port, make_project, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +82,6 @@ def test_hooks_and_notifications(tmp_path: Path) -> None:
         assert "migration failed" in result.stderr
         assert {h["release"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
     finally:
-        _teardown(p)
+        teardown(p)
         good.shutdown()
         slow.shutdown()

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import Project, wait_until
+from tests.support import CliProject, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +28,12 @@ def get(address: str, path: str = "/", timeout: float = 10) -> tuple[int, dict[s
         return r.status, dict(r.headers), r.read().decode()
 
 
-def ever_served(project: Project) -> set[str]:
+def ever_served(project: CliProject) -> set[str]:
     events = project.json("audit", "--action", "host.serving", "--limit", "10000")
     return {e["subject"].split("/", 1)[1] for e in events}  # type: ignore[union-attr]
 
 
-def test_deploy_rollback_rounds_under_load_drop_nothing(running: Project) -> None:
+def test_deploy_rollback_rounds_under_load_drop_nothing(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")  # v1
     p.set_version("2")
@@ -60,7 +59,7 @@ def test_deploy_rollback_rounds_under_load_drop_nothing(running: Project) -> Non
     assert len(deployments) == 11 and len(rollbacks) == 10  # type: ignore[arg-type]
 
 
-def test_failing_health_check_is_refused_and_traffic_stays(running: Project) -> None:
+def test_failing_health_check_is_refused_and_traffic_stays(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     spec = p.path / "hinotori.toml"  # the controller reads the spec afresh for each deploy
@@ -83,7 +82,7 @@ def test_failing_health_check_is_refused_and_traffic_stays(running: Project) -> 
     assert get(p.router)[1]["X-Hello-Version"] == "1"
 
 
-def test_controller_sigkill_and_restart_loses_nothing(running: Project) -> None:
+def test_controller_sigkill_and_restart_loses_nothing(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     hosts_before = {(h["id"], h["pid"]) for h in p.serving()}
@@ -115,7 +114,7 @@ def test_controller_sigkill_and_restart_loses_nothing(running: Project) -> None:
     assert get(p.router)[1]["X-Hello-Version"] == "2"
 
 
-def test_orphans_and_interrupted_deployments_are_swept_at_restart(running: Project) -> None:
+def test_orphans_and_interrupted_deployments_are_swept_at_restart(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     # Kill the controller in the middle of a deployment whose hosts boot slowly.
@@ -136,7 +135,7 @@ def test_orphans_and_interrupted_deployments_are_swept_at_restart(running: Proje
     assert get(p.router)[1]["X-Hello-Version"] == "1"
 
 
-def test_deploy_lock_refuses_then_waits(running: Project) -> None:
+def test_deploy_lock_refuses_then_waits(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     (p.path / "hinotori.toml").write_text(
@@ -161,7 +160,7 @@ def test_deploy_lock_refuses_then_waits(running: Project) -> None:
 
 
 def test_bake_makes_releases_only_on_change_and_hosts_cannot_touch_the_image(
-        running: Project) -> None:
+        running: CliProject) -> None:
     p = running
     again = p.json("bake", "web")[0]  # type: ignore[index]
     assert again["reused"] and not again["release_created"] and again["release"] == "v1"
@@ -187,7 +186,7 @@ def test_bake_makes_releases_only_on_change_and_hosts_cannot_touch_the_image(
     assert get(p.router)[1]["X-Hello-Version"] == "9"
 
 
-def test_cli_errors_are_clear_without_tracebacks(project: Project) -> None:
+def test_cli_errors_are_clear_without_tracebacks(project: CliProject) -> None:
     spec = project.path / "hinotori.toml"
     spec.write_text(spec.read_text().replace('drain = "10s"', 'drain = "ten seconds"'))
     bad = project.cli("bake", "web", check=False)

@@ -12,7 +12,7 @@ from collections import Counter
 
 import httpx
 
-from tests.integration.conftest import Project, wait_until
+from tests.support import CliProject, wait_until
 
 LINES = 2000
 
@@ -22,11 +22,11 @@ def _print_on(host: dict, tag: str, n: int = LINES) -> None:
     assert r.status_code == 200
 
 
-def _lines(project: Project, *args: str) -> list[dict]:
+def _lines(project: CliProject, *args: str) -> list[dict]:
     return project.json("logs", "web", "--limit", "100000", *args)  # type: ignore[return-value]
 
 
-def test_logs_of_destroyed_and_killed_hosts_are_complete(running: Project) -> None:
+def test_logs_of_destroyed_and_killed_hosts_are_complete(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     first, second = p.serving()
@@ -62,7 +62,7 @@ def test_logs_of_destroyed_and_killed_hosts_are_complete(running: Project) -> No
     assert [ln["line"] for ln in only] == [f"killed-{first['id']} 1999"]
 
 
-def test_down_flushes_every_host(running: Project) -> None:
+def test_down_flushes_every_host(running: CliProject) -> None:
     p = running
     p.cli("deploy", "web")
     hosts = p.serving()

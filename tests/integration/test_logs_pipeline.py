@@ -11,8 +11,7 @@ import pytest
 from hinotori.observe.logs import LogPipeline, LogQuery, LogStore, search
 from hinotori.observe.logs.forward.receivers import LokiReceiver
 from hinotori.spec import parse_spec
-from tests.unit.test_logs_query import put
-from tests.unit.test_logs_store import make_host
+from tests.support import make_host, put
 
 pytestmark = pytest.mark.integration
 

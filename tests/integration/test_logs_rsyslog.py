@@ -29,8 +29,8 @@ import pytest
 from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
 from hinotori.observe.logs.forward import forward_loop
 from hinotori.spec.schema import LogForwardSpec
-from tests.integration.test_logs_forward import check, through_an_outage
-from tests.unit.test_logs_store import make_host
+from tests.support import make_host
+from tests.support_logs import check, through_an_outage
 
 pytestmark = pytest.mark.integration
 

@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import (
+from tests.support import (
     CANARY_SPEC,
     CONTAINER_SPEC,
-    Project,
-    _teardown,
+    CliProject,
     free_port,
     make_project,
     require,
+    teardown,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,11 +45,11 @@ def _hello_on_every_interface() -> str:
     return bound
 
 
-def _process_project(tmp_path: Path) -> Project:
+def _process_project(tmp_path: Path) -> CliProject:
     return make_project(tmp_path, replicas=2)
 
 
-def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> Project:
+def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> CliProject:
     require(shutil.which("mmdebstrap") is not None,
             "mmdebstrap is not installed (apt-get install mmdebstrap)")
     request.getfixturevalue("engine_url")  # a real Podman service for this session
@@ -60,12 +59,12 @@ def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> Projec
     (path / "VERSION").write_text("1\n")
     listen = f"127.0.0.1:{free_port()}"
     (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=path.name, listen=listen))
-    project = Project(path)
+    project = CliProject(path)
     project.router = listen
     return project
 
 
-def _use_haproxy(project: Project) -> None:
+def _use_haproxy(project: CliProject) -> None:
     require(shutil.which("haproxy") is not None, "haproxy is not installed (apt-get install "
                                                  "haproxy)")
     spec = project.path / "hinotori.toml"
@@ -77,14 +76,14 @@ def _use_haproxy(project: Project) -> None:
 @pytest.fixture(params=[("process", "builtin"), ("process", "haproxy"),
                         ("container", "builtin"), ("container", "haproxy")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CliProject]:
     provider, router = request.param
     project = (_process_project(tmp_path) if provider == "process"
                else _container_project(tmp_path, request))
     if router == "haproxy":
         _use_haproxy(project)
     yield project
-    _teardown(project)
+    teardown(project)
     if provider == "container":  # leave no container or image tag of this project behind
         client = request.getfixturevalue("docker_client")
         name = project.path.name
@@ -96,7 +95,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
                 client.images.remove(tag)
 
 
-def _under_load(project: Project, *args: str, check: bool = True):
+def _under_load(project: CliProject, *args: str, check: bool = True):
     load = BackgroundLoad(project.router, clients=20, rate=250, record_header="x-hello-version")
     load.start()
     try:
@@ -106,7 +105,7 @@ def _under_load(project: Project, *args: str, check: bool = True):
     return result, stats
 
 
-def test_deploy_rollback_and_canary_drop_nothing(stack: Project) -> None:
+def test_deploy_rollback_and_canary_drop_nothing(stack: CliProject) -> None:
     p = stack
     p.cli("up", "-d")
     p.cli("bake", "web")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _teardown, make_project, wait_until
+from tests.support import make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,4 +47,4 @@ def test_discovery_files_and_member_hooks(tmp_path: Path) -> None:
         data = json.loads((discovery / "web.json").read_text())
         assert data["release"] == "v2" and {h["id"] for h in data["hosts"]} == second
     finally:
-        _teardown(p)
+        teardown(p)

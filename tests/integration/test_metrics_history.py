@@ -24,22 +24,21 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import Project, _teardown, free_port, make_project, require, wait_until
+from tests.support import CliProject, free_port, make_project, require, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
 FAST = '\n[metrics]\ninterval = "1s"\n'
 
 
-def fast_project(tmp_path: Path) -> Project:
+def fast_project(tmp_path: Path) -> CliProject:
     p = make_project(tmp_path, extra=FAST)
     spec = p.path / "hinotori.toml"
     spec.write_text(spec.read_text().replace('keep_previous = "10m"', 'keep_previous = "1s"'))
     return p
 
 
-def api(p: Project, path: str) -> tuple[int, bytes]:
+def api(p: CliProject, path: str) -> tuple[int, bytes]:
     info = json.loads((p.path / ".hinotori" / "controller.json").read_text())
     token = (p.path / ".hinotori" / "token").read_text().strip()
     req = urllib.request.Request(f"http://{info['address']}{path}",
@@ -51,7 +50,7 @@ def api(p: Project, path: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def load(p: Project, seconds: float) -> int:
+def load(p: CliProject, seconds: float) -> int:
     """Run a paced load for ``seconds``; every request must succeed; returns how many."""
     gen = BackgroundLoad(p.router, clients=4, rate=200)
     gen.start()
@@ -70,10 +69,10 @@ def requests_by_release(history: dict) -> dict[int, int]:
 def fast(tmp_path: Path):  # type: ignore[no-untyped-def]
     p = fast_project(tmp_path)
     yield p
-    _teardown(p)
+    teardown(p)
 
 
-def test_history_of_a_release_outlives_its_hosts(fast: Project) -> None:
+def test_history_of_a_release_outlives_its_hosts(fast: CliProject) -> None:
     p = fast
     p.cli("up", "-d")
     p.cli("bake", "web")
@@ -127,7 +126,7 @@ def test_history_of_a_release_outlives_its_hosts(fast: Project) -> None:
                                       "10m")) == {1: sent_v1}
 
 
-def test_a_real_prometheus_scrapes_service_and_release_series(fast: Project,
+def test_a_real_prometheus_scrapes_service_and_release_series(fast: CliProject,
                                                                tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     require(binary is not None, "prometheus is not installed (apt-get install prometheus)")
@@ -194,7 +193,7 @@ scrape_configs:
         log.close()
 
 
-def test_a_killed_controller_neither_loses_nor_double_counts(fast: Project) -> None:
+def test_a_killed_controller_neither_loses_nor_double_counts(fast: CliProject) -> None:
     """The router keeps serving while no controller runs; the next controller goes on from
     the baseline saved with the last sample, so the counts stay exact."""
     p = fast
@@ -212,7 +211,7 @@ def test_a_killed_controller_neither_loses_nor_double_counts(fast: Project) -> N
         timeout=15, interval=0.5), api(p, "/v1/metrics/history?service=web&since=10m")
 
 
-def _alive_api(p: Project) -> bool:
+def _alive_api(p: CliProject) -> bool:
     try:
         return api(p, "/v1/status")[0] == 200
     except OSError:

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.bake.osimage import BaseSpec, ensure_base
-
-from .conftest import require
+from tests.support import require
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "debian-web"

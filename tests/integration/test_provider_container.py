@@ -32,8 +32,7 @@ from hinotori.loadgen import BackgroundLoad
 from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
 from hinotori.providers.base import BootRequest, Provider
 from hinotori.providers.container import CONTAINER_PORT, ContainerProvider, container_name
-
-from .conftest import CONTAINER_SPEC, Project, free_port, require, wait_until
+from tests.support import CONTAINER_SPEC, CliProject, free_port, require, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -326,12 +325,12 @@ def test_unreachable_engine_is_clear(tmp_path: Path, app_image: str) -> None:
 
 @pytest.fixture
 def container_projects(tmp_path: Path, engine_url: str, app_image: str,
-                       docker_client) -> Iterator[Callable[..., Project]]:
+                       docker_client) -> Iterator[Callable[..., CliProject]]:
     """Makes projects whose service runs in containers; takes every one down afterwards and
     removes its containers and image tags."""
-    made: list[tuple[Project, str]] = []
+    made: list[tuple[CliProject, str]] = []
 
-    def make(app: str | None = None, extra: str = "") -> Project:
+    def make(app: str | None = None, extra: str = "") -> CliProject:
         path = tmp_path / f"proj{len(made)}"
         path.mkdir()
         (path / "app.py").write_text(app if app is not None else APP.read_text())
@@ -339,7 +338,7 @@ def container_projects(tmp_path: Path, engine_url: str, app_image: str,
         listen = f"127.0.0.1:{free_port()}"
         (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=name, listen=listen) + extra)
         (path / "VERSION").write_text(f"1-{uuid.uuid4().hex[:8]}\n")  # new to every cache
-        project = Project(path)
+        project = CliProject(path)
         project.router = listen
         made.append((project, name))
         return project
@@ -356,7 +355,7 @@ def container_projects(tmp_path: Path, engine_url: str, app_image: str,
 
 
 @pytest.fixture
-def container_project(container_projects: Callable[..., Project]) -> Project:
+def container_project(container_projects: Callable[..., CliProject]) -> CliProject:
     return container_projects()
 
 
@@ -366,7 +365,7 @@ def running_containers(docker_client, project_name: str) -> dict[str, str]:
         filters={"label": f"hinotori.project={project_name}", "status": "running"})}
 
 
-def test_deploy_rollback_restart_with_container_hosts(container_project: Project,
+def test_deploy_rollback_restart_with_container_hosts(container_project: CliProject,
                                                       docker_client) -> None:
     p = container_project
     name = (p.path / "hinotori.toml").read_text().split('"')[1]

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import Project, _teardown, make_project
+from tests.support import CliProject, make_project, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +21,14 @@ max_unavailable = {unavailable}
 """
 
 
-def rolling_project(tmp_path: Path, surge: int, unavailable: int) -> Project:
+def rolling_project(tmp_path: Path, surge: int, unavailable: int) -> CliProject:
     p = make_project(tmp_path, replicas=3)
     spec = p.path / "hinotori.toml"
     spec.write_text(spec.read_text() + ROLLING.format(surge=surge, unavailable=unavailable))
     return p
 
 
-def watch_serving(p: Project, stop: threading.Event, counts: list[int]) -> None:
+def watch_serving(p: CliProject, stop: threading.Event, counts: list[int]) -> None:
     from hinotori.model import HostState
     from hinotori.store import Store
 
@@ -67,7 +66,7 @@ def test_rolling_keeps_capacity_and_drops_nothing(tmp_path: Path, surge: int,
         assert {h["release"] for h in p.json("hosts")} == {"v2"}  # type: ignore[union-attr]
         assert len(p.json("hosts")) == 3  # type: ignore[arg-type]
     finally:
-        _teardown(p)
+        teardown(p)
 
 
 def test_failed_batch_rolls_the_previous_release_back_in(tmp_path: Path) -> None:
@@ -83,4 +82,4 @@ def test_failed_batch_rolls_the_previous_release_back_in(tmp_path: Path) -> None
         hosts = p.json("hosts")
         assert {h["release"] for h in hosts} == {"v1"} and len(hosts) == 3  # type: ignore[union-attr]
     finally:
-        _teardown(p)
+        teardown(p)

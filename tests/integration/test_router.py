@@ -22,8 +22,7 @@ from hinotori.errors import RouterError
 from hinotori.loadgen import LoadGenerator
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.router.builtin import BuiltinRouter
-
-from .conftest import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 

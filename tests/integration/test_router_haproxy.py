@@ -29,8 +29,8 @@ from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRou
 from hinotori.router.base import Router
 from hinotori.router.haproxy import HaproxyRouter, config, runtime
 from hinotori.router.haproxy.router import socket_dir
+from tests.support import CANARY_SPEC, CliProject, make_project, require, teardown, wait_until
 
-from .conftest import CANARY_SPEC, Project, _teardown, make_project, require, wait_until
 from .test_router_builtin import Backends, Conn, fetch, free_port, route, table
 
 pytestmark = pytest.mark.integration
@@ -426,7 +426,7 @@ def test_stop_stops_haproxy(tmp_path: Path) -> None:
 
 # -- end to end through the CLI ----------------------------------------------------------------
 
-def haproxy_project(tmp_path: Path, extra: str = "") -> Project:
+def haproxy_project(tmp_path: Path, extra: str = "") -> CliProject:
     require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
     p = make_project(tmp_path, extra=extra)
     spec = p.path / "hinotori.toml"
@@ -441,7 +441,7 @@ def hello(address: str, headers: dict[str, str] | None = None) -> str:
         return r.headers["X-Hello-Version"]
 
 
-def worker_pid(p: Project) -> str:
+def worker_pid(p: CliProject) -> str:
     async def ask() -> str:
         sock = socket_dir(p.path / ".hinotori" / "router") / "haproxy.sock"
         (text,) = await runtime.run(sock, ["show info"])
@@ -472,7 +472,7 @@ def test_deploys_and_rollbacks_under_load_drop_nothing(tmp_path: Path) -> None:
         assert worker_pid(p) == worker, "a deploy reloaded HAProxy"
         assert hello(p.router) == "1"
     finally:
-        _teardown(p)
+        teardown(p)
 
 
 CANARY = CANARY_SPEC.format(steps="[10, 50, 100]", pause="1s", deadline="3s")
@@ -500,7 +500,7 @@ def test_bad_canary_is_rolled_back_from_haproxy_stats(tmp_path: Path) -> None:
         assert all(h["release"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
         assert wait_until(lambda: hello(p.router) == "1")
     finally:
-        _teardown(p)
+        teardown(p)
 
 
 def test_controller_sigkill_and_restart_adopts_haproxy(tmp_path: Path) -> None:
@@ -527,4 +527,4 @@ def test_controller_sigkill_and_restart_adopts_haproxy(tmp_path: Path) -> None:
         assert worker_pid(p) == worker
         assert hello(p.router) == "2"
     finally:
-        _teardown(p)
+        teardown(p)

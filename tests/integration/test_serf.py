@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _teardown, free_port, make_project, wait_until
+from tests.support import free_port, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_member_events_reach_another_serf_agent(tmp_path: Path) -> None:
         assert first <= joins and leaves == first
         assert all(e["service"] == "web" for e in events())
     finally:
-        _teardown(p)
+        teardown(p)
         for agent in agents:
             agent.terminate()
             agent.wait(10)

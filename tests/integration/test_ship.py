@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Project, _teardown, make_project, wait_until
+from tests.support import CliProject, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-for-tests"
 
 
-def post(p: Project, body: bytes, signature: str | None) -> tuple[int, dict]:
+def post(p: CliProject, body: bytes, signature: str | None) -> tuple[int, dict]:
     info = json.loads((p.path / ".hinotori" / "controller.json").read_text())
     req = urllib.request.Request(f"http://{info['address']}/v1/webhooks/push", data=body,
                                  method="POST", headers={"Content-Type": "application/json"})
@@ -57,4 +57,4 @@ def test_ship_and_signed_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         rejected = p.json("audit", "--action", "webhook.rejected")
         assert len(rejected) == 3  # type: ignore[arg-type]
     finally:
-        _teardown(p)
+        teardown(p)

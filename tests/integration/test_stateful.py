@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _teardown, make_project
+from tests.support import make_project, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_volume_data_survives_deploys_and_burning_is_refused(tmp_path: Path) -> 
         phoenix = p.cli("phoenix", "web", check=False)
         assert phoenix.returncode == 1 and "stateful" in phoenix.stderr
     finally:
-        _teardown(p)
+        teardown(p)
 
 
 def test_stateful_needs_one_replica(tmp_path: Path) -> None:

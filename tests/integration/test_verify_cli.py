@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.project import Project as HinotoriProject
-from tests.integration.conftest import Project
+from tests.support import CliProject
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +48,18 @@ contains = ["42"]
 """
 
 
-def cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(project: CliProject, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", RUNNER, *args, "--spec", str(project.path)],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
 
 
-def add(project: Project, text: str) -> None:
+def add(project: CliProject, text: str) -> None:
     spec = project.path / "hinotori.toml"
     spec.write_text(spec.read_text() + text)
 
 
-def assert_no_live_host(project: Project) -> None:
+def assert_no_live_host(project: CliProject) -> None:
     store = HinotoriProject.load(project.path).store
     hosts = store.hosts()
     assert hosts and all(h.state == "destroyed" for h in hosts), hosts
@@ -69,12 +69,12 @@ def assert_no_live_host(project: Project) -> None:
 
 
 @pytest.fixture
-def baked(project: Project) -> Project:
+def baked(project: CliProject) -> CliProject:
     project.cli("bake", "web")
     return project
 
 
-def test_verify_exits_0_when_every_check_passes_and_1_when_one_fails(baked: Project) -> None:
+def test_verify_exits_0_when_every_check_passes_and_1_when_one_fails(baked: CliProject) -> None:
     add(baked, PASSING)
     ok = cli(baked, "verify", "web")
     assert ok.returncode == 0, ok.stderr
@@ -104,7 +104,7 @@ def test_verify_exits_0_when_every_check_passes_and_1_when_one_fails(baked: Proj
     assert "verify.passed" in events and "verify.failed" in events
 
 
-def test_retry_timeout_and_sleep_reach_the_evaluator(baked: Project, tmp_path: Path) -> None:
+def test_retry_timeout_and_sleep_reach_the_evaluator(baked: CliProject, tmp_path: Path) -> None:
     never = tmp_path / "never"
     add(baked, f'\n[[services.web.checks]]\nfile = "{never}"\n')
     done = cli(baked, "verify", "web", "--retry-timeout", "600ms", "--sleep", "100ms",
@@ -116,7 +116,7 @@ def test_retry_timeout_and_sleep_reach_the_evaluator(baked: Project, tmp_path: P
     assert bad.returncode == 1 and "--retry-timeout: invalid duration" in bad.stderr
 
 
-def test_generated_checks_pass_when_verified(baked: Project) -> None:
+def test_generated_checks_pass_when_verified(baked: CliProject) -> None:
     out = baked.path / "checks.toml"
     gen = cli(baked, "checks", "generate", "web", "--output", str(out))
     assert gen.returncode == 0, gen.stderr
@@ -133,7 +133,7 @@ def test_generated_checks_pass_when_verified(baked: Project) -> None:
     assert_no_live_host(baked)
 
 
-def test_testinfra_files_in_the_spec_are_folded_in(baked: Project) -> None:
+def test_testinfra_files_in_the_spec_are_folded_in(baked: CliProject) -> None:
     pytest.importorskip("testinfra")
     (baked.path / "infra").mkdir()
     (baked.path / "infra" / "test_web.py").write_text(
@@ -149,7 +149,7 @@ def test_testinfra_files_in_the_spec_are_folded_in(baked: Project) -> None:
                      "testinfra test_web.py::test_listens"]
 
 
-def test_user_errors_are_messages_not_tracebacks(baked: Project) -> None:
+def test_user_errors_are_messages_not_tracebacks(baked: CliProject) -> None:
     none = cli(baked, "verify", "web")
     assert none.returncode == 2 and "service 'web' has no checks" in none.stderr
     assert "checks generate web" in none.stderr and "Traceback" not in none.stderr
@@ -166,7 +166,7 @@ def test_user_errors_are_messages_not_tracebacks(baked: Project) -> None:
     assert fmt.returncode == 1 and "unknown format 'yaml'" in fmt.stderr
 
 
-def test_generate_from_a_running_host(baked: Project) -> None:
+def test_generate_from_a_running_host(baked: CliProject) -> None:
     """--host surveys a live host of the store (here booted and recorded by the test the way
     the fleet does) instead of booting a throwaway one; the host is left running."""
     import asyncio

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-
-from .conftest import _teardown, make_project
+from tests.support import make_project, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -33,4 +32,4 @@ def test_failing_check_refuses_the_deploy(tmp_path: Path) -> None:
         assert stats.failed == 0 and set(stats.by_header) == {"1"}
         assert {h["release"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
     finally:
-        _teardown(p)
+        teardown(p)

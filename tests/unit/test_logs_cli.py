@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hinotori.cli.logcmds import logs, parse_release, parse_since
 from hinotori.observe.logs import LogsError, LogStore, logs_db
-from tests.unit.test_logs_query import put
+from tests.support import put
 
 app = typer.Typer()
 app.command()(logs)

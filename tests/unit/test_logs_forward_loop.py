@@ -15,7 +15,7 @@ import pytest
 from hinotori.observe.logs import LogLine, LogStore, apply_retention
 from hinotori.observe.logs.errors import ForwardError
 from hinotori.observe.logs.forward import ForwardLoop, Rejected
-from tests.unit.test_logs_query import put
+from tests.support import put
 
 
 class FakeSink:

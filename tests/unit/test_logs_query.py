@@ -9,20 +9,7 @@ import pytest
 
 from hinotori.observe.logs import LogQuery, LogStore, follow, search
 from hinotori.observe.logs.query import fts_phrase
-from hinotori.observe.logs.store import Batch
-
-
-def put(store: LogStore, host: str, lines: list[str], *, service: str = "web",
-        release: int = 1, source: str = "stdout", ts: float = 1000.0) -> None:
-    s = store.stream(host, source) or store.open_stream(host=host, service=service,
-                                                        release=release, source=source,
-                                                        inode=None)
-    off = s.shipped
-    rows = []
-    for text in lines:
-        rows.append((s.id, off, ts, text))
-        off += len(text.encode()) + 1
-    store.ingest([Batch(s.id, rows, off)], ts)
+from tests.support import put
 
 
 @pytest.fixture

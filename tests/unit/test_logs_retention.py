@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hinotori.observe.logs import LogQuery, LogStore, apply_retention, search
-from tests.unit.test_logs_query import put
+from tests.support import put
 
 
 def test_age_deletes_lines_older_than_retention(tmp_path: Path) -> None:

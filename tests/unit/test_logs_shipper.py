@@ -12,7 +12,7 @@ import pytest
 
 from hinotori.model import Host
 from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
-from tests.unit.test_logs_store import make_host
+from tests.support import make_host
 
 
 def run(coro):  # type: ignore[no-untyped-def]

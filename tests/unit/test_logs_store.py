@@ -7,21 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hinotori.model import Host, HostState
 from hinotori.observe.logs import LogStore
 from hinotori.observe.logs.retention import delete_through
 from hinotori.observe.logs.store import Batch
-
-
-def make_host(state_dir: Path, host_id: str = "web-1", service: str = "web",
-              release: int = 1, provider: str = "process") -> Host:
-    """A process host as the provider records it, without a process (files only)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "root").mkdir(exist_ok=True)
-    (state_dir / "scratch").mkdir(exist_ok=True)
-    return Host(id=host_id, service=service, release=release, provider=provider,
-                state=HostState.SERVING, born_at=0.0, root=str(state_dir / "root"),
-                data={"state_dir": str(state_dir), "log": str(state_dir / "output.log")})
 
 
 def rows(stream: int, texts: list[str], ts: float = 1000.0, start: int = 0) -> list:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hinotori.cli.metricscmd import charts, metrics
 from hinotori.observe.metrics import MetricsStore, metrics_db
-from tests.unit.test_metrics_history import point
+from tests.support import point
 
 app = typer.Typer()
 app.command()(metrics)

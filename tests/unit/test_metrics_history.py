@@ -20,7 +20,6 @@ from hinotori.observe.metrics import (
     MINUTE,
     RAW,
     BadQuery,
-    Counts,
     MetricsError,
     MetricsRecorder,
     MetricsStore,
@@ -35,17 +34,9 @@ from hinotori.observe.metrics.query import pick
 from hinotori.providers.base import HostUsage
 from hinotori.spec import parse_spec
 from hinotori.spec.schema import MetricsSpec
+from tests.support import N, lat, point
 
-N = len(LATENCY_BUCKETS_MS) + 1
 T0 = 1_764_000_000.0  # a minute boundary (divisible by 60)
-
-
-def lat(**at: int) -> tuple[int, ...]:
-    """A histogram with counts at bucket bounds, e.g. lat(b5=3, b100=1)."""
-    out = [0] * N
-    for name, count in at.items():
-        out[LATENCY_BUCKETS_MS.index(int(name[1:]))] = count
-    return tuple(out)
 
 
 def stats(host: str, requests: int, *, s5: int = 0, errors: int = 0,
@@ -182,16 +173,6 @@ def test_percentiles_from_summed_buckets_match_the_live_metrics_method() -> None
 
 
 # -- the store: samples, totals, rollup, retention ------------------------------------------
-def point(ts: float, release: int = 1, requests: int = 10, *, s5: int = 0,
-          memory: int = 100, hosts: int = 2, cpu: float = 1.0, span: float = 10.0,
-          latency: tuple[int, ...] | None = None) -> Point:
-    counts = Counts(requests=requests, statuses={"2xx": requests - s5, "5xx": s5},
-                    latency=list(latency or lat(b5=requests)), latency_sum_ms=5.0 * requests,
-                    cpu_seconds=cpu)
-    return Point(service="web", release=release, ts=ts, span=span, counts=counts,
-                 memory_sum=memory, memory_max=memory, hosts_sum=hosts, hosts_max=hosts)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> MetricsStore:
     return MetricsStore(tmp_path / "metrics.db")

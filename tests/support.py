@@ -1,0 +1,215 @@
+"""Helpers shared by the test suites: a throwaway project driven through the real CLI, waiting,
+skipping only outside CI, specs for container and canary tests, and small builders of log and
+metric rows. Fixtures live in the conftest files; everything a test imports lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hinotori.model import LATENCY_BUCKETS_MS, Host, HostState
+from hinotori.observe.logs import LogStore
+from hinotori.observe.logs.store import Batch
+from hinotori.observe.metrics import Counts, Point
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "examples" / "hello"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CliProject:
+    """A project directory plus helpers to drive it through the real CLI."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.router = ""
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "hinotori", *args, "--spec", str(self.path)]
+        result = subprocess.run(argv,
+                                capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        if check and result.returncode != 0:
+            raise AssertionError(f"hinotori {' '.join(args)} exited {result.returncode}\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def set_version(self, version: str) -> None:
+        (self.path / "VERSION").write_text(version + "\n")
+
+    def controller_pid(self) -> int:
+        return json.loads((self.path / ".hinotori" / "controller.json").read_text())["pid"]
+
+    def serving(self) -> list[dict]:
+        return [h for h in self.json("hosts") if h["state"] == "serving"]  # type: ignore[union-attr]
+
+
+def make_project(tmp_path: Path, replicas: int = 2, extra: str = "") -> CliProject:
+    path = tmp_path / "proj"
+    shutil.copytree(HELLO, path, ignore=shutil.ignore_patterns("__pycache__", ".hinotori"))
+    port = free_port()
+    text = (path / "hinotori.toml").read_text()
+    text = text.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace("replicas = 3", f"replicas = {replicas}")
+    text = text.replace('command = ["python3", "app.py"]',
+                        f'command = ["{sys.executable}", "app.py"]')
+    (path / "hinotori.toml").write_text(text + extra)
+    project = CliProject(path)
+    project.router = f"127.0.0.1:{port}"
+    return project
+
+
+def teardown(p: CliProject) -> None:
+    state = p.path / ".hinotori"
+    if not state.exists():
+        return
+    result = p.cli("down", check=False, timeout=120)
+    if result.returncode != 0:  # leave nothing running whatever happened
+        for pidfile in [*state.glob("router/*.pid")]:
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    # Belt and braces: no host process of this project may outlive the test.
+    for hostjson in state.glob("hosts/*/host.json"):
+        pid = json.loads(hostjson.read_text()).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def require(ok: bool, message: str) -> None:
+    """Skip with ``message`` when a real part is missing, except in CI (CI=true), where a test
+    that silently does not run is a failure: integration tests must run there."""
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI must run this test, not skip it; .ci/run installs it)")
+    pytest.skip(message)
+
+
+CONTAINER_SPEC = """\
+[project]
+name = "{name}"
+
+[router]
+listen = "{listen}"
+
+[services.web]
+provider = "container"
+replicas = 2
+command = ["python3", "app.py"]
+health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
+boot_timeout = "60s"
+stop_grace = "10s"
+keep_previous = "10m"
+
+[services.web.image]
+os = {{ suite = "bookworm", variant = "minbase", workdir = "/app" }}
+steps = [
+  {{ copy = "app.py", to = "app.py", mode = "0644" }},
+  {{ copy = "VERSION", to = "VERSION", mode = "0644" }},
+]
+
+[[services.web.checks]]
+process = "app.py"
+running = true
+
+[[services.web.checks]]
+command = "python3 -c 'import os; print(os.environ[\\"HINOTORI_SERVICE\\"])'"
+exit_status = 0
+stdout = "web"
+"""
+
+
+# A canary strategy for the web service, judged quickly on error rate (5%) with a lenient p99
+# ratio: fill in steps ("[10, 50, 100]"), pause and deadline.
+CANARY_SPEC = """
+[services.web.strategy]
+kind = "canary"
+steps = {steps}
+pause = "{pause}"
+
+[services.web.strategy.analysis]
+interval = "300ms"
+min_requests = 20
+max_error_rate = 0.05
+max_p99_ratio = 10.0
+deadline = "{deadline}"
+"""
+
+
+# -- rows for the log and metric stores (unit tests) ----------------------------------------
+
+def make_host(state_dir: Path, host_id: str = "web-1", service: str = "web",
+              release: int = 1, provider: str = "process") -> Host:
+    """A process host as the provider records it, without a process (files only)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "root").mkdir(exist_ok=True)
+    (state_dir / "scratch").mkdir(exist_ok=True)
+    return Host(id=host_id, service=service, release=release, provider=provider,
+                state=HostState.SERVING, born_at=0.0, root=str(state_dir / "root"),
+                data={"state_dir": str(state_dir), "log": str(state_dir / "output.log")})
+
+
+
+def put(store: LogStore, host: str, lines: list[str], *, service: str = "web",
+        release: int = 1, source: str = "stdout", ts: float = 1000.0) -> None:
+    s = store.stream(host, source) or store.open_stream(host=host, service=service,
+                                                        release=release, source=source,
+                                                        inode=None)
+    off = s.shipped
+    rows = []
+    for text in lines:
+        rows.append((s.id, off, ts, text))
+        off += len(text.encode()) + 1
+    store.ingest([Batch(s.id, rows, off)], ts)
+
+
+
+N = len(LATENCY_BUCKETS_MS) + 1
+
+
+def lat(**at: int) -> tuple[int, ...]:
+    """A histogram with counts at bucket bounds, e.g. lat(b5=3, b100=1)."""
+    out = [0] * N
+    for name, count in at.items():
+        out[LATENCY_BUCKETS_MS.index(int(name[1:]))] = count
+    return tuple(out)
+
+
+
+def point(ts: float, release: int = 1, requests: int = 10, *, s5: int = 0,
+          memory: int = 100, hosts: int = 2, cpu: float = 1.0, span: float = 10.0,
+          latency: tuple[int, ...] | None = None) -> Point:
+    counts = Counts(requests=requests, statuses={"2xx": requests - s5, "5xx": s5},
+                    latency=list(latency or lat(b5=requests)), latency_sum_ms=5.0 * requests,
+                    cpu_seconds=cpu)
+    return Point(service="web", release=release, ts=ts, span=span, counts=counts,
+                 memory_sum=memory, memory_max=memory, hosts_sum=hosts, hosts_max=hosts)
