@@ -28,15 +28,12 @@ from dataclasses import dataclass, replace
 
 import httptools
 
-from hinotori.model import HealthCheck
+from hinotori.model import HealthCheck, ProbeResult
+
+# One health check against one address: ``probe`` below, or a fake in tests.
+Prober = Callable[[str, HealthCheck], Awaitable[ProbeResult]]
 
 _MAX_RESPONSE = 64 * 1024  # more than any health answer; a bigger one is cut, not an error
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    detail: str  # "HTTP 200", "HTTP 503: <body>", "connection refused", "timed out after 2s"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -113,7 +110,8 @@ async def probe(address: str, check: HealthCheck) -> ProbeResult:
 
 
 async def wait_healthy(address: str, check: HealthCheck, *, deadline: float,
-                       alive: Callable[[], Awaitable[bool]] | None = None) -> ProbeResult:
+                       alive: Callable[[], Awaitable[bool]] | None = None,
+                       prober: Prober | None = None) -> ProbeResult:
     """Probe until ``check.healthy`` consecutive passes (the passing result is returned), the
     ``deadline`` (seconds from now) passes (the last failure, prefixed "not healthy after Xs: "),
     or ``alive()`` turns False (ProbeResult(False, "process exited"))."""
@@ -124,7 +122,8 @@ async def wait_healthy(address: str, check: HealthCheck, *, deadline: float,
             return ProbeResult(False, "process exited")
         left = end - time.monotonic()
         # Never let one probe overshoot the deadline by a whole timeout.
-        result = await probe(address, replace(check, timeout=max(0.05, min(check.timeout, left))))
+        result = await (prober or probe)(
+            address, replace(check, timeout=max(0.05, min(check.timeout, left))))
         if result.ok:
             passes += 1
             if passes >= check.healthy:

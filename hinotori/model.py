@@ -89,6 +89,14 @@ class Host:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """One health probe's answer."""
+
+    ok: bool
+    detail: str  # "HTTP 200", "HTTP 503: <body>", "connection refused", "timed out after 2s"
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     """How to tell a host is fit for traffic. ``path`` None means a plain TCP connect."""
 

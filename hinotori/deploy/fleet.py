@@ -25,8 +25,16 @@ from typing import Any
 
 from hinotori import faults
 from hinotori.errors import DeployError, NotFound, ProviderError
-from hinotori.health import ProbeResult, probe, wait_healthy
-from hinotori.model import Backend, Host, HostState, Release, RoutingTable, ServiceRoute
+from hinotori.health import Prober, probe, wait_healthy
+from hinotori.model import (
+    Backend,
+    Host,
+    HostState,
+    ProbeResult,
+    Release,
+    RoutingTable,
+    ServiceRoute,
+)
 from hinotori.providers.base import BootRequest, Provider
 from hinotori.router.base import Router
 from hinotori.spec.schema import ServiceSpec, Spec
@@ -54,7 +62,7 @@ class Fleet:
     def __init__(self, *, spec: Spec, store: Store, providers: dict[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
                  verifier: Verifier | None = None, membership: Membership | None = None,
-                 actor: str = "controller") -> None:
+                 actor: str = "controller", prober: Prober = probe) -> None:
         self.spec = spec
         self.store = store
         self.providers = providers
@@ -65,6 +73,7 @@ class Fleet:
         self.membership = membership
         self.destroying: Destroying | None = None
         self.actor = actor
+        self.prober = prober  # health checks of hosts (a fake provider's in unit tests)
         self._table_lock = asyncio.Lock()
 
     # -- lookups -------------------------------------------------------------------------
@@ -123,7 +132,8 @@ class Fleet:
             return await provider.adopt(host)
 
         result = await wait_healthy(host.address or "", svc.health.check(),
-                                    deadline=svc.boot_timeout, alive=alive)
+                                    deadline=svc.boot_timeout, alive=alive,
+                                    prober=self.prober)
         if not result.ok:
             self._set(host, HostState.FAILED, result.detail)
             progress("host.failed", {"host": host.id, "detail": result.detail})
@@ -187,7 +197,15 @@ class Fleet:
                                        {service: (serve, canary)})
             faults.point("switch.before-apply")
             started = time.perf_counter()
-            await self.router.apply(table)
+            try:
+                await self.router.apply(table)
+            except BaseException:
+                # Traffic stayed where it was; hosts booted for this switch would serve nobody
+                # and leak (invariant 3), whichever strategy or heal booted them.
+                fresh = [h for h in serve if h.state == HostState.READY]
+                with contextlib.suppress(Exception):
+                    await self.destroy(fresh, why="the switch that would have routed it failed")
+                raise
             took = time.perf_counter() - started
             faults.point("switch.after-apply")  # the router is ahead of the store here
             for host in serve:
@@ -232,7 +250,7 @@ class Fleet:
         async def one(host: Host) -> bool:
             check = self.service(host.service).health.check()
             return await self.provider(host).adopt(host) and \
-                (await probe(host.address or "", check)).ok
+                (await self.prober(host.address or "", check)).ok
         return all(await asyncio.gather(*(one(h) for h in hosts)))
 
     # -- burning -------------------------------------------------------------------------
