@@ -21,6 +21,7 @@ from hinotori.cli import (
     dashboardcmd,
     driftcmd,
     imagecmds,
+    labcmds,
     logcmds,
     metricscmd,
     render,
@@ -62,6 +63,7 @@ for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
 deployment_app.command("show")(controlcmds.deployment_show)
 app.add_typer(deployment_app, name="deployment")
+app.add_typer(labcmds.lab_app, name="lab")
 
 
 @app.command()

@@ -1,0 +1,168 @@
+"""The road to a machine's container engine: one OpenSSH connection that forwards the engine's
+unix socket on the machine to a unix socket here.
+
+Why OpenSSH and not a Python SSH library: it is what every machine already trusts, it reads the
+operator's own known_hosts and keys the way they expect, and forwarding a unix socket
+(`-L local.sock:remote.sock`) is built in, so the docker SDK talks to a remote engine exactly as
+to a local one (`unix://…`), with no agent of ours on the machine. The command is plain data
+(`forward_argv`), tested without a server.
+
+Host keys are checked strictly against the machine's `known_hosts` (StrictHostKeyChecking=yes,
+nothing global): an unknown or changed key is an error that names the machine, never accepted.
+ServerAliveInterval makes a dead or cut-off machine end the connection within ~3 s; `ensure()`
+then opens a new one on next use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hinotori.errors import ProviderError
+
+if TYPE_CHECKING:
+    import docker
+
+CONNECT_TIMEOUT = 5  # seconds for TCP connect + SSH handshake
+ALIVE_INTERVAL = 1  # a keepalive a second; three unanswered end the connection
+
+
+class MachineUnreachable(ProviderError):
+    """The machine's sshd cannot be reached, refuses our key, or shows a host key we do not
+    know; or its engine does not answer at the socket the spec names."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    machine: str  # the [machines.NAME] it belongs to, for messages
+    address: str
+    user: str = "root"
+    port: int = 22
+    key: Path | None = None
+    known_hosts: Path | None = None
+
+
+def forward_argv(t: SshTarget, local_socket: Path, remote_socket: str) -> list[str]:
+    argv = ["ssh", "-N", "-T",
+            "-o", "BatchMode=yes",  # never prompt: a controller has nobody to ask
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "ExitOnForwardFailure=yes",
+            "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+            "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", "ServerAliveCountMax=3",
+            "-o", "StreamLocalBindUnlink=yes", "-o", "StreamLocalBindMask=0177",
+            "-o", "ControlMaster=no", "-o", "ControlPath=none",
+            "-p", str(t.port), "-L", f"{local_socket}:{remote_socket}"]
+    if t.known_hosts is not None:
+        argv[3:3] = ["-o", f"UserKnownHostsFile={t.known_hosts}",
+                     "-o", "GlobalKnownHostsFile=/dev/null"]
+    if t.key is not None:
+        argv[3:3] = ["-i", str(t.key), "-o", "IdentitiesOnly=yes"]
+    return [*argv, f"{t.user}@{t.address}"]
+
+
+def explain(t: SshTarget, stderr: str) -> MachineUnreachable:
+    """What OpenSSH's last words mean, for the operator."""
+    text = stderr.strip()
+    where = f"machine {t.machine} ({t.user}@{t.address}:{t.port})"
+    if "IDENTIFICATION HAS CHANGED" in text:
+        return MachineUnreachable(
+            f"{where}: its SSH host key CHANGED since it was recorded in "
+            f"{t.known_hosts or '~/.ssh/known_hosts'}; refusing to connect",
+            hint="if the machine was rebuilt, replace its line in known_hosts "
+                 f"(ssh-keygen -R {t.address}); otherwise treat it as an attack")
+    if "Host key verification failed" in text or "host key is known" in text:
+        return MachineUnreachable(
+            f"{where}: its SSH host key is not in {t.known_hosts or '~/.ssh/known_hosts'}; "
+            "refusing to connect to a machine we cannot identify",
+            hint=f"add it after checking its fingerprint: ssh-keyscan {t.address} >> "
+                 f"{t.known_hosts or '~/.ssh/known_hosts'}")
+    if "Permission denied" in text:
+        return MachineUnreachable(f"{where} refused our SSH key",
+                                  hint="add the key's .pub to the machine's authorized_keys")
+    last = text.splitlines()[-1] if text else "ssh exited"
+    return MachineUnreachable(f"{where} cannot be reached: {last}",
+                              hint="is it up, and is sshd listening on that address and port?")
+
+
+class EngineTunnel:
+    """One SSH connection forwarding ``remote_socket`` on the machine to ``local_socket``."""
+
+    def __init__(self, target: SshTarget, remote_socket: str, local_socket: Path) -> None:
+        self.target = target
+        self.remote_socket = remote_socket
+        self.local_socket = local_socket
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr = local_socket.with_suffix(".ssh.log")
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.local_socket}"
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None \
+            and self.local_socket.exists()
+
+    def ensure(self) -> str:
+        """The local socket's URL, with a live connection behind it (opened if needed)."""
+        if self.alive():
+            return self.url
+        self.close()
+        self.local_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.local_socket.unlink()
+        fd = os.open(self._stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            # Its own session: a controller's Ctrl-C is not the tunnel's, and close() ends it.
+            self._proc = subprocess.Popen(
+                forward_argv(self.target, self.local_socket, self.remote_socket),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd,
+                start_new_session=True)
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + CONNECT_TIMEOUT + 2
+        while time.monotonic() < deadline:
+            if self.local_socket.exists():
+                return self.url
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        stderr = self._stderr.read_text(errors="replace") if self._stderr.exists() else ""
+        self.close()
+        raise explain(self.target, stderr or "no answer within the connect timeout")
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.local_socket.unlink()
+
+
+def engine_client(tunnel: EngineTunnel) -> docker.DockerClient:
+    """A pinged docker SDK client of the machine's engine, through the tunnel."""
+    from hinotori.engine import CALL_TIMEOUT, try_connect
+
+    url = tunnel.ensure()
+    client = try_connect(url)
+    if client is None:
+        t = tunnel.target
+        raise MachineUnreachable(
+            f"machine {t.machine} ({t.address}) is reachable over SSH, but no container engine "
+            f"answers at {tunnel.remote_socket} there",
+            hint="start one on the machine (`podman system service --time=0 "
+                 f"unix://{tunnel.remote_socket}`, or dockerd -H unix://"
+                 f"{tunnel.remote_socket}), or fix `engine` in [machines.{t.machine}]")
+    client.api.timeout = CALL_TIMEOUT
+    return client
