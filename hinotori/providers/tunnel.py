@@ -48,7 +48,10 @@ class SshTarget:
     known_hosts: Path | None = None
 
 
-def forward_argv(t: SshTarget, local_socket: Path, remote_socket: str) -> list[str]:
+def forward_argv(t: SshTarget, local_socket: Path, remote_socket: str,
+                 reverse_ports: tuple[int, ...] = ()) -> list[str]:
+    """``reverse_ports``: loopback ports of this machine that the machine sees on its own
+    loopback (the image registry), on the same connection."""
     argv = ["ssh", "-N", "-T",
             "-o", "BatchMode=yes",  # never prompt: a controller has nobody to ask
             "-o", "StrictHostKeyChecking=yes",
@@ -63,6 +66,8 @@ def forward_argv(t: SshTarget, local_socket: Path, remote_socket: str) -> list[s
                      "-o", "GlobalKnownHostsFile=/dev/null"]
     if t.key is not None:
         argv[3:3] = ["-i", str(t.key), "-o", "IdentitiesOnly=yes"]
+    for port in reverse_ports:
+        argv += ["-R", f"127.0.0.1:{port}:127.0.0.1:{port}"]
     return [*argv, f"{t.user}@{t.address}"]
 
 
@@ -93,8 +98,10 @@ def explain(t: SshTarget, stderr: str) -> MachineUnreachable:
 class EngineTunnel:
     """One SSH connection forwarding ``remote_socket`` on the machine to ``local_socket``."""
 
-    def __init__(self, target: SshTarget, remote_socket: str, local_socket: Path) -> None:
+    def __init__(self, target: SshTarget, remote_socket: str, local_socket: Path,
+                 reverse_ports: tuple[int, ...] = ()) -> None:
         self.target = target
+        self.reverse_ports = reverse_ports
         self.remote_socket = remote_socket
         self.local_socket = local_socket
         self._proc: subprocess.Popen[bytes] | None = None
@@ -120,7 +127,8 @@ class EngineTunnel:
         try:
             # Its own session: a controller's Ctrl-C is not the tunnel's, and close() ends it.
             self._proc = subprocess.Popen(
-                forward_argv(self.target, self.local_socket, self.remote_socket),
+                forward_argv(self.target, self.local_socket, self.remote_socket,
+                             self.reverse_ports),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd,
                 start_new_session=True)
         finally:

@@ -1,0 +1,95 @@
+"""Shipping an image to machines through the project's loopback registry and each machine's SSH
+tunnel: the first ship moves the image, a second release moves only its new layer, both engines
+end up with exactly the baked image id.
+
+Needs root (the lab), podman, docker.io, docker-registry and busybox-static (.ci/run installs
+them)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hinotori.lab.lab import Lab
+from hinotori.providers.shipping import LocalRegistry, has_image, pull, push, repository
+from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
+from tests.support import require
+
+pytestmark = pytest.mark.integration
+
+
+def busybox_image(client: Any) -> str:
+    """A one-layer image of a static busybox, imported into the engine: its id."""
+    busybox = shutil.which("busybox")
+    require(busybox is not None, "busybox-static is not installed")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        tar.add(busybox, arcname="bin/busybox")  # type: ignore[arg-type]
+        for name in ("sh", "httpd", "echo", "cat"):
+            link = tarfile.TarInfo(f"bin/{name}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+    answer = client.api.import_image_from_data(data.getvalue(), repository="localhost/bb",
+                                               tag="1")
+    return str(next(line for line in answer.splitlines() if "sha256:" in line)
+               .split("sha256:")[1][:64]).join(["sha256:", ""])
+
+
+def one_more_layer(client: Any, base: str, text: str) -> str:
+    """``base`` plus one small file, built by the engine: a second release's image."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, body in (("Containerfile", f"FROM {base}\nCOPY VERSION /VERSION\n"),
+                           ("VERSION", text)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body.encode())
+            tar.addfile(info, io.BytesIO(body.encode()))
+    image, _ = client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
+                                   dockerfile="Containerfile", rm=True)
+    return image.id
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry"):
+        require(shutil.which(tool) is not None, f"{tool} is not installed")
+    lab = Lab.up(tmp_path_factory.mktemp("lab") / "lab", 2, docker={"m2"})
+    yield lab
+    lab.down()
+
+
+def test_a_second_release_ships_only_its_new_layer(lab: Lab, engine_url: str,
+                                                   docker_client: Any, tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry")
+    port = registry.ensure()
+    tunnels = [EngineTunnel(SshTarget(m.name, m.address, key=lab.key,
+                                      known_hosts=lab.known_hosts),
+                            m.engine_socket, tmp_path / f"{m.name}.sock", reverse_ports=(port,))
+               for m in lab.machines]
+    try:
+        machines = {t.target.machine: engine_client(t) for t in tunnels}
+        v1 = busybox_image(docker_client)
+        v2 = one_more_layer(docker_client, v1, "2\n")
+        moved = {}
+        for name, image in (("v1", v1), ("v2", v2)):
+            ref = push(docker_client, image, port, repository("shop", "web"))
+            start = registry.log_offset()
+            for machine_name, machine in machines.items():
+                pull(machine, ref, image, machine_name)
+                assert has_image(machine, image)
+            moved[name], _ = registry.blob_bytes_served(start)
+        # The whole busybox went out once per machine; v2 is one file more.
+        assert moved["v1"] > 2 * 500_000
+        assert moved["v2"] * 50 < moved["v1"], moved
+    finally:
+        for t in tunnels:
+            t.close()
+        registry.stop()
