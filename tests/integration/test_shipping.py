@@ -7,53 +7,21 @@ them)."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hinotori.lab.images import busybox_image, one_more_layer
 from hinotori.lab.lab import Lab
 from hinotori.providers.shipping import LocalRegistry, has_image, pull, push, repository
 from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
 from tests.support import require
 
 pytestmark = pytest.mark.integration
-
-
-def busybox_image(client: Any) -> str:
-    """A one-layer image of a static busybox, imported into the engine: its id."""
-    busybox = shutil.which("busybox")
-    require(busybox is not None, "busybox-static is not installed")
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        tar.add(busybox, arcname="bin/busybox")  # type: ignore[arg-type]
-        for name in ("sh", "httpd", "echo", "cat"):
-            link = tarfile.TarInfo(f"bin/{name}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    answer = client.api.import_image_from_data(data.getvalue(), repository="localhost/bb",
-                                               tag="1")
-    return str(next(line for line in answer.splitlines() if "sha256:" in line)
-               .split("sha256:")[1][:64]).join(["sha256:", ""])
-
-
-def one_more_layer(client: Any, base: str, text: str) -> str:
-    """``base`` plus one small file, built by the engine: a second release's image."""
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, body in (("Containerfile", f"FROM {base}\nCOPY VERSION /VERSION\n"),
-                           ("VERSION", text)):
-            info = tarfile.TarInfo(name)
-            info.size = len(body.encode())
-            tar.addfile(info, io.BytesIO(body.encode()))
-    image, _ = client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
-                                   dockerfile="Containerfile", rm=True)
-    return image.id
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +44,9 @@ def test_a_second_release_ships_only_its_new_layer(lab: Lab, engine_url: str,
                for m in lab.machines]
     try:
         machines = {t.target.machine: engine_client(t) for t in tunnels}
+        require(shutil.which("busybox") is not None, "busybox-static is not installed")
         v1 = busybox_image(docker_client)
-        v2 = one_more_layer(docker_client, v1, "2\n")
+        v2 = one_more_layer(docker_client, v1, "VERSION", "2\n")
         moved = {}
         for name, image in (("v1", v1), ("v2", v2)):
             ref = push(docker_client, image, port, repository("shop", "web"))
