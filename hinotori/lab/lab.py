@@ -112,22 +112,22 @@ class Lab:
                            hint="`hinotori lab down` removes it first")
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        lab = cls(dir=directory, index=_free_index())
+        lab = cls(dir=directory, index=_claim_index())
         lab.machines = [LabMachine(f"m{i}", i, lab.index,
                                    "docker" if f"m{i}" in docker else "podman",
                                    directory / f"m{i}") for i in range(1, count + 1)]
-        lab.save()
         try:
+            lab.save()
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hinotori-lab",
                   "-f", str(lab.key)])
-            for argv in plan.network_up(lab.index):
+            for argv in plan.network_up(lab.index)[1:]:  # the bridge itself: _claim_index
                 _run(argv)
             for m in lab.machines:
                 lab._make(m)
+            # Each machine's own host key, recorded here: nothing is ever accepted blindly.
             lab.known_hosts.write_text("".join(
-                f"{m.address} {(m.dir / 'ssh_host_ed25519_key.pub').read_text().split(' ')[0]} "
-                f"{(m.dir / 'ssh_host_ed25519_key.pub').read_text().split(' ')[1]}\n"
-                for m in lab.machines))
+                "{} {} {}\n".format(m.address, *(m.dir / "ssh_host_ed25519_key.pub")
+                                     .read_text().split()[:2]) for m in lab.machines))
             for m in lab.machines:
                 lab.start(m)
             for m in lab.machines:
@@ -236,10 +236,13 @@ class Lab:
             for m in self.machines)
 
 
-def _free_index() -> int:
-    """The first lab index whose bridge does not exist yet (one subnet per lab)."""
+def _claim_index() -> int:
+    """The first lab index whose bridge we could create (one subnet per lab). Creating it is
+    the claim: two labs starting at once (parallel tests) never get the same one."""
     for index in range(1, 250):
-        if not Path(f"/sys/class/net/{plan.bridge_name(index)}").exists():
+        if Path(f"/sys/class/net/{plan.bridge_name(index)}").exists():
+            continue
+        if _run(plan.network_up(index)[0], check=False).returncode == 0:
             return index
     raise LabError("250 labs already exist on this computer", hint="`hinotori lab down` some")
 
