@@ -43,21 +43,32 @@ _PIPE_GRACE = 2.0  # after the group is killed, how long a pipe may stay open (h
 Output = Literal["separate", "combined"] | Path
 
 
-async def run(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str],
+async def run(argv: Sequence[str], *, cwd: str | Path | None, env: Mapping[str, str],
               stdin: bytes | None = None, timeout: float | None = None,
               output: Output = "separate") -> CommandResult:
-    """Run ``argv`` as described in the module docstring. ``stdin=None`` gives the command
-    /dev/null; bytes are written to a pipe that is then closed."""
+    """Run ``argv`` as described in the module docstring, in ``cwd`` (None: ours).
+    ``stdin=None`` gives the command /dev/null; bytes are written to a pipe that is then
+    closed."""
     loop = asyncio.get_running_loop()
     began = time.monotonic()
     with contextlib.ExitStack() as files:
         sink = files.enter_context(open(output, "wb")) if isinstance(output, Path) else None
-        transport, proto = await loop.subprocess_exec(
+        spawning = asyncio.ensure_future(loop.subprocess_exec(
             lambda: _Collector(loop), *argv, cwd=cwd, env=dict(env),
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=sink if sink is not None else subprocess.PIPE,
             stderr=subprocess.PIPE if output == "separate" else subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True))
+        try:
+            transport, proto = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Cancelled while asyncio still connected the pipes: the command (and whatever it
+            # started) already runs. asyncio would kill only its main process.
+            with contextlib.suppress(Exception):
+                transport, proto = await spawning
+                kill_group(transport.get_pid())
+                await _reap(transport, proto, transport.get_pid())
+            raise
     pid = transport.get_pid()
     timed_out = False
     try:
@@ -84,7 +95,7 @@ async def run(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str],
         log=output if isinstance(output, Path) else None)
 
 
-def run_sync(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str],
+def run_sync(argv: Sequence[str], *, cwd: str | Path | None, env: Mapping[str, str],
              stdin: bytes | None = None, timeout: float | None = None,
              output: Output = "separate") -> CommandResult:
     """:func:`run` for synchronous code (bake steps, in the CLI or a worker thread): the same

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from hinotori import command
+from hinotori.bake.osimage.base import BaseSpec, bootstrap
+from hinotori.bake.runsteps import RunStep
+from hinotori.bake.stepbase import StepContext
 from hinotori.deploy.hooks import run_hook
+from hinotori.errors import BakeError
 from hinotori.processes import CommandResult, log_tail, pid_alive, tail
 
 # The shell records its own pid and its background child's; both sleep far past the test.
@@ -141,3 +145,36 @@ def test_a_cancelled_hook_leaves_nothing_running(tmp_path: Path) -> None:
         return pids
 
     assert [p for p in asyncio.run(scenario()) if pid_alive(p)] == []
+
+
+def test_a_failed_bake_step_shows_the_tail_of_its_log(tmp_path: Path) -> None:
+    (tmp_path / "build").mkdir()
+    (tmp_path / "logs").mkdir()
+    ctx = StepContext(build_dir=tmp_path / "build", env=dict(os.environ), log_dir=tmp_path / "logs",
+                      index=3)
+    step = RunStep(run=f"seq 1 30; sleep 30 & echo $! > {tmp_path}/child; exit 5")
+    with pytest.raises(BakeError) as failed:
+        step.execute(ctx)
+    message = failed.value.message
+    assert message.startswith("step 3 (run: seq 1 30; sleep 30") and "exit code 5" in message
+    assert "last 20 lines of output:\n  | 11\n" in message and message.endswith("  | 30")
+    assert (tmp_path / "logs" / "step-3.log").read_text().count("\n") == 30
+    assert not pid_alive(int((tmp_path / "child").read_text()))
+    with pytest.raises(BakeError, match="could not start"):
+        RunStep(run=("/nonexistent/tool",)).execute(ctx)
+
+
+def test_a_failed_mmdebstrap_shows_the_tail_of_its_log(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin" / "mmdebstrap"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"E: cannot reach $7\" >&2\nexit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    said: list[str] = []
+    with pytest.raises(BakeError) as failed:
+        bootstrap(BaseSpec(mirror="http://127.0.0.1:9/debian", arch="amd64"),
+                  tmp_path / "base.tar", said.append)
+    assert failed.value.message == (
+        "mmdebstrap bookworm failed with exit code 2; last 1 lines of output:\n"
+        "  | E: cannot reach http://127.0.0.1:9/debian")
