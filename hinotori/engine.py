@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hinotori.errors import HinotoriError
+from hinotori.errors import EngineError as EngineError
 from hinotori.processes import pid_alive
 
 if TYPE_CHECKING:
@@ -39,10 +39,6 @@ CALL_TIMEOUT = 120
 # ~0.35 s (it gathers host facts), on every connect. 1.41 is Podman 4's API and well inside
 # Docker's supported range (1.24 and up).
 API_VERSION = "1.41"
-
-
-class EngineError(HinotoriError):
-    """The container engine cannot be reached, or refused what was asked."""
 
 
 def candidates(url: str | None = None) -> list[str]:

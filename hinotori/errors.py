@@ -1,7 +1,10 @@
-"""Errors a user can cause, as one family.
+"""Errors a user can cause, as one family, every one of them defined here (a module that raises
+one may re-export it under its old name).
 
 The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceback and exits with
-``exit_code``. Anything else escaping is a bug.
+``exit_code``. Anything else escaping is a bug. The controller's API sends one as
+``{"error", "hint", "type", …}`` and the CLI's client turns it back into the same class
+(:func:`error_class`, :meth:`HinotoriError.from_wire`).
 
     HinotoriError                 exit 1
     ├── SpecError                 exit 2   bad hinotori.toml: file, line, key
@@ -9,15 +12,28 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── ImageNotFound                      no image for that reference
     ├── StoreError                         state store unreadable, or newer than this hinotori
     ├── NotFound                           no such service, release, host or deployment
+    ├── EngineError                        the container engine cannot be reached, or refused
     ├── ProviderError                      a host could not be booted, adopted or destroyed
     ├── RouterError                        the data plane could not be started or reached
+    │   └── RuntimeApiError                HAProxy's runtime socket did not answer, or refused
     ├── ControllerError                    controller not running, unreachable, or refused us
     │   └── Unauthorised                   missing or wrong API token or webhook signature
-    └── DeployError                        a deployment failed; traffic stayed where it was
-        └── LockedError                    another deployment of the service holds the lock
+    ├── DeployError                        a deployment failed; traffic stayed where it was
+    │   ├── LockedError                    another deployment of the service holds the lock
+    │   └── CanaryFailed                   the canary was judged worse, or aborted: rolled back
+    ├── MetricsError                       metrics.db unreadable
+    │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
+    └── LogsError                          logs.db unreadable, or a query got wrong
+        └── ForwardError                   a log receiver refused or could not be reached
+            └── Rejected                   … and refused these lines for good
+
+ForwardError and Rejected never reach a user: the log forward loop turns them into back-off (or
+a dropped batch) and an event.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class HinotoriError(Exception):
@@ -32,6 +48,18 @@ class HinotoriError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+    def to_wire(self) -> dict[str, Any]:
+        """What the controller's API sends for this error."""
+        return {"error": self.message, "hint": self.hint, "type": type(self).__name__}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> HinotoriError:
+        """The error ``to_wire`` described, rebuilt on the client's side (``body["error"]`` is
+        the full message: constructors that decorate a message must not do it twice)."""
+        exc = cls.__new__(cls)
+        HinotoriError.__init__(exc, str(body["error"]), hint=body.get("hint"))
+        return exc
 
 
 class SpecError(HinotoriError):
@@ -56,6 +84,18 @@ class SpecError(HinotoriError):
         super().__init__(f"{where}: {message}", hint=hint)
         self.file, self.line, self.key = file, line, key
 
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "file": self.file, "line": self.line, "key": self.key}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> HinotoriError:
+        exc = super().from_wire(body)
+        assert isinstance(exc, SpecError)
+        line = body.get("line")
+        exc.file, exc.line, exc.key = (body.get("file"), line if isinstance(line, int) else None,
+                                       body.get("key"))
+        return exc
+
 
 class BakeError(HinotoriError):
     pass
@@ -73,11 +113,19 @@ class NotFound(HinotoriError):
     pass
 
 
+class EngineError(HinotoriError):
+    """The container engine cannot be reached, or refused what was asked."""
+
+
 class ProviderError(HinotoriError):
     pass
 
 
 class RouterError(HinotoriError):
+    pass
+
+
+class RuntimeApiError(RouterError):
     pass
 
 
@@ -95,3 +143,42 @@ class DeployError(HinotoriError):
 
 class LockedError(DeployError):
     pass
+
+
+class CanaryFailed(DeployError):
+    pass
+
+
+class MetricsError(HinotoriError):
+    """metrics.db unreadable (exit 1); see BadQuery for a user's wrong arguments."""
+
+
+class BadQuery(MetricsError):
+    """A history query a user got wrong (--since, --release, --step): exit 2, HTTP 400."""
+
+    exit_code = 2
+
+
+class LogsError(HinotoriError):
+    pass
+
+
+class ForwardError(LogsError):
+    pass
+
+
+class Rejected(ForwardError):
+    """The receiver refused these lines for good."""
+
+
+def error_class(name: str) -> type[HinotoriError] | None:
+    """The HinotoriError class called ``name`` (as an API error's ``type`` says), if any."""
+    return _BY_NAME.get(name)
+
+
+def _family(cls: type[HinotoriError]) -> list[type[HinotoriError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _family(sub))]
+
+
+# Every class of the family is defined above, so the table is complete once this module loaded.
+_BY_NAME = {c.__name__: c for c in _family(HinotoriError)}

@@ -31,19 +31,17 @@ wheel installed *by path* in ``direct_url.json``, and bytecode embeds the absolu
 Install by name from a local directory (``pip install --no-index --find-links wheels --no-compile
 …``) and compile with a relative ``python -m compileall -d deps deps``.
 
-A ``RunStep`` runs in its own session with output (stdout and stderr together) going to a log
-file beside the build dir, not a pipe: a step that leaves a background process behind cannot hang
-the bake, and when the step's main process exits, anything left in its process group is killed, so
-nothing keeps writing into the tree after it is measured.
+A ``RunStep`` runs through hinotori.command, in its own session with output (stdout and stderr
+together) going to a log file beside the build dir, not a pipe: a step that leaves a background
+process behind cannot hang the bake, and when the step's main process exits (or the bake is
+interrupted), anything left in its process group is killed, so nothing keeps writing into the tree
+after it is measured.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,27 +113,19 @@ class RunStep(Step):
         return f"run: {text if len(text) <= 100 else text[:99] + '…'}"
 
     def execute(self, ctx: StepContext) -> None:
-        log_path = ctx.log_dir / f"step-{ctx.index}.log"
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    self.argv, cwd=ctx.build_dir, env={**ctx.env, **self.env},
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BakeError(f"{ctx.label(self)} could not start: {exc}",
-                                hint="check the command exists on PATH in the build "
-                                     "environment") from exc
-            try:
-                returncode = proc.wait()
-            finally:
-                # Kill what the step left behind (and the step itself, if we are interrupted).
-                _kill_group(proc.pid)
-        if returncode != 0:
-            how = (f"exit code {returncode}" if returncode > 0
-                   else f"killed by signal {-returncode}")
-            tail = _tail(log_path, TAIL_LINES)
+        from hinotori import command  # asyncio: not on every CLI command's start-up path
+
+        try:
+            done = command.run_sync(self.argv, cwd=ctx.build_dir, env={**ctx.env, **self.env},
+                                    output=ctx.log_dir / f"step-{ctx.index}.log")
+        except OSError as exc:
+            raise BakeError(f"{ctx.label(self)} could not start: {exc}",
+                            hint="check the command exists on PATH in the build "
+                                 "environment") from exc
+        if not done.succeeded:
+            how = (f"exit code {done.rc}" if done.rc > 0
+                   else f"killed by signal {-done.rc}")
+            tail = done.tail(TAIL_LINES)
             shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
             raise BakeError(
                 f"{ctx.label(self)} failed with {how}; "
@@ -179,15 +169,3 @@ class EnvStep(Step):
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         return {**env, **self.env}
 
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64 * 1024))
-        data = f.read()
-    return data.decode("utf-8", "replace").splitlines()[-lines:]

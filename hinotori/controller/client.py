@@ -101,7 +101,5 @@ def _error_from(response: httpx.Response) -> HinotoriError:
         detail = body.get("detail") if isinstance(body, dict) else body
         return ControllerError(f"controller refused the request ({response.status_code}): "
                                f"{detail}")
-    cls = getattr(errors, body.get("type", ""), None)
-    if not (isinstance(cls, type) and issubclass(cls, HinotoriError)) or cls is errors.SpecError:
-        cls = ControllerError
-    return cls(body["error"], hint=body.get("hint"))
+    cls = errors.error_class(str(body.get("type", ""))) or ControllerError
+    return cls.from_wire(body)

@@ -29,7 +29,7 @@ from hinotori import faults
 from hinotori.deploy import bluegreen
 from hinotori.deploy.analysis import Outcome, Thresholds, Verdict, Window, judge
 from hinotori.deploy.fleet import Fleet, Progress
-from hinotori.errors import DeployError
+from hinotori.errors import CanaryFailed as CanaryFailed
 from hinotori.model import BackendStats, Host, HostState, Release
 from hinotori.spec.schema import AnalysisSpec, CanarySpec
 
@@ -55,10 +55,6 @@ class Control:
         elif what == "abort":
             self.abort = True
         self.changed.set()
-
-
-class CanaryFailed(DeployError):
-    pass
 
 
 def weights(stable: list[Host], canary: list[Host], percent: int) -> dict[str, int]:

@@ -16,6 +16,9 @@ from typing import Protocol, runtime_checkable
 
 from hinotori.model import Host, Release
 
+# exec returns what every command run by hinotori returns
+from hinotori.processes import CommandResult as CommandResult
+
 
 @dataclass(frozen=True)
 class BootRequest:
@@ -26,19 +29,6 @@ class BootRequest:
     image_root: Path  # the image's read-only file tree in the image store
     state_dir: Path  # a directory the provider may use for this host (view, scratch, logs)
     extra_env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a command run inside a host (``Provider.exec``) left behind."""
-
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def succeeded(self) -> bool:
-        return self.rc == 0
 
 
 @dataclass(frozen=True)

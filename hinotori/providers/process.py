@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from hinotori import command
 from hinotori.errors import ProviderError
 from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage
@@ -254,27 +255,16 @@ class ProcessProvider:
             env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
             env.update({"PORT": str(host.data.get("port", "")), "HINOTORI_HOST_ID": host.id})
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=host.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True)
+            done = await command.run(argv, cwd=host.root, env=env, stdin=stdin, timeout=timeout)
         except OSError as e:
             raise ProviderError(f"cannot run {argv[0]!r} in host {host.id}: "
                                 f"{e.strerror or e}",
                                 hint="the program must exist in the host's view or on its "
                                      "PATH") from e
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        except BaseException as e:  # timed out or cancelled: leave nothing running
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            if isinstance(e, TimeoutError):
-                raise ProviderError(f"{argv[0]!r} in host {host.id} did not finish within "
-                                    f"{timeout:g}s; killed") from None
-            raise
-        return CommandResult(rc=proc.returncode if proc.returncode is not None else -1,
-                             stdout=out.decode("utf-8", "replace"),
-                             stderr=err.decode("utf-8", "replace"))
+        if done.timed_out:
+            raise ProviderError(f"{argv[0]!r} in host {host.id} did not finish within "
+                                f"{timeout:g}s; killed")
+        return done
 
     async def list(self) -> list[Host]:
         found = (_read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))

@@ -3,8 +3,11 @@ webhook notifications arrive, and a dead or slow receiver never blocks a deploym
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -12,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, make_project, teardown
+from hinotori.processes import pid_alive
+from tests.support import free_port, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +89,27 @@ def test_hooks_and_notifications(tmp_path: Path) -> None:
         teardown(p)
         good.shutdown()
         slow.shutdown()
+
+
+def test_down_kills_a_hook_that_is_still_running(tmp_path: Path) -> None:
+    # An on_join hook (a background task of the controller) and its grandchild, both asleep.
+    hook = ["sh", "-c", "sleep 300 & echo $! > hook.child; echo $$ > hook.main; wait"]
+    p = make_project(tmp_path, replicas=1)
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text() + "\n[services.web.hooks]\n"
+                    f"on_join = {json.dumps(hook)}\ntimeout = \"10m\"\n")
+    pidfiles = [p.path / "hook.main", p.path / "hook.child"]
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web")
+        p.cli("deploy", "web")
+        assert wait_until(lambda: all(f.exists() and f.read_text().strip() for f in pidfiles))
+        pids = [int(f.read_text()) for f in pidfiles]
+        assert all(pid_alive(pid) for pid in pids)
+        p.cli("down")
+        assert [pid for pid in pids if pid_alive(pid)] == []
+    finally:
+        teardown(p)
+        for f in pidfiles:  # never leave the sleepers behind, whatever failed
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(f.read_text()), signal.SIGKILL)

@@ -53,7 +53,7 @@ def test_loki_delivers_and_survives_an_outage(tmp_path: Path) -> None:
     assert labels == {"env": "test", "service": "web", "release": "v1", "host": "web-1",
                       "source": "stdout"}
     assert receiver.tenants == {"team-a"}
-    assert [e[0] for e in events][:2] == ["logs.forward-failing", "logs.forward-recovered"]
+    assert [e[0] for e in events][:2] == ["logs.forward-failed", "logs.forward-recovered"]
 
 
 def test_fluentd_delivers_with_acks_and_survives_an_outage(tmp_path: Path) -> None:

@@ -162,4 +162,4 @@ def test_rsyslog_outage_loses_nothing(tmp_path: Path, rsyslog: Rsyslog) -> None:
         time.sleep(0.1)
     received = [m.group(8) for m in map(FIELDS.match, rsyslog.lines()) if m]
     check(store, received, during)
-    assert LONG_OUTAGE > 0 and "logs.forward-failing" in [e[0] for e in events]
+    assert LONG_OUTAGE > 0 and "logs.forward-failed" in [e[0] for e in events]

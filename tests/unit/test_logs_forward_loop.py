@@ -85,7 +85,7 @@ def test_a_down_receiver_does_not_move_the_cursor_and_loses_nothing(store: LogSt
 
     asyncio.run(scenario())
     assert sink.got == list(range(1, 251))
-    assert [e[0] for e in events] == ["logs.forward-failing", "logs.forward-recovered"]
+    assert [e[0] for e in events] == ["logs.forward-failed", "logs.forward-recovered"]
     assert sink.closed >= 1
 
 

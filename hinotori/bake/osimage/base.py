@@ -164,13 +164,13 @@ def bootstrap(base: BaseSpec, tarball: Path, say: Progress) -> None:
         f"{' '.join(base.all_packages)})")
     log = tarball.with_suffix(".log")
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(base.epoch()), "LANG": "C.UTF-8"}
-    with open(log, "wb") as out:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+    from hinotori import command  # asyncio: not on every CLI command's start-up path
+
+    done = command.run_sync(argv, cwd=None, env=env, output=log)
+    if not done.succeeded:
+        tail = done.tail(TAIL_LINES)
         shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
-        raise BakeError(f"mmdebstrap {base.suite} failed with exit code {proc.returncode}; "
+        raise BakeError(f"mmdebstrap {base.suite} failed with exit code {done.rc}; "
                         f"last {len(tail)} lines of output:\n{shown}",
                         hint=f"check the suite, the package names and that {base.mirror} "
                              "is reachable")

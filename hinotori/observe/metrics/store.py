@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hinotori.errors import HinotoriError
+from hinotori.errors import BadQuery as BadQuery
+from hinotori.errors import MetricsError as MetricsError
 from hinotori.observe.metrics.points import N_BUCKETS, Counts, Point
 from hinotori.observe.sqlitefile import SqliteFile
 
@@ -83,16 +84,6 @@ _PLACES = ", ".join("?" * (3 + len(_COUNTERS) + 3))
 # Summing points into one (rollup, a query's bucket): counters add up, maxima stay maxima.
 _SUMMED = ", ".join([*(f"SUM({c})" for c in _COUNTERS), "MAX(memory_max)", "SUM(hosts_sum)",
                      "MAX(hosts_max)"])
-
-
-class MetricsError(HinotoriError):
-    """metrics.db unreadable (exit 1); see BadQuery for a user's wrong arguments."""
-
-
-class BadQuery(MetricsError):
-    """A history query a user got wrong (--since, --release, --step): exit 2, HTTP 400."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

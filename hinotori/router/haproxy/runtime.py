@@ -13,16 +13,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hinotori.errors import RouterError
+from hinotori.errors import RuntimeApiError as RuntimeApiError
 
 CALL_TIMEOUT = 10.0
 
 # What HAProxy answers when a command worked; anything else is an error message.
 _QUIET_OK = ("", "New server registered.", "Server deleted.")
-
-
-class RuntimeApiError(RouterError):
-    pass
 
 
 async def _exchange(path: Path, payload: bytes, timeout: float) -> str:

@@ -13,12 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from hinotori.observe.logs.errors import ForwardError
+from hinotori.errors import Rejected as Rejected
 from hinotori.observe.logs.records import LogLine
-
-
-class Rejected(ForwardError):
-    """The receiver refused these lines for good."""
 
 
 class Sink(Protocol):

@@ -160,7 +160,7 @@ class ForwardLoop:
         if self._attempt == 1:
             self.stats.down_since = time.time()
             log.warning("log forwarder %s failing: %s", self.name, self.stats.last_error)
-            self.on_event("logs.forward-failing", self.subject,
+            self.on_event("logs.forward-failed", self.subject,
                           {"error": self.stats.last_error[:300], "cursor": self.stats.pos})
         delay = min(self.retry_max, self.retry_min * 2 ** (self._attempt - 1))
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no thundering herd
