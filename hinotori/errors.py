@@ -14,6 +14,7 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── NotFound                           no such service, release, host or deployment
     ├── EngineError                        the container engine cannot be reached, or refused
     ├── ProviderError                      a host could not be booted, adopted or destroyed
+    │   └── MachineUnreachable             a machine's sshd or engine cannot be reached/trusted
     ├── RouterError                        the data plane could not be started or reached
     │   └── RuntimeApiError                HAProxy's runtime socket did not answer, or refused
     ├── ControllerError                    controller not running, unreachable, or refused us
@@ -23,9 +24,10 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     │   └── CanaryFailed                   the canary was judged worse, or aborted: rolled back
     ├── MetricsError                       metrics.db unreadable
     │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
-    └── LogsError                          logs.db unreadable, or a query got wrong
-        └── ForwardError                   a log receiver refused or could not be reached
-            └── Rejected                   … and refused these lines for good
+    ├── LogsError                          logs.db unreadable, or a query got wrong
+    │   └── ForwardError                   a log receiver refused or could not be reached
+    │       └── Rejected                   … and refused these lines for good
+    └── LabError                           `hinotori lab` could not make or reach a machine
 
 ForwardError and Rejected never reach a user: the log forward loop turns them into back-off (or
 a dropped batch) and an event.
@@ -121,6 +123,11 @@ class ProviderError(HinotoriError):
     pass
 
 
+class MachineUnreachable(ProviderError):
+    """A machine's sshd cannot be reached, refuses our key, or shows a host key we do not know;
+    or its engine does not answer at the socket the spec names."""
+
+
 class RouterError(HinotoriError):
     pass
 
@@ -169,6 +176,10 @@ class ForwardError(LogsError):
 
 class Rejected(ForwardError):
     """The receiver refused these lines for good."""
+
+
+class LabError(HinotoriError):
+    pass
 
 
 def error_class(name: str) -> type[HinotoriError] | None:

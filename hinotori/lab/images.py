@@ -8,7 +8,7 @@ import shutil
 import tarfile
 from typing import Any
 
-from hinotori.lab.lab import LabError
+from hinotori.errors import LabError
 
 
 def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:

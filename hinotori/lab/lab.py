@@ -17,16 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hinotori.errors import HinotoriError
+from hinotori.errors import LabError
 from hinotori.lab import plan
 from hinotori.lab.plan import LabMachine
 from hinotori.processes import log_tail, pid_alive
 
 READY_TIMEOUT = 30.0
-
-
-class LabError(HinotoriError):
-    pass
 
 
 def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -24,18 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hinotori.errors import ProviderError
+from hinotori.errors import MachineUnreachable
 
 if TYPE_CHECKING:
     import docker
 
 CONNECT_TIMEOUT = 5  # seconds for TCP connect + SSH handshake
 ALIVE_INTERVAL = 1  # a keepalive a second; three unanswered end the connection
-
-
-class MachineUnreachable(ProviderError):
-    """The machine's sshd cannot be reached, refuses our key, or shows a host key we do not
-    know; or its engine does not answer at the socket the spec names."""
 
 
 @dataclass(frozen=True)
