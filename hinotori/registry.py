@@ -83,7 +83,8 @@ class Registry(Mapping[str, T], Generic[T]):
         return entry
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        # Built-ins first: scanning the installed distributions' metadata takes ~20 ms.
+        return isinstance(name, str) and (name in self._entries or name in self._entry_points())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

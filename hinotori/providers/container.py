@@ -45,17 +45,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hinotori.errors import HinotoriError, ProviderError
 from hinotori.model import Host, HostState
-from hinotori.providers.base import (
-    BootRequest,
-    CommandResult,
-    HostUsage,
-    ProviderContext,
-    volume_env,
-)
+from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
 from hinotori.providers.container_logs import ContainerLogSource
 
 if TYPE_CHECKING:
     import docker
+
+    from hinotori.providers.base import ProviderContext
 
 CONTAINER_PORT = 8000  # where the app listens inside its container (its own network namespace)
 LABEL = "hinotori."
