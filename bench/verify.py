@@ -249,7 +249,7 @@ def main() -> None:
 
         host_doc = json.dumps(host.to_dict())
         warm_argv = [sys.executable, "-c", WARM, host_doc, str(work / "checks.json")]
-        plan = json.dumps(build_plan(host, parse_checks(hinotori_checks(checks))))
+        plan = json.dumps(build_plan(provider, host, parse_checks(hinotori_checks(checks))))
         cold, warm, alone, spec_t, ti_t = [], [], [], [], []
         _, out = timed([*warm_argv, str(args.runs)], root, dict(os.environ))
         warm = json.loads(out)

@@ -12,6 +12,7 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── ImageNotFound                      no image for that reference
     ├── StoreError                         state store unreadable, or newer than this hinotori
     ├── NotFound                           no such service, release, host or deployment
+    ├── UnknownName                        no provider, router, strategy… has that name
     ├── EngineError                        the container engine cannot be reached, or refused
     ├── ProviderError                      a host could not be booted, adopted or destroyed
     │   └── MachineUnreachable             a machine's sshd or engine cannot be reached/trusted
@@ -113,6 +114,10 @@ class StoreError(HinotoriError):
 
 class NotFound(HinotoriError):
     pass
+
+
+class UnknownName(HinotoriError):
+    """A name no registry entry (built-in, registered or installed entry point) answers to."""
 
 
 class EngineError(HinotoriError):

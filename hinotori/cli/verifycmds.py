@@ -33,7 +33,7 @@ from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
 from hinotori.model import Host, HostState, Release
 from hinotori.project import Project
-from hinotori.providers.base import BootRequest, Provider
+from hinotori.providers.base import BootRequest, Provider, volume_dirs
 from hinotori.store import default_actor
 from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
 from hinotori.verify.report import FORMATS, RENDERERS, print_table
@@ -148,11 +148,6 @@ def _providers(project: Project) -> dict[str, Provider]:
     return make_providers(project)
 
 
-def _python(host: Host) -> str:
-    # Process hosts share this machine, and so its interpreter; other hosts bring their own.
-    return sys.executable if host.provider == "process" else "python3"
-
-
 @asynccontextmanager
 async def throwaway_host(project: Project, service: str, release: Release,
                          provider: Provider, purpose: str) -> AsyncIterator[Host]:
@@ -161,14 +156,11 @@ async def throwaway_host(project: Project, service: str, release: Release,
     svc, actor = project.service(service), default_actor()
     host_id = f"{service}-verify-{secrets.token_hex(3)}"
     state_dir = project.hosts_dir / host_id
-    volumes = {}
-    for name in svc.volumes:  # stand-ins: the real volumes have one writer, the serving host
-        path = state_dir / "scratch" / "volumes" / name
-        path.mkdir(parents=True, exist_ok=True)
-        volumes[f"HINOTORI_VOLUME_{name.upper().replace('-', '_')}"] = str(path)
+    # Stand-ins for the volumes: the real ones have one writer, the serving host.
+    volumes = volume_dirs(state_dir / "scratch" / "volumes", svc.volumes)
     image_root = project.images.rootfs(release.image)
     host = await provider.boot(BootRequest(host_id, release, image_root, state_dir,
-                                           extra_env=volumes))
+                                           volumes=volumes))
     try:
         project.store.save_host(host, actor=actor, why=f"throwaway host for {purpose}")
         host.state = HostState.VERIFYING
@@ -216,7 +208,7 @@ async def _verify(project: Project, service: str, release: Release, retry: float
             health = await _healthy(project, service, provider, host)
             status.update(f"running {len(svc.checks)} checks on {host.id}…")
             report = await verify_host(provider, host, svc.checks, retry_timeout=retry,
-                                       sleep=pause, testinfra=testinfra, python=_python(host))
+                                       sleep=pause, testinfra=testinfra)
             status.update(f"destroying {host.id}…")
     return Report(host=report.host, results=(health, *report.results),
                   duration=time.perf_counter() - start,
@@ -250,5 +242,5 @@ async def _survey_one(provider: Provider, host: Host,
                       port_env: str) -> tuple[dict, Host, str | None]:
     from hinotori.verify.survey import survey_host  # lazy: start-up time, see checks_app
 
-    survey = await survey_host(provider, host, python=_python(host), port_env=port_env)
+    survey = await survey_host(provider, host, port_env=port_env)
     return survey, host, survey.get("port")

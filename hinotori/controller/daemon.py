@@ -25,16 +25,17 @@ import os
 import random
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
 from hinotori.controller.discovery import render_discovery
 from hinotori.controller.notify import Notifier
 from hinotori.deploy import bluegreen, canary, rolling
+from hinotori.deploy.base import StrategyRun
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
+from hinotori.deploy.strategies import STRATEGIES
 from hinotori.errors import (
     ControllerError,
     DeployError,
@@ -47,13 +48,10 @@ from hinotori.model import Host, HostState
 from hinotori.observe.logs import LogPipeline, LogStore, logs_db
 from hinotori.observe.metrics import MetricsRecorder, MetricsStore, chain_destroying, metrics_db
 from hinotori.project import Project
-from hinotori.providers.base import Provider
-from hinotori.providers.container import ContainerProvider
-from hinotori.providers.process import ProcessProvider
-from hinotori.router.base import Router
-from hinotori.router.builtin import BuiltinRouter
-from hinotori.router.haproxy import HaproxyRouter
-from hinotori.spec.schema import CanarySpec, RollingSpec
+from hinotori.providers.base import Provider, ProviderContext
+from hinotori.providers.registry import build as build_providers
+from hinotori.router.base import Router, RouterContext
+from hinotori.router.registry import build as build_router
 from hinotori.verify.runner import VerifyPlan, fleet_verifier
 
 log = logging.getLogger("hinotori.controller")
@@ -63,24 +61,17 @@ UNROUTED = (HostState.BOOTING, HostState.VERIFYING, HostState.READY)
 
 
 def make_providers(project: Project) -> dict[str, Provider]:
-    providers: dict[str, Provider] = {"process": ProcessProvider(project.hosts_dir)}
-    # Only a project with container hosts (declared, or still recorded) gets the container
-    # provider, and it reaches the engine on first use: process-only projects never need one.
-    if any(s.provider == "container" for s in project.spec.services.values()) or any(
-            h.provider == "container" for h in project.store.hosts(states=LIVE_STATES)):
-        providers["container"] = ContainerProvider(
-            project.spec.project.name, url=project.spec.engine.url, state_dir=project.state_dir)
-    return providers
+    """One provider per name the spec's services use or live hosts in the store have. A
+    provider reaches whatever it drives (an engine) on first use only."""
+    names = {s.provider for s in project.spec.services.values()}
+    names |= {h.provider for h in project.store.hosts(states=LIVE_STATES)}
+    return build_providers(names, ProviderContext(
+        project=project.spec.project.name, hosts_dir=project.hosts_dir,
+        state_dir=project.state_dir, engine_url=project.spec.engine.url))
 
 
 def make_router(project: Project) -> Router:
-    r = project.spec.router
-    if r.kind == "haproxy":
-        return HaproxyRouter(project.router_dir, r.listen, workers=r.workers,
-                             haproxy=r.haproxy, maxconn=r.maxconn,
-                             latency_log_rate=r.latency_log_rate,
-                             retry_unanswered=r.retry_unanswered)
-    return BuiltinRouter(project.router_dir, r.listen, workers=r.workers)
+    return build_router(RouterContext(project.router_dir, project.spec.router))
 
 
 def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
@@ -90,14 +81,13 @@ def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
                   hosts_dir=project.hosts_dir, actor=actor)
 
     def plan_of(service: str) -> VerifyPlan | None:
-        """The service's checks, read from the spec as it is now (reloaded per deployment)."""
+        """The service's checks, read from the spec as it is now (reloaded per deployment);
+        the evaluator runs with the host's provider's python."""
         svc = fleet.spec.services.get(service)
         if svc is None:
             return None
         return VerifyPlan(checks=tuple(svc.checks),
-                          testinfra=tuple(project.root / t for t in svc.testinfra),
-                          # A container runs its image's python3, not this controller's.
-                          python=sys.executable if svc.provider == "process" else "python3")
+                          testinfra=tuple(project.root / t for t in svc.testinfra))
 
     # No host takes traffic before its service's checks pass on it (invariant 2).
     fleet.verifier = fleet_verifier(providers, plan_of)
@@ -343,9 +333,9 @@ class Controller:
                     return None
             spec_strategy = self.fleet.service(service).strategy
             chosen = strategy or spec_strategy.kind
-            if chosen not in (bluegreen.STRATEGY, canary.STRATEGY, rolling.STRATEGY):
+            if chosen not in STRATEGIES:
                 raise DeployError(f"unknown strategy {chosen!r}",
-                                  hint="use blue-green, canary or rolling")
+                                  hint=f"use {', '.join(STRATEGIES.names())}")
             if kind == "rollback":
                 chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
             if kind == "phoenix":
@@ -451,25 +441,14 @@ class Controller:
 
     async def _strategy(self, service: str, kind: str, target: int, strategy: str,
                         progress: Any, only: set[str] | None = None) -> dict[str, Any]:
-        spec = self.fleet.service(service).strategy
-        if kind == "rollback":
-            return await bluegreen.rollback(self.fleet, service, progress)
-        release = self.store.release(service, target)
-        if kind == "phoenix":
-            return await rolling.deploy(self.fleet, release, progress,
-                                        RollingSpec(kind="rolling", max_surge=1,
-                                                    max_unavailable=0),
-                                        kind="phoenix", only=only)
-        if strategy == canary.STRATEGY:
-            control = self.controls[service] = canary.Control()
-            return await canary.deploy(
-                self.fleet, release, progress, control,
-                spec if isinstance(spec, CanarySpec) else CanarySpec(kind="canary"))
-        if strategy == rolling.STRATEGY:
-            return await rolling.deploy(
-                self.fleet, release, progress,
-                spec if isinstance(spec, RollingSpec) else RollingSpec(kind="rolling"))
-        return await bluegreen.deploy(self.fleet, release, progress)
+        """Run the deployment with the strategy of that name (the registry's)."""
+        chosen = STRATEGIES[strategy]()
+        run = StrategyRun(fleet=self.fleet, release=self.store.release(service, target),
+                          progress=progress, spec=self.fleet.service(service).strategy,
+                          kind=kind, only=frozenset(only) if only is not None else None)
+        if chosen.controllable:  # the API's pause/resume/promote/abort reach it
+            self.controls[service] = run.control
+        return await chosen.run(run)
 
     async def _hook(self, number: int, name: str, argv: list[str], context: dict[str, str],
                     timeout: float) -> HookResult:

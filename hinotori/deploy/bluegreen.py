@@ -14,11 +14,22 @@ import time
 from typing import Any
 
 from hinotori import faults
+from hinotori.deploy.base import ROLLBACK, StrategyRun
 from hinotori.deploy.fleet import Fleet, Progress
 from hinotori.errors import DeployError
 from hinotori.model import Host, HostState, Release
 
 STRATEGY = "blue-green"
+
+
+class BlueGreen:
+    name = STRATEGY
+    controllable = False
+
+    async def run(self, run: StrategyRun) -> dict[str, Any]:
+        if run.kind == ROLLBACK:
+            return await rollback(run.fleet, run.release.service, run.progress)
+        return await deploy(run.fleet, run.release, run.progress)
 
 
 async def deploy(fleet: Fleet, release: Release, progress: Progress, *,

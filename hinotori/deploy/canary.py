@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ import httpx
 from hinotori import faults
 from hinotori.deploy import bluegreen
 from hinotori.deploy.analysis import Outcome, Thresholds, Verdict, Window, judge
+from hinotori.deploy.base import Control, StrategyRun
 from hinotori.deploy.fleet import Fleet, Progress
 from hinotori.errors import CanaryFailed as CanaryFailed
 from hinotori.model import BackendStats, Host, HostState, Release
@@ -36,25 +36,13 @@ from hinotori.spec.schema import AnalysisSpec, CanarySpec
 STRATEGY = "canary"
 
 
-@dataclass
-class Control:
-    """Operator requests to a running deployment (set by the API, read by the strategy)."""
+class Canary:
+    name = STRATEGY
+    controllable = True  # pause, resume, promote, abort
 
-    paused: bool = False
-    promote: bool = False
-    abort: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def request(self, what: str) -> None:
-        if what == "pause":
-            self.paused = True
-        elif what == "resume":
-            self.paused = False
-        elif what == "promote":
-            self.promote, self.paused = True, False
-        elif what == "abort":
-            self.abort = True
-        self.changed.set()
+    async def run(self, run: StrategyRun) -> dict[str, Any]:
+        spec = run.spec if isinstance(run.spec, CanarySpec) else CanarySpec(kind="canary")
+        return await deploy(run.fleet, run.release, run.progress, run.control, spec)
 
 
 def weights(stable: list[Host], canary: list[Host], percent: int) -> dict[str, int]:

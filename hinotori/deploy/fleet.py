@@ -35,7 +35,7 @@ from hinotori.model import (
     RoutingTable,
     ServiceRoute,
 )
-from hinotori.providers.base import BootRequest, Provider
+from hinotori.providers.base import BootRequest, Provider, volume_dirs
 from hinotori.router.base import Router
 from hinotori.spec.schema import ServiceSpec, Spec
 from hinotori.store import Store
@@ -122,7 +122,7 @@ class Fleet:
         request = BootRequest(host_id=host_id, release=release,
                               image_root=self.image_root(release.image),
                               state_dir=self.hosts_dir / host_id,
-                              extra_env=self.volume_env(service))
+                              volumes=self.volumes(service))
         host = await provider.boot(request)
         self.store.save_host(host, actor=self.actor)
         progress("host.booted", {"host": host.id, "address": host.address})
@@ -154,14 +154,10 @@ class Fleet:
         return (f"host {host.id} failed its health check: {result.detail}\n"
                 f"  last log lines of {host.id}:\n{log}")
 
-    def volume_env(self, service: str) -> dict[str, str]:
+    def volumes(self, service: str) -> dict[str, Path]:
         """Each declared volume: a directory that outlives every host of the service."""
-        env = {}
-        for name in self.service(service).volumes:
-            path = self.hosts_dir.parent / "volumes" / service / name
-            path.mkdir(parents=True, exist_ok=True)
-            env[f"HINOTORI_VOLUME_{name.upper().replace('-', '_')}"] = str(path)
-        return env
+        return volume_dirs(self.hosts_dir.parent / "volumes" / service,
+                           self.service(service).volumes)
 
     # -- traffic -------------------------------------------------------------------------
     def routing_table(self, version: int,

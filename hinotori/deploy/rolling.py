@@ -18,12 +18,28 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hinotori.deploy.base import PHOENIX, StrategyRun
 from hinotori.deploy.fleet import Fleet, Progress
 from hinotori.errors import DeployError
 from hinotori.model import Host, HostState, Release
 from hinotori.spec.schema import RollingSpec
 
 STRATEGY = "rolling"
+# Phoenix (the same release on fresh hosts): one host at a time, never below replicas.
+PHOENIX_SPEC = RollingSpec(kind="rolling", max_surge=1, max_unavailable=0)
+
+
+class Rolling:
+    name = STRATEGY
+    controllable = False
+
+    async def run(self, run: StrategyRun) -> dict[str, Any]:
+        if run.kind == PHOENIX:
+            only = set(run.only) if run.only is not None else None
+            return await deploy(run.fleet, run.release, run.progress, PHOENIX_SPEC,
+                                kind=PHOENIX, only=only)
+        spec = run.spec if isinstance(run.spec, RollingSpec) else RollingSpec(kind="rolling")
+        return await deploy(run.fleet, run.release, run.progress, spec)
 
 
 async def deploy(fleet: Fleet, release: Release, progress: Progress, strategy: RollingSpec,

@@ -3,21 +3,43 @@
 A provider boots a host of a release from its image, finds hosts it booted earlier (after a
 controller restart), runs commands inside them (``exec``: how verify checks reach a host), and
 destroys them. It knows nothing of strategies, routers or the store.
+What callers must know about a kind of host is a fact on the provider (``evaluator_python``,
+``shares_process_table``, ``log_source``), never a comparison of its name: a new provider is one
+module and one line in ``providers/registry.py`` (or an entry point in ``hinotori.providers``).
 Hosts must outlive the process that booted them: a controller that dies must not take its hosts
 with it, so that the next controller can adopt them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from hinotori.model import Host, Release
 
 # exec returns what every command run by hinotori returns
 from hinotori.processes import CommandResult as CommandResult
+
+VOLUME_ENV = "HINOTORI_VOLUME_"  # + NAME: where an app finds a volume (README, stateful)
+
+
+def volume_dirs(base: Path, names: Iterable[str]) -> dict[str, Path]:
+    """The directories of a service's volumes under ``base`` (made if missing), by name: the
+    one place a BootRequest's ``volumes`` are built."""
+    volumes = {}
+    for name in names:
+        path = base / name
+        path.mkdir(parents=True, exist_ok=True)
+        volumes[name] = path
+    return volumes
+
+
+def volume_env(volumes: Mapping[str, Path]) -> dict[str, str]:
+    """Each volume as the env var the app reads it from: HINOTORI_VOLUME_<NAME>=<path>."""
+    return {f"{VOLUME_ENV}{name.upper().replace('-', '_')}": str(path)
+            for name, path in volumes.items()}
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,21 @@ class BootRequest:
     image_root: Path  # the image's read-only file tree in the image store
     state_dir: Path  # a directory the provider may use for this host (view, scratch, logs)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Volume name -> a directory on this machine that outlives the host (stateful services);
+    # the provider makes each reachable in the host at the same path, and names it in the
+    # host's env (volume_env).
+    volumes: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What any provider may be built from (``Provider.create``): the project's identity, its
+    directories and the spec's settings for providers."""
+
+    project: str  # the project's name (labels, container names)
+    hosts_dir: Path  # .hinotori/hosts: per-host state directories
+    state_dir: Path  # .hinotori
+    engine_url: str | None = None  # [engine] url, for providers that drive a container engine
 
 
 @dataclass(frozen=True)
@@ -39,9 +76,46 @@ class HostUsage:
     memory_bytes: int  # resident memory now
 
 
+STDOUT = "stdout"  # the source name of a host's captured stdout+stderr (= logs.records.STDOUT)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file holding a host's log lines, readable on this machine."""
+
+    name: str  # "stdout", "logs/app.log" (in the view), "$HINOTORI_SCRATCH/app.log"
+    path: Path  # where this machine reads it
+    unframe: Callable[[str], str] | None = None  # a line as written -> the host's own text
+
+
+class LogSource(Protocol):
+    """Where a provider's hosts' logs can be read on this machine (the log shipper's input)."""
+
+    def files(self, host: Host, declared: Sequence[str]) -> list[SourceFile]:
+        """The host's output (named ``stdout``) and its files matching ``declared`` globs
+        that exist now."""
+        ...
+
+
 @runtime_checkable
 class Provider(Protocol):
     name: str
+    # Facts about this kind of host, for callers that must not compare provider names:
+    # the interpreter verify's evaluator runs with inside a host ...
+    evaluator_python: str
+    # ... whether a host's pids are in this controller's process table (a host is then the
+    # session whose id is its pid; otherwise a host has its own process namespace) ...
+    shares_process_table: bool
+    # ... whether it boots an engine image baked from [image] os (release.image) rather than
+    # a copy of a file-tree image (BootRequest.image_root) ...
+    runs_os_image: bool
+    # ... and where its hosts' logs are read (a class attribute: no instance is needed).
+    log_source: ClassVar[LogSource]
+
+    @classmethod
+    def create(cls, ctx: ProviderContext) -> Provider:
+        """The provider of a project (how the controller and the CLI build it by name)."""
+        ...
 
     async def boot(self, req: BootRequest) -> Host:
         """Start the host and return it in state BOOTING with address, pid and root set.

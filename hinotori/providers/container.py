@@ -45,10 +45,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hinotori.errors import HinotoriError, ProviderError
 from hinotori.model import Host, HostState
-from hinotori.providers.base import BootRequest, CommandResult, HostUsage
+from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
+from hinotori.providers.container_logs import ContainerLogSource
 
 if TYPE_CHECKING:
     import docker
+
+    from hinotori.providers.base import ProviderContext
 
 CONTAINER_PORT = 8000  # where the app listens inside its container (its own network namespace)
 LABEL = "hinotori."
@@ -94,6 +97,14 @@ def _port_taken(error: Exception) -> bool:
 
 class ContainerProvider:
     name = "container"
+    evaluator_python = "python3"  # the image's own (an OS image always has it)
+    shares_process_table = False  # a container has its own process namespace
+    runs_os_image = True  # the engine image an OS-image bake made
+    log_source = ContainerLogSource()
+
+    @classmethod
+    def create(cls, ctx: ProviderContext) -> ContainerProvider:
+        return cls(ctx.project, url=ctx.engine_url, state_dir=ctx.state_dir)
 
     def __init__(self, project: str, *, url: str | None = None,
                  state_dir: Path | None = None,
@@ -170,10 +181,10 @@ class ContainerProvider:
         await self._call(f"looking up image {rel.image}", lambda: self._require_image(client, rel))
         env = {**rel.config.env, rel.config.port_env: str(CONTAINER_PORT),
                "HINOTORI_HOST_ID": req.host_id, "HINOTORI_SERVICE": rel.service,
-               "HINOTORI_RELEASE": rel.name, "HINOTORI_SCRATCH": "/tmp", **req.extra_env}
-        # Volumes (HINOTORI_VOLUME_*) are directories on this machine: the same path inside.
-        binds = {path: {"bind": path, "mode": "rw"} for key, path in req.extra_env.items()
-                 if key.startswith("HINOTORI_VOLUME_")}
+               "HINOTORI_RELEASE": rel.name, "HINOTORI_SCRATCH": "/tmp", **req.extra_env,
+               **volume_env(req.volumes)}
+        # Volumes are directories on this machine: mounted at the same path inside.
+        binds = {str(path): {"bind": str(path), "mode": "rw"} for path in req.volumes.values()}
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = self._free_port()
             try:

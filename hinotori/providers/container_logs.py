@@ -20,7 +20,12 @@ and the shipper stores each line once by (stream, offset).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
+
+from hinotori.model import Host
+from hinotori.providers.base import STDOUT, SourceFile
 
 
 class EngineLine(NamedTuple):
@@ -47,3 +52,14 @@ def decode(raw: str) -> EngineLine:
             and parts[0][:1].isdigit():
         return EngineLine(parts[1], parts[3] if len(parts) == 4 else "", parts[2] == "F")
     return EngineLine("stdout", raw, True)
+
+
+class ContainerLogSource:
+    """Container hosts: the log file the engine writes on this machine (``host.data["log"]``,
+    stdout and stderr framed by the engine, unframed here), while the container exists."""
+
+    def files(self, host: Host, declared: Sequence[str]) -> list[SourceFile]:
+        out = host.data.get("log")
+        if not out or not Path(out).is_file():
+            return []
+        return [SourceFile(STDOUT, Path(out), unframe=lambda raw: decode(raw).text)]

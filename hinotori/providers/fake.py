@@ -21,10 +21,24 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from hinotori.errors import ProviderError
 from hinotori.model import HealthCheck, Host, HostState, ProbeResult
-from hinotori.providers.base import BootRequest, CommandResult, HostUsage
+from hinotori.providers.base import (
+    BootRequest,
+    CommandResult,
+    HostUsage,
+    ProviderContext,
+    SourceFile,
+)
+
+
+class _NoLogs:
+    """Fake hosts write no files: the log shipper finds nothing to read."""
+
+    def files(self, host: Host, declared: Sequence[str]) -> list[SourceFile]:
+        return []
 
 
 @dataclass
@@ -37,6 +51,10 @@ class FakeHost:
 @dataclass
 class FakeProvider:
     name: str = "fake"
+    evaluator_python: str = "python3"
+    shares_process_table: bool = False
+    runs_os_image: bool = False
+    log_source: ClassVar[_NoLogs] = _NoLogs()
     fail_boot: set[int] = field(default_factory=set)
     boot_failures_left: int = 0
     unhealthy: set[int] = field(default_factory=set)
@@ -65,6 +83,10 @@ class FakeProvider:
         return ProbeResult(True, f"status {check.status}")
 
     # -- the Provider protocol -----------------------------------------------------------
+    @classmethod
+    def create(cls, ctx: ProviderContext) -> FakeProvider:
+        return cls()
+
     async def boot(self, req: BootRequest) -> Host:
         self.calls.append(("boot", req.host_id))
         if req.release.number in self.fail_boot or self.boot_failures_left > 0:

@@ -35,6 +35,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -44,7 +45,14 @@ from pathlib import Path
 from hinotori import command
 from hinotori.errors import ProviderError
 from hinotori.model import Host, HostState
-from hinotori.providers.base import BootRequest, CommandResult, HostUsage
+from hinotori.providers.base import (
+    BootRequest,
+    CommandResult,
+    HostUsage,
+    ProviderContext,
+    volume_env,
+)
+from hinotori.providers.process_logs import ProcessLogSource
 
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 
@@ -118,6 +126,14 @@ def _read_host(path: Path) -> Host | None:
 
 class ProcessProvider:
     name = "process"
+    evaluator_python = sys.executable  # hosts share this machine, and so its interpreter
+    shares_process_table = True  # a host is the session its pid leads
+    runs_os_image = False  # a copy of a file-tree image
+    log_source = ProcessLogSource()
+
+    @classmethod
+    def create(cls, ctx: ProviderContext) -> ProcessProvider:
+        return cls(ctx.hosts_dir)
 
     def __init__(self, hosts_root: Path) -> None:
         self.hosts_root = Path(hosts_root)
@@ -145,6 +161,7 @@ class ProcessProvider:
                     "HINOTORI_SERVICE": rel.service, "HINOTORI_RELEASE": rel.name,
                     "HINOTORI_SCRATCH": str(scratch), "TMPDIR": str(scratch)})
         env.update(req.extra_env)
+        env.update(volume_env(req.volumes))  # on this machine already: the paths as they are
         _write_env(env, state_dir)
         try:
             with open(log, "ab") as out:

@@ -9,14 +9,31 @@ keeps serving if the controller dies; a new controller adopts it with ``start``.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from hinotori.model import BackendStats, RoutingTable
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """What any router is built from (``Router.create``, called by ``router/registry.py``)."""
+
+    router_dir: Path  # .hinotori/router: the data plane's state (pids, sockets, config)
+    # The spec's [router] table (spec.schema.RouterSpec: kind, listen, workers and the
+    # kind's own keys); typed loosely because the spec sits above this layer.
+    settings: Any
 
 
 @runtime_checkable
 class Router(Protocol):
     kind: str
+
+    @classmethod
+    def create(cls, ctx: RouterContext) -> Router:
+        """The router a project's spec asks for (how router/registry.py builds it)."""
+        ...
 
     async def start(self) -> None:
         """Adopt the running data plane if there is one, else start it. Idempotent."""

@@ -26,6 +26,9 @@ from hinotori.bake.stepbase import parse_mode
 from hinotori.bake.steps import Step, step_from_dict, step_kind
 from hinotori.durations import parse_duration, parse_size
 from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
+from hinotori.providers.registry import PROVIDERS
+from hinotori.registry import Registry
+from hinotori.router.registry import ROUTERS
 from hinotori.verify.checks import Check
 
 
@@ -40,6 +43,16 @@ def _address(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"write an address as HOST:PORT, e.g. \"127.0.0.1:8080\" (got {value!r})")
     return value
+
+
+def _known(registry: Registry) -> AfterValidator:
+    """A name the registry knows (built-in, registered or an installed entry point)."""
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"unknown {registry.what} {name!r}: known are "
+                             f"{', '.join(map(repr, registry.names()))}")
+        return name
+    return AfterValidator(check)
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
@@ -61,7 +74,7 @@ class ControllerSpec(Strict):
 
 
 class RouterSpec(Strict):
-    kind: Literal["builtin", "haproxy"] = "builtin"
+    kind: Annotated[str, _known(ROUTERS)] = "builtin"
     listen: Address = "127.0.0.1:8080"
     workers: int = Field(1, ge=1, le=64)  # builtin: worker processes; haproxy: nbthread
     # kind = "haproxy" only:
@@ -401,7 +414,7 @@ class EngineSpec(Strict):
 class ServiceSpec(Strict):
     # process: a local process group in a copy of a file-tree image; container: a container of
     # an OS image ([image] os = { ... }) in the engine of [engine].
-    provider: Literal["process", "container"] = "process"
+    provider: Annotated[str, _known(PROVIDERS)] = "process"
     replicas: int = Field(1, ge=1, le=100)
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
@@ -442,13 +455,15 @@ class ServiceSpec(Strict):
                              "replicas = 1")
         if self.stateful and self.chaos is not None:
             raise ValueError("a stateful service is never chaos-killed: remove its chaos table")
-        if self.provider == "container" and self.image.os is None:
-            raise ValueError("a container host runs an OS image: add os = { suite = "
+        os_image = PROVIDERS[self.provider].runs_os_image
+        if os_image and self.image.os is None:
+            raise ValueError(f"a {self.provider} host runs an OS image: add os = {{ suite = "
                              "\"bookworm\" } to this service's [image] table (or use "
                              "provider = \"process\" for a file-tree image)")
-        if self.provider == "process" and self.image.os is not None:
-            raise ValueError("an OS image runs in the container engine, not as a process: set "
-                             "provider = \"container\" (or remove `os` for a file-tree image)")
+        if not os_image and self.image.os is not None:
+            raise ValueError(f"an OS image runs in the container engine, not as a "
+                             f"{self.provider} host: set provider = \"container\" (or remove "
+                             "`os` for a file-tree image)")
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")

@@ -19,9 +19,10 @@ points at ``services.web.checks.3.mode`` and its line, not at an invented key.
 Only what can be decided without the host is checked here (one resource, known matchers, regexes
 that compile, modes and sizes well formed). What the host says is the evaluator's business
 (``evaluator.py``), which receives each check as ``plan()``: resource, target and matchers with
-their defaults filled in. Adding a resource is one model here, one line in ``RESOURCES`` and one
-function in the evaluator's table (the evaluator ships to hosts as a single file, so it keeps its
-own table).
+their defaults filled in. ``RESOURCES`` is the registry of resources, and the tagged union
+``Check`` is built from it: adding a resource is one model here, one line in ``RESOURCES`` and
+one function in the evaluator's table (the evaluator ships to hosts as a single file, so it
+keeps its own table; a unit test holds the two tables to the same names).
 
 This module must not import ``hinotori.spec`` (the spec schema imports it).
 """
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -298,18 +299,9 @@ def _tag(value: object) -> str | None:
     return None
 
 
+# One tagged member per registered resource, in RESOURCES' order.
 Check = Annotated[
-    Annotated[FileCheck, Tag("check[file]")]
-    | Annotated[DirectoryCheck, Tag("check[directory]")]
-    | Annotated[CommandCheck, Tag("check[command]")]
-    | Annotated[PortCheck, Tag("check[port]")]
-    | Annotated[HttpCheck, Tag("check[http]")]
-    | Annotated[ProcessCheck, Tag("check[process]")]
-    | Annotated[EnvCheck, Tag("check[env]")]
-    | Annotated[PackageCheck, Tag("check[package]")]
-    | Annotated[UserCheck, Tag("check[user]")]
-    | Annotated[GroupCheck, Tag("check[group]")]
-    | Annotated[ServiceCheck, Tag("check[service]")],
+    Union[tuple(Annotated[m, Tag(f"check[{name}]")] for name, m in RESOURCES.items())],  # noqa: UP007
     Discriminator(_tag, custom_error_type="check_resource",
                   custom_error_message="a check is a table naming one resource"),
     BeforeValidator(_one_resource),

@@ -8,11 +8,12 @@ as its stdin. So verify costs one interpreter start in the host plus the checks 
 evaluated there in parallel. Testinfra files, when given, run after the checks in a second exec
 (``testinfra.py``) and are folded into the same Report.
 
-Nothing here knows a concrete provider. The runner only tells the evaluator two things about the
-host: its address (where ``http = "/path"`` goes) and, for process hosts, which session is
-theirs: process hosts share the machine's process table, and the process provider starts each
-host in a session of its own whose id is the host's pid. Other providers give a host its own
-process namespace, so every process the evaluator sees is the host's.
+Nothing here knows a concrete provider: what it needs are facts on the Provider protocol. The
+runner tells the evaluator two things about the host: its address (where ``http = "/path"``
+goes) and, for hosts that share the controller's process table (``shares_process_table``),
+which session is theirs: such a provider starts each host in a session of its own whose id is
+the host's pid. Other providers give a host its own process namespace, so every process the
+evaluator sees is the host's. The evaluator runs with the provider's ``evaluator_python``.
 """
 
 from __future__ import annotations
@@ -41,18 +42,20 @@ def evaluator_source() -> str:
     return (Path(__file__).with_name("evaluator.py")).read_text(encoding="utf-8")
 
 
-def build_plan(host: Host, checks: Sequence[CheckBase], *, mode: str = "evaluate",
-               retry_timeout: float = 0.0, sleep: float = 1.0, workers: int = 8,
-               **extra: Any) -> dict[str, Any]:
+def build_plan(provider: Provider, host: Host, checks: Sequence[CheckBase], *,
+               mode: str = "evaluate", retry_timeout: float = 0.0, sleep: float = 1.0,
+               workers: int = 8, **extra: Any) -> dict[str, Any]:
     return {"mode": mode, "checks": [c.plan() for c in checks], "retry_timeout": retry_timeout,
             "sleep": sleep, "workers": workers, "address": host.address,
-            "session": host.pid if host.provider == "process" else None, "os_root": "/",
+            "session": host.pid if provider.shares_process_table else None, "os_root": "/",
             **extra}
 
 
 async def run_evaluator(provider: Provider, host: Host, plan: dict[str, Any], *,
-                        python: str = "python3", timeout: float = 60.0) -> dict[str, Any]:
-    """Run the evaluator in ``host`` on ``plan`` and return its JSON document."""
+                        python: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Run the evaluator in ``host`` on ``plan`` and return its JSON document (with
+    ``python``, else the provider's ``evaluator_python``)."""
+    python = python or provider.evaluator_python
     argv = [python, "-I", "-S", "-c", evaluator_source()]
     done = await provider.exec(host, argv, stdin=json.dumps(plan).encode(), timeout=timeout)
     try:
@@ -94,7 +97,7 @@ def _result(check: CheckBase, raw: dict[str, Any]) -> CheckResult:
 
 async def verify_host(provider: Provider, host: Host, checks: Sequence[CheckBase], *,
                       retry_timeout: float = 0.0, sleep: float = 1.0,
-                      testinfra: Sequence[Path] = (), python: str = "python3",
+                      testinfra: Sequence[Path] = (), python: str | None = None,
                       workers: int = 8) -> Report:
     """Evaluate ``checks`` inside ``host`` (all at once, in parallel; failing ones retried every
     ``sleep`` s until ``retry_timeout``), then its ``testinfra`` files; one Report of both.
@@ -103,9 +106,10 @@ async def verify_host(provider: Provider, host: Host, checks: Sequence[CheckBase
     host gone): that is not a failed check but a verification that did not happen.
     """
     start = time.perf_counter()
+    python = python or provider.evaluator_python
     results: list[CheckResult] = []
     if checks:
-        plan = build_plan(host, checks, retry_timeout=retry_timeout, sleep=sleep,
+        plan = build_plan(provider, host, checks, retry_timeout=retry_timeout, sleep=sleep,
                           workers=workers)
         doc = await run_evaluator(provider, host, plan, python=python,
                                   timeout=_timeout(checks, retry_timeout))
@@ -127,7 +131,7 @@ class VerifyPlan:
     testinfra: tuple[Path, ...] = ()
     retry_timeout: float = 0.0
     sleep: float = 1.0
-    python: str = "python3"
+    python: str | None = None  # None: the host's provider's evaluator_python
 
 
 def fleet_verifier(providers: Mapping[str, Provider],

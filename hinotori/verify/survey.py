@@ -31,10 +31,10 @@ MAX_FILES = 50  # file and directory checks at most; the rest is summarised in a
 MAX_HASHED = 5
 
 
-async def survey_host(provider: Provider, host: Host, *, python: str = "python3",
+async def survey_host(provider: Provider, host: Host, *, python: str | None = None,
                       port_env: str = "PORT", files_limit: int = 500) -> dict[str, Any]:
     """What the host has (the evaluator's survey); ``port`` is the value of ``port_env``."""
-    plan = build_plan(host, [], mode="survey", files_limit=files_limit, port_env=port_env)
+    plan = build_plan(provider, host, [], mode="survey", files_limit=files_limit, port_env=port_env)
     return await run_evaluator(provider, host, plan, python=python, timeout=60.0)
 
 

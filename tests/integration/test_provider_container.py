@@ -86,9 +86,9 @@ def ours(docker_client, provider: ContainerProvider) -> list:
 
 
 async def boot(provider: ContainerProvider, tmp_path: Path, rel: Release, host_id: str,
-               **extra_env: str) -> Host:
+               volumes: dict[str, Path] | None = None, **extra_env: str) -> Host:
     host = await provider.boot(BootRequest(host_id, rel, tmp_path, tmp_path / host_id,
-                                           extra_env=extra_env))
+                                           extra_env=extra_env, volumes=volumes or {}))
 
     async def alive() -> bool:
         return await provider.adopt(host)
@@ -112,7 +112,7 @@ def test_boot_healthy_exec_logs_usage_destroy(provider: ContainerProvider, app_i
     async def scenario() -> None:
         assert isinstance(provider, Provider)
         rel = release(app_image, GREETING="hello")
-        host = await boot(provider, tmp_path, rel, "web-a1", HINOTORI_VOLUME_DATA=str(volume))
+        host = await boot(provider, tmp_path, rel, "web-a1", volumes={"data": volume})
         assert host.provider == "container" and host.release == 1
         assert host.address and host.address.startswith("127.0.0.1:")
         assert (await get(host.address, "/healthz")).text == "ok\n"
@@ -132,10 +132,12 @@ def test_boot_healthy_exec_logs_usage_destroy(provider: ContainerProvider, app_i
         assert res.rc == 3 and not res.succeeded
         assert res.stdout.split() == ["200000", "/app", "hello", str(CONTAINER_PORT)]
         assert res.stderr == "oops\n"
-        # The volume is the same directory inside, at the same path, writable.
-        res = await provider.exec(host, ["python3", "-c", f"import pathlib; p=pathlib.Path("
-                                         f"'{volume}'); print(p.joinpath('seed.txt').read_text(),"
-                                         f" end=''); p.joinpath('new.txt').write_text('w')"])
+        # The volume is the same directory inside, at the same path, writable, and named in
+        # HINOTORI_VOLUME_DATA for the app.
+        res = await provider.exec(host, ["python3", "-c", "import os, pathlib; p=pathlib.Path("
+                                         "os.environ['HINOTORI_VOLUME_DATA']); print(p.joinpath("
+                                         "'seed.txt').read_text(), end=''); "
+                                         "p.joinpath('new.txt').write_text('w')"])
         assert res.stdout == "kept\n", res
         assert (volume / "new.txt").read_text() == "w"
         with pytest.raises(ProviderError, match=r"did not finish within 0\.5s"):
@@ -207,7 +209,7 @@ def test_destroy_stops_politely_first(provider: ContainerProvider, app_image: st
     async def scenario() -> None:
         rel = release(app_image, ("python3", "-c", code))
         host = await provider.boot(BootRequest("web-g1", rel, tmp_path, tmp_path / "web-g1",
-                                               extra_env={"HINOTORI_VOLUME_OUT": str(volume)}))
+                                               volumes={"out": volume}))
         check = HealthCheck(path="/", interval=0.05, healthy=1)
         assert (await wait_healthy(host.address or "", check, deadline=30)).ok
         await provider.destroy(host, grace=20)

@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from hinotori.deploy import bluegreen, canary, rolling
+from hinotori.deploy.base import PHOENIX, ROLLBACK, Control, StrategyRun
+from hinotori.deploy.canary import CanaryFailed
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
+from hinotori.deploy.strategies import STRATEGIES
 from hinotori.errors import DeployError, RouterError
 from hinotori.model import HostState, Release, ReleaseConfig
+from hinotori.providers.base import Provider
 from hinotori.providers.fake import FakeProvider
 from hinotori.router.fake import FakeRouter
 from hinotori.spec import parse_spec
@@ -81,11 +84,25 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def deploy(w: World, strategy: str, release: Release, spec: Any = None, *,
+                 kind: str = "deploy", control: Control | None = None,
+                 only: set[str] | None = None) -> dict[str, Any]:
+    """A deployment as the controller starts one: the strategy by name, one call signature."""
+    return await STRATEGIES[strategy]().run(StrategyRun(
+        fleet=w.fleet, release=release, progress=w.progress, spec=spec,
+        control=control or Control(), kind=kind,
+        only=frozenset(only) if only is not None else None))
+
+
 async def serve_first(w: World) -> Release:
     """v1 serving on every replica: the starting point of most cases."""
     v1 = w.release()
-    await bluegreen.deploy(w.fleet, v1, w.progress)
+    await deploy(w, "blue-green", v1)
     return v1
+
+
+def test_the_fake_is_a_provider() -> None:
+    assert isinstance(FakeProvider(), Provider)
 
 
 def assert_only_healthy_routed(w: World) -> None:
@@ -117,7 +134,7 @@ def test_blue_green(tmp_path: Path, fault: str) -> None:
         elif fault == "apply fails":
             w.router.fail_applies = 1
         if fault in ("none", "slow health"):
-            summary = await bluegreen.deploy(w.fleet, v2, w.progress)
+            summary = await deploy(w, "blue-green", v2)
             assert summary["release"] == "v2"
             assert w.serving_releases() == [2, 2, 2]
             assert w.store.service_releases("web") == (2, 1)
@@ -126,7 +143,7 @@ def test_blue_green(tmp_path: Path, fault: str) -> None:
             assert w.live_releases() == [1, 1, 1, 2, 2, 2]
         else:
             with pytest.raises((DeployError, RouterError)):
-                await bluegreen.deploy(w.fleet, v2, w.progress)
+                await deploy(w, "blue-green", v2)
             # A failed deployment leaves traffic where it was and leaks no host (invariant 3).
             assert w.serving_releases() == [1, 1, 1]
             assert w.store.service_releases("web") == (1, None)
@@ -143,10 +160,10 @@ def test_rollback_is_instant_while_warm(tmp_path: Path, warm: bool) -> None:
 
     async def scenario() -> dict[str, Any]:
         await serve_first(w)
-        await bluegreen.deploy(w.fleet, w.release(), w.progress)
+        await deploy(w, "blue-green", w.release())
         if not warm:
             await w.fleet.destroy(w.store.hosts("web", [HostState.WARM]), why="test: expired")
-        return await bluegreen.rollback(w.fleet, "web", w.progress)
+        return await deploy(w, "blue-green", w.store.release("web", 1), kind=ROLLBACK)
 
     summary = run(scenario())
     assert summary["instant"] is warm
@@ -178,15 +195,15 @@ def test_canary(tmp_path: Path, canary_errors: float, traffic: int, outcome: str
         v2 = w.release()
         w.provider.error_rate[2] = canary_errors
         if outcome == "promoted":
-            await canary.deploy(w.fleet, v2, w.progress, canary.Control(), CANARY)
+            await deploy(w, "canary", v2, CANARY)
             assert w.serving_releases() == [2, 2, 2]
             assert w.store.canary("web") is None
             assert w.store.service_releases("web") == (2, 1)
             weights = [s[1]["weight"] for s in w.steps if s[0] == "step"]
             assert weights == [10, 50]
         else:
-            with pytest.raises(canary.CanaryFailed):
-                await canary.deploy(w.fleet, v2, w.progress, canary.Control(), CANARY)
+            with pytest.raises(CanaryFailed):
+                await deploy(w, "canary", v2, CANARY)
             assert w.serving_releases() == [1, 1, 1]
             assert set(w.router.serving("web").values()) == {100}  # weights restored
             assert w.store.canary("web") is None
@@ -201,7 +218,7 @@ def test_canary_split_is_exact_at_each_step(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         await serve_first(w)
-        await canary.deploy(w.fleet, w.release(), w.progress, canary.Control(), CANARY)
+        await deploy(w, "canary", w.release(), CANARY)
 
     run(scenario())
     hosts = {h.id: h for h in w.store.hosts("web")}
@@ -229,7 +246,7 @@ def test_rolling_never_leaves_its_bounds(tmp_path: Path, surge: int, unavailable
     async def scenario() -> None:
         await serve_first(w)
         w.router.apply = counting_apply  # type: ignore[method-assign]
-        await rolling.deploy(w.fleet, w.release(), w.progress, strategy)
+        await deploy(w, "rolling", w.release(), strategy)
 
     run(scenario())
     assert w.serving_releases() == [2, 2, 2]
@@ -258,7 +275,7 @@ def test_rolling_batch_failure_rolls_the_stable_release_forward_again(tmp_path: 
 
         w.provider.boot = second_batch_fails  # type: ignore[method-assign]
         with pytest.raises(DeployError, match="rolled back to v1"):
-            await rolling.deploy(w.fleet, v2, w.progress, strategy)
+            await deploy(w, "rolling", v2, strategy)
 
     run(scenario())
     assert w.serving_releases() == [1, 1, 1]
@@ -273,9 +290,7 @@ def test_phoenix_replaces_only_the_named_hosts(tmp_path: Path) -> None:
         v1 = await serve_first(w)
         old = w.store.hosts("web", [HostState.SERVING])
         aged = {old[0].id}
-        await rolling.deploy(w.fleet, v1, w.progress,
-                             RollingSpec(kind="rolling", max_surge=1, max_unavailable=0),
-                             kind="phoenix", only=aged)
+        await deploy(w, "rolling", v1, kind=PHOENIX, only=aged)
         return aged
 
     aged = run(scenario())

@@ -31,6 +31,7 @@ from typing import Any
 from hinotori.errors import RouterError
 from hinotori.model import BackendStats, RoutingTable
 from hinotori.processes import log_tail, pid_alive
+from hinotori.router.base import RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
 
@@ -46,6 +47,11 @@ class BuiltinRouter:
     """The built-in asyncio data plane, as the ``Router`` protocol (``hinotori.router.base``)."""
 
     kind = "builtin"
+
+    @classmethod
+    def create(cls, ctx: RouterContext) -> BuiltinRouter:
+        """From the spec's [router] table (how router/registry.py builds it)."""
+        return cls(ctx.router_dir, ctx.settings.listen, workers=ctx.settings.workers)
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  metrics: bool = True) -> None:

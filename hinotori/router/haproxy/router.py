@@ -35,6 +35,7 @@ from typing import Any
 
 from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
+from hinotori.router.base import RouterContext
 from hinotori.router.haproxy import config, runtime
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
@@ -47,6 +48,14 @@ class HaproxyRouter:
     """HAProxy (master-worker, Runtime API) as the ``Router`` protocol."""
 
     kind = "haproxy"
+
+    @classmethod
+    def create(cls, ctx: RouterContext) -> HaproxyRouter:
+        """From the spec's [router] table (how router/registry.py builds it)."""
+        r = ctx.settings
+        return cls(ctx.router_dir, r.listen, workers=r.workers, haproxy=r.haproxy,
+                   maxconn=r.maxconn, latency_log_rate=r.latency_log_rate,
+                   retry_unanswered=r.retry_unanswered)
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,

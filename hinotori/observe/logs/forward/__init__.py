@@ -1,27 +1,19 @@
 """Forwarders: the central store's lines on to syslog (RFC 5424), Loki and Fluentd.
 
 One ForwardLoop per ``[[logs.forward]]`` table, each with its own cursor in logs.db; a sink
-per kind. A new kind is one module with a Sink and one line in ``SINKS``.
+per kind. A new kind is one module with a Sink and one line in ``SINKS`` (``sinks.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from hinotori.observe.logs.forward.base import Rejected, Sink
-from hinotori.observe.logs.forward.fluentd import DEFAULT_TAG, FluentdSink
+from hinotori.observe.logs.forward.fluentd import FluentdSink
 from hinotori.observe.logs.forward.loki import LokiSink
 from hinotori.observe.logs.forward.loop import EventSink, ForwardLoop, ForwardStats
-from hinotori.observe.logs.forward.syslog import LOCAL0, SyslogSink
+from hinotori.observe.logs.forward.sinks import SINKS, build
+from hinotori.observe.logs.forward.syslog import SyslogSink
 from hinotori.observe.logs.store import LogStore
 from hinotori.spec.schema import LogForwardSpec
-
-SINKS: dict[str, Callable[[LogForwardSpec], Sink]] = {
-    "syslog": lambda f: SyslogSink(f.address, facility=LOCAL0 if f.facility is None
-                                   else f.facility, ack_timeout=f.timeout),
-    "loki": lambda f: LokiSink(f.address, tenant=f.tenant, labels=f.labels, timeout=f.timeout),
-    "fluentd": lambda f: FluentdSink(f.address, tag=f.tag or DEFAULT_TAG),
-}
 
 
 def cursor_name(f: LogForwardSpec) -> str:
@@ -31,7 +23,7 @@ def cursor_name(f: LogForwardSpec) -> str:
 def forward_loop(store: LogStore, f: LogForwardSpec, on_event: EventSink | None = None, *,
                  retry_min: float = 0.1, poll: float = 0.2) -> ForwardLoop:
     """The loop for one ``[[logs.forward]]`` table."""
-    loop = ForwardLoop(store, SINKS[f.kind](f), name=cursor_name(f), batch=f.batch,
+    loop = ForwardLoop(store, build(f), name=cursor_name(f), batch=f.batch,
                        max_backlog=f.max_backlog, services=f.services, timeout=f.timeout,
                        retry_min=retry_min, retry_max=f.retry_max, poll=poll)
     if on_event is not None:
