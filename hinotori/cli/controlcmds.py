@@ -38,7 +38,7 @@ def up(spec: SpecOpt = Path("."),
         return
     import asyncio  # here, not at the top: start-up time of every command (asyncio ~8 ms)
 
-    from hinotori.controller.daemon import serve
+    from hinotori.controller.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     console.print(f"controller for [bold]{project.spec.project.name}[/]: router on "

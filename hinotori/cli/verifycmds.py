@@ -143,7 +143,7 @@ def _release(project: Project, service: str, wanted: str | None) -> Release:
 
 
 def _providers(project: Project) -> dict[str, Provider]:
-    from hinotori.controller.daemon import make_providers
+    from hinotori.controller.wiring import make_providers
 
     return make_providers(project)
 

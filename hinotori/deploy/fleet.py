@@ -63,7 +63,9 @@ class Fleet:
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
                  verifier: Verifier | None = None, membership: Membership | None = None,
                  actor: str = "controller", prober: Prober = probe) -> None:
-        self.spec = spec
+        self._latest = spec
+        self._pinned: dict[str, ServiceSpec] = {}  # service -> as its deployment started
+        self._spec = spec
         self.store = store
         self.providers = providers
         self.router = router
@@ -75,6 +77,32 @@ class Fleet:
         self.actor = actor
         self.prober = prober  # health checks of hosts (a fake provider's in unit tests)
         self._table_lock = asyncio.Lock()
+
+    # -- the spec ------------------------------------------------------------------------
+    @property
+    def spec(self) -> Spec:
+        """The spec the fleet acts on: the latest one given, except that a service with a
+        running deployment keeps the definition that deployment started with (``pin``)."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, latest: Spec) -> None:
+        self._latest = latest
+        self._merge()
+
+    def pin(self, service: str, definition: ServiceSpec | None) -> None:
+        """Hold ``service`` at ``definition`` whatever spec arrives later (None: follow the
+        latest again). One deployment per service runs at a time, so one pin per service."""
+        if definition is None:
+            self._pinned.pop(service, None)
+        else:
+            self._pinned[service] = definition
+        self._merge()
+
+    def _merge(self) -> None:
+        pinned = {n: s for n, s in self._pinned.items() if self._latest.services.get(n) != s}
+        self._spec = self._latest.model_copy(
+            update={"services": {**self._latest.services, **pinned}}) if pinned else self._latest
 
     # -- lookups -------------------------------------------------------------------------
     def service(self, name: str) -> ServiceSpec:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from hinotori.controller.daemon import bind_api_socket
+from hinotori.controller.serve import bind_api_socket
 
 
 def test_accepted_api_connections_have_nodelay() -> None:

@@ -11,7 +11,8 @@ import sys
 # Imported only by the commands that need them (see the comments at their lazy imports).
 NOT_AT_START = ("httpx", "asyncio", "docker", "requests", "fastapi", "uvicorn",
                 "hinotori.observe.logs", "hinotori.observe.metrics", "hinotori.observe.drift",
-                "hinotori.controller.daemon", "hinotori.health", "hinotori.verify.survey")
+                "hinotori.controller.daemon", "hinotori.controller.serve", "hinotori.health",
+                "hinotori.verify.survey")
 
 
 def heavy_modules_loaded(*imports: str) -> list[str]:

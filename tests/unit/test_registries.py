@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from hinotori.controller.daemon import Controller, make_providers, make_router
+from hinotori.controller.daemon import Controller
+from hinotori.controller.wiring import make_providers, make_router
 from hinotori.deploy import bluegreen, rolling
 from hinotori.deploy.base import PHOENIX, ROLLBACK, StrategyRun
 from hinotori.deploy.bluegreen import BlueGreen

@@ -1,0 +1,192 @@
+"""Deployments: take a service's lock, record the deployment, run its strategy and hooks in the
+background, and let an operator steer a running canary (pause, resume, promote, abort).
+
+One spec per deployment: the service's definition as it was when the deployment was asked for
+is pinned on the fleet (``Fleet.pin``) until the deployment ends, so a spec reloaded meanwhile
+(by a bake, a push or another service's deployment) never changes a deployment under way; the
+next deployment starts with the spec then on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from hinotori.controller.notify import Notifier
+from hinotori.controller.wiring import ACTOR
+from hinotori.deploy import bluegreen, canary, rolling
+from hinotori.deploy.base import Control, StrategyRun
+from hinotori.deploy.fleet import Fleet
+from hinotori.deploy.hooks import HookResult, run_hook
+from hinotori.deploy.locks import ServiceLocks
+from hinotori.deploy.strategies import STRATEGIES
+from hinotori.errors import DeployError, HinotoriError
+from hinotori.model import HostState
+from hinotori.project import Project
+from hinotori.store import Store
+
+log = logging.getLogger("hinotori.controller")
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
+
+
+class Deployments:
+    def __init__(self, project: Project, fleet: Fleet, locks: ServiceLocks, notifier: Notifier,
+                 *, spawn: Spawn, reload_spec: Callable[[], None]) -> None:
+        self.project = project
+        self.fleet = fleet
+        self.store: Store = project.store
+        self.locks = locks
+        self.notifier = notifier
+        self.spawn = spawn
+        self.reload_spec = reload_spec
+        self.controls: dict[str, Control] = {}  # running canaries, by service
+
+    async def start(self, service: str, *, kind: str, release: int | None,
+                    lock_wait: float, actor: str, replace: bool = False,
+                    reason: str = "", strategy: str | None = None,
+                    only: set[str] | None = None) -> int | None:
+        """Take the service's lock, record the deployment and run it in the background.
+        Returns its id, or None when the wanted release is already serving (unless
+        ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
+        self.reload_spec()
+        self.fleet.service(service)
+        # The spec as it is now, not as a running deployment of the service pinned it.
+        definition = self.project.spec.services.get(service) or self.fleet.service(service)
+        hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
+        await hold.__aenter__()
+        self.fleet.pin(service, definition)
+        try:
+            current, previous = self.store.service_releases(service)
+            if kind == "rollback":
+                if previous is None:
+                    raise DeployError(f"{service} has no previous release to roll back to",
+                                      hint="a rollback needs a service deployed at least twice")
+                target = previous
+            elif kind == "phoenix":
+                if self.fleet.service(service).stateful:
+                    raise DeployError(f"{service} is stateful: phoenix never burns it",
+                                      hint="deploy it explicitly; it stops before it starts")
+                if current is None or not self.fleet.hosts(service, HostState.SERVING):
+                    raise DeployError(f"{service} has no serving hosts to rotate")
+                target = current
+            else:
+                latest = self.store.latest_release(service)
+                if latest is None and release is None:
+                    raise DeployError(f"{service} has no release yet",
+                                      hint=f"run `hinotori bake {service}` first")
+                target = release if release is not None else latest.number  # type: ignore[union-attr]
+                self.store.release(service, target)  # raises NotFound for a bad --release
+                serving = self.fleet.hosts(service, HostState.SERVING)
+                if target == current and serving and not replace:
+                    self.fleet.pin(service, None)
+                    await hold.__aexit__(None, None, None)
+                    return None
+            spec_strategy = self.fleet.service(service).strategy
+            chosen = strategy or spec_strategy.kind
+            if chosen not in STRATEGIES:
+                raise DeployError(f"unknown strategy {chosen!r}",
+                                  hint=f"use {', '.join(STRATEGIES.names())}")
+            if kind == "rollback":
+                chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
+            if kind == "phoenix":
+                chosen = rolling.STRATEGY  # one host at a time, never below replicas
+            number = self.store.create_deployment(
+                service, strategy=chosen, kind=kind, from_release=current,
+                to_release=target, actor=actor, reason=reason)
+        except BaseException:
+            self.fleet.pin(service, None)
+            await hold.__aexit__(None, None, None)
+            raise
+        self.spawn(self._run_deployment(number, service, kind, target, hold, chosen, only),
+                   f"deployment {number}")
+        return number
+
+    def control(self, service: str, action: str) -> None:
+        """pause | resume | promote | abort the running canary of ``service``."""
+        self.fleet.service(service)
+        control = self.controls.get(service)
+        if control is None:
+            raise DeployError(f"{service} has no canary deployment running",
+                              hint="pause, resume, promote and abort act on a running canary")
+        control.request(action)
+        self.store.record(ACTOR, f"deploy.{action}", service, {"by": "operator"})
+
+    async def _run_deployment(self, number: int, service: str, kind: str, target: int,
+                              hold: Any, strategy: str, only: set[str] | None = None) -> None:
+        svc = self.fleet.service(service)
+        current, _ = self.store.service_releases(service)
+        context = {"HINOTORI_SERVICE": service, "HINOTORI_DEPLOYMENT": str(number),
+                   "HINOTORI_KIND": kind, "HINOTORI_STRATEGY": strategy,
+                   "HINOTORI_FROM_RELEASE": f"v{current}" if current else "",
+                   "HINOTORI_TO_RELEASE": f"v{target}",
+                   "HINOTORI_ROUTER": self.project.spec.router.listen}
+        about = {"service": service, "deployment": number, "kind": kind, "strategy": strategy,
+                 "from": context["HINOTORI_FROM_RELEASE"], "to": f"v{target}"}
+        hook_tasks: list[asyncio.Task[None]] = []
+
+        def progress(step: str, detail: dict[str, Any]) -> None:
+            self.store.add_deployment_step(number, {"step": step, **detail})
+            self.notifier.emit("step", **about, step=step, detail=detail)
+            if step in ("switched", "promoted") and svc.hooks.post_switch:
+                hook_tasks.append(asyncio.create_task(self._hook(
+                    number, "post_switch", svc.hooks.post_switch, context, svc.hooks.timeout)))
+
+        self.notifier.emit("started", **about)
+        try:
+            if svc.hooks.pre_deploy:
+                result = await self._hook(number, "pre_deploy", svc.hooks.pre_deploy, context,
+                                          svc.hooks.timeout)
+                if not result.ok:
+                    raise DeployError(f"{service}: the pre-deploy hook failed, nothing was "
+                                      f"changed\n{result.describe()}")
+            summary = await self._strategy(service, kind, target, strategy, progress, only)
+            await asyncio.gather(*hook_tasks)
+            if svc.hooks.post_deploy:
+                await self._hook(number, "post_deploy", svc.hooks.post_deploy, context,
+                                 svc.hooks.timeout)
+            self.store.finish_deployment(number, "succeeded", actor=ACTOR, summary=summary)
+            self.notifier.emit("promoted" if strategy == canary.STRATEGY else "succeeded",
+                               **about, summary=summary)
+        except HinotoriError as e:
+            self.store.finish_deployment(number, "failed", actor=ACTOR, error=str(e))
+            rolled_back = isinstance(e, canary.CanaryFailed)
+            self.notifier.emit("rolled_back" if rolled_back else "failed", **about,
+                               error=str(e))
+        except asyncio.CancelledError:
+            self.store.finish_deployment(number, "failed", actor=ACTOR,
+                                         error="interrupted: the controller stopped")
+            raise
+        except Exception as e:  # a bug: keep the controller alive and say what happened
+            log.exception("deployment %s crashed", number)
+            self.store.finish_deployment(number, "failed", actor=ACTOR,
+                                         error=f"internal error: {e!r}")
+            self.notifier.emit("failed", **about, error=f"internal error: {e!r}")
+        finally:
+            self.controls.pop(service, None)
+            self.fleet.pin(service, None)
+            await hold.__aexit__(None, None, None)
+
+    async def _strategy(self, service: str, kind: str, target: int, strategy: str,
+                        progress: Any, only: set[str] | None = None) -> dict[str, Any]:
+        """Run the deployment with the strategy of that name (the registry's)."""
+        chosen = STRATEGIES[strategy]()
+        run = StrategyRun(fleet=self.fleet, release=self.store.release(service, target),
+                          progress=progress, spec=self.fleet.service(service).strategy,
+                          kind=kind, only=frozenset(only) if only is not None else None)
+        if chosen.controllable:  # the API's pause/resume/promote/abort reach it
+            self.controls[service] = run.control
+        return await chosen.run(run)
+
+    async def _hook(self, number: int, name: str, argv: list[str], context: dict[str, str],
+                    timeout: float) -> HookResult:
+        result = await run_hook(name, argv, env=context, cwd=self.project.root,
+                                timeout=timeout)
+        self.store.add_deployment_step(number, {"step": "hook", "hook": name, "rc": result.rc,
+                                                "output": result.output})
+        if not result.ok:
+            self.store.record(ACTOR, "hook.failed", f"{context['HINOTORI_SERVICE']}/"
+                              f"deployment/{number}", {"hook": name, "rc": result.rc})
+        return result

@@ -1,0 +1,83 @@
+"""Continuous delivery: the signed push webhook, and the bake -> deploy it starts per service.
+
+A push is refused (and recorded) unless its HMAC-SHA256 signature matches the secret named by
+``[webhook] secret_env``. Each service whose ``ship_on`` names the push's repository and branch
+is baked, then deployed with its spec's strategy; a ship that fails for any reason is recorded
+as ``ship.failed``, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from hinotori.deploy.fleet import Fleet
+from hinotori.errors import DeployError, HinotoriError, Unauthorised
+from hinotori.project import Project
+
+log = logging.getLogger("hinotori.controller")
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
+StartDeployment = Callable[..., Awaitable[int | None]]
+
+
+class Shipping:
+    def __init__(self, project: Project, fleet: Fleet, *, spawn: Spawn,
+                 reload_spec: Callable[[], None], start_deployment: StartDeployment) -> None:
+        self.project = project
+        self.fleet = fleet
+        self.store = project.store
+        self.spawn = spawn
+        self.reload_spec = reload_spec
+        self.start_deployment = start_deployment
+
+    async def push(self, body: bytes, signature: str | None) -> list[str]:
+        """Continuous delivery: verify a push's HMAC-SHA256 signature, then bake and deploy
+        every service whose `ship_on` names its repository and branch."""
+        secret = os.environ.get(self.fleet.spec.webhook.secret_env, "")
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not secret or not signature or not hmac.compare_digest(signature, expected):
+            self.store.record("webhook", "webhook.rejected", "push",
+                              {"why": "no secret configured" if not secret else
+                               "unsigned" if not signature else "bad signature"})
+            raise Unauthorised("push refused: missing or bad X-Hub-Signature-256",
+                               hint=f"sign the body with the secret in "
+                                    f"${self.fleet.spec.webhook.secret_env}")
+        try:
+            event = json.loads(body)
+            repository = event["repository"]["full_name"]
+            branch = event["ref"].removeprefix("refs/heads/")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DeployError("push payload is not a GitHub-style push event",
+                              hint="it needs ref and repository.full_name") from None
+        self.reload_spec()
+        shipped = [name for name, svc in self.fleet.spec.services.items()
+                   if svc.ship_on and svc.ship_on.repository == repository
+                   and svc.ship_on.branch == branch]
+        self.store.record("webhook", "webhook.push", repository,
+                          {"branch": branch, "commit": event.get("after"), "ships": shipped})
+        for name in shipped:
+            self.spawn(self.ship(name, f"push {repository}@{branch} "
+                                       f"{str(event.get('after', ''))[:12]}"), f"ship {name}")
+        return shipped
+
+    async def ship(self, service: str, why: str) -> None:
+        """bake -> deploy with the spec's strategy (the bake runs in a thread: it is slow)."""
+        from hinotori.releases import bake_service
+
+        try:
+            _, outcome = await asyncio.to_thread(bake_service, self.project, service)
+            await self.start_deployment(service, kind="deploy", release=outcome.release.number,
+                                        lock_wait=600, actor="webhook", reason=why)
+        except HinotoriError as e:
+            self.store.record("webhook", "ship.failed", service, {"error": str(e)[:500]})
+        except Exception as e:  # a bug: keep the controller alive and say what happened
+            log.exception("shipping %s failed", service)
+            self.store.record("webhook", "ship.failed", service,
+                              {"error": f"internal error: {e!r}"[:500]})
