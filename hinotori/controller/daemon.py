@@ -308,13 +308,16 @@ class Controller:
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
                                lock_wait: float, actor: str, replace: bool = False,
                                reason: str = "", strategy: str | None = None,
-                               only: set[str] | None = None) -> int | None:
+                               only: set[str] | None = None,
+                               claimed_actor: str | None = None) -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
         self.reload_spec()
         self.fleet.service(service)
-        hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
+        # ``actor``: who the API's credentials proved; ``claimed_actor``: who the caller says.
+        who = f"{actor} ({claimed_actor})" if claimed_actor else actor
+        hold = self.locks.hold(service, f"a {kind} by {who}", wait=lock_wait)
         await hold.__aenter__()
         try:
             current, previous = self.store.service_releases(service)
@@ -352,7 +355,7 @@ class Controller:
                 chosen = rolling.STRATEGY  # one host at a time, never below replicas
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
-                to_release=target, actor=actor, reason=reason)
+                to_release=target, actor=actor, reason=reason, claimed_actor=claimed_actor)
         except BaseException:
             await hold.__aexit__(None, None, None)
             raise
@@ -578,7 +581,9 @@ class Controller:
             event = json.loads(body)
             repository = event["repository"]["full_name"]
             branch = event["ref"].removeprefix("refs/heads/")
-        except (ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(repository, str) or not isinstance(branch, str):
+                raise TypeError("repository.full_name and ref must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DeployError("push payload is not a GitHub-style push event",
                               hint="it needs ref and repository.full_name") from None
         self.reload_spec()
@@ -624,7 +629,7 @@ class Controller:
                 continue
             await self.kill(self._rng.choice(serving).id, actor="chaos (schedule)")
 
-    async def kill(self, host_id: str, actor: str) -> Host:
+    async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         """Chaos: kill one serving host abruptly; the self-healing loop replaces it."""
         host = self.store.host(host_id)
         if host.state != HostState.SERVING:
@@ -633,7 +638,9 @@ class Controller:
             raise DeployError(f"{host.service} is stateful: chaos never kills it",
                               hint="stateful services are left alone by chaos and phoenix")
         await self.fleet.provider(host).kill(host)
-        self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}", {"pid": host.pid})
+        self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}",
+                          {"pid": host.pid, **({"claimed_actor": claimed_actor}
+                                               if claimed_actor else {})})
         return host
 
     async def _reaper_loop(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
@@ -14,6 +14,7 @@ from hinotori.cli.dashboardcmd import sign_in_url
 from hinotori.controller import dashboard
 from hinotori.controller.dashboard import sessions as sessions_mod
 from hinotori.controller.dashboard.sessions import DashboardSessions
+from hinotori.controller.guard import Credentials, RequestGuard
 from hinotori.errors import HinotoriError, Unauthorised
 
 
@@ -79,17 +80,12 @@ def test_the_sign_in_link_carries_the_ticket_in_the_fragment() -> None:
 
 @pytest.fixture
 def client() -> TestClient:
-    """The dashboard mounted the way create_app mounts it, behind a token check of the same
-    shape (master token, or a session for reads)."""
+    """The dashboard mounted the way create_app mounts it, behind the same guard (the master
+    token, or a session for reads)."""
     s = DashboardSessions()
-
-    def authorised(request: Request, authorization: str | None = Header(default=None)) -> None:
-        given = (authorization or "").removeprefix("Bearer ")
-        if not (given == "master" or s.authorise(given, request.method)):
-            raise Unauthorised("missing or wrong API token")
-
     app = FastAPI()
-    api = APIRouter(dependencies=[Depends(authorised)])
+    app.add_middleware(RequestGuard, credentials=Credentials("master", s))
+    api = APIRouter()
 
     @app.exception_handler(HinotoriError)
     async def _error(_: Request, exc: HinotoriError) -> JSONResponse:
