@@ -2,6 +2,11 @@
 
 A Release is never edited; a Host moves through ``HostState``; a RoutingTable is a whole,
 versioned picture of where traffic goes (a switch is a new version, never an in-place edit).
+
+Each noun a user reads has one public JSON shape, ``view()`` (``deployment_view`` for the
+store's deployment rows), given alike by the CLI's ``--json`` and by the API: a release is a
+number wherever it appears (``release``, ``from_release``, ``to_release``), and hosts and
+releases carry its name (``release_name``: "v3") beside it. ``to_dict()`` is a stored form.
 """
 
 from __future__ import annotations
@@ -57,13 +62,25 @@ class Release:
     def name(self) -> str:
         return f"v{self.number}"
 
+    def view(self, role: str = "") -> dict[str, Any]:
+        """As `hinotori releases --json` and `GET /v1/releases` show it; ``role`` is
+        "current", "previous" or ""."""
+        return {"service": self.service, "release": self.number, "release_name": self.name,
+                "image": self.image, "created_at": self.created_at, "reason": self.reason,
+                "role": role, "config": self.config.to_dict()}
+
+
+MAX_NUMBER = 2**63 - 1  # the largest id or release number the store (SQLite INTEGER) holds
+
 
 def release_number(name: str) -> int:
     """The number in a release's name as people write it: "v3", "V3" or "3". ValueError if
     it is none of those."""
     digits = name.lower().removeprefix("v")
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"{name!r} is not a release: write it as v3 (or 3)")
+    if not 1 <= int(digits) <= MAX_NUMBER:
+        raise ValueError(f"{name!r} is not a release: numbers go from v1 to v{MAX_NUMBER}")
     return int(digits)
 
 
@@ -83,9 +100,29 @@ class Host:
     weight: int = 100  # relative share of its service's traffic while serving
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (a process host's host.json); ``Host(**d)`` reads it back."""
         d = asdict(self)
         d["state"] = str(self.state)
         return d
+
+    def view(self) -> dict[str, Any]:
+        """As `hinotori hosts --json` and `GET /v1/hosts` show it."""
+        return {"id": self.id, "service": self.service, "release": self.release,
+                "release_name": f"v{self.release}", "state": str(self.state),
+                "provider": self.provider, "address": self.address, "pid": self.pid,
+                "born_at": self.born_at, "warm_until": self.warm_until, "weight": self.weight,
+                "root": self.root, "data": self.data}
+
+
+DEPLOYMENT_KEYS = ("id", "service", "kind", "strategy", "from_release", "to_release", "state",
+                   "started_at", "ended_at", "error", "summary", "steps")
+
+
+def deployment_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A deployment as `hinotori deployments --json`, `hinotori deployment N --json` and
+    `GET /v1/deployments[/N]` show it: only these keys, so a column the store adds later is
+    not published by accident."""
+    return {k: row.get(k) for k in DEPLOYMENT_KEYS}
 
 
 @dataclass(frozen=True)

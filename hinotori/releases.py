@@ -92,14 +92,12 @@ def config_with_env(project: Project, service: str, overrides: dict[str, str]) -
 
 def release_rows(store: Store, service: str | None = None) -> list[dict[str, Any]]:
     """Every release (newest last) as `hinotori releases --json` and `GET /v1/releases` show
-    it: with its role, "current", "previous" or ""."""
+    it (``Release.view``): with its role, "current", "previous" or ""."""
     rows: list[dict[str, Any]] = []
     for r in store.releases(service):
         current, previous = store.service_releases(r.service)
         role = "current" if r.number == current else "previous" if r.number == previous else ""
-        rows.append({"service": r.service, "release": r.name, "image": r.image,
-                     "created_at": r.created_at, "reason": r.reason, "role": role,
-                     "config": r.config.to_dict()})
+        rows.append(r.view(role))
     return rows
 
 

@@ -131,10 +131,7 @@ def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt
     states = None if all_ else [s for s in HostState if s.alive]
     found = project.store.hosts(service, states)
     if json_out:
-        render.print_json([{"id": h.id, "service": h.service, "release": f"v{h.release}",
-                            "state": str(h.state), "address": h.address, "pid": h.pid,
-                            "born_at": h.born_at, "root": h.root, "provider": h.provider,
-                            "warm_until": h.warm_until} for h in found])
+        render.print_json([h.view() for h in found])  # the shape GET /v1/hosts gives
         return
     render.table(None, ["host", "service", "release", "state", "address", "pid", "age"],
                  [(h.id, h.service, f"v{h.release}", h.state, h.address, h.pid,
@@ -150,7 +147,7 @@ def releases(service: Annotated[str | None, typer.Argument()] = None, spec: Spec
         render.print_json(rows)
         return
     render.table(None, ["service", "release", "image", "created", "reason", "env", ""],
-                 [(r["service"], r["release"], render.short_digest(r["image"]),
+                 [(r["service"], r["release_name"], render.short_digest(r["image"]),
                    render.when(r["created_at"]), r["reason"],
                    " ".join(f"{k}={v}" for k, v in r["config"]["env"].items()), r["role"])
                   for r in rows])

@@ -21,9 +21,17 @@ from hinotori.project import Project
 
 
 def details(event: Event) -> str:
-    """The detail without the why (its own column)."""
+    """The detail without the why and the claimed actor (their own columns)."""
     return ", ".join(f"{k}={v}" for k, v in event.detail.items()
-                     if k not in Event.WHY_KEYS and v not in (None, "", [], {}))
+                     if k not in (*Event.WHY_KEYS, "claimed_actor")
+                     and v not in (None, "", [], {}))
+
+
+def who(event: Event) -> str:
+    """The actor the API's credentials proved (``token``), and who the caller said it was:
+    a claim, shown as one."""
+    claim = event.detail.get("claimed_actor")
+    return f"{event.actor} (says {claim})" if claim else event.actor
 
 
 def audit(subject: Annotated[str | None, typer.Argument(
@@ -50,5 +58,5 @@ def audit(subject: Annotated[str | None, typer.Argument(
         render.print_json([e.to_dict() for e in events])
         return
     render.table(None, ["when", "who", "what", "subject", "why", "details"],
-                 [(render.when(e.ts), e.actor, e.action, e.subject, e.why, details(e))
+                 [(render.when(e.ts), who(e), e.action, e.subject, e.why, details(e))
                   for e in events])

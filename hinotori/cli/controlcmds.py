@@ -17,8 +17,8 @@ from hinotori.cli.options import JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.durations import parse_duration
-from hinotori.errors import ControllerError, DeployError, HinotoriError, SpecError
-from hinotori.model import release_number
+from hinotori.errors import ControllerError, DeployError, HinotoriError, NotFound, SpecError
+from hinotori.model import MAX_NUMBER, deployment_view, release_number
 from hinotori.processes import pid_alive
 from hinotori.project import Project
 from hinotori.releases import config_with_env, ensure_release
@@ -316,7 +316,7 @@ def deployments(service: Annotated[str | None, typer.Argument()] = None,
                 json_out: JsonOpt = False) -> None:
     """Deployments, newest last: strategy, releases, outcome, duration."""
     project = Project.load(spec)
-    rows = project.store.deployments(service, limit)
+    rows = [deployment_view(d) for d in project.store.deployments(service, limit)]
     if json_out:
         render.print_json(rows)
         return
@@ -331,7 +331,9 @@ def deployments(service: Annotated[str | None, typer.Argument()] = None,
 def deployment_show(number: int, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
     """One deployment's timeline: steps, weights, judged metrics and decisions."""
     project = Project.load(spec)
-    d = project.store.deployment(number)
+    if not 1 <= number <= MAX_NUMBER:  # the store cannot even look such a number up
+        raise NotFound(f"no deployment {number}", hint="`hinotori deployments` lists them")
+    d = deployment_view(project.store.deployment(number))
     if json_out:
         render.print_json(d)
         return

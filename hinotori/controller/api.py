@@ -1,78 +1,121 @@
 """The controller's HTTP API (loopback by default, bearer-token auth), used by the CLI.
 
+``create_app(controller, token)`` is the one place that knows the controller: it hands each
+group of routes only what that group uses (readapi: the stores; controlapi: the actions;
+buildapi: the project; metricsapi: the router's counters and the recorder), so no API module
+imports the daemon. In front of everything sits guard.py: the token is checked and the body's
+size capped before any body is read.
+
 Errors a user can cause come back as JSON {"error", "hint", "type"} with a fitting status, so
-the client can raise the same HinotoriError on its side.
+the client can raise the same HinotoriError on its side; a request the routes' types refuse
+(a number the store cannot hold, a limit out of range) is a 422 of the same shape. There is no
+/docs page (it would load JavaScript from a CDN); the schema is at /openapi.json, behind the
+token like every other path but the dashboard's page and the push webhook.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from hinotori import __version__
 from hinotori.controller import dashboard
 from hinotori.controller.buildapi import build_routes
-from hinotori.controller.daemon import Controller
+from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
-from hinotori.controller.metrics import from_totals, prometheus_text
-from hinotori.controller.metricsapi import history_routes
+from hinotori.controller.guard import WEBHOOK_PATH, Credentials, RequestGuard, error_body
+from hinotori.controller.metricsapi import history_routes, live_routes
 from hinotori.controller.readapi import read_routes
-from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
-from hinotori.model import HostState
+from hinotori.deploy.fleet import Fleet
+from hinotori.deploy.locks import ServiceLocks
+from hinotori.errors import DeployError, HinotoriError, LockedError, NotFound, Unauthorised
+from hinotori.model import Host
+from hinotori.observe.logs import LogPipeline
+from hinotori.observe.metrics import MetricsRecorder
+from hinotori.project import Project
+from hinotori.store import Store
+
+log = logging.getLogger("hinotori.controller.api")
 
 _STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
 
 
-class DeployBody(BaseModel):
-    release: int | None = None
-    lock_wait: float = Field(0.0, ge=0)
-    actor: str = "api"
-    replace: bool = False  # deploy even if the release already serves: fresh hosts
-    reason: str = ""
-    strategy: str | None = None  # default: the service's strategy in the spec
+class ControllerParts(Protocol):
+    """What create_app takes from the controller (hinotori.controller.daemon.Controller)."""
+
+    project: Project
+    store: Store
+    fleet: Fleet
+    locks: ServiceLocks
+    logs: LogPipeline
+    metrics: MetricsRecorder
+    stopping: asyncio.Event
+    teardown: bool
+    started_at: float
+
+    async def start_deployment(self, service: str, *, kind: str, release: int | None,
+                               lock_wait: float, actor: str, replace: bool = False,
+                               reason: str = "", strategy: str | None = None,
+                               claimed_actor: str | None = None) -> int | None: ...
+
+    async def kill(self, host_id: str, actor: str,
+                   claimed_actor: str | None = None) -> Host: ...
+
+    def control(self, service: str, action: str) -> None: ...
+
+    async def push(self, body: bytes, signature: str | None) -> list[str]: ...
+
+    def reload_spec(self) -> None: ...
 
 
-class ShutdownBody(BaseModel):
-    teardown: bool = True
-
-
-def create_app(controller: Controller, token: str) -> FastAPI:
+def create_app(controller: ControllerParts, token: str) -> FastAPI:
     sessions = DashboardSessions()  # the web dashboard's read-only sign-ins
-
-    def authorised(request: Request, authorization: str | None = Header(default=None)) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if given and sessions.authorise(given, request.method):
-            return
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
-            raise Unauthorised("missing or wrong API token",
-                                hint="the token is in .hinotori/token of the project")
-
-    app = FastAPI(title="hinotori controller", version=__version__)
-    api = APIRouter(dependencies=[Depends(authorised)])  # everything but the push webhook
-    # Before /v1/services/{service}/{action} below, which would take "bake" for an action.
-    api.include_router(build_routes(controller))
+    app = FastAPI(title="hinotori controller", version=__version__, docs_url=None,
+                  redoc_url=None)
+    app.add_middleware(RequestGuard, credentials=Credentials(token, sessions))
+    api = APIRouter()  # the guard checks the token of every route but the open ones
     store, fleet = controller.store, controller.fleet
 
     @app.exception_handler(HinotoriError)
     async def _error(_: Request, exc: HinotoriError) -> JSONResponse:
         status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 400)
-        return JSONResponse({"error": exc.message, "hint": exc.hint,
-                             "type": type(exc).__name__}, status_code=status)
+        return JSONResponse(error_body(exc), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"][1:]) or "".join(map(str, first["loc"]))
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
+        body = error_body(HinotoriError(message, hint="GET /openapi.json for the parameters"))
+        # Without the inputs: they may be large, or be floats JSON cannot carry (Infinity).
+        detail = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors]
+        return JSONResponse({**body, "detail": jsonable_encoder(detail)}, status_code=422)
+
+    def stop(teardown: bool) -> None:
+        controller.teardown = teardown
+        controller.stopping.set()
+
+    # Before /v1/services/{service}/{action} in control_routes, which would take "bake".
+    api.include_router(build_routes(controller.project, controller.reload_spec))
+    api.include_router(control_routes(controller.start_deployment, controller.kill,
+                                      controller.control, stop))
 
     @api.get("/v1/status")
     async def status() -> dict[str, Any]:
         services = []
         for name in sorted(controller.project.spec.services):
             current, previous = store.service_releases(name)
-            hosts = fleet.hosts(name)
             counts: dict[str, int] = {}
-            for h in hosts:
+            for h in fleet.hosts(name):
                 if h.state.alive:
                     counts[str(h.state)] = counts.get(str(h.state), 0) + 1
             lock = controller.locks.holder(name)
@@ -85,89 +128,30 @@ def create_app(controller: Controller, token: str) -> FastAPI:
                 "uptime_s": round(time.time() - controller.started_at, 1),
                 "router": controller.project.spec.router.listen, "services": services}
 
-    @api.post("/v1/services/{service}/deploy")
-    async def deploy(service: str, body: DeployBody) -> dict[str, Any]:
-        number = await controller.start_deployment(
-            service, kind="deploy", release=body.release, lock_wait=body.lock_wait,
-            actor=body.actor, replace=body.replace, reason=body.reason, strategy=body.strategy)
-        return {"deployment": number}
-
-    @api.post("/v1/services/{service}/rollback")
-    async def rollback(service: str, body: DeployBody) -> dict[str, Any]:
-        number = await controller.start_deployment(
-            service, kind="rollback", release=None, lock_wait=body.lock_wait, actor=body.actor,
-            reason=body.reason)
-        return {"deployment": number}
-
-    @api.post("/v1/services/{service}/phoenix")
-    async def phoenix(service: str, body: DeployBody) -> dict[str, Any]:
-        number = await controller.start_deployment(
-            service, kind="phoenix", release=None, lock_wait=body.lock_wait, actor=body.actor,
-            reason=body.reason or "phoenix rotation on demand")
-        return {"deployment": number}
-
-    @api.post("/v1/hosts/{host_id}/kill")
-    async def kill(host_id: str, body: DeployBody) -> dict[str, Any]:
-        return (await controller.kill(host_id, body.actor)).to_dict()
-
-    @api.post("/v1/services/{service}/{action}")
-    async def control(service: str, action: str) -> dict[str, Any]:
-        if action not in ("pause", "resume", "promote", "abort"):
-            raise NotFound(f"no action {action!r}",
-                           hint="actions: deploy, rollback, pause, resume, promote, abort")
-        controller.control(service, action)
-        return {"service": service, "action": action}
-
-    @api.get("/v1/deployments")
-    async def deployments(service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return store.deployments(service, limit)
-
-    @api.get("/v1/deployments/{number}")
-    async def deployment(number: int) -> dict[str, Any]:
-        return store.deployment(number)
-
-    @api.get("/v1/hosts")
-    async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
-        states = None if all else [s for s in HostState if s.alive]
-        return [h.to_dict() for h in store.hosts(service, states)]
-
-    @api.get("/v1/metrics")
-    async def metrics(service: str | None = None, by: str = "release") -> list[dict[str, Any]]:
-        """Per service and release (default), or per host with ``by=host``."""
-        stats, hosts = await fleet.router.stats(), store.hosts()
-        if by == "host":
-            owner = {h.id: h for h in hosts}
-            return [{"host": hid, "service": owner[hid].service,
-                     "release": f"v{owner[hid].release}", "requests": s.requests,
-                     "errors": s.errors, "in_flight": s.active, "statuses": s.statuses}
-                    for hid, s in sorted(stats.items()) if hid in owner
-                    and service in (None, owner[hid].service)]
-        totals = await controller.metrics.totals(service)  # they outlive hosts and routers
-        return [m.to_dict() for m in from_totals(totals, stats, hosts)]
-
-    @api.get("/metrics")
-    async def prometheus() -> Response:
-        hosts = store.hosts()
-        totals = await controller.metrics.totals()
-        body = prometheus_text(from_totals(totals, await fleet.router.stats(), hosts), hosts)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @api.post("/v1/shutdown")
-    async def shutdown(body: ShutdownBody) -> dict[str, Any]:
-        controller.teardown = body.teardown
-        controller.stopping.set()
-        return {"stopping": True, "teardown": body.teardown}
-
-    @app.post("/v1/webhooks/push", include_in_schema=True)
+    @app.post(WEBHOOK_PATH)
     async def push(request: Request) -> dict[str, Any]:
         """A GitHub-style push, signed with HMAC-SHA256 (X-Hub-Signature-256): ships every
         service whose `ship_on` matches the repository and branch. Unsigned or wrongly signed
-        pushes are refused and recorded."""
+        pushes are refused and recorded. At most 25 MiB (GitHub's own cap)."""
+        signature = request.headers.get("x-hub-signature-256")
+        if signature is not None and not signature.isascii():
+            # A signature is "sha256=" and hex; the HMAC check could not even compare this.
+            store.record("webhook", "webhook.rejected", "push", {"why": "signature not ASCII"})
+            raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
+                               hint="it is sha256= and the hex HMAC-SHA256 of the body")
         body = await request.body()
-        shipped = await controller.push(body, request.headers.get("x-hub-signature-256"))
+        try:
+            shipped = await controller.push(body, signature)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            # Signed but malformed: the caller's mistake, not a server error. The traceback
+            # goes to the log in case it was ours after all.
+            log.exception("push payload refused")
+            raise DeployError("push payload is not a GitHub-style push event",
+                              hint="it needs ref and repository.full_name, as strings") from None
         return {"shipped": shipped}
 
-    api.include_router(read_routes(controller))
+    api.include_router(read_routes(store, controller.logs.store))
+    api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))
     dashboard.mount(app, api, sessions)  # the page at /, its sign-in, /v1/dashboard/ticket
     app.include_router(api)

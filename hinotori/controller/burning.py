@@ -82,7 +82,7 @@ class Burning:
                 continue
             await self.kill(self._rng.choice(serving).id, actor="chaos (schedule)")
 
-    async def kill(self, host_id: str, actor: str) -> Host:
+    async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         """Chaos: kill one serving host abruptly; the self-healing loop replaces it."""
         host = self.store.host(host_id)
         if host.state != HostState.SERVING:
@@ -91,7 +91,9 @@ class Burning:
             raise DeployError(f"{host.service} is stateful: chaos never kills it",
                               hint="stateful services are left alone by chaos and phoenix")
         await self.fleet.provider(host).kill(host)
-        self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}", {"pid": host.pid})
+        self.store.record(actor, "chaos.kill", f"{host.service}/{host.id}",
+                          {"pid": host.pid, **({"claimed_actor": claimed_actor}
+                                               if claimed_actor else {})})
         return host
 
 

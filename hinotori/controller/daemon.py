@@ -140,16 +140,18 @@ class Controller:
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
                                lock_wait: float, actor: str, replace: bool = False,
                                reason: str = "", strategy: str | None = None,
-                               only: set[str] | None = None) -> int | None:
+                               only: set[str] | None = None,
+                               claimed_actor: str | None = None) -> int | None:
         return await self.deployments.start(
             service, kind=kind, release=release, lock_wait=lock_wait, actor=actor,
-            replace=replace, reason=reason, strategy=strategy, only=only)
+            replace=replace, reason=reason, strategy=strategy, only=only,
+            claimed_actor=claimed_actor)
 
     def control(self, service: str, action: str) -> None:
         self.deployments.control(service, action)
 
-    async def kill(self, host_id: str, actor: str) -> Host:
-        return await self.burning.kill(host_id, actor)
+    async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
+        return await self.burning.kill(host_id, actor, claimed_actor)
 
     async def push(self, body: bytes, signature: str | None) -> list[str]:
         return await self.shipping.push(body, signature)

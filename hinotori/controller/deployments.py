@@ -47,7 +47,8 @@ class Deployments:
     async def start(self, service: str, *, kind: str, release: int | None,
                     lock_wait: float, actor: str, replace: bool = False,
                     reason: str = "", strategy: str | None = None,
-                    only: set[str] | None = None) -> int | None:
+                    only: set[str] | None = None,
+                    claimed_actor: str | None = None) -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
@@ -55,7 +56,9 @@ class Deployments:
         self.fleet.service(service)
         # The spec as it is now, not as a running deployment of the service pinned it.
         definition = self.project.spec.services.get(service) or self.fleet.service(service)
-        hold = self.locks.hold(service, f"a {kind} by {actor}", wait=lock_wait)
+        # ``actor``: who the API's credentials proved; ``claimed_actor``: who the caller says.
+        who = f"{actor} ({claimed_actor})" if claimed_actor else actor
+        hold = self.locks.hold(service, f"a {kind} by {who}", wait=lock_wait)
         await hold.__aenter__()
         self.fleet.pin(service, definition)
         try:
@@ -95,7 +98,8 @@ class Deployments:
                 chosen = rolling.STRATEGY  # one host at a time, never below replicas
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
-                to_release=target, actor=actor, reason=reason)
+                to_release=target, actor=actor, reason=reason,
+                claimed_actor=claimed_actor)
         except BaseException:
             self.fleet.pin(service, None)
             await hold.__aexit__(None, None, None)

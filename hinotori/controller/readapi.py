@@ -1,35 +1,41 @@
-"""Read-only API routes: the event log, the central logs and the releases.
+"""Read-only API routes: the event log, the central logs, releases, hosts and deployments.
 
 The CLI reads these from the local files (they work with the controller down); the API serves
-the same data to the dashboard and to anything else that only has the token. Times in queries
-are durations ago ("10m") or epoch seconds.
+the same data, in the same shapes (``view()`` in hinotori/model.py), to the dashboard and to
+anything else that only has the token. Times in queries are durations ago ("10m") or epoch
+seconds; numbers are checked against what the store can hold (422 with the reason, not 500).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import math
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 
-from hinotori.controller.daemon import Controller
 from hinotori.durations import parse_moment
 from hinotori.errors import HinotoriError
-from hinotori.model import release_number
-from hinotori.observe.logs import LogQuery, search
+from hinotori.model import MAX_NUMBER, HostState, deployment_view, release_number
+from hinotori.observe.logs import LogQuery, LogStore, search
 from hinotori.releases import release_rows
+from hinotori.store import Store
 
 MAX_LIMIT = 10_000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")]
 
 
 def _moment(name: str, text: str | None) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return parse_moment(text)
+        moment = parse_moment(text)
     except ValueError:
+        moment = math.nan
+    if not math.isfinite(moment):
         raise HinotoriError(f"{name}={text!r} is not a time",
-                            hint="a duration ago (30s, 10m, 2h, 7d) or epoch seconds") from None
+                            hint="a duration ago (30s, 10m, 2h, 7d) or epoch seconds")
+    return moment
 
 
 def _release(text: str | None) -> int | None:
@@ -37,43 +43,59 @@ def _release(text: str | None) -> int | None:
         return None
     try:
         return release_number(text)
-    except ValueError:
+    except ValueError as e:
         raise HinotoriError(f"release={text!r} is not a release",
-                            hint="write it as v3 (or 3)") from None
+                            hint=str(e).partition(": ")[2] or "write it as v3 (or 3)") from None
 
 
-def read_routes(controller: Controller) -> APIRouter:
+def read_routes(store: Store, logs: LogStore) -> APIRouter:
     routes = APIRouter()
-    store = controller.store
 
     @routes.get("/v1/events")
     async def events(subject: str | None = None, action: str | None = None,
                      actor: str | None = None, since: str | None = None,
                      until: str | None = None, grep: str | None = None,
-                     limit: int = 100) -> dict[str, Any]:
-        """The audit log, newest last; ``subject``, ``action`` and ``actor`` match prefixes,
-        ``grep`` a substring of the details (the why)."""
+                     limit: Limit = 100) -> dict[str, Any]:
+        """The audit log, newest last; ``subject``, ``action`` and ``actor`` match prefixes
+        (taken literally: ``%`` and ``_`` are no wildcards), ``grep`` a substring of the
+        details (the why)."""
         found = store.events(subject=subject, action=action, actor=actor,
                              since=_moment("since", since), until=_moment("until", until),
-                             text=grep, limit=max(1, min(limit, MAX_LIMIT)))
+                             text=grep, limit=limit)
         return {"events": [e.to_dict() for e in found]}
 
     @routes.get("/v1/logs")
-    async def logs(service: str | None = None, release: str | None = None,
-                   host: str | None = None, since: str | None = None,
-                   until: str | None = None, grep: str | None = None, limit: int = 200,
-                   after: int = 0) -> dict[str, Any]:
+    async def log_lines(service: str | None = None, release: str | None = None,
+                        host: str | None = None, since: str | None = None,
+                        until: str | None = None, grep: str | None = None, limit: Limit = 200,
+                        after: Annotated[int, Query(ge=0, le=MAX_NUMBER)] = 0
+                        ) -> dict[str, Any]:
         """Lines from the central store (live and destroyed hosts alike), oldest first: the
         newest ``limit`` matches with id > ``after``. Poll with ``after=next`` to follow."""
         query = LogQuery(service=service or None, release=_release(release), host=host or None,
                          since=_moment("since", since), until=_moment("until", until),
-                         grep=grep or None, limit=max(1, min(limit, MAX_LIMIT)))
-        lines = await asyncio.to_thread(search, controller.logs.store, query, after)
+                         grep=grep or None, limit=limit)
+        lines = await asyncio.to_thread(search, logs, query, after)
         return {"lines": [ln.to_dict() for ln in lines],
                 "next": lines[-1].id if lines else after}
 
     @routes.get("/v1/releases")
     async def releases(service: str | None = None) -> list[dict[str, Any]]:
         return release_rows(store, service)
+
+    @routes.get("/v1/hosts")
+    async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+        """Live hosts (every host ever, with ``all=true``), as `hinotori hosts --json`."""
+        states = None if all else [s for s in HostState if s.alive]
+        return [h.view() for h in store.hosts(service, states)]
+
+    @routes.get("/v1/deployments")
+    async def deployments(service: str | None = None, limit: Limit = 50
+                          ) -> list[dict[str, Any]]:
+        return [deployment_view(d) for d in store.deployments(service, limit)]
+
+    @routes.get("/v1/deployments/{number}")
+    async def deployment(number: Annotated[int, Path(ge=1, le=MAX_NUMBER)]) -> dict[str, Any]:
+        return deployment_view(store.deployment(number))
 
     return routes

@@ -53,7 +53,9 @@ class Shipping:
             event = json.loads(body)
             repository = event["repository"]["full_name"]
             branch = event["ref"].removeprefix("refs/heads/")
-        except (ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(repository, str) or not isinstance(branch, str):
+                raise TypeError("repository.full_name and ref must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DeployError("push payload is not a GitHub-style push event",
                               hint="it needs ref and repository.full_name") from None
         self.reload_spec()

@@ -104,8 +104,8 @@ class Store:
         case-insensitive substring of the detail (the why, the reason, a host id…)."""
         where, args = [], []
         if subject:
-            where.append("(subject = ? OR subject LIKE ?)")
-            args += [subject, f"{subject}/%"]
+            where.append("(subject = ? OR subject LIKE ? ESCAPE '\\')")
+            args += [subject, f"{_like_escape(subject)}/%"]
         for column, prefix in (("action", action), ("actor", actor)):
             if prefix:
                 where.append(f"{column} LIKE ? ESCAPE '\\'")
@@ -236,7 +236,7 @@ class Store:
     # -- deployments ---------------------------------------------------------------------
     def create_deployment(self, service: str, *, strategy: str, kind: str,
                           from_release: int | None, to_release: int, actor: str,
-                          reason: str = "") -> int:
+                          reason: str = "", claimed_actor: str | None = None) -> int:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO deployments (service, strategy, kind, from_release, to_release, "
@@ -245,7 +245,8 @@ class Store:
             number = int(cur.lastrowid or 0)
             self._event(db, actor, f"{kind}.started", f"{service}/deployment/{number}",
                         {"strategy": strategy, "from": from_release, "to": to_release,
-                         "reason": reason})
+                         "reason": reason,
+                         **({"claimed_actor": claimed_actor} if claimed_actor else {})})
         return number
 
     def add_deployment_step(self, number: int, step: dict[str, Any]) -> None:

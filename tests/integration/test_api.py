@@ -53,7 +53,7 @@ def test_metrics_per_release_outlive_their_hosts(running: CliProject) -> None:
     hit(p, 20)
     # v1's hosts are warm now; burn them by moving on to v3, so v1 has no host left at all.
     p.cli("deploy", "web", "--env", "HELLO_LATENCY_MS=1")
-    assert not [h for h in p.json("hosts") if h["release"] == "v1"]  # type: ignore[union-attr]
+    assert not [h for h in p.json("hosts") if h["release_name"] == "v1"]  # type: ignore[union-attr]
     status, body = call(p, "/v1/metrics?service=web", token)
     assert status == 200
     by_release = {m["release"]: m for m in json.loads(body)}
@@ -98,7 +98,7 @@ def test_events_logs_and_releases_are_served(running: CliProject) -> None:
     assert [ln["line"] for ln in after["lines"]] == ["api-probe 2"]  # type: ignore[index]
 
     releases = get("/v1/releases?service=web")
-    assert [(r["release"], r["role"]) for r in releases] == [("v1", "current")]  # type: ignore
+    assert [(r["release_name"], r["role"]) for r in releases] == [("v1", "current")]  # type: ignore
 
     spec = get("/openapi.json")
     for path in ("/v1/events", "/v1/logs", "/v1/releases", "/v1/services/{service}/deploy"):

@@ -59,7 +59,7 @@ def test_failing_canary_rolls_back_at_its_first_step(canary_project: CliProject)
     expected = 0.10 * 0.5 * 300 * during
     assert 0 < stats.failed <= 3 * expected + 10, (stats.failed, expected)
     assert stats.by_header["2"] < stats.by_header["1"]
-    assert all(h["release"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
+    assert all(h["release_name"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
     assert get(p.router)[0] == "1"
     dep = p.json("deployments")[-1]  # type: ignore[index]
     shown = p.cli("deployment", "show", str(dep["id"])).stdout
@@ -84,7 +84,7 @@ def test_healthy_canary_is_promoted_through_every_step(canary_project: CliProjec
     assert dep["strategy"] == "canary" and dep["state"] == "succeeded"
     assert [s["outcome"] for s in dep["summary"]["steps"]] == ["pass", "pass"]
     assert get(p.router)[0] == "2"
-    assert {h["release"] for h in p.serving()} == {"v2"}
+    assert {h["release_name"] for h in p.serving()} == {"v2"}
 
 
 @pytest.mark.parametrize("canary_project", [("[50, 100]", "500ms", "2s")], indirect=True)
@@ -106,7 +106,7 @@ def test_override_header_stickiness_pause_and_abort(canary_project: CliProject) 
                                   str(p.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
     try:
-        assert wait_until(lambda: any(h["release"] == "v2" and h["state"] == "serving"
+        assert wait_until(lambda: any(h["release_name"] == "v2" and h["state"] == "serving"
                                       for h in p.json("hosts")), timeout=30)
         p.cli("pause", "web")
         assert {get(p.router, {"X-Hinotori-Release": "canary"})[0] for _ in range(20)} == {"2"}

@@ -2,8 +2,9 @@
 real headless Chromium (the Debian system browser, driven through Playwright).
 
 The page must show a canary deployment as it happens (running at 50%, the split on the traffic
-bar, the analysis verdicts), then the promoted release as current; find a line an app printed;
-and without a sign-in show how to get one while the API refuses it.
+bar, the analysis verdicts), then the promoted release as current; show the newest log lines
+as it opens and follow them; find a line an app printed; and without a sign-in show how to get
+one while the API refuses it.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ def test_the_page_shows_a_canary_as_it_happens(canary_project: CliProject, brows
     expect(page.locator('#hosts tr[data-state="serving"]')).to_have_count(2)
     assert "ticket" not in page.url  # the spent ticket is gone from the address bar
 
+    # The log panel shows the newest lines on open, before any search (here the hosts' start
+    # lines), and follows: a line printed now arrives without a search.
+    shown = page.locator("#log-lines .logline")
+    expect(shown.filter(has_text="listening on").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#log-status")).to_contain_text("following")
+    early = f"open-{uuid.uuid4().hex[:10]}"
+    with urllib.request.urlopen(f"http://{p.router}/print?n=2&tag={early}", timeout=10) as r:
+        assert r.status == 200
+    expect(shown.filter(has_text=f"{early} 1")).to_have_count(1, timeout=30_000)
+
     # v2 as a canary, started through the CLI; the page must show it while it runs.
     p.set_version("2")
     p.cli("bake", "web")
@@ -174,8 +185,8 @@ def test_the_page_shows_a_canary_as_it_happens(canary_project: CliProject, brows
     expect(lines.filter(has_text=f"{tag} 2")).to_have_count(1)
     expect(lines).to_have_count(3)
     expect(lines.first.locator(".rel")).to_have_text("v2")
-    # Following: new matching lines arrive without another search.
-    form.locator('[name="follow"]').check()
+    # Following (on from the start): new matching lines arrive without another search.
+    expect(form.locator('[name="follow"]')).to_be_checked()
     with urllib.request.urlopen(f"http://{p.router}/print?n=2&tag={tag}", timeout=10) as r:
         assert r.status == 200
     expect(lines).to_have_count(5, timeout=30_000)

@@ -84,7 +84,7 @@ def test_hooks_and_notifications(tmp_path: Path) -> None:
         result = p.cli("deploy", "web", "--env", "HELLO_VERSION=2", check=False)
         assert result.returncode == 1 and "pre-deploy hook failed" in result.stderr
         assert "migration failed" in result.stderr
-        assert {h["release"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
+        assert {h["release_name"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
     finally:
         teardown(p)
         good.shutdown()

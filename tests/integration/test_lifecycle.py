@@ -78,7 +78,7 @@ def test_failing_health_check_is_refused_and_traffic_stays(running: CliProject) 
     assert stats.failed == 0 and set(stats.by_header) == {"1"}
     assert {h["id"] for h in p.serving()} == before
     hosts = p.json("hosts")
-    assert all(h["release"] == "v1" for h in hosts)  # type: ignore[union-attr]  no leaked v2 hosts
+    assert all(h["release_name"] == "v1" for h in hosts)  # type: ignore[union-attr]  no leaked v2 hosts
     assert get(p.router)[1]["X-Hello-Version"] == "1"
 
 
@@ -123,13 +123,13 @@ def test_orphans_and_interrupted_deployments_are_swept_at_restart(running: CliPr
     proc = __import__("subprocess").Popen(
         [__import__("sys").executable, "-m", "hinotori", "deploy", "web", "--spec", str(p.path)],
         stdout=-1, stderr=-1)
-    assert wait_until(lambda: any(h["release"] == "v2" for h in p.json("hosts")), timeout=20)
+    assert wait_until(lambda: any(h["release_name"] == "v2" for h in p.json("hosts")), timeout=20)
     os.kill(p.controller_pid(), signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode != 0
     p.cli("up", "-d")
     hosts = p.json("hosts")
-    assert {h["release"] for h in hosts} == {"v1"}  # type: ignore[union-attr]
+    assert {h["release_name"] for h in hosts} == {"v1"}  # type: ignore[union-attr]
     deployments = p.json("audit", "--action", "deploy.failed")
     assert any("interrupted" in e["detail"].get("error", "") for e in deployments)  # type: ignore[union-attr]
     assert get(p.router)[1]["X-Hello-Version"] == "1"
@@ -181,7 +181,7 @@ def test_bake_makes_releases_only_on_change_and_hosts_cannot_touch_the_image(
         (p.path / "hinotori.toml").read_text().replace("env = {}", 'env = { HELLO_VERSION = "9" }'))
     assert "new release v2" in p.cli("deploy", "web").stdout
     releases = p.json("releases")
-    assert [r["release"] for r in releases] == ["v1", "v2"]  # type: ignore[union-attr]
+    assert [r["release_name"] for r in releases] == ["v1", "v2"]  # type: ignore[union-attr]
     assert releases[0]["image"] == releases[1]["image"]  # type: ignore[index]
     assert get(p.router)[1]["X-Hello-Version"] == "9"
 

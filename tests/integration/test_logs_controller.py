@@ -42,8 +42,8 @@ def test_logs_of_destroyed_and_killed_hosts_are_complete(running: CliProject) ->
         p.set_version(version)
         p.cli("bake", "web")
         p.cli("deploy", "web")
-    assert {h["release"] for h in p.serving()} == {"v3"}
-    gone = {h["id"] for h in p.json("hosts", "--all") if h["release"] == "v1"  # type: ignore
+    assert {h["release_name"] for h in p.serving()} == {"v3"}
+    gone = {h["id"] for h in p.json("hosts", "--all") if h["release_name"] == "v1"  # type: ignore
             and h["state"] == "destroyed"}
     assert {first["id"], second["id"]} <= gone
 

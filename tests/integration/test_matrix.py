@@ -110,11 +110,11 @@ def test_deploy_rollback_and_canary_drop_nothing(stack: CliProject) -> None:
     p.cli("up", "-d")
     p.cli("bake", "web")
     p.cli("deploy", "web", "--env", "HELLO_VERSION=1", timeout=300)
-    [first] = {h["release"] for h in p.serving()}
+    [first] = {h["release_name"] for h in p.serving()}
 
     # Blue-green to a new release, then an instant rollback, under load: nothing dropped.
     out, stats = _under_load(p, "deploy", "web", "--env", "HELLO_VERSION=2")
-    [second] = {h["release"] for h in p.serving()}
+    [second] = {h["release_name"] for h in p.serving()}
     assert second != first and f"now serves {second}" in out.stdout
     assert stats.failed == 0, stats.failures
     out, more = _under_load(p, "rollback", "web")
@@ -131,11 +131,11 @@ def test_deploy_rollback_and_canary_drop_nothing(stack: CliProject) -> None:
     assert "failed its canary analysis at 20%" in bad.stderr
     assert "rolled back to stable" in bad.stdout
     assert failing.by_header["3"] < failing.by_header["1"]
-    assert {h["release"] for h in p.serving()} == {first}
+    assert {h["release_name"] for h in p.serving()} == {first}
 
     # A healthy canary goes through its steps and is promoted, nothing dropped.
     good, stats = _under_load(p, "deploy", "web", "--env", "HELLO_VERSION=4")
     assert stats.failed == 0, stats.failures
-    [promoted] = {h["release"] for h in p.serving()}
+    [promoted] = {h["release_name"] for h in p.serving()}
     assert "canary weight 20%" in good.stdout and f"promoted {promoted}" in good.stdout
     assert {"1", "4"} <= set(stats.by_header)

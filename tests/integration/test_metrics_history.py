@@ -83,9 +83,9 @@ def test_history_of_a_release_outlives_its_hosts(fast: CliProject) -> None:
     p.cli("deploy", "web")
     sent_v2 = load(p, 1.0)
     # keep_previous is 1s: the reaper burns v1's warm hosts.
-    assert wait_until(lambda: not [h for h in p.json("hosts") if h["release"] == "v1"],
+    assert wait_until(lambda: not [h for h in p.json("hosts") if h["release_name"] == "v1"],
                       timeout=30, interval=0.5)
-    gone = [h for h in p.json("hosts", "--all") if h["release"] == "v1"]
+    gone = [h for h in p.json("hosts", "--all") if h["release_name"] == "v1"]
     assert gone and all(h["state"] == "destroyed" for h in gone)
 
     def history(query: str) -> dict:

@@ -134,7 +134,7 @@ def test_bake_rebake_and_one_line_change(osproj: OsProject, docker_client) -> No
     text = osproj.cli("bake", "web").stdout
     assert "new release v3" in text and "(2 of 4 steps cached)" in text
     assert "steps cached: 1 2; built: 3 4" in text
-    assert [r["release"] for r in osproj.releases()] == ["v1", "v2", "v3"]
+    assert [r["release_name"] for r in osproj.releases()] == ["v1", "v2", "v3"]
 
 
 def test_cold_bake_runs_every_step_and_installs_the_package(osproj: OsProject,
@@ -161,7 +161,7 @@ def test_failing_step_tags_nothing_and_makes_no_release(osproj: OsProject,
     assert failed.returncode == 1
     assert f"boom-{token}" in failed.stderr and "step 5/5" in failed.stderr
     assert "exit status 3" in failed.stderr and "Traceback" not in failed.stderr
-    assert [r["release"] for r in osproj.releases()] == ["v1"]
+    assert [r["release_name"] for r in osproj.releases()] == ["v1"]
     assert project_tags(docker_client, osproj) == tags
     assert osproj.cli("images", "--json").stdout == stored
 

@@ -63,7 +63,7 @@ def test_rolling_keeps_capacity_and_drops_nothing(tmp_path: Path, surge: int,
         assert stats.failed == 0, stats.failures
         assert "rolling batch" in out and "now serves v2" in out
         assert min(counts) >= 3 - unavailable and max(counts) <= 3 + surge
-        assert {h["release"] for h in p.json("hosts")} == {"v2"}  # type: ignore[union-attr]
+        assert {h["release_name"] for h in p.json("hosts")} == {"v2"}  # type: ignore[union-attr]
         assert len(p.json("hosts")) == 3  # type: ignore[arg-type]
     finally:
         teardown(p)
@@ -80,6 +80,6 @@ def test_failed_batch_rolls_the_previous_release_back_in(tmp_path: Path) -> None
         result = p.cli("deploy", "web", "--env", "HELLO_HEALTHY=0", check=False)
         assert result.returncode == 1 and "failed its health check" in result.stderr
         hosts = p.json("hosts")
-        assert {h["release"] for h in hosts} == {"v1"} and len(hosts) == 3  # type: ignore[union-attr]
+        assert {h["release_name"] for h in hosts} == {"v1"} and len(hosts) == 3  # type: ignore[union-attr]
     finally:
         teardown(p)

@@ -497,7 +497,7 @@ def test_bad_canary_is_rolled_back_from_haproxy_stats(tmp_path: Path) -> None:
         assert "failed its canary analysis at 10%" in result.stderr
         assert "rolled back to stable" in result.stdout
         assert 0 < stats.by_header["2"] < stats.by_header["1"]
-        assert all(h["release"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
+        assert all(h["release_name"] == "v1" for h in p.json("hosts"))  # type: ignore[union-attr]
         assert wait_until(lambda: hello(p.router) == "1")
     finally:
         teardown(p)

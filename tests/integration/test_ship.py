@@ -53,7 +53,7 @@ def test_ship_and_signed_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         signed = "sha256=" + hmac.new(SECRET.encode(), other, hashlib.sha256).hexdigest()
         assert post(p, other, signed) == (200, {"shipped": []})  # no service ships from dev
         assert post(p, push, good) == (200, {"shipped": ["web"]})
-        assert wait_until(lambda: any(h["release"] == "v2" for h in p.serving()), timeout=30)
+        assert wait_until(lambda: any(h["release_name"] == "v2" for h in p.serving()), timeout=30)
         rejected = p.json("audit", "--action", "webhook.rejected")
         assert len(rejected) == 3  # type: ignore[arg-type]
     finally:

@@ -30,6 +30,6 @@ def test_failing_check_refuses_the_deploy(tmp_path: Path) -> None:
             stats = load.stop()
         assert result.returncode == 1 and "failed its verify checks" in result.stderr
         assert stats.failed == 0 and set(stats.by_header) == {"1"}
-        assert {h["release"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
+        assert {h["release_name"] for h in p.json("hosts")} == {"v1"}  # type: ignore[union-attr]
     finally:
         teardown(p)

@@ -18,6 +18,7 @@ const ui = {
   services: [],
   logNext: 0,
   logQuery: null,
+  logAsked: 0,           // bumped by each search: an answer to an older one is dropped
   deployments: [],
   deploymentsShown: "",
   chartsAsked: false,
@@ -38,7 +39,9 @@ async function main() {
   $("log-search").addEventListener("submit", (ev) => { ev.preventDefault(); searchLogs(true); });
   $("log-search").elements.follow.addEventListener("change", (ev) => {
     if (ev.target.checked && !ui.logQuery) searchLogs(true);  // follow what the form says
+    else showLogStatus();
   });
+  searchLogs(true);  // the newest lines at once, followed (the form's defaults), like tail -f
   $("events-filter").addEventListener("input", () => renderEvents(ui.events));
   for (const id of ["metrics-service", "metrics-since"]) {
     $(id).addEventListener("change", () => refreshMetrics());
@@ -351,9 +354,11 @@ async function searchLogs(fresh) {
     host: form.get("host").trim(), grep: form.get("grep").trim(), since: form.get("since"),
   };
   ui.logQuery = query;
+  const asked = ++ui.logAsked;
   $("log-status").textContent = "searching…";
   try {
-    const found = await get("/v1/logs", { ...query, limit: 500 });
+    const found = await get("/v1/logs", { ...query, limit: LOG_LIMIT });
+    if (asked !== ui.logAsked) return;  // a newer search was sent meanwhile
     ui.logNext = found.next;
     showLogLines(found.lines, fresh);
   } catch (e) {
@@ -366,11 +371,14 @@ async function searchLogs(fresh) {
 async function followLogs() {
   const form = $("log-search");
   if (!ui.logQuery || !form.elements.follow.checked) return;
-  const found = await get("/v1/logs", { ...ui.logQuery, after: ui.logNext, limit: 500 });
+  const asked = ui.logAsked;
+  const found = await get("/v1/logs", { ...ui.logQuery, after: ui.logNext, limit: LOG_LIMIT });
+  if (asked !== ui.logAsked) return;  // the search changed while this was on its way
   ui.logNext = found.next;
   if (found.lines.length) showLogLines(found.lines, false);
 }
 
+const LOG_LIMIT = 500;  // lines per answer: the newest ones on open and per search
 const MAX_LINES = 2000;
 
 function showLogLines(lines, fresh) {
@@ -384,7 +392,14 @@ function showLogLines(lines, fresh) {
   if (fresh) box.replaceChildren(...rows);
   else box.append(...rows);
   while (box.childElementCount > MAX_LINES) box.firstElementChild.remove();
-  const count = box.childElementCount;
-  $("log-status").textContent = count ? `${count} line${count === 1 ? "" : "s"}` : "no matching lines";
+  showLogStatus();
   if (fresh || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function showLogStatus() {
+  if (!ui.logQuery) return;
+  const count = $("log-lines").childElementCount;
+  const following = $("log-search").elements.follow.checked ? " · following" : "";
+  $("log-status").textContent = (count ? `${count} line${count === 1 ? "" : "s"}, newest last`
+    : "no matching lines yet") + following;
 }
