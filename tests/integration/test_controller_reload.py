@@ -69,16 +69,16 @@ def test_a_running_deployment_keeps_its_spec_and_the_next_one_takes_the_new(
         # The running canary kept its spec: the stable v1 hosts stay warm (keep_previous 10m,
         # not 0s), its one step was judged. (Then the monitor may heal web up to 3 replicas.)
         hosts = web_hosts(p)
-        assert sorted((h["release"], h["state"]) for h in hosts if h["release"] == "v1") == [
+        assert sorted((h["release_name"], h["state"]) for h in hosts if h["release_name"] == "v1") == [
             ("v1", "warm"), ("v1", "warm")]
-        assert len([h for h in hosts if h["release"] == "v2" and h["state"] == "serving"]) >= 2
+        assert len([h for h in hosts if h["release_name"] == "v2" and h["state"] == "serving"]) >= 2
         first = p.json("deployments", "web")[-1]  # type: ignore[index]
         assert [s["weight"] for s in first["summary"]["steps"]] == [50]
         # The next deployment takes the spec as it is now: 3 hosts, straight to 100%, and
         # nothing kept warm.
         p.cli("deploy", "web", "--env", "HELLO_VERSION=3", "--lock-wait", "60s")
         hosts = web_hosts(p)
-        assert sorted((h["release"], h["state"]) for h in hosts) == [("v3", "serving")] * 3
+        assert sorted((h["release_name"], h["state"]) for h in hosts) == [("v3", "serving")] * 3
         assert p.json("deployments", "web")[-1]["summary"]["steps"] == []  # type: ignore[index]
     finally:
         teardown(p)
