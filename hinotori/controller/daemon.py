@@ -54,6 +54,7 @@ from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
 from hinotori.spec.schema import CanarySpec, RollingSpec
+from hinotori.statefiles import open_private, write_private
 from hinotori.verify.runner import VerifyPlan, fleet_verifier
 
 log = logging.getLogger("hinotori.controller")
@@ -135,8 +136,8 @@ class Controller:
     # -- life cycle ----------------------------------------------------------------------
     def claim(self) -> None:
         """Only one controller per project: an exclusive lock the kernel frees if we die."""
-        self.project.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.project.state_dir / "controller.lock", "a+")  # noqa: SIM115
+        self.project.ensure_state_dir()
+        self._lock_file = open_private(self.project.state_dir / "controller.lock", "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -689,9 +690,8 @@ async def serve(project: Project) -> None:
     api = asyncio.create_task(server.serve(sockets=[sock]))
     info = {"pid": os.getpid(), "address": address, "started_at": controller.started_at,
             "router": project.spec.router.listen}
-    tmp = project.controller_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(project.controller_file)
+    write_private(project.controller_file, json.dumps(info),
+                  tmp=project.controller_file.with_suffix(".tmp"))
     log.info("controller up: api http://%s, router %s", address, project.spec.router.listen)
     try:
         await controller.stopping.wait()
