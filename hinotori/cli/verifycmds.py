@@ -34,6 +34,7 @@ from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
 from hinotori.model import Host, HostState, Release
 from hinotori.project import Project
 from hinotori.providers.base import BootRequest, Provider
+from hinotori.statefiles import private_dir
 from hinotori.store import default_actor
 from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
 from hinotori.verify.report import FORMATS, RENDERERS, print_table
@@ -162,6 +163,7 @@ async def throwaway_host(project: Project, service: str, release: Release,
     host_id = f"{service}-verify-{secrets.token_hex(3)}"
     state_dir = project.hosts_dir / host_id
     volumes = {}
+    private_dir(state_dir / "scratch")  # hosts/<id> private; the volumes in it are host data
     for name in svc.volumes:  # stand-ins: the real volumes have one writer, the serving host
         path = state_dir / "scratch" / "volumes" / name
         path.mkdir(parents=True, exist_ok=True)
