@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from hinotori.errors import EngineError as EngineError
 from hinotori.processes import pid_alive
+from hinotori.statefiles import open_private, private_dir, write_private
 
 if TYPE_CHECKING:
     import docker
@@ -98,17 +99,17 @@ def ensure_podman_service(sock: Path, *, timeout: float = 30.0) -> str:
     if podman is None:
         raise EngineError("podman is not installed: install it (apt-get install podman) "
                           "or point [engine] url at a running Docker or Podman engine")
-    sock.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(sock.parent)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
-    log = open(sock.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
+    log = open_private(sock.with_suffix(".log"), "ab")  # handed to the child
     try:
         proc = subprocess.Popen([podman, "system", "service", "--time=0", url],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
     finally:
         log.close()
-    sock.with_suffix(".pid").write_text(f"{proc.pid}\n")
+    write_private(sock.with_suffix(".pid"), f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

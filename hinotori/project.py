@@ -6,12 +6,19 @@
       hosts/<id>/       each host's own image view, scratch dir and captured output
       router/           data-plane workers: control sockets, pid files, last table, logs
       controller.json   where the running controller listens (pid, address)
-      token             the API token (mode 0600)
+      token             the API token
       controller.log    output of a detached controller
+
+Readable by the owner only: the directories hinotori makes here are 0700 and the files 0600 from
+creation (hinotori.statefiles); a state directory an older hinotori left readable is tightened
+when a project is loaded. Image trees (images/, cache/) and host views keep the modes their
+manifests record, part of the digest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -20,12 +27,16 @@ from typing import TYPE_CHECKING
 from hinotori.bake import ImageStore
 from hinotori.errors import NotFound
 from hinotori.spec import LoadedSpec, ServiceSpec, Spec, load_spec
+from hinotori.statefiles import open_private, private_dir, tighten
 from hinotori.store import Store
 
 if TYPE_CHECKING:
     import docker
 
 STATE_DIR = ".hinotori"
+# Trees whose modes are not hinotori's to tighten: images and their build cache (modes are part
+# of the digest), host views, and what hosts write themselves (scratch, volumes).
+KEEP_MODES = ("images", "cache", "hosts/*/root", "hosts/*/scratch", "volumes")
 
 
 class Project:
@@ -34,6 +45,9 @@ class Project:
         self.spec: Spec = loaded.spec
         self.root: Path = loaded.root
         self.state_dir = self.root / STATE_DIR
+        with contextlib.suppress(FileNotFoundError):
+            if self.state_dir.stat().st_mode & 0o077:  # left readable by an older hinotori
+                tighten(self.state_dir, keep=KEEP_MODES)
 
     @classmethod
     def load(cls, spec_path: Path | str = ".") -> Project:
@@ -59,13 +73,20 @@ class Project:
     def controller_log(self) -> Path:
         return self.state_dir / "controller.log"
 
+    def ensure_state_dir(self) -> Path:
+        """The state directory, created 0700 if missing."""
+        return private_dir(self.state_dir)
+
     @cached_property
     def store(self) -> Store:
+        self.ensure_state_dir()
         return Store(self.state_dir / "state.db")
 
     @cached_property
     def images(self) -> ImageStore:
-        return ImageStore(self.images_dir)
+        # Their top directories 0700 (the trees inside keep their own modes).
+        private_dir(self.state_dir / "cache")
+        return ImageStore(private_dir(self.images_dir))
 
     def service(self, name: str) -> ServiceSpec:
         try:
@@ -83,12 +104,17 @@ class Project:
         return connect(self.spec.engine.url, state_dir=self.state_dir)
 
     def token(self) -> str:
-        """The API token, created (mode 0600) on first use."""
+        """The API token, created (mode 0600 from the start) on first use."""
         path = self.state_dir / "token"
         if not path.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_urlsafe(32))
-            tmp.chmod(0o600)
-            tmp.replace(path)
+            self.ensure_state_dir()
+            tmp = path.with_name(f"token.{os.getpid()}.tmp")
+            with open_private(tmp, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            try:  # link, not rename: when two processes race, the first token wins for both
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return path.read_text().strip()

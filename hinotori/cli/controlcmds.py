@@ -22,6 +22,7 @@ from hinotori.model import MAX_NUMBER, deployment_view, release_number
 from hinotori.processes import pid_alive
 from hinotori.project import Project
 from hinotori.releases import config_with_env, ensure_release
+from hinotori.statefiles import open_private
 
 LockWait = Annotated[str, typer.Option("--lock-wait", help="wait this long for another "
                                        "deployment of the service, e.g. 30s")]
@@ -47,13 +48,13 @@ def up(spec: SpecOpt = Path("."),
 
 
 def _start_detached(project: Project) -> None:
-    project.state_dir.mkdir(parents=True, exist_ok=True)
+    project.ensure_state_dir()
     if project.controller_file.exists() and _answers(project):
         console.print("controller already running")
         return
     project.controller_file.unlink(missing_ok=True)
     start = project.controller_log.stat().st_size if project.controller_log.exists() else 0
-    with open(project.controller_log, "ab") as out:
+    with open_private(project.controller_log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hinotori", "up", "--spec", str(project.loaded.path)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,

@@ -34,6 +34,7 @@ from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
 from hinotori.model import Host, HostState, Release
 from hinotori.project import Project
 from hinotori.providers.base import BootRequest, Provider, volume_dirs
+from hinotori.statefiles import private_dir
 from hinotori.store import default_actor
 from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
 from hinotori.verify.report import FORMATS, RENDERERS, print_table
@@ -156,6 +157,7 @@ async def throwaway_host(project: Project, service: str, release: Release,
     svc, actor = project.service(service), default_actor()
     host_id = f"{service}-verify-{secrets.token_hex(3)}"
     state_dir = project.hosts_dir / host_id
+    private_dir(state_dir / "scratch")  # hosts/<id> private; the volumes in it are host data
     # Stand-ins for the volumes: the real ones have one writer, the serving host.
     volumes = volume_dirs(state_dir / "scratch" / "volumes", svc.volumes)
     image_root = project.images.rootfs(release.image)

@@ -44,6 +44,7 @@ from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import ControllerError
 from hinotori.model import Host
 from hinotori.project import Project
+from hinotori.statefiles import open_private
 
 # The loops and how often each makes a pass, in seconds (the log and metrics loops keep their
 # own pace: [logs] ship_interval, [metrics] interval).
@@ -85,8 +86,8 @@ class Controller:
     # -- life cycle ----------------------------------------------------------------------
     def claim(self) -> None:
         """Only one controller per project: an exclusive lock the kernel frees if we die."""
-        self.project.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.project.state_dir / "controller.lock", "a+")  # noqa: SIM115
+        self.project.ensure_state_dir()
+        self._lock_file = open_private(self.project.state_dir / "controller.lock", "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

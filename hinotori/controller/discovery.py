@@ -17,16 +17,15 @@ from pathlib import Path
 
 from hinotori.deploy.fleet import Fleet
 from hinotori.model import HostState
+from hinotori.statefiles import private_dir, write_private
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_private(path, text)
 
 
 def render_discovery(directory: Path, fleet: Fleet) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     lines = ["# written by hinotori: hosts serving each service (do not edit)"]
     for name in sorted(fleet.spec.services):
         serving = fleet.hosts(name, HostState.SERVING)

@@ -20,6 +20,7 @@ from hinotori.controller.api import create_app
 from hinotori.controller.daemon import Controller
 from hinotori.errors import ControllerError
 from hinotori.project import Project
+from hinotori.statefiles import write_private
 
 log = logging.getLogger("hinotori.controller")
 
@@ -58,9 +59,8 @@ async def serve(project: Project) -> None:
     api = asyncio.create_task(server.serve(sockets=[sock]))
     info = {"pid": os.getpid(), "address": address, "started_at": controller.started_at,
             "router": project.spec.router.listen}
-    tmp = project.controller_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(project.controller_file)
+    write_private(project.controller_file, json.dumps(info),
+                  tmp=project.controller_file.with_suffix(".tmp"))
     log.info("controller up: api http://%s, router %s", address, project.spec.router.listen)
     try:
         await controller.stopping.wait()

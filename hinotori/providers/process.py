@@ -53,6 +53,7 @@ from hinotori.providers.base import (
     volume_env,
 )
 from hinotori.providers.process_logs import ProcessLogSource
+from hinotori.statefiles import open_private, private_dir, write_private
 
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 
@@ -110,9 +111,9 @@ def _write_env(env: dict[str, str], state_dir: Path) -> None:
 
 
 def _write_host(host: Host, state_dir: Path) -> None:
-    tmp = state_dir / "host.json.tmp"
-    tmp.write_text(json.dumps(host.to_dict(), indent=2))
-    tmp.replace(state_dir / "host.json")  # atomic: list() never reads half a file
+    # atomic: list() never reads half a file
+    write_private(state_dir / "host.json", json.dumps(host.to_dict(), indent=2),
+                  tmp=state_dir / "host.json.tmp")
 
 
 def _read_host(path: Path) -> Host | None:
@@ -144,7 +145,7 @@ class ProcessProvider:
         rel, state_dir = req.release, req.state_dir
         if not rel.config.command:
             raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         view, scratch, log = state_dir / "root", state_dir / "scratch", state_dir / "output.log"
         try:
             await asyncio.to_thread(_copy_tree, req.image_root, view)
@@ -153,7 +154,7 @@ class ProcessProvider:
             raise ProviderError(f"cannot copy image {rel.image} into host {req.host_id}: {e}",
                                 hint="is the image still in the image store? "
                                      "`hinotori images` lists them") from e
-        scratch.mkdir(exist_ok=True)
+        private_dir(scratch)
         port = _free_port(self._ports)
         env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
         env.update(rel.config.env)
@@ -164,7 +165,7 @@ class ProcessProvider:
         env.update(volume_env(req.volumes))  # on this machine already: the paths as they are
         _write_env(env, state_dir)
         try:
-            with open(log, "ab") as out:
+            with open_private(log, "ab") as out:
                 proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
                                         stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,10 +1,11 @@
 """The state store: SQLite (WAL) under ``.hinotori/``.
 
 One writer at a time is SQLite's rule; WAL lets the CLI read while the controller writes, and a
-busy timeout makes concurrent writers wait instead of failing. Every state-changing method
-appends its event in the same transaction, so the audit log can never miss a change (invariant
-7). Calls are short and synchronous: each is well under a millisecond on local disk, cheaper than
-handing it to a thread.
+busy timeout makes concurrent writers wait instead of failing. Safe from any thread (the
+controller writes from its event loop and its bake threads): see store.base. Every
+state-changing method appends its event in the same transaction, so the audit log can never miss
+a change (invariant 7). Calls are short and synchronous: each is well under a millisecond on
+local disk, cheaper than handing it to a thread.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from hinotori.errors import NotFound, StoreError
 from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
+from hinotori.store.base import SqliteBase
 from hinotori.store.migrations import MIGRATIONS
 
 
@@ -33,56 +33,13 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open the state store {self.path}: {e}",
-                             hint="is the file damaged? move it aside to start afresh") from None
-
-    def close(self) -> None:
-        self._db.close()
-
-    # -- plumbing ------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the state store {self.path} was written by a newer hinotori "
-                f"(schema {version}, this one knows {len(MIGRATIONS)})",
-                hint="upgrade hinotori")
-        for number in range(version, len(MIGRATIONS)):
-            # One transaction per migration: a failed one leaves the previous version intact.
-            try:
-                self._db.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
-                                       f"PRAGMA user_version = {number + 1};\nCOMMIT;")
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
-    @property
-    def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+class Store(SqliteBase):
+    what = "the state store"
+    loses = "releases, hosts and the event log"
+    error = StoreError
+    schema = MIGRATIONS
+    pragmas = ("synchronous=NORMAL", "foreign_keys=ON")
+    row_factory = sqlite3.Row
 
     def _event(self, db: sqlite3.Connection, actor: str, action: str, subject: str,
                detail: dict[str, Any] | None = None) -> None:

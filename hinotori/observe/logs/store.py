@@ -25,8 +25,8 @@ the host is gone, until retention removes it. Choices, and why:
   about 4x faster than a per-row trigger, which is what keeps ingest above 100,000 lines/s.
 - **WAL**, so `hinotori logs` in another process reads while the controller writes.
 
-One connection, guarded by a lock: the shipper writes from a worker thread, forwarders read
-from others, and Python's sqlite3 transaction state must not interleave.
+Safe from any thread (store.base: a connection per thread, one writer lock): the shipper writes
+from a worker thread while forwarders and queries read from others.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from hinotori.observe.logs.errors import LogsError
 from hinotori.observe.logs.records import LogLine
-from hinotori.observe.sqlitefile import SqliteFile
+from hinotori.store.base import SqliteBase
 
 LOGS_DB = "logs.db"
 
@@ -115,7 +115,7 @@ def logs_db(state_dir: Path) -> Path:
     return Path(state_dir) / LOGS_DB
 
 
-class LogStore(SqliteFile):
+class LogStore(SqliteBase):
     what = "the log store"
     loses = "host logs already in it"
     error = LogsError

@@ -30,7 +30,7 @@ from typing import Any
 from hinotori.errors import BadQuery as BadQuery
 from hinotori.errors import MetricsError as MetricsError
 from hinotori.observe.metrics.points import N_BUCKETS, Counts, Point
-from hinotori.observe.sqlitefile import SqliteFile
+from hinotori.store.base import SqliteBase
 
 METRICS_DB = "metrics.db"
 RAW, MINUTE = 0, 60
@@ -120,7 +120,7 @@ def _point(r: Sequence[Any]) -> Point:
                  hosts_max=r[at + 5])
 
 
-class MetricsStore(SqliteFile):
+class MetricsStore(SqliteBase):
     what = "the metric history"
     loses = "the history in it"
     error = MetricsError
@@ -128,8 +128,8 @@ class MetricsStore(SqliteFile):
 
     # -- meta --------------------------------------------------------------------------------
     def _meta(self, key: str) -> Any:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self.reading() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     @staticmethod
@@ -212,8 +212,8 @@ class MetricsStore(SqliteFile):
         if release is not None:
             sql += " AND release = ?"
             args.append(release)
-        with self._lock:
-            rows = self._db.execute(sql + " GROUP BY release, t ORDER BY t, release",
+        with self.reading() as db:
+            rows = db.execute(sql + " GROUP BY release, t ORDER BY t, release",
                                     args).fetchall()
         return [(_point(r[:-2]), r[-2], r[-1]) for r in rows]
 
@@ -225,13 +225,13 @@ class MetricsStore(SqliteFile):
         if release is not None:
             sql += " AND release = ?"
             args.append(release)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY ts, release", args).fetchall()
+        with self.reading() as db:
+            rows = db.execute(sql + " ORDER BY ts, release", args).fetchall()
         return [_point(r) for r in rows]
 
     def oldest(self, resolution: int) -> float | None:
-        with self._lock:
-            return self._db.execute("SELECT min(ts) FROM points WHERE resolution = ?",
+        with self.reading() as db:
+            return db.execute("SELECT min(ts) FROM points WHERE resolution = ?",
                                     (resolution,)).fetchone()[0]
 
     def totals(self, service: str | None = None) -> list[Total]:
@@ -240,12 +240,12 @@ class MetricsStore(SqliteFile):
         if service is not None:
             sql += " WHERE service = ?"
             args.append(service)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY service, release", args).fetchall()
+        with self.reading() as db:
+            rows = db.execute(sql + " ORDER BY service, release", args).fetchall()
         return [Total(service=r[0], release=r[1], counts=Counts.from_dict(json.loads(r[2])),
                       memory_bytes=r[3], hosts=r[4], updated=r[5]) for r in rows]
 
     def services(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(
+        with self.reading() as db:
+            return [r[0] for r in db.execute(
                 "SELECT DISTINCT service FROM totals ORDER BY service")]

@@ -34,6 +34,7 @@ from hinotori.processes import log_tail, pid_alive
 from hinotori.router.base import RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
+from hinotori.statefiles import open_private, private_dir, write_private
 
 START_TIMEOUT = 10.0   # spawn -> answering ping
 APPLY_TIMEOUT = 5.0    # apply -> every worker acknowledged
@@ -96,7 +97,7 @@ class BuiltinRouter:
 
     async def start(self) -> None:
         """Adopt the workers answering on their sockets; spawn the missing ones. Idempotent."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         extra = self._leftover_indices()
         if extra:  # from a run with more workers: they would serve a stale table forever
             await asyncio.gather(*(self._stop_worker(i) for i in extra))
@@ -154,7 +155,7 @@ class BuiltinRouter:
     async def _ensure(self, i: int) -> None:
         info = await self._ping(i)
         if info is not None and info.get("listen") == self.listen:
-            self._pidfile(i).write_text(f"{info['pid']}\n")
+            write_private(self._pidfile(i), f"{info['pid']}\n")
             return
         if info is not None:  # the configured address changed: replace the worker
             await self._stop_worker(i)
@@ -172,14 +173,14 @@ class BuiltinRouter:
         root = str(Path(__file__).resolve().parents[3])  # the directory holding hinotori/
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with open(log_path, "ab") as log:
+        with open_private(log_path, "ab") as log:
             log_offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     cwd=self.state_dir, env=env)
         self._children[i] = proc
         threading.Thread(target=proc.wait, name=f"reap-router-{i}", daemon=True).start()
-        self._pidfile(i).write_text(f"{proc.pid}\n")
+        write_private(self._pidfile(i), f"{proc.pid}\n")
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT

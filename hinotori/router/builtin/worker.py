@@ -35,6 +35,7 @@ from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.listener import open_listener
 from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
 from hinotori.router.builtin.upstream import Pool
+from hinotori.statefiles import write_private
 
 log = logging.getLogger("hinotori.router")
 
@@ -241,6 +242,4 @@ def write_table_file(path: Path, data: bytes, writer: str) -> None:
     on a busy disk, in which a killed worker would leave no table at all. ``writer`` (the
     worker's name) keeps workers' temp files apart and bounded in number.
     """
-    tmp = path.with_name(f".{path.name}.{writer}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_private(path, data, tmp=path.with_name(f".{path.name}.{writer}.tmp"))

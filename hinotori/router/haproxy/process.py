@@ -24,6 +24,7 @@ from pathlib import Path
 from hinotori.errors import RouterError
 from hinotori.processes import log_tail, pid_alive
 from hinotori.router.haproxy import runtime
+from hinotori.statefiles import open_private
 
 START_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 15.0
@@ -123,11 +124,11 @@ class Supervisor:
                 stale.unlink()
         argv = [self.binary, "-W", "-S", f"{self.master_socket},mode,600", "-f", str(self.cfg),
                 "-p", str(self.pidfile)]
-        with open(self.logfile, "ab") as log:
+        with open_private(self.logfile, "ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=self.cfg.parent)
+                                    cwd=self.cfg.parent, umask=0o077)  # its pid file: 0600
         self._child = proc
         threading.Thread(target=proc.wait, name="reap-haproxy", daemon=True).start()
         loop = asyncio.get_running_loop()

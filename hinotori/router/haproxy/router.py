@@ -39,6 +39,7 @@ from hinotori.router.base import RouterContext
 from hinotori.router.haproxy import config, runtime
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
+from hinotori.statefiles import private_dir, write_private
 
 _SOCKET_PATH_MAX = 90  # HAProxy allows 97 bytes; it binds "<path>.<pid>.tmp" first
 _MAINT = 0x01  # srv_admin_state bit: forced maintenance
@@ -112,9 +113,8 @@ class HaproxyRouter:
             return {}
 
     def _save(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True))
-        os.replace(tmp, self.state_file)
+        write_private(self.state_file, json.dumps(state, sort_keys=True),
+                      tmp=self.state_file.with_suffix(".tmp"))
 
     @staticmethod
     def _table(state: dict[str, Any]) -> RoutingTable | None:
@@ -133,7 +133,7 @@ class HaproxyRouter:
     def _write(self, plan: config.Plan, loaded: bool, *, fresh: bool = False) -> bool:
         """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed.
         ``fresh``: for a new HAProxy, which logs every request until the reader sees traffic."""
-        self.settings.maps_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.maps_dir)
         if fresh or not config.sample_file(self.settings).exists():
             self._write_sample(1)
         for svc, entries in plan.maps.items():
@@ -154,7 +154,7 @@ class HaproxyRouter:
     async def start(self) -> None:
         """Adopt the HAProxy running from ``state_dir`` if it answers; else start it with the
         last applied table. Idempotent."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         sup = self._sup()
         async with self._lock():
             state = self._load()
@@ -389,6 +389,4 @@ def socket_dir(state_dir: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_private(path, text, tmp=path.with_name(path.name + ".tmp"))
