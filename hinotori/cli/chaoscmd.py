@@ -37,6 +37,15 @@ def _failed(client: ControllerClient, service: str) -> tuple[int, int]:
             sum(m["requests"] for m in metrics))
 
 
+def summary_line(report: dict[str, Any]) -> str:
+    """The run in one line, recovery times for people (--json keeps the seconds)."""
+    return (f"chaos on {report['service']}: {report['kills']} kill(s), recovery p50 "
+            f"{render.seconds(report['recover_p50_s'])} max "
+            f"{render.seconds(report['recover_max_s'])}, {report['not_recovered']} not "
+            f"recovered, {report['failed_requests']} failed of {report['requests']} requests, "
+            f"{len(report['skipped'])} skipped")
+
+
 def chaos(service: str, spec: SpecOpt = Path("."),
           interval: Annotated[float, duration_option(
               "--interval", help="time between chances to kill")] = "10s",
@@ -112,10 +121,6 @@ def chaos(service: str, spec: SpecOpt = Path("."),
     if json_out:
         render.print_json(report)
     else:
-        console.print(f"chaos on {service}: {report['kills']} kill(s), recovery p50 "
-                      f"{render.seconds(report['recover_p50_s'])} max "
-                      f"{render.seconds(report['recover_max_s'])}, "
-                      f"{report['not_recovered']} not recovered, {report['failed_requests']} "
-                      f"failed of {report['requests']} requests, {len(skipped)} skipped")
+        console.print(summary_line(report), highlight=False)
     if report["not_recovered"] or report["failed_requests"]:
         raise typer.Exit(1)

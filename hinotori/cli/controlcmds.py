@@ -220,15 +220,19 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
                                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
-        s = dep["summary"]
-        how = "instantly from warm hosts" if s.get("instant") else \
-            f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
-            f"rolled in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
-            f"boot→healthy {render.seconds(s.get('boot_to_healthy_s'))}"
-        timing = f", switch {s['switch_ms']} ms, drain {render.seconds(s['drain_s'])}" \
-            if s.get("switch_ms") is not None else ""
-        console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}{timing}, "
-                      f"total {render.seconds(s['total_s'])})")
+        console.print(deployed_line(service, dep["summary"]))
+
+
+def deployed_line(service: str, s: dict[str, Any]) -> str:
+    """A finished deployment in one line, its durations for people (--json keeps seconds)."""
+    how = "instantly from warm hosts" if s.get("instant") else \
+        f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
+        f"rolled in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
+        f"boot→healthy {render.seconds(s.get('boot_to_healthy_s'))}"
+    timing = f", switch {s['switch_ms']} ms, drain {render.seconds(s['drain_s'])}" \
+        if s.get("switch_ms") is not None else ""
+    return (f"[bold green]{service} now serves {s['release']}[/] ({how}{timing}, "
+            f"total {render.seconds(s['total_s'])})")
 
 
 def _print_step(step: dict[str, Any]) -> None:
