@@ -134,8 +134,9 @@ def releases(service: Annotated[str | None, typer.Argument()] = None, spec: Spec
 
 
 def demo(keep: Annotated[bool, typer.Option(help="keep the temporary project")] = False,
-         clients: Annotated[int, typer.Option(help="concurrent keep-alive clients")] = 50,
-         rate: Annotated[float, typer.Option(help="total requests/s")] = 400.0,
+         clients: Annotated[int, typer.Option(min=1, max=10000,
+                                              help="concurrent keep-alive clients")] = 50,
+         rate: Annotated[float, typer.Option(min=0.1, help="total requests/s")] = 400.0,
          json_out: JsonOpt = False) -> None:
     """Run the whole lifecycle under load in a temporary project.
 
