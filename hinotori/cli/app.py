@@ -229,7 +229,7 @@ def main() -> None:
 
 
 def is_click_error(error: BaseException) -> bool:
-    """click's ClickException, whichever copy raised it: click's own (Typer before 0.22) or the
+    """click's ClickException, whichever copy raised it: click's own (older Typer releases) or the
     one Typer bundles (typer._click). Both say how to show themselves and with which code; a
     version check or an import of either module would tie this to one flavour."""
     return callable(getattr(error, "format_message", None)) and \

@@ -4,7 +4,8 @@ Values a person writes (durations, moments, release names, strategy names) are p
 command line is read, by Typer's ``parser=``: a bad one is a usage error (exit 2) that names its
 option, raised before the command has loaded, written or started anything. A parser raises
 ValueError; Typer turns that into its BadParameter under either of its flavours (click's
-exceptions, or the click copy Typer bundles since 0.22), and ``app.main`` prints it in one line.
+exceptions, or the copy of click newer Typer releases bundle), and ``app.main`` prints it in
+one line.
 """
 
 from __future__ import annotations

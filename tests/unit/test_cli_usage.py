@@ -169,7 +169,7 @@ def test_a_user_error_in_a_command_still_prints_as_one(capsys: Any,
 
 
 def test_clicks_own_exceptions_are_shown_the_same_way(capsys: Any) -> None:
-    """Typer before 0.22 raises click's exceptions, later ones their bundled copy: main()
+    """Older Typer releases raise click's exceptions, newer ones their bundled copy: main()
     recognises both by what they do, not by class."""
     command = click.Command("deploy")
     ctx = click.Context(command, info_name="hinotori deploy")
