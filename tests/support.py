@@ -22,7 +22,7 @@ from hinotori.observe.logs import LogStore
 from hinotori.observe.logs.store import Batch
 from hinotori.observe.metrics import Counts, Point
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository (this file is tests/support.py)
 HELLO = ROOT / "examples" / "hello"
 
 

@@ -7,12 +7,14 @@ through the controller, the only owner of the router and the hosts.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hinotori.cli import (
     auditcmd,
@@ -37,36 +39,15 @@ from hinotori.releases import release_rows
 from hinotori.spec import SPEC_FILE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich",
                   help="Immutable Infrastructure: bake, verify, deploy, observe, burn.")
-app.command("up")(controlcmds.up)
-app.command("down")(controlcmds.down)
-app.command("deploy")(controlcmds.deploy)
-app.command("rollback")(controlcmds.rollback)
-app.command("status")(controlcmds.status)
-app.command("drift")(driftcmd.drift)
-app.command("chaos")(chaoscmd.chaos)
-app.command("logs")(logcmds.logs)
-app.command("metrics")(metricscmd.metrics)
-app.command("dashboard")(dashboardcmd.dashboard)
-app.command("audit")(auditcmd.audit)
-app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
-app.command("images")(imagecmds.images)
-app.command("gc")(imagecmds.gc)
-image_app = typer.Typer(no_args_is_help=True, help="One image: inspect, diff.")
+image_app = typer.Typer(no_args_is_help=True, help="Inspect one image, or diff two.")
 image_app.command("inspect")(imagecmds.image_inspect)
 image_app.command("diff")(imagecmds.image_diff)
-app.add_typer(image_app, name="image")
-app.command("verify")(verifycmds.verify)
-app.add_typer(verifycmds.checks_app, name="checks")
-for _name in ("promote", "pause", "resume", "abort", "deployments", "phoenix", "ship"):
-    app.command(_name)(getattr(controlcmds, _name))
-deployment_app = typer.Typer(no_args_is_help=True, help="One deployment.")
+deployment_app = typer.Typer(no_args_is_help=True, help="One deployment's timeline.")
 deployment_app.command("show")(controlcmds.deployment_show)
-app.add_typer(deployment_app, name="deployment")
-app.add_typer(labcmds.lab_app, name="lab")
 
 
-@app.command()
 def init(directory: Annotated[Path, typer.Argument()] = Path("."),
          force: Annotated[bool, typer.Option(help="overwrite an existing spec")] = False) -> None:
     """Write a commented starter hinotori.toml and a small example app."""
@@ -86,7 +67,6 @@ def init(directory: Annotated[Path, typer.Argument()] = Path("."),
                   "[bold]hinotori deploy web[/]")
 
 
-@app.command()
 def bake(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
          spec: SpecOpt = Path("."), json_out: JsonOpt = False,
          no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again, "
@@ -122,7 +102,6 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
         render.print_json(results)
 
 
-@app.command()
 def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
           all_: Annotated[bool, typer.Option("--all", help="include destroyed hosts")] = False,
           json_out: JsonOpt = False) -> None:
@@ -138,7 +117,6 @@ def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt
                    render.age(h.born_at)) for h in found])
 
 
-@app.command()
 def releases(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
              json_out: JsonOpt = False) -> None:
     """Releases (never edited), newest last, with which one serves."""
@@ -153,21 +131,81 @@ def releases(service: Annotated[str | None, typer.Argument()] = None, spec: Spec
                   for r in rows])
 
 
-@app.command()
 def demo(keep: Annotated[bool, typer.Option(help="keep the temporary project")] = False,
-         clients: Annotated[int, typer.Option(help="concurrent keep-alive clients")] = 50,
-         rate: Annotated[float, typer.Option(help="total requests/s")] = 400.0,
+         clients: Annotated[int, typer.Option(min=1, max=10000,
+                                              help="concurrent keep-alive clients")] = 50,
+         rate: Annotated[float, typer.Option(min=0.1, help="total requests/s")] = 400.0,
          json_out: JsonOpt = False) -> None:
-    """Run the whole lifecycle under load in a temporary project; exit 0 only if no request
-    failed."""
+    """Run the whole lifecycle under load in a temporary project.
+
+    Exit 0 only if no request failed."""
     from hinotori.cli.demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep, clients=clients, rate=rate, json_out=json_out))
 
 
+LIFECYCLE, CANARY, VERIFY, OBSERVE, IMAGES, BURN, MACHINES = (
+    "Lifecycle", "Canary", "Verify", "Observe", "Images", "Burn", "Machines")
+# `hinotori --help` lists the panels in this order; a command's line is its docstring's first
+# paragraph, whole (see whole_sentences).
+for _panel, _commands in (
+        (LIFECYCLE, {"init": init, "up": controlcmds.up, "down": controlcmds.down,
+                     "status": controlcmds.status, "bake": bake, "deploy": controlcmds.deploy,
+                     "ship": controlcmds.ship, "rollback": controlcmds.rollback,
+                     "demo": demo}),
+        (CANARY, {name: getattr(controlcmds, name)
+                  for name in ("promote", "pause", "resume", "abort")}),
+        (VERIFY, {"verify": verifycmds.verify}),
+        (OBSERVE, {"logs": logcmds.logs, "metrics": metricscmd.metrics,
+                   "audit": auditcmd.audit, "dashboard": dashboardcmd.dashboard,
+                   "hosts": hosts, "releases": releases,
+                   "deployments": controlcmds.deployments, "drift": driftcmd.drift}),
+        (IMAGES, {"images": imagecmds.images, "gc": imagecmds.gc}),
+        (BURN, {"chaos": chaoscmd.chaos, "phoenix": controlcmds.phoenix})):
+    for _name, _function in _commands.items():
+        app.command(_name, rich_help_panel=_panel)(_function)
+app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
+app.add_typer(verifycmds.checks_app, name="checks", rich_help_panel=VERIFY)
+app.add_typer(deployment_app, name="deployment", rich_help_panel=OBSERVE)
+app.add_typer(image_app, name="image", rich_help_panel=IMAGES)
+app.add_typer(labcmds.lab_app, name="lab", rich_help_panel=MACHINES)
+
+
+def paragraphs(text: str | None) -> list[str]:
+    """A docstring's paragraphs, each in one line for the terminal to wrap (Rich would keep
+    the docstring's line breaks; click's "\\b" marks a paragraph to keep as written)."""
+    return [part if part.startswith("\b") else " ".join(part.split())
+            for part in inspect.cleandoc(text or "").split("\n\n")]
+
+
+def first_paragraph(text: str | None) -> str:
+    """What a command list shows: the docstring's first paragraph, whole, in one line."""
+    return paragraphs(text)[0]
+
+
+def whole_sentences(typer_app: typer.Typer) -> None:
+    """Give every command an explicit one-line help, its docstring's first paragraph joined:
+    click cuts a help it has to shorten itself at ~45 characters ("Run the controller..."), and
+    Rich keeps a docstring's line breaks."""
+    for info in typer_app.registered_commands:
+        doc = info.help or getattr(info.callback, "__doc__", None) or ""
+        # Help is Rich markup (rich_markup_mode="rich"): a docstring's "[[services.web.checks]]"
+        # is text to show, not a style to apply.
+        info.help = escape("\n\n".join(paragraphs(doc)))
+        if info.short_help is None:
+            info.short_help = escape(first_paragraph(doc))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            whole_sentences(group.typer_instance)
+
+
+whole_sentences(app)
+
+
 def main() -> None:
     try:
-        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        # Without standalone mode click returns typer.Exit's code instead of exiting, and raises
+        # its usage errors for us to print.
         code = app(standalone_mode=False)
     except HinotoriError as e:
         render.print_error(e)
@@ -177,11 +215,21 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         render.err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here with standalone_mode off
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except Exception as e:
+        if not is_click_error(e):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # `hinotori`, `hinotori image`: the help
+            text = e.format_message()  # type: ignore[attr-defined]
+            if text.strip():  # Typer's Rich help has printed itself already
+                sys.stdout.write(text.rstrip() + "\n")
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        sys.exit(render.print_usage_error(e))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def is_click_error(error: BaseException) -> bool:
+    """click's ClickException, whichever copy raised it: click's own (older Typer releases) or the
+    one Typer bundles (typer._click). Both say how to show themselves and with which code; a
+    version check or an import of either module would tie this to one flavour."""
+    return callable(getattr(error, "format_message", None)) and \
+        isinstance(getattr(error, "exit_code", None), int)

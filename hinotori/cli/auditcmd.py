@@ -14,8 +14,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.logcmds import parse_since
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import MAX_NUMBER, JsonOpt, SpecOpt, moment_option
 from hinotori.model import Event
 from hinotori.project import Project
 
@@ -40,19 +39,20 @@ def audit(subject: Annotated[str | None, typer.Argument(
               "--actor", help="who: an actor or its prefix, e.g. alice or ci:")] = None,
           action: Annotated[str | None, typer.Option(
               "--action", help="what: an action or its prefix, e.g. deployment. or host.")] = None,
-          since: Annotated[str | None, typer.Option(
-              "--since", help="events of the last …, e.g. 30m, 2h, 7d")] = None,
-          until: Annotated[str | None, typer.Option(
-              "--until", help="events older than …, e.g. 1h")] = None,
+          since: Annotated[float | None, moment_option(
+              "--since", help="events since …, e.g. 30m, 2h, 7d (ago)")] = None,
+          until: Annotated[float | None, moment_option(
+              "--until", help="events before …, e.g. 1h (ago)")] = None,
           grep: Annotated[str | None, typer.Option(
               "--grep", help="text in the event's details (a reason, a host id…)")] = None,
-          limit: Annotated[int, typer.Option("--limit", min=1, help="the newest N events")] = 100,
+          limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_NUMBER,
+                                             help="the newest N events")] = 100,
           spec: SpecOpt = Path("."),
           json_out: JsonOpt = False) -> None:
     """The event log (who, what, when, why), with filters; oldest first."""
     project = Project.load(spec)
     events = project.store.events(subject=subject, actor=actor, action=action,
-                                  since=parse_since(since), until=parse_since(until),
+                                  since=since, until=until,
                                   text=grep, limit=limit)
     if json_out:
         render.print_json([e.to_dict() for e in events])

@@ -17,10 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import SpecOpt
+from hinotori.cli.options import SpecOpt, duration_option
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
-from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError
 from hinotori.project import Project
 
@@ -38,12 +37,26 @@ def _failed(client: ControllerClient, service: str) -> tuple[int, int]:
             sum(m["requests"] for m in metrics))
 
 
+def summary_line(report: dict[str, Any]) -> str:
+    """The run in one line, recovery times for people (--json keeps the seconds)."""
+    return (f"chaos on {report['service']}: {report['kills']} kill(s), recovery p50 "
+            f"{render.seconds(report['recover_p50_s'])} max "
+            f"{render.seconds(report['recover_max_s'])}, {report['not_recovered']} not "
+            f"recovered, {report['failed_requests']} failed of {report['requests']} requests, "
+            f"{len(report['skipped'])} skipped")
+
+
 def chaos(service: str, spec: SpecOpt = Path("."),
-          interval: Annotated[str, typer.Option(help="time between chances to kill")] = "10s",
-          duration: Annotated[str, typer.Option(help="how long to run")] = "5m",
-          probability: Annotated[float, typer.Option(min=0, max=1)] = 1.0,
-          min_healthy: Annotated[int, typer.Option(help="never leave fewer serving")] = 1,
-          recover_timeout: Annotated[str, typer.Option(help="give up waiting after")] = "60s",
+          interval: Annotated[float, duration_option(
+              "--interval", help="time between chances to kill")] = "10s",
+          duration: Annotated[float, duration_option("--duration", help="how long to run")]
+          = "5m",
+          probability: Annotated[float, typer.Option(
+              min=0, max=1, help="the chance to kill at each interval, 0 to 1")] = 1.0,
+          min_healthy: Annotated[int, typer.Option(min=0, help="never leave fewer serving")]
+          = 1,
+          recover_timeout: Annotated[float, duration_option(
+              "--recover-timeout", help="give up waiting after")] = "60s",
           dry_run: Annotated[bool, typer.Option(help="choose victims, kill nothing")] = False,
           seed: Annotated[int | None, typer.Option(help="for repeatable runs")] = None,
           json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -53,8 +66,7 @@ def chaos(service: str, spec: SpecOpt = Path("."),
         raise HinotoriError(f"{service} is stateful: chaos never kills it",
                             hint="stateful services are left alone by chaos and phoenix")
     replicas = project.service(service).replicas
-    every, until = parse_duration(interval), time.monotonic() + parse_duration(duration)
-    give_up = parse_duration(recover_timeout)
+    every, until, give_up = interval, time.monotonic() + duration, recover_timeout
     rng = random.Random(seed)
     client = ControllerClient(project)
     kills: list[dict[str, Any]] = []
@@ -89,8 +101,8 @@ def chaos(service: str, spec: SpecOpt = Path("."),
             kills.append({"host": victim["id"], "recover_s": recovered,
                           "failed_requests": after_failed - before_failed})
             if not json_out:
-                took = f"recovered in {recovered:.2f}s" if recovered is not None else \
-                    "[red]not recovered[/]"
+                took = "[red]not recovered[/]" if recovered is None else \
+                    f"recovered in {render.seconds(recovered)}"
                 console.print(f"killed {victim['id']}: {took}, "
                               f"{after_failed - before_failed} failed requests")
     except HinotoriError:
@@ -109,9 +121,6 @@ def chaos(service: str, spec: SpecOpt = Path("."),
     if json_out:
         render.print_json(report)
     else:
-        console.print(f"chaos on {service}: {report['kills']} kill(s), recovery p50 "
-                      f"{report['recover_p50_s']}s max {report['recover_max_s']}s, "
-                      f"{report['not_recovered']} not recovered, {report['failed_requests']} "
-                      f"failed of {report['requests']} requests, {len(skipped)} skipped")
+        console.print(summary_line(report), highlight=False)
     if report["not_recovered"] or report["failed_requests"]:
         raise typer.Exit(1)

@@ -13,26 +13,32 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import (
+    MAX_NUMBER,
+    STRATEGIES,
+    JsonOpt,
+    LockWait,
+    SpecOpt,
+    release_option,
+)
+from hinotori.cli.options import strategy as strategy_name
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
-from hinotori.durations import parse_duration
 from hinotori.errors import ControllerError, DeployError, HinotoriError, NotFound, SpecError
-from hinotori.model import MAX_NUMBER, deployment_view, release_number
+from hinotori.model import deployment_view
 from hinotori.processes import pid_alive
 from hinotori.project import Project
 from hinotori.releases import config_with_env, ensure_release
 from hinotori.statefiles import open_private
 
-LockWait = Annotated[str, typer.Option("--lock-wait", help="wait this long for another "
-                                       "deployment of the service, e.g. 30s")]
-
 
 def up(spec: SpecOpt = Path("."),
        detach: Annotated[bool, typer.Option("-d", "--detach", help="run in the background")]
        = False) -> None:
-    """Run the controller (router, hosts, API). Ctrl-C stops the controller only: hosts and
-    router keep serving, and the next `up` adopts them."""
+    """Run the controller: router, hosts and API.
+
+    Ctrl-C stops the controller only: hosts and router keep serving, and the next `up` adopts
+    them."""
     project = Project.load(spec)
     if detach:
         _start_detached(project)
@@ -129,16 +135,6 @@ def _teardown_without_controller(project: Project) -> None:
 
 
 
-def _parse_release(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return release_number(text)
-    except ValueError:
-        raise SpecError(f"--release {text!r} is not a release", key="--release",
-                        hint="write it as v3 or 3; `hinotori releases` lists them") from None
-
-
 def _parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -151,34 +147,41 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def deploy(service: str, spec: SpecOpt = Path("."),
-           release: Annotated[str | None, typer.Option("--release", help="e.g. v3")] = None,
+           release: Annotated[int | None, release_option("--release", help="e.g. v3")] = None,
            env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE: a "
                           "config-only release from the current image")] = None,
            strategy: Annotated[str | None, typer.Option(
-               "--strategy", help="blue-green | canary | rolling (default: the spec's)")]
-           = None,
+               "--strategy", parser=strategy_name, metavar="STRATEGY",
+               help=f"{' | '.join(STRATEGIES)} (default: the spec's)")] = None,
            lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
     """Deploy a release (default: the newest) with zero dropped requests."""
     project = Project.load(spec)
     project.service(service)
-    wait = parse_duration(lock_wait)
-    number = _parse_release(release)
-    if number is None:
-        # A changed spec config or --env makes a config-only release first (never an edit).
-        overrides = _parse_env(env or [])
-        if project.store.latest_release(service) is None:
-            raise DeployError(f"{service} has no image yet",
-                              hint=f"run `hinotori bake {service}` first")
-        outcome = ensure_release(project, service, config=config_with_env(project, service,
-                                 overrides), reason="config change" if not overrides else
-                                 "deploy --env " + " ".join(env or []))
-        if outcome.created and not json_out:
-            console.print(f"config changed: new release [bold]{outcome.release.name}[/]")
-        number = outcome.release.number
-    elif env:
+    overrides = _parse_env(env or [])
+    if env and release is not None:
         raise SpecError("--env and --release cannot be combined", key="--env",
                         hint="--env makes a new release from the current image")
-    _run_deployment(project, service, "deploy", number, wait, json_out, strategy)
+    if release is None and project.store.latest_release(service) is None:
+        raise DeployError(f"{service} has no image yet",
+                          hint=f"run `hinotori bake {service}` first")
+    # Everything that can refuse does so before a config-only release is written: the options
+    # (parsed with the command line), the spec, and a controller that answers.
+    client = ControllerClient(project)
+    try:
+        client.status()
+        number = release
+        if number is None:
+            # A changed spec config or --env makes a config-only release (never an edit).
+            outcome = ensure_release(project, service, config=config_with_env(
+                project, service, overrides), reason="config change" if not overrides else
+                "deploy --env " + " ".join(env or []))
+            if outcome.created and not json_out:
+                console.print(f"config changed: new release [bold]{outcome.release.name}[/]")
+            number = outcome.release.number
+        _run_deployment(project, service, "deploy", number, lock_wait, json_out, strategy,
+                        client=client)
+    finally:
+        client.close()
 
 
 def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
@@ -186,12 +189,15 @@ def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s"
     """Switch back to the previous release: instantly while it is warm, else boot it."""
     project = Project.load(spec)
     project.service(service)
-    _run_deployment(project, service, "rollback", None, parse_duration(lock_wait), json_out)
+    _run_deployment(project, service, "rollback", None, lock_wait, json_out)
 
 
 def _run_deployment(project: Project, service: str, kind: str, release: int | None,
-                    lock_wait: float, json_out: bool, strategy: str | None = None) -> None:
-    client = ControllerClient(project)
+                    lock_wait: float, json_out: bool, strategy: str | None = None,
+                    client: ControllerClient | None = None) -> None:
+    """Start the deployment and follow it to its end; ``client``, if given, stays open."""
+    own = client is None
+    client = client or ControllerClient(project)
     try:
         number = client.start_deployment(service, kind, release=release, lock_wait=lock_wait,
                                           actor=_actor(), strategy=strategy)
@@ -205,7 +211,8 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
         on_step = (lambda _: None) if json_out else _print_step
         dep = client.follow(number, on_step)
     finally:
-        client.close()
+        if own:
+            client.close()
     if json_out:
         render.print_json(dep)
     if dep["state"] != "succeeded":
@@ -215,15 +222,19 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
                                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
-        s = dep["summary"]
-        how = "instantly from warm hosts" if s.get("instant") else \
-            f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
-            f"rolled in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
-            f"boot→healthy {s.get('boot_to_healthy_s')}s"
-        timing = f", switch {s['switch_ms']} ms, drain {s['drain_s']}s" \
-            if s.get("switch_ms") is not None else ""
-        console.print(f"[bold green]{service} now serves {s['release']}[/] ({how}{timing}, "
-                      f"total {s['total_s']}s)")
+        console.print(deployed_line(service, dep["summary"]))
+
+
+def deployed_line(service: str, s: dict[str, Any]) -> str:
+    """A finished deployment in one line, its durations for people (--json keeps seconds)."""
+    how = "instantly from warm hosts" if s.get("instant") else \
+        f"canary through {len(s['steps'])} step(s)" if s.get("strategy") == "canary" else \
+        f"rolled in {s['batches']} batch(es)" if s.get("strategy") == "rolling" else \
+        f"boot→healthy {render.seconds(s.get('boot_to_healthy_s'))}"
+    timing = f", switch {s['switch_ms']} ms, drain {render.seconds(s['drain_s'])}" \
+        if s.get("switch_ms") is not None else ""
+    return (f"[bold green]{service} now serves {s['release']}[/] ({how}{timing}, "
+            f"total {render.seconds(s['total_s'])})")
 
 
 def _print_step(step: dict[str, Any]) -> None:
@@ -234,12 +245,13 @@ def _print_step(step: dict[str, Any]) -> None:
         "host.ready": lambda s: f"  {s['host']} healthy",
         "host.failed": lambda s: f"  [red]{s['host']} failed[/]: {render.escape(s['detail'])}",
         "switched": lambda s: f"switched traffic to {s['release']} in {s['switch_ms']} ms",
-        "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in {s['drain_s']}s"
+        "drained": lambda s: f"drained {len(s['hosts'])} old host(s) in "
+        f"{render.seconds(s['drain_s'])}"
         if s["hosts"] else None,
         "cold": lambda s: f"{s['why']}",
         "note": lambda s: s["text"],
         "step": lambda s: f"canary weight {s['weight']}% (switch {s['switch_ms']} ms)",
-        "analysis": lambda s: f"  {s['elapsed_s']}s: {s['outcome']}"
+        "analysis": lambda s: f"  {render.seconds(s['elapsed_s'])}: {s['outcome']}"
         f"{' (paused)' if s['paused'] else ''} — canary {s['metrics'].get('canary_requests')} "
         f"req, {_pct(s['metrics'].get('canary_error_rate'))} errors, p99 "
         f"{s['metrics'].get('canary_p99_ms')} ms; stable "
@@ -261,8 +273,10 @@ def _print_step(step: dict[str, Any]) -> None:
 
 def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
          json_out: JsonOpt = False) -> None:
-    """bake -> deploy with the spec's strategy, in one step (continuous delivery). Every new
-    host passes its health (and verify) checks before it takes traffic."""
+    """Bake a service and deploy it in one step (continuous delivery).
+
+    The deploy uses the spec's strategy; every new host passes its health (and verify) checks
+    before it takes traffic."""
     from hinotori.releases import bake_service
 
     project = Project.load(spec)
@@ -272,17 +286,17 @@ def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
     if not json_out:
         console.print(f"baked {render.short_digest(result.image.digest)} → "
                       f"{outcome.release.name}{'' if outcome.created else ' (unchanged)'}")
-    _run_deployment(project, service, "deploy", outcome.release.number,
-                    parse_duration(lock_wait), json_out)
+    _run_deployment(project, service, "deploy", outcome.release.number, lock_wait, json_out)
 
 
 def phoenix(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
             json_out: JsonOpt = False) -> None:
-    """Burn and rebuild every host of the service from its image, one at a time, with zero
-    dropped requests (the phoenix server)."""
+    """Burn every host of a service and rebuild it from its image, one at a time.
+
+    No request is dropped: the phoenix server, whose hosts never live long enough to drift."""
     project = Project.load(spec)
     project.service(service)
-    _run_deployment(project, service, "phoenix", None, parse_duration(lock_wait), json_out)
+    _run_deployment(project, service, "phoenix", None, lock_wait, json_out)
 
 
 def _pct(rate: float | None) -> str:
@@ -313,7 +327,8 @@ promote, pause, resume, abort = (_control(a) for a in ("promote", "pause", "resu
 
 def deployments(service: Annotated[str | None, typer.Argument()] = None,
                 spec: SpecOpt = Path("."),
-                limit: Annotated[int, typer.Option(help="newest N")] = 20,
+                limit: Annotated[int, typer.Option(min=1, max=MAX_NUMBER, help="newest N")]
+                = 20,
                 json_out: JsonOpt = False) -> None:
     """Deployments, newest last: strategy, releases, outcome, duration."""
     project = Project.load(spec)
@@ -325,11 +340,12 @@ def deployments(service: Annotated[str | None, typer.Argument()] = None,
                         "took"],
                  [(d["id"], d["service"], d["kind"], d["strategy"], _v(d["from_release"]),
                    _v(d["to_release"]), d["state"], render.when(d["started_at"]),
-                   f"{d['ended_at'] - d['started_at']:.1f}s" if d["ended_at"] else "")
+                   render.seconds(d["ended_at"] - d["started_at"]) if d["ended_at"] else "")
                   for d in rows])
 
 
-def deployment_show(number: int, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)],
+                    spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
     """One deployment's timeline: steps, weights, judged metrics and decisions."""
     project = Project.load(spec)
     if not 1 <= number <= MAX_NUMBER:  # the store cannot even look such a number up
@@ -369,7 +385,8 @@ def status(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(data)
         return
-    pid = f" (pid {data['pid']}, up {data['uptime_s']}s)" if "pid" in data else ""
+    pid = f" (pid {data['pid']}, up {render.seconds(data['uptime_s'])})" if "pid" in data \
+        else ""
     console.print(f"controller: {data['controller']}{pid}; router: {data['router']}")
     render.table(None, ["service", "current", "previous", "latest", "replicas", "hosts", "lock"],
                  [(s["name"], _v(s["current"]), _v(s["previous"]), _v(s["latest"]),

@@ -30,8 +30,10 @@ def sign_in_url(address: str, ticket: str) -> str:
 def dashboard(spec: SpecOpt = Path("."), json_out: JsonOpt = False,
               open_: Annotated[bool, typer.Option("--open", help="open it in the default "
                                                   "browser too")] = False) -> None:
-    """Print a sign-in link for the web dashboard: it works once, within two minutes, and
-    gives that browser tab a read-only view until the tab closes or the controller restarts."""
+    """Print a one-time sign-in link for the web dashboard.
+
+    The link works once, within two minutes, and gives that browser tab a read-only view until
+    the tab closes or the controller restarts."""
     client = ControllerClient(Project.load(spec), timeout=10.0)
     try:
         answer = client.call("POST", "/v1/dashboard/ticket")
@@ -42,7 +44,8 @@ def dashboard(spec: SpecOpt = Path("."), json_out: JsonOpt = False,
         render.print_json({"url": url, "expires_in": answer["expires_in"]})
     else:
         console.print(f"dashboard: {url}", soft_wrap=True, highlight=False)
-        console.print(f"[dim]the link works once, within {answer['expires_in']:g}s; run "
-                      f"`hinotori dashboard` again for another[/]")
+        console.print(f"[dim]the link works once, within "
+                      f"{render.seconds(answer['expires_in'])}; run `hinotori dashboard` again "
+                      "for another[/]")
     if open_:
         webbrowser.open(url)

@@ -63,7 +63,7 @@ class _Demo:
         with console.status(f"baking {label}…"):
             result, outcome = bake_service(self.project, SERVICE)
         self.say(f"  baked image {render.short_digest(result.image.digest)} → release "
-                 f"[bold]{outcome.release.name}[/] in {time.monotonic() - started:.2f}s")
+                 f"[bold]{outcome.release.name}[/] in {render.seconds(time.monotonic() - started)}")
         return outcome.release.number
 
     def deployment(self, kind: str, release: int | None, load: BackgroundLoad | None,
@@ -91,7 +91,8 @@ class _Demo:
         mark = "[green]✓[/]" if ok == expect_ok else "[red]✗[/]"
         if ok:
             how = "from warm hosts" if phase["instant"] else "blue-green"
-            self.say(f"  {mark} {kind} → v{dep['to_release']} ({how}) in {took:.2f}s, switch "
+            self.say(f"  {mark} {kind} → v{dep['to_release']} ({how}) in "
+                     f"{render.seconds(took)}, switch "
                      f"{phase['switch_ms']} ms, {failed} failed requests")
         else:
             first = (dep["error"] or "").splitlines()[0]
@@ -178,7 +179,7 @@ def _print_summary(s: dict[str, Any]) -> None:
                                                  sorted(s["responses_by_version"].items())))
     for p in s["phases"]:
         t.add_row(f"{p['phase']} → {p['release']}",
-                  f"{p['state']} in {p['seconds']}s" +
+                  f"{p['state']} in {render.seconds(p['seconds'])}" +
                   (f", switch {p['switch_ms']} ms" if p["switch_ms"] is not None else ""))
     console.print(t)
     console.print("[bold green]PASS[/]: no request failed" if s["ok"] else

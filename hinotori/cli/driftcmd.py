@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import JsonOpt, LockWait, SpecOpt
 from hinotori.cli.render import console
-from hinotori.durations import parse_duration
 from hinotori.model import Host, HostState
 from hinotori.project import Project
 
@@ -30,7 +29,7 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
           replace: Annotated[bool, typer.Option(help="replace drifted serving hosts by a "
                                                 "zero-downtime deploy of the same release")]
           = False,
-          lock_wait: Annotated[str, typer.Option("--lock-wait")] = "0s") -> None:
+          lock_wait: LockWait = "0s") -> None:
     """Report files added, removed and changed on live hosts since their image was baked."""
     # Imported here, not at the top: start-up time of every command (Typer imports this module
     # for the signature; only `hinotori drift` compares trees).
@@ -60,7 +59,7 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
     else:
         _print(results)
     if replace and drifted:
-        _replace(project, drifted, parse_duration(lock_wait), json_out)
+        _replace(project, drifted, lock_wait, json_out)
     if drifted:
         raise typer.Exit(1)
 

@@ -58,7 +58,7 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
     rows: list[tuple[str, Any]] = [
         ("digest", image.digest),
         ("created", f"{render.when(image.created_at)} ({render.age(image.created_at)} ago)"),
-        ("build time", f"{info['build_seconds']:.1f}s" if "build_seconds" in info else "-"),
+        ("build time", render.seconds(info.get("build_seconds"))),
         ("builder", f"hinotori {info.get('builder_version', '?')}"),
         ("recipe hash", info.get("recipe_hash", "-")),
         ("source", "-" if not source else
@@ -126,8 +126,10 @@ def gc(spec: SpecOpt = Path("."),
        dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")]
        = False,
        json_out: JsonOpt = False) -> None:
-    """Remove images no release in use needs (never a current, previous, canary or live
-    host's), unreachable build-cache entries and orphaned scratch."""
+    """Remove the images, build-cache entries and scratch that nothing needs any more.
+
+    Never the image of a current, previous or canary release or of a live host, nor those of
+    each service's newest --keep releases."""
     project = Project.load(spec)
     result = collect(project.images, project.store, keep=keep, dry_run=dry_run,
                      actor=default_actor(), engine=project.engine)

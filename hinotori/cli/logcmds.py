@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hinotori.durations import parse_duration
-from hinotori.model import release_number
+from hinotori.cli.options import MAX_NUMBER, moment_option, release_option
+from hinotori.cli.render import visible
 from hinotori.project import Project
 
 if TYPE_CHECKING:
@@ -29,32 +30,7 @@ if TYPE_CHECKING:
 # (forwarders, httpx) costs ~0.1 s that only `hinotori logs` needs.
 
 # --spec has no -f here: -f is --follow, as in `tail -f`, `docker logs -f`, `kubectl logs -f`.
-# No -f here: it is --follow, as in tail -f.
 SpecOpt = Annotated[Path, typer.Option("--spec", help="hinotori.toml or its directory")]
-
-
-def parse_release(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return release_number(text)
-    except ValueError:
-        from hinotori.observe.logs import LogsError  # lazy: start-up time, see the top
-
-        raise LogsError(f"--release {text!r} is not a release",
-                        hint="write it as v3 (or 3)") from None
-
-
-def parse_since(text: str | None, now: float | None = None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return (time.time() if now is None else now) - parse_duration(text)
-    except ValueError:
-        from hinotori.observe.logs import LogsError  # lazy: start-up time, see the top
-
-        raise LogsError(f"--since {text!r} is not a duration",
-                        hint="how far back, e.g. 30s, 10m, 2h, 7d") from None
 
 
 def _human(line: LogLine) -> str:
@@ -65,16 +41,17 @@ def _human(line: LogLine) -> str:
 
 
 def logs(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
-         release: Annotated[str | None, typer.Option("--release", help="only this release, "
-                                                     "e.g. v3")] = None,
+         release: Annotated[int | None, release_option("--release", help="only this release, "
+                                                       "e.g. v3")] = None,
          host: Annotated[str | None, typer.Option("--host", help="only this host id")] = None,
-         since: Annotated[str | None, typer.Option("--since", help="only lines stored in the "
-                                                   "last …, e.g. 10m")] = None,
+         since: Annotated[float | None, moment_option("--since", help="only lines stored "
+                                                      "since …, e.g. 10m (ago)")] = None,
          grep: Annotated[str | None, typer.Option("--grep", help="only lines containing this "
                                                   "text (case-insensitive)")] = None,
          follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new "
                                                "lines")] = False,
-         limit: Annotated[int, typer.Option("--limit", min=1, help="the newest N lines")] = 100,
+         limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_NUMBER,
+                                            help="the newest N lines")] = 100,
          spec: SpecOpt = Path("."),
          json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")]
          = False) -> None:
@@ -92,27 +69,30 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
     if not path.exists() and not follow_:
         raise LogsError(f"no logs yet: {path} does not exist",
                         hint="the controller (`hinotori up`) ships every host's output there")
-    query = LogQuery(service=service, release=parse_release(release), host=host,
-                     since=parse_since(since), grep=grep, limit=limit)
+    query = LogQuery(service=service, release=release, host=host, since=since, grep=grep,
+                     limit=limit)
+    # Host output may hold terminal escapes: shown as text on a terminal, never obeyed.
+    human = _human if not sys.stdout.isatty() else (lambda ln: visible(_human(ln)))
     store = LogStore(path)
     try:
         if follow_:
-            _follow(store, query, json_out)
+            _follow(store, query, json_out, human)
         elif json_out:
             sys.stdout.write(json.dumps([ln.to_dict() for ln in search(store, query)],
                                         indent=2) + "\n")
         else:
-            sys.stdout.writelines(_human(ln) + "\n" for ln in search(store, query))
+            sys.stdout.writelines(human(ln) + "\n" for ln in search(store, query))
     finally:
         store.close()
 
 
-def _follow(store: LogStore, query: LogQuery, json_out: bool) -> None:
+def _follow(store: LogStore, query: LogQuery, json_out: bool,
+            human: Callable[[LogLine], str]) -> None:
     from hinotori.observe.logs import follow  # lazy: start-up time, see the top
 
     try:
         for line in follow(store, query):
-            sys.stdout.write((json.dumps(line.to_dict()) if json_out else _human(line)) + "\n")
+            sys.stdout.write((json.dumps(line.to_dict()) if json_out else human(line)) + "\n")
             sys.stdout.flush()
     except (KeyboardInterrupt, BrokenPipeError):
         pass  # Ctrl-C or `| head`: following ends there, quietly

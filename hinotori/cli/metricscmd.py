@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import JsonOpt, SpecOpt, moment_option, release_option, step_text
 from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError, NotFound
 from hinotori.project import Project
@@ -129,17 +129,20 @@ def _ms(v: float | None) -> str:
 
 
 def metrics(service: Annotated[str, typer.Argument(help="the service")],
-            release: Annotated[str | None, typer.Option("--release", help="only this "
-                                                        "release, e.g. v3")] = None,
-            since: Annotated[str, typer.Option("--since", help="how far back, e.g. 30m, 6h, "
-                                               "7d")] = "1h",
-            until: Annotated[str | None, typer.Option("--until", help="up to … ago (default: "
-                                                      "now)")] = None,
-            step: Annotated[str | None, typer.Option("--step", help="bucket width, e.g. 1m "
-                                                     "(default: fit for the range)")] = None,
+            release: Annotated[str | None, release_option(
+                "--release", keep_text=True, help="only this release, e.g. v3")] = None,
+            since: Annotated[str, moment_option("--since", keep_text=True,
+                                                help="how far back, e.g. 30m, 6h, 7d")] = "1h",
+            until: Annotated[str | None, moment_option("--until", keep_text=True,
+                                                       help="up to … ago (default: now)")]
+            = None,
+            step: Annotated[str | None, typer.Option(
+                "--step", parser=step_text, metavar="DURATION",
+                help="bucket width, e.g. 1m (default: fit for the range)")] = None,
             spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
-    """Charts of a service's request rate, errors, p99, CPU and memory, per release; also for
-    releases whose hosts are all gone (10 s points for a day, 1 min for 30 days)."""
+    """Charts of a service's requests, errors, p99, CPU and memory, per release.
+
+    Also for releases whose hosts are all gone: 10 s points for a day, 1 min for 30 days."""
     project = Project.load(spec)
     data, source = fetch(project, service, release=release, since=since, until=until,
                          step=step)
@@ -157,7 +160,7 @@ def metrics(service: Annotated[str, typer.Argument(help="the service")],
     width = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     sys.stdout.write(charts(data, width=width, color=color) + "\n")
-    render.table(f"{service}: {data['resolution']} points, {data['step']} s steps "
+    render.table(f"{service}: {data['resolution']} points, {render.seconds(data['step'])} steps "
                  f"(from {source})",
                  ["release", "requests", "5xx", "error rate", "p50 ms", "p99 ms", "first",
                   "last"],

@@ -27,9 +27,8 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import SpecOpt
+from hinotori.cli.options import SpecOpt, duration_option
 from hinotori.cli.render import console, err_console
-from hinotori.durations import parse_duration
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
 from hinotori.model import Host, HostState, Release
 from hinotori.project import Project
@@ -50,11 +49,12 @@ checks_app = typer.Typer(no_args_is_help=True, help="Write and manage verify che
 
 def verify(service: Annotated[str, typer.Argument(help="the service whose checks to run")],
            release: ReleaseOpt = None,
-           retry_timeout: Annotated[str, typer.Option(
+           retry_timeout: Annotated[float, duration_option(
                "--retry-timeout", help="retry failing checks this long, e.g. 10s")] = "0s",
-           sleep: Annotated[str, typer.Option(help="pause between retries")] = "1s",
-           format_: Annotated[str, typer.Option("--format", help="table, json, junit or tap")]
-           = "table",
+           sleep: Annotated[float, duration_option("--sleep", help="pause between retries")]
+           = "1s",
+           format_: Annotated[str, typer.Option("--format", parser=_format, metavar="FORMAT",
+                                                help="table, json, junit or tap")] = "table",
            json_out: Annotated[bool, typer.Option("--json", help="same as --format json")]
            = False,
            spec: SpecOpt = Path(".")) -> None:
@@ -63,9 +63,7 @@ def verify(service: Annotated[str, typer.Argument(help="the service whose checks
     import asyncio  # lazy: start-up time, see checks_app
 
     fmt = "json" if json_out else format_
-    if fmt not in FORMATS:
-        raise HinotoriError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-    retry, pause = _duration(retry_timeout, "--retry-timeout"), _duration(sleep, "--sleep")
+    retry, pause = retry_timeout, sleep
     project = Project.load(spec)
     svc = project.service(service)
     if not svc.checks and not svc.testinfra:
@@ -123,11 +121,10 @@ def checks_generate(
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _duration(text: str, option: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise HinotoriError(f"{option}: {e}") from None
+def _format(text: str) -> str:
+    if text not in FORMATS:
+        raise ValueError(f"{text!r} is not a format: use one of {', '.join(FORMATS)}")
+    return text
 
 
 def _release(project: Project, service: str, wanted: str | None) -> Release:

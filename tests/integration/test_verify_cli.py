@@ -113,7 +113,7 @@ def test_retry_timeout_and_sleep_reach_the_evaluator(baked: CliProject, tmp_path
     result = json.loads(done.stdout)["results"][1]
     assert result["attempts"] >= 3
     bad = cli(baked, "verify", "web", "--retry-timeout", "soon")
-    assert bad.returncode == 1 and "--retry-timeout: invalid duration" in bad.stderr
+    assert bad.returncode == 2 and "'--retry-timeout': invalid duration" in bad.stderr
 
 
 def test_generated_checks_pass_when_verified(baked: CliProject) -> None:
@@ -163,7 +163,7 @@ def test_user_errors_are_messages_not_tracebacks(baked: CliProject) -> None:
     missing = cli(baked, "verify", "web", "--release", "v9")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     fmt = cli(baked, "verify", "web", "--format", "yaml")
-    assert fmt.returncode == 1 and "unknown format 'yaml'" in fmt.stderr
+    assert fmt.returncode == 2 and "'yaml' is not a format" in fmt.stderr
 
 
 def test_generate_from_a_running_host(baked: CliProject) -> None:

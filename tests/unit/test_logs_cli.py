@@ -11,7 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from hinotori.cli.logcmds import logs, parse_release, parse_since
+from hinotori.cli.logcmds import logs
+from hinotori.cli.options import moment, release
 from hinotori.observe.logs import LogsError, LogStore, logs_db
 from tests.support import put
 
@@ -71,10 +72,15 @@ def test_no_logs_db_yet_says_what_to_do(project: Path) -> None:
     assert code != 0 and "no logs yet" in text and "hinotori up" in text
 
 
-def test_bad_release_and_since_are_user_errors() -> None:
-    assert parse_release("v12") == 12 and parse_release("3") == 3
-    with pytest.raises(LogsError, match="not a release"):
-        parse_release("latest")
-    assert parse_since("10m", now=1000.0) == 400.0
-    with pytest.raises(LogsError, match="not a duration"):
-        parse_since("yesterday")
+def test_bad_release_and_since_are_usage_errors(project: Path) -> None:
+    assert release("v12") == 12 and release("3") == 3
+    with pytest.raises(ValueError, match="not a release"):
+        release("latest")
+    assert time.time() - 660 < moment("10m") < time.time() - 540
+    assert moment("1764000000") == 1764000000.0
+    with pytest.raises(ValueError, match="neither a duration"):
+        moment("yesterday")
+    # Refused while the command line is read: exit 2, before logs.db is even looked for.
+    for option, bad in (("--release", "latest"), ("--since", "yesterday")):
+        result = CliRunner().invoke(app, [option, bad, "--spec", str(project)])
+        assert result.exit_code == 2 and option in result.output, result.output
