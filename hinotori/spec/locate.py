@@ -187,3 +187,30 @@ def line_of(lines: dict[Path, int], path: Sequence[str | int]) -> int | None:
             return lines[p]
         p = p[:-1]
     return None
+
+
+# Strings and comments (skipped whole, so brackets inside them do not count), or one bracket.
+# An unterminated string runs to the end of its line (or of the text, for a multi-line one):
+# no alternative can fail after a long scan, so the scan stays linear on any input.
+_NESTING_TOKEN = re.compile(r'"""(?:[^"\\]|\\.?|"(?!""))*(?:"""|\Z)'
+                            r"|'''.*?(?:'''|\Z)"
+                            r'|"(?:[^"\\\n]|\\[^\n]?)*"?'
+                            r"|'[^'\n]*'?"
+                            r"|#[^\n]*|[\[\]{}]", re.S)
+
+
+def nesting_line(text: str, limit: int) -> int | None:
+    """The line where arrays and inline tables first nest more than ``limit`` deep, or None.
+
+    Checked before parsing because tomllib (and the scanner above) recurse once per level, and
+    a few thousand ``[`` would otherwise end in a RecursionError instead of a spec error."""
+    depth = 0
+    for m in _NESTING_TOKEN.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return text.count("\n", 0, m.start()) + 1
+        elif token in ("]", "}"):
+            depth = max(depth - 1, 0)
+    return None

@@ -69,7 +69,7 @@ def _duration(value: object) -> float:
 
 
 def _size(value: object) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("a size is a number of bytes or a string like \"4KiB\"")
     return value if isinstance(value, int) else parse_size(str(value))
 
@@ -113,7 +113,8 @@ class CheckBase(BaseModel):
     """Shared by every check: the resource key (``resource``), an optional title, and a
     ``presence`` matcher (exists, running…) that, when false, must stand alone."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a matcher's TOML type must be the documented one (exit_status = "0" is refused)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
     resource: ClassVar[str]
     presence: ClassVar[str | None] = "exists"
     title: str | None = None  # shown instead of the generated description
@@ -210,6 +211,9 @@ class HttpCheck(CheckBase):
     def _url(self) -> HttpCheck:
         if not self.http.startswith(("/", "http://", "https://")):
             raise ValueError("http is a path such as \"/healthz\" or an http(s):// URL")
+        if not re.fullmatch(r"[!-~]+", self.http):  # it goes into a request line as written
+            raise ValueError("http has only visible ASCII characters (no spaces or control "
+                             "characters; percent-encode the rest)")
         return self
 
     def _target_text(self) -> str:
