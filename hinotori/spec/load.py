@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hinotori.errors import SpecError
-from hinotori.spec.locate import key_lines, line_of, nesting_line
+from hinotori.spec.locate import key_lines, line_of, nesting_problem
 from hinotori.spec.messages import problem_text, toml_path
 from hinotori.spec.read import SPEC_FILE, read_spec_text
 from hinotori.spec.schema import Spec
@@ -42,7 +42,9 @@ class LoadedSpec:
 
 def load_spec(path: Path | str) -> LoadedSpec:
     path = Path(path)
-    if path.is_dir():
+    # A project directory holds hinotori.toml; a directory named like a spec file is reported
+    # as what it is rather than searched for a spec inside.
+    if path.is_dir() and (path.suffix != ".toml" or (path / SPEC_FILE).exists()):
         path = path / SPEC_FILE
     text = read_spec_text(path)
     spec = parse_spec(text, file=str(path))
@@ -53,10 +55,10 @@ def load_spec(path: Path | str) -> LoadedSpec:
 def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
     """The Spec in ``text``; ``file`` names it in errors, and its directory is the project
     root that image contexts must stay inside."""
-    deep = nesting_line(text, MAX_NESTING)
+    deep = nesting_problem(text, MAX_NESTING)
     if deep is not None:
-        raise SpecError(f"arrays or inline tables nested more than {MAX_NESTING} deep",
-                        file=file, line=deep, hint="a spec needs a few levels at most")
+        raise SpecError(deep[1], file=file, line=deep[0],
+                        hint="a spec needs a few levels at most")
     data = _toml(text, file)
     _check_values(data, text, file)
     if not data:

@@ -90,6 +90,13 @@ def _argv(value: object) -> list[str]:
     return argv
 
 
+def _request_target(value: str) -> str:
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ValueError(f"only visible ASCII characters (no spaces or control characters; "
+                         f"percent-encode the rest): {value!r}")
+    return value
+
+
 def _port(value: object) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(text, str) or not (
@@ -200,7 +207,9 @@ class PortCheck(CheckBase):
 class HttpCheck(CheckBase):
     resource = "http"
     presence = None
-    http: Target  # "/path" on the host's address, or a whole http(s):// URL
+    # "/path" on the host's address, or a whole http(s):// URL; it goes into a request line
+    # as written, so only visible ASCII (no CR/LF, spaces or control characters)
+    http: Annotated[str, AfterValidator(_request_target)]
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] = "GET"
     status: int = Field(200, ge=100, le=599)
     body: Regex | None = None
@@ -211,9 +220,6 @@ class HttpCheck(CheckBase):
     def _url(self) -> HttpCheck:
         if not self.http.startswith(("/", "http://", "https://")):
             raise ValueError("http is a path such as \"/healthz\" or an http(s):// URL")
-        if not re.fullmatch(r"[!-~]+", self.http):  # it goes into a request line as written
-            raise ValueError("http has only visible ASCII characters (no spaces or control "
-                             "characters; percent-encode the rest)")
         return self
 
     def _target_text(self) -> str:
