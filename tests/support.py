@@ -22,7 +22,7 @@ from hinotori.observe.logs import LogStore
 from hinotori.observe.logs.store import Batch
 from hinotori.observe.metrics import Counts, Point
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # tests/support.py -> the repository
 HELLO = ROOT / "examples" / "hello"
 
 
