@@ -10,6 +10,14 @@ from hinotori.durations import parse_size
 from hinotori.spec.base import Duration, Name, Strict, check_address
 
 
+def _size(value: object) -> int:
+    if isinstance(value, str):
+        return parse_size(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"a size is a number of bytes or a string like \"512MiB\" (got {value!r})")
+
+
 class LogForwardSpec(Strict):
     """One `[[logs.forward]]` table: ship the central log store on to another system. Each
     forwarder reads the store by its own persisted cursor, so a receiver that is down only
@@ -49,8 +57,7 @@ class LogsSpec(Strict):
     declared log files after the host is gone, and where it is forwarded."""
 
     retention: Duration = 7 * 86400.0  # lines older than this are deleted
-    max_size: Annotated[int, BeforeValidator(lambda v: parse_size(v) if isinstance(v, str)
-                                             else v), Field(ge=1 << 20)] = 1 << 30
+    max_size: Annotated[int, BeforeValidator(_size), Field(ge=1 << 20)] = 1 << 30
     ship_interval: Duration = 0.2  # how often live hosts' new lines are shipped
     forward: list[LogForwardSpec] = []
 

@@ -234,6 +234,18 @@ def test_non_loopback_controller_listen_is_warned_about(tmp_path: Path, listen: 
 
 # -- the CLI ---------------------------------------------------------------------------------
 
+def test_up_prints_the_listen_warning_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from hinotori.cli import controlcmds
+
+    started = []
+    monkeypatch.setattr(controlcmds, "_start_detached", started.append)
+    controlcmds.up(write(tmp_path, f'[controller]\nlisten = "0.0.0.0:7000"\n\n{SPEC}'), True)
+    err = capsys.readouterr().err
+    assert len(started) == 1 and err.count("warning:") == 1
+    assert ":2: controller.listen: 0.0.0.0:7000 is not a loopback address" in err
+
+
 @pytest.mark.parametrize(("content", "where"), [
     (SPEC.replace("replicas = 2", 'replicas = "3"').encode(),
      f":{REPLICAS}: services.web.replicas: expected an integer"),
