@@ -22,6 +22,7 @@ time can never leak or be confused with a connection the host closed earlier.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from hinotori.model import HealthCheck, ProbeResult
 # One health check against one address: ``probe`` below, or a fake in tests.
 Prober = Callable[[str, HealthCheck], Awaitable[ProbeResult]]
 
+_SAFE_PATH = re.compile(r"/[!-~]*")  # no space, control or non-ASCII character
 _MAX_RESPONSE = 64 * 1024  # more than any health answer; a bigger one is cut, not an error
 
 
@@ -94,6 +96,10 @@ async def _tcp(address: str) -> ProbeResult:
 
 async def probe(address: str, check: HealthCheck) -> ProbeResult:
     """Run ``check`` once against ``address`` ("host:port"). Never raises."""
+    if check.path is not None and not _SAFE_PATH.fullmatch(check.path):
+        # Defence in depth (the spec refuses these): CR/LF would split the request line.
+        return ProbeResult(False, f"refused to send health path {check.path!r}: only '/' and "
+                                  "visible ASCII characters may go into a request line")
     try:
         async with asyncio.timeout(check.timeout):
             return await (_tcp(address) if check.path is None else _http(address, check))

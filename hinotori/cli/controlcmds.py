@@ -40,6 +40,9 @@ def up(spec: SpecOpt = Path("."),
     Ctrl-C stops the controller only: hosts and router keep serving, and the next `up` adopts
     them."""
     project = Project.load(spec)
+    for warning in project.loaded.warnings:  # once here; a detached controller logs its own
+        render.err_console.print(f"warning: {warning}", markup=False, highlight=False,
+                                 soft_wrap=True)
     if detach:
         _start_detached(project)
         return

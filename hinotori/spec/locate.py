@@ -82,6 +82,12 @@ class _Scanner:
                 return parts
             self.advance()
 
+    def record(self, path: Path, known: int) -> None:
+        """``path`` and each prefix longer than ``known`` parts (the parts of a dotted key:
+        `a.b = 1` writes the table `a` on this line too)."""
+        for end in range(max(known, 1), len(path) + 1):
+            self.lines.setdefault(path[:end], self.line)
+
     # -- grammar -------------------------------------------------------------------------
     def run(self) -> dict[Path, int]:
         table: Path = ()
@@ -100,7 +106,7 @@ class _Scanner:
                 else:
                     table = key
                 self.lines.setdefault(table, self.line)
-                self.lines.setdefault(key, self.line)
+                self.record(key, 0)
                 self.skip_to_eol()
                 continue
             key = self.read_key()
@@ -108,7 +114,7 @@ class _Scanner:
                 self.skip_to_eol()
                 continue
             path = (*table, *key)
-            self.lines.setdefault(path, self.line)
+            self.record(path, len(table))
             self.skip_space(newlines=False)
             if self.peek() == "=":
                 self.advance()
@@ -151,7 +157,7 @@ class _Scanner:
                 self.advance()
                 continue
             sub = (*path, *key)
-            self.lines.setdefault(sub, self.line)
+            self.record(sub, len(path))
             self.skip_space(newlines=False)
             if self.peek() == "=":
                 self.advance()
@@ -186,4 +192,49 @@ def line_of(lines: dict[Path, int], path: Sequence[str | int]) -> int | None:
         if p in lines:
             return lines[p]
         p = p[:-1]
+    return None
+
+
+# Tokens: multi-line strings and comments (skipped whole, so brackets inside them do not count);
+# a key part (a bare word or a one-line string); a dot; a bracket; a newline. An unterminated
+# string runs to the end of its line (or of the text, for a multi-line one), and quantifiers are
+# possessive, so no alternative fails after a long scan and the scan stays linear on any input.
+_NESTING_TOKEN = re.compile(
+    r'"""(?:[^"\\]|\\.?|"(?!""))*+(?:"""|\Z)'
+    r"|'''.*?(?:'''|\Z)"
+    r"|#[^\n]*+"
+    r'|(?P<part>[A-Za-z0-9_-]++|"(?:[^"\\\n]|\\[^\n]?)*+"?|\'[^\'\n]*+\'?)'
+    r"|[\[\]{}.\n]", re.S)
+MAX_KEY_PARTS = 64
+
+
+def nesting_problem(text: str, limit: int) -> tuple[int, str] | None:
+    """(line, what) where arrays and inline tables first nest more than ``limit`` deep, or a
+    key has more than MAX_KEY_PARTS dotted parts; None if neither.
+
+    Checked before parsing because tomllib (and the scanner above) recurse once per level, so a
+    few thousand ``[`` would otherwise end in a RecursionError instead of a spec error, and
+    tomllib's time grows with the square of a key's parts (50,000 parts: 100 s)."""
+    depth = parts = 0
+    after_dot = False  # the previous token was a dot that followed a key part
+    for m in _NESTING_TOKEN.finditer(text):
+        token = m.group()
+        problem = None
+        if m.group("part") is not None:
+            parts = parts + 1 if after_dot else 1
+            after_dot = False
+            if parts > MAX_KEY_PARTS:
+                problem = f"a key of more than {MAX_KEY_PARTS} dotted parts"
+        elif token == "." and parts and not after_dot:
+            after_dot = True
+        else:
+            parts, after_dot = 0, False
+            if token in ("[", "{"):
+                depth += 1
+                if depth > limit:
+                    problem = f"arrays or inline tables nested more than {limit} deep"
+            elif token in ("]", "}"):
+                depth = max(depth - 1, 0)
+        if problem:
+            return text.count("\n", 0, m.start()) + 1, problem
     return None

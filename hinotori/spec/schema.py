@@ -9,40 +9,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    model_validator,
-)
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from hinotori.bake.aptstep import check_package
-from hinotori.bake.paths import relative
-from hinotori.bake.stepbase import parse_mode
-from hinotori.bake.steps import Step, step_from_dict, step_kind
-from hinotori.durations import parse_duration, parse_size
 from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
 from hinotori.providers.registry import PROVIDERS
 from hinotori.registry import Registry
 from hinotori.router.registry import ROUTERS
+from hinotori.spec.base import (
+    Address,
+    Duration,
+    EnvName,
+    HostName,
+    Name,
+    Strict,
+    UrlPath,
+)
+from hinotori.spec.image import ImageSpec
+from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
 from hinotori.verify.checks import Check
 
-
-def _duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"durations are strings with a unit, e.g. \"10s\" (got {value!r})")
-    return parse_duration(value)
-
-
-def _address(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"write an address as HOST:PORT, e.g. \"127.0.0.1:8080\" (got {value!r})")
-    return value
+__all__ = ["ImageSpec", "LogForwardSpec", "LogsSpec", "MetricsSpec", "Spec"]
 
 
 def _known(registry: Registry) -> AfterValidator:
@@ -53,16 +39,6 @@ def _known(registry: Registry) -> AfterValidator:
                              f"{', '.join(map(repr, registry.names()))}")
         return name
     return AfterValidator(check)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Address = Annotated[str, AfterValidator(_address)]
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ProjectSpec(Strict):
@@ -98,7 +74,7 @@ class RouterSpec(Strict):
 
 
 class HealthSpec(Strict):
-    path: str | None = "/healthz"
+    path: UrlPath | None = "/healthz"  # sent as written in the probe's request line
     tcp: bool = False  # a plain TCP connect instead of an HTTP request
     status: int = Field(200, ge=100, le=599)
     interval: Duration = 0.5
@@ -116,132 +92,6 @@ class HealthSpec(Strict):
         return HealthCheck(path=None if self.tcp else self.path, status=self.status,
                            interval=self.interval, timeout=self.timeout,
                            healthy=self.healthy, unhealthy=self.unhealthy)
-
-
-def _step_path(what: str, *, allow_root: bool = False) -> AfterValidator:
-    """A path in a step: relative, no '..' (hinotori.bake.paths); kept as written."""
-    def check(value: str) -> str:
-        relative(value, what, allow_root=allow_root)
-        return value
-    return AfterValidator(check)
-
-
-StepMode = Annotated[str, BeforeValidator(parse_mode)]
-
-
-class RunStepSpec(Strict):
-    """{ run = "shell line" | ["argv", ...], env = { K = "V" } }"""
-
-    run: str | list[str] = Field(min_length=1)
-    env: dict[EnvName, str] = {}
-
-
-class EnvStepSpec(Strict):
-    """{ env = { K = "V" } }: environment for every later run step."""
-
-    env: dict[EnvName, str] = Field(min_length=1)
-
-
-class CopyStepSpec(Strict):
-    """{ copy = "src", to = "dest", mode = "0644" }: context path -> image path."""
-
-    # Named by its alias: a field called `copy` would shadow BaseModel.copy.
-    source: Annotated[str, _step_path("copy", allow_root=True), Field(alias="copy")]
-    to: Annotated[str, _step_path("to", allow_root=True)]
-    mode: StepMode | None = None
-
-
-class FileStepSpec(Strict):
-    """{ file = "path", content = "...", mode = "0644" }"""
-
-    file: Annotated[str, _step_path("file")]
-    content: str
-    mode: StepMode = "0644"
-
-
-class RemoveStepSpec(Strict):
-    """{ remove = "path" }"""
-
-    remove: Annotated[str, _step_path("remove")]
-
-
-DebianPackage = Annotated[str, AfterValidator(check_package)]
-
-
-class AptStepSpec(Strict):
-    """{ apt = ["curl", ...] }: Debian packages, one cached layer (OS images only)."""
-
-    apt: list[DebianPackage] = Field(min_length=1)
-
-
-_STEP_SPECS: dict[type[BaseModel], str] = {RunStepSpec: "run", EnvStepSpec: "env",
-                                           CopyStepSpec: "copy", FileStepSpec: "file",
-                                           RemoveStepSpec: "remove", AptStepSpec: "apt"}
-
-
-def _step_tag(value: object) -> str | None:
-    # Tags are bracketed so the spec loader drops them from error locations (see load.py).
-    if isinstance(value, dict):
-        kind = step_kind(value)
-        return f"step[{kind}]" if kind else None
-    kind = _STEP_SPECS.get(type(value))  # type: ignore[arg-type]
-    return f"step[{kind}]" if kind else None
-
-
-def _one_step_kind(value: object) -> object:
-    if isinstance(value, dict) and step_kind(value) is None:
-        raise ValueError("a step is a table with exactly one of run, env, copy, file, remove, "
-                         "apt (env may also go with run), e.g. { copy = \"src\", to = \"app/\" }")
-    return value
-
-
-StepSpec = Annotated[
-    Annotated[RunStepSpec, Tag("step[run]")]
-    | Annotated[EnvStepSpec, Tag("step[env]")]
-    | Annotated[CopyStepSpec, Tag("step[copy]")]
-    | Annotated[FileStepSpec, Tag("step[file]")]
-    | Annotated[RemoveStepSpec, Tag("step[remove]")]
-    | Annotated[AptStepSpec, Tag("step[apt]")],
-    Discriminator(_step_tag, custom_error_type="step_kind",
-                  custom_error_message="a step is a table naming one kind of step"),
-    BeforeValidator(_one_step_kind),
-]
-
-
-class OsSpec(Strict):
-    """`os = { ... }`: the image is a Debian system bootstrapped with mmdebstrap and imported
-    into the container engine; the recipe's steps become its layers (hinotori.bake.osimage).
-    python3 is always installed (verify runs its evaluator inside the host) besides
-    `packages`."""
-
-    suite: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,30}$")] = "bookworm"
-    # Only variants that include apt: apt steps and `packages` need it.
-    variant: Literal["minbase", "apt", "buildd", "required", "important", "standard"] = "minbase"
-    packages: list[DebianPackage] = []
-    mirror: Annotated[str, Field(pattern=r"^(https?|file)://\S+$")] = (
-        "http://deb.debian.org/debian")
-    arch: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] | None = None  # default: the host's
-    workdir: Annotated[str, Field(pattern=r"^/\S*$")] = "/app"  # where step paths point
-
-
-class ImageSpec(Strict):
-    """How a service's image is baked: the build context and the recipe (hinotori.bake)."""
-
-    context: str = "."
-    steps: list[StepSpec] = []
-    os: OsSpec | None = None  # None: a file tree (process hosts); else a Debian OS image
-
-    @model_validator(mode="after")
-    def _apt_needs_os(self) -> ImageSpec:
-        if self.os is None and any(isinstance(s, AptStepSpec) for s in self.steps):
-            raise ValueError("apt steps install Debian packages, so they need an OS image: add "
-                             "os = { suite = \"bookworm\" } to this [image] table")
-        return self
-
-    def recipe(self) -> list[Step]:
-        """The steps as the builder takes them."""
-        return [step_from_dict(s.model_dump(exclude_unset=True, by_alias=True))
-                for s in self.steps]
 
 
 class BlueGreenSpec(Strict):
@@ -303,7 +153,9 @@ class ChaosSpec(Strict):
     during a deployment and never leaving fewer than `min_healthy` hosts serving."""
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS[:5])
-    hours: tuple[int, int] = (9, 17)  # local time, [start, end)
+    # local time, [start, end); TOML writes it as an array
+    hours: Annotated[tuple[int, int], BeforeValidator(
+        lambda v: tuple(v) if isinstance(v, list) else v)] = (9, 17)
     mean_time_between_kills: Duration = 3600.0
     min_healthy: int = Field(1, ge=1)
 
@@ -326,83 +178,6 @@ class HooksSpec(Strict):
     timeout: Duration = 60.0
 
 
-class LogForwardSpec(Strict):
-    """One `[[logs.forward]]` table: ship the central log store on to another system. Each
-    forwarder reads the store by its own persisted cursor, so a receiver that is down only
-    makes its backlog grow (up to `max_backlog` lines, then oldest first are dropped and
-    counted); it never slows ingest or another forwarder."""
-
-    kind: Literal["syslog", "loki", "fluentd"]
-    address: str  # HOST:PORT for syslog and fluentd; an http(s) URL for loki
-    name: Name | None = None  # names its cursor in logs.db; default "<kind> <address>"
-    services: list[Name] = []  # only these services; empty = every service
-    batch: int = Field(1000, ge=1, le=100_000)
-    max_backlog: int = Field(1_000_000, ge=1)
-    retry_max: Duration = 10.0  # exponential back-off between attempts tops out here
-    timeout: Duration = 10.0  # one batch must be delivered (and acknowledged) within this
-    facility: int | None = Field(None, ge=0, le=23)  # syslog: default 16 (local0)
-    tenant: str | None = None  # loki: X-Scope-OrgID
-    labels: dict[str, str] = {}  # loki: extra static labels on every stream
-    tag: str | None = None  # fluentd: tag prefix, default "hinotori" (tag = prefix.service)
-
-    @model_validator(mode="after")
-    def _kind_keys(self) -> LogForwardSpec:
-        own = {"syslog": {"facility"}, "loki": {"tenant", "labels"}, "fluentd": {"tag"}}
-        for kind, keys in own.items():
-            stray = sorted(keys & self.model_fields_set)
-            if kind != self.kind and stray:
-                raise ValueError(f"{', '.join(stray)} only apply to kind = \"{kind}\"")
-        if self.kind == "loki":
-            if not self.address.startswith(("http://", "https://")):
-                raise ValueError("a loki address is a URL, e.g. \"http://127.0.0.1:3100\"")
-        else:
-            _address(self.address)
-        return self
-
-
-class LogsSpec(Strict):
-    """`[logs]`: the central store (.hinotori/logs.db) that keeps every host's output and
-    declared log files after the host is gone, and where it is forwarded."""
-
-    retention: Duration = 7 * 86400.0  # lines older than this are deleted
-    max_size: Annotated[int, BeforeValidator(lambda v: parse_size(v) if isinstance(v, str)
-                                             else v), Field(ge=1 << 20)] = 1 << 30
-    ship_interval: Duration = 0.2  # how often live hosts' new lines are shipped
-    forward: list[LogForwardSpec] = []
-
-    @model_validator(mode="after")
-    def _names(self) -> LogsSpec:
-        names = [f.name for f in self.forward if f.name]
-        if len(names) != len(set(names)):
-            raise ValueError("each [[logs.forward]] needs a distinct name")
-        return self
-
-    @staticmethod
-    def relative_glob(value: str) -> str:
-        """A declared log file: a glob relative to the host's view or scratch directory."""
-        parts = value.split("/")
-        if not value or value.startswith("/") or ".." in parts or "" in parts:
-            raise ValueError(f"log_files are globs relative to the host's view or scratch dir, "
-                             f"without '..', e.g. \"logs/*.log\" (got {value!r})")
-        return value
-
-
-class MetricsSpec(Strict):
-    """`[metrics]`: the per-release history in .hinotori/metrics.db (request rate, errors,
-    latency, CPU, memory) that outlives hosts; raw points roll up into 1-minute points."""
-
-    interval: Annotated[Duration, Field(ge=1.0, le=60.0)] = 10.0  # one sample this often
-    retention_10s: Duration = 86400.0  # raw (one per interval) points are kept this long
-    retention_1m: Duration = 30 * 86400.0  # 1-minute points are kept this long
-
-    @model_validator(mode="after")
-    def _retentions(self) -> MetricsSpec:
-        if self.retention_10s < 3600 or self.retention_1m < self.retention_10s:
-            raise ValueError("metrics retention_10s must be at least 1h, and retention_1m at "
-                             "least retention_10s")
-        return self
-
-
 class EngineSpec(Strict):
     """`[engine]`: the container engine (Docker or Podman) that runs `provider = "container"`
     hosts and builds OS images, through the Docker Engine API. No url: $DOCKER_HOST,
@@ -419,8 +194,8 @@ class ServiceSpec(Strict):
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
     env: dict[EnvName, str] = {}
-    hosts: list[str] = []  # Host headers routed to this service; empty = any
-    path_prefix: str = "/"
+    hosts: list[HostName] = []  # Host headers routed to this service; empty = any
+    path_prefix: UrlPath = "/"
     health: HealthSpec = HealthSpec()
     strategy: StrategySpec = BlueGreenSpec()
     hooks: HooksSpec = HooksSpec()
@@ -448,8 +223,6 @@ class ServiceSpec(Strict):
 
     @model_validator(mode="after")
     def _prefix(self) -> ServiceSpec:
-        if not self.path_prefix.startswith("/"):
-            raise ValueError("path_prefix must start with '/'")
         if self.stateful and self.replicas != 1:
             raise ValueError("a stateful service has one host (one writer per volume): set "
                              "replicas = 1")

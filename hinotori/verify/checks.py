@@ -70,7 +70,7 @@ def _duration(value: object) -> float:
 
 
 def _size(value: object) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("a size is a number of bytes or a string like \"4KiB\"")
     return value if isinstance(value, int) else parse_size(str(value))
 
@@ -89,6 +89,13 @@ def _argv(value: object) -> list[str]:
     if not argv:
         raise ValueError("a command cannot be empty")
     return argv
+
+
+def _request_target(value: str) -> str:
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ValueError(f"only visible ASCII characters (no spaces or control characters; "
+                         f"percent-encode the rest): {value!r}")
+    return value
 
 
 def _port(value: object) -> str:
@@ -114,7 +121,8 @@ class CheckBase(BaseModel):
     """Shared by every check: the resource key (``resource``), an optional title, and a
     ``presence`` matcher (exists, running…) that, when false, must stand alone."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a matcher's TOML type must be the documented one (exit_status = "0" is refused)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
     resource: ClassVar[str]
     presence: ClassVar[str | None] = "exists"
     title: str | None = None  # shown instead of the generated description
@@ -200,7 +208,9 @@ class PortCheck(CheckBase):
 class HttpCheck(CheckBase):
     resource = "http"
     presence = None
-    http: Target  # "/path" on the host's address, or a whole http(s):// URL
+    # "/path" on the host's address, or a whole http(s):// URL; it goes into a request line
+    # as written, so only visible ASCII (no CR/LF, spaces or control characters)
+    http: Annotated[str, AfterValidator(_request_target)]
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] = "GET"
     status: int = Field(200, ge=100, le=599)
     body: Regex | None = None

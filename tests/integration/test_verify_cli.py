@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,19 +29,6 @@ if "checks" not in {g.name for g in app.registered_groups}:
 main()
 """
 
-PASSING = """
-[[services.web.checks]]
-http = "/healthz"
-body = "^ok$"
-
-[[services.web.checks]]
-file = "app.py"
-mode = "0444"
-
-[[services.web.checks]]
-port = "$PORT"
-"""
-
 FAILING = """
 [[services.web.checks]]
 file = "VERSION"
@@ -59,6 +47,15 @@ def add(project: CliProject, text: str) -> None:
     spec.write_text(spec.read_text() + text)
 
 
+def without_checks(project: CliProject) -> None:
+    """Drop the checks examples/hello ships with."""
+    spec = project.path / "hinotori.toml"
+    text = re.sub(r"\[\[services\.web\.checks\]\].*?(?=\[services\.web\.image\])", "",
+                  spec.read_text(), flags=re.S)
+    assert "[[services.web.checks]]" not in text
+    spec.write_text(text)
+
+
 def assert_no_live_host(project: CliProject) -> None:
     store = HinotoriProject.load(project.path).store
     hosts = store.hosts()
@@ -75,8 +72,7 @@ def baked(project: CliProject) -> CliProject:
 
 
 def test_verify_exits_0_when_every_check_passes_and_1_when_one_fails(baked: CliProject) -> None:
-    add(baked, PASSING)
-    ok = cli(baked, "verify", "web")
+    ok = cli(baked, "verify", "web")  # the checks examples/hello ships with
     assert ok.returncode == 0, ok.stderr
     assert "4 checks, 4 passed, 0 failed" in ok.stdout  # the health check plus three
     assert "file app.py" in ok.stdout
@@ -110,7 +106,8 @@ def test_retry_timeout_and_sleep_reach_the_evaluator(baked: CliProject, tmp_path
     done = cli(baked, "verify", "web", "--retry-timeout", "600ms", "--sleep", "100ms",
                "--json")
     assert done.returncode == 1
-    result = json.loads(done.stdout)["results"][1]
+    result = json.loads(done.stdout)["results"][-1]
+    assert result["description"] == f"file {never}"
     assert result["attempts"] >= 3
     bad = cli(baked, "verify", "web", "--retry-timeout", "soon")
     assert bad.returncode == 2 and "'--retry-timeout': invalid duration" in bad.stderr
@@ -145,11 +142,13 @@ def test_testinfra_files_in_the_spec_are_folded_in(baked: CliProject) -> None:
     done = cli(baked, "verify", "web", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     names = [r["description"] for r in json.loads(done.stdout)["results"]]
-    assert names == ["health /healthz", "testinfra test_web.py::test_version_file",
+    assert names == ["health /healthz", "http GET /healthz", "file app.py", "port $PORT/tcp",
+                     "testinfra test_web.py::test_version_file",
                      "testinfra test_web.py::test_listens"]
 
 
 def test_user_errors_are_messages_not_tracebacks(baked: CliProject) -> None:
+    without_checks(baked)
     none = cli(baked, "verify", "web")
     assert none.returncode == 2 and "service 'web' has no checks" in none.stderr
     assert "checks generate web" in none.stderr and "Traceback" not in none.stderr
@@ -200,3 +199,18 @@ def test_generate_from_a_running_host(baked: CliProject) -> None:
         assert wrong.returncode == 1 and "no host web-nope" in wrong.stderr
     finally:
         asyncio.run(provider.destroy(host, grace=3))
+
+
+def test_examples_hello_verifies_as_shipped(project: CliProject) -> None:
+    """The example's own checks pass on a deployed release: up, bake, deploy (gated by the
+    same checks), then verify on a throwaway host."""
+    project.cli("up", "-d")
+    project.cli("bake", "web")
+    assert "now serves v1" in project.cli("deploy", "web").stdout
+    done = cli(project, "verify", "web", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] and [r["description"] for r in doc["results"]] == [
+        "health /healthz", "http GET /healthz", "file app.py", "port $PORT/tcp"]
+    passed = project.json("audit", "--action", "host.ready")
+    assert len(passed) == 2 and all("passed its checks" in str(e) for e in passed)  # type: ignore[arg-type]
