@@ -38,6 +38,7 @@ from hinotori.lab.images import busybox_image, one_more_layer  # noqa: E402
 from hinotori.lab.lab import Lab  # noqa: E402
 from hinotori.providers.shipping import (  # noqa: E402
     LocalRegistry,
+    machine_ref,
     pull,
     push,
     repository,
@@ -88,29 +89,30 @@ def main() -> None:
     port = registry.ensure()
     tunnels = [EngineTunnel(SshTarget(m.name, m.address, key=lab.key,
                                       known_hosts=lab.known_hosts),
-                            m.engine_socket, work / f"{m.name}.sock", reverse_ports=(port,))
+                            m.engine_socket, work, reverse_ports=(port,))
                for m in lab.machines]
     results: dict[str, list[tuple[int, float]]] = {"hinotori": [], "save|load": []}
     try:
         machines = {t.target.machine: engine_client(t) for t in tunnels}
+        ports = {t.target.machine: t.remote_port(port) for t in tunnels}
         deps = os.urandom(args.deps_mb << 20)
         base = busybox_image(local, extra={"opt/deps.bin": deps})
         repo = repository("bench", "web")
         previous = one_more_layer(local, base, "VERSION", "0\n")
         # Every machine starts with the previous release, both ways.
-        ref = push(local, previous, port, repo)
+        push(local, previous, port, repo)
         for name, client in machines.items():
-            pull(client, ref, previous, name)
+            pull(client, machine_ref(repo, previous, ports[name]), previous, name)
         for run in range(1, args.runs + 1):
             image = one_more_layer(local, base, "VERSION", f"{run}\n")
             started, offset = time.perf_counter(), registry.log_offset()
-            ref = push(local, image, port, repo)
+            push(local, image, port, repo)
             pushed = time.perf_counter() - started
             # Machines pull at once, as the provider's parallel boots on them do.
             with ThreadPoolExecutor(len(machines)) as pool:
-                list(pool.map(lambda item, ref=ref, image=image: pull(item[1], ref, image,
-                                                                       item[0]),
-                              machines.items()))
+                list(pool.map(lambda item, image=image: pull(
+                    item[1], machine_ref(repo, image, ports[item[0]]), image, item[0]),
+                    machines.items()))
             moved, _ = registry.blob_bytes_served(offset)
             results["hinotori"].append((moved, time.perf_counter() - started))
             started = time.perf_counter()

@@ -109,7 +109,8 @@ class Host:
         """As `hinotori hosts --json` and `GET /v1/hosts` show it."""
         return {"id": self.id, "service": self.service, "release": self.release,
                 "release_name": f"v{self.release}", "state": str(self.state),
-                "provider": self.provider, "address": self.address, "pid": self.pid,
+                "provider": self.provider, "machine": self.data.get("machine"),
+                "address": self.address, "pid": self.pid,
                 "born_at": self.born_at, "warm_until": self.warm_until, "weight": self.weight,
                 "root": self.root, "data": self.data}
 

@@ -1,8 +1,9 @@
 """hello: the example service hinotori deploys in its demo, tests and benchmarks.
 
 Standard library only, so a baked image needs nothing but a Python interpreter. It is an
-HTTP/1.1 keep-alive server on 127.0.0.1:$PORT (default 8000) whose behaviour is set by env vars,
-so a test or a demo can play a bad release without writing a new app:
+HTTP/1.1 keep-alive server on $BIND:$PORT (127.0.0.1:8000 by default; BIND=0.0.0.0 in a container
+on a machine of a fleet) whose behaviour is set by env vars, so a test or a demo can play a bad
+release without writing a new app:
 
     HELLO_VERSION      version to report (else the VERSION file in the working dir, else "dev")
     HELLO_ERROR_RATE   fraction (0..1) of ``GET /`` answered with 500
@@ -162,13 +163,16 @@ class Server(ThreadingHTTPServer):
 
 def main() -> int:
     port = int(os.environ.get("PORT") or 8000)
-    server = Server(("127.0.0.1", port), Handler)
+    # BIND: 127.0.0.1 for a process host; a container on a machine of a fleet is reached
+    # through its engine's port forwarding, so there it listens on all its interfaces.
+    bind = os.environ.get("BIND") or "127.0.0.1"
+    server = Server((bind, port), Handler)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                      daemon=True).start()
-    print(f"hello v{VERSION} listening on 127.0.0.1:{port}", flush=True)
+    print(f"hello v{VERSION} listening on {bind}:{port}", flush=True)
     while not stop.wait(1.0):
         pass  # a bare wait() would not wake for signal handlers on every platform
     TRACKER.draining = True

@@ -141,9 +141,16 @@ def _release(project: Project, service: str, wanted: str | None) -> Release:
 
 
 def _providers(project: Project) -> dict[str, Provider]:
+    """The project's providers, closed when this command exits (a host on a machine of the
+    fleet is reached through an SSH connection, which must not outlive the command)."""
+    import atexit
+
     from hinotori.controller.wiring import make_providers
 
-    return make_providers(project)
+    providers = make_providers(project)
+    for provider in providers.values():
+        atexit.register(provider.close)
+    return providers
 
 
 @asynccontextmanager

@@ -130,6 +130,8 @@ class Controller:
         await self.observing.stop_metrics()
         await self.observing.stop_logs()  # last: a teardown has flushed every host by now
         await self.tasks.stop()
+        for provider in self.fleet.providers.values():
+            provider.close(teardown=self.teardown)  # SSH tunnels; on `down`, the registry
         if self.teardown:
             await stop_private_engine(self.project.state_dir, self.store)
         self.store.record(ACTOR, "controller.stopped", self.project.spec.project.name,

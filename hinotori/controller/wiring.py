@@ -8,6 +8,7 @@ from __future__ import annotations
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.project import Project
 from hinotori.providers.base import Provider, ProviderContext
+from hinotori.providers.machines import machines_of
 from hinotori.providers.registry import build as build_providers
 from hinotori.router.base import Router, RouterContext
 from hinotori.router.registry import build as build_router
@@ -19,11 +20,15 @@ ACTOR = "controller"
 def make_providers(project: Project) -> dict[str, Provider]:
     """One provider per name the spec's services use or live hosts in the store have. A
     provider reaches whatever it drives (an engine) on first use only."""
-    names = {s.provider for s in project.spec.services.values()}
-    names |= {h.provider for h in project.store.hosts(states=LIVE_STATES)}
+    live = project.store.hosts(states=LIVE_STATES)
+    names = {s.provider for s in project.spec.services.values()} | {h.provider for h in live}
+    # This machine's engine is needed by a service without machines, or a host left on it.
+    local = any(not s.machines for s in project.spec.services.values()) or any(
+        h.data.get("machine") is None for h in live)
     return build_providers(names, ProviderContext(
         project=project.spec.project.name, hosts_dir=project.hosts_dir,
-        state_dir=project.state_dir, engine_url=project.spec.engine.url))
+        state_dir=project.state_dir, engine_url=project.spec.engine.url,
+        machines=machines_of(project.spec.machines, project.root), local_engine=local))
 
 
 def make_router(project: Project) -> Router:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hinotori import faults
+from hinotori.deploy.placement import USABLE, Seat, place
 from hinotori.errors import DeployError, NotFound, ProviderError
 from hinotori.health import Prober, probe, wait_healthy
 from hinotori.model import (
@@ -76,6 +77,8 @@ class Fleet:
         self.destroying: Destroying | None = None
         self.actor = actor
         self.prober = prober  # health checks of hosts (a fake provider's in unit tests)
+        # up | down | draining of a [machines.NAME]: the controller's machine watch sets it.
+        self.machine_state: Callable[[str], str] = lambda _: USABLE
         self._table_lock = asyncio.Lock()
 
     # -- the spec ------------------------------------------------------------------------
@@ -127,7 +130,8 @@ class Fleet:
         them and raise DeployError naming the first that failed, its health answer and its last
         log lines."""
         results = await asyncio.gather(
-            *(self._boot_one(service, release, progress) for _ in range(count)),
+            *(self._boot_one(service, release, progress, machine)
+              for machine in self.place(service, release, count)),
             return_exceptions=True)
         hosts = [r[0] for r in results if isinstance(r, tuple)]
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -141,8 +145,21 @@ class Fleet:
         raise DeployError(f"{service} v{release.number} refused: {first.message}",
                           hint="traffic was not switched; fix the release and deploy again")
 
-    async def _boot_one(self, service: str, release: Release,
-                        progress: Progress) -> tuple[Host, str | None]:
+    def place(self, service: str, release: Release, count: int) -> list[str | None]:
+        """The machine of each of ``count`` new hosts: None (this machine) for a service with
+        no `machines`; else spread over its usable machines, counting the release's live hosts
+        already there (a heal fills the machine that lost one)."""
+        svc = self.service(service)
+        if not svc.machines:
+            return [None] * count
+        seats = [Seat(name, self.machine_state(name),
+                      self.spec.machines[name].labels.get("zone", "")) for name in svc.machines]
+        running = [h.data.get("machine") for h in self.hosts(service, *LIVE_STATES)
+                   if h.release == release.number and h.state != HostState.WARM]
+        return list(place(service, seats, [m for m in running if m], count))
+
+    async def _boot_one(self, service: str, release: Release, progress: Progress,
+                        machine: str | None = None) -> tuple[Host, str | None]:
         """(host, None) when healthy; (host, why) when it booted but failed its checks."""
         svc = self.service(service)
         provider = self.provider(service)
@@ -150,7 +167,7 @@ class Fleet:
         request = BootRequest(host_id=host_id, release=release,
                               image_root=self.image_root(release.image),
                               state_dir=self.hosts_dir / host_id,
-                              volumes=self.volumes(service))
+                              volumes=self.volumes(service), machine=machine)
         host = await provider.boot(request)
         self.store.save_host(host, actor=self.actor)
         progress("host.booted", {"host": host.id, "address": host.address})

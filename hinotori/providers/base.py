@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from hinotori.model import Host, Release
 
@@ -55,6 +55,8 @@ class BootRequest:
     # the provider makes each reachable in the host at the same path, and names it in the
     # host's env (volume_env).
     volumes: dict[str, Path] = field(default_factory=dict)
+    # The [machines.NAME] the host goes to (placement chose it); None: this machine.
+    machine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class ProviderContext:
     hosts_dir: Path  # .hinotori/hosts: per-host state directories
     state_dir: Path  # .hinotori
     engine_url: str | None = None  # [engine] url, for providers that drive a container engine
+    # The fleet's machines by name (providers.machines.Machine), for providers that place
+    # hosts on them; and whether this machine's own engine is needed at all.
+    machines: Mapping[str, Any] = field(default_factory=dict)
+    local_engine: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,4 +165,10 @@ class Provider(Protocol):
 
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         """The host's captured stdout/stderr lines (the last ``tail`` when given)."""
+        ...
+
+    def close(self, *, teardown: bool = False) -> None:
+        """Let go of what the provider holds open (connections to machines) when the
+        controller stops; with ``teardown`` (`hinotori down`) also stop the helpers it started
+        (an image registry). Hosts are never touched."""
         ...

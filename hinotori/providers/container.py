@@ -32,8 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import signal
+import random
 import socket
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hinotori.errors import HinotoriError, ProviderError
 from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
+from hinotori.providers.container_exec import exec_create, exec_io, kill_exec
 from hinotori.providers.container_logs import ContainerLogSource
 
 if TYPE_CHECKING:
@@ -63,9 +63,10 @@ def container_name(project: str, host_id: str) -> str:
     return f"hinotori-{project}-{host_id}"
 
 
-def host_from_inspect(info: dict[str, Any]) -> Host | None:
+def host_from_inspect(info: dict[str, Any], machine: str | None = None,
+                      publish: str = "127.0.0.1") -> Host | None:
     """The Host a container describes by its labels and state, or None if it is not one of ours.
-    """
+    On a machine of the fleet (``machine``), its address is the machine's (``publish``)."""
     labels = info.get("Config", {}).get("Labels") or {}
     try:
         host_id, service = labels[LABEL + "host"], labels[LABEL + "service"]
@@ -75,11 +76,14 @@ def host_from_inspect(info: dict[str, Any]) -> Host | None:
     state = info.get("State") or {}
     merged = ((info.get("GraphDriver") or {}).get("Data") or {}).get("MergedDir")
     return Host(id=host_id, service=service, release=release, provider=ContainerProvider.name,
-                state=HostState.BOOTING, born_at=_created(info), address=f"127.0.0.1:{port}",
-                pid=state.get("Pid") or None, root=merged or None,
+                state=HostState.BOOTING, born_at=_created(info), address=f"{publish}:{port}",
+                # Pids, the merged view and the log file are the engine's machine's: here only
+                # for a host on this one.
+                pid=(state.get("Pid") or None) if machine is None else None,
+                root=(merged or None) if machine is None else None,
                 data={"container": info["Id"], "name": info.get("Name", "").lstrip("/"),
-                      "port": port, "image": info.get("Image"),
-                      "log": info.get("LogPath") or None})
+                      "port": port, "image": info.get("Image"), "machine": machine,
+                      "log": (info.get("LogPath") or None) if machine is None else None})
 
 
 def _created(info: dict[str, Any]) -> float:
@@ -107,14 +111,18 @@ class ContainerProvider:
         return cls(ctx.project, url=ctx.engine_url, state_dir=ctx.state_dir)
 
     def __init__(self, project: str, *, url: str | None = None,
-                 state_dir: Path | None = None,
-                 client: docker.DockerClient | None = None) -> None:
+                 state_dir: Path | None = None, client: docker.DockerClient | None = None,
+                 machine: str | None = None, publish: str = "127.0.0.1",
+                 connect: Callable[[], docker.DockerClient] | None = None) -> None:
         """``url``: the engine's API address (``[engine] url``); None: engine.connect's
         discovery, with a private Podman service under ``state_dir`` as the fallback. The engine
-        is reached on first use only."""
+        is reached on first use only. On a machine of the fleet: ``machine`` names it,
+        ``connect`` reaches its engine (through SSH) and ports are published on ``publish``,
+        the machine's address."""
         self.project = project
         self.url = url
         self.state_dir = state_dir
+        self.machine, self.publish, self._connect = machine, publish, connect
         self._client = client
         self._lock = threading.Lock()
         self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
@@ -122,6 +130,8 @@ class ContainerProvider:
     # -- the engine ----------------------------------------------------------------------------
     def client(self) -> docker.DockerClient:
         with self._lock:
+            if self._client is None and self._connect is not None:
+                self._client = self._connect()
             if self._client is None:
                 from hinotori.engine import EngineError, connect
 
@@ -162,7 +172,13 @@ class ContainerProvider:
 
     def _free_port(self) -> int:
         """A port free now and not handed to a host recently (two hosts booting at once must
-        not be given the same one; the engine binds it only when the container starts)."""
+        not be given the same one; the engine binds it only when the container starts). On
+        another machine nothing can be probed from here: a random one below the ephemeral
+        range, a taken one retried like a race here."""
+        if self.machine is not None:
+            port = random.randrange(20000, 32000)
+            self._ports.append(port)
+            return port
         for _ in range(50):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -197,7 +213,7 @@ class ContainerProvider:
                         f"as it started, {PORT_ATTEMPTS} times in a row",
                         hint="another program is grabbing ports on 127.0.0.1; try again") from None
                 continue
-            host = host_from_inspect(info)
+            host = host_from_inspect(info, self.machine, self.publish)
             assert host is not None  # we labelled it
             return host
         raise AssertionError("unreachable")
@@ -227,7 +243,7 @@ class ContainerProvider:
                   LABEL + "release": str(rel.number), LABEL + "release-name": rel.name,
                   LABEL + "host": req.host_id, LABEL + "port": str(port)}
         host_config = api.create_host_config(
-            port_bindings={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}, binds=binds or None,
+            port_bindings={f"{CONTAINER_PORT}/tcp": (self.publish, port)}, binds=binds or None,
             log_config={"type": "json-file", "config": {}}, init=False)
         try:
             created = api.create_container(
@@ -321,7 +337,8 @@ class ContainerProvider:
             for summary in api.containers(filters={"label": f"{LABEL}project={self.project}",
                                                    "status": "running"}):
                 with contextlib.suppress(docker.errors.NotFound):  # went meanwhile
-                    host = host_from_inspect(api.inspect_container(summary["Id"]))
+                    host = host_from_inspect(api.inspect_container(summary["Id"]),
+                                             self.machine, self.publish)
                     if host is not None:
                         found.append(host)
             return sorted(found, key=lambda h: h.id)
@@ -340,13 +357,14 @@ class ContainerProvider:
                                 hint="`hinotori hosts` lists the live hosts")
         api = self.client().api
         exec_id = await self._call(f"running {argv[0]!r} in host {host.id}",
-                                   lambda: self._exec_create(api, info["Id"], argv, host))
+                                   lambda: exec_create(api, info["Id"], argv, host))
         task = asyncio.ensure_future(self._call(f"running {argv[0]!r} in host {host.id}",
-                                                lambda: _exec_io(api, exec_id, stdin)))
+                                                lambda: exec_io(api, exec_id, stdin)))
         try:
             out, err = await asyncio.wait_for(asyncio.shield(task), timeout)
         except BaseException as e:  # timed out or cancelled: leave nothing running
-            await asyncio.to_thread(_kill_exec, api, exec_id)
+            if self.machine is None:  # the engine's pids are this machine's only here
+                await asyncio.to_thread(kill_exec, api, exec_id)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 10.0)
             if isinstance(e, TimeoutError):
@@ -358,18 +376,6 @@ class ContainerProvider:
         return CommandResult(rc=rc if isinstance(rc, int) else -1,
                              stdout=out.decode("utf-8", "replace"),
                              stderr=err.decode("utf-8", "replace"))
-
-    @staticmethod
-    def _exec_create(api: Any, cid: str, argv: Sequence[str], host: Host) -> str:
-        import docker.errors
-
-        try:
-            return api.exec_create(cid, list(argv), stdin=True, stdout=True, stderr=True)["Id"]
-        except docker.errors.APIError as e:
-            raise ProviderError(f"cannot run {argv[0]!r} in host {host.id}: "
-                                f"{e.explanation or e}",
-                                hint="the program must exist in the host's image or on its "
-                                     "PATH") from None
 
     async def usage(self, host: Host) -> HostUsage | None:
         def stats() -> HostUsage | None:
@@ -393,6 +399,9 @@ class ContainerProvider:
         except ProviderError:
             return None  # the engine is away: usage is best effort
 
+    def close(self, *, teardown: bool = False) -> None:
+        pass  # the engine's client reconnects per call
+
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         """Through the API while the container exists; an unreachable engine or a removed
         container leaves nothing to read here (the central log store has shipped it)."""
@@ -414,37 +423,3 @@ class _PortTaken(Exception):
     def __init__(self, port: int) -> None:
         super().__init__(port)
         self.port = port
-
-
-def _exec_io(api: Any, exec_id: str, stdin: bytes) -> tuple[bytes, bytes]:
-    """Start the exec on a hijacked socket: write ``stdin``, half-close, and read the
-    multiplexed stdout/stderr frames until the command closes them."""
-    from docker.utils.socket import STDERR, frames_iter
-
-    sock = api.exec_start(exec_id, socket=True)
-    raw = getattr(sock, "_sock", sock)  # SocketIO over the connection's socket
-    out, err = bytearray(), bytearray()
-    try:
-        if stdin:
-            raw.sendall(stdin)
-        with contextlib.suppress(OSError):
-            raw.shutdown(socket.SHUT_WR)  # EOF on the command's stdin
-        for stream, data in frames_iter(sock, tty=False):
-            (err if stream == STDERR else out).extend(data)
-    finally:
-        with contextlib.suppress(OSError):
-            sock.close()
-        with contextlib.suppress(OSError):
-            raw.close()
-    return bytes(out), bytes(err)
-
-
-def _kill_exec(api: Any, exec_id: str) -> None:
-    """SIGKILL a command run by exec that outlived its timeout. The Engine API has no call for
-    it; the engine reports the command's pid on this machine (the engine is local: hosts are
-    published on 127.0.0.1 only), so it is signalled directly."""
-    with contextlib.suppress(Exception):
-        pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
-        if pid > 0:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)

@@ -124,5 +124,8 @@ class FakeProvider:
     async def usage(self, host: Host) -> HostUsage | None:
         return HostUsage(0.0, 0) if await self.adopt(host) else None
 
+    def close(self, *, teardown: bool = False) -> None:
+        pass  # nothing held open
+
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         return [f"{host.id}: fake output"]

@@ -294,6 +294,9 @@ class ProcessProvider:
             return None
         return _session_usage(host.pid)
 
+    def close(self, *, teardown: bool = False) -> None:
+        pass  # nothing held open
+
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         path = Path(host.data.get("log") or Path(host.root or ".").parent / "output.log")
         try:

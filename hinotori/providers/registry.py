@@ -19,7 +19,7 @@ GROUP = "hinotori.providers"
 # import every provider to start.
 PROVIDERS: Registry[type[Provider]] = Registry("provider", {
     "process": "hinotori.providers.process:ProcessProvider",
-    "container": "hinotori.providers.container:ContainerProvider",
+    "container": "hinotori.providers.machines:ContainerHosts",
 }, group=GROUP)
 
 

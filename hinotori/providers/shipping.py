@@ -159,9 +159,20 @@ def repository(project: str, service: str) -> str:
     return f"hinotori/{project}-{service}"
 
 
+def tag_of(image_id: str) -> str:
+    """An image's tag in the registry: its id's first 12 hex digits."""
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def machine_ref(repo: str, image_id: str, port: int) -> str:
+    """The image's reference as a machine pulls it: the registry on the machine's loopback, at
+    the port its end of the tunnel got."""
+    return f"127.0.0.1:{port}/{repo}:{tag_of(image_id)}"
+
+
 def push(local: Any, image_id: str, port: int, repo: str) -> str:
     """Put ``image_id`` from the local engine into the registry; its reference there."""
-    tag = image_id.removeprefix("sha256:")[:12]
+    tag = tag_of(image_id)
     ref = f"127.0.0.1:{port}/{repo}:{tag}"
     local.api.tag(image_id, f"127.0.0.1:{port}/{repo}", tag)
     if is_podman(local):

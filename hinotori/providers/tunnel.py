@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hinotori.errors import MachineUnreachable
+from hinotori.processes import pid_alive
 
 if TYPE_CHECKING:
     import docker
@@ -62,7 +64,9 @@ def forward_argv(t: SshTarget, local_socket: Path, remote_socket: str,
     if t.key is not None:
         argv[3:3] = ["-i", str(t.key), "-o", "IdentitiesOnly=yes"]
     for port in reverse_ports:
-        argv += ["-R", f"127.0.0.1:{port}:127.0.0.1:{port}"]
+        # Port 0: the machine picks a free one (two controllers, or a controller and a CLI,
+        # may reach one machine at once) and ssh says which ("Allocated port N …").
+        argv += ["-R", f"127.0.0.1:0:127.0.0.1:{port}"]
     return [*argv, f"{t.user}@{t.address}"]
 
 
@@ -90,17 +94,45 @@ def explain(t: SshTarget, stderr: str) -> MachineUnreachable:
                               hint="is it up, and is sshd listening on that address and port?")
 
 
-class EngineTunnel:
-    """One SSH connection forwarding ``remote_socket`` on the machine to ``local_socket``."""
+_ALLOCATED = re.compile(r"Allocated port (\d+) for remote forward to 127\.0\.0\.1:(\d+)")
 
-    def __init__(self, target: SshTarget, remote_socket: str, local_socket: Path,
+
+class EngineTunnel:
+    """One SSH connection forwarding ``remote_socket`` on the machine to a socket of this
+    process in ``sockets`` (named ``<machine>-<pid>.sock``: a CLI and the controller may each
+    hold one), and ``reverse_ports`` of this machine's loopback to ports the machine chose
+    (``remote_port``). A tunnel whose process died without closing it (SIGKILL) is found by its
+    pid file and ended by the next one opened for the same machine."""
+
+    def __init__(self, target: SshTarget, remote_socket: str, sockets: Path,
                  reverse_ports: tuple[int, ...] = ()) -> None:
         self.target = target
         self.reverse_ports = reverse_ports
         self.remote_socket = remote_socket
-        self.local_socket = local_socket
+        self.sockets = sockets
+        self.local_socket = sockets / f"{target.machine}-{os.getpid()}.sock"
+        self.remote_ports: dict[int, int] = {}  # our loopback port -> the machine's
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr = local_socket.with_suffix(".ssh.log")
+        self._stderr = self.local_socket.with_suffix(".ssh.log")
+        self._pidfile = self.local_socket.with_suffix(".pid")
+
+    def remote_port(self, port: int) -> int:
+        return self.remote_ports[port]
+
+    def _sweep(self) -> None:
+        """End the tunnels of this machine left by processes that are gone."""
+        for pidfile in self.sockets.glob(f"{self.target.machine}-*.pid"):
+            owner = pidfile.stem.rsplit("-", 1)[-1]
+            if not owner.isdigit() or pid_alive(int(owner)):
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                ssh = int(pidfile.read_text())
+                if pid_alive(ssh) and "ssh" in Path(f"/proc/{ssh}/cmdline").read_text():
+                    os.killpg(ssh, signal.SIGTERM)
+            for leftover in (pidfile, pidfile.with_suffix(".sock"),
+                             pidfile.with_suffix(".ssh.log")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     @property
     def url(self) -> str:
@@ -115,7 +147,8 @@ class EngineTunnel:
         if self.alive():
             return self.url
         self.close()
-        self.local_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._sweep()
         with contextlib.suppress(FileNotFoundError):
             self.local_socket.unlink()
         fd = os.open(self._stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -128,9 +161,10 @@ class EngineTunnel:
                 start_new_session=True)
         finally:
             os.close(fd)
+        self._pidfile.write_text(str(self._proc.pid))
         deadline = time.monotonic() + CONNECT_TIMEOUT + 2
         while time.monotonic() < deadline:
-            if self.local_socket.exists():
+            if self.local_socket.exists() and self._read_remote_ports():
                 return self.url
             if self._proc.poll() is not None:
                 break
@@ -138,6 +172,13 @@ class EngineTunnel:
         stderr = self._stderr.read_text(errors="replace") if self._stderr.exists() else ""
         self.close()
         raise explain(self.target, stderr or "no answer within the connect timeout")
+
+    def _read_remote_ports(self) -> bool:
+        """True once the machine said which port each reverse forward got."""
+        text = self._stderr.read_text(errors="replace") if self._stderr.exists() else ""
+        self.remote_ports = {int(ours): int(theirs)
+                             for theirs, ours in _ALLOCATED.findall(text)}
+        return set(self.remote_ports) >= set(self.reverse_ports)
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -149,8 +190,9 @@ class EngineTunnel:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            self.local_socket.unlink()
+        for path in (self.local_socket, self._pidfile, self._stderr):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def engine_client(tunnel: EngineTunnel) -> docker.DockerClient:

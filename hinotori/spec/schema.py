@@ -25,6 +25,7 @@ from hinotori.spec.base import (
     UrlPath,
 )
 from hinotori.spec.image import ImageSpec
+from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
 from hinotori.verify.checks import Check
 
@@ -190,6 +191,8 @@ class ServiceSpec(Strict):
     # process: a local process group in a copy of a file-tree image; container: a container of
     # an OS image ([image] os = { ... }) in the engine of [engine].
     provider: Annotated[str, _known(PROVIDERS)] = "process"
+    # [machines.NAME] tables its hosts may run on (container hosts); empty: this machine.
+    machines: list[Name] = []
     replicas: int = Field(1, ge=1, le=100)
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
@@ -277,7 +280,21 @@ class Spec(Strict):
     logs: LogsSpec = LogsSpec()
     metrics: MetricsSpec = MetricsSpec()
     engine: EngineSpec = EngineSpec()
+    machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _machines_known(self) -> Spec:
+        for name, svc in self.services.items():
+            unknown = sorted(set(svc.machines) - set(self.machines))
+            if unknown:
+                raise ValueError(f"service {name!r} names machines with no [machines.NAME] "
+                                 f"table: {', '.join(unknown)} (declared: "
+                                 f"{', '.join(sorted(self.machines)) or 'none'})")
+            if svc.machines and not PROVIDERS[svc.provider].runs_os_image:
+                raise ValueError(f"service {name!r} runs on machines, which run containers: "
+                                 "set provider = \"container\" (and an [image] os table)")
+        return self
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:

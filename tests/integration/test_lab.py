@@ -38,7 +38,7 @@ def target(lab: Lab, name: str, **over: object) -> SshTarget:
 
 def tunnel(lab: Lab, name: str, tmp_path: Path, **over: object) -> EngineTunnel:
     m = lab.machine(name)
-    return EngineTunnel(target(lab, name, **over), m.engine_socket, tmp_path / f"{name}.sock")
+    return EngineTunnel(target(lab, name, **over), m.engine_socket, tmp_path)
 
 
 def test_each_machine_has_its_own_engine_reached_only_through_ssh(lab: Lab,
@@ -70,7 +70,7 @@ def test_unknown_and_changed_host_keys_are_refused_naming_the_machine(lab: Lab,
     wrong.write_text(f"{lab.machine('m1').address} {m2_key[0]} {m2_key[1]}\n")
     with pytest.raises(MachineUnreachable, match=r"m1.*CHANGED"):
         tunnel(lab, "m1", tmp_path, known_hosts=wrong).ensure()
-    assert not (tmp_path / "m1.sock").exists()  # nothing half-opened left behind
+    assert not list(tmp_path.glob("m1-*"))  # nothing half-opened left behind
 
 
 def test_an_unreachable_machine_and_a_missing_engine_are_clear_errors(lab: Lab,
@@ -78,8 +78,8 @@ def test_an_unreachable_machine_and_a_missing_engine_are_clear_errors(lab: Lab,
     nobody = lab.machine("m1").address.rsplit(".", 1)[0] + ".99"  # in the lab, no machine
     with pytest.raises(MachineUnreachable, match=r"m9.*cannot be reached"):
         EngineTunnel(SshTarget("m9", nobody, key=lab.key, known_hosts=lab.known_hosts),
-                     "/run/x.sock", tmp_path / "m9.sock").ensure()
-    t = EngineTunnel(target(lab, "m2"), "/run/no-engine-here.sock", tmp_path / "m2.sock")
+                     "/run/x.sock", tmp_path).ensure()
+    t = EngineTunnel(target(lab, "m2"), "/run/no-engine-here.sock", tmp_path)
     try:
         with pytest.raises(MachineUnreachable, match=r"m2.*no container engine answers"):
             engine_client(t)

@@ -17,7 +17,14 @@ import pytest
 
 from hinotori.lab.images import busybox_image, one_more_layer
 from hinotori.lab.lab import Lab
-from hinotori.providers.shipping import LocalRegistry, has_image, pull, push, repository
+from hinotori.providers.shipping import (
+    LocalRegistry,
+    has_image,
+    machine_ref,
+    pull,
+    push,
+    repository,
+)
 from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
 from tests.support import require
 
@@ -40,7 +47,7 @@ def test_a_second_release_ships_only_its_new_layer(lab: Lab, engine_url: str,
     port = registry.ensure()
     tunnels = [EngineTunnel(SshTarget(m.name, m.address, key=lab.key,
                                       known_hosts=lab.known_hosts),
-                            m.engine_socket, tmp_path / f"{m.name}.sock", reverse_ports=(port,))
+                            m.engine_socket, tmp_path, reverse_ports=(port,))
                for m in lab.machines]
     try:
         machines = {t.target.machine: engine_client(t) for t in tunnels}
@@ -48,11 +55,14 @@ def test_a_second_release_ships_only_its_new_layer(lab: Lab, engine_url: str,
         v1 = busybox_image(docker_client)
         v2 = one_more_layer(docker_client, v1, "VERSION", "2\n")
         moved = {}
+        repo = repository("shop", "web")
         for name, image in (("v1", v1), ("v2", v2)):
-            ref = push(docker_client, image, port, repository("shop", "web"))
+            push(docker_client, image, port, repo)
             start = registry.log_offset()
-            for machine_name, machine in machines.items():
-                pull(machine, ref, image, machine_name)
+            for t in tunnels:
+                machine = machines[t.target.machine]
+                pull(machine, machine_ref(repo, image, t.remote_port(port)), image,
+                     t.target.machine)
                 assert has_image(machine, image)
             moved[name], _ = registry.blob_bytes_served(start)
         # The whole busybox went out once per machine; v2 is one file more.

@@ -1,0 +1,239 @@
+"""Container hosts on this machine and on the machines of a fleet, behind one provider.
+
+``provider = "container"`` with ``machines = [...]`` puts a service's hosts on those machines;
+without it, on this one. Each machine is "SSH + a container engine", no agent of ours: one
+OpenSSH connection per machine (``tunnel.EngineTunnel``) forwards its engine's socket here, and
+the same ``ContainerProvider`` code drives it, publishing ports on the machine's address. A host
+remembers its machine (``host.data["machine"]``), so everything after boot (adopt, destroy,
+exec, usage, logs) goes to the right engine, and a controller restarted finds them all again.
+
+Images travel before the first host of a release boots on a machine, and only the layers it
+lacks (``shipping``: the project's loopback registry, pulled through the machine's tunnel). A
+machine that cannot be reached makes its calls fail fast with MachineUnreachable (the tunnel's
+keepalives end a dead connection within ~3 s); what to do about it is the controller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hinotori.errors import HinotoriError, MachineUnreachable, ProviderError
+from hinotori.model import Host
+from hinotori.providers.base import BootRequest, CommandResult, HostUsage, ProviderContext
+from hinotori.providers.container import ContainerProvider
+from hinotori.providers.container_logs import ContainerLogSource
+from hinotori.providers.shipping import (
+    LocalRegistry,
+    has_image,
+    machine_ref,
+    pull,
+    push,
+    repository,
+)
+from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
+
+if TYPE_CHECKING:
+    import docker
+
+PROBE_TIMEOUT = 2.0  # an engine that takes longer to answer a ping counts as not answering
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine as the provider needs it (built from the spec's [machines.NAME])."""
+
+    name: str
+    ssh: SshTarget
+    engine_socket: str  # the engine's API socket on the machine
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class _Remote:
+    """One machine: its tunnel, and the container provider that drives its engine."""
+
+    def __init__(self, machine: Machine, project: str, sockets: Path, registry_port: int) -> None:
+        self.machine = machine
+        self.registry_port = registry_port
+        self.tunnel = EngineTunnel(machine.ssh, machine.engine_socket, sockets,
+                                   reverse_ports=(registry_port,))
+        self.provider = ContainerProvider(project, machine=machine.name,
+                                          publish=machine.ssh.address, connect=self.connect)
+        self.shipped: set[str] = set()  # image ids known to be on the machine
+        self.ship_lock = threading.Lock()
+
+    def connect(self) -> docker.DockerClient:
+        return engine_client(self.tunnel)
+
+    def ensure(self) -> None:
+        """A live connection (re-opened after the machine came back); the provider's client
+        is dropped with a dead tunnel so the next call connects again."""
+        if not self.tunnel.alive():
+            self.provider._client = None
+            self.provider.client()
+
+
+class ContainerHosts:
+    """The ``container`` provider: hosts on this machine's engine or on a machine's."""
+
+    name = "container"
+    evaluator_python = ContainerProvider.evaluator_python
+    shares_process_table = False
+    runs_os_image = True
+    log_source = ContainerLogSource()
+
+    @classmethod
+    def create(cls, ctx: ProviderContext) -> ContainerHosts:
+        return cls(ContainerProvider.create(ctx), ctx.machines, ctx.project, ctx.state_dir,
+                   local_in_use=ctx.local_engine)
+
+    def __init__(self, local: ContainerProvider, machines: Mapping[str, Machine], project: str,
+                 state_dir: Path, *, local_in_use: bool = True) -> None:
+        self.local = local
+        self.local_in_use = local_in_use  # else this machine's engine is never needed
+        self.machines = dict(machines)
+        self.project = project
+        self.state_dir = state_dir
+        self.registry = LocalRegistry(state_dir / "registry")
+        self._remotes: dict[str, _Remote] = {}
+        self._lock = threading.Lock()
+        self._pushed: set[str] = set()
+
+    # -- reaching machines ---------------------------------------------------------------
+    def remote(self, name: str) -> _Remote:
+        with self._lock:
+            if name not in self._remotes:
+                if name not in self.machines:
+                    raise ProviderError(f"no machine {name!r} in the spec",
+                                        hint="declare it in a [machines.NAME] table")
+                port = self.registry.ensure()  # the tunnels forward it: start it first
+                self._remotes[name] = _Remote(self.machines[name], self.project,
+                                              self.state_dir / "machines", port)
+            return self._remotes[name]
+
+    def _on(self, host: Host) -> ContainerProvider:
+        machine = host.data.get("machine")
+        return self.local if machine is None else self.remote(machine).provider
+
+    async def probe(self, name: str) -> str | None:
+        """None if the machine's engine answers through SSH now, else why not."""
+        remote = self.remote(name)
+
+        def ping() -> None:
+            remote.ensure()
+            remote.provider.client().api.ping()
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ping), PROBE_TIMEOUT + 8)
+        except (HinotoriError, OSError, TimeoutError) as e:
+            remote.provider._client = None
+            return str(e).splitlines()[0] if str(e) else type(e).__name__
+        except Exception as e:  # the SDK's requests/urllib3 errors: not answering
+            remote.provider._client = None
+            return f"engine: {type(e).__name__}"
+        return None
+
+    def engine_version(self, name: str) -> str | None:
+        remote = self._remotes.get(name)
+        client = remote.provider._client if remote else None
+        if client is None:
+            return None
+        try:
+            component = (client.version().get("Components") or [{}])[0]
+            return f"{component.get('Name', '?')} {component.get('Version', '?')}"
+        except Exception:
+            return None
+
+    def close(self, *, teardown: bool = False) -> None:
+        for remote in self._remotes.values():
+            remote.tunnel.close()
+        if teardown:
+            self.registry.stop()
+
+    # -- shipping ------------------------------------------------------------------------
+    def _ship(self, remote: _Remote, image: str, service: str) -> None:
+        """The image on the machine's engine: pushed once to the registry, pulled there (only
+        missing layers travel), its id checked. One ship per machine at a time."""
+        with remote.ship_lock:
+            remote.ensure()
+            client = remote.provider.client()
+            if image in remote.shipped or has_image(client, image):
+                remote.shipped.add(image)
+                return
+            started = time.monotonic()
+            port = self.registry.ensure()
+            repo = repository(self.project, service)
+            with self._lock:  # one push per image, whichever machine asks first
+                if image not in self._pushed:
+                    push(self.local.client(), image, port, repo)
+                    self._pushed.add(image)
+            # The machine sees the registry on its own loopback, at the port its end of the
+            # tunnel got.
+            ref = machine_ref(repo, image, remote.tunnel.remote_port(port))
+            pull(client, ref, image, remote.machine.name)
+            remote.shipped.add(image)
+            self.last_ship = {"machine": remote.machine.name, "image": image,
+                              "took_s": round(time.monotonic() - started, 3)}
+
+    # -- the Provider protocol -----------------------------------------------------------
+    async def boot(self, req: BootRequest) -> Host:
+        if req.machine is None:
+            return await self.local.boot(req)
+        remote = self.remote(req.machine)
+        await asyncio.to_thread(self._ship, remote, req.release.image, req.release.service)
+        return await remote.provider.boot(req)
+
+    async def destroy(self, host: Host, grace: float = 10.0) -> None:
+        await self._on(host).destroy(host, grace)
+
+    async def kill(self, host: Host) -> None:
+        await self._on(host).kill(host)
+
+    async def adopt(self, host: Host) -> bool:
+        return await self._on(host).adopt(host)
+
+    async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
+                   timeout: float = 60.0) -> CommandResult:
+        return await self._on(host).exec(host, argv, stdin=stdin, timeout=timeout)
+
+    async def list(self) -> list[Host]:
+        """Every host found on this machine's engine (if it is in use) and on every machine
+        that answers; an unreachable machine's hosts are not listed (nor burned as orphans)."""
+        found = await self.local.list() if self.local_in_use else []
+        for name in sorted(self.machines):
+            if await self.probe(name) is None:
+                found += await self.remote(name).provider.list()
+        return found
+
+    async def usage(self, host: Host) -> HostUsage | None:
+        try:
+            return await self._on(host).usage(host)
+        except MachineUnreachable:
+            return None
+
+    def logs(self, host: Host, tail: int | None = None) -> list[str]:
+        try:
+            return self._on(host).logs(host, tail)
+        except ProviderError:
+            return []
+
+
+def machines_of(spec_machines: Mapping[str, Any], root: Path) -> dict[str, Machine]:
+    """The spec's [machines.NAME] tables as the provider needs them: key and known_hosts
+    paths with ~ expanded and relative ones taken from the spec's directory."""
+    def path(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else root / p
+
+    return {name: Machine(name, SshTarget(name, m.address, m.ssh.user, m.ssh.port,
+                                          path(m.ssh.key), path(m.ssh.known_hosts)),
+                          m.engine.removeprefix("unix://"), dict(m.labels))
+            for name, m in spec_machines.items()}
+
