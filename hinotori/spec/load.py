@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hinotori.errors import SpecError
+from hinotori.providers.registry import PROVIDERS
 from hinotori.spec.locate import key_lines, line_of, nesting_problem
 from hinotori.spec.messages import problem_text, toml_path
 from hinotori.spec.read import SPEC_FILE, read_spec_text
@@ -70,6 +71,7 @@ def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
     except ValidationError as e:
         raise _spec_error(e, text, file, data) from None
     _check_contexts(spec, text, file)
+    _check_machines(spec, text, file)
     return spec
 
 
@@ -136,6 +138,24 @@ def _check_contexts(spec: Spec, text: str, file: str) -> None:
                 "be copied into the image", file=file, line=line_of(key_lines(text), path),
                 key=".".join(path), hint="if that is meant, set allow_outside_context = true "
                 f"in [services.{name}.image]")
+
+
+def _check_machines(spec: Spec, text: str, file: str) -> None:
+    """A service's `machines` name declared [machines.NAME] tables, and only a provider that
+    runs containers can use them."""
+    for name, svc in spec.services.items():
+        if not svc.machines:
+            continue
+        path = ["services", name, "machines"]
+        where = {"file": file, "line": line_of(key_lines(text), path), "key": ".".join(path)}
+        unknown = sorted(set(svc.machines) - set(spec.machines))
+        if unknown:
+            raise SpecError(f"no [machines.NAME] table for {', '.join(unknown)} (declared: "
+                            f"{', '.join(sorted(spec.machines)) or 'none'})", **where,
+                            hint="declare each machine with its address, ssh and engine")
+        if not PROVIDERS[svc.provider].runs_os_image:
+            raise SpecError(f"machines run containers, not {svc.provider!r} hosts", **where,
+                            hint='set provider = "container" and an [image] os table')
 
 
 def spec_warnings(spec: Spec, text: str, file: str) -> list[str]:

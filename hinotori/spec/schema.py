@@ -284,19 +284,6 @@ class Spec(Strict):
     services: dict[Name, ServiceSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _machines_known(self) -> Spec:
-        for name, svc in self.services.items():
-            unknown = sorted(set(svc.machines) - set(self.machines))
-            if unknown:
-                raise ValueError(f"service {name!r} names machines with no [machines.NAME] "
-                                 f"table: {', '.join(unknown)} (declared: "
-                                 f"{', '.join(sorted(self.machines)) or 'none'})")
-            if svc.machines and not PROVIDERS[svc.provider].runs_os_image:
-                raise ValueError(f"service {name!r} runs on machines, which run containers: "
-                                 "set provider = \"container\" (and an [image] os table)")
-        return self
-
-    @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:
         seen: dict[tuple[tuple[str, ...], str], str] = {}
         for name, svc in self.services.items():
