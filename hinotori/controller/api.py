@@ -25,6 +25,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from hinotori import __version__
 from hinotori.controller import dashboard
@@ -34,9 +35,16 @@ from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.guard import WEBHOOK_PATH, Credentials, RequestGuard, error_body
 from hinotori.controller.metricsapi import history_routes, live_routes
 from hinotori.controller.readapi import read_routes
+from hinotori.controller.webhook import READ_TIMEOUT, Refused, Webhook
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import DeployError, HinotoriError, LockedError, NotFound, Unauthorised
+from hinotori.errors import (
+    ControllerError,
+    HinotoriError,
+    LockedError,
+    NotFound,
+    Unauthorised,
+)
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline
 from hinotori.observe.metrics import MetricsRecorder
@@ -71,7 +79,10 @@ class ControllerParts(Protocol):
 
     def control(self, service: str, action: str) -> None: ...
 
-    async def push(self, body: bytes, signature: str | None) -> list[str]: ...
+    webhook: Webhook
+
+    async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
+                   source: str) -> list[str]: ...
 
     def reload_spec(self) -> None: ...
 
@@ -129,26 +140,48 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
                 "router": controller.project.spec.router.listen, "services": services}
 
     @app.post(WEBHOOK_PATH)
-    async def push(request: Request) -> dict[str, Any]:
+    async def push(request: Request) -> Any:
         """A GitHub-style push, signed with HMAC-SHA256 (X-Hub-Signature-256): ships every
-        service whose `ship_on` matches the repository and branch. Unsigned or wrongly signed
-        pushes are refused and recorded. At most 25 MiB (GitHub's own cap)."""
-        signature = request.headers.get("x-hub-signature-256")
-        if signature is not None and not signature.isascii():
-            # A signature is "sha256=" and hex; the HMAC check could not even compare this.
-            store.record("webhook", "webhook.rejected", "push", {"why": "signature not ASCII"})
-            raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
-                               hint="it is sha256= and the hex HMAC-SHA256 of the body")
-        body = await request.body()
+        service whose `ship_on` matches the repository and branch. Refused: unsigned or wrongly
+        signed pushes (401), a replayed delivery (409), a source past its bad requests (429),
+        more than a few pushes read at once (503). At most 25 MiB (GitHub's own cap)."""
         try:
-            shipped = await controller.push(body, signature)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            # Signed but malformed: the caller's mistake, not a server error. The traceback
-            # goes to the log in case it was ours after all.
-            log.exception("push payload refused")
-            raise DeployError("push payload is not a GitHub-style push event",
-                              hint="it needs ref and repository.full_name, as strings") from None
-        return {"shipped": shipped}
+            return {"shipped": await _push(request)}
+        except Refused as e:
+            return JSONResponse(error_body(e.error), status_code=e.status, headers=e.headers)
+
+    async def _push(request: Request) -> list[str]:
+        gate, source = controller.webhook, request.client.host if request.client else "?"
+        gate.admit(source)
+        signature = request.headers.get("x-hub-signature-256")
+        with gate.reading.slot():
+            if signature is not None and not signature.isascii():
+                # A signature is "sha256=" and hex; the HMAC check could not even compare this.
+                gate.reject("signature not ASCII", source)
+                raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
+                                   hint="it is sha256= and the hex HMAC-SHA256 of the body")
+            try:
+                body = await asyncio.wait_for(request.body(), READ_TIMEOUT)
+            except TimeoutError:
+                gate.reject("body too slow", source)
+                raise Refused(408, ControllerError(
+                    f"push body not received within {READ_TIMEOUT:.0f}s",
+                    hint="GitHub sends its payload at once")) from None
+            except ClientDisconnect:  # gone before its body arrived: nobody to answer
+                raise Refused(400, ControllerError("push sender went away")) from None
+            try:
+                return await controller.push(body, signature, delivery=request.headers.get(
+                    "x-github-delivery"), source=source)
+            except (HinotoriError, Refused):
+                raise
+            except Exception as e:  # ours, not the sender's: say so, and keep the record
+                log.exception("push failed")
+                store.record("webhook", "webhook.failed", "push",
+                             {"error": f"internal error: {e!r}"[:500]})
+                raise Refused(500, ControllerError(
+                    "the controller failed while handling this push",
+                    hint="`hinotori audit --action webhook.failed` and the controller's log "
+                         "say why")) from None
 
     api.include_router(read_routes(store, controller.logs.store))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
