@@ -2,9 +2,10 @@
 
 ``create_app(controller, token)`` is the one place that knows the controller: it hands each
 group of routes only what that group uses (readapi: the stores; controlapi: the actions;
-buildapi: the project; metricsapi: the router's counters and the recorder), so no API module
-imports the daemon. In front of everything sits guard.py: the token is checked and the body's
-size capped before any body is read.
+buildapi: the project; metricsapi: the router's counters and the recorder; webhookapi: the
+push webhook's defences and its push), so no API module imports the daemon. In front of
+everything sits guard.py: the token is checked and the body's size capped before any body is
+read.
 
 Errors a user can cause come back as JSON {"error", "hint", "type"} with a fitting status, so
 the client can raise the same HinotoriError on its side; a request the routes' types refuse
@@ -16,7 +17,6 @@ token like every other path but the dashboard's page and the push webhook.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from typing import Any, Protocol
@@ -25,33 +25,25 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from hinotori import __version__
 from hinotori.controller import dashboard
 from hinotori.controller.buildapi import build_routes
 from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
-from hinotori.controller.guard import WEBHOOK_PATH, Credentials, RequestGuard, error_body
+from hinotori.controller.guard import Credentials, RequestGuard, error_body
 from hinotori.controller.metricsapi import history_routes, live_routes
 from hinotori.controller.readapi import read_routes
-from hinotori.controller.webhook import READ_TIMEOUT, Refused, Webhook
+from hinotori.controller.webhook import Webhook
+from hinotori.controller.webhookapi import webhook_routes
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import (
-    ControllerError,
-    HinotoriError,
-    LockedError,
-    NotFound,
-    Unauthorised,
-)
+from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline
 from hinotori.observe.metrics import MetricsRecorder
 from hinotori.project import Project
 from hinotori.store import Store
-
-log = logging.getLogger("hinotori.controller.api")
 
 _STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
 
@@ -79,7 +71,7 @@ class ControllerParts(Protocol):
 
     def control(self, service: str, action: str) -> None: ...
 
-    webhook: Webhook
+    webhook: Webhook  # the push webhook's defences
 
     async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
                    source: str) -> list[str]: ...
@@ -139,50 +131,8 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
                 "uptime_s": round(time.time() - controller.started_at, 1),
                 "router": controller.project.spec.router.listen, "services": services}
 
-    @app.post(WEBHOOK_PATH)
-    async def push(request: Request) -> Any:
-        """A GitHub-style push, signed with HMAC-SHA256 (X-Hub-Signature-256): ships every
-        service whose `ship_on` matches the repository and branch. Refused: unsigned or wrongly
-        signed pushes (401), a replayed delivery (409), a source past its bad requests (429),
-        more than a few pushes read at once (503). At most 25 MiB (GitHub's own cap)."""
-        try:
-            return {"shipped": await _push(request)}
-        except Refused as e:
-            return JSONResponse(error_body(e.error), status_code=e.status, headers=e.headers)
-
-    async def _push(request: Request) -> list[str]:
-        gate, source = controller.webhook, request.client.host if request.client else "?"
-        gate.admit(source)
-        signature = request.headers.get("x-hub-signature-256")
-        with gate.reading.slot():
-            if signature is not None and not signature.isascii():
-                # A signature is "sha256=" and hex; the HMAC check could not even compare this.
-                gate.reject("signature not ASCII", source)
-                raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
-                                   hint="it is sha256= and the hex HMAC-SHA256 of the body")
-            try:
-                body = await asyncio.wait_for(request.body(), READ_TIMEOUT)
-            except TimeoutError:
-                gate.reject("body too slow", source)
-                raise Refused(408, ControllerError(
-                    f"push body not received within {READ_TIMEOUT:.0f}s",
-                    hint="GitHub sends its payload at once")) from None
-            except ClientDisconnect:  # gone before its body arrived: nobody to answer
-                raise Refused(400, ControllerError("push sender went away")) from None
-            try:
-                return await controller.push(body, signature, delivery=request.headers.get(
-                    "x-github-delivery"), source=source)
-            except (HinotoriError, Refused):
-                raise
-            except Exception as e:  # ours, not the sender's: say so, and keep the record
-                log.exception("push failed")
-                store.record("webhook", "webhook.failed", "push",
-                             {"error": f"internal error: {e!r}"[:500]})
-                raise Refused(500, ControllerError(
-                    "the controller failed while handling this push",
-                    hint="`hinotori audit --action webhook.failed` and the controller's log "
-                         "say why")) from None
-
+    # No token (the guard lets it through): it is signed, and defends itself (webhook.py).
+    app.include_router(webhook_routes(controller.webhook, controller.push, store.record))
     api.include_router(read_routes(store, controller.logs.store))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))
