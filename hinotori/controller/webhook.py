@@ -4,10 +4,11 @@ The webhook needs no token (it is signed), so anyone who can reach it can send i
 
 - **Replays.** ``X-Hub-Signature-256`` signs the body only, so a captured signed push stays
   valid for ever. A signed delivery is remembered for ``WINDOW`` seconds in the state store
-  (so a restarted controller still knows it) under its ``X-GitHub-Delivery`` id (not signed,
-  so also) under the sha256 of its body; either seen again inside the window is refused with
-  409 and nothing ships. GitHub never redelivers on its own; its "Redeliver" button resends the
-  same id and body, so it ships again once the window has passed (or `hinotori ship` at once).
+  (so a restarted controller still knows it) under its ``X-GitHub-Delivery`` id and, as that
+  id is not signed, under the sha256 of its body too; either seen again inside the window is
+  refused with 409 and nothing ships. GitHub never redelivers on its own; its "Redeliver"
+  button resends the same id and body, so it ships again once the window has passed (or
+  `hinotori ship` at once).
 - **Floods of bad requests.** Each source address has ``BAD_PER_MINUTE`` bad requests a
   minute (a token bucket); past that it gets 429 before its body is read or any HMAC is
   computed. Rejections are recorded as at most one ``webhook.rejected`` event per reason per
