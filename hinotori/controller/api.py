@@ -2,9 +2,10 @@
 
 ``create_app(controller, token)`` is the one place that knows the controller: it hands each
 group of routes only what that group uses (readapi: the stores; controlapi: the actions;
-buildapi: the project; metricsapi: the router's counters and the recorder), so no API module
-imports the daemon. In front of everything sits guard.py: the token is checked and the body's
-size capped before any body is read.
+buildapi: the project; metricsapi: the router's counters and the recorder; webhookapi: the
+push webhook's defences and its push), so no API module imports the daemon. In front of
+everything sits guard.py: the token is checked and the body's size capped before any body is
+read.
 
 Errors a user can cause come back as JSON {"error", "hint", "type"} with a fitting status, so
 the client can raise the same HinotoriError on its side; a request the routes' types refuse
@@ -16,7 +17,6 @@ token like every other path but the dashboard's page and the push webhook.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from typing import Any, Protocol
@@ -31,19 +31,19 @@ from hinotori.controller import dashboard
 from hinotori.controller.buildapi import build_routes
 from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
-from hinotori.controller.guard import WEBHOOK_PATH, Credentials, RequestGuard, error_body
+from hinotori.controller.guard import Credentials, RequestGuard, error_body
 from hinotori.controller.metricsapi import history_routes, live_routes
 from hinotori.controller.readapi import read_routes
+from hinotori.controller.webhook import Webhook
+from hinotori.controller.webhookapi import webhook_routes
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import DeployError, HinotoriError, LockedError, NotFound, Unauthorised
+from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline
 from hinotori.observe.metrics import MetricsRecorder
 from hinotori.project import Project
 from hinotori.store import Store
-
-log = logging.getLogger("hinotori.controller.api")
 
 _STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
 
@@ -71,7 +71,10 @@ class ControllerParts(Protocol):
 
     def control(self, service: str, action: str) -> None: ...
 
-    async def push(self, body: bytes, signature: str | None) -> list[str]: ...
+    webhook: Webhook  # the push webhook's defences
+
+    async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
+                   source: str) -> list[str]: ...
 
     def reload_spec(self) -> None: ...
 
@@ -128,28 +131,8 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
                 "uptime_s": round(time.time() - controller.started_at, 1),
                 "router": controller.project.spec.router.listen, "services": services}
 
-    @app.post(WEBHOOK_PATH)
-    async def push(request: Request) -> dict[str, Any]:
-        """A GitHub-style push, signed with HMAC-SHA256 (X-Hub-Signature-256): ships every
-        service whose `ship_on` matches the repository and branch. Unsigned or wrongly signed
-        pushes are refused and recorded. At most 25 MiB (GitHub's own cap)."""
-        signature = request.headers.get("x-hub-signature-256")
-        if signature is not None and not signature.isascii():
-            # A signature is "sha256=" and hex; the HMAC check could not even compare this.
-            store.record("webhook", "webhook.rejected", "push", {"why": "signature not ASCII"})
-            raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
-                               hint="it is sha256= and the hex HMAC-SHA256 of the body")
-        body = await request.body()
-        try:
-            shipped = await controller.push(body, signature)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            # Signed but malformed: the caller's mistake, not a server error. The traceback
-            # goes to the log in case it was ours after all.
-            log.exception("push payload refused")
-            raise DeployError("push payload is not a GitHub-style push event",
-                              hint="it needs ref and repository.full_name, as strings") from None
-        return {"shipped": shipped}
-
+    # No token (the guard lets it through): it is signed, and defends itself (webhook.py).
+    app.include_router(webhook_routes(controller.webhook, controller.push, store.record))
     api.include_router(read_routes(store, controller.logs.store))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))

@@ -76,6 +76,7 @@ class Controller:
         self.shipping = Shipping(project, self.fleet, spawn=self.spawn,
                                  reload_spec=self.reload_spec,
                                  start_deployment=self.start_deployment)
+        self.webhook = self.shipping.webhook  # its defences, for the API's push route
         self.observing = Observing(project, self.fleet, self.tasks)
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
@@ -109,8 +110,12 @@ class Controller:
         self.tasks.loop("reaper", every(BURN_EVERY, self.burning.reap_once))
         self.tasks.loop("phoenix", every(BURN_EVERY, self.burning.rotate_aged))
         self.tasks.loop("chaos", every(BURN_EVERY, self.burning.scheduled_chaos))
+        self.tasks.loop("webhook", every(BURN_EVERY, self._flush_rejections))
         self.store.record(ACTOR, "controller.started", self.project.spec.project.name,
                           {"pid": os.getpid()})
+
+    async def _flush_rejections(self) -> None:
+        self.webhook.rejections.flush()
 
     async def adopt(self) -> None:
         await adoption.adopt(self.project, self.fleet)
@@ -132,6 +137,7 @@ class Controller:
         await self.tasks.stop()
         for provider in self.fleet.providers.values():
             provider.close(teardown=self.teardown)  # SSH tunnels; on `down`, the registry
+        self.webhook.rejections.flush(force=True)  # the rejections not recorded yet
         if self.teardown:
             await stop_private_engine(self.project.state_dir, self.store)
         self.store.record(ACTOR, "controller.stopped", self.project.spec.project.name,
@@ -156,8 +162,9 @@ class Controller:
     async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         return await self.burning.kill(host_id, actor, claimed_actor)
 
-    async def push(self, body: bytes, signature: str | None) -> list[str]:
-        return await self.shipping.push(body, signature)
+    async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
+                   source: str) -> list[str]:
+        return await self.shipping.push(body, signature, delivery=delivery, source=source)
 
     def reload_spec(self) -> None:
         """Read the spec on disk again (an invalid spec raises and changes nothing). The next

@@ -41,4 +41,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosts ADD COLUMN weight INTEGER NOT NULL DEFAULT 100;
     ALTER TABLE services ADD COLUMN canary INTEGER;
     """,
+    # 3: push webhook deliveries seen lately (delivery ids and body digests), so a replay is
+    # refused even by a controller started since; rows older than the window are deleted.
+    """
+    CREATE TABLE webhook_deliveries (key TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+    CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (seen_at);
+    """,
 ]

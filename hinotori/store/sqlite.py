@@ -16,7 +16,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hinotori.errors import NotFound, StoreError
@@ -239,6 +239,25 @@ class Store(SqliteBase):
             args.append(service)
         rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [_deployment(r) for r in reversed(rows)]
+
+    # -- webhook deliveries --------------------------------------------------------------
+    def remember_delivery(self, keys: Sequence[str], *, now: float, window: float,
+                          keep: int) -> tuple[str, float] | None:
+        """In one transaction: the first of ``keys`` seen within ``window`` seconds before
+        ``now``, with when (and nothing remembered); else None, every key remembered as seen
+        now. Forgets what is older than the window, and all but the ``keep`` newest."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM webhook_deliveries WHERE seen_at <= ?", (now - window,))
+            for key in keys:
+                row = db.execute("SELECT seen_at FROM webhook_deliveries WHERE key = ?",
+                                 (key,)).fetchone()
+                if row is not None:
+                    return key, row["seen_at"]
+            db.executemany("INSERT OR REPLACE INTO webhook_deliveries VALUES (?, ?)",
+                           [(key, now) for key in keys])
+            db.execute("DELETE FROM webhook_deliveries WHERE key NOT IN (SELECT key FROM "
+                       "webhook_deliveries ORDER BY seen_at DESC LIMIT ?)", (keep,))
+        return None
 
     # -- small counters ------------------------------------------------------------------
     def next_counter(self, key: str) -> int:
