@@ -25,6 +25,7 @@ from hinotori.cli import (
     imagecmds,
     labcmds,
     logcmds,
+    machinecmds,
     metricscmd,
     render,
     verifycmds,
@@ -168,6 +169,8 @@ app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
 app.add_typer(verifycmds.checks_app, name="checks", rich_help_panel=VERIFY)
 app.add_typer(deployment_app, name="deployment", rich_help_panel=OBSERVE)
 app.add_typer(image_app, name="image", rich_help_panel=IMAGES)
+app.command("machines", rich_help_panel=MACHINES)(machinecmds.machines)
+app.add_typer(machinecmds.machine_app, name="machine", rich_help_panel=MACHINES)
 app.add_typer(labcmds.lab_app, name="lab", rich_help_panel=MACHINES)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from hinotori.controller.discovery import render_discovery
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
+from hinotori.errors import MachineUnreachable
 from hinotori.model import Host, HostState
 from hinotori.project import Project
 
@@ -28,7 +29,13 @@ async def adopt(project: Project, fleet: Fleet) -> None:
     unrouted: list[Host] = []
     for host in store.hosts(states=LIVE_STATES):
         known.add(host.id)
-        if host.provider not in fleet.providers or not await fleet.provider(host).adopt(host):
+        try:
+            alive = host.provider in fleet.providers and await fleet.provider(host).adopt(host)
+        except MachineUnreachable as e:  # its machine is away: burned when it answers again
+            fleet._set(host, HostState.LOST, f"found unreachable when the controller started: "
+                                             f"{e.message[:200]}")
+            continue
+        if not alive:
             fleet._set(host, HostState.FAILED, "found dead when the controller started")
             await fleet.destroy([host], why="found dead when the controller started")
         elif host.state in UNROUTED:

@@ -6,6 +6,7 @@ in its own module:
 - wiring.py      providers, router and fleet built from the spec
 - deployments.py deployments, their hooks, and a running canary's controls
 - healing.py     the health monitor loop and its heals
+- machines.py    the machines of a fleet watched (up, down, drained) and what follows
 - burning.py     the reaper, phoenix by age, chaos schedules and kills; the private engine
 - shipping.py    the signed push webhook: bake -> deploy
 - membership.py  discovery files, member events, Serf, on_join/on_leave hooks
@@ -33,6 +34,7 @@ from hinotori.controller import adoption
 from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
+from hinotori.controller.machines import WATCH_EVERY, Machines
 from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
 from hinotori.controller.observing import Observing
@@ -78,6 +80,7 @@ class Controller:
                                  start_deployment=self.start_deployment)
         self.webhook = self.shipping.webhook  # its defences, for the API's push route
         self.observing = Observing(project, self.fleet, self.tasks)
+        self.machines = Machines(self.fleet, start_deployment=self.start_deployment)
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
 
@@ -101,7 +104,9 @@ class Controller:
     async def start(self) -> None:
         self.claim()
         await self.fleet.router.start()
+        await self.machines.watch_once()  # which machines answer, before adopting their hosts
         await self.adopt()
+        self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
         self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
         self.tasks.loop("notify", self.notifier.run)
         # Stopped apart from the others (see stop): logs last, metrics sampled before the

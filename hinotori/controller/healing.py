@@ -9,6 +9,7 @@ recorded as ``service.heal-failed`` and the service is not healed again before a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -17,11 +18,12 @@ from typing import Any
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import HinotoriError, LockedError
+from hinotori.errors import HinotoriError, LockedError, MachineUnreachable
 from hinotori.model import Host, HostState
 
 log = logging.getLogger("hinotori.controller")
 
+ADOPT_TIMEOUT = 2.0
 HEAL_BACKOFF = 5.0
 HEAL_BACKOFF_MAX = 60.0
 
@@ -47,7 +49,14 @@ class Healing:
             bad: list[tuple[Host, str]] = []
             check = self.fleet.service(service).health.check()
             for host in serving:
-                if not await self.fleet.provider(host).adopt(host):
+                try:
+                    # Bounded: a host on a machine being cut off must not stall the pass (the
+                    # machine watch decides about such hosts).
+                    alive = await asyncio.wait_for(self.fleet.provider(host).adopt(host),
+                                                   ADOPT_TIMEOUT)
+                except (MachineUnreachable, TimeoutError):
+                    continue
+                if not alive:
                     bad.append((host, "process exited"))
                     continue
                 result = await self.fleet.prober(host.address or "", check)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from hinotori import faults
-from hinotori.deploy.placement import USABLE, Seat, place
-from hinotori.errors import DeployError, NotFound, ProviderError
+from hinotori.deploy.placement import DOWN, USABLE, Seat, place
+from hinotori.errors import DeployError, MachineUnreachable, NotFound, ProviderError
 from hinotori.health import Prober, probe, wait_healthy
 from hinotori.model import (
     Backend,
@@ -218,7 +218,8 @@ class Fleet:
             else:
                 serving, canary = self.hosts(name, HostState.SERVING), self.store.canary(name)
             backends = tuple(Backend(host_id=h.id, address=h.address or "", release=h.release,
-                                     weight=h.weight) for h in serving if h.address)
+                                     weight=h.weight)
+                             for h in serving if h.address and not self.unreachable(h))
             routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
                                        path_prefix=svc.path_prefix, canary=canary,
                                        sticky=getattr(svc.strategy, "sticky", False)))
@@ -230,6 +231,9 @@ class Fleet:
         """Atomically route ``service`` to exactly ``serve`` (with ``weights`` by host id,
         default 100 each, and ``canary`` naming the release under test); ``retire`` go
         DRAINING. Returns how long the router took to acknowledge, in seconds."""
+        # A host on a machine seen down is never routed again, whoever still holds it in a list
+        # (a running canary's stable set, a heal): it is LOST, and burned when the machine is back.
+        serve = [h for h in serve if not self.unreachable(h)]
         async with self._table_lock:
             before = {h.id for h in self.hosts(service, HostState.SERVING)}
             for host in serve:
@@ -295,13 +299,25 @@ class Fleet:
         return all(await asyncio.gather(*(one(h) for h in hosts)))
 
     # -- burning -------------------------------------------------------------------------
+    def unreachable(self, host: Host) -> bool:
+        """The host is on a machine the controller sees down."""
+        machine = host.data.get("machine")
+        return machine is not None and self.machine_state(machine) == DOWN
+
     async def destroy(self, hosts: list[Host], why: str) -> None:
         async def one(host: Host) -> None:
             grace = self.service(host.service).stop_grace if host.service in \
                 self.spec.services else 10.0
             around = self.destroying(host) if self.destroying else contextlib.nullcontext()
-            async with around:
-                await self.provider(host).destroy(host, grace=grace)
+            try:
+                async with around:
+                    await self.provider(host).destroy(host, grace=grace)
+            except MachineUnreachable as e:
+                # Nothing can be burned on a machine nobody reaches: burned when it is back.
+                host.warm_until = None
+                self._set(host, HostState.LOST, f"{why}; its machine is unreachable: "
+                                                f"{e.message[:200]}")
+                return
             host.warm_until = None
             self._set(host, HostState.DESTROYED, why)
         await asyncio.gather(*(one(h) for h in hosts))

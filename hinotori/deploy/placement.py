@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hinotori.errors import DeployError
 
-USABLE = "up"
+USABLE, DOWN, DRAINING = "up", "down", "draining"  # a machine's states
 
 
 @dataclass(frozen=True)

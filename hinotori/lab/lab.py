@@ -208,6 +208,11 @@ class Lab:
                 _run(argv, check=False)
         for argv in plan.network_down(self.index):
             _run(argv, check=False)
+        # The kernel frees a namespace (and its cable) asynchronously: wait, so the next lab
+        # can reuse the names.
+        deadline = time.monotonic() + 10
+        while _cables(self.index) and time.monotonic() < deadline:
+            time.sleep(0.05)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- telling -------------------------------------------------------------------------
@@ -236,11 +241,16 @@ def _claim_index() -> int:
     """The first lab index whose bridge we could create (one subnet per lab). Creating it is
     the claim: two labs starting at once (parallel tests) never get the same one."""
     for index in range(1, 250):
-        if Path(f"/sys/class/net/{plan.bridge_name(index)}").exists():
+        if Path(f"/sys/class/net/{plan.bridge_name(index)}").exists() or _cables(index):
             continue
         if _run(plan.network_up(index)[0], check=False).returncode == 0:
             return index
     raise LabError("250 labs already exist on this computer", hint="`hinotori lab down` some")
+
+
+def _cables(lab_index: int) -> list[str]:
+    """The root namespace's ends of a lab's cables still there."""
+    return [p.name for p in Path("/sys/class/net").glob(f"hl{lab_index}m*")]
 
 
 def _sshd_listening(pid: int) -> bool:

@@ -148,6 +148,8 @@ def init_script(m: LabMachine) -> str:
         f"mkdir -p {ENGINE_DIR} {storage} /run/sshd",
         f"mount -t tmpfs -o mode=0700 tmpfs {ENGINE_DIR}",
         f"mount -t tmpfs -o mode=0700 tmpfs {storage}",
+        # The engine's own network namespaces (Podman names them in /run/netns) stay inside.
+        "mkdir -p /run/netns && mount -t tmpfs -o mode=0755 tmpfs /run/netns",
         f"{q(sshd_argv(m))} 2>>{shlex.quote(str(m.dir / 'sshd.log'))} &",
         f"{q(engine_argv(m))} >>{shlex.quote(str(m.dir / 'engine.log'))} 2>&1 &",
         "wait",

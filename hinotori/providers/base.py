@@ -172,3 +172,26 @@ class Provider(Protocol):
         controller stops; with ``teardown`` (`hinotori down`) also stop the helpers it started
         (an image registry). Hosts are never touched."""
         ...
+
+
+@runtime_checkable
+class MachineProvider(Protocol):
+    """A provider that places hosts on the machines of a fleet (besides being a Provider):
+    what the controller's machine watch needs of it."""
+
+    machines: Mapping[str, Any]  # by name, as the spec declares them
+
+    async def probe(self, name: str) -> str | None:
+        """None if the machine's engine answers now (through SSH), else why not."""
+        ...
+
+    def engine_version(self, name: str) -> str | None:
+        """The engine and version last seen on the machine ("Podman Engine 4.3.1")."""
+        ...
+
+    async def hosts_on(self, name: str) -> list[Host]:
+        """Every host of the project found on that machine now."""
+        ...
+
+    async def destroy(self, host: Host, grace: float = 10.0) -> None:
+        ...

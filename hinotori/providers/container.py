@@ -42,7 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hinotori.errors import HinotoriError, ProviderError
+from hinotori.errors import HinotoriError, MachineUnreachable, ProviderError
 from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
 from hinotori.providers.container_exec import exec_create, exec_io, kill_exec
@@ -162,6 +162,10 @@ class ContainerProvider:
         except (HinotoriError, docker.errors.NotFound):
             raise
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            if self.machine is not None:  # the machine, or the road to it, is away
+                raise MachineUnreachable(f"{what}: machine {self.machine}'s engine does not "
+                                         f"answer ({type(e).__name__})",
+                                         hint="`hinotori machines` shows its state") from None
             raise ProviderError(f"{what}: the container engine at {self._where()} does not "
                                 f"answer ({type(e).__name__})",
                                 hint="is it still running? `podman system service --time=0 "

@@ -64,7 +64,6 @@ class _Remote:
                                    reverse_ports=(registry_port,))
         self.provider = ContainerProvider(project, machine=machine.name,
                                           publish=machine.ssh.address, connect=self.connect)
-        self.shipped: set[str] = set()  # image ids known to be on the machine
         self.ship_lock = threading.Lock()
 
     def connect(self) -> docker.DockerClient:
@@ -162,8 +161,8 @@ class ContainerHosts:
         with remote.ship_lock:
             remote.ensure()
             client = remote.provider.client()
-            if image in remote.shipped or has_image(client, image):
-                remote.shipped.add(image)
+            # Asked every time, not remembered: a machine may come back empty (a new disk).
+            if has_image(client, image):
                 return
             started = time.monotonic()
             port = self.registry.ensure()
@@ -176,7 +175,6 @@ class ContainerHosts:
             # tunnel got.
             ref = machine_ref(repo, image, remote.tunnel.remote_port(port))
             pull(client, ref, image, remote.machine.name)
-            remote.shipped.add(image)
             self.last_ship = {"machine": remote.machine.name, "image": image,
                               "took_s": round(time.monotonic() - started, 3)}
 
@@ -209,6 +207,9 @@ class ContainerHosts:
             if await self.probe(name) is None:
                 found += await self.remote(name).provider.list()
         return found
+
+    async def hosts_on(self, name: str) -> list[Host]:
+        return await self.remote(name).provider.list()
 
     async def usage(self, host: Host) -> HostUsage | None:
         try:

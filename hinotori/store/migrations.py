@@ -47,4 +47,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE webhook_deliveries (key TEXT PRIMARY KEY, seen_at REAL NOT NULL);
     CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (seen_at);
     """,
+    # 4: the machines of a fleet as the controller last saw them (state up/down, engine, last
+    # answer) and whether an operator drained them, so `hinotori machines` works without it.
+    """
+    CREATE TABLE machines (
+        name TEXT PRIMARY KEY, state TEXT NOT NULL, drained INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL, engine TEXT, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
+    """,
 ]

@@ -259,6 +259,39 @@ class Store(SqliteBase):
                        "webhook_deliveries ORDER BY seen_at DESC LIMIT ?)", (keep,))
         return None
 
+    # -- machines of a fleet --------------------------------------------------------------
+    def machines(self) -> dict[str, dict[str, Any]]:
+        """Each machine the controller has seen: state, drained, last_seen, engine, detail."""
+        rows = self._db.execute("SELECT * FROM machines ORDER BY name").fetchall()
+        return {r["name"]: {"state": r["state"], "drained": bool(r["drained"]),
+                            "last_seen": r["last_seen"], "engine": r["engine"],
+                            "detail": r["detail"]} for r in rows}
+
+    def save_machine(self, name: str, *, state: str, last_seen: float | None,
+                     engine: str | None, detail: str = "", actor: str = "controller",
+                     why: str = "") -> None:
+        """Record what the controller sees of ``name``; a change of state is an event."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
+            db.execute("INSERT INTO machines (name, state, last_seen, engine, detail, "
+                       "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                       "state = excluded.state, last_seen = COALESCE(excluded.last_seen, "
+                       "last_seen), engine = COALESCE(excluded.engine, engine), detail = "
+                       "excluded.detail, updated_at = excluded.updated_at",
+                       (name, state, last_seen, engine, detail, time.time()))
+            if row is None or row["state"] != state:
+                self._event(db, actor, f"machine.{state}", name,
+                            {"was": row["state"] if row else None, "why": why or detail})
+
+    def set_drained(self, name: str, drained: bool, *, actor: str, why: str = "") -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO machines (name, state, drained, updated_at) VALUES "
+                       "(?, 'up', ?, ?) ON CONFLICT(name) DO UPDATE SET drained = "
+                       "excluded.drained, updated_at = excluded.updated_at",
+                       (name, int(drained), time.time()))
+            self._event(db, actor, "machine.drained" if drained else "machine.undrained", name,
+                        {"why": why})
+
     # -- small counters ------------------------------------------------------------------
     def next_counter(self, key: str) -> int:
         with self.transaction() as db:
