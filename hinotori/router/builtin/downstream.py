@@ -88,6 +88,10 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.clients.discard(self)
         self.queue.clear()
+        # The parser and this protocol refer to each other: drop the parser now, with the
+        # partial head it may hold (up to the limit), instead of at the next cyclic GC.
+        self.parser = None  # type: ignore[assignment]
+        self.parsing = None
         ex = self.current
         if ex is not None:
             self.current = None
