@@ -15,6 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from hinotori.model import BackendStats, RoutingTable
 
+# Client-side limits both data planes apply alike (HAProxy: ``timeout http-request`` and
+# ``timeout http-keep-alive``). A request head must arrive whole within REQUEST_TIMEOUT of the
+# connection being accepted, or of its first byte after a keep-alive wait; else 408 and close.
+# A keep-alive connection may wait KEEP_ALIVE_TIMEOUT for its next request, longer than common
+# client pools keep idle connections (60 s).
+REQUEST_TIMEOUT = 10.0
+KEEP_ALIVE_TIMEOUT = 75.0
+
 
 @dataclass(frozen=True)
 class RouterContext:

@@ -113,6 +113,14 @@ def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_client_timeouts_match_the_builtin_router(tmp_path: Path) -> None:
+    text = config.render(settings(tmp_path), config.Plan(), loaded=False)
+    assert "  timeout http-request 10s\n" in text and "  timeout http-keep-alive 75s\n" in text
+    fast = config.Settings(listen="127.0.0.1:8080", stats_socket=tmp_path / "s.sock",
+                           maps_dir=tmp_path, request_timeout=1.5)
+    assert "  timeout http-request 1500ms\n" in config.render(fast, config.Plan(), loaded=False)
+
+
 def test_parsers() -> None:
     proc = ("#<PID> <type> <reloads> <uptime> <version>\n1 master 0 [failed: 0] 0d 2.6\n"
             "# workers\n3 worker 1 0d 2.6\n# old workers\n2 worker 0 0d 2.6\n# programs\n")

@@ -106,6 +106,16 @@ def test_absolute_form_becomes_origin_form_and_a_missing_host_is_filled() -> Non
     assert b"Host: 127.0.0.1:80\r\n" in head.data and head.host == b""
 
 
+def test_two_different_hosts_are_refused_and_a_repeated_one_is_sent_once() -> None:
+    with pytest.raises(http1.BadRequest) as bad:
+        http1.build_request_head(b"GET", b"/", [(b"Host", b"a.test"), (b"host", b"b.test")],
+                                 b"1.1.1.1", b"127.0.0.1:80")
+    assert bad.value.status == 400
+    head = http1.build_request_head(b"GET", b"/", [(b"Host", b"a.test"), (b"HOST", b"A.test ")],
+                                    b"1.1.1.1", b"127.0.0.1:80")
+    assert head.data.lower().count(b"\r\nhost:") == 1 and head.host == b"a.test"
+
+
 def test_response_headers_filtered_and_framing_reported() -> None:
     r = http1.filter_response_headers([(b"Content-Length", b"5"), (b"Connection", b"X-A"),
                                        (b"X-A", b"1"), (b"Keep-Alive", b"t=5"), (b"X-B", b"2")])

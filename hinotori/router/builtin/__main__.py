@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hinotori.router.base import REQUEST_TIMEOUT
 from hinotori.router.builtin.control import ControlSocketBusy
 from hinotori.router.builtin.listener import AddressInUse, parse_address
 from hinotori.router.builtin.worker import Worker
@@ -36,6 +37,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--table-file", required=True, type=Path,
                    help="last applied routing table (loaded on start, rewritten on apply)")
     p.add_argument("--log", type=Path, help="log file (default: stderr)")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT, metavar="SECONDS",
+                   help="a request head must arrive whole within this, else 408 "
+                        "(default: %(default)s)")
     p.add_argument("--no-metrics", action="store_true",
                    help="count requests only, no status classes or latency (to measure their cost)")
     args = p.parse_args(argv)
@@ -43,6 +47,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parse_address(args.listen)
     except ValueError as exc:
         p.error(str(exc))
+    if not args.request_timeout > 0:
+        p.error("--request-timeout must be > 0")
     return args
 
 
@@ -70,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),
-                        metrics=not args.no_metrics)
+                        metrics=not args.no_metrics, request_timeout=args.request_timeout)
         return await worker.run()
 
     try:

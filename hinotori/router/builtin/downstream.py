@@ -10,11 +10,21 @@ Reading from the client stops while any of these holds (``blocked`` is a bit set
 a pipelined request waits behind the current one; request bytes pile up with no backend
 connection yet; the backend connection's write buffer is full. Symmetrically, when the client's
 write buffer is full, reading from the backend pauses.
+
+Hostile clients. httptools reports a header only once it is complete, and joins its pieces as
+they come, so the head limit cannot wait for callbacks: every read that gives the parser no
+callback at all (no header completed, no body piece...) is bytes it is holding, and those are
+counted as they arrive (``unparsed``, O(1) per read). Past ``MAX_HEAD_SIZE`` the client gets 431
+and the connection closes: the parser never holds more than the limit plus one read. A head must
+also arrive whole within the worker's ``request_timeout`` of the connection being accepted, or of
+its first byte after a keep-alive wait (``head_since``; the worker's sweep answers 408 and
+closes), so a slow client cannot hold a connection forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -26,22 +36,22 @@ from hinotori.router.builtin.exchange import Exchange
 if TYPE_CHECKING:
     from hinotori.router.builtin.worker import Worker
 
+log = logging.getLogger("hinotori.router")
+
 MAX_HEAD_SIZE = 64 * 1024  # request line + headers
-
-
-class HeadTooLarge(Exception):
-    pass
+_NO_VERSION = ("0.0", "0.9")  # what httptools reports for a request line without a version
 
 
 class ClientProtocol(asyncio.Protocol):
     BLOCK_PIPELINE = 1
     BLOCK_PENDING = 2
     BLOCK_UPSTREAM = 4
+    BLOCK_REFUSED = 8
 
     __slots__ = (
-        "blocked", "closing", "current", "eof", "head_size", "in_feed", "in_head",
-        "last_active", "parser", "parsing", "peer", "queue", "transport", "worker",
-        "write_paused",
+        "blocked", "closing", "current", "eof", "head_since", "head_size", "in_feed", "in_head",
+        "last_active", "parser", "parsing", "peer", "progress", "queue", "refused", "transport",
+        "unparsed", "worker", "write_paused",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -60,6 +70,10 @@ class ClientProtocol(asyncio.Protocol):
         self.head_size = 0
         self.in_head = False                   # between message begin and headers complete
         self.last_active = worker.clock
+        self.head_since = worker.clock         # waiting for a head since (0: not waiting)
+        self.progress = False                  # the parser called back during this read
+        self.unparsed = 0                      # bytes read since the parser last called back
+        self.refused: tuple[int, str] | None = None  # answer owed after the queued requests
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -74,29 +88,53 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.clients.discard(self)
         self.queue.clear()
+        # The parser and this protocol refer to each other: drop the parser now, with the
+        # partial head it may hold (up to the limit), instead of at the next cyclic GC.
+        self.parser = None  # type: ignore[assignment]
+        self.parsing = None
         ex = self.current
         if ex is not None:
             self.current = None
             ex.abort()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.worker.clock
+        clock = self.last_active = self.worker.clock
+        if not self.head_since and self.parsing is None:
+            self.head_since = clock  # the first byte after a keep-alive wait
         self.in_feed = True
+        self.progress = False
+        refusal: tuple[int, str] | None = None
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
-            pass  # an Upgrade request: served as plain HTTP, then the connection closes
+            # An Upgrade request: served as plain HTTP, then the connection closes. Bytes after
+            # it are never parsed (nor held), so they do not count against the head limit.
+            self.progress = True
         except HttpParserCallbackError as exc:
-            self.in_feed = False
-            too_large = isinstance(exc.__context__, HeadTooLarge)
-            self._bad_request(431 if too_large else 400)
-            return
+            bad = exc.__context__
+            if isinstance(bad, http1.BadRequest):
+                refusal = (bad.status, bad.text)
+            else:
+                log.error("request parsing failed on %r", bad)
+                refusal = (400, "malformed request")
         except HttpParserError:
-            self.in_feed = False
-            self._bad_request(400)
-            return
+            refusal = (400, "malformed request")
         finally:
             self.in_feed = False
+        if refusal is None:
+            if self.progress:
+                self.unparsed = 0
+            else:  # all of it is held by the parser (or skipped): count it, never parse on
+                self.unparsed += len(data)
+                if self.unparsed + (self.head_size if self.in_head else 0) > MAX_HEAD_SIZE:
+                    refusal = (431, "request headers too large") \
+                        if self.in_head or self.parsing is None else (400, "malformed request")
+            if self.in_head and data[-1] == 10 and self.parser.get_http_version() in _NO_VERSION:
+                # A request line ended with no HTTP version (HTTP/0.9): refuse it now, as
+                # HAProxy does, rather than wait for a blank line such a client never sends.
+                refusal = (400, "HTTP/0.9 is not supported")
+        if refusal is not None and self._refuse(*refusal):
+            return
         if self.current is None:
             if self.queue:
                 self._next()
@@ -131,39 +169,54 @@ class ClientProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.progress = True
         self.parsing = Exchange(self)
         self.head_size = 0
         self.in_head = True
+        if not self.head_since:
+            self.head_since = self.worker.clock
 
     def on_url(self, url: bytes) -> None:
+        self.progress = True
         self.head_size += len(url)
         if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge()
+            raise http1.BadRequest(431, "request headers too large")
         self.parsing.url += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.progress = True
         ex = self.parsing
         if not self.in_head or ex is None:  # trailers of a chunked body: dropped
             return
         self.head_size += len(name) + len(value) + 4
         if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge()
+            raise http1.BadRequest(431, "request headers too large")
         ex.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.progress = True
         ex = self.parsing
         p = self.parser
         self.in_head = False
+        self.head_since = 0.0
+        version = p.get_http_version()
+        if version in _NO_VERSION:
+            raise http1.BadRequest(400, "HTTP/0.9 is not supported")
         ex.method = p.get_method()  # type: ignore[union-attr]
-        ex.http11 = p.get_http_version() == "1.1"  # type: ignore[union-attr]
+        ex.http11 = version == "1.1"  # type: ignore[union-attr]
         ex.keep_alive = p.should_keep_alive() and not p.should_upgrade()  # type: ignore[union-attr]
         ex.prepare()  # type: ignore[union-attr]
         self.queue.append(ex)  # type: ignore[arg-type]
 
     def on_body(self, data: bytes) -> None:
+        self.progress = True
         self.parsing.on_request_body(data)  # type: ignore[union-attr]
 
+    def on_chunk_header(self) -> None:
+        self.progress = True
+
     def on_message_complete(self) -> None:
+        self.progress = True
         ex = self.parsing
         self.parsing = None
         ex.on_request_complete()  # type: ignore[union-attr]
@@ -184,6 +237,14 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.current = None
         self.last_active = self.worker.clock
+        if self.head_since:  # a head that came in behind this response: its time starts now
+            self.head_since = self.last_active
+        if self.refused is not None and not (close or self.closing):
+            if self.queue:
+                self._next()  # parsed whole before the bad bytes: answered first
+            else:
+                self._send_refusal(*self.refused)
+            return
         if close or self.closing or (self.eof and not self.queue):
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
@@ -202,19 +263,37 @@ class ClientProtocol(asyncio.Protocol):
             if not self.blocked and not self.transport.is_closing():  # type: ignore[union-attr]
                 self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def _bad_request(self, status: int) -> None:
+    def _refuse(self, status: int, text: str) -> bool:
+        """Bad bytes from the client: answer ``status`` and close. Requests parsed whole before
+        them are answered first (reading stops meanwhile). True if the connection closed now."""
+        bad = self.parsing  # the message the bad bytes belong to, if one had begun
+        self.parsing = None
+        self.in_head = False
+        self.head_since = 0.0
+        if bad is not None and self.queue and self.queue[-1] is bad:
+            self.queue.pop()  # its head was whole, its body cannot be
         ex = self.current
-        if ex is not None:
-            started = ex.response_started
+        if (ex is not None and ex is not bad) or (ex is None and self.queue):
+            self.refused = (status, text)
+            self.block_reading(self.BLOCK_REFUSED)
+            return False
+        if ex is not None:  # the bad bytes are in the body of the request being proxied
             self.current = None
             ex.abort()
-            if started:
+            if ex.response_started:
                 self.abort()
-                return
-        text = "request headers too large" if status == 431 else "malformed request"
+                return True
+        self._send_refusal(status, text)
+        return True
+
+    def _send_refusal(self, status: int, text: str) -> None:
         self.closing = True
         self.transport.write(http1.router_response(status, text, close=True))  # type: ignore[union-attr]
         self.transport.close()  # type: ignore[union-attr]
+
+    def head_timeout(self) -> None:
+        """No whole request head within the request timeout: 408 and close (as HAProxy)."""
+        self._refuse(408, "request head not received in time")
 
     def shutdown(self) -> None:
         """Graceful stop: close now if idle, else after the response in progress."""

@@ -24,6 +24,15 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class BadRequest(Exception):
+    """A request the router refuses: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (``data`` must not be empty: that would end the body)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
@@ -64,7 +73,9 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
 
     The client's ``Host`` is kept (backends route on it); an absolute-form URL is turned into
     origin-form. ``Transfer-Encoding`` is re-emitted because the proxy re-chunks the body it
-    decoded; ``Content-Length`` passes as is.
+    decoded; ``Content-Length`` passes as is. Two ``Host`` headers that differ are refused
+    (BadRequest 400: the router would route on one and a backend might read the other); a
+    repeated identical one is forwarded once (as HAProxy does).
     """
     host: bytes | None = None
     xff: bytes | None = None
@@ -83,6 +94,10 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
                 te = value
             continue
         if lname == b"host":
+            if host is not None:
+                if value.strip().lower() != host.strip().lower():
+                    raise BadRequest(400, "more than one Host header")
+                continue
             host = value
         elif lname == b"cookie":
             cookie = value if cookie is None else cookie + b"; " + value

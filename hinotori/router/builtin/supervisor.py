@@ -31,7 +31,7 @@ from typing import Any
 from hinotori.errors import RouterError
 from hinotori.model import BackendStats, RoutingTable
 from hinotori.processes import log_tail, pid_alive
-from hinotori.router.base import RouterContext
+from hinotori.router.base import REQUEST_TIMEOUT, RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
 from hinotori.statefiles import open_private, private_dir, write_private
@@ -55,7 +55,7 @@ class BuiltinRouter:
         return cls(ctx.router_dir, ctx.settings.listen, workers=ctx.settings.workers)
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
-                 metrics: bool = True) -> None:
+                 metrics: bool = True, request_timeout: float = REQUEST_TIMEOUT) -> None:
         try:
             parse_address(listen)
         except ValueError as exc:
@@ -67,6 +67,7 @@ class BuiltinRouter:
         self.listen = listen
         self.workers = workers
         self.metrics = metrics
+        self.request_timeout = request_timeout  # workers spawned here; adopted ones keep theirs
         if len(os.fsencode(self._sock(workers - 1))) > _SOCKET_PATH_MAX:
             raise RouterError(
                 f"the router's state directory {self.state_dir} is too deep for a Unix socket "
@@ -169,6 +170,8 @@ class BuiltinRouter:
                 "--control", str(sock), "--table-file", str(self.table_file)]
         if not self.metrics:
             argv.append("--no-metrics")
+        if self.request_timeout != REQUEST_TIMEOUT:
+            argv += ["--request-timeout", repr(float(self.request_timeout))]
         # The worker must import hinotori even when it is not installed (run from a checkout).
         root = str(Path(__file__).resolve().parents[3])  # the directory holding hinotori/
         env = dict(os.environ)

@@ -5,9 +5,10 @@ The worker owns what every connection reads: the live ``CompiledTable`` (swapped
 Connections hold a reference to the worker, not copies, so a swap is seen by the very next
 request.
 
-A one-second sweep keeps timing off the hot path: it advances the clock, closes client
-connections idle past ``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past
-``BACKEND_TIMEOUT``, and closes pooled connections idle too long. No per-request timers.
+A one-second sweep keeps timing off the hot path: it advances the clock, answers 408 to clients
+whose request head is not whole within ``request_timeout``, closes client connections idle past
+``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past ``BACKEND_TIMEOUT``, and closes
+pooled connections idle too long. No per-request timers.
 
 Life cycle: load the last table from the table file (a restarted worker serves what it served
 before), bind the listener (SO_REUSEPORT; see ``listener``), then the control socket, which is the
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hinotori.model import RoutingTable
+from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.builtin import control
 from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.listener import open_listener
@@ -39,7 +41,7 @@ from hinotori.statefiles import write_private
 
 log = logging.getLogger("hinotori.router")
 
-CLIENT_IDLE_TIMEOUT = 75.0  # longer than common client pools keep idle connections (60 s)
+CLIENT_IDLE_TIMEOUT = KEEP_ALIVE_TIMEOUT  # also: a client silent this long mid-request
 BACKEND_TIMEOUT = 60.0      # backend silent this long after the request -> 504
 DRAIN_TIMEOUT = 10.0        # graceful shutdown bound for in-flight requests
 ERROR_LOG_INTERVAL = 5.0    # at most one log line per backend address per interval
@@ -48,8 +50,10 @@ LISTEN_BACKLOG = 2048       # bursts of new connections wait in the kernel, not 
 
 class Worker:
     def __init__(self, listen: str, control_path: Path, table_file: Path,
-                 loop: asyncio.AbstractEventLoop, *, metrics: bool = True) -> None:
+                 loop: asyncio.AbstractEventLoop, *, metrics: bool = True,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.listen = listen
+        self.request_timeout = request_timeout
         self.metrics = metrics  # statuses and latency per backend; off only to measure its cost
         self.listen_bytes = listen.encode()
         self.control_path = control_path
@@ -225,9 +229,14 @@ class Worker:
                 pool.sweep(now)
             for client in list(self.clients):
                 ex = client.current
-                if ex is None or not ex.request_complete:
-                    # Idle between requests, or a client that stopped sending mid-request.
-                    if client.idle_for(now) > CLIENT_IDLE_TIMEOUT:
+                if ex is None:
+                    if client.head_since:  # waiting for a whole head
+                        if now - client.head_since > self.request_timeout:
+                            client.head_timeout()
+                    elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # keep-alive wait
+                        client.expire()
+                elif not ex.request_complete:
+                    if client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # stopped mid-request
                         client.expire()
                 elif ex.upstream is not None and now - ex.upstream.last_active > BACKEND_TIMEOUT:
                     ex.on_upstream_timeout()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hinotori.model import RoutingTable, ServiceRoute
+from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
 MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
@@ -194,6 +195,16 @@ class Settings:
     # cost 14% of its req/s here (bench/router.py); hinotori's drains never close a host's
     # connection under a request, so what this guards is a host dying mid-request.
     retry_unanswered: bool = False
+    # A request head must be whole this long after the connection or its first byte (408),
+    # and a keep-alive connection waits this long for its next request: as the built-in router.
+    request_timeout: float = REQUEST_TIMEOUT
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT
+
+
+def duration(seconds: float) -> str:
+    """A duration as HAProxy reads it (``10s``, ``1500ms``)."""
+    ms = max(1, round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def map_file(settings: Settings, service: str) -> Path:
@@ -247,9 +258,10 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         "  retries 3",
         f"  retry-on conn-failure{' empty-response' if s.retry_unanswered else ''}",
         "  timeout connect 2s",
-        "  timeout client 75s",
+        f"  timeout client {duration(s.keep_alive_timeout)}",
         "  timeout server 75s",
-        "  timeout http-keep-alive 75s",
+        f"  timeout http-request {duration(s.request_timeout)}",
+        f"  timeout http-keep-alive {duration(s.keep_alive_timeout)}",
         "  timeout queue 10s",
         "",
         f"frontend {FRONTEND}",

@@ -61,7 +61,8 @@ class HaproxyRouter:
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
                  latency_log_rate: int = LATENCY_LOG_RATE, hard_stop_after: float = 60.0,
-                 retry_unanswered: bool = False) -> None:
+                 retry_unanswered: bool = False,
+                 request_timeout: float = config.REQUEST_TIMEOUT) -> None:
         self.state_dir = Path(state_dir).absolute()
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -77,7 +78,7 @@ class HaproxyRouter:
             listen=listen, stats_socket=sockets["haproxy.sock"],
             maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
             latency_log=latency_log, hard_stop_after=hard_stop_after,
-            retry_unanswered=retry_unanswered)
+            retry_unanswered=retry_unanswered, request_timeout=request_timeout)
         self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING,
                               max_rate=latency_log_rate, set_sample=self._set_sample) \
             if latency_log else None
