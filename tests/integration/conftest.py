@@ -31,9 +31,9 @@ def running(project: CliProject) -> CliProject:
 
 
 @pytest.fixture(scope="session")
-def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def podman_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Podman API service (the Docker Engine API) on a private socket, started by the
-    test session itself. Exported as DOCKER_HOST so that `hinotori` subprocesses find it."""
+    test session itself."""
     from hinotori.engine import EngineError, ensure_podman_service, stop_podman_service
 
     require(shutil.which("podman") is not None, "podman is not installed (apt-get install podman)")
@@ -42,6 +42,36 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         url = ensure_podman_service(sock)
     except EngineError as e:
         require(False, f"podman system service does not start: {e}")
+    yield url
+    stop_podman_service(sock)
+
+
+@pytest.fixture(scope="session")
+def dockerd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Docker Engine (dockerd with its own data root, bridge and socket), started by
+    the test session itself; its images and containers are removed with it."""
+    from hinotori.engine import EngineError, ensure_docker_service, stop_docker_service
+
+    require(shutil.which("dockerd") is not None,
+            "dockerd is not installed (apt-get install docker.io)")
+    root = tmp_path_factory.mktemp("dockerd")
+    try:
+        url = ensure_docker_service(root)
+    except EngineError as e:
+        require(False, f"dockerd does not start: {e}")
+    yield url
+    stop_docker_service(root)
+    shutil.rmtree(root / "data", ignore_errors=True)  # unmounted by now: its images, GBs
+
+
+@pytest.fixture(scope="session")
+def engine_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The Engine API address of a real engine, exported as DOCKER_HOST so that `hinotori`
+    subprocesses find it: Podman, unless a module runs its tests on both engines with
+    ``pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)``."""
+    kind = getattr(request, "param", "podman")
+    assert kind in ("podman", "docker"), kind
+    url = request.getfixturevalue("podman_url" if kind == "podman" else "dockerd_url")
     old = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = url
     yield url
@@ -49,12 +79,11 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ.pop("DOCKER_HOST", None)
     else:
         os.environ["DOCKER_HOST"] = old
-    stop_podman_service(sock)
 
 
 @pytest.fixture(scope="session")
 def docker_client(engine_url: str) -> Iterator[object]:
-    """A docker SDK client of the session's Podman service, for tests that look inside it."""
+    """A docker SDK client of the session's engine, for tests that look inside it."""
     import docker
 
     client = docker.DockerClient(base_url=engine_url, timeout=120)

@@ -1,5 +1,6 @@
-"""OS images for real: mmdebstrap bootstraps Debian, a real Podman engine builds the recipe's
-layers, and the real `hinotori` CLI bakes, inspects, diffs and collects them.
+"""OS images for real: mmdebstrap bootstraps Debian, a real engine (Podman and Docker, each
+test that depends on it on both) builds the recipe's layers, and the real `hinotori` CLI bakes,
+inspects, diffs and collects them.
 
 The Debian base is bootstrapped once per machine and kept (as a tarball under
 ~/.cache/hinotori-test/, keyed by its inputs, and in the engine), so only the first session pays
@@ -21,6 +22,10 @@ import pytest
 
 from hinotori.bake.osimage import BaseSpec, ensure_base
 from tests.support import require
+
+# On both engines the Engine API has, Podman and Docker: every test whose outcome depends on the
+# engine (the rest, about mmdebstrap or no engine at all, run on Podman).
+BOTH = pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "debian-web"
@@ -108,6 +113,7 @@ def project_tags(client, project: OsProject) -> set[str]:
             for t in i.tags}
 
 
+@BOTH
 def test_bake_rebake_and_one_line_change(osproj: OsProject, docker_client) -> None:
     first = osproj.bake()
     tag = f"localhost/hinotori/{osproj.name}-web:{first['image'][7:19]}"
@@ -137,6 +143,7 @@ def test_bake_rebake_and_one_line_change(osproj: OsProject, docker_client) -> No
     assert [r["release_name"] for r in osproj.releases()] == ["v1", "v2", "v3"]
 
 
+@BOTH
 def test_cold_bake_runs_every_step_and_installs_the_package(osproj: OsProject,
                                                              docker_client) -> None:
     result = osproj.bake("--no-cache")
@@ -151,6 +158,30 @@ def test_cold_bake_runs_every_step_and_installs_the_package(osproj: OsProject,
     assert out[3:] == ["/app", "42"]  # the workdir, and python3 always installed
 
 
+@BOTH
+def test_copy_and_file_steps_set_modes_as_in_a_file_tree(osproj: OsProject,
+                                                          docker_client) -> None:
+    """A copy step's mode on every file it copies (its directories keep theirs), a file
+    step's on its file: through the context tar, since Docker's classic builder refuses
+    COPY --chmod."""
+    conf = osproj.path / "conf"
+    (conf / "sub").mkdir(parents=True)
+    (conf / "a.txt").write_text("a\n")
+    (conf / "sub" / "b.txt").write_text("b\n")
+    (osproj.path / "tool.sh").write_text("#!/bin/sh\necho tool\n")
+    osproj.write(extra='  { copy = "conf", to = "conf", mode = "0640" },\n'
+                       '  { copy = "tool.sh", to = "bin/tool", mode = "0750" },\n'
+                       '  { file = "etc/secret.conf", content = "k=v\\n", mode = "0600" },\n')
+    image = osproj.bake()["image"]
+    out = docker_client.containers.run(
+        image, ["stat", "-c", "%a %U %n", "conf/a.txt", "conf/sub/b.txt", "conf/sub",
+                "bin/tool", "etc/secret.conf", "app.py"], remove=True).decode().splitlines()
+    assert out == ["640 root conf/a.txt", "640 root conf/sub/b.txt", "755 root conf/sub",
+                   "750 root bin/tool", "600 root etc/secret.conf", "644 root app.py"]
+    assert docker_client.containers.run(image, ["bin/tool"], remove=True) == b"tool\n"
+
+
+@BOTH
 def test_failing_step_tags_nothing_and_makes_no_release(osproj: OsProject,
                                                         docker_client) -> None:
     osproj.bake()
@@ -166,6 +197,7 @@ def test_failing_step_tags_nothing_and_makes_no_release(osproj: OsProject,
     assert osproj.cli("images", "--json").stdout == stored
 
 
+@BOTH
 def test_inspect_diff_and_gc(osproj: OsProject, docker_client) -> None:
     v1 = osproj.bake()["image"]
     (osproj.path / "VERSION").write_text("second\n")
@@ -221,6 +253,7 @@ def test_engine_missing_is_a_clear_error(osproj: OsProject, tmp_path: Path) -> N
     assert osproj.releases() == []
 
 
+@BOTH
 def test_example_checks_pass_in_its_image(tmp_path: Path, debian_base: str,
                                           docker_client) -> None:
     """examples/debian-web bakes, and its checks (package, user, service, process, command)

@@ -1,4 +1,5 @@
-"""The container provider with a real Podman engine through the Docker Engine API: boot to
+"""The container provider with real engines, Podman and Docker, through the Docker Engine API
+(every test runs on both): boot to
 healthy, exec with stdin, logs, usage, destroy and kill, adoption by a fresh provider object,
 list, ports on 127.0.0.1 only, and the errors a user can cause (missing image, port taken,
 an engine that does not answer) leaving no container behind.
@@ -34,7 +35,9 @@ from hinotori.providers.base import BootRequest, Provider
 from hinotori.providers.container import CONTAINER_PORT, ContainerProvider, container_name
 from tests.support import CONTAINER_SPEC, CliProject, free_port, require, wait_until
 
-pytestmark = pytest.mark.integration
+# Every test on both engines the Engine API has: Podman and Docker.
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "debian-web" / "app.py"
@@ -104,7 +107,9 @@ async def get(address: str, path: str = "/") -> httpx.Response:
 
 
 def test_boot_healthy_exec_logs_usage_destroy(provider: ContainerProvider, app_image: str,
-                                              tmp_path: Path, docker_client) -> None:
+                                              tmp_path: Path, docker_client,
+                                              request: pytest.FixtureRequest) -> None:
+    engine = request.node.callspec.params["engine_url"]
     volume = tmp_path / "volumes" / "data"
     volume.mkdir(parents=True)
     (volume / "seed.txt").write_text("kept\n")
@@ -155,8 +160,12 @@ def test_boot_healthy_exec_logs_usage_destroy(provider: ContainerProvider, app_i
         # The engine's log file, decoded as the log shipper would: the app's lines, unframed.
         from hinotori.providers.container_logs import decode
 
-        lines = [decode(raw) for raw in
-                 Path(host.data["log"]).read_text().splitlines()]
+        raw_lines = Path(host.data["log"]).read_text().splitlines()
+        # Each engine its own framing: Docker's json-file, Podman's k8s-file (though both
+        # report "json-file").
+        assert raw_lines and all(raw.startswith("{") == (engine == "docker")
+                                 for raw in raw_lines), raw_lines[:3]
+        lines = [decode(raw) for raw in raw_lines]
         assert any(line.stream == "stdout" and line.complete and
                    line.text == f"debian-web vdev listening on port {CONTAINER_PORT}"
                    for line in lines), lines

@@ -142,10 +142,10 @@ def test_each_step_becomes_one_instruction(tmp_path: Path) -> None:
         'RUN ["/bin/sh", "-c", "useradd web"]',
         'RUN ["/usr/bin/env", "X=1", "python3", "-c", "print(1)"]',
         'ENV GREETING="say \\"hi\\" for \\$5 \\\\o/"',
-        'COPY --chmod=0644 ["c5/", "/srv/app/lib/"]',
+        'COPY ["c5/", "/srv/app/lib/"]',
         'COPY ["c6/app.py", "/srv/app/"]',
         'COPY ["c7/app.py", "/srv/app/bin/app"]',
-        'COPY --chmod=0600 ["f8", "/srv/app/etc/app.conf"]',
+        'COPY ["f8", "/srv/app/etc/app.conf"]',
         'RUN ["rm", "-r", "--", "/srv/app/lib/a.py"]',
     ]
     # Instruction numbers as the engine counts them (FROM = 1) map back to recipe steps.
@@ -250,3 +250,89 @@ def test_os_record_is_listed_without_a_manifest(tmp_path: Path) -> None:
     assert json.loads((image.path / "engine.json").read_text())["id"] == digest
     # The build cache's gc sees no cache keys to keep for it, and nothing breaks.
     assert BuildCache.beside(store.root).root.name
+
+
+def test_copy_step_mode_is_on_each_file_in_the_context_not_a_chmod(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "sub").mkdir(parents=True)
+    (tmp_path / "conf" / "sub" / "b.txt").write_text("b")
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    recipe = steps({"copy": "conf", "to": "conf", "mode": "0640"}, {"copy": "run.sh", "to": "."},
+                   {"file": "k.conf", "content": "k", "mode": "0600"})
+    src = source_of(tmp_path)
+    t = translate(recipe, base="b", source=src)
+    assert "--chmod" not in t.text  # Docker's classic builder refuses it
+    with context_tar(t, src) as f, tarfile.open(fileobj=f) as tar:
+        modes = {m.name: m.mode for m in tar.getmembers()}
+    assert modes["c1/sub/b.txt"] == 0o640 and modes["c1/sub"] == 0o755  # files only
+    assert modes["c2/run.sh"] == 0o755 and modes["f3"] == 0o600
+
+
+# -- the engine's build stream -------------------------------------------------------------------
+
+PODMAN_BUILD = [
+    {"stream": "STEP 1/3: FROM localhost/hinotori-base:abc\n"},
+    {"stream": "STEP 2/3: RUN [\"true\"]\n"},
+    {"stream": "--> Using cache 8f05\n"}, {"stream": "--> 8f0566aeca9\n"},
+    {"stream": "STEP 3/3: COPY [\"f3\", \"/app/x\"]\n"}, {"stream": "COMMIT\n"},
+    {"stream": "--> d62d3cdd0ef\n"}, {"aux": {"ID": "sha256:" + "d6" * 32}},
+    {"stream": "Successfully built d62d3cdd0ef0\n"},
+]
+DOCKER_BUILD = [  # the classic builder: "Step" lines end apart from their newline
+    {"stream": "Step 1/3 : FROM localhost/hinotori-base:abc"}, {"stream": "\n"},
+    {"stream": " ---> b63856b40038\n"},
+    {"stream": "Step 2/3 : RUN [\"true\"]"}, {"stream": "\n"},
+    {"stream": " ---> Using cache\n"}, {"stream": " ---> 59d0b9fe07d1\n"},
+    {"stream": "Step 3/3 : COPY [\"f3\", \"/app/x\"]"}, {"stream": "\n"},
+    {"stream": " ---> 1a2b3c4d5e6f\n"}, {"aux": {"ID": "sha256:" + "1a" * 32}},
+    {"stream": "Successfully built 1a2b3c4d5e6f\n"},
+]
+
+
+class FakeEngine:
+    """Just what engine_build.build touches: the API's POST and images.get."""
+
+    def __init__(self, messages: list[dict]) -> None:
+        self.messages, self.params = messages, {}
+        self.api, self.images = self, self
+        self.base_url, self.api_version = "http+docker://localhost", "1.41"
+
+    def post(self, url: str, *, params: dict, **_kw: object) -> object:
+        self.params = params
+        lines = [json.dumps(m) for m in self.messages]
+        return type("Response", (), {"status_code": 200,
+                                     "iter_lines": lambda _s, decode_unicode: iter(lines)})()
+
+    def get(self, ref: str) -> object:
+        return type("Image", (), {"id": ref})()
+
+
+@pytest.mark.parametrize("messages, image", [(PODMAN_BUILD, "sha256:" + "d6" * 32),
+                                             (DOCKER_BUILD, "sha256:" + "1a" * 32)],
+                         ids=["podman", "docker"])
+def test_build_stream_of_either_engine(messages: list[dict], image: str) -> None:
+    from hinotori.bake.osimage.engine_build import build
+
+    engine = FakeEngine(messages)
+    outcome = build(engine, io.BytesIO(b""), timestamp=7)  # type: ignore[arg-type]
+    assert outcome.image_id == image  # the aux message's full id
+    assert (outcome.cached, outcome.ran) == ({2}, {3})
+    assert engine.params["networkmode"] == "host" and engine.params["timestamp"] == "7"
+
+
+@pytest.mark.parametrize("messages, error", [
+    ([{"stream": "STEP 2/2: RUN boom\n"}, {"stream": "boom-1\n"},
+      {"error": "building at STEP \"RUN boom\": exit status 3"}], "exit status 3"),
+    ([{"stream": "Step 2/2 : RUN boom"}, {"stream": "\n"}, {"stream": "\x1b[91mboom-1\n\x1b[0m"},
+      {"errorDetail": {"code": 3, "message": "The command '/bin/sh -c boom' returned a "
+                       "non-zero code: 3"}}], "exit status 3"),
+], ids=["podman", "docker"])
+def test_failed_build_of_either_engine_says_the_exit_status(messages: list[dict],
+                                                            error: str) -> None:
+    from hinotori.bake.osimage.engine_build import build
+
+    with pytest.raises(BakeError) as info:
+        build(FakeEngine(messages), io.BytesIO(b""), timestamp=None,  # type: ignore[arg-type]
+              describe=lambda n: f"step {n}/2")
+    assert error in info.value.message and "step 2/2" in info.value.message
+    assert "  | boom-1" in info.value.message  # the step's output, colour escapes removed

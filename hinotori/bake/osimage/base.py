@@ -178,7 +178,8 @@ def bootstrap(base: BaseSpec, tarball: Path, say: Progress) -> None:
 
 def _import(client: docker.DockerClient, base: BaseSpec, tarball: Path) -> str:
     try:
-        # The whole reference as `repository`: Podman's compat import ignores `tag`.
+        # The whole reference as `repository`: Podman's compat import ignores `tag`; Docker
+        # takes the reference whole as well.
         client.api.import_image(src=str(tarball), repository=base.tag,
                                 changes=[f"ENV PATH={DEFAULT_PATH}"])
     except Exception as e:  # the SDK raises its own and requests' errors alike

@@ -10,8 +10,8 @@ command's working directory::
     run        RUN ["/bin/sh", "-c", "<line>"]  or  RUN ["argv", …]
                (with the step's env: RUN ["/usr/bin/env", "K=V", …, "/bin/sh", "-c", …])
     env        ENV K="V" …   (unlike a file tree, it stays in the image's config as well)
-    copy       COPY [--chmod=MODE] ["c<N>/…", "<workdir>/<to>"]
-    file       COPY --chmod=MODE ["f<N>", "<workdir>/<file>"]
+    copy       COPY ["c<N>/…", "<workdir>/<to>"]
+    file       COPY ["f<N>", "<workdir>/<file>"]
     remove     RUN ["rm", "-r", "--", "<workdir>/<path>"]  (a missing path fails, as it does
                for a file tree)
     apt        RUN apt-get update && apt-get install -y --no-install-recommends … \\
@@ -24,7 +24,10 @@ The build context is a tar assembled here, never the user's directory: ``c<N>/``
 copy step N reads (through ``BuildSource``, so ``.hinotoriignore`` and the context's link rules
 apply exactly as in a file-tree bake), ``f<N>`` the content of file step N, and the
 Containerfile itself. Every entry is owned by root with a fixed mtime, so the same inputs give
-the same context bytes, and the engine's content-based COPY cache hits.
+the same context bytes, and the engine's content-based COPY cache hits. Modes are the tar
+entries' own (a copy step's ``mode`` set on each file it copies, as in a file-tree bake, a file
+step's on its file): COPY keeps them on both engines, whereas ``COPY --chmod`` is refused by
+Docker's classic builder (the one its build API runs without BuildKit).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ class Translation:
     # the prelude.
     owners: dict[int, int]
     generated: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # f<N> -> content, mode
-    copies: dict[str, tuple[str, str]] = field(default_factory=dict)  # c<N> -> (source, kind)
+    # c<N> -> (source, kind, mode for every file it copies or None to keep each file's own)
+    copies: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
 
 def translate(steps: Sequence[Step], *, base: str, workdir: str = "/app",
@@ -78,7 +82,7 @@ def translate(steps: Sequence[Step], *, base: str, workdir: str = "/app",
     for n in range(2, len(lines) + 1):
         owners[n] = 0
     generated: dict[str, tuple[bytes, int]] = {}
-    copies: dict[str, tuple[str, str]] = {}
+    copies: dict[str, tuple[str, str, int | None]] = {}
     for i, step in enumerate(steps, start=1):
         lines.append(_instruction(i, step, workdir, source, generated, copies))
         owners[len(lines)] = i
@@ -87,7 +91,7 @@ def translate(steps: Sequence[Step], *, base: str, workdir: str = "/app",
 
 def _instruction(i: int, step: Step, workdir: str, source: BuildSource | None,
                  generated: dict[str, tuple[bytes, int]],
-                 copies: dict[str, tuple[str, str]]) -> str:
+                 copies: dict[str, tuple[str, str, int | None]]) -> str:
     def at(rel: str) -> str:
         return posixpath.join(workdir, rel) if rel else workdir
 
@@ -108,22 +112,21 @@ def _instruction(i: int, step: Step, workdir: str, source: BuildSource | None,
     if isinstance(step, FileStep):
         name = f"f{i}"
         generated[name] = (step.content.encode("utf-8"), int(step.mode, 8))
-        return f"COPY --chmod={step.mode} {_json([name, at(relative(step.file, 'file'))])}"
+        return f"COPY {_json([name, at(relative(step.file, 'file'))])}"
     if isinstance(step, CopyStep):
         if source is None:
             raise ValueError("copy steps need the build source")
         name = f"c{i}"
         top = source.top(step.source, f"step {i} ({step.describe()})")
         kind = DIR if top is None else top.kind
-        copies[name] = (step.source, kind)
-        chmod = f"--chmod={step.mode} " if step.mode else ""
+        copies[name] = (step.source, kind, None if step.mode is None else int(step.mode, 8))
         to = relative(step.to, "to", allow_root=True)
         dest = at(to)
         if kind == DIR:
-            return f"COPY {chmod}{_json([name + '/', dest.rstrip('/') + '/'])}"
+            return f"COPY {_json([name + '/', dest.rstrip('/') + '/'])}"
         into = to == "" or step.to.endswith("/")
         src = f"{name}/{posixpath.basename(step.source)}"
-        return f"COPY {chmod}{_json([src, dest.rstrip('/') + '/' if into else dest])}"
+        return f"COPY {_json([src, dest.rstrip('/') + '/' if into else dest])}"
     raise BakeError(f"step {i} ({step.describe()}): a {step.kind} step cannot be part of an OS "
                     "image", hint="use run, env, copy, file, remove or apt steps")
 
@@ -156,7 +159,7 @@ def context_tar(translation: Translation, source: BuildSource | None, *,
         _add_bytes(tar, CONTAINERFILE, translation.text.encode("utf-8"), 0o644, epoch)
         for name, (content, mode) in sorted(translation.generated.items()):
             _add_bytes(tar, name, content, mode, epoch)
-        for name, (src, kind) in sorted(translation.copies.items()):
+        for name, (src, kind, forced) in sorted(translation.copies.items()):
             assert source is not None
             _add_dir(tar, name, 0o755, epoch)
             label = f"copy step {name[1:]} ({src or '.'})"
@@ -174,7 +177,7 @@ def context_tar(translation: Translation, source: BuildSource | None, *,
                     info.type, info.linkname = tarfile.SYMTYPE, os.readlink(node.abs)
                     tar.addfile(info)
                 elif node.kind == FILE:
-                    info = _info(arcname, epoch, mode)
+                    info = _info(arcname, epoch, mode if forced is None else forced)
                     info.size = node.st.st_size
                     with open(node.abs, "rb") as f:
                         tar.addfile(info, f)

@@ -1,24 +1,34 @@
 """Building a Containerfile through the engine's build API, with its layer cache.
 
-``POST /build`` (the Docker Engine API, which Podman serves through buildah) with the context
-tar as the body, ``layers=1`` so every instruction is committed as a cached layer, and
-``timestamp=<SOURCE_DATE_EPOCH>``. Podman's compat build handler honours ``timestamp``
-(pkg/api/handlers/compat/images_build.go sets buildah's ``BuildOptions.Timestamp``): every
-layer's file times and the image's "created" time are that instant, so a rebuild of unchanged
-inputs on an engine without the cache gives the same layer digests as long as the steps
-themselves write the same bytes. Docker ignores the parameter. The docker SDK's ``build()``
-has no such argument, hence the plain POST on the SDK's own HTTP session.
+``POST /build`` (the Docker Engine API: Podman serves it through buildah, Docker through its
+classic builder) with the context tar as the body, ``layers=1`` so every instruction is
+committed as a cached layer (Docker always does), ``networkmode=host`` and
+``timestamp=<SOURCE_DATE_EPOCH>``. The docker SDK's ``build()`` has neither of the last two,
+hence the plain POST on the SDK's own HTTP session.
 
-The response is a stream of JSON objects; ``stream`` texts are buildah's progress::
+- ``networkmode=host``: run steps (apt's downloads) use the machine's network, as a file-tree
+  bake's steps do, so a build needs no NAT from the engine's bridge (a Docker engine started
+  with ``--iptables=false`` has none).
+- ``timestamp``: Podman's compat build handler honours it (buildah's
+  ``BuildOptions.Timestamp``): every layer's file times and the image's "created" time are that
+  instant, so a rebuild of unchanged inputs on an engine without the cache gives the same layer
+  digests as long as the steps themselves write the same bytes. Docker's classic builder
+  ignores it: there a rebuild without the cache is a new image id, and only the layer cache
+  gives the same id back.
 
-    STEP 5/9: COPY ["c5/", "/app/"]
-    --> Using cache 3f1c…          (this instruction's layer came from the cache)
-    --> 9b2e…                      (it ran, and made this layer)
-    Successfully built 9b2e…
+The response is a stream of JSON objects; ``stream`` texts are the builder's progress, which
+the two engines word differently::
 
-``error`` ends a failed build; the step's own output came before it as ``stream`` lines and is
-what the BakeError shows. A failed build tags nothing: hinotori tags only the image of a build
-that succeeded, after the fact.
+    Podman (buildah)                     Docker (classic builder)
+    STEP 5/9: COPY ["c5/", "/app/"]      Step 5/9 : COPY ["c5/", "/app/"]
+    --> Using cache 3f1c…                 ---> Using cache   (the layer came from the cache)
+    --> 9b2e…                             ---> 9b2e…         (the instruction's layer)
+    Successfully built 9b2e…             Successfully built 9b2e…
+
+and ``aux`` carries the image's full id on both. ``error`` ends a failed build; the step's own
+output came before it as ``stream`` lines (Docker wraps a step's stderr in colour escapes,
+removed here) and is what the BakeError shows. A failed build tags nothing: hinotori tags only
+the image of a build that succeeded, after the fact.
 """
 
 from __future__ import annotations
@@ -38,9 +48,12 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 TAIL_LINES = 20
-_STEP = re.compile(r"^STEP (\d+)(?:/(\d+))?: (.*)$")
+_STEP = re.compile(r"^(?:STEP|Step) (\d+)(?:/(\d+))? ?: (.*)$")  # buildah's, Docker's
 _CACHED = re.compile(r"^\s*-+> Using cache")  # buildah "--> Using cache <id>"; Docker " ---> …"
 _BUILT = re.compile(r"^Successfully built ([0-9a-f]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Docker's words for a failed run step; Podman's already say "exit status N".
+_DOCKER_EXIT = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
 
 
 @dataclass
@@ -58,7 +71,7 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
     """Build the context's Containerfile; BakeError with the failing step's output."""
     api = client.api
     params = {"dockerfile": CONTAINERFILE, "layers": "1", "rm": "1", "forcerm": "1",
-              "nocache": "0" if use_cache else "1"}
+              "nocache": "0" if use_cache else "1", "networkmode": "host"}
     if timestamp is not None:
         params["timestamp"] = str(timestamp)
     url = f"{api.base_url}/v{api.api_version}/build"
@@ -80,6 +93,9 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
     built = None
     for line in _stream_lines(response):
         kind, text = line
+        if kind == "aux":
+            built = text
+            continue
         if kind == "error":
             shown = outcome.log[step_start:][-TAIL_LINES:]
             body = "\n".join(f"  | {t}" for t in shown) or "  | (no output)"
@@ -98,7 +114,7 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
         elif (m := _CACHED.match(text)) and step:
             outcome.ran.discard(step)
             outcome.cached.add(step)
-        elif m := _BUILT.match(text):
+        elif (m := _BUILT.match(text)) and built is None:
             built = m.group(1)
     if built is None:
         raise BakeError("the container engine ended the build without an image",
@@ -109,7 +125,8 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
 
 
 def _stream_lines(response: requests.Response) -> Iterator[tuple[str, str]]:
-    """(kind, text) per line of the build's output: kind "stream" or "error". A generator."""
+    """(kind, text) per line of the build's output: kind "stream", "aux" (the image id) or
+    "error". A generator."""
     buffer = ""
     for chunk in response.iter_lines(decode_unicode=True):
         if not chunk:
@@ -123,9 +140,14 @@ def _stream_lines(response: requests.Response) -> Iterator[tuple[str, str]]:
                 yield "stream", buffer
                 buffer = ""
             err = message.get("error") or message["errorDetail"].get("message", "")
+            if m := _DOCKER_EXIT.match(err.strip()):
+                err = f"the step's command failed: exit status {m.group(1)}"
             yield "error", err
             return
-        buffer += message.get("stream", "")
+        aux = message.get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+            yield "aux", aux["ID"]
+        buffer += _ANSI.sub("", message.get("stream") or "")
         *complete, buffer = buffer.split("\n")
         for text in complete:
             yield "stream", text.rstrip("\r")
