@@ -29,9 +29,16 @@ from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRou
 from hinotori.router.base import Router
 from hinotori.router.haproxy import HaproxyRouter, config, runtime
 from hinotori.router.haproxy.router import socket_dir
-from tests.support import CANARY_SPEC, CliProject, make_project, require, teardown, wait_until
-
-from .test_router_builtin import Backends, Conn, fetch, free_port, route, table
+from tests.support import (
+    CANARY_SPEC,
+    CliProject,
+    free_port,
+    make_project,
+    require,
+    teardown,
+    wait_until,
+)
+from tests.support_backends import Backends, Conn, fetch, route, table
 
 pytestmark = pytest.mark.integration
 
