@@ -190,17 +190,24 @@ class ServiceRoute:
 class RoutingTable:
     version: int
     routes: tuple[ServiceRoute, ...] = ()
+    # Backend addresses on a machine seen down: nothing will come back from them, so the data
+    # plane drops its connections to them now and re-sends what it may (instead of draining).
+    lost: tuple[str, ...] = ()
 
     def route(self, service: str) -> ServiceRoute | None:
         return next((r for r in self.routes if r.service == service), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "routes": [r.to_dict() for r in self.routes]}
+        d: dict[str, Any] = {"version": self.version, "routes": [r.to_dict() for r in self.routes]}
+        if self.lost:
+            d["lost"] = list(self.lost)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoutingTable:
         return cls(version=int(d["version"]),
-                   routes=tuple(ServiceRoute.from_dict(r) for r in d.get("routes", ())))
+                   routes=tuple(ServiceRoute.from_dict(r) for r in d.get("routes", ())),
+                   lost=tuple(str(a) for a in d.get("lost", ())))
 
 
 # Upper bounds (ms) of the router's latency histogram buckets; one more bucket holds the rest.

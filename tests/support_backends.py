@@ -104,6 +104,8 @@ class Backends:
                 b.seen.append(Seen(method, target, headers, body, time.monotonic()))
                 if b.mode == "die":
                     return
+                if b.mode == "silent":  # as a machine cut off the network: nothing comes back
+                    await asyncio.sleep(3600)
                 if not await self._respond(b, method, target, headers, body, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):

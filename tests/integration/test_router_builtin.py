@@ -227,6 +227,35 @@ def test_connect_refused_is_retried_on_another_backend(router: BuiltinRouter,
     assert stats["dead"].errors >= 1 and stats["dead"].requests == 0
 
 
+def test_a_lost_backend_s_requests_in_flight_are_re_sent_when_idempotent(
+        router: BuiltinRouter, backends: Backends) -> None:
+    """Its machine seen down, a backend is `lost`: the router drops its connections at once
+    instead of draining them, so the GETs it holds are answered by another backend and a POST
+    that reached it fails (it may have been applied) rather than hanging."""
+    silent, alive = backends.add("silent", mode="silent"), backends.add("alive2")
+    apply(router, route(silent.backend()))
+
+    async def run() -> list[Response | BaseException]:
+        conns = [await Conn.open(port_of(router)) for _ in range(3)]
+        held = [asyncio.create_task(c.request(method=m, body=b"x" if m == "POST" else None))
+                for c, m in zip(conns, ("GET", "GET", "POST"), strict=True)]
+        while len(silent.seen) < 3:  # all three reached the silent backend
+            await asyncio.sleep(0.01)
+        await router.apply(RoutingTable(version=next(_versions),
+                                        routes=(route(alive.backend()),),
+                                        lost=(silent.address,)))
+        got = await asyncio.gather(*(asyncio.wait_for(h, 10) for h in held),
+                                   return_exceptions=True)
+        for c in conns:
+            c.close()
+        return got
+
+    got = asyncio.run(run())
+    assert [(r.status, r.backend) for r in got[:2]] == [(200, "alive2")] * 2  # type: ignore[union-attr]
+    assert got[2].status == 502  # type: ignore[union-attr]
+    assert [s.method for s in alive.seen] == ["GET", "GET"]
+
+
 def test_post_is_not_resent_after_reaching_a_backend_but_get_is(router: BuiltinRouter,
                                                                 backends: Backends) -> None:
     dying, healthy = backends.add("dying", mode="die"), backends.add("healthy")

@@ -92,6 +92,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
         ex = self.exchange
@@ -121,6 +122,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.conns.discard(self)
         ex = self.exchange
         if ex is None:
             return  # idle in a pool: the pool skips closed connections
@@ -184,12 +186,13 @@ class UpstreamProtocol(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections to one backend address, most recently used first."""
 
-    __slots__ = ("address", "idle", "loop", "retired")
+    __slots__ = ("address", "conns", "idle", "loop", "retired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
         self.loop = loop
         self.address = address
         self.idle: list[UpstreamProtocol] = []
+        self.conns: set[UpstreamProtocol] = set()  # every open one, idle or busy
         self.retired = False
 
     def checkout(self) -> UpstreamProtocol | None:
@@ -231,6 +234,15 @@ class Pool:
             for c in idle:
                 if now - c.idle_since > MAX_IDLE:
                     c.close()
+
+    def fail_all(self) -> None:
+        """The backend is gone for good (its machine is down): every connection is dropped,
+        and the exchanges on them learn it as a lost connection (so an idempotent request
+        whose answer has not started is re-sent elsewhere)."""
+        self.retire()
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
 
     def retire(self) -> None:
         """The address left the routing table: close idle connections, refuse check-ins."""

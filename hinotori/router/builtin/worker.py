@@ -85,6 +85,10 @@ class Worker:
         for address, pool in old_pools.items():
             if address not in compiled.pools:
                 pool.retire()  # in-flight requests finish; idle connections close now
+        for address in table.lost:  # nothing will answer there: re-send what may be re-sent
+            pool = old_pools.get(address)
+            if pool is not None:
+                pool.fail_all()
         log.info("table v%d applied (%d routes, %d backend addresses)",
                  table.version, len(table.routes), len(compiled.pools))
         if persist:
