@@ -49,6 +49,7 @@ class Machines:
         self._fails: dict[str, int] = {}
         self._probes: dict[str, asyncio.Task[str | None]] = {}
         self._written: dict[str, float] = {}
+        self._detail: dict[str, str] = {}  # why a down machine is down, as recorded
         fleet.machine_state = self.state_of
 
     def providers(self) -> list[MachineProvider]:
@@ -77,12 +78,17 @@ class Machines:
         running from before counts as one more failure (a cut machine can hold one up)."""
         running = self._probes.get(name)
         if running is not None and not running.done():
-            return f"no answer for over {PROBE_TIMEOUT:g}s"
+            return f"machine {name}: no answer for over {PROBE_TIMEOUT:g}s"
+        if running is not None and not running.cancelled() and running.result() is not None:
+            # A probe that outlived its round has finished since: its reason is the real one
+            # (an SSH connect timeout, say), better than "no answer".
+            self._probes.pop(name)
+            return running.result()
         task = self._probes[name] = asyncio.create_task(provider.probe(name))
         try:
             return await asyncio.wait_for(asyncio.shield(task), PROBE_TIMEOUT)
         except TimeoutError:
-            return f"no answer within {PROBE_TIMEOUT:g}s"
+            return f"machine {name}: no answer within {PROBE_TIMEOUT:g}s"
 
     async def _judge(self, provider: MachineProvider, name: str, why: str | None) -> None:
         now = time.time()
@@ -105,7 +111,12 @@ class Machines:
             self.state[name] = DOWN
             self.store.save_machine(name, state=DOWN, last_seen=None, engine=None,
                                     detail=why[:300], why=why[:300])
+            self._detail[name] = why
             await self._went_down(name, why)
+        elif was == DOWN and why != self._detail.get(name) and "no answer" not in why:
+            self._detail[name] = why  # a better reason than the one recorded (no event)
+            self.store.save_machine(name, state=DOWN, last_seen=None, engine=None,
+                                    detail=why[:300])
 
     async def _went_down(self, name: str, why: str) -> None:
         """Out of the table at once, then lost: replacements come from the health monitor."""
