@@ -113,8 +113,12 @@ def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt
     if json_out:
         render.print_json([h.view() for h in found])  # the shape GET /v1/hosts gives
         return
-    render.table(None, ["host", "service", "release", "state", "address", "pid", "age"],
-                 [(h.id, h.service, f"v{h.release}", h.state, h.address, h.pid,
+    # A fleet's hosts say which machine they are on; a one-machine project has no such column.
+    fleet = any(h.data.get("machine") for h in found)
+    render.table(None, ["host", "service", "release", "state", *(["machine"] if fleet else []),
+                        "address", "pid", "age"],
+                 [(h.id, h.service, f"v{h.release}", h.state,
+                   *([h.data.get("machine") or ""] if fleet else []), h.address, h.pid,
                    render.age(h.born_at)) for h in found])
 
 

@@ -144,7 +144,9 @@ class ContainerHosts:
             return None
         try:
             component = (client.version().get("Components") or [{}])[0]
-            return f"{component.get('Name', '?')} {component.get('Version', '?')}"
+            name = component.get("Name", "?")
+            name = "Docker Engine" if name == "Engine" else name  # Docker says just "Engine"
+            return f"{name} {component.get('Version', '?')}"
         except Exception:
             return None
 
