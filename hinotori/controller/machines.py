@@ -50,6 +50,7 @@ class Machines:
         self._probes: dict[str, asyncio.Task[str | None]] = {}
         self._written: dict[str, float] = {}
         self._detail: dict[str, str] = {}  # why a down machine is down, as recorded
+        self._drained = {n for n, row in self.store.machines().items() if row["drained"]}
         fleet.machine_state = self.state_of
 
     def providers(self) -> list[MachineProvider]:
@@ -59,12 +60,11 @@ class Machines:
         return sorted({name for p in self.providers() for name in p.machines})
 
     def state_of(self, name: str) -> str:
-        """What placement and routing go by: down wins over drained."""
+        """What placement and routing go by (asked per host: no store query): down wins over
+        drained."""
         if self.state.get(name) == DOWN:
             return DOWN
-        if self.store.machines().get(name, {}).get("drained"):
-            return DRAINING
-        return USABLE
+        return DRAINING if name in self._drained else USABLE
 
     # -- the watch -----------------------------------------------------------------------
     async def watch_once(self) -> None:
@@ -148,6 +148,7 @@ class Machines:
         """No new host on ``name``; its serving hosts replaced elsewhere, one at a time."""
         self._known(name)
         self.store.set_drained(name, True, actor=actor, why="no new hosts; hosts moved away")
+        self._drained.add(name)
         started = []
         for service in self.fleet.spec.services:
             here = {h.id for h in self.fleet.hosts(service, HostState.SERVING)
@@ -169,6 +170,7 @@ class Machines:
     def undrain(self, name: str, actor: str) -> None:
         self._known(name)
         self.store.set_drained(name, False, actor=actor, why="takes new hosts again")
+        self._drained.discard(name)
 
     def rows(self) -> list[dict[str, Any]]:
         """What `hinotori machines` shows, from the store and the live fleet."""

@@ -223,8 +223,9 @@ class Fleet:
             routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
                                        path_prefix=svc.path_prefix, canary=canary,
                                        sticky=getattr(svc.strategy, "sticky", False)))
+        fleet = any(svc.machines for svc in self.spec.services.values())
         lost = sorted({h.address for h in self.store.hosts(states=[*LIVE_STATES, HostState.LOST])
-                       if h.address and self.unreachable(h)})
+                       if h.address and self.unreachable(h)}) if fleet else []
         return RoutingTable(version=version, routes=tuple(routes), lost=tuple(lost))
 
     async def switch(self, service: str, serve: list[Host], retire: list[Host], why: str, *,
