@@ -11,6 +11,7 @@ podman, docker.io, openssh-server, docker-registry and mmdebstrap (.ci/run insta
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,13 @@ def test_deploy_canary_and_rollback_across_three_machines_under_load(project: Cl
         assert sorted(machine_of(p).values()) == ["m1", "m2", "m3"]
         out = p.cli("rollback", "web").stdout
         assert "now serves v1" in out and "instantly from warm hosts" in out
+        # Chaos on remote hosts: killed through their machine's engine, healed on the fleet.
+        chaos = p.cli("chaos", "web", "--interval", "1s", "--duration", "3s", "--seed", "3",
+                      "--json", check=False)
+        report = json.loads(chaos.stdout)
+        assert chaos.returncode == 0 and report["kills"] >= 1, chaos.stdout + chaos.stderr
+        assert report["not_recovered"] == 0
+        assert len(p.serving()) == 3
     finally:
         stats = load.stop()
     assert stats.total > 300 and stats.failed == 0, stats.failures
