@@ -296,8 +296,10 @@ def bench_loss(work: Path, lab: Lab, losses: int) -> None:
           f"seconds from kill/cut:")
     for k, v in measured.items():
         if v:
+            kinds = "  ".join(f"{how} p50 {statistics.median(v[j::2]):5.2f}"
+                              for j, how in enumerate(("kill", "cut")) if v[j::2])
             print(f"  {k:7} p50 {statistics.median(v):5.2f}  p99 {p99(v):5.2f}  "
-                  f"min {min(v):5.2f}")
+                  f"min {min(v):5.2f}   ({kinds})")
     if stats is not None:
         print(f"  load: {stats.total} requests, {stats.failed} failed "
               f"({stats.failures if stats.failed else 'none'})")
