@@ -21,6 +21,7 @@ from hinotori.errors import LabError
 from hinotori.lab import plan
 from hinotori.lab.plan import LabMachine
 from hinotori.processes import log_tail, pid_alive
+from hinotori.statefiles import private_dir, write_private
 
 READY_TIMEOUT = 30.0
 
@@ -68,9 +69,8 @@ class Lab:
         data = {"index": self.index, "pids": self.pids,
                 "machines": [{"name": m.name, "number": m.number, "engine": m.engine}
                              for m in self.machines]}
-        tmp = self.dir / "lab.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.dir / "lab.json")
+        write_private(self.dir / "lab.json", json.dumps(data, indent=2),
+                      tmp=self.dir / "lab.json.tmp")
 
     @classmethod
     def load(cls, directory: Path) -> Lab:
@@ -106,8 +106,7 @@ class Lab:
         if (directory / "lab.json").exists():
             raise LabError(f"a lab already lives in {directory}",
                            hint="`hinotori lab down` removes it first")
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
+        private_dir(directory)
         lab = cls(dir=directory, index=_claim_index())
         lab.machines = [LabMachine(f"m{i}", i, lab.index,
                                    "docker" if f"m{i}" in docker else "podman",
@@ -121,7 +120,7 @@ class Lab:
             for m in lab.machines:
                 lab._make(m)
             # Each machine's own host key, recorded here: nothing is ever accepted blindly.
-            lab.known_hosts.write_text("".join(
+            write_private(lab.known_hosts, "".join(
                 "{} {} {}\n".format(m.address, *(m.dir / "ssh_host_ed25519_key.pub")
                                      .read_text().split()[:2]) for m in lab.machines))
             for m in lab.machines:
@@ -134,12 +133,12 @@ class Lab:
         return lab
 
     def _make(self, m: LabMachine) -> None:
-        m.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(m.dir)
         (m.dir / "storage").mkdir(exist_ok=True)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", m.name, "-f",
               str(m.host_key)])
         shutil.copyfile(f"{self.key}.pub", m.dir / "authorized_keys")
-        (m.dir / "init.sh").write_text(plan.init_script(m))
+        write_private(m.dir / "init.sh", plan.init_script(m))
         for argv in plan.machine_network_up(m):
             _run(argv)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from hinotori.errors import ProviderError
 from hinotori.processes import log_tail, pid_alive
+from hinotori.statefiles import private_dir, write_private
 
 REGISTRY_START_TIMEOUT = 15.0
 _BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 200 (\d+)')
@@ -89,7 +90,7 @@ class LocalRegistry:
         if exe is None:
             raise ProviderError("shipping images to machines needs a registry on this machine",
                                 hint="apt-get install docker-registry")
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.dir)
         port = self.port() or _free_port()
         config = self.dir / "config.yml"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,9 +106,8 @@ class LocalRegistry:
                                     stdout=out, stderr=out, start_new_session=True)
         finally:
             os.close(out)
-        tmp = self._info.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": proc.pid, "port": port}))
-        tmp.replace(self._info)
+        write_private(self._info, json.dumps({"pid": proc.pid, "port": port}),
+                      tmp=self._info.with_suffix(".tmp"))
         deadline = time.monotonic() + REGISTRY_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.answering():

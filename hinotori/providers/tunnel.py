@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from hinotori.errors import MachineUnreachable
 from hinotori.processes import pid_alive
+from hinotori.statefiles import private_dir, write_private
 
 if TYPE_CHECKING:
     import docker
@@ -147,7 +148,7 @@ class EngineTunnel:
         if self.alive():
             return self.url
         self.close()
-        self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.sockets)
         self._sweep()
         with contextlib.suppress(FileNotFoundError):
             self.local_socket.unlink()
@@ -161,7 +162,7 @@ class EngineTunnel:
                 start_new_session=True)
         finally:
             os.close(fd)
-        self._pidfile.write_text(str(self._proc.pid))
+        write_private(self._pidfile, str(self._proc.pid))
         deadline = time.monotonic() + CONNECT_TIMEOUT + 2
         while time.monotonic() < deadline:
             if self.local_socket.exists() and self._read_remote_ports():
