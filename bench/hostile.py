@@ -40,6 +40,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from router import free_port, wait_port  # bench/router.py, beside this script
+
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
@@ -50,21 +52,6 @@ GOAL_MS = 500.0
 FLOOD_BYTES = 64 << 20
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 SLOW_HEAD = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Slow: "
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
 def status_of(data: bytes) -> str:

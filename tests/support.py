@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,15 @@ def point(ts: float, release: int = 1, requests: int = 10, *, s5: int = 0,
                     cpu_seconds=cpu)
     return Point(service="web", release=release, ts=ts, span=span, counts=counts,
                  memory_sum=memory, memory_max=memory, hosts_sum=hosts, hosts_max=hosts)
+
+
+def up_lab(tmp_path_factory: pytest.TempPathFactory, count: int, docker: set[str],
+           tools: tuple[str, ...]) -> Any:
+    """A lab of ``count`` machines (those in ``docker`` on Docker) for a test module; the
+    caller yields it and calls ``down()``. Root and ``tools`` are required (failing in CI)."""
+    from hinotori.lab.lab import Lab
+
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in tools:
+        require(shutil.which(tool) is not None, f"{tool} is not installed")
+    return Lab.up(tmp_path_factory.mktemp("lab") / "lab", count, docker=docker)

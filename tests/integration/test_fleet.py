@@ -32,8 +32,8 @@ from tests.support import (
     HELLO,
     CliProject,
     free_port,
-    require,
     teardown,
+    up_lab,
     wait_until,
 )
 
@@ -44,10 +44,9 @@ DOWN_WITHIN = 5.0  # seconds from a kill or a cut to the machine seen down (the 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require(os.geteuid() == 0, "the lab needs root")
-    for tool in ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry", "mmdebstrap"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed")
-    lab = Lab.up(tmp_path_factory.mktemp("lab") / "lab", 3, docker={"m3"})
+    lab = up_lab(tmp_path_factory, 3, {"m3"},
+                 ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry",
+                       "mmdebstrap"))
     yield lab
     lab.down()
 

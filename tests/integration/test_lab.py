@@ -4,8 +4,6 @@ Needs root, iproute2, openssh-server, podman and docker.io (installed by .ci/run
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -15,17 +13,15 @@ import pytest
 
 from hinotori.lab.lab import Lab, LabError
 from hinotori.providers.tunnel import EngineTunnel, MachineUnreachable, SshTarget, engine_client
-from tests.support import require
+from tests.support import up_lab
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require(os.geteuid() == 0, "the lab needs root")
-    for tool in ("ip", "nsenter", "/usr/sbin/sshd", "podman", "dockerd"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed")
-    lab = Lab.up(tmp_path_factory.mktemp("lab") / "lab", 3, docker={"m3"})
+    lab = up_lab(tmp_path_factory, 3, {"m3"},
+                 ("ip", "nsenter", "/usr/sbin/sshd", "podman", "dockerd"))
     yield lab
     lab.down()
 

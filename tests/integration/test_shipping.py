@@ -7,7 +7,6 @@ them)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,17 +25,15 @@ from hinotori.providers.shipping import (
     repository,
 )
 from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
-from tests.support import require
+from tests.support import require, up_lab
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require(os.geteuid() == 0, "the lab needs root")
-    for tool in ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed")
-    lab = Lab.up(tmp_path_factory.mktemp("lab") / "lab", 2, docker={"m2"})
+    lab = up_lab(tmp_path_factory, 2, {"m2"},
+                 ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry"))
     yield lab
     lab.down()
 
