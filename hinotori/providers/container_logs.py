@@ -63,6 +63,9 @@ def decode(raw: str) -> EngineLine:
     return EngineLine("stdout", raw, True)
 
 
+FETCH_TIMEOUT = 10.0  # seconds for one log request: a machine cut off must not hold a pass
+
+
 def stamp_ns(text: str) -> int:
     """An engine's RFC 3339 time with nanoseconds ("…T10:20:51.226499416Z" or "…+00:00") as
     unix nanoseconds, exactly (a float would lose the last digits)."""
@@ -106,7 +109,8 @@ def engine_lines(client: docker.DockerClient, container: str, since_ns: int
     api: Any = client.api
     params = {"stdout": 1, "stderr": 1, "timestamps": 1,
               "since": f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"}
-    res = api._get(api._url("/containers/{0}/logs", container), params=params)
+    res = api._get(api._url("/containers/{0}/logs", container), params=params,
+                   timeout=FETCH_TIMEOUT)
     try:
         api._raise_for_status(res)
     except docker.errors.NotFound:  # removed: what it wrote was shipped before, or is lost

@@ -102,8 +102,9 @@ class ContainerHosts:
         self._remotes: dict[str, _Remote] = {}
         self._lock = threading.Lock()
         self._pushed: set[str] = set()
-        # This instance's source also reads hosts on machines, through their tunnels.
-        self.log_source = ContainerLogSource(engine=self._engine_of)
+        # This instance's source also reads hosts on machines, through their tunnels; never
+        # opening one itself (the machine watch does): a pass must not wait on an SSH connect.
+        self.log_source = ContainerLogSource(engine=lambda h: self._engine_of(h, connect=False))
 
     # -- reaching machines ---------------------------------------------------------------
     def remote(self, name: str) -> _Remote:
@@ -121,12 +122,15 @@ class ContainerHosts:
         machine = host.data.get("machine")
         return self.local if machine is None else self.remote(machine).provider
 
-    def _engine_of(self, host: Host) -> docker.DockerClient:
-        """The engine client of a host's machine, reconnected if the tunnel died."""
+    def _engine_of(self, host: Host, *, connect: bool = True) -> docker.DockerClient:
+        """The engine client of a host's machine, reconnected if the tunnel died (or, without
+        ``connect``, MachineUnreachable then)."""
         machine = host.data.get("machine")
         if machine is None:
             return self.local.client()
         remote = self.remote(machine)
+        if not connect and not remote.tunnel.alive():
+            raise MachineUnreachable(f"machine {machine} is not connected now")
         remote.ensure()
         return remote.provider.client()
 
