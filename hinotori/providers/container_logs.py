@@ -91,8 +91,10 @@ def parse_logs(body: bytes) -> list[tuple[int, str]]:
     """A log API answer (timestamps on) as (stamp ns, text) lines, in the engine's order. A
     message without its newline (a piece of a long line) is a line of its own, as in decode."""
     lines = []
-    for payload in _frames(body):
-        for raw in payload.decode("utf-8", "replace").splitlines():
+    for payload in filter(None, _frames(body)):
+        # Split on newlines only, as a file is read (str.splitlines would also cut at \r,
+        # \f and the other Unicode line breaks a host may print inside a line).
+        for raw in payload.decode("utf-8", "replace").removesuffix("\n").split("\n"):
             stamp, _, text = raw.partition(" ")
             try:
                 lines.append((stamp_ns(stamp), text))

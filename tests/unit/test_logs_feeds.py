@@ -154,5 +154,7 @@ def test_an_engines_answer_is_parsed_exactly() -> None:
     got = parse_logs(body)
     assert [t for _, t in got] == ["hello world", "oops", "a piece"]
     assert [s % 10 for s, _ in got] == [1, 2, 3]
+    cr = _frame(1, b"2026-11-25T10:20:51.1Z progress\r50%\x0cpage\n")
+    assert [t for _, t in parse_logs(cr)] == ["progress\r50%\x0cpage"]
     raw = b"2026-11-25T10:20:51.000000001Z tty output\n"  # no frames: a tty container
     assert [t for _, t in parse_logs(raw)] == ["tty output"]
