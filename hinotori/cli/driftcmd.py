@@ -84,9 +84,13 @@ def _remote_drift(project: Project, hosts: list[Host]) -> list[tuple[Host, Drift
 
     async def one(h: Host) -> tuple[Host, Drift] | None:
         provider: Any = providers.get(h.provider)
+        if not hasattr(provider, "changes"):
+            render.err_console.print(f"[yellow]cannot check {h.id}:[/] it has no view here "
+                                     f"and provider {h.provider!r} cannot list its changes")
+            return None
         try:
             return h, from_changes(await provider.changes(h))
-        except (HinotoriError, AttributeError) as e:
+        except HinotoriError as e:
             render.err_console.print(f"[yellow]cannot check {h.id}:[/] {e}")
         except Exception as e:  # the engine's own errors (a container gone meanwhile)
             render.err_console.print(f"[yellow]cannot check {h.id}:[/] {type(e).__name__}")
