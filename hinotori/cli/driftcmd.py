@@ -2,6 +2,9 @@
 
 With --replace, a service whose serving hosts drifted gets a zero-downtime deploy of the same
 release (fresh hosts from the untouched image); the reason is recorded in the event log.
+
+A container host on a machine of the fleet has no view here: its engine's diff of the
+container against its image is asked instead (``ContainerHosts.changes``, drift.from_changes).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
     project = Project.load(spec)
     if service:
         project.service(service)
-    hosts = [h for h in project.store.hosts(service, WATCHED) if h.root and Path(h.root).is_dir()]
+    watched = project.store.hosts(service, WATCHED)
+    hosts = [h for h in watched if h.root and Path(h.root).is_dir()]
+    remote = [h for h in watched if not h.root and h.data.get("machine")]
     manifests: dict[str, Any] = {}
     for h in hosts:
         image = project.store.release(h.service, h.release).image
@@ -51,6 +56,8 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(one, hosts))
+    if remote:
+        results += _remote_drift(project, remote)
     drifted = [(h, d) for h, d in results if d.drifted]
     if json_out:
         render.print_json([{"host": h.id, "service": h.service, "release": f"v{h.release}",
@@ -62,6 +69,41 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
         _replace(project, drifted, lock_wait, json_out)
     if drifted:
         raise typer.Exit(1)
+
+
+def _remote_drift(project: Project, hosts: list[Host]) -> list[tuple[Host, Drift]]:
+    """Drift of hosts on machines, from their engines' diffs; a host whose engine cannot be
+    asked is named on stderr and left out (it is not known to be clean)."""
+    import asyncio
+
+    from hinotori.controller.wiring import make_providers
+    from hinotori.errors import HinotoriError
+    from hinotori.observe.drift import from_changes
+
+    providers = make_providers(project)
+
+    async def one(h: Host) -> tuple[Host, Drift] | None:
+        provider: Any = providers.get(h.provider)
+        if not hasattr(provider, "changes"):
+            render.err_console.print(f"[yellow]cannot check {h.id}:[/] it has no view here "
+                                     f"and provider {h.provider!r} cannot list its changes")
+            return None
+        try:
+            return h, from_changes(await provider.changes(h))
+        except HinotoriError as e:
+            render.err_console.print(f"[yellow]cannot check {h.id}:[/] {e}")
+        except Exception as e:  # the engine's own errors (a container gone meanwhile)
+            render.err_console.print(f"[yellow]cannot check {h.id}:[/] {type(e).__name__}")
+        return None
+
+    async def every() -> list[tuple[Host, Drift] | None]:
+        return list(await asyncio.gather(*(one(h) for h in hosts)))
+
+    try:
+        return [r for r in asyncio.run(every()) if r is not None]
+    finally:
+        for provider in providers.values():
+            provider.close()
 
 
 def _print(results: list[tuple[Host, Drift]]) -> None:

@@ -23,6 +23,7 @@ from hinotori.deploy.fleet import LIVE_STATES, Fleet
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline, LogStore, logs_db
 from hinotori.observe.logs.forward import forward_loop
+from hinotori.observe.logs.sources import ProviderSources
 from hinotori.observe.metrics import MetricsRecorder, MetricsStore, chain_destroying, metrics_db
 from hinotori.project import Project
 from hinotori.spec.schema import Spec
@@ -67,7 +68,8 @@ class Observing:
 
         return LogPipeline(LogStore(logs_db(self.project.state_dir)), self.project.spec.logs,
                            hosts=lambda: self.store.hosts(states=LIVE_STATES),
-                           declared=declared, on_event=self._event)
+                           declared=declared, on_event=self._event,
+                           sources=ProviderSources(lambda: self.fleet.providers))
 
     def _metrics_recorder(self) -> MetricsRecorder:
         """Per-release history in .hinotori/metrics.db, sampled from the router and providers."""

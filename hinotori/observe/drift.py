@@ -8,6 +8,10 @@ the tree is exactly what must be reported, not an error.
 
 Files are hashed on a thread pool (hashlib releases the GIL), and a file whose size already
 differs is reported without being read.
+
+A container host on another machine has no view here: its engine's diff of the container
+against its image (``GET /containers/{id}/changes``, Podman's and Docker's) is the same
+report, from the writable layer instead of a walk (``from_changes``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,4 +133,37 @@ def compare(manifest: Iterable[ManifestEntry], root: Path, *, workers: int = 8) 
             if digest != want.sha256:
                 drift.changed.append(Change(path, "content"))
     drift.changed.sort(key=lambda c: (c.path, c.what))
+    return drift
+
+
+# The engine's change kinds (docker/podman "diff"), and the files an engine itself puts in
+# every container (bind-mounted or written at start): never a host's drift.
+_MODIFIED, _ADDED, _DELETED = 0, 1, 2
+ENGINE_FILES = frozenset({"etc/hosts", "etc/hostname", "etc/resolv.conf", ".dockerenv",
+                          "run/.containerenv"})
+
+
+def from_changes(changes: Iterable[Mapping[str, object]]) -> Drift:
+    """Drift from an engine's changes of a container: ``[{"Path": "/app/x", "Kind": 1}]``.
+
+    A directory is reported modified when something in it was added or removed; that is not
+    drift of its own (a walk ignores directory mtimes too), so a modified path with a change
+    under it is left out, and so are the directories of the engine's own files (/etc, /run):
+    a mode changed on one of those is not seen. What was modified is not said: "modified"."""
+    every: dict[str, int] = {}
+    for change in changes:
+        path = str(change.get("Path", "")).strip("/")
+        kind = change.get("Kind")
+        if path and isinstance(kind, int):
+            every[path] = kind
+    # Podman reports /etc modified with none of its own files listed: the engine's files
+    # made it so. Their directories count as parents of a change, like any other's.
+    parents = {p.rsplit("/", i)[0] for p in (*every, *ENGINE_FILES)
+               for i in range(1, p.count("/") + 1)}
+    seen = {p: k for p, k in every.items() if p not in ENGINE_FILES}
+    drift = Drift()
+    drift.added = sorted(p for p, k in seen.items() if k == _ADDED)
+    drift.removed = sorted(p for p, k in seen.items() if k == _DELETED)
+    drift.changed = [Change(p, "modified") for p, k in sorted(seen.items())
+                     if k == _MODIFIED and p not in parents]
     return drift

@@ -94,6 +94,27 @@ class SourceFile:
     unframe: Callable[[str], str] | None = None  # a line as written -> the host's own text
 
 
+@dataclass(frozen=True)
+class SourceFeed:
+    """A host's output as its engine serves it through an API (a host on another machine: no
+    file of it here). ``fetch(since_ns)`` returns, oldest first, every line the engine stamped
+    at or after ``since_ns`` (unix time in nanoseconds) as (stamp in ns, text); it may return
+    a few earlier ones too, never fewer."""
+
+    name: str  # "stdout", as a file source names it
+    ident: str  # what is read (a container id): another one starts a new generation
+    fetch: Callable[[int], list[tuple[int, str]]]
+
+
+@runtime_checkable
+class FeedSource(Protocol):
+    """A LogSource that can also serve hosts whose output is read through an API."""
+
+    def feeds(self, host: Host) -> list[SourceFeed]:
+        """The host's output as API feeds (empty for a host whose files are read here)."""
+        ...
+
+
 class LogSource(Protocol):
     """Where a provider's hosts' logs can be read on this machine (the log shipper's input)."""
 

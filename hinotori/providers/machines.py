@@ -102,6 +102,9 @@ class ContainerHosts:
         self._remotes: dict[str, _Remote] = {}
         self._lock = threading.Lock()
         self._pushed: set[str] = set()
+        # This instance's source also reads hosts on machines, through their tunnels; never
+        # opening one itself (the machine watch does): a pass must not wait on an SSH connect.
+        self.log_source = ContainerLogSource(engine=lambda h: self._engine_of(h, connect=False))
 
     # -- reaching machines ---------------------------------------------------------------
     def remote(self, name: str) -> _Remote:
@@ -118,6 +121,18 @@ class ContainerHosts:
     def _on(self, host: Host) -> ContainerProvider:
         machine = host.data.get("machine")
         return self.local if machine is None else self.remote(machine).provider
+
+    def _engine_of(self, host: Host, *, connect: bool = True) -> docker.DockerClient:
+        """The engine client of a host's machine, reconnected if the tunnel died (or, without
+        ``connect``, MachineUnreachable then)."""
+        machine = host.data.get("machine")
+        if machine is None:
+            return self.local.client()
+        remote = self.remote(machine)
+        if not connect and not remote.tunnel.alive():
+            raise MachineUnreachable(f"machine {machine} is not connected now")
+        remote.ensure()
+        return remote.provider.client()
 
     async def probe(self, name: str) -> str | None:
         """None if the machine's engine answers through SSH now, else why not."""
@@ -209,6 +224,16 @@ class ContainerHosts:
             if await self.probe(name) is None:
                 found += await self.remote(name).provider.list()
         return found
+
+    async def changes(self, host: Host) -> list[dict[str, Any]]:
+        """The engine's diff of a host's container against its image (``GET
+        /containers/{id}/changes``): what drift reads for a host with no view here."""
+        provider = self._on(host)
+        cid = host.data.get("container")
+        if not cid:
+            raise ProviderError(f"host {host.id} has no container id")
+        return await provider._call(f"reading the changes of host {host.id}",
+                                    lambda: provider.client().api.diff(cid) or [])
 
     async def hosts_on(self, name: str) -> list[Host]:
         return await self.remote(name).provider.list()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from hinotori.bake import build_manifest
-from hinotori.observe.drift import Change, compare
+from hinotori.observe.drift import Change, compare, from_changes
 
 
 def tree(root: Path) -> Path:
@@ -49,3 +49,20 @@ def test_removed_and_type_changes(tmp_path: Path) -> None:
     drift = compare(manifest, root)
     assert drift.removed == ["app/main.py"]
     assert drift.changed == [Change("conf", "type file -> dir")]
+
+
+def test_an_engines_changes_are_drift_without_its_own_files_or_parent_directories() -> None:
+    # What Podman answers for a clean container, and what a planted file and a removal add.
+    assert not from_changes([{"Path": "/etc", "Kind": 0}]).drifted
+    assert not from_changes([{"Path": "/etc", "Kind": 0}, {"Path": "/etc/hosts", "Kind": 1},
+                             {"Path": "/run", "Kind": 0},
+                             {"Path": "/run/.containerenv", "Kind": 1}]).drifted
+    drift = from_changes([{"Path": "/app", "Kind": 0}, {"Path": "/app/extra", "Kind": 1},
+                          {"Path": "/app/VERSION", "Kind": 2}, {"Path": "/app/app.py", "Kind": 0},
+                          {"Path": "/usr", "Kind": 0}, {"Path": "/usr/bin", "Kind": 0},
+                          {"Path": "/usr/bin/nc", "Kind": 1}, {"Path": "/srv", "Kind": 0}])
+    assert drift.added == ["app/extra", "usr/bin/nc"]
+    assert drift.removed == ["app/VERSION"]
+    # /srv changed with nothing under it: its own metadata, reported.
+    assert drift.changed == [Change("app/app.py", "modified"), Change("srv", "modified")]
+    assert not from_changes([]).drifted

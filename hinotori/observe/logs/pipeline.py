@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hinotori.model import Host
 from hinotori.observe.logs.forward import EventSink, ForwardLoop, forward_loop
 from hinotori.observe.logs.retention import apply_retention
 from hinotori.observe.logs.shipper import Declared, Shipper, no_declared_files
+from hinotori.observe.logs.sources import SOURCES, LogSource
 from hinotori.observe.logs.store import LogStore
 from hinotori.spec.schema import LogsSpec
 
@@ -36,13 +37,14 @@ def _no_events(_action: str, _subject: str, _detail: dict[str, Any]) -> None:
 class LogPipeline:
     def __init__(self, store: LogStore, spec: LogsSpec, *, hosts: Callable[[], Iterable[Host]],
                  declared: Declared = no_declared_files, on_event: EventSink = _no_events,
-                 retention_every: float = 60.0) -> None:
+                 retention_every: float = 60.0,
+                 sources: Mapping[str, LogSource] = SOURCES) -> None:
         self.store = store
         self.spec = spec
         self.hosts = hosts
         self.on_event = on_event
         self.retention_every = retention_every
-        self.shipper = Shipper(store, declared=declared)
+        self.shipper = Shipper(store, declared=declared, sources=sources)
         self.forwarders: list[ForwardLoop] = [forward_loop(store, f, on_event)
                                               for f in spec.forward]
 

@@ -21,6 +21,9 @@ How it reads, and why:
   source gets at most 1 MiB per pass and a pass stops reading after ``pass_bytes``, so one
   noisy host cannot starve the others or make a pass long; the order rotates between passes.
 
+A host on another machine has no files here: its source serves its output as API feeds
+(feeds.py), read once per pass and flush, stored by the same (stream, offset) rule.
+
 Since process hosts keep output.log after they die, the lines of a host killed with SIGKILL
 are all shipped by the next flush or pass: the kernel had them as soon as write() returned.
 """
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from hinotori.model import Host
-from hinotori.observe.logs.sources import SOURCES, LogSource, SourceFile
+from hinotori.observe.logs.feeds import FeedReader
+from hinotori.observe.logs.sources import SOURCES, FeedSource, LogSource, SourceFile
 from hinotori.observe.logs.store import Batch, LogStore, Row
 from hinotori.observe.logs.tail import READ_SIZE, read_lines
 
@@ -100,6 +104,7 @@ class Shipper:
         self._lock = asyncio.Lock()  # one pass or flush at a time: they share the tails
         self._turn = 0
         self._warned: set[str] = set()
+        self._feeds = FeedReader(store)
 
     # -- the API -------------------------------------------------------------------------
     async def ship(self, hosts: Iterable[Host]) -> int:
@@ -146,6 +151,8 @@ class Shipper:
         live = {h.id for h in hosts}
         for gone in [h for h in self._tails if h not in live]:
             self._retiring += self._tails.pop(gone).values()
+        for gone in self._feeds.hosts() - live:
+            self._feeds.forget(gone)
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
         live_tails = [self._discover(host) for host in hosts[k:] + hosts[:k]]
@@ -158,12 +165,12 @@ class Shipper:
             if w:
                 budget -= w.offset - tail.offset
                 work.append(w)
-        return self._commit(work, ts)
+        return self._commit(work, ts) + self._ship_feeds(hosts, ts)
 
     def _drain(self, host: Host, final: bool) -> int:
         """Everything written when the flush began (a host still writing fast cannot keep
         it going); then, if ``final``, the rest up to the end, partial tails included."""
-        stored = 0
+        stored = self._ship_feeds([host], self.store.now(), force=True)
         tails = self._discover(host)
         goal = {id(t): self._size(t) for t in tails}
         while True:
@@ -183,6 +190,7 @@ class Shipper:
                 stored += self._commit(work, ts)
             for tail in self._tails.pop(host.id, {}).values():
                 tail.close()
+            self._feeds.forget(host.id)
             self.stats.open_files = self._count_open()
         return stored
 
@@ -237,6 +245,30 @@ class Shipper:
                 self._retiring.remove(w.tail)
         self.stats.open_files = self._count_open()
         self.stats.passes += 1
+        self.stats.lines += stored
+        return stored
+
+    def _ship_feeds(self, hosts: list[Host], ts: float, *, force: bool = False) -> int:
+        """One request per feed of ``hosts`` (hosts on other machines), stored together."""
+        batches = []
+        for host in hosts:
+            source = self.sources.get(host.provider)
+            if not isinstance(source, FeedSource):
+                continue
+            for feed in source.feeds(host):
+                batch, error = self._feeds.read(host, feed, ts, force=force)
+                if error:
+                    self._error(error)
+                if batch:
+                    batches.append(batch)
+        if not batches:
+            return 0
+        try:
+            stored = self.store.ingest(batches, ts)
+        except Exception as e:  # positions did not move: the next pass asks again
+            self._error(f"cannot store log lines: {e}")
+            raise
+        self._feeds.stored(batches)
         self.stats.lines += stored
         return stored
 
