@@ -23,6 +23,17 @@ def project(tmp_path: Path) -> Iterator[CliProject]:
 
 
 @pytest.fixture
+def three(tmp_path: Path) -> Iterator[CliProject]:
+    """examples/hello with 3 replicas, deployed (v1) and serving."""
+    p = make_project(tmp_path, replicas=3)
+    p.cli("up", "-d")
+    p.cli("bake", "web")
+    p.cli("deploy", "web")
+    yield p
+    teardown(p)
+
+
+@pytest.fixture
 def running(project: CliProject) -> CliProject:
     """A project with its controller up and v1 baked."""
     project.cli("up", "-d")

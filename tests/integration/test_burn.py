@@ -14,16 +14,6 @@ from tests.support import CliProject, make_project, teardown, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def three(tmp_path: Path) -> CliProject:
-    p = make_project(tmp_path, replicas=3)
-    p.cli("up", "-d")
-    p.cli("bake", "web")
-    p.cli("deploy", "web")
-    yield p
-    teardown(p)
-
-
 def test_chaos_kills_are_healed_and_nobody_notices(three: CliProject) -> None:
     p = three
     before = {h["id"] for h in p.serving()}

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,16 +34,6 @@ def post(p: CliProject, path: str, token: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-@pytest.fixture
-def three(tmp_path: Path) -> Iterator[CliProject]:
-    p = make_project(tmp_path, replicas=3)
-    p.cli("up", "-d")
-    p.cli("bake", "web")
-    p.cli("deploy", "web")
-    yield p
-    teardown(p)
 
 
 def test_api_bakes_during_a_deploy_and_chaos_lose_no_write(three: CliProject) -> None:
