@@ -121,6 +121,25 @@ def test_client_timeouts_match_the_builtin_router(tmp_path: Path) -> None:
     assert "  timeout http-request 1500ms\n" in config.render(fast, config.Plan(), loaded=False)
 
 
+def test_connect_timeout_is_1s_as_the_builtin_router(tmp_path: Path) -> None:
+    """A machine cut off drops SYNs: a request that picked it moves on after 1 s."""
+    text = config.render(settings(tmp_path), config.Plan(), loaded=False)
+    assert "  timeout connect 1s\n" in text
+    assert "  option redispatch 1\n" in text and "  retries 3\n" in text
+
+
+def test_lost_backends_are_left_out_of_the_plan() -> None:
+    """A table may name a lost address in a route too; it is never served, and the plan
+    carries the lost addresses as HAProxy shows a server's (for ending its sessions)."""
+    lost = Backend("gone", "[::1]:9001", 1, 100)
+    p = config.plan(RoutingTable(1, (route(b("a", 1), lost, b("c", 2, port=9002), canary=2),),
+                                 lost=("[::1]:9001", "10.0.0.9:80")), {})
+    assert set(p.servers["web"]) == {"v1_a", "v2_c"}
+    assert all("v1_gone" not in servers for servers in p.servers.values())
+    assert p.lost == frozenset({"::1:9001", "10.0.0.9:80"})
+    assert config.plan(RoutingTable(1, (route(b("a", 1)),)), {}).lost == frozenset()
+
+
 def test_parsers() -> None:
     proc = ("#<PID> <type> <reloads> <uptime> <version>\n1 master 0 [failed: 0] 0d 2.6\n"
             "# workers\n3 worker 1 0d 2.6\n# old workers\n2 worker 0 0d 2.6\n# programs\n")

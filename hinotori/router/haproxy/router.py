@@ -11,6 +11,14 @@
 * the shape changed (a new service, new Host/path rules, more release slots): it writes the
   new cfg and map files, reloads seamlessly through the master, and converges the new worker.
 
+Backends the table names ``lost`` (their machine is seen down) are not drained: their servers go
+into maintenance and ``shutdown sessions server`` ends what they hold at once, so HAProxy
+answers those requests now rather than when the server timeout fires: with ``retry_unanswered``
+an idempotent one is re-sent to another server (``retry-on empty-response`` covers a killed
+session), otherwise, and for the rest, 502. Not in a worker a reload replaced (it refuses server
+commands: "Proxy is disabled"): its sessions to a lost server end at the server timeout or
+hard-stop-after.
+
 Either way it returns once HAProxy acknowledged every command. Why dynamic servers (``add
 server``/``del server``, HAProxy >= 2.4) rather than pre-provisioned ``server-template`` slots:
 no cap on hosts per backend, and each server keeps a name that says which host and release it
@@ -330,7 +338,12 @@ class HaproxyRouter:
                 elif have_map[key] != value:
                     map_cmds.append(f"set map {f} {key} {value}")
             map_cmds += [f"del map {f} {key}" for key in have_map if key not in entries]
-        await runtime.run_checked(self.stats_socket, add + map_cmds + weights + retire)
+        # Servers on a machine seen down: nothing will come back from them, so their sessions
+        # end now instead of draining (after the maint above, so a retry goes elsewhere).
+        lost = [f"{be}/{n}" for be, have in actual.items() for n, r in have.items()
+                if f"{r['srv_addr']}:{r['srv_port']}" in plan.lost]
+        kill = [f"shutdown sessions server {t}" for t in lost]
+        await runtime.run_checked(self.stats_socket, add + map_cmds + weights + retire + kill)
         if retire:
             await self._sweep(await self._server_counts(), state)
             self._save(state)
