@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router.haproxy import config
-from hinotori.router.haproxy.runtime import parse_proc
+from hinotori.router.haproxy.runtime import established_sessions, parse_proc
 from hinotori.router.haproxy.stats import (
     ADAPT_EVERY,
     MAX_SAMPLE,
@@ -138,6 +138,27 @@ def test_lost_backends_are_left_out_of_the_plan() -> None:
     assert all("v1_gone" not in servers for servers in p.servers.values())
     assert p.lost == frozenset({"::1:9001", "10.0.0.9:80"})
     assert config.plan(RoutingTable(1, (route(b("a", 1)),)), {}).lost == frozenset()
+
+
+def test_established_sessions_are_picked_from_show_sess() -> None:
+    """Only streams on the named servers whose server connection is up (scb state 8); one still
+    connecting (5) is left to its connect timeout (HAProxy 2.6 `show sess` lines)."""
+    text = (
+        "0x55764ed468c0: proto=tcpv4 src=127.0.0.1:33854 fe=_front be=svc srv=v1_silent ts=00 "
+        "epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=49c40080h,i=0,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80400000h,i=0,an=1400000h,rx=1m14s,wx=,ax=] scf=[8,80h,fd=10] scb=[8,11h,fd=13] "
+        "exp=1s rc=0 c_exp=\n"
+        "0x55764ed25930: proto=tcpv4 src=127.0.0.1:33862 fe=_front be=svc srv=v1_cut ts=00 "
+        "epoch=0 age=0s calls=1 rate=0 cpu=0 lat=0 rq[f=4dc00000h,i=16306,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80000000h,i=0,an=00h,rx=,wx=,ax=] scf=[8,80h,fd=11] scb=[5,11h,fd=14] exp=1s\n"
+        "0x55764edee030: proto=tcpv4 src=127.0.0.1:33876 fe=_front be=svc srv=v1_other ts=00 "
+        "epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=48c40080h,i=0,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80400000h,i=0,an=1400000h,rx=1m14s,wx=,ax=] scf=[8,0h,fd=12] scb=[8,11h,fd=15]\n"
+        "0x55764ee24a80: proto=unix_stream src=unix:1 fe=GLOBAL be=<NONE> srv=<none> ts=00 "
+        "scf=[8,0h,fd=16] scb=[8,1h,fd=-1] exp=10m rc=0 c_exp=\n")
+    assert established_sessions(text, {"svc/v1_silent", "svc/v1_cut"}) == ["0x55764ed468c0"]
+    assert established_sessions(text, {"svc.r1/v1_silent"}) == []
+    assert established_sessions("", {"svc/v1_silent"}) == []
 
 
 def test_parsers() -> None:
