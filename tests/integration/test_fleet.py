@@ -164,6 +164,23 @@ def test_a_machine_killed_and_a_machine_cut_off_under_load(project: CliProject,
     assert stats.failed == 0, stats.failures  # the built-in router re-sends what a lost host held
 
 
+def test_a_machine_killed_and_a_machine_cut_off_under_load_through_haproxy(
+        tmp_path: Path, lab: Lab, engine_url: str) -> None:
+    """The same through HAProxy with L7 retries: a lost host's held GETs are re-sent (its
+    sessions shut down when the table names it lost), and a GET that picks the cut machine
+    before it is seen down gives up connecting after 1 s and goes to another: 0 failed."""
+    require(shutil.which("haproxy") is not None, "haproxy is not installed")
+    p = fleet_project(tmp_path, lab)
+    spec = p.path / "hinotori.toml"
+    spec.write_text(spec.read_text().replace(
+        "[router]\n", '[router]\nkind = "haproxy"\nretry_unanswered = true\n', 1))
+    try:
+        test_a_machine_killed_and_a_machine_cut_off_under_load(p, lab)
+        assert (p.path / ".hinotori" / "router" / "haproxy.pid").exists()  # HAProxy served it
+    finally:
+        teardown(p)
+
+
 def test_a_drained_machine_hands_its_hosts_over_without_a_failed_request(
         project: CliProject) -> None:
     p = project

@@ -12,9 +12,11 @@ that reads HAProxy's stats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import time
 import urllib.request
 from collections import Counter
@@ -38,7 +40,15 @@ from tests.support import (
     teardown,
     wait_until,
 )
-from tests.support_backends import Backends, Conn, fetch, route, table
+from tests.support_backends import (
+    AppBackend,
+    Backends,
+    Conn,
+    Response,
+    fetch,
+    route,
+    table,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -403,6 +413,86 @@ def _retries(router: HaproxyRouter, backends: Backends) -> None:
     gets = asyncio.run(run("GET"))
     assert gets == [(200, "alive")] * 6
     assert dying.count("GET") >= 1, "no GET was re-sent from the dying backend"
+
+
+@contextlib.contextmanager
+def syn_dropping_port() -> Iterator[int]:
+    """A port whose accept queue is full (one connection waits in it, never accepted): the
+    kernel drops every further SYN, so a connect hangs, as to a machine cut off the network."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("retry_unanswered", [True, False])
+def test_a_lost_backend_s_sessions_end_at_once_without_a_reload(
+        tmp_path: Path, backends: Backends, retry_unanswered: bool) -> None:
+    """Its machine seen down, a backend is `lost`: its server goes into maintenance and the
+    sessions it holds are shut down at once instead of draining. With retry_unanswered,
+    HAProxy's L7 retry (`empty-response` covers a killed session) re-sends the held GETs to
+    another backend and the POST fails; without it, all three fail with 502. Either way at
+    once, not at the server timeout, and with no reload. A request still connecting to a lost
+    backend is left to its 1 s connect timeout, then redispatched: killing it would close its
+    keep-alive client connection unanswered."""
+    require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")
+    router = HaproxyRouter(tmp_path / "lost", f"127.0.0.1:{free_port()}",
+                           retry_unanswered=retry_unanswered)
+    asyncio.run(router.start())
+    silent, alive = backends.add("silent", mode="silent"), backends.add("alive3")
+    try:
+        with syn_dropping_port() as cut_port:
+            cut = Backend("cut", f"127.0.0.1:{cut_port}", 1, 100)
+            apply(router, route(alive.backend()))
+            before = asyncio.run(identity(router))
+            got, took = asyncio.run(_held_then_lost(router, silent, alive, cut))
+        statuses = [(r.status, r.backend) if isinstance(r, Response) else r for r in got]
+        if retry_unanswered:
+            assert statuses == [(200, "alive3"), (200, "alive3"), (502, None), (200, "alive3")]
+            assert [s.method for s in alive.seen] == ["GET"] * 3
+        else:
+            assert statuses == [(502, None), (502, None), (502, None), (200, "alive3")]
+            assert [s.method for s in alive.seen] == ["GET"]
+        assert took < 3, f"the held requests took {took:.1f}s to end"  # not timeout server 75s
+        assert silent.count() == 3  # nothing went back to it
+        after = asyncio.run(identity(router))
+        assert after[:3] == before[:3], "ending a lost backend's sessions reloaded HAProxy"
+        # No session left on it: the server is deleted, its counters kept.
+        assert wait_until(lambda: asyncio.run(router.stats()) is not None and  # sweeps
+                          asyncio.run(servers_in(router, "svc")) == {"v1_alive3"}, 10, 0.2)
+        stats = asyncio.run(router.stats())  # what failed there is counted on it
+        assert stats["silent"].errors == sum(1 for r in got if getattr(r, "status", 0) == 502)
+        assert stats["alive3"].requests == 1 + len(alive.seen)  # and the first, cleared
+    finally:
+        asyncio.run(router.stop())
+
+
+async def _held_then_lost(router: HaproxyRouter, silent: AppBackend, alive: AppBackend,
+                          cut: Backend) -> tuple[list[Response | BaseException], float]:
+    """GET, GET, POST held by ``silent``, then a GET (not the first of its keep-alive
+    connection) connecting to ``cut``; then both lost. Their outcomes, and how long it took."""
+    port = port_of(router)
+    keep = await Conn.open(port)
+    assert (await keep.request()).status == 200  # its next request is not its first
+    alive.seen.clear()
+    await router.apply(table(next(_versions), route(silent.backend())))
+    conns = [await Conn.open(port) for _ in range(3)]
+    held = [asyncio.create_task(c.request(method=m, body=b"x" if m == "POST" else None))
+            for c, m in zip(conns, ("GET", "GET", "POST"), strict=True)]
+    await wait_for(lambda: len(silent.seen) == 3)  # all three reached it
+    assert len(silent.seen) == 3 and not any(h.done() for h in held)
+    await router.apply(table(next(_versions), route(cut)))  # silent's sessions drain
+    held.append(asyncio.create_task(keep.request()))
+    await asyncio.sleep(0.2)  # connecting (the SYN dropped), within its first 1 s attempt
+    start = time.monotonic()
+    await router.apply(RoutingTable(version=next(_versions), routes=(route(alive.backend()),),
+                                    lost=(silent.address, cut.address)))
+    got = await asyncio.gather(*(asyncio.wait_for(h, 10) for h in held),
+                               return_exceptions=True)
+    for c in [*conns, keep]:
+        c.close()
+    return got, time.monotonic() - start
 
 
 def test_missing_haproxy_and_bad_tables_are_clear_errors(tmp_path: Path,

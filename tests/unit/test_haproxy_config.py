@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router.haproxy import config
-from hinotori.router.haproxy.runtime import parse_proc
+from hinotori.router.haproxy.runtime import established_sessions, parse_proc
 from hinotori.router.haproxy.stats import (
     ADAPT_EVERY,
     MAX_SAMPLE,
@@ -119,6 +119,46 @@ def test_client_timeouts_match_the_builtin_router(tmp_path: Path) -> None:
     fast = config.Settings(listen="127.0.0.1:8080", stats_socket=tmp_path / "s.sock",
                            maps_dir=tmp_path, request_timeout=1.5)
     assert "  timeout http-request 1500ms\n" in config.render(fast, config.Plan(), loaded=False)
+
+
+def test_connect_timeout_is_1s_as_the_builtin_router(tmp_path: Path) -> None:
+    """A machine cut off drops SYNs: a request that picked it moves on after 1 s."""
+    text = config.render(settings(tmp_path), config.Plan(), loaded=False)
+    assert "  timeout connect 1s\n" in text
+    assert "  option redispatch 1\n" in text and "  retries 3\n" in text
+
+
+def test_lost_backends_are_left_out_of_the_plan() -> None:
+    """A table may name a lost address in a route too; it is never served, and the plan
+    carries the lost addresses as HAProxy shows a server's (for ending its sessions)."""
+    lost = Backend("gone", "[::1]:9001", 1, 100)
+    p = config.plan(RoutingTable(1, (route(b("a", 1), lost, b("c", 2, port=9002), canary=2),),
+                                 lost=("[::1]:9001", "10.0.0.9:80")), {})
+    assert set(p.servers["web"]) == {"v1_a", "v2_c"}
+    assert all("v1_gone" not in servers for servers in p.servers.values())
+    assert p.lost == frozenset({"::1:9001", "10.0.0.9:80"})
+    assert config.plan(RoutingTable(1, (route(b("a", 1)),)), {}).lost == frozenset()
+
+
+def test_established_sessions_are_picked_from_show_sess() -> None:
+    """Only streams on the named servers whose server connection is up (scb state 8); one still
+    connecting (5) is left to its connect timeout (HAProxy 2.6 `show sess` lines)."""
+    text = (
+        "0x55764ed468c0: proto=tcpv4 src=127.0.0.1:33854 fe=_front be=svc srv=v1_silent ts=00 "
+        "epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=49c40080h,i=0,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80400000h,i=0,an=1400000h,rx=1m14s,wx=,ax=] scf=[8,80h,fd=10] scb=[8,11h,fd=13] "
+        "exp=1s rc=0 c_exp=\n"
+        "0x55764ed25930: proto=tcpv4 src=127.0.0.1:33862 fe=_front be=svc srv=v1_cut ts=00 "
+        "epoch=0 age=0s calls=1 rate=0 cpu=0 lat=0 rq[f=4dc00000h,i=16306,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80000000h,i=0,an=00h,rx=,wx=,ax=] scf=[8,80h,fd=11] scb=[5,11h,fd=14] exp=1s\n"
+        "0x55764edee030: proto=tcpv4 src=127.0.0.1:33876 fe=_front be=svc srv=v1_other ts=00 "
+        "epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=48c40080h,i=0,an=8000h,rx=,wx=,ax=] "
+        "rp[f=80400000h,i=0,an=1400000h,rx=1m14s,wx=,ax=] scf=[8,0h,fd=12] scb=[8,11h,fd=15]\n"
+        "0x55764ee24a80: proto=unix_stream src=unix:1 fe=GLOBAL be=<NONE> srv=<none> ts=00 "
+        "scf=[8,0h,fd=16] scb=[8,1h,fd=-1] exp=10m rc=0 c_exp=\n")
+    assert established_sessions(text, {"svc/v1_silent", "svc/v1_cut"}) == ["0x55764ed468c0"]
+    assert established_sessions(text, {"svc.r1/v1_silent"}) == []
+    assert established_sessions("", {"svc/v1_silent"}) == []
 
 
 def test_parsers() -> None:

@@ -39,6 +39,7 @@ NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
 SAMPLE_KEY = "n"      # the latency map's one key: HAProxy logs 1 request in its value
+CONNECT_TIMEOUT = 1.0  # seconds, as the built-in router's
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
 
@@ -71,6 +72,7 @@ class Plan:
     maps: dict[str, dict[str, str]] = field(default_factory=dict)  # service -> key -> backend
     sticky: set[str] = field(default_factory=set)  # services whose cookie selects a release
     slots: dict[str, dict[int, int]] = field(default_factory=dict)  # service -> release -> slot
+    lost: frozenset[str] = frozenset()  # backend addresses on machines seen down
 
 
 def server_name(release: int, host_id: str) -> str:
@@ -80,6 +82,12 @@ def server_name(release: int, host_id: str) -> str:
 def host_of(name: str) -> str:
     """The host id in a server name (``v3_web-1a2b`` -> ``web-1a2b``)."""
     return name.split("_", 1)[1] if "_" in name else name
+
+
+def address_key(address: str) -> str:
+    """``host:port`` as HAProxy shows a server's (``[::1]:80`` -> ``::1:80``)."""
+    host, _, port = address.rpartition(":")
+    return f"{host.strip('[]')}:{port}"
 
 
 def slot_backend(service: str, slot: int) -> str:
@@ -131,7 +139,7 @@ def _assign_slots(releases: list[int], previous: dict[int, int]) -> dict[int, in
 def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
          previous_shapes: tuple[Shape, ...] = ()) -> Plan:
     """The Plan serving ``table``. Raises ValueError naming a bad route or backend."""
-    out = Plan()
+    out = Plan(lost=frozenset(address_key(a) for a in table.lost))
     old_slot_count = {s.service: s.slots for s in previous_shapes}
     shapes = []
     seen: set[str] = set()
@@ -141,7 +149,9 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
             raise ValueError(f"route {route.service!r} appears twice in the table")
         seen.add(route.service)
         svc = route.service
-        releases = sorted({int(b.release) for b in route.backends})
+        # A lost backend is never served, even if a table still names it.
+        backends = [b for b in route.backends if address_key(b.address) not in out.lost]
+        releases = sorted({int(b.release) for b in backends})
         slots = _assign_slots(releases, previous_slots.get(svc, {}))
         out.slots[svc] = slots
         count = max(MIN_SLOTS, old_slot_count.get(svc, 0), max(slots.values(), default=0))
@@ -150,9 +160,9 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
         shapes.append(Shape(svc, hosts, route.path_prefix, count))
 
         parsed = [(b, *_split_address(b.address, f"route {svc!r}: backend {b.host_id!r}"))
-                  for b in route.backends]
+                  for b in backends]
         main = out.servers.setdefault(svc, {})
-        for (b, host, port), w in zip(parsed, scaled([b.weight for b in route.backends]),
+        for (b, host, port), w in zip(parsed, scaled([b.weight for b in backends]),
                                       strict=True):
             name = server_name(b.release, b.host_id)
             main[name] = Server(name, host, port, w)
@@ -253,11 +263,14 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         "  mode http",
         "  option http-keep-alive",
         "  option dontlognull",
-        # A connection refused or closed unanswered by one host is tried on another.
+        # A connection refused or closed unanswered by one host is tried on another; a host
+        # whose machine is cut off drops the SYN, so connect gives up after 1 s (as the
+        # built-in router) and the retry goes elsewhere. `empty-response` also covers a
+        # session the router ended because its backend was lost (router.py).
         "  option redispatch 1",
         "  retries 3",
         f"  retry-on conn-failure{' empty-response' if s.retry_unanswered else ''}",
-        "  timeout connect 2s",
+        f"  timeout connect {duration(CONNECT_TIMEOUT)}",
         f"  timeout client {duration(s.keep_alive_timeout)}",
         "  timeout server 75s",
         f"  timeout http-request {duration(s.request_timeout)}",

@@ -11,6 +11,16 @@
 * the shape changed (a new service, new Host/path rules, more release slots): it writes the
   new cfg and map files, reloads seamlessly through the master, and converges the new worker.
 
+Backends the table names ``lost`` (their machine is seen down) are not drained: their servers go
+into maintenance and the sessions established to them are shut down at once (``show sess``,
+``shutdown session``), so HAProxy answers those requests now rather than at the server timeout:
+with ``retry_unanswered`` an idempotent one is re-sent to another server (``retry-on
+empty-response`` covers a killed session), otherwise, and for the rest, 502. A session still
+connecting is left alone: killing it closes a keep-alive client connection unanswered, while
+its 1 s connect timeout redispatches it. Not done in a worker a reload replaced (it refuses
+server commands: "Proxy is disabled"): its sessions end at the server timeout or
+hard-stop-after.
+
 Either way it returns once HAProxy acknowledged every command. Why dynamic servers (``add
 server``/``del server``, HAProxy >= 2.4) rather than pre-provisioned ``server-template`` slots:
 no cap on hosts per backend, and each server keeps a name that says which host and release it
@@ -330,7 +340,15 @@ class HaproxyRouter:
                 elif have_map[key] != value:
                     map_cmds.append(f"set map {f} {key} {value}")
             map_cmds += [f"del map {f} {key}" for key in have_map if key not in entries]
+        # Servers on a machine seen down: nothing will come back from them, so their sessions
+        # end now instead of draining (after the maint above, so a retry goes elsewhere).
+        lost = {f"{be}/{n}" for be, have in actual.items() for n, r in have.items()
+                if f"{r['srv_addr']}:{r['srv_port']}" in plan.lost}
         await runtime.run_checked(self.stats_socket, add + map_cmds + weights + retire)
+        if lost:
+            (sessions,) = await runtime.run(self.stats_socket, ["show sess"])
+            await runtime.run(self.stats_socket, [  # one may have ended since: answers vary
+                f"shutdown session {s}" for s in runtime.established_sessions(sessions, lost)])
         if retire:
             await self._sweep(await self._server_counts(), state)
             self._save(state)

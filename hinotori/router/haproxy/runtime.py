@@ -11,11 +11,15 @@ it sees the end of the input, hence the write shutdown.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from hinotori.errors import RuntimeApiError as RuntimeApiError
 
 CALL_TIMEOUT = 10.0
+
+_SESSION = re.compile(r"^(0x[0-9a-f]+): .* be=(\S+) srv=(\S+) .* scb=\[(\d+),")
+_ESTABLISHED = 8  # SC_ST_EST: the stream's server-side connection is up (its request went)
 
 # What HAProxy answers when a command worked; anything else is an error message.
 _QUIET_OK = ("", "New server registered.", "Server deleted.")
@@ -113,3 +117,15 @@ def parse_proc(text: str) -> tuple[int | None, list[int], list[int]]:
         elif section == "old" and fields[1:2] == ["worker"]:
             old.append(pid)
     return master_pid, current, old
+
+
+def established_sessions(text: str, servers: set[str]) -> list[str]:
+    """``show sess`` -> the ids of the streams on ``servers`` (``backend/server``) whose
+    connection to it is established. A stream still connecting is left alone: killing it
+    closes its client connection unanswered, while its connect timeout would redispatch it."""
+    out = []
+    for line in text.splitlines():
+        m = _SESSION.match(line)
+        if m and f"{m[2]}/{m[3]}" in servers and int(m[4]) == _ESTABLISHED:
+            out.append(m[1])
+    return out
