@@ -32,6 +32,7 @@ from tests.support import (
     HELLO,
     CliProject,
     free_port,
+    require,
     teardown,
     up_lab,
     wait_until,
