@@ -73,8 +73,7 @@ def project(work: Path, name: str, lab: Lab | None) -> CliProject:
                                  listen=f"127.0.0.1:{port}").replace("replicas = 2",
                                                                      "replicas = 3")
     machines = 'machines = ["m1", "m2", "m3"]\n' if lab is not None else ""
-    spec = spec.replace('provider = "container"\n', f'provider = "container"\n{machines}'
-                        'env = { BIND = "0.0.0.0" }\n')
+    spec = spec.replace('provider = "container"\n', f'provider = "container"\n{machines}')
     (path / "hinotori.toml").write_text(spec + "\n" + (lab.snippet() if lab else ""))
     p = CliProject(path)
     p.router = f"127.0.0.1:{port}"

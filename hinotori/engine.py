@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from hinotori.errors import EngineError as EngineError
 from hinotori.processes import pid_alive
-from hinotori.statefiles import open_private, private_dir, write_private
+from hinotori.statefiles import open_private, private_dir, socket_dir, write_private
 
 if TYPE_CHECKING:
     import docker
@@ -142,6 +142,12 @@ BRIDGE_PREFIX = "hinotori-d"  # + the third octet: at most 13 characters (IFNAMS
 BRIDGE_NET = "10.214.{}"  # each private dockerd's bridge takes one /24 of 10.214.0.0/16
 
 
+def exec_root(root: Path) -> Path:
+    """dockerd's exec root: containerd's sockets live there, so a short path when ``root`` is
+    deep (a unix socket path has 108 bytes)."""
+    return socket_dir(root / "exec", "containerd/containerd.sock.ttrpc", 100)
+
+
 def ensure_docker_service(root: Path, *, timeout: float = 60.0) -> str:
     """Start a private ``dockerd`` with all its state under ``root`` unless one answers there;
     return its URL (``unix://<root>/docker.sock``).
@@ -171,7 +177,7 @@ def ensure_docker_service(root: Path, *, timeout: float = 60.0) -> str:
     write_private(root / "daemon.json", "{}\n")  # not /etc/docker/daemon.json
     namespace = f"hinotori-{bridge}"
     argv = [dockerd, "--config-file", str(root / "daemon.json"), "-H", url,
-            "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+            "--data-root", str(root / "data"), "--exec-root", str(exec_root(root)),
             "--pidfile", str(root / "docker.pid"), "--storage-driver=overlay2",
             "--iptables=false", "--ip-masq=false", f"--bridge={bridge}",
             # A system containerd, if one runs, is shared: our own namespaces in it.
@@ -227,7 +233,7 @@ def _claim_bridge(ip: str) -> str:
 def stop_docker_service(root: Path, *, timeout: float = 30.0) -> None:
     """Stop the dockerd ``ensure_docker_service`` started under ``root`` (and the containerd it
     started, should dockerd have had to be killed), and remove its bridge."""
-    for pidfile in (root / "dockerd.pid", root / "exec" / "containerd" / "containerd.pid"):
+    for pidfile in (root / "dockerd.pid", exec_root(root) / "containerd" / "containerd.pid"):
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
@@ -235,6 +241,9 @@ def stop_docker_service(root: Path, *, timeout: float = 30.0) -> None:
         _terminate(pid, timeout)
         pidfile.unlink(missing_ok=True)
     _unmount_under(root)
+    if exec_root(root) != root / "exec":  # a short one under /tmp: it goes with the service
+        _unmount_under(exec_root(root))
+        shutil.rmtree(exec_root(root), ignore_errors=True)
     try:
         bridge = (root / "bridge").read_text().strip()
     except OSError:

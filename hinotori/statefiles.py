@@ -13,10 +13,14 @@ A top-level module with no hinotori imports, so the data plane (routers) may use
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import IO, Any
+
+from hinotori.errors import HinotoriError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -98,3 +102,19 @@ def tighten(state_dir: Path, *, keep: tuple[str, ...] = ()) -> None:
         dirs[:] = [d for d in dirs if not kept((*rel, d))]
         for name in (*dirs, *files):
             strip(os.path.join(top, name))
+
+
+def socket_dir(state_dir: Path, longest: str, limit: int) -> Path:
+    """Where unix sockets of ``state_dir`` go: ``state_dir`` itself if ``state_dir / longest``
+    fits in ``limit`` bytes (a socket path has 108 on Linux; HAProxy wants fewer), else a
+    private directory under /tmp named after it, so whoever adopts it later finds the same one.
+    Deep project paths, and test runners' temporary directories, happen."""
+    if len(os.fsencode(Path(state_dir) / longest)) <= limit:
+        return Path(state_dir)
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / f"hinotori-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    if base.stat().st_uid != os.getuid() or base.stat().st_mode & 0o077:
+        raise HinotoriError(f"{base} is not a private directory of this user",
+                            hint="remove it, or move the project to a shorter path")
+    return private_dir(base / digest)

@@ -126,6 +126,7 @@ listen = "{listen}"
 provider = "container"
 replicas = 2
 command = ["python3", "app.py"]
+env = {{ BIND = "0.0.0.0" }}  # in its container the app listens on all its interfaces
 health = {{ path = "/healthz", status = 200, interval = "100ms", timeout = "2s", healthy = 2 }}
 boot_timeout = "60s"
 stop_grace = "10s"

@@ -62,8 +62,7 @@ def fleet_project(tmp_path: Path, lab: Lab, machines: str = '["m1", "m2", "m3"]'
     port = free_port()
     spec = CONTAINER_SPEC.format(name=f"fleet{uuid.uuid4().hex[:6]}", listen=f"127.0.0.1:{port}")
     spec = spec.replace('provider = "container"\n', f'provider = "container"\nmachines = '
-                        f'{machines}\nenv = {{ BIND = "0.0.0.0" }}\n').replace("replicas = 2",
-                                                                               "replicas = 3")
+                        f'{machines}\n').replace("replicas = 2", "replicas = 3")
     spec += CANARY_SPEC.format(steps="[50, 100]", pause="1s", deadline="30s")
     (path / "hinotori.toml").write_text(spec + "\n" + (lab.snippet() if snippet is None
                                                        else snippet) + extra)

@@ -64,7 +64,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, lab: Lab, engine_url: str
     port = free_port()
     spec = CONTAINER_SPEC.format(name=f"fobs{uuid.uuid4().hex[:6]}", listen=f"127.0.0.1:{port}")
     spec = spec.replace('provider = "container"\n', 'provider = "container"\nmachines = '
-                        '["m1", "m2"]\nenv = { BIND = "0.0.0.0" }\n')
+                        '["m1", "m2"]\n')
     (path / "hinotori.toml").write_text(spec + "\n" + lab.snippet())
     p = CliProject(path)
     p.router = f"127.0.0.1:{port}"

@@ -36,15 +36,6 @@ CANARY = CANARY_SPEC.format(steps="[20, 100]", pause="1s", deadline="5s")
 
 
 
-def _hello_on_every_interface() -> str:
-    """examples/hello/app.py listening on all interfaces of its container's own network
-    namespace (the engine publishes it on the machine's 127.0.0.1 only)."""
-    text = (ROOT / "examples" / "hello" / "app.py").read_text()
-    bound = text.replace('Server(("127.0.0.1", port)', 'Server(("0.0.0.0", port)')
-    assert bound != text
-    return bound
-
-
 def _process_project(tmp_path: Path) -> CliProject:
     return make_project(tmp_path, replicas=2)
 
@@ -55,7 +46,9 @@ def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> CliPro
     request.getfixturevalue("engine_url")  # a real Podman service for this session
     path = tmp_path / f"matrix{uuid.uuid4().hex[:6]}"  # the project's name, too
     path.mkdir()
-    (path / "app.py").write_text(_hello_on_every_interface())
+    # CONTAINER_SPEC sets BIND=0.0.0.0: in its own network namespace the app listens on all
+    # interfaces (the engine publishes it on this machine's 127.0.0.1 only).
+    (path / "app.py").write_text((ROOT / "examples" / "hello" / "app.py").read_text())
     (path / "VERSION").write_text("1\n")
     listen = f"127.0.0.1:{free_port()}"
     (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=path.name, listen=listen))

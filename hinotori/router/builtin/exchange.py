@@ -46,7 +46,7 @@ log = logging.getLogger("hinotori.router")
 MAX_ATTEMPTS = 3
 REPLAY_LIMIT = 64 * 1024     # request bytes kept for a re-send
 PENDING_LIMIT = 256 * 1024   # request bytes buffered before we stop reading the client
-CONNECT_TIMEOUT = 1.0  # loopback or a LAN: a backend that has not answered a SYN by then is away
+CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, then go elsewhere
 
 
 class Exchange:

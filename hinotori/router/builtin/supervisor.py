@@ -34,7 +34,7 @@ from hinotori.processes import log_tail, pid_alive
 from hinotori.router.base import REQUEST_TIMEOUT, RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
-from hinotori.statefiles import open_private, private_dir, write_private
+from hinotori.statefiles import open_private, private_dir, socket_dir, write_private
 
 START_TIMEOUT = 10.0   # spawn -> answering ping
 APPLY_TIMEOUT = 5.0    # apply -> every worker acknowledged
@@ -68,11 +68,9 @@ class BuiltinRouter:
         self.workers = workers
         self.metrics = metrics
         self.request_timeout = request_timeout  # workers spawned here; adopted ones keep theirs
-        if len(os.fsencode(self._sock(workers - 1))) > _SOCKET_PATH_MAX:
-            raise RouterError(
-                f"the router's state directory {self.state_dir} is too deep for a Unix socket "
-                f"path ({_SOCKET_PATH_MAX} bytes at most)",
-                hint="move the project (or its .hinotori directory) to a shorter path")
+        # The control sockets: in the state dir, or a short private one when it is too deep.
+        self.socket_dir = socket_dir(self.state_dir, f"router-{workers + 8}.sock",
+                                     _SOCKET_PATH_MAX)
         self.table_file = self.state_dir / "router-table.json"
         self._clients = [ControlClient(self._sock(i)) for i in range(workers)]
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -83,7 +81,7 @@ class BuiltinRouter:
     # -- paths ---------------------------------------------------------------------------------
 
     def _sock(self, i: int) -> Path:
-        return self.state_dir / f"router-{i}.sock"
+        return self.socket_dir / f"router-{i}.sock"
 
     def _pidfile(self, i: int) -> Path:
         return self.state_dir / f"router-{i}.pid"
@@ -238,7 +236,7 @@ class BuiltinRouter:
 
     def _leftover_indices(self) -> list[int]:
         found = set()
-        for path in [*self.state_dir.glob("router-*.sock"), *self.state_dir.glob("router-*.pid")]:
+        for path in [*self.socket_dir.glob("router-*.sock"), *self.state_dir.glob("router-*.pid")]:
             index = path.stem.removeprefix("router-")
             if index.isdigit() and int(index) >= self.workers:
                 found.add(int(index))

@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +47,7 @@ from hinotori.router.haproxy import config, runtime
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
 from hinotori.statefiles import private_dir, write_private
+from hinotori.statefiles import socket_dir as private_socket_dir
 
 _SOCKET_PATH_MAX = 90  # HAProxy allows 97 bytes; it binds "<path>.<pid>.tmp" first
 _MAINT = 0x01  # srv_admin_state bit: forced maintenance
@@ -392,19 +390,8 @@ class HaproxyRouter:
 
 
 def socket_dir(state_dir: Path) -> Path:
-    """Where the sockets go: ``state_dir``, or when its path is too long for HAProxy's socket
-    paths, a private directory under /tmp named after it (so an adopter finds the same one)."""
-    if len(os.fsencode(state_dir / "haproxy-master.sock")) <= _SOCKET_PATH_MAX:
-        return state_dir
-    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
-    base = Path(tempfile.gettempdir()) / f"hinotori-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    if base.stat().st_uid != os.getuid() or base.stat().st_mode & 0o077:
-        raise RouterError(f"{base} is not a private directory of this user",
-                          hint="remove it, or move the project to a shorter path")
-    path = base / digest
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    """Where HAProxy's sockets go (see router/sockets.py)."""
+    return private_socket_dir(state_dir, "haproxy-master.sock", _SOCKET_PATH_MAX)
 
 
 def _write_text(path: Path, text: str) -> None:
