@@ -39,7 +39,7 @@ NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
 SAMPLE_KEY = "n"      # the latency map's one key: HAProxy logs 1 request in its value
-CONNECT_TIMEOUT = 1.0  # seconds, as the built-in router's
+CONNECT_TIMEOUT = 1.0  # seconds; a connect that times out is retried (`retries 3`, redispatched)
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
 
