@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from hinotori.errors import MachineUnreachable
 from hinotori.processes import pid_alive
-from hinotori.statefiles import private_dir, write_private
+from hinotori.statefiles import private_dir, socket_dir, write_private
 
 if TYPE_CHECKING:
     import docker
@@ -110,8 +110,9 @@ class EngineTunnel:
         self.target = target
         self.reverse_ports = reverse_ports
         self.remote_socket = remote_socket
-        self.sockets = sockets
-        self.local_socket = sockets / f"{target.machine}-{os.getpid()}.sock"
+        # OpenSSH refuses a socket path over ~100 bytes: a deep project's go somewhere short.
+        self.sockets = socket_dir(sockets, f"{target.machine}-{os.getpid()}.ssh.log", 100)
+        self.local_socket = self.sockets / f"{target.machine}-{os.getpid()}.sock"
         self.remote_ports: dict[int, int] = {}  # our loopback port -> the machine's
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr = self.local_socket.with_suffix(".ssh.log")

@@ -371,9 +371,10 @@ async function searchLogs(fresh) {
 async function followLogs() {
   const form = $("log-search");
   if (!ui.logQuery || !form.elements.follow.checked) return;
-  const asked = ui.logAsked;
-  const found = await get("/v1/logs", { ...ui.logQuery, after: ui.logNext, limit: LOG_LIMIT });
-  if (asked !== ui.logAsked) return;  // the search changed while this was on its way
+  const asked = ui.logAsked, after = ui.logNext;
+  const found = await get("/v1/logs", { ...ui.logQuery, after, limit: LOG_LIMIT });
+  // A search sent or answered while this was on its way owns the panel (and the cursor).
+  if (asked !== ui.logAsked || after !== ui.logNext) return;
   ui.logNext = found.next;
   if (found.lines.length) showLogLines(found.lines, false);
 }
@@ -390,7 +391,8 @@ function showLogLines(lines, fresh) {
     h("span", { class: "host mono muted", title: `${ln.service} · ${ln.source}` }, ln.host),
     h("span", { class: "text" }, ln.line)));
   if (fresh) box.replaceChildren(...rows);
-  else box.append(...rows);
+  else box.append(...rows.filter((row) =>  // a line is shown once, however answers overlap
+    !box.querySelector(`.logline[data-id="${row.dataset.id}"]`)));
   while (box.childElementCount > MAX_LINES) box.firstElementChild.remove();
   showLogStatus();
   if (fresh || atBottom) box.scrollTop = box.scrollHeight;
