@@ -151,9 +151,18 @@ def test_requests_before_a_bad_one_are_answered_first(router: Router,
                                              b"GET /two HTTP/1.1\r\nHost: svc.test\r\n\r\n"
                                              b"\x01\x02 nonsense\r\n\r\n")
     answers, _ = parse_answers(data)
-    assert [a.status for a in answers] == [200, 200, 400] and closed, data
+    statuses = [a.status for a in answers]
+    if router.kind == "haproxy":
+        # HAProxy answers the valid requests it has parsed before it meets the garbage, in
+        # order, and closes; how many that is depends on how the bytes arrive (seen: 1 or 2
+        # under load), and it may close without a 400.
+        assert statuses[:1] == [200] and set(statuses) <= {200, 400} and closed, data
+        assert statuses == sorted(statuses)  # never a 200 after the refusal
+    else:  # ours answers both, then refuses
+        assert statuses == [200, 200, 400] and closed, data
     targets = {u.seq: u.target for u in backend.seen}
-    assert [targets[a.seq] for a in answers[:2]] == [b"/one", b"/two"]  # type: ignore[index]
+    answered = [a for a in answers if a.status == 200]
+    assert [targets[a.seq] for a in answered] == [b"/one", b"/two"][:len(answered)]  # type: ignore[index]
 
 
 # -- the 32 MB unterminated header (built-in router: a fresh worker, so its peak is its own) ---
