@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
 import urllib.request
@@ -35,8 +34,8 @@ from tests.support import (
     HELLO,
     CliProject,
     free_port,
-    require,
     teardown,
+    up_lab,
     wait_until,
 )
 
@@ -45,10 +44,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require(os.geteuid() == 0, "the lab needs root")
-    for tool in ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry", "mmdebstrap"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed")
-    lab = Lab.up(tmp_path_factory.mktemp("lab") / "lab", 2, docker={"m2"})
+    lab = up_lab(tmp_path_factory, 2, {"m2"},
+                 ("ip", "/usr/sbin/sshd", "podman", "dockerd", "docker-registry", "mmdebstrap"))
     yield lab
     lab.down()
 
