@@ -144,6 +144,16 @@ class ContainerProvider:
                 self._client = client
             return self._client
 
+    def forget_engine(self) -> None:
+        """Drop the engine client: the next call connects again (a machine's tunnel died)."""
+        with self._lock:
+            self._client = None
+
+    @property
+    def connected(self) -> bool:
+        """The engine was reached and not forgotten since (no call is made to tell)."""
+        return self._client is not None
+
     def _where(self) -> str:
         client = self._client
         return str(client.api.base_url) if client is not None else (self.url or "the engine")

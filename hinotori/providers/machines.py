@@ -73,7 +73,7 @@ class _Remote:
         """A live connection (re-opened after the machine came back); the provider's client
         is dropped with a dead tunnel so the next call connects again."""
         if not self.tunnel.alive():
-            self.provider._client = None
+            self.provider.forget_engine()
             self.provider.client()
 
 
@@ -145,20 +145,19 @@ class ContainerHosts:
         try:
             await asyncio.wait_for(asyncio.to_thread(ping), PROBE_TIMEOUT + 8)
         except (HinotoriError, OSError, TimeoutError) as e:
-            remote.provider._client = None
+            remote.provider.forget_engine()
             return str(e).splitlines()[0] if str(e) else type(e).__name__
         except Exception as e:  # the SDK's requests/urllib3 errors: not answering
-            remote.provider._client = None
+            remote.provider.forget_engine()
             return f"engine: {type(e).__name__}"
         return None
 
     def engine_version(self, name: str) -> str | None:
         remote = self._remotes.get(name)
-        client = remote.provider._client if remote else None
-        if client is None:
+        if remote is None or not remote.provider.connected:
             return None
         try:
-            component = (client.version().get("Components") or [{}])[0]
+            component = (remote.provider.client().version().get("Components") or [{}])[0]
             name = component.get("Name", "?")
             name = "Docker Engine" if name == "Engine" else name  # Docker says just "Engine"
             return f"{name} {component.get('Version', '?')}"
