@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,9 @@ from hinotori.providers.tunnel import EngineTunnel, SshTarget, engine_client
 if TYPE_CHECKING:
     import docker
 
-PROBE_TIMEOUT = 2.0  # an engine that takes longer to answer a ping counts as not answering
+# How long a probe may take at most: an SSH connect (ConnectTimeout 5 s) and a ping. The
+# machine watch waits far less and counts a late answer as a failed probe.
+PROBE_BOUND = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,6 @@ class _Remote:
 
     def __init__(self, machine: Machine, project: str, sockets: Path, registry_port: int) -> None:
         self.machine = machine
-        self.registry_port = registry_port
         self.tunnel = EngineTunnel(machine.ssh, machine.engine_socket, sockets,
                                    reverse_ports=(registry_port,))
         self.provider = ContainerProvider(project, machine=machine.name,
@@ -100,7 +100,8 @@ class ContainerHosts:
         self.state_dir = state_dir
         self.registry = LocalRegistry(state_dir / "registry")
         self._remotes: dict[str, _Remote] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the remotes dict
+        self._push_lock = threading.Lock()
         self._pushed: set[str] = set()
         # This instance's source also reads hosts on machines, through their tunnels; never
         # opening one itself (the machine watch does): a pass must not wait on an SSH connect.
@@ -143,7 +144,7 @@ class ContainerHosts:
             remote.provider.client().api.ping()
 
         try:
-            await asyncio.wait_for(asyncio.to_thread(ping), PROBE_TIMEOUT + 8)
+            await asyncio.wait_for(asyncio.to_thread(ping), PROBE_BOUND)
         except (HinotoriError, OSError, TimeoutError) as e:
             remote.provider.forget_engine()
             return str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -180,10 +181,11 @@ class ContainerHosts:
             # Asked every time, not remembered: a machine may come back empty (a new disk).
             if has_image(client, image):
                 return
-            started = time.monotonic()
             port = self.registry.ensure()
             repo = repository(self.project, service)
-            with self._lock:  # one push per image, whichever machine asks first
+            # One push per image, whichever machine asks first (its own lock: a push takes
+            # seconds, and the machine watch must reach the other machines meanwhile).
+            with self._push_lock:
                 if image not in self._pushed:
                     push(self.local.client(), image, port, repo)
                     self._pushed.add(image)
@@ -191,8 +193,6 @@ class ContainerHosts:
             # tunnel got.
             ref = machine_ref(repo, image, remote.tunnel.remote_port(port))
             pull(client, ref, image, remote.machine.name)
-            self.last_ship = {"machine": remote.machine.name, "image": image,
-                              "took_s": round(time.monotonic() - started, 3)}
 
     # -- the Provider protocol -----------------------------------------------------------
     async def boot(self, req: BootRequest) -> Host:
