@@ -60,6 +60,16 @@ class CliProject:
     def controller_pid(self) -> int:
         return json.loads((self.path / ".hinotori" / "controller.json").read_text())["pid"]
 
+    def stop_controller(self, timeout: float = 20) -> None:
+        """SIGTERM the controller alone (hosts stay) and wait for it to be gone; a slow stop
+        fails with the controller's log, whose "stopping: ..." lines say where it waited."""
+        os.kill(self.controller_pid(), signal.SIGTERM)
+        if not wait_until(lambda: not (self.path / ".hinotori" / "controller.json").exists(),
+                          timeout=timeout):
+            log = self.path / ".hinotori" / "controller.log"
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+            raise AssertionError(f"the controller did not stop in {timeout}s; its log:\n{tail}")
+
     def serving(self) -> list[dict]:
         return [h for h in self.json("hosts") if h["state"] == "serving"]  # type: ignore[union-attr]
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Coroutine
@@ -39,7 +40,7 @@ from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
 from hinotori.controller.observing import Observing
 from hinotori.controller.shipping import Shipping
-from hinotori.controller.tasks import Tasks, every
+from hinotori.controller.tasks import Phases, Tasks, every
 from hinotori.controller.wiring import ACTOR, make_fleet, make_providers
 from hinotori.deploy.fleet import LIVE_STATES
 from hinotori.deploy.locks import ServiceLocks
@@ -47,6 +48,8 @@ from hinotori.errors import ControllerError
 from hinotori.model import Host
 from hinotori.project import Project
 from hinotori.statefiles import open_private
+
+log = logging.getLogger("hinotori.controller")
 
 # The loops and how often each makes a pass, in seconds (the log and metrics loops keep their
 # own pace: [logs] ship_interval, [metrics] interval).
@@ -131,24 +134,34 @@ class Controller:
         return self.tasks.spawn(coro, name)
 
     async def stop(self) -> None:
-        await self.tasks.stop(keep=("logs", "metrics"))
+        phases = Phases()
+        async with phases("tasks"):
+            await self.tasks.stop(keep=("logs", "metrics"))
         if self.teardown:
-            hosts = self.store.hosts(states=LIVE_STATES)
-            await self.fleet.destroy(hosts, why="hinotori down")
+            async with phases("hosts"):
+                hosts = self.store.hosts(states=LIVE_STATES)
+                await self.fleet.destroy(hosts, why="hinotori down")
+            async with phases("metrics"):
+                await self.observing.stop_metrics()
+            async with phases("router"):
+                await self.fleet.router.stop()
+        async with phases("metrics"):
             await self.observing.stop_metrics()
-            await self.fleet.router.stop()
-        await self.observing.stop_metrics()
-        await self.observing.stop_logs()  # last: a teardown has flushed every host by now
-        await self.tasks.stop()
+        async with phases("logs"):
+            await self.observing.stop_logs()  # last: a teardown has flushed every host by now
+        async with phases("late tasks"):
+            await self.tasks.stop()
         for provider in self.fleet.providers.values():
             provider.close(teardown=self.teardown)  # SSH tunnels; on `down`, the registry
         self.webhook.rejections.flush(force=True)  # the rejections not recorded yet
         if self.teardown:
-            await stop_private_engine(self.project.state_dir, self.store)
+            async with phases("engine"):
+                await stop_private_engine(self.project.state_dir, self.store)
         self.store.record(ACTOR, "controller.stopped", self.project.spec.project.name,
                           {"teardown": self.teardown})
         with contextlib.suppress(FileNotFoundError):
             self.project.controller_file.unlink()
+        log.info("controller stopped in %s", phases)
 
     # -- what the API asks ---------------------------------------------------------------
     async def start_deployment(self, service: str, *, kind: str, release: int | None,

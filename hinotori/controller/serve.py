@@ -65,6 +65,7 @@ async def serve(project: Project) -> None:
     try:
         await controller.stopping.wait()
     finally:
+        log.info("stopping: the API")
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(api, 5)

@@ -117,3 +117,32 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Phases:
+    """Times the named phases of a long stop, logging each as it starts, so a stop that hangs
+    says where (``async with phases("logs"): ...``; ``str(phases)`` sums them up)."""
+
+    def __init__(self) -> None:
+        self.took: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    def __call__(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+    def __str__(self) -> str:
+        spent = ", ".join(f"{n} {s:.2f}s" for n, s in self.took.items())
+        return f"{time.monotonic() - self._started:.2f}s ({spent})"
+
+
+class _Phase:
+    def __init__(self, phases: Phases, name: str) -> None:
+        self.phases, self.name = phases, name
+
+    async def __aenter__(self) -> None:
+        log.info("stopping: %s", self.name)
+        self.started = time.monotonic()
+
+    async def __aexit__(self, *exc: object) -> None:
+        took = self.phases.took
+        took[self.name] = took.get(self.name, 0.0) + time.monotonic() - self.started

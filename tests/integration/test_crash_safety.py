@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -93,9 +92,7 @@ def crash_at_every_point(p: CliProject, points: list[str]) -> None:
         assert result.returncode != 0, point  # the deploy lost its controller mid-way
         up(p, None)
         assert_consistent(p, point)
-        os.kill(p.controller_pid(), signal.SIGTERM)  # stop the controller only: hosts stay
-        assert wait_until(lambda: not (p.path / ".hinotori" / "controller.json").exists(),
-                          timeout=20)
+        p.stop_controller()  # stop the controller only: hosts stay
 
 
 @pytest.mark.parametrize("strategy", ["blue-green", "canary"])
@@ -105,9 +102,7 @@ def test_controller_killed_at_every_step_boundary(tmp_path: Path, strategy: str)
         up(p, None)
         p.cli("bake", "web")
         p.cli("deploy", "web")
-        os.kill(p.controller_pid(), signal.SIGTERM)
-        assert wait_until(lambda: not (p.path / ".hinotori" / "controller.json").exists(),
-                          timeout=20)  # as below: a loaded machine stops it slowly
+        p.stop_controller()
         crash_at_every_point(p, BLUE_GREEN_POINTS if strategy == "blue-green"
                              else CANARY_POINTS)
         up(p, None)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import signal
 import socket
 import urllib.error
 import urllib.request
@@ -76,9 +74,7 @@ def test_ship_and_signed_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert "Redeliver works again in 10 min" in answer["hint"], answer
         assert post(p, push, good, "another-guid")[0] == 409
         assert post(p, push, good)[0] == 409
-        os.kill(p.controller_pid(), signal.SIGTERM)  # the controller only: hosts stay
-        assert wait_until(lambda: not (p.path / ".hinotori" / "controller.json").exists(),
-                          timeout=20)
+        p.stop_controller()  # the controller only: hosts stay
         p.cli("up", "-d")
         assert post(p, push, good, GUID)[0] == 409
         assert [e["detail"]["delivery"] for e in p.json("audit", "--action", "webhook.push")
@@ -131,9 +127,7 @@ def test_a_flood_of_bad_pushes_is_throttled_and_counted(tmp_path: Path,
         events = p.json("audit", "--action", "webhook.rejected")
         assert [(e["detail"]["why"], e["detail"]["count"]) for e in events  # type: ignore
                 ] == [("unsigned", 1), ("too many bad requests", 1)]
-        os.kill(p.controller_pid(), signal.SIGTERM)  # the stop records the rest
-        assert wait_until(lambda: not (p.path / ".hinotori" / "controller.json").exists(),
-                          timeout=20)
+        p.stop_controller()  # the stop records the rest
         events = p.json("audit", "--action", "webhook.rejected")
         counts: dict[str, int] = {}
         for e in events:  # type: ignore[union-attr]
