@@ -52,8 +52,8 @@ class Healing:
                 try:
                     # Bounded: a host on a machine being cut off must not stall the pass (the
                     # machine watch decides about such hosts).
-                    alive = await asyncio.wait_for(self.fleet.provider(host).adopt(host),
-                                                   ADOPT_TIMEOUT)
+                    async with asyncio.timeout(ADOPT_TIMEOUT):
+                        alive = await self.fleet.provider(host).adopt(host)
                 except (MachineUnreachable, TimeoutError):
                     continue
                 if not alive:

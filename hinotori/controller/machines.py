@@ -86,7 +86,8 @@ class Machines:
             return running.result()
         task = self._probes[name] = asyncio.create_task(provider.probe(name))
         try:
-            return await asyncio.wait_for(asyncio.shield(task), PROBE_TIMEOUT)
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                return await asyncio.shield(task)
         except TimeoutError:
             return f"machine {name}: no answer within {PROBE_TIMEOUT:g}s"
 

@@ -68,5 +68,6 @@ async def serve(project: Project) -> None:
         log.info("stopping: the API")
         server.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(api, 5)
+            async with asyncio.timeout(5):
+                await api
         await controller.stop()

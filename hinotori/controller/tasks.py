@@ -21,6 +21,8 @@ from typing import Any
 
 log = logging.getLogger("hinotori.controller")
 
+CANCEL_AGAIN_AFTER = 1.0  # seconds a cancelled task may take to end before it is cancelled again
+
 # Told of a failure: (action, subject, detail), e.g. Store.record with the controller as actor.
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
@@ -114,9 +116,22 @@ def every(seconds: float, once: Callable[[], Coroutine[Any, Any, Any]]
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. A cancellation can be lost on its
+    way (code that catches it, or Python 3.11's wait_for when the awaited thing completes at
+    the same moment): a task still running a second later is cancelled again, so a stop never
+    hangs on a loop that carried on."""
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_AFTER)
+        for task in pending:
+            log.warning("task %s carried on when cancelled; cancelling it again",
+                        task.get_name())
+            task.cancel()
+    for task in tasks:  # retrieved, so asyncio does not log them as never retrieved
+        if not task.cancelled():
+            task.exception()
 
 
 class Phases:

@@ -60,7 +60,8 @@ def webhook_routes(gate: Webhook, push: Push, record: Record) -> APIRouter:
                 raise Unauthorised("push refused: X-Hub-Signature-256 is not a signature",
                                    hint="it is sha256= and the hex HMAC-SHA256 of the body")
             try:
-                body = await asyncio.wait_for(request.body(), READ_TIMEOUT)
+                async with asyncio.timeout(READ_TIMEOUT):
+                    body = await request.body()
             except TimeoutError:
                 gate.reject("body too slow", source)
                 raise Refused(408, ControllerError(

@@ -29,7 +29,8 @@ class ServiceLocks:
         if lock.locked() and wait <= 0:
             raise self._busy(service)
         try:
-            await asyncio.wait_for(lock.acquire(), timeout=max(wait, 0.001))
+            async with asyncio.timeout(max(wait, 0.001)):
+                await lock.acquire()
         except TimeoutError:
             raise self._busy(service, waited=wait) from None
         self._holders[service] = (what, time.time())

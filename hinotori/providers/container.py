@@ -375,12 +375,14 @@ class ContainerProvider:
         task = asyncio.ensure_future(self._call(f"running {argv[0]!r} in host {host.id}",
                                                 lambda: exec_io(api, exec_id, stdin)))
         try:
-            out, err = await asyncio.wait_for(asyncio.shield(task), timeout)
+            async with asyncio.timeout(timeout):
+                out, err = await asyncio.shield(task)
         except BaseException as e:  # timed out or cancelled: leave nothing running
             if self.machine is None:  # the engine's pids are this machine's only here
                 await asyncio.to_thread(kill_exec, api, exec_id)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10.0)
+                async with asyncio.timeout(10.0):
+                    await task
             if isinstance(e, TimeoutError):
                 raise ProviderError(f"{argv[0]!r} in host {host.id} did not finish within "
                                     f"{timeout:g}s; killed") from None

@@ -144,7 +144,8 @@ class ContainerHosts:
             remote.provider.client().api.ping()
 
         try:
-            await asyncio.wait_for(asyncio.to_thread(ping), PROBE_BOUND)
+            async with asyncio.timeout(PROBE_BOUND):
+                await asyncio.to_thread(ping)
         except (HinotoriError, OSError, TimeoutError) as e:
             remote.provider.forget_engine()
             return str(e).splitlines()[0] if str(e) else type(e).__name__

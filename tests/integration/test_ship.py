@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -121,9 +122,13 @@ def test_a_flood_of_bad_pushes_is_throttled_and_counted(tmp_path: Path,
                 s.close()
         assert wait_until(lambda: signed()[0] == 200, timeout=10)
         assert post(p, b"{}", None)[0] == 401
+        started = time.monotonic()
         answers = [post(p, b"{}", None)[0] for _ in range(199)]
-        # 20 bad requests a minute from one address, then 429 without any HMAC work.
-        assert answers == [401] * 19 + [429] * 180, answers
+        took = time.monotonic() - started
+        # 20 bad requests a minute from one address, then 429 without any HMAC work. The
+        # bucket refills a token every 3 s: a slow machine earns a 401 back per 3 s it took.
+        assert answers[:19] == [401] * 19 and set(answers) == {401, 429}, answers
+        assert answers.count(401) <= 19 + took / 3 + 1, (took, answers)
         events = p.json("audit", "--action", "webhook.rejected")
         assert [(e["detail"]["why"], e["detail"]["count"]) for e in events  # type: ignore
                 ] == [("unsigned", 1), ("too many bad requests", 1)]

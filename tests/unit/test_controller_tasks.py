@@ -135,6 +135,34 @@ def test_stop_keeps_the_named_loops_for_later(store: Store) -> None:
     assert failed(store) == []
 
 
+def test_stop_ends_a_loop_whose_cancellation_was_lost(store: Store,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancellation swallowed on its way (as Python 3.11's wait_for can when the awaited
+    thing completes at that moment) must not leave the stop waiting for ever."""
+    monkeypatch.setattr("hinotori.controller.tasks.CANCEL_AGAIN_AFTER", 0.01)
+    swallowed: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.001)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(1)  # the first cancellation is lost; the loop carries on
+
+    async def scenario() -> asyncio.Task[None]:
+        tasks = tasks_for(store)
+        loop = tasks.loop("monitor", stubborn)
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):  # a guard against hanging the suite, not a figure
+            await tasks.stop()
+        return loop
+
+    assert asyncio.run(scenario()).cancelled()
+    assert swallowed == [1]
+
+
 def _release(store: Store) -> int:
     config = ReleaseConfig(command=("true",))
     return store.create_release("web", "sha256:x", config, actor="t", reason="t").number

@@ -244,10 +244,9 @@ class Exchange:
     async def _connect(self, target: Target) -> None:
         loop = self.worker.loop
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(partial(UpstreamProtocol, target.pool),
-                                       target.host, target.port),
-                CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, conn = await loop.create_connection(partial(UpstreamProtocol, target.pool),
+                                                       target.host, target.port)
         except (OSError, TimeoutError) as exc:
             self.connecting = None
             target.counters.errors += 1

@@ -27,7 +27,8 @@ _QUIET_OK = ("", "New server registered.", "Server deleted.")
 
 async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
     except (TimeoutError, OSError) as exc:
         raise RuntimeApiError(f"HAProxy's runtime socket {path} does not answer: {exc}",
                               hint="is HAProxy running? `hinotori up` starts it") from None
@@ -36,7 +37,8 @@ async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
         await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
-        data = await asyncio.wait_for(reader.read(), timeout)
+        async with asyncio.timeout(timeout):
+            data = await reader.read()
     except (TimeoutError, OSError) as exc:
         raise RuntimeApiError(f"HAProxy's runtime socket {path} failed mid-call: {exc!r}",
                               hint="retry; if it persists, restart the router") from None

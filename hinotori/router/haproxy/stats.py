@@ -160,7 +160,8 @@ class LatencyLog:
         self._caught_up = asyncio.Event()
         self._task = loop.create_task(self._run(), name="haproxy-latency-log")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._caught_up.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._caught_up.wait()
 
     def reconnect(self) -> None:
         """The worker changed (reload): read the new one's ring."""
@@ -181,7 +182,8 @@ class LatencyLog:
                 reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
                 writer.write(f"show events {self.ring}\n".encode())
                 writer.write_eof()
-                self.record(await asyncio.wait_for(reader.read(), 10))
+                async with asyncio.timeout(10):
+                    self.record(await reader.read())
                 writer.close()
                 self._caught_up.set()
                 # A plain socket, read only when this loop asks (an asyncio stream would wake
@@ -193,8 +195,8 @@ class LatencyLog:
                 pending = b""
                 while True:
                     try:  # whole chunks: far cheaper per line
-                        data = await asyncio.wait_for(loop.sock_recv(self._stream, 1 << 18),
-                                                      ADAPT_EVERY)
+                        async with asyncio.timeout(ADAPT_EVERY):
+                            data = await loop.sock_recv(self._stream, 1 << 18)
                     except TimeoutError:  # no line for a while: the rate fell, N may too
                         data = None
                     else:

@@ -109,7 +109,8 @@ class ForwardLoop:
         dropped = 0
         if wanted:
             try:
-                await asyncio.wait_for(self.sink.send(wanted), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.sink.send(wanted)
             except Rejected as e:
                 dropped = len(wanted)
                 self._warn_dropped(dropped, f"the receiver rejected them: {e}")
