@@ -18,6 +18,7 @@ Left out on purpose: settings a new namespace copies from the machine's (``ip_fo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -25,6 +26,7 @@ NAMESPACED_TEXT = "net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*"
 NAME = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-/]+)+")
 _NAMESPACED = re.compile(r"net\..+|kernel\.shm.+|kernel\.msg.+|kernel\.sem|fs\.mqueue\..+")
 CONF_DIR = "/etc/sysctl.d"
+LABEL = "hinotori.sysctls"  # the OS image label holding its sysctl steps' settings (JSON)
 
 # The kernel's own values in a fresh namespace (64-bit); see the module docstring.
 KERNEL_DEFAULTS: dict[str, str] = {
@@ -115,3 +117,16 @@ def conf_text(settings: Mapping[str, str]) -> str:
     lines = ["# written by hinotori's sysctl recipe step"]
     lines += [f"{name} = {value}" for name, value in settings.items()]
     return "\n".join(lines) + "\n"
+
+
+def to_label(settings: Mapping[str, str]) -> str:
+    return json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+
+
+def from_label(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """The settings an image's ``LABEL`` recorded (none, or not ours: {})."""
+    try:
+        found = json.loads((labels or {}).get(LABEL) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
