@@ -264,6 +264,11 @@ class ServiceSpec(Strict):
                              "at its default")
         return self
 
+    def declared_sysctls(self) -> dict[str, str]:
+        """Every sysctl the service sets: its image's sysctl steps, then its own (which win,
+        as the container provider applies them)."""
+        return {**self.image.sysctls(), **self.sysctls}
+
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
         return ReleaseConfig(command=tuple(self.command),
                              env={**self.env, **(env_overrides or {})}, port_env=self.port_env,

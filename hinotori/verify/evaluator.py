@@ -35,7 +35,7 @@ the dpkg database are read (``/``: the host's own OS). A result::
      "attempts", "error"}], "duration": seconds}
 
 ``survey`` (for ``hinotori checks generate``) reports what the host has instead: its files,
-listening sockets and processes.
+listening sockets, processes and the sysctls the plan names.
 
 Services without systemd: ``running`` means a process with the service's name runs (or
 ``/run/NAME.pid`` names a live process) and ``enabled`` means a unit is linked into a
@@ -871,8 +871,8 @@ def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
 
 def survey(plan: dict[str, Any]) -> dict[str, Any]:
     """What the host has, for writing starter checks: files of its working directory (up to
-    ``files_limit``, with sha256 of the small ones), its listening sockets and processes, and
-    the value of its ``port_env`` variable."""
+    ``files_limit``, with sha256 of the small ones), its listening sockets and processes, the
+    value of its ``port_env`` variable and of each sysctl named in ``sysctls``."""
     facts = Facts(plan)
     limit = int(plan.get("files_limit") or 200)
     files: list[dict[str, Any]] = []
@@ -900,9 +900,15 @@ def survey(plan: dict[str, Any]) -> dict[str, Any]:
             continue
     sockets = [s for proto in ("tcp", "udp") for s in _sockets(facts, proto)
                if not plan.get("session") or s["inode"] in inodes]
+    settings = {}
+    for name in plan.get("sysctls") or ():
+        try:
+            settings[name] = _sysctl(name)
+        except OSError:
+            settings[name] = None
     return {"version": PLAN_VERSION, "files": files, "sockets": sockets,
             "processes": [{"comm": p["comm"], "argv": p["argv"]} for p in procs],
-            "port": facts.env.get(plan.get("port_env") or "PORT")}
+            "port": facts.env.get(plan.get("port_env") or "PORT"), "sysctls": settings}
 
 
 def main() -> int:

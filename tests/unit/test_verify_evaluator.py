@@ -321,6 +321,13 @@ def test_survey_lists_files_sockets_and_processes(view: Path, listener: int,
     with contextlib.suppress(StopIteration):
         me = next(p for p in doc["processes"] if p["comm"].startswith("python"))
         assert me["argv"]
+    assert doc["sysctls"] == {}
+
+
+def test_survey_reads_the_sysctls_it_is_asked_for(view: Path) -> None:
+    doc = evaluator.survey({"mode": "survey", "sysctls": ["net.core.somaxconn", "net.nope"]})
+    somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    assert doc["sysctls"] == {"net.core.somaxconn": somaxconn, "net.nope": None}
 
 
 # -- the kernel: sysctls, mounts, interfaces, name resolution -----------------------------
