@@ -580,7 +580,7 @@ def _sysctl(name: str) -> str | None:
 
 def check_kernel_param(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
     try:
-        value = _sysctl(target)
+        value = facts.get(f"sysctl:{target}", lambda: _sysctl(target))
     except PermissionError:
         return [_m("exists", m["exists"], "not readable (write-only?)", False)]
     out = [_m("exists", m["exists"], value is not None)]
