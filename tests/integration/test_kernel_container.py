@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import time
 import uuid
@@ -27,7 +28,7 @@ from hinotori.providers.base import BootRequest
 from hinotori.providers.container import ContainerProvider
 from hinotori.verify import Report, parse_checks, verify_host
 from hinotori.verify.survey import starter_checks, survey_host
-from tests.support import require
+from tests.support import CONTAINER_SPEC, CliProject, free_port, require, teardown
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)]
@@ -173,3 +174,48 @@ def test_checks_generate_proposes_the_changed_settings(provider: ContainerProvid
     assert "net.ipv4.tcp_syncookies" not in kernel  # left at its default: nothing to say
     report = verify(provider, host, list(kernel.values()))
     assert report.ok and report.total == len(kernel)
+
+
+def test_spec_sysctls_through_bake_verify_and_generate(engine_url: str, tmp_path: Path,
+                                                       docker_client) -> None:
+    """The whole path through the real CLI: the spec's `sysctls` and sysctl step -> `bake`
+    (the release carries the service's, the image the step's) -> `verify` on a throwaway
+    container host -> `checks generate` proposing them."""
+    require(shutil.which("mmdebstrap") is not None, "mmdebstrap is not installed")
+    TAR_CACHE.mkdir(parents=True, exist_ok=True)
+    ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)  # the CLI's bake finds it
+    p = CliProject(tmp_path / "proj")
+    p.path.mkdir()
+    shutil.copy(APP, p.path / "app.py")
+    p.set_version("1")
+    p.router = f"127.0.0.1:{free_port()}"
+    spec = CONTAINER_SPEC.format(name=f"k{uuid.uuid4().hex[:6]}", listen=p.router).replace(
+        'keep_previous = "10m"\n',
+        f'keep_previous = "10m"\nsysctls = {{ "net.ipv4.ip_unprivileged_port_start" = '
+        f'"{PORT_START}" }}\n').replace(
+        '  { copy = "VERSION"',
+        '  { sysctl = { "net.core.somaxconn" = "2345" } },\n  { copy = "VERSION"')
+    check = ('\n[[services.web.checks]]\nkernel_param = "net.ipv4.ip_unprivileged_port_start"\n'
+             f'value = "{PORT_START}"\n\n[[services.web.checks]]\n'
+             'kernel_param = "net.core.somaxconn"\nvalue = "{somaxconn}"\n')
+    (p.path / "hinotori.toml").write_text(spec + check.format(somaxconn="2345"))
+    try:
+        p.cli("bake", "web", timeout=300)
+        (release,) = p.json("releases", "web")  # type: ignore[misc]
+        assert release["config"]["sysctls"] == {
+            "net.ipv4.ip_unprivileged_port_start": PORT_START}
+        done = p.cli("verify", "web", "--json", timeout=180)
+        assert json.loads(done.stdout)["failed"] == 0
+        # the same check with another value fails, saying what the host has
+        (p.path / "hinotori.toml").write_text(spec + check.format(somaxconn="4096"))
+        done = p.cli("verify", "web", "--json", check=False, timeout=180)
+        assert done.returncode == 1, done.stderr
+        failed = [r for r in json.loads(done.stdout)["results"] if not r["ok"]]
+        assert [m["got"] for r in failed for m in r["matchers"] if not m["ok"]] == ["2345"]
+        generated = p.cli("checks", "generate", "web", "--json", timeout=180).stdout
+        kernel = {c["kernel_param"]: c["value"] for c in json.loads(generated)
+                  if "kernel_param" in c}
+        assert kernel["net.ipv4.ip_unprivileged_port_start"] == PORT_START
+        assert kernel["net.core.somaxconn"] == "2345"
+    finally:
+        teardown(p)
