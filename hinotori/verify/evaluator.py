@@ -20,6 +20,11 @@ Design:
   so a retry sees fresh state.
 - **Expected versus got.** Every matcher reports what was expected and what was found, so a
   failure says why without a second look at the host.
+- **The kernel as the host sees it.** ``kernel_param`` reads /proc/sys, ``mount`` the
+  evaluator's own /proc/self/mountinfo, ``interface`` asks rtnetlink (one link and one address
+  dump a round: no ``ip`` needed in the image) and ``dns`` calls getaddrinfo in a thread it
+  stops waiting for at ``timeout``. Being inside the host, each sees the host's namespaces: a
+  container's own network and sysctls, a process host's the machine's.
 
 Plan (JSON on stdin)::
 
@@ -715,6 +720,8 @@ def _interfaces(facts: Facts) -> dict[str, dict[str, Any]]:
 
 
 def check_interface(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    if not hasattr(socket, "AF_NETLINK"):
+        return [_m("exists", m["exists"], "no netlink on this host (not Linux)", False)]
     iface = _interfaces(facts).get(facts.expand(target))
     out = [_m("exists", m["exists"], iface is not None)]
     if iface is None or not m["exists"]:
