@@ -21,6 +21,14 @@ tool verifying that host, as a whole process each time, medians of --runs:
 The mix: 100 files (exists, mode), 30 file contents, 15 directories, 10 users, 5 groups,
 10 listening ports, 10 HTTP requests, 10 commands, 5 processes, 5 packages.
 
+A second case, ``--kernel N`` (default 200; 0 skips it), times N of the kernel and network
+resources on the same host, a quarter each: kernel_param (sysctls, values read from /proc/sys
+beforehand), mount (/proc is proc), interface (lo exists with 127.0.0.1) and dns (localhost
+resolves; /etc/hosts only, nothing leaves the machine), written in each tool's idiom
+(serverspec's linux_kernel_parameter, be_mounted, interface and host resources; testinfra's
+host.sysctl, mount_point, interface and addr), and prints the time per check of both cases,
+so the new resources are seen to cost what today's do.
+
 Needs: ``apt-get install -y ruby-serverspec curl`` and ``pip install pytest-testinfra``.
 """
 
@@ -84,6 +92,20 @@ def suite(comm: str) -> list[dict]:
     return checks
 
 
+KERNEL_PARAMS = ("net.core.somaxconn", "net.ipv4.tcp_syncookies", "net.ipv4.tcp_fin_timeout",
+                 "net.ipv4.ip_default_ttl", "net.ipv4.ip_unprivileged_port_start")
+
+
+def kernel_suite(n: int) -> list[dict]:
+    """``n`` checks of the kernel resources, a quarter each, on what this machine has."""
+    values = {k: int(Path("/proc/sys/" + k.replace(".", "/")).read_text()) for k in KERNEL_PARAMS}
+    kinds = [{"kind": "sysctl", "name": k, "value": v} for k, v in values.items()]
+    one = [kinds, [{"kind": "mount", "path": "/proc", "fs": "proc"}],
+           [{"kind": "iface", "name": "lo", "addr": "127.0.0.1"}],
+           [{"kind": "dns", "name": "localhost"}]]
+    return [one[i % 4][(i // 4) % len(one[i % 4])] for i in range(n)]
+
+
 # -- hinotori --------------------------------------------------------------------------------
 def hinotori_checks(checks: list[dict]) -> list[dict]:
     out = []
@@ -99,6 +121,10 @@ def hinotori_checks(checks: list[dict]) -> list[dict]:
             "command": lambda c: {"command": c["argv"], "exit_status": 0, "stdout": c["stdout"]},
             "process": lambda c: {"process": c["name"], "running": True},
             "package": lambda c: {"package": c["name"], "installed": True},
+            "sysctl": lambda c: {"kernel_param": c["name"], "value": str(c["value"])},
+            "mount": lambda c: {"mount": c["path"], "filesystem": c["fs"]},
+            "iface": lambda c: {"interface": c["name"], "addresses": [c["addr"]]},
+            "dns": lambda c: {"dns": c["name"]},
         }[c["kind"]](c))
     return out
 
@@ -118,7 +144,7 @@ for _ in range(runs):
     t = time.perf_counter()
     report = asyncio.run(verify_host(provider, host, checks, python=sys.executable))
     times.append(time.perf_counter() - t)
-    assert report.total == 200 and report.ok, [r for r in report.results if not r.ok][:3]
+    assert report.total == len(checks) and report.ok, [r for r in report.results if not r.ok][:3]
 print(json.dumps(times))
 """
 
@@ -158,6 +184,17 @@ def serverspec_file(checks: list[dict]) -> str:
                     f"its(:stdout) {{ should match(/{c['stdout']}/) }}"]
         elif k == "process":
             body, head = ["it { should be_running }"], f"process({_rb(c['name'])})"
+        elif k == "sysctl":
+            body = [f"its(:value) {{ should eq {c['value']} }}"]
+            head = f"linux_kernel_parameter({_rb(c['name'])})"
+        elif k == "mount":
+            body = [f"it {{ should be_mounted.with(type: {_rb(c['fs'])}) }}"]
+            head = f"file({_rb(c['path'])})"
+        elif k == "iface":
+            body = ["it { should exist }", f"it {{ should have_ipv4_address({_rb(c['addr'])}) }}"]
+            head = f"interface({_rb(c['name'])})"
+        elif k == "dns":
+            body, head = ["it { should be_resolvable }"], f"host({_rb(c['name'])})"
         else:
             body, head = ["it { should be_installed }"], f"package({_rb(c['name'])})"
         lines += [f"describe {head} do", *(f"  {b}" for b in body), "end", ""]
@@ -195,6 +232,16 @@ def testinfra_file(checks: list[dict]) -> str:
                       f"    assert re.search({c['stdout']!r}, out.stdout, re.M)"]
         elif k == "process":
             lines += [f"    assert host.process.filter(comm={c['name']!r})"]
+        elif k == "sysctl":
+            lines += [f"    assert host.sysctl({c['name']!r}) == {c['value']!r}"]
+        elif k == "mount":
+            lines += [f"    m = host.mount_point({c['path']!r})", "    assert m.exists",
+                      f"    assert m.filesystem == {c['fs']!r}"]
+        elif k == "iface":
+            lines += [f"    i = host.interface({c['name']!r})", "    assert i.exists",
+                      f"    assert {c['addr']!r} in i.addresses"]
+        elif k == "dns":
+            lines += [f"    assert host.addr({c['name']!r}).is_resolvable"]
         else:
             lines += [f"    assert host.package({c['name']!r}).is_installed"]
         lines.append("")
@@ -226,9 +273,65 @@ async def boot(work: Path) -> tuple[ProcessProvider, Host]:
     return provider, host
 
 
+def measure(provider: ProcessProvider, host: Host, checks: list[dict], work: Path,
+            runs: int) -> list[tuple[str, list[float]]]:
+    """Each tool's times verifying ``checks`` on ``host`` (every run must pass them all)."""
+    n = len(checks)
+    env = json.loads((Path(host.data["state_dir"]) / "env.json").read_text())
+    root = host.root or ""
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "spec").mkdir(parents=True)
+    (work / "checks.json").write_text(json.dumps(hinotori_checks(checks)))
+    (work / "spec" / "host_spec.rb").write_text(serverspec_file(checks))
+    (work / "ti").mkdir()
+    (work / "ti" / "test_host.py").write_text(testinfra_file(checks))
+    (work / "ti" / "pytest.ini").write_text("[pytest]\n")
+
+    host_doc = json.dumps(host.to_dict())
+    warm_argv = [sys.executable, "-c", WARM, host_doc, str(work / "checks.json")]
+    plan = json.dumps(build_plan(provider, host, parse_checks(hinotori_checks(checks))))
+    cold, alone, spec_t, ti_t = [], [], [], []
+    _, out = timed([*warm_argv, str(runs)], root, dict(os.environ))
+    warm = json.loads(out)
+    for _ in range(runs):
+        cold.append(timed([*warm_argv, "1"], root, dict(os.environ))[0])
+        t, out = timed([sys.executable, "-I", "-S", evaluator.__file__], root, env, plan)
+        assert all(r["ok"] for r in json.loads(out)["results"]), out[-500:]
+        alone.append(t)
+        t, out = timed(["rspec", "--format", "progress", str(work / "spec" / "host_spec.rb")],
+                       root, env)
+        assert " 0 failures" in out, out[-500:]
+        spec_t.append(t)
+        t, out = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-c", str(work / "ti" / "pytest.ini"), "--rootdir", str(work / "ti"),
+                        "--hosts=local://", str(work / "ti" / "test_host.py")], root, env)
+        assert f"{n} passed" in out, out[-500:]
+        ti_t.append(t)
+    return [("hinotori verify_host (warm process)", warm),
+            ("hinotori evaluator alone (cold process)", alone),
+            ("hinotori cold python -c (imports hinotori)", cold),
+            ("serverspec 2.42 (rspec, exec backend)", spec_t),
+            ("pytest-testinfra 10 (local backend)", ti_t)]
+
+
+def report(title: str, rows: list[tuple[str, list[float]]]) -> dict[str, float]:
+    med = {name: statistics.median(ts) for name, ts in rows}
+    spec, ti = med[rows[3][0]], med[rows[4][0]]
+    print(f"\n{title}\n")
+    print(f"{'tool':44} {'median':>10} {'min':>10}   {'serverspec / it':>15} "
+          f"{'testinfra / it':>15}")
+    for name, ts in rows:
+        m = med[name]
+        print(f"{name:44} {m * 1000:8.1f}ms {min(ts) * 1000:8.1f}ms   "
+              f"{spec / m:14.1f}x {ti / m:14.1f}x")
+    return med
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--kernel", type=int, default=200,
+                        help="kernel and network checks in the second case (0: skip it)")
     args = parser.parse_args()
     for tool in ("rspec", "curl"):
         if not shutil.which(tool):
@@ -237,36 +340,9 @@ def main() -> None:
     provider, host = asyncio.run(boot(work))
     try:
         comm = Path(f"/proc/{host.pid}/comm").read_text().strip()
-        checks = suite(comm)
-        env = json.loads((Path(host.data["state_dir"]) / "env.json").read_text())
-        root = host.root or ""
-        (work / "checks.json").write_text(json.dumps(hinotori_checks(checks)))
-        (work / "spec").mkdir()
-        (work / "spec" / "host_spec.rb").write_text(serverspec_file(checks))
-        (work / "ti").mkdir()
-        (work / "ti" / "test_host.py").write_text(testinfra_file(checks))
-        (work / "ti" / "pytest.ini").write_text("[pytest]\n")
-
-        host_doc = json.dumps(host.to_dict())
-        warm_argv = [sys.executable, "-c", WARM, host_doc, str(work / "checks.json")]
-        plan = json.dumps(build_plan(provider, host, parse_checks(hinotori_checks(checks))))
-        cold, warm, alone, spec_t, ti_t = [], [], [], [], []
-        _, out = timed([*warm_argv, str(args.runs)], root, dict(os.environ))
-        warm = json.loads(out)
-        for _ in range(args.runs):
-            cold.append(timed([*warm_argv, "1"], root, dict(os.environ))[0])
-            t, out = timed([sys.executable, "-I", "-S", evaluator.__file__], root, env, plan)
-            assert all(r["ok"] for r in json.loads(out)["results"]), out[-500:]
-            alone.append(t)
-            t, out = timed(["rspec", "--format", "progress", str(work / "spec" / "host_spec.rb")],
-                           root, env)
-            assert " 0 failures" in out, out[-500:]
-            spec_t.append(t)
-            t, out = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "-c", str(work / "ti" / "pytest.ini"), "--rootdir", str(work / "ti"),
-                            "--hosts=local://", str(work / "ti" / "test_host.py")], root, env)
-            assert "200 passed" in out, out[-500:]
-            ti_t.append(t)
+        today = measure(provider, host, suite(comm), work / "today", args.runs)
+        kernel = (measure(provider, host, kernel_suite(args.kernel), work / "kernel", args.runs)
+                  if args.kernel else None)
     finally:
         asyncio.run(provider.destroy(host, grace=3))
         if host.pid:
@@ -274,20 +350,19 @@ def main() -> None:
                 os.killpg(host.pid, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
 
-    mine = [("hinotori verify_host (warm process)", warm),
-            ("hinotori evaluator alone (cold process)", alone),
-            ("hinotori cold python -c (imports hinotori)", cold)]
-    peers = [("serverspec 2.42 (rspec, exec backend)", spec_t),
-             ("pytest-testinfra 10 (local backend)", ti_t)]
-    med = {name: statistics.median(ts) for name, ts in mine + peers}
-    print(f"\n200 checks against one process host of examples/hello, median of {args.runs} "
-          "runs (each tool passed all 200 every run)\n")
-    print(f"{'tool':44} {'median':>10} {'min':>10}   {'serverspec / it':>15} "
-          f"{'testinfra / it':>15}")
-    for name, ts in mine + peers:
-        m = med[name]
-        print(f"{name:44} {m * 1000:8.1f}ms {min(ts) * 1000:8.1f}ms   "
-              f"{med[peers[0][0]] / m:14.1f}x {med[peers[1][0]] / m:14.1f}x")
+    med = report(f"200 checks against one process host of examples/hello, median of "
+                 f"{args.runs} runs (each tool passed all 200 every run)", today)
+    if kernel is None:
+        return
+    kmed = report(f"{args.kernel} kernel and network checks (kernel_param, mount, interface, "
+                  f"dns; a quarter each) against the same host, median of {args.runs} runs",
+                  kernel)
+    print("\nper check, kernel checks / today's mix (1.0x: the same cost; the evaluator's "
+          "start-up is in both)")
+    for name, _ in today:
+        per_today, per_kernel = med[name] / 200, kmed[name] / args.kernel
+        print(f"{name:44} {per_today * 1e6:8.1f}us {per_kernel * 1e6:8.1f}us "
+              f"{per_kernel / per_today:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -40,15 +40,20 @@ class ReleaseConfig:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     port_env: str = "PORT"
+    # Namespaced kernel settings of each host (container hosts, through the engine).
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"command": list(self.command), "env": dict(sorted(self.env.items())),
-                "port_env": self.port_env}
+        d = {"command": list(self.command), "env": dict(sorted(self.env.items())),
+             "port_env": self.port_env}
+        if self.sysctls:  # absent when empty: releases made before sysctls read the same
+            d["sysctls"] = dict(sorted(self.sysctls.items()))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReleaseConfig:
         return cls(command=tuple(d["command"]), env=dict(d.get("env", {})),
-                   port_env=d.get("port_env", "PORT"))
+                   port_env=d.get("port_env", "PORT"), sysctls=dict(d.get("sysctls", {})))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     { file = "path", content = "...", mode = "0644" } filesteps.py: write a file
     { remove = "path" }                               filesteps.py: remove a path
     { apt = ["curl", ...] }                           aptstep.py: Debian packages (OS images)
+    { sysctl = { "net.core.somaxconn" = "1024" } }    sysctlstep.py: kernel settings (OS images)
 
 What a step is and must do is in ``stepbase.py``. A new kind of step is one class (in the module
 where it fits) plus one line in ``STEP_KINDS``. A dict is the kind whose name is one of its keys
@@ -21,6 +22,7 @@ from hinotori.bake.aptstep import AptStep
 from hinotori.bake.filesteps import CopyStep, FileStep, RemoveStep
 from hinotori.bake.runsteps import ZIP_EPOCH, EnvStep, RunStep, step_environment
 from hinotori.bake.stepbase import Step, StepContext
+from hinotori.bake.sysctlstep import SysctlStep
 
 __all__ = [
     "STEP_KINDS",
@@ -33,6 +35,7 @@ __all__ = [
     "RunStep",
     "Step",
     "StepContext",
+    "SysctlStep",
     "step_environment",
     "step_from_dict",
     "step_kind",
@@ -46,6 +49,7 @@ STEP_KINDS: dict[str, type[Step]] = {
     FileStep.kind: FileStep,
     RemoveStep.kind: RemoveStep,
     AptStep.kind: AptStep,
+    SysctlStep.kind: SysctlStep,
 }
 
 

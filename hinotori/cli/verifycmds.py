@@ -106,7 +106,7 @@ def checks_generate(
     survey, used, port = asyncio.run(_survey(project, service, release, host))
     checks = starter_checks(survey, port=port, port_env=svc.port_env,
                             health=None if svc.health.tcp else svc.health.check(),
-                            command=svc.command)
+                            command=svc.command, declared=svc.declared_sysctls())
     header = (f"starter checks for {service}, from host {used.id} ({service} v{used.release}) "
               f"at {render.when(time.time())}\nby `hinotori checks generate`: keep what matters, "
               "add what is missing")
@@ -231,7 +231,7 @@ async def _survey(project: Project, service: str, release: str | None,
         if host.service != service or provider is None or not await provider.adopt(host):
             raise ProviderError(f"host {host_id} is not a running host of {service}",
                                 hint=f"`hinotori hosts {service}` lists them")
-        return await _survey_one(provider, host, svc.port_env)
+        return await _survey_one(provider, host, svc.port_env, svc.declared_sysctls())
     rel = _release(project, service, release)
     provider = providers[svc.provider]
     with err_console.status(f"booting a throwaway host of {service} {rel.name}…"):
@@ -241,12 +241,12 @@ async def _survey(project: Project, service: str, release: str | None,
             if not health.ok:
                 raise ProviderError(f"throwaway host {host.id} never became healthy: "
                                     f"{health.got}", hint="fix the release, then generate")
-            return await _survey_one(provider, host, svc.port_env)
+            return await _survey_one(provider, host, svc.port_env, svc.declared_sysctls())
 
 
-async def _survey_one(provider: Provider, host: Host,
-                      port_env: str) -> tuple[dict, Host, str | None]:
+async def _survey_one(provider: Provider, host: Host, port_env: str,
+                      sysctls: dict[str, str]) -> tuple[dict, Host, str | None]:
     from hinotori.verify.survey import survey_host  # lazy: start-up time, see checks_app
 
-    survey = await survey_host(provider, host, port_env=port_env)
+    survey = await survey_host(provider, host, port_env=port_env, sysctls=list(sysctls))
     return survey, host, survey.get("port")

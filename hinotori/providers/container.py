@@ -21,6 +21,9 @@ both; every blocking SDK call runs in a thread. Choices, and why:
 - **Output in a file the engine writes.** Logging is ``json-file`` (Podman writes it in its
   k8s-file format), so the output of a host is a file on this machine (``host.data["log"]``,
   its lines unframed by ``container_logs.decode``) besides ``logs()`` through the API.
+- **Sysctls through the engine.** A host gets the namespaced kernel settings of its image (the
+  ``hinotori.sysctls`` label its sysctl recipe steps wrote) and of its release's config (the
+  service's ``sysctls``, which win) as the container's ``HostConfig.Sysctls``.
 - **exec through the API, stdin included.** The SDK's exec_run cannot feed stdin, so exec uses
   the low-level exec API on the hijacked socket: stdin written then half-closed, stdout and
   stderr demultiplexed from the stream's frames. It runs as booted: the container's env and
@@ -47,6 +50,7 @@ from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
 from hinotori.providers.container_exec import exec_create, exec_io, kill_exec
 from hinotori.providers.container_logs import ContainerLogSource
+from hinotori.sysctls import from_label
 
 if TYPE_CHECKING:
     import docker
@@ -208,7 +212,10 @@ class ContainerProvider:
         if not rel.config.command:
             raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
         client = await asyncio.to_thread(self.client)
-        await self._call(f"looking up image {rel.image}", lambda: self._require_image(client, rel))
+        image = await self._call(f"looking up image {rel.image}",
+                                 lambda: self._require_image(client, rel))
+        sysctls = {**from_label((image.get("Config") or {}).get("Labels")),
+                   **rel.config.sysctls}
         env = {**rel.config.env, rel.config.port_env: str(CONTAINER_PORT),
                "HINOTORI_HOST_ID": req.host_id, "HINOTORI_SERVICE": rel.service,
                "HINOTORI_RELEASE": rel.name, "HINOTORI_SCRATCH": "/tmp", **req.extra_env,
@@ -219,7 +226,7 @@ class ContainerProvider:
             port = self._free_port()
             try:
                 info = await self._call(f"starting host {req.host_id}", lambda p=port: self._run(
-                    client, req, env, binds, p))
+                    client, req, env, binds, p, sysctls))
             except _PortTaken as e:
                 if attempt == PORT_ATTEMPTS:
                     raise ProviderError(
@@ -232,11 +239,11 @@ class ContainerProvider:
             return host
         raise AssertionError("unreachable")
 
-    def _require_image(self, client: docker.DockerClient, rel: Any) -> None:
+    def _require_image(self, client: docker.DockerClient, rel: Any) -> dict[str, Any]:
         import docker.errors
 
         try:
-            client.api.inspect_image(rel.image)
+            return client.api.inspect_image(rel.image)
         except docker.errors.NotFound:
             raise ProviderError(
                 f"image {rel.image} of {rel.service} {rel.name} is not in the engine at "
@@ -246,7 +253,8 @@ class ContainerProvider:
                      "count)") from None
 
     def _run(self, client: docker.DockerClient, req: BootRequest, env: dict[str, str],
-             binds: dict[str, dict[str, str]], port: int) -> dict[str, Any]:
+             binds: dict[str, dict[str, str]], port: int,
+             sysctls: dict[str, str] | None = None) -> dict[str, Any]:
         """Create and start the container; its inspect data. On any failure the container is
         removed before raising: nothing half-started is left behind."""
         import docker.errors
@@ -258,7 +266,7 @@ class ContainerProvider:
                   LABEL + "host": req.host_id, LABEL + "port": str(port)}
         host_config = api.create_host_config(
             port_bindings={f"{CONTAINER_PORT}/tcp": (self.publish, port)}, binds=binds or None,
-            log_config={"type": "json-file", "config": {}}, init=False)
+            log_config={"type": "json-file", "config": {}}, init=False, sysctls=sysctls or None)
         try:
             created = api.create_container(
                 rel.image, command=list(rel.config.command), name=name, labels=labels,

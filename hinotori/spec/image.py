@@ -21,6 +21,7 @@ from hinotori.bake.paths import relative
 from hinotori.bake.stepbase import parse_mode
 from hinotori.bake.steps import Step, step_from_dict, step_kind
 from hinotori.spec.base import EnvName, Strict
+from hinotori.sysctls import check_name, check_value
 
 
 def _step_path(what: str, *, allow_root: bool = False) -> AfterValidator:
@@ -79,9 +80,19 @@ class AptStepSpec(Strict):
     apt: list[DebianPackage] = Field(min_length=1)
 
 
+class SysctlStepSpec(Strict):
+    """{ sysctl = { "net.core.somaxconn" = "1024" }, priority = 60 }: kernel settings in
+    /etc/sysctl.d/NN-hinotori.conf (OS images only; hinotori.bake.sysctlstep)."""
+
+    sysctl: dict[Annotated[str, AfterValidator(check_name)],
+                 Annotated[str, BeforeValidator(check_value)]] = Field(min_length=1)
+    priority: int = Field(60, ge=0, le=99)
+
+
 _STEP_SPECS: dict[type[BaseModel], str] = {RunStepSpec: "run", EnvStepSpec: "env",
                                            CopyStepSpec: "copy", FileStepSpec: "file",
-                                           RemoveStepSpec: "remove", AptStepSpec: "apt"}
+                                           RemoveStepSpec: "remove", AptStepSpec: "apt",
+                                           SysctlStepSpec: "sysctl"}
 
 
 def _step_tag(value: object) -> str | None:
@@ -96,7 +107,8 @@ def _step_tag(value: object) -> str | None:
 def _one_step_kind(value: object) -> object:
     if isinstance(value, dict) and step_kind(value) is None:
         raise ValueError("a step is a table with exactly one of run, env, copy, file, remove, "
-                         "apt (env may also go with run), e.g. { copy = \"src\", to = \"app/\" }")
+                         "apt, sysctl (env may also go with run), e.g. { copy = \"src\", "
+                         "to = \"app/\" }")
     return value
 
 
@@ -106,7 +118,8 @@ StepSpec = Annotated[
     | Annotated[CopyStepSpec, Tag("step[copy]")]
     | Annotated[FileStepSpec, Tag("step[file]")]
     | Annotated[RemoveStepSpec, Tag("step[remove]")]
-    | Annotated[AptStepSpec, Tag("step[apt]")],
+    | Annotated[AptStepSpec, Tag("step[apt]")]
+    | Annotated[SysctlStepSpec, Tag("step[sysctl]")],
     Discriminator(_step_tag, custom_error_type="step_kind",
                   custom_error_message="a step is a table naming one kind of step"),
     BeforeValidator(_one_step_kind),
@@ -144,7 +157,25 @@ class ImageSpec(Strict):
         if self.os is None and any(isinstance(s, AptStepSpec) for s in self.steps):
             raise ValueError("apt steps install Debian packages, so they need an OS image: add "
                              "os = { suite = \"bookworm\" } to this [image] table")
+        sysctl_steps = [s for s in self.steps if isinstance(s, SysctlStepSpec)]
+        if self.os is None and sysctl_steps:
+            raise ValueError("sysctl steps set kernel settings of an OS image: add os = { suite "
+                             "= \"bookworm\" } to this [image] table (a process host shares the "
+                             "machine's kernel)")
+        priorities = [s.priority for s in sysctl_steps]
+        if len(set(priorities)) != len(priorities):
+            raise ValueError("two sysctl steps would write the same /etc/sysctl.d file: merge "
+                             "them into one, or give one another priority")
         return self
+
+    def sysctls(self) -> dict[str, str]:
+        """Every setting the recipe's sysctl steps make, a higher priority winning (as
+        /etc/sysctl.d files are applied: in the order of their names)."""
+        merged: dict[str, str] = {}
+        for step in sorted((s for s in self.steps if isinstance(s, SysctlStepSpec)),
+                           key=lambda s: s.priority):
+            merged.update(step.sysctl)
+        return merged
 
     def recipe(self) -> list[Step]:
         """The steps as the builder takes them."""

@@ -27,6 +27,7 @@ from hinotori.spec.base import (
 from hinotori.spec.image import ImageSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
+from hinotori.sysctls import NAMESPACED_TEXT, check_name, check_namespaced, check_value, namespaced
 from hinotori.verify.checks import Check
 
 __all__ = ["ImageSpec", "LogForwardSpec", "LogsSpec", "MetricsSpec", "Spec"]
@@ -187,6 +188,11 @@ class EngineSpec(Strict):
     url: Annotated[str, Field(pattern=r"^(unix|tcp|ssh|http|https)://\S+$")] | None = None
 
 
+# A sysctl a container host gets through the engine: only namespaced ones (hinotori/sysctls.py).
+SysctlName = Annotated[str, AfterValidator(check_name), AfterValidator(check_namespaced)]
+SysctlValue = Annotated[str, BeforeValidator(check_value)]
+
+
 class ServiceSpec(Strict):
     # process: a local process group in a copy of a file-tree image; container: a container of
     # an OS image ([image] os = { ... }) in the engine of [engine].
@@ -223,6 +229,9 @@ class ServiceSpec(Strict):
     keep_previous: Duration = 600.0  # previous release stays warm this long for instant rollback
     stop_grace: Duration = 10.0  # SIGTERM, then SIGKILL after this long
     image: ImageSpec = ImageSpec()
+    # Kernel settings of each host's own namespaces (container hosts), e.g.
+    # { "net.ipv4.ip_unprivileged_port_start" = "0" }; part of the release's config.
+    sysctls: dict[SysctlName, SysctlValue] = {}
 
     @model_validator(mode="after")
     def _prefix(self) -> ServiceSpec:
@@ -240,14 +249,30 @@ class ServiceSpec(Strict):
             raise ValueError(f"an OS image runs in the container engine, not as a "
                              f"{self.provider} host: set provider = \"container\" (or remove "
                              "`os` for a file-tree image)")
+        if not os_image and (self.sysctls or self.image.sysctls()):
+            raise ValueError(f"a {self.provider} host shares the machine's kernel, so sysctls "
+                             "cannot be set per host: set them on the machine (its "
+                             "/etc/sysctl.d), or run the service with provider = \"container\" "
+                             "and an OS image")
+        for name in self.image.sysctls():
+            if os_image and not namespaced(name):
+                raise ValueError(f"the image's sysctl step sets {name}, which a container host "
+                                 f"shares with the machine and cannot have its own of: allowed "
+                                 f"are {NAMESPACED_TEXT}; set others on the machine itself")
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")
         return self
 
+    def declared_sysctls(self) -> dict[str, str]:
+        """Every sysctl the service sets: its image's sysctl steps, then its own (which win,
+        as the container provider applies them)."""
+        return {**self.image.sysctls(), **self.sysctls}
+
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
         return ReleaseConfig(command=tuple(self.command),
-                             env={**self.env, **(env_overrides or {})}, port_env=self.port_env)
+                             env={**self.env, **(env_overrides or {})}, port_env=self.port_env,
+                             sysctls=dict(self.sysctls))
 
 
 class ShipOnSpec(Strict):

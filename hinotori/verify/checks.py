@@ -7,6 +7,10 @@ matchers, as in serverspec and goss::
     { command = "python3 -V", exit_status = 0, stdout = "3\\." }
     { port = "$PORT", listening = true }
     { http = "/healthz", status = 200, body = "ok" }
+    { kernel_param = "net.core.somaxconn", value = "4096" }
+    { mount = "/", filesystem = "overlay", options = ["rw"] }
+    { interface = "lo", up = true, addresses = ["127.0.0.1/8"], mtu = 65536 }
+    { dns = "localhost", addresses = ["127.0.0.1"] }
 
 Each resource is one model with ``extra="forbid"``, so an unknown matcher is an error at its own
 key. The models form a tagged union chosen by the table's first resource key (``group`` is both
@@ -29,6 +33,7 @@ This module must not import ``hinotori.spec`` (the spec schema imports it).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -45,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 
+from hinotori import sysctls
 from hinotori.durations import parse_duration, parse_size
 
 
@@ -108,6 +114,26 @@ def _port(value: object) -> str:
     return text
 
 
+def _sysctl_value(value: object) -> str:
+    return sysctls.normalise(sysctls.check_value(value))
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def _ip_or_network(value: str) -> str:
+    """An address, or an address with its prefix length ("10.0.0.5/24", kept as written)."""
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"not an IP address (optionally with /prefix): {value!r}") from None
+    return str(iface) if "/" in value else str(iface.ip)
+
+
 Regex = Annotated[str, AfterValidator(_regex)]
 Mode = Annotated[str, BeforeValidator(_mode)]
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
@@ -125,13 +151,15 @@ class CheckBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
     resource: ClassVar[str]
     presence: ClassVar[str | None] = "exists"
+    settings: ClassVar[frozenset[str]] = frozenset()  # how to look, not what: fine when absent
     title: str | None = None  # shown instead of the generated description
 
     @model_validator(mode="after")
     def _absent_alone(self) -> CheckBase:
         flag = self.presence
         if flag and getattr(self, flag) is False:
-            extra = sorted(self.model_fields_set - {self.resource, "title", flag})
+            extra = sorted(self.model_fields_set - {self.resource, "title", flag}
+                           - self.settings)
             if extra:
                 raise ValueError(f"`{flag} = false` checks that the {self.resource} is absent: "
                                  f"drop {', '.join(extra)}")
@@ -275,9 +303,58 @@ class ServiceCheck(CheckBase):
     enabled: bool | None = None
 
 
+class KernelParamCheck(CheckBase):
+    """A sysctl as the host sees it (/proc/sys: the host's namespaces, the machine's kernel)."""
+
+    resource = "kernel_param"
+    kernel_param: Annotated[str, AfterValidator(sysctls.check_name)]
+    exists: bool = True
+    # compared with runs of white space made one space ("32768 60999"); an integer is fine
+    value: Annotated[str, BeforeValidator(_sysctl_value)] | None = None
+    matches: Regex | None = None
+
+
+class MountCheck(CheckBase):
+    """A mount point in the host's mount namespace (its /proc/self/mountinfo)."""
+
+    resource = "mount"
+    presence = "mounted"
+    mount: Annotated[str, Field(pattern=r"^/")]
+    mounted: bool = True
+    filesystem: str | None = None  # "overlay", "tmpfs", "ext4"…
+    options: list[Annotated[str, Field(min_length=1)]] | None = None  # each set ("ro", "size=…")
+    source: str | None = None  # the mounted device or source, as mountinfo names it
+
+
+class InterfaceCheck(CheckBase):
+    """A network interface of the host's network namespace (asked over netlink)."""
+
+    resource = "interface"
+    interface: Annotated[str, Field(pattern=r"^[^/\s]{1,15}$")]
+    exists: bool = True
+    up: bool | None = None
+    mtu: int | None = Field(None, ge=68)
+    # each is on the interface: "127.0.0.1" or with its prefix length, "127.0.0.1/8"
+    addresses: list[Annotated[str, AfterValidator(_ip_or_network)]] | None = None
+
+
+class DnsCheck(CheckBase):
+    """A name resolves in the host the way its programs resolve it (getaddrinfo: /etc/hosts,
+    then whatever nsswitch says), optionally to each of ``addresses``."""
+
+    resource = "dns"
+    presence = "resolvable"
+    settings = frozenset({"timeout"})
+    dns: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,253}$")]
+    resolvable: bool = True
+    addresses: list[Annotated[str, AfterValidator(_ip)]] | None = None
+    timeout: Duration = 5.0
+
+
 RESOURCES: dict[str, type[CheckBase]] = {m.resource: m for m in (
     FileCheck, DirectoryCheck, CommandCheck, PortCheck, HttpCheck, ProcessCheck, EnvCheck,
-    PackageCheck, UserCheck, GroupCheck, ServiceCheck)}
+    PackageCheck, UserCheck, GroupCheck, ServiceCheck, KernelParamCheck, MountCheck,
+    InterfaceCheck, DnsCheck)}
 
 
 def _resource_keys(value: dict[object, object]) -> tuple[str | None, list[str]]:

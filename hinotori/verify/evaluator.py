@@ -20,6 +20,11 @@ Design:
   so a retry sees fresh state.
 - **Expected versus got.** Every matcher reports what was expected and what was found, so a
   failure says why without a second look at the host.
+- **The kernel as the host sees it.** ``kernel_param`` reads /proc/sys, ``mount`` the
+  evaluator's own /proc/self/mountinfo, ``interface`` asks rtnetlink (one link and one address
+  dump a round: no ``ip`` needed in the image) and ``dns`` calls getaddrinfo in a thread it
+  stops waiting for at ``timeout``. Being inside the host, each sees the host's namespaces: a
+  container's own network and sysctls, a process host's the machine's.
 
 Plan (JSON on stdin)::
 
@@ -35,7 +40,7 @@ the dpkg database are read (``/``: the host's own OS). A result::
      "attempts", "error"}], "duration": seconds}
 
 ``survey`` (for ``hinotori checks generate``) reports what the host has instead: its files,
-listening sockets and processes.
+listening sockets, processes and the sysctls the plan names.
 
 Services without systemd: ``running`` means a process with the service's name runs (or
 ``/run/NAME.pid`` names a live process) and ``enabled`` means a unit is linked into a
@@ -562,11 +567,218 @@ def check_service(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]
     return out
 
 
+# -- the kernel: sysctls, mounts, interfaces, name resolution ------------------------------
+def _proc_sys(name: str) -> str:
+    # dots separate; a slash stands for a dot inside a component (hinotori/sysctls.py)
+    return "/proc/sys/" + name.translate(str.maketrans("./", "/."))
+
+
+def _sysctl(name: str) -> str | None:
+    """The value of a sysctl as the host sees it, runs of white space made one space; None
+    when the host has no such setting."""
+    try:
+        with open(_proc_sys(name), encoding="utf-8", errors="replace") as f:
+            return " ".join(f.read().split())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def check_kernel_param(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    try:
+        value = facts.get(f"sysctl:{target}", lambda: _sysctl(target))
+    except PermissionError:
+        return [_m("exists", m["exists"], "not readable (write-only?)", False)]
+    out = [_m("exists", m["exists"], value is not None)]
+    if value is None or not m["exists"]:
+        return out
+    if "value" in m:
+        out.append(_m("value", m["value"], value))
+    if "matches" in m:
+        out.append(_regex("matches", m["matches"], value))
+    return out
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(text: str) -> str:
+    return _OCTAL.sub(lambda x: chr(int(x.group(1), 8)), text)
+
+
+def _mounts(facts: Facts) -> dict[str, dict[str, Any]]:
+    """Mount point -> its topmost mount (a later line stacks on an earlier one), from
+    /proc/self/mountinfo: the evaluator's, which is the host's mount namespace."""
+    def read() -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                try:
+                    sep = fields.index("-", 6)
+                except ValueError:
+                    continue
+                options = fields[5].split(",")
+                if len(fields) > sep + 3:  # the superblock's options
+                    options += [o for o in fields[sep + 3].split(",") if o not in options]
+                found[_unescape(fields[4])] = {"filesystem": fields[sep + 1],
+                                               "source": _unescape(fields[sep + 2]),
+                                               "options": options}
+        return found
+    return facts.get("mounts", read)
+
+
+def _option_got(want: str, options: list[str]) -> str:
+    """What the mount has in place of option ``want``: itself, the same key with another
+    value, its opposite (ro/rw), or nothing."""
+    if want in options:
+        return want
+    key = want.split("=", 1)[0]
+    opposite = {"ro": "rw", "rw": "ro"}.get(key)
+    other = next((o for o in options if o.split("=", 1)[0] == key or o == opposite), None)
+    return other or f"no {key}"
+
+
+def check_mount(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    path = os.path.normpath(facts.expand(target))
+    mount = _mounts(facts).get(path)
+    out = [_m("mounted", m["mounted"], mount is not None)]
+    if mount is None or not m["mounted"]:
+        return out
+    if "filesystem" in m:
+        out.append(_m("filesystem", m["filesystem"], mount["filesystem"]))
+    if "source" in m:
+        out.append(_m("source", m["source"], mount["source"]))
+    if "options" in m:
+        got = [_option_got(o, mount["options"]) for o in m["options"]]
+        out.append(_m("options", m["options"], got))
+    return out
+
+
+def _netlink(kind: int, body: bytes) -> list[bytes]:
+    """The messages of one rtnetlink dump request (``kind``: RTM_GETLINK or RTM_GETADDR) in
+    the host's network namespace: what `ip link` and `ip addr` ask, without needing them."""
+    import struct
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    try:
+        # NLM_F_REQUEST | NLM_F_DUMP
+        sock.sendall(struct.pack("=IHHII", 16 + len(body), kind, 0x301, 1, 0) + body)
+        messages: list[bytes] = []
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                return messages
+            at = 0
+            while at + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, at)
+                if mtype == 3:  # NLMSG_DONE
+                    return messages
+                if mtype == 2:  # NLMSG_ERROR
+                    code = -struct.unpack_from("=i", data, at + 16)[0]
+                    raise OSError(code, os.strerror(code))
+                messages.append(data[at + 16:at + length])
+                at += (length + 3) & ~3
+    finally:
+        sock.close()
+
+
+def _attributes(data: bytes, at: int) -> dict[int, bytes]:
+    import struct
+
+    found: dict[int, bytes] = {}
+    while at + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, at)
+        if length < 4:
+            break
+        found.setdefault(kind & 0x3FFF, data[at + 4:at + length])
+        at += (length + 3) & ~3
+    return found
+
+
+def _interfaces(facts: Facts) -> dict[str, dict[str, Any]]:
+    """Interface name -> {up, mtu, addresses ("ip/prefix")}, two netlink dumps a round."""
+    def read() -> dict[str, dict[str, Any]]:
+        import struct
+
+        by_index: dict[int, dict[str, Any]] = {}
+        for msg in _netlink(18, struct.pack("=BxHiII", 0, 0, 0, 0, 0)):  # RTM_GETLINK
+            index, flags = struct.unpack_from("=iI", msg, 4)  # ifinfomsg after family, type
+            attrs = _attributes(msg, 16)
+            name = attrs.get(3, b"").rstrip(b"\0").decode("utf-8", "replace")  # IFLA_IFNAME
+            mtu = struct.unpack("=I", attrs[4])[0] if len(attrs.get(4, b"")) == 4 else None
+            by_index[index] = {"name": name, "up": bool(flags & 1), "mtu": mtu,
+                               "addresses": []}
+        for msg in _netlink(22, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):  # RTM_GETADDR
+            family, prefix, _, _, index = struct.unpack_from("=BBBBI", msg, 0)
+            attrs = _attributes(msg, 8)
+            raw = attrs.get(2) or attrs.get(1)  # IFA_LOCAL, else IFA_ADDRESS
+            if index in by_index and raw and family in (socket.AF_INET, socket.AF_INET6):
+                ip = socket.inet_ntop(family, raw)
+                by_index[index]["addresses"].append(f"{ip}/{prefix}")
+        return {i["name"]: i for i in by_index.values()}
+    return facts.get("interfaces", read)
+
+
+def check_interface(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    if not hasattr(socket, "AF_NETLINK"):
+        return [_m("exists", m["exists"], "no netlink on this host (not Linux)", False)]
+    iface = _interfaces(facts).get(facts.expand(target))
+    out = [_m("exists", m["exists"], iface is not None)]
+    if iface is None or not m["exists"]:
+        return out
+    if "up" in m:
+        out.append(_m("up", m["up"], iface["up"]))
+    if "mtu" in m:
+        out.append(_m("mtu", m["mtu"], iface["mtu"]))
+    if "addresses" in m:
+        have = iface["addresses"]
+        bare = {a.split("/")[0] for a in have}
+        missing = [a for a in m["addresses"] if a not in (have if "/" in a else bare)]
+        out.append(_m("addresses", m["addresses"], have or "(none)", not missing))
+    return out
+
+
+def _resolve(name: str, timeout: float, facts: Facts) -> list[str] | str:
+    """The addresses ``name`` resolves to (getaddrinfo, as the host's programs resolve it),
+    or why not. getaddrinfo has no timeout of its own: it runs in a thread we stop waiting
+    for."""
+    def lookup() -> list[str] | str:
+        box: list[list[str] | str] = []
+
+        def run() -> None:
+            try:
+                infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
+                box.append(sorted({i[4][0].split("%")[0] for i in infos}))
+            except (OSError, UnicodeError) as e:
+                box.append(f"does not resolve ({e.args[-1] if e.args else e})")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        return box[0] if box else f"timed out after {timeout:g}s"
+    return facts.get(f"dns:{name}", lookup)
+
+
+def check_dns(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
+    got = _resolve(facts.expand(target), m["timeout"], facts)
+    resolved = isinstance(got, list)
+    if not resolved or not m["resolvable"]:
+        # a lookup that timed out says nothing either way: it fails both
+        ok = resolved == m["resolvable"] and got[:9] != "timed out"
+        return [_m("resolvable", m["resolvable"], got if not resolved else True, ok)]
+    out = [_m("resolvable", True, True)]
+    if "addresses" in m:
+        missing = [a for a in m["addresses"] if a not in got]
+        out.append(_m("addresses", m["addresses"], got, not missing))
+    return out
+
+
 RESOURCES: dict[str, Callable[[Any, dict[str, Any], Facts], list[Matcher]]] = {
     "file": check_file, "directory": check_directory, "command": check_command,
     "port": check_port, "http": check_http, "process": check_process, "env": check_env,
     "package": check_package, "user": check_user, "group": check_group,
-    "service": check_service,
+    "service": check_service, "kernel_param": check_kernel_param, "mount": check_mount,
+    "interface": check_interface, "dns": check_dns,
 }
 
 
@@ -599,6 +811,10 @@ def _prefetch(checks: list[dict[str, Any]], facts: Facts) -> None:
             jobs[kind] = lambda: _processes(facts)
         elif kind == "package":
             jobs[kind] = lambda: _dpkg(facts)
+        elif kind == "mount":
+            jobs[kind] = lambda: _mounts(facts)
+        elif kind == "interface":
+            jobs[kind] = lambda: _interfaces(facts)
 
     def quietly(job: Callable[[], object]) -> None:
         try:
@@ -662,8 +878,8 @@ def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
 
 def survey(plan: dict[str, Any]) -> dict[str, Any]:
     """What the host has, for writing starter checks: files of its working directory (up to
-    ``files_limit``, with sha256 of the small ones), its listening sockets and processes, and
-    the value of its ``port_env`` variable."""
+    ``files_limit``, with sha256 of the small ones), its listening sockets and processes, the
+    value of its ``port_env`` variable and of each sysctl named in ``sysctls``."""
     facts = Facts(plan)
     limit = int(plan.get("files_limit") or 200)
     files: list[dict[str, Any]] = []
@@ -691,9 +907,15 @@ def survey(plan: dict[str, Any]) -> dict[str, Any]:
             continue
     sockets = [s for proto in ("tcp", "udp") for s in _sockets(facts, proto)
                if not plan.get("session") or s["inode"] in inodes]
+    settings = {}
+    for name in plan.get("sysctls") or ():
+        try:
+            settings[name] = _sysctl(name)
+        except OSError:
+            settings[name] = None
     return {"version": PLAN_VERSION, "files": files, "sockets": sockets,
             "processes": [{"comm": p["comm"], "argv": p["argv"]} for p in procs],
-            "port": facts.env.get(plan.get("port_env") or "PORT")}
+            "port": facts.env.get(plan.get("port_env") or "PORT"), "sysctls": settings}
 
 
 def main() -> int:

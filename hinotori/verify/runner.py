@@ -29,7 +29,7 @@ from typing import Any
 from hinotori.errors import HinotoriError, ProviderError
 from hinotori.model import Host
 from hinotori.providers.base import Provider
-from hinotori.verify.checks import CheckBase, CommandCheck, HttpCheck
+from hinotori.verify.checks import CheckBase, CommandCheck, DnsCheck, HttpCheck
 from hinotori.verify.report import failure_text
 from hinotori.verify.results import CheckResult, MatcherResult, Report
 from hinotori.verify.testinfra import run_testinfra
@@ -71,7 +71,7 @@ async def run_evaluator(provider: Provider, host: Host, plan: dict[str, Any], *,
 
 
 def _timeout(checks: Sequence[CheckBase], retry_timeout: float) -> float:
-    slowest = max((c.timeout for c in checks if isinstance(c, CommandCheck | HttpCheck)),
+    slowest = max((c.timeout for c in checks if isinstance(c, CommandCheck | HttpCheck | DnsCheck)),
                   default=0.0)
     return retry_timeout + slowest + EXEC_MARGIN
 

@@ -10,7 +10,17 @@ same host passes:
 - its processes, by name, with their count;
 - its files and directories with their modes, and the sha256 of a few key files: those the
   command names (``app.py``), then the smallest other top-level files;
-- the port variable in its env.
+- the port variable in its env;
+- the kernel settings it has changed (``kernel_param``): those the service sets (its
+  ``sysctls`` and its image's sysctl steps), and those whose value differs from the kernel's
+  own default for a fresh namespace. The defaults are a baked table
+  (``hinotori.sysctls.KERNEL_DEFAULTS``) rather than a fresh container's values: a process
+  host has no fresh counterpart to ask (it shares the machine's kernel), and booting a second
+  container would double the cost of ``generate`` for a few numbers that are the kernel's
+  constants. The table leaves out settings a namespace copies from the machine or the kernel
+  scales with memory, so what is proposed is a change someone made, never noise of this
+  machine. Engines change some too (Docker sets ``ip_unprivileged_port_start`` to 0): proposed
+  as well, titled with the default, because an app may rely on them.
 
 The output is validated with the check models before it is returned, so what is written always
 loads. It is a start: people should delete what does not matter and add what does.
@@ -19,11 +29,12 @@ loads. It is a start: people should delete what does not matter and add what doe
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hinotori.model import HealthCheck, Host
 from hinotori.providers.base import Provider
+from hinotori.sysctls import KERNEL_DEFAULTS
 from hinotori.verify.checks import parse_checks
 from hinotori.verify.runner import build_plan, run_evaluator
 
@@ -32,16 +43,21 @@ MAX_HASHED = 5
 
 
 async def survey_host(provider: Provider, host: Host, *, python: str | None = None,
-                      port_env: str = "PORT", files_limit: int = 500) -> dict[str, Any]:
-    """What the host has (the evaluator's survey); ``port`` is the value of ``port_env``."""
-    plan = build_plan(provider, host, [], mode="survey", files_limit=files_limit, port_env=port_env)
+                      port_env: str = "PORT", files_limit: int = 500,
+                      sysctls: Sequence[str] = ()) -> dict[str, Any]:
+    """What the host has (the evaluator's survey); ``port`` is the value of ``port_env``;
+    ``sysctls`` holds the value of each of ``sysctls`` and of the kernel defaults' names."""
+    names = sorted({*KERNEL_DEFAULTS, *sysctls})
+    plan = build_plan(provider, host, [], mode="survey", files_limit=files_limit, port_env=port_env,
+                      sysctls=names)
     return await run_evaluator(provider, host, plan, python=python, timeout=60.0)
 
 
 def starter_checks(survey: dict[str, Any], *, port: str | None, port_env: str,
-                   health: HealthCheck | None, command: Sequence[str]) -> list[dict[str, Any]]:
+                   health: HealthCheck | None, command: Sequence[str],
+                   declared: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Check tables (as dicts) that the surveyed host passes. ``port`` is the value of
-    ``port_env`` in that host."""
+    ``port_env`` in that host; ``declared`` the sysctls its service sets."""
     checks: list[dict[str, Any]] = []
     if health is not None and health.path:
         checks.append({"http": health.path, "status": health.status})
@@ -62,9 +78,28 @@ def starter_checks(survey: dict[str, Any], *, port: str | None, port_env: str,
     checks += [{"process": name, "running": True, "count": n} for name, n in sorted(counts.items())]
     if port is not None:
         checks.append({"env": port_env, "value": r"^\d+$"})
+    checks += kernel_checks(survey.get("sysctls") or {}, declared or {})
     checks += _file_checks(survey.get("files", ()), command)
     parse_checks(checks)  # what we write must load
     return checks
+
+
+def kernel_checks(values: Mapping[str, str | None],
+                  declared: Mapping[str, str]) -> list[dict[str, Any]]:
+    """kernel_param checks for the settings the host has changed (see the module docstring),
+    each with the value the host has and a title that says why it was proposed."""
+    out: list[dict[str, Any]] = []
+    for name, value in sorted(values.items()):
+        if value is None:
+            continue  # not on this kernel
+        if name in declared:
+            why = "set by the service"
+        elif name in KERNEL_DEFAULTS and value != KERNEL_DEFAULTS[name]:
+            why = f"kernel default {KERNEL_DEFAULTS[name]}"
+        else:
+            continue
+        out.append({"kernel_param": name, "value": value, "title": f"{name} = {value} ({why})"})
+    return out
 
 
 def _file_checks(files: Sequence[dict[str, Any]], command: Sequence[str]) -> list[dict[str, Any]]:

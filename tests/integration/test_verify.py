@@ -249,3 +249,29 @@ def test_fleet_verifier_gates_a_host(provider: ProcessProvider, host: Host) -> N
     assert "cannot run 'no-such-python'" in (asyncio.run(gate(host)) or "")
     del plans["web"]
     assert asyncio.run(gate(host)) is None  # a service without checks passes
+
+
+def test_kernel_resources_pass_and_fail_on_a_process_host(provider: ProcessProvider,
+                                                          host: Host) -> None:
+    """A process host shares the machine's kernel, mounts and network: what it sees is what
+    this test sees from outside (read here independently of the evaluator)."""
+    somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    proc = next(line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4] == "/proc")
+    lo_mtu = int(Path("/sys/class/net/lo/mtu").read_text())
+    cases: list[tuple[dict, bool]] = [
+        ({"kernel_param": "net.core.somaxconn", "value": somaxconn}, True),
+        ({"kernel_param": "net.core.somaxconn", "value": str(int(somaxconn) + 1)}, False),
+        ({"kernel_param": "kernel.no_such_setting"}, False),
+        ({"mount": "/proc", "filesystem": "proc", "options": [proc[5].split(",")[0]]}, True),
+        ({"mount": "/proc", "filesystem": "tmpfs"}, False),
+        ({"interface": "lo", "up": True, "mtu": lo_mtu, "addresses": ["127.0.0.1/8"]}, True),
+        ({"interface": "lo", "addresses": ["192.0.2.1"]}, False),
+        ({"dns": "localhost", "addresses": ["127.0.0.1"]}, True),
+        ({"dns": "localhost", "addresses": ["192.0.2.1"]}, False),
+    ]
+    report = verify(provider, host, [c for c, _ in cases])
+    for (check, want), result in zip(cases, report.results, strict=True):
+        assert result.ok is want, (check, result)
+        if not want:
+            assert result.expected and result.got and result.expected != result.got, result

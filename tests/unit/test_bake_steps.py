@@ -24,6 +24,7 @@ from hinotori.bake import (
 from hinotori.bake.aptstep import AptStep
 from hinotori.bake.context import BuildSource
 from hinotori.bake.stepbase import StepContext, parse_mode
+from hinotori.bake.sysctlstep import SysctlStep
 from hinotori.errors import BakeError, SpecError
 from hinotori.spec import parse_spec
 
@@ -39,15 +40,18 @@ def test_every_kind_round_trips_through_its_dict_form() -> None:
         FileStep("etc/app.conf", "x = 1\n"),
         RemoveStep("tests"),
         AptStep(("curl",)),
+        SysctlStep((("net.core.somaxconn", "1024"),), priority=40),
     ]
-    assert sorted(STEP_KINDS) == ["apt", "copy", "env", "file", "remove", "run"]
+    assert sorted(STEP_KINDS) == ["apt", "copy", "env", "file", "remove", "run", "sysctl"]
     for step in steps:
         assert step_from_dict(step.to_json()) == step
     assert steps[2].to_json() == {"copy": "src", "to": "app/", "mode": "0755"}
     assert steps[4].to_json() == {"file": "etc/app.conf", "content": "x = 1\n", "mode": "0644"}
     assert [s.describe() for s in steps[1:]] == [
         "env: MODE=prod", "copy: src -> app/", "copy: . -> .",
-        "file: etc/app.conf (6 bytes, 0644)", "remove: tests", "apt: curl"]
+        "file: etc/app.conf (6 bytes, 0644)", "remove: tests", "apt: curl",
+        "sysctl: net.core.somaxconn=1024"]
+    assert steps[7].to_json() == {"sysctl": {"net.core.somaxconn": "1024"}, "priority": 40}
 
 
 def test_the_kind_of_a_dict() -> None:

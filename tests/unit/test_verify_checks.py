@@ -78,11 +78,32 @@ gid = 4
 [[services.web.checks]]
 service = "ssh"
 enabled = true
+
+[[services.web.checks]]
+kernel_param = "net.ipv4.ip_local_port_range"
+value = "32768\t60999"
+
+[[services.web.checks]]
+mount = "/"
+filesystem = "overlay"
+options = ["rw", "relatime"]
+
+[[services.web.checks]]
+interface = "lo"
+up = true
+mtu = 65536
+addresses = ["127.0.0.1/8", "::1"]
+
+[[services.web.checks]]
+dns = "localhost"
+addresses = ["127.0.0.1"]
+timeout = "2s"
 ''')
     checks = spec.services["web"].checks
     assert [c.resource for c in checks] == ["file", "command", "port", "http", "directory",
                                             "process", "env", "package", "user", "group",
-                                            "service"]
+                                            "service", "kernel_param", "mount", "interface",
+                                            "dns"]
     assert set(RESOURCES) == {c.resource for c in checks}
     file, command = checks[0], checks[1]
     assert isinstance(file, FileCheck) and file.size == 4096 and file.mode == "0444"
@@ -145,12 +166,37 @@ def test_bad_regex_points_at_its_key() -> None:
     ('{ command = "x", timeout = 5 }', "timeout", "durations are strings"),
     ('{ env = "1BAD" }', "env", "should match pattern"),
     ('{ file = "a", exists = false, mode = "0644" }', None, "drop mode"),
+    ('{ kernel_param = "somaxconn" }', "kernel_param", "not a sysctl name"),
+    ('{ kernel_param = "net.core.somaxconn", value = "" }', "value", "non-empty"),
+    ('{ kernel_param = "net.core.somaxconn", value = true }', "value", "non-empty"),
+    ('{ mount = "tmp" }', "mount", "should match pattern"),
+    ('{ mount = "/", mounted = false, filesystem = "tmpfs" }', None, "drop filesystem"),
+    ('{ interface = "eth0", addresses = ["10.0.0.300"] }', "addresses.0", "not an IP"),
+    ('{ interface = "a-very-long-interface-name" }', "interface", "should match pattern"),
+    ('{ interface = "lo", mtu = 10 }', "mtu", "greater than or equal"),
+    ('{ dns = "localhost", addresses = ["127.0.0.1/8"] }', "addresses.0", "not an IP"),
+    ('{ dns = "a b" }', "dns", "should match pattern"),
+    ('{ dns = "localhost", resolvable = false, addresses = ["127.0.0.1"] }', None,
+     "drop addresses"),
 ])
 def test_malformed_matchers_are_spec_errors(table: str, key: str | None, words: str) -> None:
     e = spec_error(f"checks = [\n  {table},\n]\n")
     assert e.line == 4
     assert e.key == "services.web.checks.0" + (f".{key}" if key else "")
     assert words in e.message
+
+
+def test_kernel_resources_normalise_what_they_compare() -> None:
+    param, iface, dns = parse_checks([
+        {"kernel_param": "net.ipv4.ip_local_port_range", "value": "32768\t 60999"},
+        {"interface": "lo", "addresses": ["::0001", "127.0.0.1/8"]},
+        {"dns": "localhost", "addresses": ["0:0::1"]}])
+    assert param.plan()["matchers"] == {"exists": True, "value": "32768 60999"}
+    assert parse_checks([{"kernel_param": "kernel.shmmni", "value": 4096}])[0].matchers() == {
+        "exists": True, "value": "4096"}
+    assert iface.matchers()["addresses"] == ["::1", "127.0.0.1/8"]
+    assert dns.matchers() == {"resolvable": True, "addresses": ["::1"], "timeout": 5.0}
+    assert param.describe() == "kernel_param net.ipv4.ip_local_port_range"
 
 
 def test_checks_default_to_none_and_testinfra_is_a_list_of_paths() -> None:

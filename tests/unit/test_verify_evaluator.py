@@ -321,3 +321,73 @@ def test_survey_lists_files_sockets_and_processes(view: Path, listener: int,
     with contextlib.suppress(StopIteration):
         me = next(p for p in doc["processes"] if p["comm"].startswith("python"))
         assert me["argv"]
+    assert doc["sysctls"] == {}
+
+
+def test_survey_reads_the_sysctls_it_is_asked_for(view: Path) -> None:
+    doc = evaluator.survey({"mode": "survey", "sysctls": ["net.core.somaxconn", "net.nope"]})
+    somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    assert doc["sysctls"] == {"net.core.somaxconn": somaxconn, "net.nope": None}
+
+
+# -- the kernel: sysctls, mounts, interfaces, name resolution -----------------------------
+def test_kernel_param_reads_proc_sys() -> None:
+    actual = " ".join(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert one({"kernel_param": "net.ipv4.ip_local_port_range", "value": actual,
+                "matches": r"^\d+ \d+$"})["ok"]
+    assert failed(one({"kernel_param": "net.ipv4.ip_local_port_range", "value": "1 2"})) == {
+        "value": ("1 2", actual)}
+    assert failed(one({"kernel_param": "net.no_such_setting"})) == {"exists": ("true", "false")}
+    assert one({"kernel_param": "net.no_such_setting", "exists": False})["ok"]
+
+
+def test_kernel_param_paths_follow_sysctl_naming() -> None:
+    from hinotori import sysctls
+
+    for name in ("net.core.somaxconn", "net.ipv4.conf.eth0/100.rp_filter"):
+        assert evaluator._proc_sys(name) == sysctls.proc_path(name)
+    assert sysctls.proc_path("net.ipv4.conf.eth0/100.rp_filter") == (
+        "/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
+
+
+def test_mount() -> None:
+    assert one({"mount": "/proc", "filesystem": "proc", "options": ["rw"]})["ok"]
+    assert one({"mount": "/proc/", "mounted": True})["ok"]  # normalised
+    assert failed(one({"mount": "/proc", "filesystem": "ext4", "options": ["ro", "size=1k"]})
+                  ) == {"filesystem": ("ext4", "proc"), "options": ("ro, size=1k", "rw, no size")}
+    assert failed(one({"mount": "/no/such/mount"})) == {"mounted": ("true", "false")}
+    assert one({"mount": "/no/such/mount", "mounted": False})["ok"]
+
+
+def test_interface_over_netlink() -> None:
+    mtu = int(Path("/sys/class/net/lo/mtu").read_text())
+    assert one({"interface": "lo", "up": True, "mtu": mtu, "addresses": ["127.0.0.1",
+                                                                        "127.0.0.1/8"]})["ok"]
+    bad = failed(one({"interface": "lo", "up": False, "mtu": 1280,
+                      "addresses": ["127.0.0.1/16", "10.1.2.3"]}))
+    assert bad["up"] == ("false", "true") and bad["mtu"] == ("1280", str(mtu))
+    assert bad["addresses"][0] == "127.0.0.1/16, 10.1.2.3" and "127.0.0.1/8" in bad["addresses"][1]
+    assert failed(one({"interface": "nosuch0"})) == {"exists": ("true", "false")}
+    names = {i.name for i in __import__("os").scandir("/sys/class/net")}
+    assert set(evaluator._interfaces(evaluator.Facts({}))) == names
+
+
+def test_dns_resolves_like_the_hosts_programs() -> None:
+    # only names /etc/hosts answers: no query leaves the machine
+    assert one({"dns": "localhost", "addresses": ["127.0.0.1"]})["ok"]
+    bad = failed(one({"dns": "localhost", "addresses": ["10.9.9.9"]}))
+    assert bad["addresses"][0] == "10.9.9.9" and "127.0.0.1" in bad["addresses"][1]
+    assert failed(one({"dns": "localhost", "resolvable": False})) == {
+        "resolvable": ("false", "true")}
+
+
+def test_dns_that_times_out_fails_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(*_a: object, **_k: object) -> list:
+        time.sleep(2)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    for resolvable in (True, False):
+        (matcher,) = one({"dns": "localhost", "resolvable": resolvable,
+                          "timeout": "100ms"})["matchers"]
+        assert not matcher["ok"] and matcher["got"] == "timed out after 0.1s"

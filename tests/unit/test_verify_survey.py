@@ -67,3 +67,23 @@ def test_many_files_are_capped() -> None:
     assert len(files) == MAX_FILES + 1  # plus the command's own file, beyond the cap
     assert any(c["file"] == "f150" and "sha256" in c for c in files)
     assert not any("env" in c or "http" in c for c in checks)
+
+
+def test_changed_kernel_settings_become_kernel_param_checks() -> None:
+    survey = {**SURVEY, "sysctls": {
+        "net.core.somaxconn": "4096",  # the kernel's default: nothing to say
+        "net.ipv4.ip_unprivileged_port_start": "0",  # changed (by the engine, say)
+        "net.ipv4.tcp_fin_timeout": "15",  # set by the service
+        "net.ipv4.ip_forward": "1",  # not in the table (copied from the machine): never noise
+        "kernel.msgmax": None,  # not on this kernel
+    }}
+    checks = starter_checks(survey, port="43117", port_env="PORT", health=None, command=["x"],
+                            declared={"net.ipv4.tcp_fin_timeout": "15"})
+    kernel = [c for c in checks if "kernel_param" in c]
+    assert kernel == [
+        {"kernel_param": "net.ipv4.ip_unprivileged_port_start", "value": "0",
+         "title": "net.ipv4.ip_unprivileged_port_start = 0 (kernel default 1024)"},
+        {"kernel_param": "net.ipv4.tcp_fin_timeout", "value": "15",
+         "title": "net.ipv4.tcp_fin_timeout = 15 (set by the service)"}]
+    text = to_toml("web", kernel)
+    assert parse_spec('[services.web]\ncommand = ["x"]\n' + text).services["web"].checks

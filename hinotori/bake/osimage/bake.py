@@ -70,7 +70,7 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
     def describe(instruction: int) -> str:
         owner = translation.owners.get(instruction, 0)
         if owner == 0:
-            return "the image's prelude (FROM, ARG, WORKDIR)"
+            return "the image's prelude (FROM, ARG, WORKDIR) or its sysctls label"
         return f"step {owner}/{len(steps)} ({steps[owner - 1].describe()})"
 
     with context_tar(translation, source, epoch=epoch) as tar:

@@ -16,6 +16,9 @@ command's working directory::
                for a file tree)
     apt        RUN apt-get update && apt-get install -y --no-install-recommends … \\
                    && rm -rf /var/lib/apt/lists/*
+    sysctl     COPY ["f<N>", "/etc/sysctl.d/NN-hinotori.conf"]  (absolute: the OS's own place)
+    (epilogue) LABEL "hinotori.sysctls"="{…}"  after the last step, when there are sysctl steps:
+               every setting of them, for the container provider to pass to the engine
 
 The prelude's ARGs give run steps the same clean, fixed environment a file-tree bake gives
 them (runsteps.py), without writing it into the image's config.
@@ -48,8 +51,10 @@ from hinotori.bake.filesteps import CopyStep, FileStep, RemoveStep
 from hinotori.bake.paths import relative
 from hinotori.bake.runsteps import ZIP_EPOCH, EnvStep, RunStep
 from hinotori.bake.stepbase import Step
+from hinotori.bake.sysctlstep import SysctlStep, image_sysctls
 from hinotori.bake.tree import DIR, FILE, SYMLINK
 from hinotori.errors import BakeError
+from hinotori.sysctls import LABEL, to_label
 
 CONTAINERFILE = "Containerfile"
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
@@ -62,7 +67,7 @@ BUILD_ARGS = {"LANG": "C.UTF-8", "TZ": "UTC", "PYTHONDONTWRITEBYTECODE": "1",
 class Translation:
     text: str  # the Containerfile
     # Instruction number as the engine counts them (FROM is 1) -> recipe step (1-based), 0 for
-    # the prelude.
+    # the prelude and the epilogue (the sysctls label).
     owners: dict[int, int]
     generated: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # f<N> -> content, mode
     # c<N> -> (source, kind, mode for every file it copies or None to keep each file's own)
@@ -86,6 +91,10 @@ def translate(steps: Sequence[Step], *, base: str, workdir: str = "/app",
     for i, step in enumerate(steps, start=1):
         lines.append(_instruction(i, step, workdir, source, generated, copies))
         owners[len(lines)] = i
+    settings = image_sysctls(steps)
+    if settings:
+        lines.append(f'LABEL "{LABEL}"={_env_value(LABEL, to_label(settings))}')
+        owners[len(lines)] = 0
     return Translation("\n".join(lines) + "\n", owners, generated, copies)
 
 
@@ -109,6 +118,10 @@ def _instruction(i: int, step: Step, workdir: str, source: BuildSource | None,
                                 "rm -rf /var/lib/apt/lists/*"]))
     if isinstance(step, RemoveStep):
         return f"RUN {_json(['rm', '-r', '--', at(relative(step.remove, 'remove'))])}"
+    if isinstance(step, SysctlStep):
+        name = f"f{i}"
+        generated[name] = (step.conf().encode("utf-8"), 0o644)
+        return f"COPY {_json([name, step.path])}"
     if isinstance(step, FileStep):
         name = f"f{i}"
         generated[name] = (step.content.encode("utf-8"), int(step.mode, 8))
@@ -128,7 +141,7 @@ def _instruction(i: int, step: Step, workdir: str, source: BuildSource | None,
         src = f"{name}/{posixpath.basename(step.source)}"
         return f"COPY {_json([src, dest.rstrip('/') + '/' if into else dest])}"
     raise BakeError(f"step {i} ({step.describe()}): a {step.kind} step cannot be part of an OS "
-                    "image", hint="use run, env, copy, file, remove or apt steps")
+                    "image", hint="use run, env, copy, file, remove, apt or sysctl steps")
 
 
 def _json(argv: Sequence[str]) -> str:
