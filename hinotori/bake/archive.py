@@ -24,6 +24,7 @@ import posixpath
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -184,7 +185,22 @@ def open_reader(source: Path | None) -> Iterator[tarfile.TarFile]:
         except (tarfile.TarError, OSError, EOFError) as e:
             raise ImageArchiveError(f"{_label(source)} is not an image archive ({e})",
                                     hint="`hinotori image export` writes one") from None
-        yield tar
+        try:
+            yield tar
+        except _stream_errors() as e:  # raised while reading a member's content
+            raise ImageArchiveError(f"{_label(source)} is damaged or cut short ({e})",
+                                    hint="export the image again") from None
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged or cut-short stream raises, whichever layer notices it first."""
+    errors: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error,
+                                               gzip.BadGzipFile)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
 
 
 def _label(source: Path | None) -> str:
@@ -254,7 +270,8 @@ def read_small(tar: tarfile.TarFile, member: tarfile.TarInfo | None, expected: s
 
 def check_space(directory: Path, needed: int, what: str) -> None:
     """Refuse before writing when the declared sizes cannot fit (a header may claim terabytes)."""
-    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
     if needed > free:
         raise ImageArchiveError(f"{what} declares {needed} bytes; only {free} are free in "
                                 f"{directory}", hint="free some space (`hinotori gc`), or "

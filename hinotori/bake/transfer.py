@@ -121,6 +121,7 @@ def import_image(store: ImageStore, source: Path | None, *, origin: str,
                  ) -> ImportResult:
     """Verify and store the image in the archive at ``source`` (None: stdin)."""
     started = time.monotonic()
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
     with archive.open_reader(source) as tar:
         items = archive.members(tar, source)
         marker = _marker(read_small(tar, next(items, None), archive.MARKER, source, 1 << 16))
@@ -155,7 +156,7 @@ def _import_files(store: ImageStore, tar: tarfile.TarFile, items: Iterator[tarfi
     if store.exists(digest):
         return False, {}
     total = sum(e.size for e in entries if e.type == FILE)
-    archive.check_space(store.root, total, f"image {digest}")
+    archive.check_space(store.tmp_dir, total, f"image {digest}")
     scratch = store.new_scratch()
     try:
         checked = _stage(tar, items, scratch, entries)
