@@ -23,9 +23,17 @@ from hinotori.project import Project
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", metavar="FILE",
                                         help="FILE.tar, .tar.gz or .tar.zst; - for stdout")]
+
+
+def compression(text: str) -> str:
+    if text not in COMPRESSIONS:
+        raise ValueError(f"{text!r} is not one of {', '.join(COMPRESSIONS)}")
+    return text
+
+
 CompressOpt = Annotated[str | None, typer.Option(
-    "--compress", metavar="KIND", help=f"{' | '.join(COMPRESSIONS)} (default: by -o's suffix; "
-    "none for stdout)")]
+    "--compress", metavar="KIND", parser=compression,
+    help=f"{' | '.join(COMPRESSIONS)} (default: by -o's suffix; none for stdout)")]
 
 
 def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
@@ -35,9 +43,6 @@ def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
     The same image always gives the same bytes. `hinotori image import` on another controller
     checks it against its digest."""
     to_stdout = output == "-"
-    if compress is not None and compress not in COMPRESSIONS:
-        raise typer.BadParameter(f"{compress!r} is not one of {', '.join(COMPRESSIONS)}",
-                                 param_hint="'--compress'")
     if compress is None:
         try:
             compress = "none" if to_stdout else compression_for(output)

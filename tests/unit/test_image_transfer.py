@@ -363,3 +363,53 @@ def test_an_os_image_archive_with_a_changed_layer_never_reaches_the_engine(targe
         with pytest.raises(ImageArchiveError, match=says):
             import_image(target, os_archive(tmp_path, change), origin="x", engine=no_engine)
     assert left_behind(target) == []
+
+
+# -- the command line: usage errors exit 2 before anything is read or written ---------------
+
+
+def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    import sys
+
+    from hinotori.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["hinotori", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out, err = capsys.readouterr()
+    return int(exit_.value.code or 0), out, err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["image", "export", "abcdef12", "-o", "img.zip"], "no archive suffix"),
+    (["image", "export", "abcdef12", "-o", "img.tar", "--compress", "lz4"], "'lz4' is not one"),
+    (["image", "export", "abcdef12", "-o", "-", "--json"], "--json needs"),
+    (["image", "export", "abcdef12"], "Missing option"),
+    (["image", "import"], "Missing argument"),
+], ids=["suffix", "compress", "json-stdout", "no-output", "no-file"])
+def test_usage_errors_exit_2_and_write_nothing(argv, says, tmp_path, capsys,
+                                               monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no spec here: a command that got past its checks fails later
+    monkeypatch.setenv("COLUMNS", "200")
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 2 and says in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_import_refusals_are_errors_with_a_hint_not_tracebacks(image, tmp_path, capsys,
+                                                               monkeypatch) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "hinotori.toml").write_text('[project]\nname = "p"\n\n[services.web]\n'
+                                           'command = ["true"]\n')
+    path = tampered(image, tmp_path, flip_byte)
+    code, _, err = run_cli(["image", "import", str(path), "--spec", str(project)], capsys,
+                           monkeypatch)
+    assert code == 1 and "content sha256" in err and "hint:" in err and "Traceback" not in err
+    clean = tmp_path / "clean.tar"
+    code, out, _ = run_cli(["image", "import", str(clean), "--spec", str(project), "--json"],
+                           capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["imported"] is True
+    code, out, _ = run_cli(["image", "import", str(clean), "--spec", str(project)], capsys,
+                           monkeypatch)
+    assert code == 0 and "already stored here; nothing imported" in out
