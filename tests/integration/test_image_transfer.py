@@ -1,7 +1,8 @@
 """Images between controllers, for real: `hinotori image export` in one project, `image import`
 in another (through a file and through a pipe), and the imported image deployed there and
-answering. File-tree images with process hosts; an OS image through a real engine (Podman),
-gone from the engine before the import brings it back, then deployed with container hosts."""
+answering. File-tree images with process hosts; an OS image through a real engine (Podman and
+Docker), gone from the engine before the import brings it back, then deployed with container
+hosts."""
 
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ def os_projects(tmp_path: Path, docker_client) -> Iterator[list[CliProject]]:
                 docker_client.images.remove(tag)
 
 
+@pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)
 def test_an_os_image_round_trip_through_the_engine(os_projects, docker_client,
                                                    tmp_path: Path) -> None:
     import docker.errors
