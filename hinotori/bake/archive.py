@@ -191,9 +191,12 @@ def open_reader(source: Path | None) -> Iterator[tarfile.TarFile]:
             stream = stack.enter_context(_zstandard().ZstdDecompressor().stream_reader(stream))
         try:
             tar = stack.enter_context(_stream(stream, "r|"))
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except tarfile.ReadError as e:
             raise ImageArchiveError(f"{_label(source)} is not an image archive ({e})",
                                     hint="`hinotori image export` writes one") from None
+        except (*_stream_errors(), OSError) as e:  # the first block is read at once
+            raise ImageArchiveError(f"{_label(source)} is damaged or cut short ({e})",
+                                    hint="export the image again") from None
         try:
             yield tar
         except _stream_errors() as e:  # raised while reading a member's content
