@@ -67,7 +67,12 @@ def open_writer(dest: Path | None, compression: str) -> Iterator[tarfile.TarFile
         out.flush()
         return
     dest = dest.absolute()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise ImageArchiveError(f"cannot write {dest}: {e.strerror}",
+                                hint="give a file in a directory that exists and is "
+                                     "writable") from None
     try:
         with os.fdopen(fd, "wb") as f:
             with _compressed(f, compression) as raw, \

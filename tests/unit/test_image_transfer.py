@@ -413,3 +413,14 @@ def test_import_refusals_are_errors_with_a_hint_not_tracebacks(image, tmp_path, 
     code, out, _ = run_cli(["image", "import", str(clean), "--spec", str(project)], capsys,
                            monkeypatch)
     assert code == 0 and "already stored here; nothing imported" in out
+
+
+def test_an_export_that_fails_leaves_no_file(image, tmp_path) -> None:
+    store, img = image
+    with pytest.raises(ImageArchiveError, match="cannot write"):
+        export_image(store, img, tmp_path / "no" / "such" / "dir.tar", compression="none")
+    os.chmod(img.rootfs / "app.py", 0o644)  # a store damaged since the bake
+    (img.rootfs / "app.py").write_text("print('changed')\n")
+    with pytest.raises(ImageArchiveError, match="no longer matches"):
+        export_image(store, img, tmp_path / "out.tar", compression="zstd")
+    assert sorted(os.listdir(tmp_path)) == ["a", "ctx"]
