@@ -131,7 +131,7 @@ def import_image(store: ImageStore, source: Path | None, *, origin: str,
         info["imports"] = [*_list(info.get("imports")), {
             "from": origin, "at": time.time(), "digest": digest,
             "builder_version": hinotori.__version__}]
-        with BuildCache.beside(store.root).lock():  # gc waits until the release is made
+        with BuildCache.beside(store.root).lock():  # no gc while an image is staged
             if marker["kind"] == "os":
                 from hinotori.bake.osimage.transfer import import_os
 

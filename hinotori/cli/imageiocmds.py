@@ -84,6 +84,7 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
 
     A damaged or changed archive is refused and leaves nothing behind; an image already
     stored is left as it is. Provenance travels with it, plus where it was imported from."""
+    from hinotori.bake.cache import BuildCache
     from hinotori.bake.transfer import import_image
     from hinotori.releases import ensure_release
 
@@ -92,15 +93,16 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
         project.service(service)  # an unknown service refuses before anything is read
     source = None if file == "-" else Path(file)
     origin = "stdin" if source is None else str(source.absolute())
-    result = import_image(project.images, source, origin=origin, engine=project.engine,
-                          project=project.spec.project.name)
-    image = result.image
     release = None
-    if service is not None:
-        outcome = ensure_release(project, service, image=image.digest,
-                                 config=project.service(service).release_config(),
-                                 reason=f"image import from {origin}")
-        release = outcome.release
+    # Held until the release exists, as a bake does, so `gc` cannot remove the image between.
+    with BuildCache.beside(project.images.root).lock():
+        result = import_image(project.images, source, origin=origin, engine=project.engine,
+                              project=project.spec.project.name)
+        image = result.image
+        if service is not None:
+            release = ensure_release(project, service, image=image.digest,
+                                     config=project.service(service).release_config(),
+                                     reason=f"image import from {origin}").release
     if json_out:
         render.print_json({"digest": image.digest, "kind": image.kind,
                            "imported": result.imported, "from": origin,
