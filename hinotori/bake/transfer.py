@@ -117,15 +117,21 @@ def _add_entry(tar: tarfile.TarFile, rootfs: Path, entry: ManifestEntry) -> None
 
 
 def import_image(store: ImageStore, source: Path | None, *, origin: str,
-                 engine: EngineFactory | None = None, project: str = "imported"
-                 ) -> ImportResult:
-    """Verify and store the image in the archive at ``source`` (None: stdin)."""
+                 engine: EngineFactory | None = None, project: str = "imported",
+                 expect: str | None = None) -> ImportResult:
+    """Verify and store the image in the archive at ``source`` (None: stdin). ``expect``, a
+    full digest, refuses an archive of any other image: the check against the digest proves the
+    archive is whole, and only a digest got from a trusted side proves it is the right one."""
     started = time.monotonic()
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
     with archive.open_reader(source) as tar:
         items = archive.members(tar, source)
         marker = _marker(read_small(tar, next(items, None), archive.MARKER, source, 1 << 16))
         digest = marker["digest"]
+        if expect is not None and digest != expect:
+            raise ImageArchiveError(f"the archive holds image {digest}, not {expect}",
+                                    hint="check which file you were given; nothing was "
+                                         "imported")
         info = _provenance(read_small(tar, next(items, None), archive.PROVENANCE, source))
         info["kind"] = marker["kind"]  # what Image.kind reads: the header's, checked below
         info["imports"] = [*_list(info.get("imports")), {

@@ -36,6 +36,15 @@ CompressOpt = Annotated[str | None, typer.Option(
     help=f"{' | '.join(COMPRESSIONS)} (default: by -o's suffix; none for stdout)")]
 
 
+def full_digest(text: str) -> str:
+    """A whole digest, "sha256:<64 hex>" (or the 64 hex): a prefix could match another image."""
+    hex_ = text.strip().lower().removeprefix("sha256:")
+    if len(hex_) != 64 or any(c not in "0123456789abcdef" for c in hex_):
+        raise ValueError(f"{text!r} is not a whole digest: give sha256: and all 64 hex "
+                         "characters")
+    return f"sha256:{hex_}"
+
+
 def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
                  compress: CompressOpt = None, json_out: JsonOpt = False) -> None:
     """Write one image (files or OS) to a portable archive: manifest, content, provenance.
@@ -79,6 +88,10 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
                  service: Annotated[str | None, typer.Option(
                      "--service", metavar="SERVICE", help="also make a release of SERVICE "
                      "from the image, ready for `hinotori deploy`")] = None,
+                 digest: Annotated[str | None, typer.Option(
+                     "--digest", metavar="DIGEST", parser=full_digest,
+                     help="refuse the archive unless it holds this image (a digest got from "
+                     "the exporting side)")] = None,
                  json_out: JsonOpt = False) -> None:
     """Store an image from an archive, verified against its digest before it appears.
 
@@ -97,7 +110,7 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
     # Held until the release exists, as a bake does, so `gc` cannot remove the image between.
     with BuildCache.beside(project.images.root).lock():
         result = import_image(project.images, source, origin=origin, engine=project.engine,
-                              project=project.spec.project.name)
+                              project=project.spec.project.name, expect=digest)
         image = result.image
         if service is not None:
             release = ensure_release(project, service, image=image.digest,

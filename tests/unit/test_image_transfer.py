@@ -386,7 +386,8 @@ def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     (["image", "export", "abcdef12", "-o", "-", "--json"], "--json needs"),
     (["image", "export", "abcdef12"], "Missing option"),
     (["image", "import"], "Missing argument"),
-], ids=["suffix", "compress", "json-stdout", "no-output", "no-file"])
+    (["image", "import", "x.tar", "--digest", "sha256:abcdef12"], "not a whole digest"),
+], ids=["suffix", "compress", "json-stdout", "no-output", "no-file", "digest-prefix"])
 def test_usage_errors_exit_2_and_write_nothing(argv, says, tmp_path, capsys,
                                                monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # no spec here: a command that got past its checks fails later
@@ -424,3 +425,15 @@ def test_an_export_that_fails_leaves_no_file(image, tmp_path) -> None:
     with pytest.raises(ImageArchiveError, match="no longer matches"):
         export_image(store, img, tmp_path / "out.tar", compression="zstd")
     assert sorted(os.listdir(tmp_path)) == ["a", "ctx"]
+
+
+def test_an_expected_digest_refuses_any_other_image(image, target, tmp_path) -> None:
+    store, img = image
+    path = tmp_path / "img.tar"
+    export_image(store, img, path, compression="none")
+    other = "sha256:" + "0" * 64
+    with pytest.raises(ImageArchiveError, match=f"holds image {img.digest}, not {other}"):
+        import_image(target, path, origin="x", engine=no_engine, expect=other)
+    assert left_behind(target) == []
+    assert import_image(target, path, origin="x", engine=no_engine,
+                        expect=img.digest).imported
