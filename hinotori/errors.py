@@ -10,6 +10,7 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── SpecError                 exit 2   bad hinotori.toml: file, line, key
     ├── BakeError                          a recipe step failed or reached outside its context
     ├── ImageNotFound                      no image for that reference
+    ├── ImageArchiveError                  an image archive is damaged, hostile or not its digest
     ├── StoreError                         state store unreadable, or newer than this hinotori
     ├── NotFound                           no such service, release, host or deployment
     ├── UnknownName                        no provider, router, strategy… has that name
@@ -105,6 +106,10 @@ class BakeError(HinotoriError):
 
 
 class ImageNotFound(HinotoriError):
+    pass
+
+
+class ImageArchiveError(HinotoriError):
     pass
 
 

@@ -23,6 +23,7 @@ from hinotori.cli import (
     dashboardcmd,
     driftcmd,
     imagecmds,
+    imageiocmds,
     labcmds,
     logcmds,
     machinecmds,
@@ -42,9 +43,12 @@ from hinotori.spec import SPEC_FILE
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
                   help="Immutable Infrastructure: bake, verify, deploy, observe, burn.")
-image_app = typer.Typer(no_args_is_help=True, help="Inspect one image, or diff two.")
+image_app = typer.Typer(no_args_is_help=True,
+                        help="Inspect one image, diff two, export or import one.")
 image_app.command("inspect")(imagecmds.image_inspect)
 image_app.command("diff")(imagecmds.image_diff)
+image_app.command("export")(imageiocmds.image_export)
+image_app.command("import")(imageiocmds.image_import)
 deployment_app = typer.Typer(no_args_is_help=True, help="One deployment's timeline.")
 deployment_app.command("show")(controlcmds.deployment_show)
 

@@ -36,7 +36,7 @@ def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
         return
     render.table(None, ["image", "created", "files", "size", "labels", "releases"],
                  [(render.short_digest(i["digest"]), render.when(i["created_at"]),
-                   "-" if i["files"] is None else i["files"], _size(i["size"]),
+                   "-" if i["files"] is None else i["files"], size_text(i["size"]),
                    " ".join(f"{k}={v}" for k, v in i["labels"].items()),
                    ", ".join(i["releases"]) or "-") for i in rows])
 
@@ -66,18 +66,21 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
         ("context", info.get("context", "-")),
         ("labels", " ".join(f"{k}={v}" for k, v in image.labels.items()) or "-"),
         ("env", " ".join(f"{k}={v}" for k, v in info.get("env", {}).items()) or "-"),
-        ("files", f"{image.file_count} ({_size(image.total_size)})"),
+        ("files", f"{image.file_count} ({size_text(image.total_size)})"),
         ("releases", ", ".join(releases) or "-"),
     ]
     if image.kind == "os":
         files = len([e for e in image.manifest() if e.type == "file"])
         base = info.get("base", {})
-        rows[-2] = ("files", f"{files} ({_size(image.total_size)} in the engine)")
+        rows[-2] = ("files", f"{files} ({size_text(image.total_size)} in the engine)")
         rows[1:1] = [("engine tag", info.get("engine", {}).get("tag", "-")),
                      ("base", f"{base.get('tag', '-')} = {base.get('suite', '?')} "
                               f"{base.get('variant', '?')} {base.get('arch', '?')}, "
                               f"packages: {' '.join(base.get('packages', []))}"),
                      ("workdir", info.get("workdir", "-"))]
+    # Where it was imported from (image import), each hop; the digest never changes.
+    rows[-1:-1] = [("imported", f"from {i.get('from', '?')} at {render.when(i.get('at', 0))}")
+                   for i in info.get("imports", []) if isinstance(i, dict)]
     width = max(len(k) for k, _ in rows) + 2
     for key, value in rows:  # plain lines, not a table: a digest must never be cut short
         console.print(f"{key + ':':<{width}}{value}", highlight=False, markup=False,
@@ -93,7 +96,7 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
     if layers:
         console.print(f"layers ({len(layers)}, newest first):", highlight=False)
         for layer in layers:
-            console.print(f"  {_size(layer['size']):>10}  {layer['created_by'][:120]}",
+            console.print(f"  {size_text(layer['size']):>10}  {layer['created_by'][:120]}",
                           highlight=False, markup=False, soft_wrap=True)
 
 
@@ -140,14 +143,14 @@ def gc(spec: SpecOpt = Path("."),
     for image in result.removed:
         labels = " ".join(f"{k}={v}" for k, v in image.labels.items())
         console.print(f"{verb} {render.short_digest(image.digest)} "
-                      f"({image.file_count} files, {_size(image.total_size)}) {labels}",
+                      f"({image.file_count} files, {size_text(image.total_size)}) {labels}",
                       highlight=False, markup=False)
     for digest, why in result.kept.items():
         console.print(f"kept {render.short_digest(digest)}: {'; '.join(why)}",
                       highlight=False, markup=False)
     c = result.cache
-    console.print(f"{verb} {len(result.removed)} images ({_size(result.freed)}), "
-                  f"{c.snapshots} cache snapshots, {c.blobs} cache blobs ({_size(c.bytes)}), "
+    console.print(f"{verb} {len(result.removed)} images ({size_text(result.freed)}), "
+                  f"{c.snapshots} cache snapshots, {c.blobs} cache blobs ({size_text(c.bytes)}), "
                   f"{len(result.scratch)} scratch directories", highlight=False)
 
 
@@ -221,13 +224,13 @@ def _change_text(what: tuple[str, ...], before: Any, after: Any) -> str:
         elif before.type == after.type == "symlink":
             parts.append(f"target {before.target} -> {after.target}")
         elif before.type == after.type:
-            parts.append(f"content, {_size(before.size)} -> {_size(after.size)}")
+            parts.append(f"content, {size_text(before.size)} -> {size_text(after.size)}")
         else:
             parts.append("content")
     return "; ".join(parts)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
