@@ -36,6 +36,7 @@ from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
 from hinotori.controller.machines import WATCH_EVERY, Machines
+from hinotori.controller.maintenance import MaintenanceMode
 from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
 from hinotori.controller.observing import Observing
@@ -84,6 +85,7 @@ class Controller:
         self.webhook = self.shipping.webhook  # its defences, for the API's push route
         self.observing = Observing(project, self.fleet, self.tasks)
         self.machines = Machines(self.fleet, start_deployment=self.start_deployment)
+        self.maintenance = MaintenanceMode(self.fleet)  # the router's 503s, by service
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
 
