@@ -176,8 +176,8 @@ class Controller:
             replace=replace, reason=reason, strategy=strategy, only=only,
             claimed_actor=claimed_actor)
 
-    def control(self, service: str, action: str) -> None:
-        self.deployments.control(service, action)
+    def control(self, service: str, action: str, actor: str = ACTOR) -> None:
+        self.deployments.control(service, action, actor)
 
     async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         return await self.burning.kill(host_id, actor, claimed_actor)
