@@ -130,19 +130,29 @@ def test_an_operating_tab_rolls_back_by_clicking_and_others_cannot(
     expect(web.locator('[data-maintenance="on"]')).to_have_count(0, timeout=15_000)
     assert router_status(p) == 200
 
+    # Deploy a release picked in the confirmation (the newest is preselected): v2 again.
+    page.locator('[data-actions="web"] [data-action="deploy"]').click()
+    expect(page.locator("#confirm-release option")).to_have_count(2)
+    expect(page.locator("#confirm-release")).to_have_value("2")
+    page.locator("#confirm-release").select_option("2")
+    page.locator("#confirm-ok").click()
+    expect(page.locator("#action-status")).to_contain_text("deployment #")
+    expect(web.locator(".current")).to_have_text("v2", timeout=60_000)
+
     # The audit log names this tab's session as the actor of each change.
     session = page.evaluate("sessionStorage.getItem('hinotori.session')")
     csrf = page.evaluate("sessionStorage.getItem('hinotori.csrf')")
     events = p.json("audit", "web", "--actor", "dashboard:")
     actions = {e["action"] for e in events}  # type: ignore[union-attr]
-    assert {"rollback.started", "service.maintenance-on", "service.maintenance-off"} <= actions
+    assert {"rollback.started", "deploy.started", "service.maintenance-on",
+            "service.maintenance-off"} <= actions, actions
     assert len({e["actor"] for e in events}) == 1  # type: ignore[union-attr]
     page.screenshot(path=str(tmp_path / "dashboard-operate.png"), full_page=True)
     assert page.errors == []
 
     # A read-only tab: no buttons at all, and its forged POST is refused by the API.
     plain = open_page(browser, p.json("dashboard")["url"])  # type: ignore[index]
-    expect(plain.locator('[data-service="web"] .current')).to_have_text("v1")
+    expect(plain.locator('[data-service="web"] .current')).to_have_text("v2")
     expect(plain.locator("button[data-action], button.act")).to_have_count(0)
     expect(plain.locator(".actions")).to_have_count(0)
     forged = plain.evaluate("""() => fetch('/v1/services/web/rollback', {method: 'POST',

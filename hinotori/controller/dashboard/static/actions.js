@@ -6,7 +6,7 @@
 // with this tab's session as the actor. Each one first asks for confirmation in a modal dialog
 // that says exactly what will happen; nothing is sent until the operator confirms.
 
-import { canOperate, post } from "./api.js";
+import { canOperate, get, post } from "./api.js";
 import { h, releaseName } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -28,11 +28,14 @@ export function serviceActions(svc, running) {
         () => `${action} sent to ${name}`));
     }
   } else {
-    if (svc.latest && svc.latest !== svc.current) {
-      buttons.push(button("deploy", `Deploy ${releaseName(svc.latest)}`,
-        `deploy ${releaseName(svc.latest)} of ${name} (now ${releaseName(svc.current)}) with its strategy`,
-        () => post(`/v1/services/${name}/deploy`, { release: svc.latest, reason: "dashboard" }),
-        (answer) => `deployment #${answer.deployment} of ${name} started`));
+    if (svc.latest) {
+      buttons.push(button("deploy", "Deploy…",
+        `deploy the release chosen below to ${name} (now ${releaseName(svc.current)}) with its strategy`,
+        (_, release) => post(`/v1/services/${name}/deploy`,
+                             { release: Number(release), reason: "dashboard" }),
+        (answer) => (answer.deployment === null ? `${name}: that release already serves`
+          : `deployment #${answer.deployment} of ${name} started`),
+        { releases: name, latest: svc.latest }));
     }
     if (svc.previous) {
       buttons.push(button("rollback", `Roll back to ${releaseName(svc.previous)}`,
@@ -77,18 +80,35 @@ function confirmThen(what, run, done, options) {
   const extra = $("confirm-extra");
   extra.hidden = !options.message;
   $("confirm-message").value = "";
+  $("confirm-release-row").hidden = !options.releases;
+  if (options.releases) fillReleases(options.releases, options.latest);
   dialog.returnValue = "";
   dialog.onclose = async () => {
     if (dialog.returnValue !== "confirm") return;
     say("working…", "busy");
     try {
-      const answer = await run($("confirm-message").value.trim());
+      const answer = await run($("confirm-message").value.trim(), $("confirm-release").value);
       say(done(answer), "ok");
     } catch (e) {
       say(e.message, "error");
     }
   };
   dialog.showModal();
+}
+
+// The service's releases, newest first, the newest chosen (what `hinotori deploy` takes).
+async function fillReleases(service, latest) {
+  const select = $("confirm-release");
+  select.replaceChildren(h("option", { value: latest }, releaseName(latest)));
+  select.value = String(latest);
+  try {
+    const rows = await get("/v1/releases", { service });
+    select.replaceChildren(...[...rows].reverse().map((r) => h("option", { value: r.release },
+      `${r.release_name}${r.role ? ` (${r.role})` : ""}${r.reason ? ` · ${r.reason}` : ""}`)));
+    select.value = String(latest);
+  } catch (e) {
+    say(`could not list releases: ${e.message}`, "error");
+  }
 }
 
 function say(text, state) {
