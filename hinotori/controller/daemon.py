@@ -7,6 +7,7 @@ in its own module:
 - deployments.py deployments, their hooks, and a running canary's controls
 - healing.py     the health monitor loop and its heals
 - machines.py    the machines of a fleet watched (up, down, drained) and what follows
+- maintenance.py maintenance mode: the router answers a service's requests with 503
 - burning.py     the reaper, phoenix by age, chaos schedules and kills; the private engine
 - shipping.py    the signed push webhook: bake -> deploy
 - membership.py  discovery files, member events, Serf, on_join/on_leave hooks

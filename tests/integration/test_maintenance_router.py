@@ -22,7 +22,7 @@ from hinotori.loadgen import LoadGenerator
 from hinotori.model import Backend, Maintenance, RoutingTable, ServiceRoute
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
-from hinotori.router.haproxy import HaproxyRouter
+from hinotori.router.haproxy import HaproxyRouter, runtime
 from hinotori.router.haproxy.process import find_binary
 from tests.support import free_port, require
 
@@ -104,6 +104,7 @@ def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router,
     address = f"127.0.0.1:{app.server_address[1]}"
     asyncio.run(router.apply(table(1, address)))
     assert get(router)[0] == 200
+    worker = haproxy_worker(router)
 
     asyncio.run(router.apply(table(2, address, Maintenance(MESSAGE, 300))))
     hits = app.hits
@@ -141,6 +142,15 @@ def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router,
     assert status == 200 and body == b"hello" and "Retry-After" not in headers
     current = asyncio.run(router.current())
     assert current is not None and current.route("web").maintenance is None  # type: ignore[union-attr]
+    assert haproxy_worker(router) == worker  # HAProxy: runtime maps only, never a reload
+
+
+def haproxy_worker(router: Router) -> str | None:
+    """The pid of HAProxy's serving worker (None for the built-in router)."""
+    if not isinstance(router, HaproxyRouter):
+        return None
+    (info,) = asyncio.run(runtime.run(router.stats_socket, ["show info"]))
+    return runtime.parse_info(info)["Pid"]
 
 
 def test_every_answer_under_load_is_the_service_or_a_proper_503(router: Router, app) -> None:  # type: ignore[no-untyped-def]
