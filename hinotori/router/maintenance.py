@@ -2,7 +2,8 @@
 
 The built-in router and HAProxy send the same bytes (HAProxy gets them base64-encoded in a
 map, router/haproxy/config.py), so a client sees one behaviour whichever data plane runs:
-``Retry-After`` always, JSON by default, HTML when its ``Accept`` names ``text/html``.
+``Retry-After`` always, JSON by default, HTML when its ``Accept`` names ``text/html`` and no
+JSON type (a browser navigating).
 """
 
 from __future__ import annotations

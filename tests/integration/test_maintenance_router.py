@@ -126,6 +126,8 @@ def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router,
     assert ("Upgrading the &quot;db&quot;; back &lt;soon&gt; &amp; sorry \\ d&#233;j&#224; vu "
             "line two") in page
     assert "<soon>" not in page
+    status, headers, body = get(router, accept="application/json, text/html;q=0.5")
+    assert status == 503 and headers["Content-Type"].startswith("application/json")
     status, headers, body = get(router, method="HEAD")
     assert status == 503 and headers["Retry-After"] == "300" and body == b""
     assert app.hits == hits  # the host got none of them

@@ -51,6 +51,8 @@ def test_the_builtin_router_answers_json_or_html_with_retry_after() -> None:
     page = http1.maintenance_response(web.maintenance, b"text/html,*/*;q=0.8", close=True)
     assert b"Content-Type: text/html" in page and b"Connection: close" in page
     assert b"Back at &lt;10:00&gt; &amp; &quot;soon&quot;" in page
+    assert not http1.wants_html(b"application/json, text/html;q=0.5")  # JSON named: JSON
+    assert not http1.wants_html(b"*/*") and not http1.wants_html(None)
     head_only = http1.maintenance_response(web.maintenance, None, close=False, head=True)
     assert head_only.endswith(b"\r\n\r\n")  # HEAD: the length announced, no body sent
 

@@ -239,9 +239,13 @@ def router_response(status: int, text: str, *, close: bool, http11: bool = True,
 
 
 def wants_html(accept: bytes | None) -> bool:
-    """A maintenance answer is HTML when the client's Accept names text/html (a browser),
-    JSON otherwise (API clients, curl); HAProxy decides the same way (router/haproxy)."""
-    return accept is not None and b"text/html" in accept.lower()
+    """A maintenance answer is HTML when the client's Accept names text/html and no JSON type
+    (a browser navigating), JSON otherwise (API clients, scripts, curl's */*); HAProxy
+    decides the same way (router/haproxy/config.py)."""
+    if accept is None:
+        return False
+    accept = accept.lower()
+    return b"text/html" in accept and b"json" not in accept
 
 
 def maintenance_response(answer: tuple[bytes, bytes, bytes], accept: bytes | None, *,

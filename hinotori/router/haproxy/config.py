@@ -266,7 +266,7 @@ def _maintenance_lines(s: Settings, svc: str) -> list[str]:
     return [
         f'  {answer} content-type "{maintenance.HTML_TYPE.decode()}" '
         f'lf-string "%[str({svc}),map({page}),b64dec]" if {on} '
-        "{ req.hdr(accept) -m sub -i text/html }",
+        "{ req.hdr(accept) -m sub -i text/html } !{ req.hdr(accept) -m sub -i json }",
         f'  {answer} content-type "{maintenance.JSON_TYPE.decode()}" '
         f'lf-string "%[str({svc}),map({js}),b64dec]" if {on}',
     ]
