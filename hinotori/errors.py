@@ -20,7 +20,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── RouterError                        the data plane could not be started or reached
     │   └── RuntimeApiError                HAProxy's runtime socket did not answer, or refused
     ├── ControllerError                    controller not running, unreachable, or refused us
-    │   └── Unauthorised                   missing or wrong API token or webhook signature
+    │   ├── Unauthorised                   missing or wrong API token or webhook signature
+    │   └── Forbidden                      signed in, but not allowed that (read-only, cross-site)
     ├── DeployError                        a deployment failed; traffic stayed where it was
     │   ├── LockedError                    another deployment of the service holds the lock
     │   └── CanaryFailed                   the canary was judged worse, or aborted: rolled back
@@ -29,7 +30,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── LogsError                          logs.db unreadable, or a query got wrong
     │   └── ForwardError                   a log receiver refused or could not be reached
     │       └── Rejected                   … and refused these lines for good
-    └── LabError                           `hinotori lab` could not make or reach a machine
+    ├── LabError                           `hinotori lab` could not make or reach a machine
+    └── MaintenanceError                   maintenance mode asked with a bad message or delay
 
 ForwardError and Rejected never reach a user: the log forward loop turns them into back-off (or
 a dropped batch) and an event.
@@ -154,6 +156,11 @@ class Unauthorised(ControllerError):
     pass
 
 
+class Forbidden(ControllerError):
+    """Good credentials that may not do this (a read-only dashboard session; a request from
+    another site): HTTP 403."""
+
+
 class DeployError(HinotoriError):
     pass
 
@@ -189,6 +196,10 @@ class Rejected(ForwardError):
 
 
 class LabError(HinotoriError):
+    pass
+
+
+class MaintenanceError(HinotoriError):
     pass
 
 

@@ -162,6 +162,23 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Maintenance:
+    """A service in maintenance: the router answers its requests itself, 503 with
+    ``Retry-After: retry_after`` and ``message`` (JSON, or HTML when the client asks for it),
+    and sends nothing to its hosts (they keep running, checked and deployable)."""
+
+    message: str = "This service is down for maintenance."
+    retry_after: int = 300  # seconds, as the Retry-After header says them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "retry_after": self.retry_after}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Maintenance:
+        return cls(message=str(d["message"]), retry_after=int(d["retry_after"]))
+
+
+@dataclass(frozen=True)
 class ServiceRoute:
     """How requests reach one service: which requests match, and which backends serve them.
 
@@ -177,18 +194,24 @@ class ServiceRoute:
     path_prefix: str = "/"
     canary: int | None = None  # the release being canaried, if any
     sticky: bool = False  # while two releases serve, a client keeps the one it first got
+    maintenance: Maintenance | None = None  # set: every request gets a 503 from the router
 
     def to_dict(self) -> dict[str, Any]:
-        return {"service": self.service, "hosts": list(self.hosts),
-                "path_prefix": self.path_prefix, "canary": self.canary, "sticky": self.sticky,
-                "backends": [asdict(b) for b in self.backends]}
+        d = {"service": self.service, "hosts": list(self.hosts),
+             "path_prefix": self.path_prefix, "canary": self.canary, "sticky": self.sticky,
+             "backends": [asdict(b) for b in self.backends]}
+        if self.maintenance is not None:  # absent otherwise: the wire form stays as it was
+            d["maintenance"] = self.maintenance.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServiceRoute:
         return cls(service=d["service"], hosts=tuple(d.get("hosts", ())),
                    path_prefix=d.get("path_prefix", "/"), canary=d.get("canary"),
                    sticky=bool(d.get("sticky", False)),
-                   backends=tuple(Backend(**b) for b in d.get("backends", ())))
+                   backends=tuple(Backend(**b) for b in d.get("backends", ())),
+                   maintenance=Maintenance.from_dict(d["maintenance"])
+                   if d.get("maintenance") else None)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from hinotori.cli import (
     labcmds,
     logcmds,
     machinecmds,
+    maintenancecmds,
     metricscmd,
     render,
     verifycmds,
@@ -180,6 +181,7 @@ app.add_typer(image_app, name="image", rich_help_panel=IMAGES)
 app.command("machines", rich_help_panel=MACHINES)(machinecmds.machines)
 app.add_typer(machinecmds.machine_app, name="machine", rich_help_panel=MACHINES)
 app.add_typer(labcmds.lab_app, name="lab", rich_help_panel=MACHINES)
+app.add_typer(maintenancecmds.maintenance_app, name="maintenance", rich_help_panel=LIFECYCLE)
 
 
 def paragraphs(text: str | None) -> list[str]:

@@ -395,6 +395,12 @@ def status(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
                  [(s["name"], _v(s["current"]), _v(s["previous"]), _v(s["latest"]),
                    s["replicas"], " ".join(f"{k}={v}" for k, v in sorted(s["hosts"].items())),
                    s["locked_by"] or "") for s in data["services"]])
+    for s in data["services"]:
+        if m := s.get("maintenance"):
+            console.print(f"{s['name']}: in maintenance (503, Retry-After {m['retry_after']}s) "
+                          f"since {render.seconds(time.time() - m['since'])} ago, by "
+                          f"{m['actor']}: {m['message']}", markup=False, highlight=False,
+                          soft_wrap=True)
 
 
 def _offline_status(project: Project, name: str) -> dict[str, Any]:
@@ -406,7 +412,8 @@ def _offline_status(project: Project, name: str) -> dict[str, Any]:
             counts[str(h.state)] = counts.get(str(h.state), 0) + 1
     return {"name": name, "current": current, "previous": previous,
             "latest": latest.number if latest else None,
-            "replicas": project.service(name).replicas, "hosts": counts, "locked_by": None}
+            "replicas": project.service(name).replicas, "hosts": counts, "locked_by": None,
+            "maintenance": project.store.maintenance_all().get(name)}
 
 
 def _v(n: int | None) -> str:

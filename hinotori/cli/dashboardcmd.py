@@ -29,21 +29,27 @@ def sign_in_url(address: str, ticket: str) -> str:
 
 def dashboard(spec: SpecOpt = Path("."), json_out: JsonOpt = False,
               open_: Annotated[bool, typer.Option("--open", help="open it in the default "
-                                                  "browser too")] = False) -> None:
+                                                  "browser too")] = False,
+              operate: Annotated[bool, typer.Option(
+                  "--operate", help="the sign-in may act too: deploy, roll back, steer a "
+                  "canary, maintenance, burn a host (each confirmed, and audited)")] = False
+              ) -> None:
     """Print a one-time sign-in link for the web dashboard.
 
-    The link works once, within two minutes, and gives that browser tab a read-only view until
-    the tab closes or the controller restarts."""
+    The link works once, within two minutes, and gives that browser tab a read-only view (with
+    --operate: a view with action buttons) until the tab closes or the controller restarts."""
     client = ControllerClient(Project.load(spec), timeout=10.0)
     try:
-        answer = client.call("POST", "/v1/dashboard/ticket")
+        answer = client.call("POST", "/v1/dashboard/ticket", json={"operate": operate})
     finally:
         client.close()
     url = sign_in_url(client.info["address"], answer["ticket"])
     if json_out:
-        render.print_json({"url": url, "expires_in": answer["expires_in"]})
+        render.print_json({"url": url, "expires_in": answer["expires_in"],
+                           "operate": operate})
     else:
-        console.print(f"dashboard: {url}", soft_wrap=True, highlight=False)
+        kind = "dashboard (may operate)" if operate else "dashboard"
+        console.print(f"{kind}: {url}", soft_wrap=True, highlight=False)
         console.print(f"[dim]the link works once, within "
                       f"{render.seconds(answer['expires_in'])}; run `hinotori dashboard` again "
                       "for another[/]")

@@ -33,20 +33,22 @@ from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.guard import Credentials, RequestGuard, error_body
 from hinotori.controller.machinesapi import MachinesParts, machine_routes
+from hinotori.controller.maintenance import MaintenanceMode
+from hinotori.controller.maintenanceapi import maintenance_routes
 from hinotori.controller.metricsapi import history_routes, live_routes
 from hinotori.controller.readapi import read_routes
 from hinotori.controller.webhook import Webhook
 from hinotori.controller.webhookapi import webhook_routes
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
-from hinotori.errors import HinotoriError, LockedError, NotFound, Unauthorised
+from hinotori.errors import Forbidden, HinotoriError, LockedError, NotFound, Unauthorised
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline
 from hinotori.observe.metrics import MetricsRecorder
 from hinotori.project import Project
 from hinotori.store import Store
 
-_STATUS = {Unauthorised: 401, LockedError: 409, NotFound: 404}
+_STATUS = {Unauthorised: 401, Forbidden: 403, LockedError: 409, NotFound: 404}
 
 
 class ControllerParts(Protocol):
@@ -70,10 +72,11 @@ class ControllerParts(Protocol):
     async def kill(self, host_id: str, actor: str,
                    claimed_actor: str | None = None) -> Host: ...
 
-    def control(self, service: str, action: str) -> None: ...
+    def control(self, service: str, action: str, actor: str = ...) -> None: ...
 
     webhook: Webhook  # the push webhook's defences
     machines: MachinesParts  # the machines of a fleet, watched
+    maintenance: MaintenanceMode  # services the router answers 503 for
 
     async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
                    source: str) -> list[str]: ...
@@ -117,6 +120,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
     @api.get("/v1/status")
     async def status() -> dict[str, Any]:
         services = []
+        maintenance = store.maintenance_all()
         for name in sorted(controller.project.spec.services):
             current, previous = store.service_releases(name)
             counts: dict[str, int] = {}
@@ -128,6 +132,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
                 "name": name, "current": current, "previous": previous,
                 "replicas": fleet.service(name).replicas, "hosts": counts,
                 "locked_by": lock[0] if lock else None,
+                "maintenance": maintenance.get(name),
                 "latest": (r.number if (r := store.latest_release(name)) else None)})
         return {"pid": os.getpid(), "version": __version__,
                 "uptime_s": round(time.time() - controller.started_at, 1),
@@ -137,6 +142,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
     app.include_router(webhook_routes(controller.webhook, controller.push, store.record))
     api.include_router(read_routes(store, controller.logs.store))
     api.include_router(machine_routes(controller.machines))
+    api.include_router(maintenance_routes(controller.maintenance))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))
     dashboard.mount(app, api, sessions)  # the page at /, its sign-in, /v1/dashboard/ticket

@@ -1,5 +1,6 @@
 """API routes that change things: deploy, roll back, rotate, kill a host, steer a running
-canary, stop the controller. Only the API token reaches them (a dashboard session only reads).
+canary, stop the controller. The API token reaches them, and an operating dashboard session
+from its own page (guard.py); a read-only session is refused before any route runs.
 
 Who did it is what the credentials proved (``token``; see guard.py), recorded as the event's
 actor. The ``actor`` a client puts in the body (`cli:alice`) proves nothing: it is kept beside
@@ -48,9 +49,9 @@ class KillHost(Protocol):
 
 
 def control_routes(start_deployment: StartDeployment, kill: KillHost,
-                   control: Callable[[str, str], None],
+                   control: Callable[[str, str, str], None],
                    stop: Callable[[bool], None]) -> APIRouter:
-    """``control(service, action)`` steers a running canary; ``stop(teardown)`` ends the
+    """``control(service, action, actor)`` steers a running canary; ``stop(teardown)`` ends the
     controller (and with ``teardown`` its hosts and router)."""
     routes = APIRouter()
 
@@ -81,11 +82,11 @@ def control_routes(start_deployment: StartDeployment, kill: KillHost,
         return (await kill(host_id, _principal(request), body.actor)).view()
 
     @routes.post("/v1/services/{service}/{action}")
-    async def steer(service: str, action: str) -> dict[str, Any]:
+    async def steer(request: Request, service: str, action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise NotFound(f"no action {action!r}",
                            hint="actions: deploy, rollback, phoenix, bake, " + ", ".join(ACTIONS))
-        control(service, action)
+        control(service, action, _principal(request))
         return {"service": service, "action": action}
 
     @routes.post("/v1/shutdown")

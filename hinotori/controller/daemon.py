@@ -7,6 +7,7 @@ in its own module:
 - deployments.py deployments, their hooks, and a running canary's controls
 - healing.py     the health monitor loop and its heals
 - machines.py    the machines of a fleet watched (up, down, drained) and what follows
+- maintenance.py maintenance mode: the router answers a service's requests with 503
 - burning.py     the reaper, phoenix by age, chaos schedules and kills; the private engine
 - shipping.py    the signed push webhook: bake -> deploy
 - membership.py  discovery files, member events, Serf, on_join/on_leave hooks
@@ -36,6 +37,7 @@ from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
 from hinotori.controller.machines import WATCH_EVERY, Machines
+from hinotori.controller.maintenance import MaintenanceMode
 from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
 from hinotori.controller.observing import Observing
@@ -84,6 +86,7 @@ class Controller:
         self.webhook = self.shipping.webhook  # its defences, for the API's push route
         self.observing = Observing(project, self.fleet, self.tasks)
         self.machines = Machines(self.fleet, start_deployment=self.start_deployment)
+        self.maintenance = MaintenanceMode(self.fleet)  # the router's 503s, by service
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
 
@@ -174,8 +177,8 @@ class Controller:
             replace=replace, reason=reason, strategy=strategy, only=only,
             claimed_actor=claimed_actor)
 
-    def control(self, service: str, action: str) -> None:
-        self.deployments.control(service, action)
+    def control(self, service: str, action: str, actor: str = ACTOR) -> None:
+        self.deployments.control(service, action, actor)
 
     async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         return await self.burning.kill(host_id, actor, claimed_actor)

@@ -108,15 +108,16 @@ class Deployments:
                    f"deployment {number}")
         return number
 
-    def control(self, service: str, action: str) -> None:
-        """pause | resume | promote | abort the running canary of ``service``."""
+    def control(self, service: str, action: str, actor: str = ACTOR) -> None:
+        """pause | resume | promote | abort the running canary of ``service``; ``actor``: who
+        asked, for the audit log."""
         self.fleet.service(service)
         control = self.controls.get(service)
         if control is None:
             raise DeployError(f"{service} has no canary deployment running",
                               hint="pause, resume, promote and abort act on a running canary")
         control.request(action)
-        self.store.record(ACTOR, f"deploy.{action}", service, {"by": "operator"})
+        self.store.record(actor, f"deploy.{action}", service, {"by": "operator"})
 
     async def _run_deployment(self, number: int, service: str, kind: str, target: int,
                               hold: Any, strategy: str, only: set[str] | None = None) -> None:

@@ -6,9 +6,12 @@ from anyone grew the controller by 685 MB). Here, per request, from the headers 
 
 1. **Who.** Every path but the open ones (the dashboard's page, assets and sign-in; the push
    webhook, which checks its own HMAC signature) needs ``Authorization: Bearer <credentials>``
-   (the scheme in any case, RFC 7235): the API token, or a dashboard session for reads. The
-   route sees what the credentials proved as ``scope["hinotori.principal"]``: ``token`` or
-   ``dashboard:<id>`` (a hash prefix, never the secret). Anything else: 401, body unread.
+   (the scheme in any case, RFC 7235): the API token, or a dashboard session (reads; and
+   changes for an operating one that proves it comes from its own page: same ``Origin``, or
+   ``Referer``, as the ``Host`` asked, and the session's CSRF token). The route sees what the
+   credentials proved as ``scope["hinotori.principal"]``: ``token`` or ``dashboard:<id>`` (a
+   hash prefix, never the secret). Unknown credentials: 401; a session asking for what it
+   may not do: 403; both with the body unread.
 2. **How much.** A ``Content-Length`` over the path's cap: 413 at once, body unread. A body
    without one (chunked) is counted as the route reads it, and answered 413 as soon as the
    count passes the cap; nothing past the cap is ever buffered.
@@ -23,9 +26,10 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from hinotori.controller.dashboard.sessions import DashboardSessions
-from hinotori.errors import ControllerError, HinotoriError, Unauthorised
+from hinotori.controller.dashboard.sessions import CSRF_HEADER, PRINCIPAL, DashboardSessions
+from hinotori.errors import ControllerError, Forbidden, HinotoriError, Unauthorised
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,7 +45,6 @@ API_BODY_CAP = 1 * MiB
 # body comes from nothing we ship on; it is read whole only to check its signature.
 WEBHOOK_BODY_CAP = 25 * MiB
 WEBHOOK_PATH = "/v1/webhooks/push"
-PRINCIPAL = "hinotori.principal"  # the scope key routes read what the credentials proved from
 TOKEN_HINT = "send `Authorization: Bearer <token>`; the token is in .hinotori/token of the project"
 
 
@@ -62,9 +65,11 @@ class Credentials:
         self._token = token.encode()
         self.sessions = sessions
 
-    def principal(self, header: str | None, method: str) -> str:
-        """``token`` or ``dashboard:<id>`` for good credentials; Unauthorised otherwise (also
-        for a dashboard session asking to change something)."""
+    def principal(self, header: str | None, method: str, *, csrf: str | None = None,
+                  same_origin: bool = False) -> str:
+        """``token`` or ``dashboard:<id>`` for good credentials; Unauthorised otherwise, and
+        Forbidden for a dashboard session asking for a change it may not make (see
+        ``DashboardSessions.authorise``: ``csrf`` and ``same_origin`` are its proofs)."""
         if not header:
             raise Unauthorised("missing API token", hint=TOKEN_HINT)
         scheme, _, given = header.strip().partition(" ")
@@ -72,12 +77,26 @@ class Credentials:
         if scheme.lower() != "bearer" or not given:
             raise Unauthorised("the Authorization header must be `Bearer <token>`",
                                hint=TOKEN_HINT)
-        if self.sessions.authorise(given, method):
+        if self.sessions.authorise(given, method, csrf=csrf, same_origin=same_origin):
             return f"dashboard:{session_id(given)}"
         # Headers arrive as latin-1: compare bytes, so a non-ASCII guess is just wrong.
         if not secrets.compare_digest(given.encode("latin-1", "replace"), self._token):
             raise Unauthorised("missing or wrong API token", hint=TOKEN_HINT)
         return "token"
+
+
+def same_origin(headers: list[tuple[bytes, bytes]], scheme: str) -> bool:
+    """The request names the origin it was asked for as its own: ``Origin`` (every browser
+    sends it on a POST), else ``Referer``, is ``scheme://Host``. Neither: not provable."""
+    host = _header(headers, b"host")
+    origin = _header(headers, b"origin")
+    if origin is None or origin == "null":
+        referer = _header(headers, b"referer")
+        if not referer:
+            return False
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return bool(host) and origin.strip().lower() == f"{scheme}://{host}".lower()
 
 
 def session_id(session: str) -> str:
@@ -100,9 +119,14 @@ class RequestGuard:
         if self.credentials is not None and not is_open(path):
             try:
                 scope[PRINCIPAL] = self.credentials.principal(
-                    _header(headers, b"authorization"), scope["method"])
+                    _header(headers, b"authorization"), scope["method"],
+                    csrf=_header(headers, CSRF_HEADER.encode()),
+                    same_origin=same_origin(headers, scope.get("scheme", "http")))
             except Unauthorised as e:
                 await answer(send, 401, e, {"www-authenticate": "Bearer"})
+                return
+            except Forbidden as e:
+                await answer(send, 403, e)
                 return
         cap = body_cap(path)
         length = _header(headers, b"content-length")

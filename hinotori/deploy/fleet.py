@@ -222,7 +222,8 @@ class Fleet:
                              for h in serving if h.address and not self.unreachable(h))
             routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
                                        path_prefix=svc.path_prefix, canary=canary,
-                                       sticky=getattr(svc.strategy, "sticky", False)))
+                                       sticky=getattr(svc.strategy, "sticky", False),
+                                       maintenance=self.store.maintenance(name)))
         fleet = any(svc.machines for svc in self.spec.services.values())
         lost = sorted({h.address for h in self.store.hosts(states=[*LIVE_STATES, HostState.LOST])
                        if h.address and self.unreachable(h)}) if fleet else []

@@ -54,4 +54,11 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY, state TEXT NOT NULL, drained INTEGER NOT NULL DEFAULT 0,
         last_seen REAL, engine TEXT, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
     """,
+    # 5 (maintenance mode): the services the router answers 503 for, with the message and
+    # Retry-After it sends, since when and on whose word.
+    """
+    CREATE TABLE maintenance (
+        service TEXT PRIMARY KEY, message TEXT NOT NULL, retry_after INTEGER NOT NULL,
+        since REAL NOT NULL, actor TEXT NOT NULL);
+    """,
 ]

@@ -22,6 +22,7 @@ from typing import Any
 from hinotori.errors import NotFound, StoreError
 from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
 from hinotori.store.base import SqliteBase
+from hinotori.store.maintenance import MaintenanceStore
 from hinotori.store.migrations import MIGRATIONS
 
 
@@ -33,7 +34,7 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class Store(SqliteBase):
+class Store(MaintenanceStore, SqliteBase):
     what = "the state store"
     loses = "releases, hosts and the event log"
     error = StoreError

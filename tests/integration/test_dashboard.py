@@ -232,7 +232,7 @@ def test_without_a_sign_in_the_page_says_how_and_the_api_refuses(running: CliPro
         "(s) => fetch('/v1/services/web/deploy', {method: 'POST', headers: {Authorization: "
         "'Bearer ' + s, 'Content-Type': 'application/json'}, body: '{}'})"
         ".then(async r => [r.status, await r.text()])", session)
-    assert refused[0] == 401 and "can only read" in refused[1]
+    assert refused[0] == 403 and "can only read" in refused[1]
 
     # The page's own arithmetic, run in the browser on data of the test's choosing: a canary
     # at 5% with 3 stable hosts and 1 canary host (weights 95 each and 15: canary.weights).

@@ -93,7 +93,7 @@ def test_a_dashboard_session_reads_under_its_own_name_and_never_writes(app: App)
     assert principal.startswith("dashboard:") and session not in principal
     assert principal == f"dashboard:{guard.session_id(session)}"
     refused = app.client.post("/v1/echo", content=b"{}", headers=bearer(f"Bearer {session}"))
-    assert refused.status_code == 401 and "can only read" in refused.json()["error"]
+    assert refused.status_code == 403 and "can only read" in refused.json()["error"]
     assert "/v1/echo" not in app.reached
 
 

@@ -15,7 +15,7 @@ from hinotori.controller import dashboard
 from hinotori.controller.dashboard import sessions as sessions_mod
 from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.guard import Credentials, RequestGuard
-from hinotori.errors import HinotoriError, Unauthorised
+from hinotori.errors import Forbidden, HinotoriError, Unauthorised
 
 
 class Clock:
@@ -54,8 +54,8 @@ def test_a_session_reads_but_never_writes() -> None:
     session = s.redeem(s.issue_ticket())
     assert s.authorise(session, "GET") and s.authorise(session, "head")
     for method in ("POST", "PUT", "DELETE", "PATCH"):
-        with pytest.raises(Unauthorised, match="can only read"):
-            s.authorise(session, method)
+        with pytest.raises(Forbidden, match="can only read"):
+            s.authorise(session, method, csrf="x", same_origin=True)
     assert not s.authorise("", "GET") and not s.authorise("made-up", "GET")
 
 
@@ -89,7 +89,8 @@ def client() -> TestClient:
 
     @app.exception_handler(HinotoriError)
     async def _error(_: Request, exc: HinotoriError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=401)
+        status = 403 if isinstance(exc, Forbidden) else 401
+        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status)
 
     @api.get("/v1/status")
     async def status() -> dict[str, str]:
@@ -122,7 +123,7 @@ def test_sign_in_end_to_end(client: TestClient) -> None:
     bearer = {"Authorization": f"Bearer {answer.json()['token']}"}
     assert client.get("/v1/status", headers=bearer).json() == {"ok": "yes"}
     refused = client.post("/v1/dashboard/ticket", headers=bearer)  # a session mints nothing
-    assert refused.status_code == 401 and "can only read" in refused.json()["error"]
+    assert refused.status_code == 403 and "can only read" in refused.json()["error"]
     again = client.post("/ui/session", json={"ticket": ticket.json()["ticket"]})
     assert again.status_code == 401 and "already used" in again.json()["error"]
 

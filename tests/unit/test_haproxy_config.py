@@ -106,6 +106,8 @@ def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
         config.map_file(s, svc).write_text(config.map_text(entries))
     config.sticky_file(s).write_text(config.map_text({"web": "1"}))
     config.sample_file(s).write_text(config.map_text({config.SAMPLE_KEY: "7"}))
+    for name, entries in p.maintenance.items():  # maintenance mode's maps
+        config.maintenance_file(s, name).write_text(config.map_text(entries))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(config.render(s, p, loaded=True))
     result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True,

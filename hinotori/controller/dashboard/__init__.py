@@ -3,7 +3,9 @@
 No build step, no npm, nothing loaded from the internet: the page is plain ES modules under
 ``static/`` that poll the same JSON API the CLI uses. The files themselves are public (they hold
 no data); every ``/v1`` call the page makes carries a bearer token, a read-only session obtained
-through ``sessions.py``. ``/`` serves the page, ``/ui/NAME`` its assets (looked up by exact name
+through ``sessions.py`` (read-only, or operating: then the page shows action buttons, each
+behind a confirmation, and sends the session's CSRF token with every change). ``/`` serves the
+page, ``/ui/NAME`` its assets (looked up by exact name
 in a fixed table, so no path can reach outside ``static/``).
 
 The page's Content-Security-Policy allows scripts, styles and fetches from this origin only:
@@ -16,11 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from hinotori.controller.dashboard.sessions import TICKET_TTL, DashboardSessions
+from hinotori.controller.dashboard.sessions import PRINCIPAL, TICKET_TTL, DashboardSessions
+from hinotori.errors import Forbidden
 
 STATIC = Path(__file__).parent / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -40,6 +43,10 @@ class RedeemBody(BaseModel):
     ticket: str = Field(min_length=1, max_length=200)
 
 
+class TicketBody(BaseModel):
+    operate: bool = False  # the session may act, not only read
+
+
 def mount(app: FastAPI, api: APIRouter, sessions: DashboardSessions) -> None:
     """Add the page and its sign-in to ``app``; ``api`` is the token-protected router."""
 
@@ -53,14 +60,23 @@ def mount(app: FastAPI, api: APIRouter, sessions: DashboardSessions) -> None:
 
     @app.post("/ui/session")
     async def redeem(body: RedeemBody) -> dict[str, Any]:
-        """Exchange a one-time sign-in ticket (from `hinotori dashboard`) for a read-only
-        session token, sent by the page as its bearer token."""
-        return {"token": sessions.redeem(body.ticket)}
+        """Exchange a one-time sign-in ticket (from `hinotori dashboard`) for a session token,
+        sent by the page as its bearer token; an operating one comes with its CSRF token."""
+        token = sessions.redeem(body.ticket)
+        found = sessions.session(token)
+        operate = bool(found and found.operate)
+        return {"token": token, "operate": operate, "csrf": found.csrf if found else ""}
 
     @api.post("/v1/dashboard/ticket")
-    async def ticket() -> dict[str, Any]:
-        """A one-time ticket for the dashboard's sign-in link (needs the API token)."""
-        return {"ticket": sessions.issue_ticket(), "expires_in": TICKET_TTL}
+    async def ticket(request: Request, body: TicketBody | None = None) -> dict[str, Any]:
+        """A one-time ticket for the dashboard's sign-in link (needs the API token: a
+        session never mints another, which would outlive it)."""
+        if request.scope.get(PRINCIPAL) != "token":
+            raise Forbidden("only the API token issues dashboard sign-in links",
+                            hint="run `hinotori dashboard` in the project directory")
+        operate = body.operate if body else False
+        return {"ticket": sessions.issue_ticket(operate), "expires_in": TICKET_TTL,
+                "operate": operate}
 
 
 def _asset(name: str) -> FileResponse:

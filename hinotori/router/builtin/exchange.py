@@ -51,6 +51,7 @@ CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, th
 
 class Exchange:
     __slots__ = (
+        "accept",
         "attempts",
         "body_chunked",
         "client",
@@ -103,6 +104,7 @@ class Exchange:
         self.reject: tuple[int, str] | None = None
         self.release_hint: bytes | None = None  # X-Hinotori-Release
         self.cookie: bytes | None = None
+        self.accept: bytes | None = None
         self.route: CompiledRoute | None = None
         self.release: int | None = None         # the release this request is held to
         self.set_cookie = False                 # sticky route: tell the client its release
@@ -141,6 +143,7 @@ class Exchange:
         self.expect_continue = head.expect_continue and self.http11
         self.release_hint = head.release
         self.cookie = head.cookie
+        self.accept = head.accept
         if self.method in http1.IDEMPOTENT_METHODS:
             self.replay = []
         self._push(head.data)
@@ -202,6 +205,9 @@ class Exchange:
             self._reply(404, "no route for this host and path")
             return
         self.route = route
+        if route.maintenance is not None:
+            self._maintenance(route.maintenance)
+            return
         if route.selects_release:
             self.release = route.wanted(self.release_hint,
                                         http1.cookie_value(self.cookie, route.cookie))
@@ -390,6 +396,13 @@ class Exchange:
         self.client.transport.write(  # type: ignore[union-attr]
             http1.router_response(status, text, close=close, http11=self.http11,
                                   head=self.method == b"HEAD"))
+        self._finish(close)
+
+    def _maintenance(self, answer: tuple[bytes, bytes, bytes]) -> None:
+        """The service is in maintenance: the router answers; no backend is involved."""
+        close = not self.keep_alive or not self.request_complete or self.client.closing
+        self.client.transport.write(http1.maintenance_response(  # type: ignore[union-attr]
+            answer, self.accept, close=close, http11=self.http11, head=self.method == b"HEAD"))
         self._finish(close)
 
     def _observe(self, status: int) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from hinotori.router.maintenance import HTML_TYPE, JSON_TYPE
+
 # Headers that describe one connection, not the message (RFC 9110 section 7.6.1). A proxy must not
 # forward them; any header named in ``Connection`` is hop-by-hop as well.
 HOP_BY_HOP = frozenset({
@@ -54,10 +56,12 @@ def split_host(host: bytes) -> bytes:
 class RequestHead:
     """A client request, analysed: the bytes to send upstream and what routing needs."""
 
-    __slots__ = ("chunked", "cookie", "data", "expect_continue", "host", "path", "release")
+    __slots__ = ("accept", "chunked", "cookie", "data", "expect_continue", "host", "path",
+                 "release")
 
     def __init__(self, data: bytes, host: bytes, path: bytes, chunked: bool,
-                 expect_continue: bool, release: bytes | None, cookie: bytes | None) -> None:
+                 expect_continue: bool, release: bytes | None, cookie: bytes | None,
+                 accept: bytes | None = None) -> None:
         self.data = data          # request line + headers, ready to write upstream
         self.host = host          # lower-case, no port; b"" when the request had none
         self.path = path          # path without query, for prefix matching
@@ -65,6 +69,7 @@ class RequestHead:
         self.expect_continue = expect_continue
         self.release = release    # X-Hinotori-Release, if sent
         self.cookie = cookie      # Cookie header(s), if sent (for sticky routes)
+        self.accept = accept      # Accept, if sent (a maintenance answer's format)
 
 
 def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
@@ -83,6 +88,7 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
     expect_continue = False
     release: bytes | None = None
     cookie: bytes | None = None
+    accept: bytes | None = None
     conn_values: list[bytes] = []
     kept: list[tuple[bytes, bytes, bytes]] = []
     for name, value in headers:
@@ -103,6 +109,8 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
             cookie = value if cookie is None else cookie + b"; " + value
         elif lname == b"x-hinotori-release":
             release = value
+        elif lname == b"accept":
+            accept = value if accept is None else accept + b", " + value
         elif lname == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
             continue
@@ -138,7 +146,7 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
         lines += (b"Transfer-Encoding: ", te, b"\r\n")
     lines.append(b"\r\n")
     return RequestHead(b"".join(lines), split_host(host) if host else b"", path,
-                       te is not None, expect_continue, release, cookie)
+                       te is not None, expect_continue, release, cookie, accept)
 
 
 def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
@@ -228,3 +236,29 @@ def router_response(status: int, text: str, *, close: bool, http11: bool = True,
     return b"%bContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%b" \
            b"Server: hinotori\r\n\r\n%b" % (status_line(status, b""), len(body), conn,
                                                b"" if head else body)
+
+
+def wants_html(accept: bytes | None) -> bool:
+    """A maintenance answer is HTML when the client's Accept names text/html and no JSON type
+    (a browser navigating), JSON otherwise (API clients, scripts, curl's */*); HAProxy
+    decides the same way (router/haproxy/config.py)."""
+    if accept is None:
+        return False
+    accept = accept.lower()
+    return b"text/html" in accept and b"json" not in accept
+
+
+def maintenance_response(answer: tuple[bytes, bytes, bytes], accept: bytes | None, *,
+                         close: bool, http11: bool = True, head: bool = False) -> bytes:
+    """The router's own 503 for a service in maintenance. ``answer``: (Retry-After, JSON body,
+    HTML body). ``Retry-After`` always; never cached (the service comes back); ``Vary:
+    Accept`` because the body's format depends on it."""
+    retry_after, json_body, html_body = answer
+    html = wants_html(accept)
+    body = html_body if html else json_body
+    conn = b"Connection: close\r\n" if close else (b"" if http11 else
+                                                   b"Connection: keep-alive\r\n")
+    return (b"%bRetry-After: %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\nVary: Accept\r\n%bServer: hinotori\r\n\r\n%b"
+            % (status_line(503, b""), retry_after, HTML_TYPE if html else JSON_TYPE,
+               len(body), conn, b"" if head else body))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hinotori.model import LATENCY_BUCKETS_MS, RoutingTable, ServiceRoute
+from hinotori.router import maintenance
 from hinotori.router.builtin.http1 import split_host
 from hinotori.router.builtin.listener import parse_address
 
@@ -92,6 +93,8 @@ class CompiledRoute:
     canary: int | None = None
     sticky: bool = False                  # only when more than one release serves
     cookie: bytes = b""                   # sticky cookie name: hinotori-<service>
+    # In maintenance: (Retry-After value, JSON body, HTML body), built once per table.
+    maintenance: tuple[bytes, bytes, bytes] | None = None
 
     @property
     def selects_release(self) -> bool:
@@ -194,6 +197,17 @@ def _check_route(route: ServiceRoute) -> None:
                              f"integer >= 0, got {b.weight!r}")
 
 
+def _maintenance(route: ServiceRoute) -> tuple[bytes, bytes, bytes] | None:
+    state = route.maintenance
+    if state is None:
+        return None
+    if not isinstance(state.retry_after, int) or state.retry_after < 0:
+        raise ValueError(f"route {route.service!r}: maintenance retry_after must be an integer "
+                         f">= 0, got {state.retry_after!r}")
+    return (str(state.retry_after).encode(), maintenance.json_body(route.service, state),
+            maintenance.html_body(route.service, state))
+
+
 def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
                   counters_for: Callable[[str], Counters]) -> CompiledTable:
     """Validate and index ``table``. Raises ValueError naming the bad route or backend."""
@@ -222,7 +236,8 @@ def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
                                  [targets[i] for i in order], by_release=by_release,
                                  canary=route.canary,
                                  sticky=route.sticky and len(by_release) > 1,
-                                 cookie=b"hinotori-" + route.service.encode())
+                                 cookie=b"hinotori-" + route.service.encode(),
+                                 maintenance=_maintenance(route))
         if compiled.schedule:
             # Start each worker at a different point so workers do not move in lockstep.
             compiled.cursor = random.randrange(len(compiled.schedule))

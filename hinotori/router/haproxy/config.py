@@ -25,11 +25,13 @@ counters their key.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hinotori.model import RoutingTable, ServiceRoute
+from hinotori.router import maintenance
 from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
@@ -73,6 +75,8 @@ class Plan:
     sticky: set[str] = field(default_factory=set)  # services whose cookie selects a release
     slots: dict[str, dict[int, int]] = field(default_factory=dict)  # service -> release -> slot
     lost: frozenset[str] = frozenset()  # backend addresses on machines seen down
+    # Services in maintenance: map file name -> service -> value (see maintenance_maps).
+    maintenance: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def server_name(release: int, host_id: str) -> str:
@@ -186,6 +190,30 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
         if route.sticky and len(slots) > 1:
             out.sticky.add(svc)
     out.shapes = tuple(shapes)
+    out.maintenance = maintenance_maps(table)
+    return out
+
+
+# Maintenance mode is runtime state like the release maps: three maps keyed by service (the
+# Retry-After seconds, and the two bodies base64-encoded so a message's spaces, quotes or
+# semicolons never meet the Runtime API's parser), read by rules every backend of a service
+# carries. Turning it on or off is `add map`/`del map`: no reload.
+MAINTENANCE_MAPS = ("maintenance", "maintenance-json", "maintenance-html")
+
+
+def maintenance_maps(table: RoutingTable) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {name: {} for name in MAINTENANCE_MAPS}
+    for route in table.routes:
+        state = route.maintenance
+        if state is None:
+            continue
+        if not isinstance(state.retry_after, int) or state.retry_after < 0:
+            raise ValueError(f"route {route.service!r}: maintenance retry_after must be an "
+                             f"integer >= 0, got {state.retry_after!r}")
+        out["maintenance"][route.service] = str(state.retry_after)
+        for name, body in (("maintenance-json", maintenance.json_body(route.service, state)),
+                           ("maintenance-html", maintenance.html_body(route.service, state))):
+            out[name][route.service] = base64.b64encode(body).decode()
     return out
 
 
@@ -223,6 +251,25 @@ def map_file(settings: Settings, service: str) -> Path:
 
 def sticky_file(settings: Settings) -> Path:
     return settings.maps_dir / "sticky.map"
+
+
+def maintenance_file(settings: Settings, name: str) -> Path:
+    return settings.maps_dir / f"{name}.map"
+
+
+def _maintenance_lines(s: Settings, svc: str) -> list[str]:
+    """A backend's first rules: a service in maintenance is answered here, never sent on."""
+    retry, js, page = (maintenance_file(s, n) for n in MAINTENANCE_MAPS)
+    on = f"{{ str({svc}),map({retry}) -m found }}"
+    answer = (f'http-request return status 503 hdr Retry-After "%[str({svc}),map({retry})]" '
+              'hdr Cache-Control no-store hdr Vary Accept')
+    return [
+        f'  {answer} content-type "{maintenance.HTML_TYPE.decode()}" '
+        f'lf-string "%[str({svc}),map({page}),b64dec]" if {on} '
+        "{ req.hdr(accept) -m sub -i text/html } !{ req.hdr(accept) -m sub -i json }",
+        f'  {answer} content-type "{maintenance.JSON_TYPE.decode()}" '
+        f'lf-string "%[str({svc}),map({js}),b64dec]" if {on}',
+    ]
 
 
 def sample_file(settings: Settings) -> Path:
@@ -330,12 +377,13 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             f'  http-response add-header Set-Cookie "hinotori-{svc}='
             f'%[srv_name,field(1,_)]; Path=/; HttpOnly; SameSite=Lax" '
             f"if {{ str({svc}),map({sticky}) -m found }}",
+            *_maintenance_lines(s, svc),
             *_server_lines(the_plan.servers.get(svc, {})),
             "",
         ]
         for slot in range(1, shape.slots + 1):
             name = slot_backend(svc, slot)
-            lines += [f"backend {name}", "  balance roundrobin",
+            lines += [f"backend {name}", "  balance roundrobin", *_maintenance_lines(s, svc),
                       *_server_lines(the_plan.servers.get(name, {})), ""]
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")

@@ -149,6 +149,9 @@ class HaproxyRouter:
             _write_text(config.map_file(self.settings, svc), config.map_text(entries))
         _write_text(config.sticky_file(self.settings),
                     config.map_text({svc: "1" for svc in plan.sticky}))
+        for name in config.MAINTENANCE_MAPS:
+            _write_text(config.maintenance_file(self.settings, name),
+                        config.map_text(plan.maintenance.get(name, {})))
         text = config.render(self.settings, plan, loaded=loaded)
         try:
             changed = self.cfg.read_text() != text
@@ -328,8 +331,13 @@ class HaproxyRouter:
         maps = {config.map_file(self.settings, svc): entries
                 for svc, entries in plan.maps.items()}
         maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
+        # The bodies before the key the rules test (the last one): a request never finds a
+        # service in maintenance without its answer; removals go in the reverse order.
+        for name in reversed(config.MAINTENANCE_MAPS):
+            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
         current = await self._map_entries(list(maps))
         map_cmds: list[str] = []
+        map_dels: list[str] = []
         for f, entries in maps.items():
             have_map = current[f]
             for key, value in entries.items():
@@ -337,7 +345,8 @@ class HaproxyRouter:
                     map_cmds.append(f"add map {f} {key} {value}")
                 elif have_map[key] != value:
                     map_cmds.append(f"set map {f} {key} {value}")
-            map_cmds += [f"del map {f} {key}" for key in have_map if key not in entries]
+            map_dels[:0] = [f"del map {f} {key}" for key in have_map if key not in entries]
+        map_cmds += map_dels
         # Servers on a machine seen down: nothing will come back from them, so their sessions
         # end now instead of draining (after the maint above, so a retry goes elsewhere).
         lost = {f"{be}/{n}" for be, have in actual.items() for n, r in have.items()

@@ -2,6 +2,7 @@
 // State lives in the controller; the page keeps only what the user chose (filters, which
 // deployments are opened), so a reload or a second tab shows the same truth.
 
+import { canOperate, hostActions, serviceActions, wireDialog } from "./actions.js";
 import { get, Missing, signIn, SignedOut } from "./api.js";
 import { lineChart } from "./charts.js";
 import { collapseChecks, trafficSplit } from "./derive.js";
@@ -21,6 +22,8 @@ const ui = {
   logAsked: 0,           // bumped by each search: an answer to an older one is dropped
   deployments: [],
   deploymentsShown: "",
+  servicesShown: "",
+  hostsShown: "",
   chartsAsked: false,
   stopped: false,
 };
@@ -36,6 +39,10 @@ async function main() {
     return showSignIn(e);
   }
   $("board").hidden = false;
+  if (canOperate()) {
+    document.body.classList.add("operate");
+    wireDialog();
+  }
   $("log-search").addEventListener("submit", (ev) => { ev.preventDefault(); searchLogs(true); });
   $("log-search").elements.follow.addEventListener("change", (ev) => {
     if (ev.target.checked && !ui.logQuery) searchLogs(true);  // follow what the form says
@@ -105,9 +112,17 @@ async function refresh() {
 }
 
 function renderServices(services, hosts, deployments) {
+  // Redrawn only when something shown changed: buttons redrawn under the pointer every second
+  // would swallow clicks.
+  const shown = JSON.stringify([services, services.map((svc) => trafficSplit(hosts, svc.name)),
+                                deployments.filter((d) => !d.ended_at)]);
+  if (shown === ui.servicesShown) return;
+  ui.servicesShown = shown;
+  const operate = canOperate();
   const cards = services.map((svc) => {
     const split = trafficSplit(hosts, svc.name);
     const running = deployments.find((d) => d.service === svc.name && d.state === "running");
+    const active = deployments.find((d) => d.service === svc.name && !d.ended_at);
     const counts = Object.entries(svc.hosts).sort()
       .map(([state, n]) => h("span", { class: `state s-${state}` }, `${state} ${n}`));
     return h("article", { class: "service", "data-service": svc.name },
@@ -116,6 +131,9 @@ function renderServices(services, hosts, deployments) {
         running ? h("span", { class: "badge running", "data-deploying": running.id },
           `deploying ${releaseName(running.from_release)} → ${releaseName(running.to_release)}`
           + ` (${running.strategy}${canaryWeight(running)})`) : null,
+        svc.maintenance ? h("span", { class: "badge maintenance", "data-maintenance": "on",
+                                      title: svc.maintenance.message },
+          `maintenance · 503, retry after ${ago(svc.maintenance.retry_after)}`) : null,
         svc.locked_by ? h("span", { class: "muted" }, `lock: ${svc.locked_by}`) : null),
       h("dl", { class: "releases" },
         h("dt", {}, "current"), h("dd", { class: "current" }, releaseTag(svc.current)),
@@ -132,7 +150,8 @@ function renderServices(services, hosts, deployments) {
           seg.style.background = releaseColour(part.release);
           return seg;
         }) : h("div", { class: "seg none" }, "no traffic: nothing serves")),
-      h("div", { class: "counts" }, counts.length ? counts : h("span", { class: "muted" }, "no hosts")));
+      h("div", { class: "counts" }, counts.length ? counts : h("span", { class: "muted" }, "no hosts")),
+      operate ? serviceActions(svc, active) : null);
   });
   $("services").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "no services")]));
 }
@@ -145,6 +164,11 @@ function canaryWeight(dep) {
 const STATE_ORDER = ["serving", "ready", "verifying", "booting", "draining", "warm", "failed"];
 
 function renderHosts(hosts, now) {
+  // Ages tick, so redraw at most every 5 s unless the hosts themselves changed (clicks).
+  const shown = JSON.stringify([hosts, Math.floor(now / 5)]);
+  if (shown === ui.hostsShown) return;
+  ui.hostsShown = shown;
+  const operate = canOperate();
   const rows = [...hosts].sort((a, b) => a.service.localeCompare(b.service)
     || STATE_ORDER.indexOf(a.state) - STATE_ORDER.indexOf(b.state) || a.born_at - b.born_at)
     .map((host) => h("tr", { "data-host": host.id, "data-state": host.state },
@@ -156,9 +180,10 @@ function renderHosts(hosts, now) {
           ? h("span", { class: "muted" }, ` for ${ago(host.warm_until - now)}`) : null),
       h("td", {}, host.state === "serving" ? String(host.weight) : "—"),
       h("td", { class: "age" }, ago(now - host.born_at)),
-      h("td", { class: "mono muted" }, host.address || "—")));
+      h("td", { class: "mono muted" }, host.address || "—"),
+      operate ? hostActions(host) : null));
   $("hosts").tBodies[0].replaceChildren(...(rows.length ? rows
-    : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "no live hosts"))]));
+    : [h("tr", {}, h("td", { colspan: operate ? 8 : 7, class: "muted" }, "no live hosts"))]));
 }
 
 function renderDeployments(deployments, now) {
