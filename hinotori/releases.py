@@ -1,8 +1,9 @@
 """Releases from bakes and config changes: a release is made only when something changed.
 
-A release is service + image digest + config (command, env, port variable). Baking the same
-inputs again, or deploying with an unchanged config, makes no new release; a changed image or a
-changed config makes exactly one.
+A release is service + image digest + config (command, env, port variable, and for each secret
+its source and a keyed fingerprint of its value now). Baking the same inputs again, or deploying
+with an unchanged config, makes no new release; a changed image or a changed config makes
+exactly one; a rotated secret alone makes a config-only one ("secret DB_PASSWORD changed").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hinotori.bake import BakeResult, BuildCache, bake
 from hinotori.errors import NotFound
 from hinotori.model import Release, ReleaseConfig
 from hinotori.project import Project
+from hinotori.secrets import secrets_reason
 from hinotori.store import Store, default_actor
 
 
@@ -78,8 +80,13 @@ def ensure_release(project: Project, service: str, *, image: str | None = None,
                            hint=f"run `hinotori bake {service}` first")
         image = latest.image
     config = config or project.service(service).release_config()
+    # The values now, as fingerprints: raises SecretError (naming key and source) before any
+    # release is written if one cannot be resolved.
+    config = project.secrets.fingerprinted(config)
     if latest and latest.image == image and latest.config == config:
         return ReleaseOutcome(latest, created=False)
+    if latest and latest.image == image:
+        reason = secrets_reason(latest.config, config) or reason
     release = project.store.create_release(service, image, config, actor=default_actor(),
                                            reason=reason)
     return ReleaseOutcome(release, created=True)

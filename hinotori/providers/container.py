@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hinotori.errors import HinotoriError, MachineUnreachable, ProviderError
 from hinotori.model import Host, HostState
+from hinotori.providers import secretfiles
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
 from hinotori.providers.container_exec import exec_create, exec_io, kill_exec
 from hinotori.providers.container_logs import ContainerLogSource
@@ -126,6 +127,7 @@ class ContainerProvider:
         self._client = client
         self._lock = threading.Lock()
         self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
+        self._scope = str(state_dir or project)  # tells projects' secret files apart
 
     # -- the engine ----------------------------------------------------------------------------
     def client(self) -> docker.DockerClient:
@@ -215,6 +217,11 @@ class ContainerProvider:
                **volume_env(req.volumes)}
         # Volumes are directories on this machine: mounted at the same path inside.
         binds = {str(path): {"bind": str(path), "mode": "rw"} for path in req.volumes.values()}
+        with secretfiles.for_container(self._scope, req, self.machine is None) as (more, mount):
+            return await self._start(client, req, {**env, **more}, {**binds, **mount})
+
+    async def _start(self, client: docker.DockerClient, req: BootRequest, env: dict[str, str],
+                     binds: dict[str, dict[str, str]]) -> Host:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = self._free_port()
             try:
@@ -271,6 +278,8 @@ class ContainerProvider:
                                      f"{name} may be left from elsewhere") from None
         cid = created["Id"]
         try:
+            if self.machine is not None and secretfiles.files_wanted(req.secrets):
+                api.put_archive(cid, "/", secretfiles.tar_of(req.secrets))
             api.start(cid)
             info = api.inspect_container(cid)
         except docker.errors.APIError as e:
@@ -330,6 +339,8 @@ class ContainerProvider:
             self._remove(api, info["Id"])  # with its anonymous volumes
 
         await self._call(f"destroying host {host.id}", stop_and_remove)
+        if self.machine is None:  # on another machine they went with the container
+            secretfiles.remove_files(self._scope, host.id)
 
     async def kill(self, host: Host) -> None:
         def kill() -> None:

@@ -27,6 +27,7 @@ from hinotori.spec.base import (
 from hinotori.spec.image import ImageSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
+from hinotori.spec.secrets import SecretSpec, check_secret_keys
 from hinotori.verify.checks import Check
 
 __all__ = ["ImageSpec", "LogForwardSpec", "LogsSpec", "MetricsSpec", "Spec"]
@@ -197,6 +198,8 @@ class ServiceSpec(Strict):
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
     env: dict[EnvName, str] = {}
+    # Values resolved at each boot (env var, file, command), never stored: spec/secrets.py.
+    secrets: dict[EnvName, SecretSpec] = {}
     hosts: list[HostName] = []  # Host headers routed to this service; empty = any
     path_prefix: UrlPath = "/"
     health: HealthSpec = HealthSpec()
@@ -243,11 +246,17 @@ class ServiceSpec(Strict):
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")
+        check_secret_keys(self.env, self.secrets)
         return self
 
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
+        """The release's config from the spec; secrets carry their sources and an empty
+        fingerprint, which ``secrets.fingerprinted`` fills in before a release is made."""
+        secrets = {k: {"source": s.source(), "as_file": s.as_file, "fingerprint": ""}
+                   for k, s in self.secrets.items()}
         return ReleaseConfig(command=tuple(self.command),
-                             env={**self.env, **(env_overrides or {})}, port_env=self.port_env)
+                             env={**self.env, **(env_overrides or {})}, port_env=self.port_env,
+                             secrets=secrets)
 
 
 class ShipOnSpec(Strict):
