@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
 from hinotori.providers.registry import PROVIDERS
@@ -246,8 +253,14 @@ class ServiceSpec(Strict):
         if self.stateful and self.strategy.kind != "blue-green":
             raise ValueError("a stateful service is deployed stop-then-start; leave strategy "
                              "at its default")
-        check_secret_keys(self.env, self.secrets)
         return self
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_apart_from_env(cls, secrets: dict[str, SecretSpec], info: ValidationInfo
+                                ) -> dict[str, SecretSpec]:
+        check_secret_keys(info.data.get("env") or {}, secrets)
+        return secrets
 
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
         """The release's config from the spec; secrets carry their sources and an empty
