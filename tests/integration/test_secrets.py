@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,6 +61,11 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 '''
 
 SECRETS = """
+# verify checks run in the host with its env: secrets included (from /proc, not env.json)
+[[services.web.checks]]
+command = ["{python}", "-c", "import os, sys; sys.exit(0 if os.environ['TOKEN'] else 1)"]
+exit_status = 0
+
 [services.web.secrets]
 DB_PASSWORD = { env = "HT_DB_PASS" }
 API_KEY = { file = "../vault/api.key" }
@@ -111,7 +117,7 @@ def secret_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec = (p.path / "hinotori.toml").read_text()
     spec = spec.replace('"app.py"]', '"secretapp.py"]', 1)
     spec = spec.replace('stop_grace = "10s"', 'stop_grace = "10s"\nlog_files = ["app.log"]', 1)
-    (p.path / "hinotori.toml").write_text(spec + SECRETS)
+    (p.path / "hinotori.toml").write_text(spec + SECRETS.replace("{python}", sys.executable))
     vault = tmp_path / "vault"
     vault.mkdir()
     values = {name: f"{name.lower()}-{secrets.token_hex(12)}"
@@ -128,6 +134,7 @@ def test_secrets_reach_hosts_rotate_and_rest_nowhere(secret_project, monkeypatch
     p, vault, values = secret_project
     p.cli("up", "-d")
     p.cli("bake", "web")
+    p.cli("verify", "web")  # a throwaway host gets them too (its checks need TOKEN)
     p.cli("deploy", "web")
     state = get(p, "/state")
     assert state["DB_PASSWORD"] == sha(values["db"])  # env
