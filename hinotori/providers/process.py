@@ -383,7 +383,12 @@ class ProcessProvider:
         return _session_usage(host.pid)
 
     def close(self, *, teardown: bool = False) -> None:
-        pass  # nothing held open
+        """Nothing is held open; on `down`, secret files no live host owns (left by a
+        controller killed mid-boot) are removed."""
+        if teardown:
+            live = {h.id for p in self.hosts_root.glob("*/host.json") if (h := _read_host(p))
+                    and h.state != HostState.DESTROYED and self._alive(h)}
+            secretfiles.sweep(self.hosts_root, keep=live)
 
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         path = Path(host.data.get("log") or Path(host.root or ".").parent / "output.log")

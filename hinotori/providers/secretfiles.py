@@ -91,6 +91,14 @@ def remove_files(scope: Path | str, host_id: str) -> None:
         shutil.rmtree(host_dir(scope, host_id), ignore_errors=True)
 
 
+def sweep(scope: Path | str, keep: set[str]) -> None:
+    """Remove the secret files of every host of ``scope`` but those in ``keep``."""
+    with contextlib.suppress(ProviderError, OSError):
+        for d in host_dir(scope, "-").parent.iterdir():
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def secret_env(secrets: Sequence[ResolvedSecret], paths: Mapping[str, str]) -> dict[str, str]:
     """The host's variables for its secrets: NAME=value, or NAME_FILE=<path as the host sees
     it> for an ``as_file`` one."""

@@ -213,6 +213,21 @@ def test_secret_files_are_0400_on_a_tmpfs(tmp_path: Path) -> None:
         shutil.rmtree(where.parent, ignore_errors=True)
 
 
+def test_sweep_keeps_the_files_of_live_hosts(tmp_path: Path) -> None:
+    from hinotori.providers.secretfiles import sweep
+
+    kept, left = host_dir(str(tmp_path), "web-live"), host_dir(str(tmp_path), "web-orphan")
+    try:
+        for d in (kept, left):
+            write_files(d, [ResolvedSecret("K", "v", as_file=True)])
+        sweep(str(tmp_path), keep={"web-live"})
+        assert (kept / "K").exists() and not left.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(kept.parent, ignore_errors=True)
+
+
 def test_an_unresolvable_secret_refuses_the_boot_before_any_host(tmp_path: Path) -> None:
     w = world(tmp_path)
     w.fleet.secrets = resolver(tmp_path)  # VAR is not set for it
