@@ -114,7 +114,8 @@ class Masker:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        # (pattern, values longest first), swapped whole: a reader never sees half of one
+        self._now: tuple[re.Pattern[str], tuple[str, ...]] | None = None
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
@@ -123,12 +124,14 @@ class Masker:
             if new:
                 self._values |= new
                 # longest first: a value containing another is masked whole
-                alts = sorted(self._values, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, alts)))
+                alts = tuple(sorted(self._values, key=len, reverse=True))
+                self._now = re.compile("|".join(map(re.escape, alts))), alts
 
     def mask(self, text: str) -> str:
-        pattern = self._pattern
-        return text if pattern is None or not text else pattern.sub(MASK, text)
+        now = self._now
+        if now is None or not any(v in text for v in now[1]):  # a plain search first: fast
+            return text
+        return now[0].sub(MASK, text)
 
     def __bool__(self) -> bool:
         return bool(self._values)
