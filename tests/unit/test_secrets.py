@@ -242,3 +242,15 @@ def test_an_unresolvable_secret_refuses_the_boot_before_any_host(tmp_path: Path)
     hosts = asyncio.run(w.fleet.boot_healthy("web", release, 1))
     assert len(hosts) == 1
     assert w.fleet.mask("failed: s3cret-value") == "failed: ***"
+
+
+def test_secret_mount_points_are_not_drift(tmp_path: Path) -> None:
+    from hinotori.observe.drift import compare, from_changes
+
+    changes = [{"Path": "/run", "Kind": 0}, {"Path": "/run/hinotori", "Kind": 1},
+               {"Path": "/run/hinotori/secrets", "Kind": 1},
+               {"Path": "/run/hinotori/secrets/KEY", "Kind": 1}]
+    assert not from_changes(changes).drifted
+    assert from_changes([*changes, {"Path": "/run/other", "Kind": 1}]).added == ["run/other"]
+    (tmp_path / "run" / "hinotori" / "secrets").mkdir(parents=True)
+    assert compare([], tmp_path).added == ["run"]  # the engine's /run is in a real manifest
