@@ -57,15 +57,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+ThreadingHTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ["PORT"])),
+                    Handler).serve_forever()
 '''
 
-SECRETS = """
 # verify checks run in the host with its env: secrets included (from /proc, not env.json)
+CHECK = """
 [[services.web.checks]]
 command = ["{python}", "-c", "import os, sys; sys.exit(0 if os.environ['TOKEN'] else 1)"]
 exit_status = 0
+"""
 
+SECRETS = """
 [services.web.secrets]
 DB_PASSWORD = { env = "HT_DB_PASS" }
 API_KEY = { file = "../vault/api.key" }
@@ -117,7 +120,8 @@ def secret_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec = (p.path / "hinotori.toml").read_text()
     spec = spec.replace('"app.py"]', '"secretapp.py"]', 1)
     spec = spec.replace('stop_grace = "10s"', 'stop_grace = "10s"\nlog_files = ["app.log"]', 1)
-    (p.path / "hinotori.toml").write_text(spec + SECRETS.replace("{python}", sys.executable))
+    (p.path / "hinotori.toml").write_text(spec + CHECK.replace("{python}", sys.executable)
+                                          + SECRETS)
     vault = tmp_path / "vault"
     vault.mkdir()
     values = {name: f"{name.lower()}-{secrets.token_hex(12)}"
@@ -301,3 +305,54 @@ def test_container_hosts_get_env_and_file_secrets(python_image: str, docker_clie
         assert not host_dir(str(tmp_path / ".hinotori"), "web-s1").exists()
 
     asyncio.run(scenario())
+
+
+def test_container_deploy_with_secrets_end_to_end(tmp_path: Path, engine_url: str, docker_client,
+                                                  python_image: str, monkeypatch) -> None:
+    """The same through the controller with container hosts: values reach the containers, what
+    they print is stored masked (the engine's log feed), nothing under .hinotori/ holds one."""
+    import uuid
+
+    from tests.support import CONTAINER_SPEC, free_port
+
+    path, vault = tmp_path / "proj", tmp_path / "vault"
+    path.mkdir()
+    vault.mkdir()
+    (path / "app.py").write_text(APP)
+    (path / "VERSION").write_text("1\n")
+    name, listen = f"secct{uuid.uuid4().hex[:6]}", f"127.0.0.1:{free_port()}"
+    spec = CONTAINER_SPEC.format(name=name, listen=listen).replace("replicas = 2", "replicas = 1")
+    (path / "hinotori.toml").write_text(spec + SECRETS)
+    values = {n: f"{n}-{secrets.token_hex(12)}" for n in ("db", "api", "token", "tls")}
+    (vault / "api.key").write_text(values["api"])
+    (vault / "token.txt").write_text(values["token"])
+    (vault / "tls.key").write_text(values["tls"])
+    monkeypatch.setenv("HT_DB_PASS", values["db"])
+    p = CliProject(path)
+    p.router = listen
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web", timeout=300)
+        p.cli("deploy", "web", timeout=300)
+        state = get(p, "/state")
+        assert state["DB_PASSWORD"] == sha(values["db"]) and state["TOKEN"] == sha(values["token"])
+        assert state["API_KEY"] == sha(values["api"]) and state["TLS_KEY"] == sha(values["tls"])
+        assert state["tls_path"] == "/run/hinotori/secrets/TLS_KEY" and state["tls_mode"] == 0o400
+        get(p, "/log")
+        assert wait_until(lambda: any(
+            "request with token ***" in ln["line"] for ln in
+            json.loads(api(p, "/v1/logs?service=web&limit=1000"))["lines"]), timeout=15)
+        answers = b"".join(api(p, q) for q in ("/v1/hosts?all=true", "/v1/releases",
+                                               "/v1/events?limit=1000", "/v1/logs?limit=1000"))
+        for key, value in values.items():
+            assert value.encode() not in answers, key
+        assert files_holding(path / ".hinotori", values) == []
+    finally:
+        p.cli("down", check=False, timeout=180)
+        for c in docker_client.containers.list(all=True,
+                                               filters={"label": f"hinotori.project={name}"}):
+            c.remove(force=True, v=True)
+        for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
+            for tag in image.tags:
+                docker_client.images.remove(tag)
+    assert files_holding(path / ".hinotori", values) == []
