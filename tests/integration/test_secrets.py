@@ -154,7 +154,7 @@ def test_secrets_reach_hosts_rotate_and_rest_nowhere(secret_project, monkeypatch
     # Rotation: the file changed, so the next deploy makes a config-only release and rolls it.
     (vault / "api.key").write_text(values["api2"] + "\n")
     out = p.cli("deploy", "web").stdout
-    assert "new release v2" in out
+    assert "secret API_KEY changed: new release v2" in out
     v1, v2 = p.json("releases")  # type: ignore[misc]
     assert v2["reason"] == "secret API_KEY changed" and v2["image"] == v1["image"]
     fp1, fp2 = v1["config"]["secrets"], v2["config"]["secrets"]
