@@ -88,7 +88,10 @@ def write_files(where: Path, secrets: Sequence[ResolvedSecret]) -> dict[str, Pat
 def remove_files(scope: Path | str, host_id: str) -> None:
     """Remove a host's secret files, if any (never an error: the host may have had none)."""
     with contextlib.suppress(ProviderError):
-        shutil.rmtree(host_dir(scope, host_id), ignore_errors=True)
+        where = host_dir(scope, host_id)
+        shutil.rmtree(where, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            where.parent.rmdir()  # the project's directory, once its last host is gone
 
 
 def sweep(scope: Path | str, keep: set[str]) -> None:
