@@ -24,7 +24,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     │   └── Forbidden                      signed in, but not allowed that (read-only, cross-site)
     ├── DeployError                        a deployment failed; traffic stayed where it was
     │   ├── LockedError                    another deployment of the service holds the lock
-    │   └── CanaryFailed                   the canary was judged worse, or aborted: rolled back
+    │   ├── CanaryFailed                   the canary was judged worse, or aborted: rolled back
+    │   └── SecretError                    a secret could not be resolved: the boot was refused
     ├── MetricsError                       metrics.db unreadable
     │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
     ├── LogsError                          logs.db unreadable, or a query got wrong
@@ -170,6 +171,10 @@ class LockedError(DeployError):
 
 
 class CanaryFailed(DeployError):
+    pass
+
+
+class SecretError(DeployError):
     pass
 
 

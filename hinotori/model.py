@@ -42,18 +42,25 @@ class ReleaseConfig:
     port_env: str = "PORT"
     # Namespaced kernel settings of each host (container hosts, through the engine).
     sysctls: dict[str, str] = field(default_factory=dict)
+    # KEY -> {"source": {"env"|"file"|"command": …}, "as_file": bool, "fingerprint": hex}:
+    # where a host's secret comes from at boot and a keyed hash of its value, never the value
+    # (hinotori/secrets.py). A changed fingerprint is a changed config: a new release.
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"command": list(self.command), "env": dict(sorted(self.env.items())),
-             "port_env": self.port_env}
+        d: dict[str, Any] = {"command": list(self.command),
+                             "env": dict(sorted(self.env.items())), "port_env": self.port_env}
         if self.sysctls:  # absent when empty: releases made before sysctls read the same
             d["sysctls"] = dict(sorted(self.sysctls.items()))
+        if self.secrets:  # absent when none: releases made before secrets read back equal
+            d["secrets"] = {k: self.secrets[k] for k in sorted(self.secrets)}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReleaseConfig:
         return cls(command=tuple(d["command"]), env=dict(d.get("env", {})),
-                   port_env=d.get("port_env", "PORT"), sysctls=dict(d.get("sysctls", {})))
+                   port_env=d.get("port_env", "PORT"), sysctls=dict(d.get("sysctls", {})),
+                   secrets=dict(d.get("secrets", {})))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from hinotori.store import Store
 if TYPE_CHECKING:
     import docker
 
+    from hinotori.secrets import Secrets
+
 STATE_DIR = ".hinotori"
 # Trees whose modes are not hinotori's to tighten: images and their build cache (modes are part
 # of the digest), host views, and what hosts write themselves (scratch, volumes).
@@ -102,6 +104,14 @@ class Project:
         from hinotori.engine import connect  # the docker SDK only when an engine is needed
 
         return connect(self.spec.engine.url, state_dir=self.state_dir)
+
+    @cached_property
+    def secrets(self) -> Secrets:
+        """Resolves the services' secrets (relative files from the spec's directory),
+        fingerprints them with the project's key and masks their values (hinotori/secrets.py)."""
+        from hinotori.secrets import Secrets
+
+        return Secrets(self.root, self.state_dir)
 
     def token(self) -> str:
         """The API token, created (mode 0600 from the start) on first use."""

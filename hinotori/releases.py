@@ -1,20 +1,24 @@
 """Releases from bakes and config changes: a release is made only when something changed.
 
-A release is service + image digest + config (command, env, port variable). Baking the same
-inputs again, or deploying with an unchanged config, makes no new release; a changed image or a
-changed config makes exactly one.
+A release is service + image digest + config (command, env, port variable, and for each secret
+its source and a keyed fingerprint of its value now). Baking the same inputs again, or deploying
+with an unchanged config, makes no new release; a changed image or a changed config makes
+exactly one; a rotated secret alone makes a config-only one ("secret DB_PASSWORD changed").
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hinotori.bake import BakeResult, BuildCache, bake
-from hinotori.errors import NotFound
+from hinotori.bake.ignore import IgnoreRules
+from hinotori.errors import BakeError, NotFound
 from hinotori.model import Release, ReleaseConfig
 from hinotori.project import Project
+from hinotori.secrets import secrets_reason
 from hinotori.store import Store, default_actor
 
 
@@ -30,6 +34,7 @@ def bake_service(project: Project, service: str, *,
     """Bake ``service``'s image from its recipe and make a release if anything changed.
     ``use_cache=False`` runs every step again (``hinotori bake --no-cache``)."""
     svc = project.service(service)
+    _secret_files_not_baked(project, service)
     # Held across the bake and the release, so `gc` cannot remove the new image in between.
     # bake() takes the same lock shared again: flock grants a shared lock while others
     # hold it shared, even with an exclusive request (gc) waiting, so this cannot deadlock.
@@ -44,6 +49,28 @@ def bake_service(project: Project, service: str, *,
         outcome = ensure_release(project, service, image=result.image.digest,
                                  config=svc.release_config(), reason="bake")
     return result, outcome
+
+
+def _secret_files_not_baked(project: Project, service: str) -> None:
+    """Refuse to bake a context that would copy a file secret into the image (images are
+    stored in plain text under .hinotori/ and copied to every host)."""
+    svc = project.service(service)
+    context = (project.root / svc.image.context).resolve()
+    rules: IgnoreRules | None = None
+    for name, secret in sorted(svc.secrets.items()):
+        if secret.file is None:
+            continue
+        path = (project.root / os.path.expanduser(secret.file)).resolve()
+        if not path.is_relative_to(context) or path == context:
+            continue
+        parts = path.relative_to(context).parts
+        rules = rules or IgnoreRules.load(context)
+        if not any(rules.excluded("/".join(parts[:i]), i < len(parts))
+                   for i in range(1, len(parts) + 1)):
+            raise BakeError(f"secret {name}'s file {secret.file} is inside {service}'s image "
+                            "context: it would be baked into the image",
+                            hint=f"list {'/'.join(parts)} in .hinotoriignore, or keep the "
+                                 "file outside the context")
 
 
 def _bake_os(project: Project, service: str, *, on_progress: Callable[[str], None] | None,
@@ -78,8 +105,13 @@ def ensure_release(project: Project, service: str, *, image: str | None = None,
                            hint=f"run `hinotori bake {service}` first")
         image = latest.image
     config = config or project.service(service).release_config()
+    # The values now, as fingerprints: raises SecretError (naming key and source) before any
+    # release is written if one cannot be resolved.
+    config = project.secrets.fingerprinted(config)
     if latest and latest.image == image and latest.config == config:
         return ReleaseOutcome(latest, created=False)
+    if latest and latest.image == image:
+        reason = secrets_reason(latest.config, config) or reason
     release = project.store.create_release(service, image, config, actor=default_actor(),
                                            reason=reason)
     return ReleaseOutcome(release, created=True)

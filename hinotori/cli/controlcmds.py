@@ -179,7 +179,9 @@ def deploy(service: str, spec: SpecOpt = Path("."),
                 project, service, overrides), reason="config change" if not overrides else
                 "deploy --env " + " ".join(env or []))
             if outcome.created and not json_out:
-                console.print(f"config changed: new release [bold]{outcome.release.name}[/]")
+                why = outcome.release.reason  # "secret API_KEY changed" says more
+                console.print(f"{why if why.startswith('secret ') else 'config changed'}: "
+                              f"new release [bold]{outcome.release.name}[/]")
             number = outcome.release.number
         _run_deployment(project, service, "deploy", number, lock_wait, json_out, strategy,
                         client=client)

@@ -165,8 +165,10 @@ async def throwaway_host(project: Project, service: str, release: Release,
     # Stand-ins for the volumes: the real ones have one writer, the serving host.
     volumes = volume_dirs(state_dir / "scratch" / "volumes", svc.volumes)
     image_root = project.images.rootfs(release.image)
+    # Secrets as a deploy's hosts get them (resolved here, now); SecretError refuses it.
+    resolved = await project.secrets.boot(release)
     host = await provider.boot(BootRequest(host_id, release, image_root, state_dir,
-                                           volumes=volumes))
+                                           volumes=volumes, secrets=resolved))
     try:
         project.store.save_host(host, actor=actor, why=f"throwaway host for {purpose}")
         host.state = HostState.VERIFYING
@@ -195,6 +197,7 @@ async def _healthy(project: Project, service: str, provider: Provider,
     if not result.ok:
         tail = provider.logs(host, tail=5)
         got += ("; last log lines: " + " | ".join(tail)) if tail else ""
+        got = project.secrets.masker.mask(got)
     want = f"HTTP {check.status}" if check.path else "TCP connect"
     return CheckResult(f"health {check.path or 'tcp'}", result.ok,
                        (MatcherResult("health", want, got, result.ok),),

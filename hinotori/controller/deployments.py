@@ -23,7 +23,7 @@ from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.deploy.strategies import STRATEGIES
 from hinotori.errors import DeployError, HinotoriError
-from hinotori.model import HostState
+from hinotori.model import HostState, Release
 from hinotori.project import Project
 from hinotori.store import Store
 
@@ -82,6 +82,8 @@ class Deployments:
                                       hint=f"run `hinotori bake {service}` first")
                 target = release if release is not None else latest.number  # type: ignore[union-attr]
                 self.store.release(service, target)  # raises NotFound for a bad --release
+                if latest is not None and target == latest.number and latest.config.secrets:
+                    target = await self._secrets_now(service, latest)
                 serving = self.fleet.hosts(service, HostState.SERVING)
                 if target == current and serving and not replace:
                     self.fleet.pin(service, None)
@@ -107,6 +109,17 @@ class Deployments:
         self.spawn(self._run_deployment(number, service, kind, target, hold, chosen, only),
                    f"deployment {number}")
         return number
+
+    async def _secrets_now(self, service: str, latest: Release) -> int:
+        """The newest release, or a config-only one if a secret's value here (the controller's
+        environment, files and commands, which boot the hosts) differs from its fingerprint
+        ("secret X changed"); SecretError if one cannot be resolved."""
+        from hinotori.releases import ensure_release
+
+        outcome = await asyncio.to_thread(ensure_release, self.project, service,
+                                          image=latest.image, config=latest.config,
+                                          reason="secrets changed")
+        return outcome.release.number
 
     def control(self, service: str, action: str, actor: str = ACTOR) -> None:
         """pause | resume | promote | abort the running canary of ``service``; ``actor``: who

@@ -56,6 +56,20 @@ class Observing:
                                             self.metrics.destroying)
         self._metrics_stopped = False
         self._restarting = asyncio.Lock()
+        self._learned = False
+
+    def _learn_secrets(self) -> None:
+        """Let the masker know the secrets of the hosts this controller adopted (and of the
+        spec as it is): their values were resolved by the controller before it."""
+        releases = {(h.service, h.release) for h in self.store.hosts(states=LIVE_STATES)}
+        configs = []
+        for service, number in releases:
+            try:
+                configs.append(self.store.release(service, number).config)
+            except Exception:  # a release the store lost: nothing to learn from it
+                continue
+        configs += [s.release_config() for s in self.project.spec.services.values()]
+        self.project.secrets.learn(configs)
 
     def _event(self, action: str, subject: str, detail: dict[str, Any]) -> None:
         self.store.record(ACTOR, action, subject, detail)
@@ -66,7 +80,9 @@ class Observing:
             svc = self.fleet.spec.services.get(service)
             return list(svc.log_files) if svc else []
 
-        return LogPipeline(LogStore(logs_db(self.project.state_dir)), self.project.spec.logs,
+        store = LogStore(logs_db(self.project.state_dir))
+        store.mask = self.project.secrets.masker.mask  # a line holding a secret: stored as ***
+        return LogPipeline(store, self.project.spec.logs,
                            hosts=lambda: self.store.hosts(states=LIVE_STATES),
                            declared=declared, on_event=self._event,
                            sources=ProviderSources(lambda: self.fleet.providers))
@@ -82,7 +98,13 @@ class Observing:
                                hosts=self.store.hosts, usage=usage)
 
     def start(self) -> None:
-        self.tasks.loop("logs", self.logs.run)
+        async def logs() -> None:
+            if not self._learned:  # before the first line is shipped
+                await asyncio.to_thread(self._learn_secrets)
+                self._learned = True
+            await self.logs.run()
+
+        self.tasks.loop("logs", logs)
         self.tasks.loop("metrics", self.metrics.run)
 
     async def stop_metrics(self) -> None:

@@ -39,7 +39,7 @@ def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:
     providers = make_providers(project)
     fleet = Fleet(spec=project.spec, store=project.store, providers=providers,
                   router=make_router(project), image_root=lambda d: project.images.rootfs(d),
-                  hosts_dir=project.hosts_dir, actor=actor)
+                  hosts_dir=project.hosts_dir, actor=actor, secrets=project.secrets)
 
     def plan_of(service: str) -> VerifyPlan | None:
         """The service's checks, read from the spec as it is now (reloaded per deployment);

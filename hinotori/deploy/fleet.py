@@ -21,11 +21,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hinotori import faults
 from hinotori.deploy.placement import DOWN, USABLE, Seat, place
-from hinotori.errors import DeployError, MachineUnreachable, NotFound, ProviderError
+from hinotori.errors import (
+    DeployError,
+    MachineUnreachable,
+    NotFound,
+    ProviderError,
+    SecretError,
+)
 from hinotori.health import Prober, probe, wait_healthy
 from hinotori.model import (
     Backend,
@@ -36,10 +42,13 @@ from hinotori.model import (
     RoutingTable,
     ServiceRoute,
 )
-from hinotori.providers.base import BootRequest, Provider, volume_dirs
+from hinotori.providers.base import BootRequest, Provider, ResolvedSecret, volume_dirs
 from hinotori.router.base import Router
 from hinotori.spec.schema import ServiceSpec, Spec
 from hinotori.store import Store
+
+if TYPE_CHECKING:
+    from hinotori.secrets import Secrets
 
 Progress = Callable[[str, dict[str, Any]], None]
 # Runs a service's verify checks on a healthy host before it may take traffic: None if they
@@ -63,7 +72,8 @@ class Fleet:
     def __init__(self, *, spec: Spec, store: Store, providers: dict[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
                  verifier: Verifier | None = None, membership: Membership | None = None,
-                 actor: str = "controller", prober: Prober = probe) -> None:
+                 actor: str = "controller", prober: Prober = probe,
+                 secrets: Secrets | None = None) -> None:
         self._latest = spec
         self._pinned: dict[str, ServiceSpec] = {}  # service -> as its deployment started
         self._spec = spec
@@ -77,6 +87,8 @@ class Fleet:
         self.destroying: Destroying | None = None
         self.actor = actor
         self.prober = prober  # health checks of hosts (a fake provider's in unit tests)
+        # Resolves a release's secrets at each boot and masks their values in what is kept.
+        self.secrets = secrets
         # up | down | draining of a [machines.NAME]: the controller's machine watch sets it.
         self.machine_state: Callable[[str], str] = lambda _: USABLE
         self._table_lock = asyncio.Lock()
@@ -129,8 +141,13 @@ class Fleet:
         """Boot ``count`` hosts in parallel and return them READY, or destroy every one of
         them and raise DeployError naming the first that failed, its health answer and its last
         log lines."""
+        try:  # once for the batch: every host of it gets the same values
+            resolved = await self.secrets.boot(release) if self.secrets is not None else ()
+        except SecretError as e:
+            raise SecretError(f"{service} v{release.number} refused: {e.message}",
+                              hint=e.hint) from None
         results = await asyncio.gather(
-            *(self._boot_one(service, release, progress, machine)
+            *(self._boot_one(service, release, progress, machine, resolved)
               for machine in self.place(service, release, count)),
             return_exceptions=True)
         hosts = [r[0] for r in results if isinstance(r, tuple)]
@@ -159,7 +176,8 @@ class Fleet:
         return list(place(service, seats, [m for m in running if m], count))
 
     async def _boot_one(self, service: str, release: Release, progress: Progress,
-                        machine: str | None = None) -> tuple[Host, str | None]:
+                        machine: str | None = None, resolved: tuple[ResolvedSecret, ...] = ()
+                        ) -> tuple[Host, str | None]:
         """(host, None) when healthy; (host, why) when it booted but failed its checks."""
         svc = self.service(service)
         provider = self.provider(service)
@@ -167,7 +185,7 @@ class Fleet:
         request = BootRequest(host_id=host_id, release=release,
                               image_root=self.image_root(release.image),
                               state_dir=self.hosts_dir / host_id,
-                              volumes=self.volumes(service), machine=machine)
+                              volumes=self.volumes(service), machine=machine, secrets=resolved)
         host = await provider.boot(request)
         self.store.save_host(host, actor=self.actor)
         progress("host.booted", {"host": host.id, "address": host.address})
@@ -185,6 +203,7 @@ class Fleet:
             return host, self._failure_report(host, result)
         failed_checks = await self.verifier(host) if self.verifier else None
         if failed_checks:
+            failed_checks = self.mask(failed_checks)
             self._set(host, HostState.FAILED, "failed its verify checks")
             progress("host.failed", {"host": host.id, "detail": "failed its verify checks"})
             return host, f"host {host.id} failed its verify checks:\n{failed_checks}"
@@ -196,8 +215,12 @@ class Fleet:
     def _failure_report(self, host: Host, result: ProbeResult) -> str:
         lines = self.provider(host).logs(host, tail=15)
         log = "\n".join(f"    | {line}" for line in lines) or "    | (no output)"
-        return (f"host {host.id} failed its health check: {result.detail}\n"
-                f"  last log lines of {host.id}:\n{log}")
+        return self.mask(f"host {host.id} failed its health check: {result.detail}\n"
+                         f"  last log lines of {host.id}:\n{log}")
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value this controller resolved as ***."""
+        return self.secrets.masker.mask(text) if self.secrets is not None else text
 
     def volumes(self, service: str) -> dict[str, Path]:
         """Each declared volume: a directory that outlives every host of the service."""

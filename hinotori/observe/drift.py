@@ -103,10 +103,19 @@ def _sha256(path: str) -> str | None:
     return h.hexdigest()
 
 
+# Where a container host's secret files are mounted or put (providers/secretfiles.py): made by
+# hinotori at boot, so never drift, and its files' names are all a report could show of them.
+SECRETS_DIR = "run/hinotori"
+
+
+def _ours(path: str) -> bool:
+    return path == SECRETS_DIR or path.startswith(SECRETS_DIR + "/")
+
+
 def compare(manifest: Iterable[ManifestEntry], root: Path, *, workers: int = 8) -> Drift:
     """Drift of the tree at ``root`` against ``manifest``."""
     expected = {e.path: e for e in manifest}
-    seen = dict(_walk(root))
+    seen = {p: s for p, s in _walk(root) if not _ours(p) or p in expected}
     drift = Drift()
     drift.added = sorted(p for p in seen if p not in expected)
     drift.removed = sorted(p for p in expected if p not in seen)
@@ -154,7 +163,7 @@ def from_changes(changes: Iterable[Mapping[str, object]]) -> Drift:
     for change in changes:
         path = str(change.get("Path", "")).strip("/")
         kind = change.get("Kind")
-        if path and isinstance(kind, int):
+        if path and isinstance(kind, int) and not _ours(path):
             every[path] = kind
     # Podman reports /etc modified with none of its own files listed: the engine's files
     # made it so. Their directories count as parents of a change, like any other's.

@@ -43,6 +43,16 @@ def volume_env(volumes: Mapping[str, Path]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class ResolvedSecret:
+    """A secret's value, resolved for one boot (hinotori/secrets.py): held in memory only.
+    ``as_file``: a 0400 file on a tmpfs (providers/secretfiles.py), its path in NAME_FILE."""
+
+    name: str
+    value: str = field(repr=False)
+    as_file: bool = False
+
+
+@dataclass(frozen=True)
 class BootRequest:
     """Everything a provider needs to boot one host."""
 
@@ -57,6 +67,9 @@ class BootRequest:
     volumes: dict[str, Path] = field(default_factory=dict)
     # The [machines.NAME] the host goes to (placement chose it); None: this machine.
     machine: str | None = None
+    # The release's secrets, resolved for this boot: env vars or files, never written under
+    # .hinotori/ (no env file, no host.json); the provider removes their files with the host.
+    secrets: tuple[ResolvedSecret, ...] = ()
 
 
 @dataclass(frozen=True)

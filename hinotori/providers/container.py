@@ -38,17 +38,22 @@ import math
 import random
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hinotori.errors import HinotoriError, MachineUnreachable, ProviderError
-from hinotori.model import Host, HostState
+from hinotori.model import Host
+from hinotori.providers import secretfiles
 from hinotori.providers.base import BootRequest, CommandResult, HostUsage, volume_env
 from hinotori.providers.container_exec import exec_create, exec_io, kill_exec
+from hinotori.providers.container_inspect import (
+    CONTAINER_PORT,
+    LABEL,
+    container_name,
+    host_from_inspect,
+)
 from hinotori.providers.container_logs import ContainerLogSource
 from hinotori.sysctls import from_label
 
@@ -57,45 +62,8 @@ if TYPE_CHECKING:
 
     from hinotori.providers.base import ProviderContext
 
-CONTAINER_PORT = 8000  # where the app listens inside its container (its own network namespace)
-LABEL = "hinotori."
 PORT_ATTEMPTS = 3
 T = TypeVar("T")
-
-
-def container_name(project: str, host_id: str) -> str:
-    return f"hinotori-{project}-{host_id}"
-
-
-def host_from_inspect(info: dict[str, Any], machine: str | None = None,
-                      publish: str = "127.0.0.1") -> Host | None:
-    """The Host a container describes by its labels and state, or None if it is not one of ours.
-    On a machine of the fleet (``machine``), its address is the machine's (``publish``)."""
-    labels = info.get("Config", {}).get("Labels") or {}
-    try:
-        host_id, service = labels[LABEL + "host"], labels[LABEL + "service"]
-        release, port = int(labels[LABEL + "release"]), int(labels[LABEL + "port"])
-    except (KeyError, ValueError):
-        return None
-    state = info.get("State") or {}
-    merged = ((info.get("GraphDriver") or {}).get("Data") or {}).get("MergedDir")
-    return Host(id=host_id, service=service, release=release, provider=ContainerProvider.name,
-                state=HostState.BOOTING, born_at=_created(info), address=f"{publish}:{port}",
-                # Pids, the merged view and the log file are the engine's machine's: here only
-                # for a host on this one.
-                pid=(state.get("Pid") or None) if machine is None else None,
-                root=(merged or None) if machine is None else None,
-                data={"container": info["Id"], "name": info.get("Name", "").lstrip("/"),
-                      "port": port, "image": info.get("Image"), "machine": machine,
-                      "log": (info.get("LogPath") or None) if machine is None else None})
-
-
-def _created(info: dict[str, Any]) -> float:
-    """The container's creation time as a unix timestamp (RFC 3339, nanoseconds)."""
-    try:
-        return datetime.fromisoformat(str(info.get("Created"))).timestamp()
-    except ValueError:
-        return time.time()
 
 
 def _port_taken(error: Exception) -> bool:
@@ -130,6 +98,7 @@ class ContainerProvider:
         self._client = client
         self._lock = threading.Lock()
         self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
+        self._scope = str(state_dir or project)  # tells projects' secret files apart
 
     # -- the engine ----------------------------------------------------------------------------
     def client(self) -> docker.DockerClient:
@@ -222,6 +191,11 @@ class ContainerProvider:
                **volume_env(req.volumes)}
         # Volumes are directories on this machine: mounted at the same path inside.
         binds = {str(path): {"bind": str(path), "mode": "rw"} for path in req.volumes.values()}
+        with secretfiles.for_container(self._scope, req, self.machine is None) as (more, mount):
+            return await self._start(client, req, {**env, **more}, {**binds, **mount}, sysctls)
+
+    async def _start(self, client: docker.DockerClient, req: BootRequest, env: dict[str, str],
+                     binds: dict[str, dict[str, str]], sysctls: dict[str, str]) -> Host:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = self._free_port()
             try:
@@ -279,6 +253,8 @@ class ContainerProvider:
                                      f"{name} may be left from elsewhere") from None
         cid = created["Id"]
         try:
+            if self.machine is not None and secretfiles.files_wanted(req.secrets):
+                api.put_archive(cid, "/", secretfiles.tar_of(req.secrets))
             api.start(cid)
             info = api.inspect_container(cid)
         except docker.errors.APIError as e:
@@ -338,6 +314,8 @@ class ContainerProvider:
             self._remove(api, info["Id"])  # with its anonymous volumes
 
         await self._call(f"destroying host {host.id}", stop_and_remove)
+        if self.machine is None:  # on another machine they went with the container
+            secretfiles.remove_files(self._scope, host.id)
 
     async def kill(self, host: Host) -> None:
         def kill() -> None:

@@ -16,9 +16,14 @@ The embedded default, needing nothing beyond this machine. Choices, and why:
   so boot with ``state_dir = hosts_root / host_id``. destroy() keeps host.json (marked destroyed)
   and output.log: the logs of dead hosts are still wanted.
 - **exec runs where the host runs.** boot() keeps the env it computed (port included) in
-  ``state_dir/env.json`` (mode 0600: release env may hold secrets; not in the store), so exec()
-  runs a command in the host's view with exactly the host's env, in a session of its own that
-  a timeout kills whole. destroy() removes the file with the view.
+  ``state_dir/env.json`` (mode 0600; not in the store), so exec() runs a command in the host's
+  view with exactly the host's env, in a session of its own that a timeout kills whole.
+  destroy() removes the file with the view.
+- **Secrets never rest here.** A release's secrets (``BootRequest.secrets``) are left out of
+  env.json: exec() takes their values from the host's own ``/proc/PID/environ``; ``as_file``
+  ones are files on a tmpfs (secretfiles.py). A host with secrets writes its output through a
+  mask relay (maskpipe.py, its own session, ends at the host's EOF), so a value it prints
+  reaches output.log as ``***``.
 
 Children we booted are kept as Popen objects and polled, so they are reaped instead of lingering
 as zombies; adopted hosts (booted by an earlier controller) are not our children.
@@ -45,6 +50,7 @@ from pathlib import Path
 from hinotori import command
 from hinotori.errors import ProviderError
 from hinotori.model import Host, HostState
+from hinotori.providers import secretfiles
 from hinotori.providers.base import (
     BootRequest,
     CommandResult,
@@ -110,6 +116,45 @@ def _write_env(env: dict[str, str], state_dir: Path) -> None:
     tmp.replace(state_dir / "env.json")
 
 
+def _start_relay(out: object, values: list[str]) -> tuple[subprocess.Popen[bytes] | None,
+                                                         int | None]:
+    """With secret values: the mask relay writing to ``out`` and the pipe end the host writes
+    to; without: (None, None), the host writes to ``out`` itself."""
+    if not values:
+        return None, None
+    read_end, write_end = os.pipe()
+    values_r, values_w = os.pipe()
+    try:
+        relay = subprocess.Popen(
+            [sys.executable, "-I", str(Path(__file__).with_name("maskpipe.py")), str(values_r)],
+            stdin=read_end, stdout=out, stderr=subprocess.DEVNULL,  # type: ignore[arg-type]
+            pass_fds=(values_r,), start_new_session=True, env={})
+    except OSError:
+        os.close(write_end)
+        os.close(values_w)
+        raise
+    finally:
+        os.close(read_end)
+        os.close(values_r)
+    with os.fdopen(values_w, "wb") as f:  # through a pipe: never in a file or an argv
+        f.write(json.dumps(values).encode())
+    return relay, write_end
+
+
+def _environ_of(pid: int, names: list[str]) -> dict[str, str]:
+    """``names`` as process ``pid`` was started with them (a host's secret env vars)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    found = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key.decode(errors="replace") in names:
+            found[key.decode()] = value.decode(errors="replace")
+    return found
+
+
 def _write_host(host: Host, state_dir: Path) -> None:
     # atomic: list() never reads half a file
     write_private(state_dir / "host.json", json.dumps(host.to_dict(), indent=2),
@@ -140,6 +185,7 @@ class ProcessProvider:
         self.hosts_root = Path(hosts_root)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
         self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
+        self._relays: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our mask relay
 
     async def boot(self, req: BootRequest) -> Host:
         rel, state_dir = req.release, req.state_dir
@@ -163,14 +209,31 @@ class ProcessProvider:
                     "HINOTORI_SCRATCH": str(scratch), "TMPDIR": str(scratch)})
         env.update(req.extra_env)
         env.update(volume_env(req.volumes))  # on this machine already: the paths as they are
-        _write_env(env, state_dir)
+        hidden = [s.name for s in req.secrets if not s.as_file]  # values: never in env.json
+        _write_env({k: v for k, v in env.items() if k not in hidden}, state_dir)
+        relay: subprocess.Popen[bytes] | None = None
         try:
+            files = secretfiles.write_files(
+                secretfiles.host_dir(self.hosts_root, req.host_id), req.secrets)
+            env.update(secretfiles.secret_env(req.secrets,
+                                              {k: str(p) for k, p in files.items()}))
             with open_private(log, "ab") as out:
-                proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as e:
+                relay, sink = _start_relay(out, [s.value for s in req.secrets])
+                try:
+                    proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
+                                            stdin=subprocess.DEVNULL,
+                                            stdout=out if sink is None else sink,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+                finally:
+                    if sink is not None:
+                        os.close(sink)  # the host holds it now: the relay ends at its EOF
+        except (OSError, ProviderError) as e:
+            if relay is not None:
+                relay.wait()
+            secretfiles.remove_files(self.hosts_root, req.host_id)
             await asyncio.to_thread(_remove_tree, state_dir)
+            if isinstance(e, ProviderError):
+                raise
             raise ProviderError(
                 f"cannot start host {req.host_id} of {rel.service} {rel.name}: "
                 f"{rel.config.command[0]!r}: {e.strerror or e}",
@@ -178,11 +241,17 @@ class ProcessProvider:
                      "are relative to the image root) or on PATH, and be executable") from e
         self._children[proc.pid] = proc
         st = _proc_stat(proc.pid)
+        data = {"port": port, "log": str(log), "state_dir": str(state_dir),
+                "start_ticks": st[1] if st else None}
+        if hidden:
+            data["secrets"] = hidden  # names only: exec() reads the values from /proc
+        if relay is not None:
+            self._relays[relay.pid] = relay
+            rst = _proc_stat(relay.pid)
+            data["relay"] = [relay.pid, rst[1] if rst else None]
         host = Host(id=req.host_id, service=rel.service, release=rel.number,
                     provider=self.name, state=HostState.BOOTING, born_at=time.time(),
-                    address=f"127.0.0.1:{port}", pid=proc.pid, root=str(view),
-                    data={"port": port, "log": str(log), "state_dir": str(state_dir),
-                          "start_ticks": st[1] if st else None})
+                    address=f"127.0.0.1:{port}", pid=proc.pid, root=str(view), data=data)
         _write_host(host, state_dir)
         return host
 
@@ -242,6 +311,8 @@ class ProcessProvider:
                     await asyncio.sleep(0.05)
                 if not self._group_alive(pgid):
                     break
+        await self._relay_done(host)
+        secretfiles.remove_files(self.hosts_root, host.id)
         state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
         await asyncio.to_thread(_remove_tree, state_dir / "root")
         await asyncio.to_thread(_remove_tree, state_dir / "scratch")
@@ -249,6 +320,21 @@ class ProcessProvider:
             (state_dir / "env.json").unlink()
         if state_dir.is_dir():
             _write_host(replace(host, state=HostState.DESTROYED), state_dir)
+
+    async def _relay_done(self, host: Host, wait: float = 5.0) -> None:
+        """Wait until the host's mask relay wrote its last bytes (it ends at the host's EOF),
+        so the flush after a destroy finds all of output.log."""
+        pid, ticks = (host.data.get("relay") or [None, None])[:2]
+        deadline = time.monotonic() + wait
+        while pid is not None and time.monotonic() < deadline:
+            child = self._relays.get(pid)
+            if child is not None and child.poll() is not None:
+                del self._relays[pid]
+                return
+            st = _proc_stat(pid)
+            if st is None or st[1] != ticks or (st[0] in "ZX" and child is None):
+                return  # gone, another process, or a zombie of another parent: done writing
+            await asyncio.sleep(0.02)
 
     async def kill(self, host: Host) -> None:
         if host.pid is not None and self._alive(host):
@@ -272,6 +358,8 @@ class ProcessProvider:
             # Booted before env.json existed: the base env and its port are all we know.
             env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
             env.update({"PORT": str(host.data.get("port", "")), "HINOTORI_HOST_ID": host.id})
+        if host.data.get("secrets") and host.pid is not None and self._alive(host):
+            env.update(_environ_of(host.pid, host.data["secrets"]))
         try:
             done = await command.run(argv, cwd=host.root, env=env, stdin=stdin, timeout=timeout)
         except OSError as e:
@@ -295,7 +383,12 @@ class ProcessProvider:
         return _session_usage(host.pid)
 
     def close(self, *, teardown: bool = False) -> None:
-        pass  # nothing held open
+        """Nothing is held open; on `down`, secret files no live host owns (left by a
+        controller killed mid-boot) are removed."""
+        if teardown:
+            live = {h.id for p in self.hosts_root.glob("*/host.json") if (h := _read_host(p))
+                    and h.state != HostState.DESTROYED and self._alive(h)}
+            secretfiles.sweep(self.hosts_root, keep=live)
 
     def logs(self, host: Host, tail: int | None = None) -> list[str]:
         path = Path(host.data.get("log") or Path(host.root or ".").parent / "output.log")

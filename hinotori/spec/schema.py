@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
 from hinotori.providers.registry import PROVIDERS
@@ -27,6 +34,7 @@ from hinotori.spec.base import (
 from hinotori.spec.image import ImageSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
+from hinotori.spec.secrets import SecretSpec, check_secret_keys
 from hinotori.sysctls import NAMESPACED_TEXT, check_name, check_namespaced, check_value, namespaced
 from hinotori.verify.checks import Check
 
@@ -203,6 +211,8 @@ class ServiceSpec(Strict):
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
     env: dict[EnvName, str] = {}
+    # Values resolved at each boot (env var, file, command), never stored: spec/secrets.py.
+    secrets: dict[EnvName, SecretSpec] = {}
     hosts: list[HostName] = []  # Host headers routed to this service; empty = any
     path_prefix: UrlPath = "/"
     health: HealthSpec = HealthSpec()
@@ -269,10 +279,21 @@ class ServiceSpec(Strict):
         as the container provider applies them)."""
         return {**self.image.sysctls(), **self.sysctls}
 
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_apart_from_env(cls, secrets: dict[str, SecretSpec], info: ValidationInfo
+                                ) -> dict[str, SecretSpec]:
+        check_secret_keys(info.data.get("env") or {}, secrets)
+        return secrets
+
     def release_config(self, env_overrides: dict[str, str] | None = None) -> ReleaseConfig:
+        """The release's config from the spec; secrets carry their sources and an empty
+        fingerprint, which ``secrets.fingerprinted`` fills in before a release is made."""
+        secrets = {k: {"source": s.source(), "as_file": s.as_file, "fingerprint": ""}
+                   for k, s in self.secrets.items()}
         return ReleaseConfig(command=tuple(self.command),
                              env={**self.env, **(env_overrides or {})}, port_env=self.port_env,
-                             sysctls=dict(self.sysctls))
+                             sysctls=dict(self.sysctls), secrets=secrets)
 
 
 class ShipOnSpec(Strict):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +119,9 @@ class LogStore(SqliteBase):
     what = "the log store"
     loses = "host logs already in it"
     error = LogsError
+    # Applied to every line before it is written (the controller's secret masker): whatever
+    # enters the store - files, API feeds - is masked in one place, never stored as it came.
+    mask: Callable[[str], str] | None = None
     schema = _SCHEMA
 
     # -- streams -------------------------------------------------------------------------
@@ -154,6 +157,11 @@ class LogStore(SqliteBase):
         new. The rows' ``ts`` is raised to the newest stored ts if the clock went backwards."""
         if not batches:
             return 0
+        if self.mask is not None:
+            mask = self.mask
+            batches = [Batch(b.stream, [(r[0], r[1], r[2], mask(r[3])) for r in b.rows],
+                             b.shipped)
+                       for b in batches]
         with self.transaction() as db:
             before = self._high(db)
             last = db.execute("SELECT ts FROM lines WHERE id = ?", (before,)).fetchone()
