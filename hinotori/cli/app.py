@@ -23,6 +23,7 @@ from hinotori.cli import (
     dashboardcmd,
     driftcmd,
     imagecmds,
+    jobcmds,
     labcmds,
     logcmds,
     machinecmds,
@@ -176,6 +177,8 @@ app.add_typer(image_app, name="image", rich_help_panel=IMAGES)
 app.command("machines", rich_help_panel=MACHINES)(machinecmds.machines)
 app.add_typer(machinecmds.machine_app, name="machine", rich_help_panel=MACHINES)
 app.add_typer(labcmds.lab_app, name="lab", rich_help_panel=MACHINES)
+app.command("jobs", rich_help_panel=LIFECYCLE)(jobcmds.jobs)
+app.add_typer(jobcmds.job_app, name="job", rich_help_panel=LIFECYCLE)
 
 
 def paragraphs(text: str | None) -> list[str]:

@@ -11,6 +11,7 @@ in its own module:
 - shipping.py    the signed push webhook: bake -> deploy
 - membership.py  discovery files, member events, Serf, on_join/on_leave hooks
 - adoption.py    what a starting controller takes over from the last one
+- jobs.py        scheduled jobs: each run a disposable host of its own
 - observing.py   the log pipeline and the metrics recorder
 - tasks.py       every background loop its own named task, restarted under guard
 - serve.py       the HTTP API around a running controller (`serve`)
@@ -35,6 +36,7 @@ from hinotori.controller import adoption
 from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
+from hinotori.controller.jobs import TICK, Jobs
 from hinotori.controller.machines import WATCH_EVERY, Machines
 from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
@@ -84,6 +86,7 @@ class Controller:
         self.webhook = self.shipping.webhook  # its defences, for the API's push route
         self.observing = Observing(project, self.fleet, self.tasks)
         self.machines = Machines(self.fleet, start_deployment=self.start_deployment)
+        self.jobs = Jobs(self.fleet, self.notifier, spawn=self.spawn)
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
 
@@ -109,6 +112,8 @@ class Controller:
         await self.fleet.router.start()
         await self.machines.watch_once()  # which machines answer, before adopting their hosts
         await self.adopt()
+        await self.jobs.resume()  # after adopt: the runs' hosts are known, the router synced
+        self.tasks.loop("jobs", every(TICK, self.jobs.tick))
         self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
         self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
         self.tasks.loop("notify", self.notifier.run)

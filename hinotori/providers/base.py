@@ -57,6 +57,15 @@ class BootRequest:
     volumes: dict[str, Path] = field(default_factory=dict)
     # The [machines.NAME] the host goes to (placement chose it); None: this machine.
     machine: str | None = None
+    # A one-shot host of [jobs.NAME] ``job``: runs ``command`` (instead of the release's) as
+    # its main process, whose exit ends it; nobody health-checks or routes to it.
+    job: str | None = None
+    command: tuple[str, ...] = ()
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What the host runs: the job's command, else the release's."""
+        return self.command or self.release.config.command
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,16 @@ class Provider(Protocol):
         """Let go of what the provider holds open (connections to machines) when the
         controller stops; with ``teardown`` (`hinotori down`) also stop the helpers it started
         (an image registry). Hosts are never touched."""
+        ...
+
+
+@runtime_checkable
+class ExitStatus(Protocol):
+    """A provider that can tell how a host's main process ended (what a job run needs)."""
+
+    async def exit_status(self, host: Host) -> int | None:
+        """The exit status of the host's main process once it ended (a signal N as 128+N);
+        None while it runs or when nobody can know any more (not our child, removed)."""
         ...
 
 

@@ -25,6 +25,7 @@ from hinotori.spec.base import (
     UrlPath,
 )
 from hinotori.spec.image import ImageSpec
+from hinotori.spec.jobs import JobSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
 from hinotori.verify.checks import Check
@@ -282,6 +283,15 @@ class Spec(Strict):
     engine: EngineSpec = EngineSpec()
     machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
+    jobs: dict[Name, JobSpec] = {}  # spec/jobs.py
+
+    @model_validator(mode="after")
+    def _jobs_of_services(self) -> Spec:
+        for name, job in self.jobs.items():
+            if job.service not in self.services:
+                raise ValueError(f"job {name!r} runs from service {job.service!r}, which the "
+                                 f"spec does not have (services: {', '.join(self.services)})")
+        return self
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:

@@ -54,4 +54,15 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY, state TEXT NOT NULL, drained INTEGER NOT NULL DEFAULT 0,
         last_seen REAL, engine TEXT, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
     """,
+    # 5 (scheduled jobs): one row per run of a [jobs.NAME] (its host, trigger, exit status,
+    # times) and, per job, the last moment a run was due, so a restarted controller knows
+    # which runs it missed.
+    """
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, service TEXT NOT NULL,
+        release INTEGER, host TEXT, trigger TEXT NOT NULL, due REAL, started_at REAL NOT NULL,
+        ended_at REAL, state TEXT NOT NULL, exit_code INTEGER, error TEXT);
+    CREATE INDEX job_runs_by_job ON job_runs (job, id);
+    CREATE TABLE job_cursors (job TEXT PRIMARY KEY, last_due REAL NOT NULL);
+    """,
 ]
