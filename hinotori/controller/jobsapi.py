@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from hinotori.controller.guard import PRINCIPAL
 from hinotori.model import MAX_NUMBER
@@ -37,7 +37,7 @@ def job_routes(jobs: JobsParts) -> APIRouter:
         return jobs.rows()
 
     @routes.get("/v1/jobs/runs/{run}")
-    async def one_run(run: int = Query(ge=1, le=MAX_NUMBER)) -> dict[str, Any]:
+    async def one_run(run: int = Path(ge=1, le=MAX_NUMBER)) -> dict[str, Any]:
         return jobs.runs.run(run)
 
     @routes.get("/v1/jobs/{name}")
