@@ -24,7 +24,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, Field, model_validator
 
+from hinotori.errors import SpecError
 from hinotori.spec.base import Duration, Name, Strict
+from hinotori.spec.locate import key_lines, line_of
 
 MIN_EVERY = 1.0  # seconds: a job is a host boot each time, not a busy loop
 
@@ -85,3 +87,15 @@ class JobSpec(Strict):
         if self.every is not None:
             return f"every {self.every:g}s"
         return f"{self.schedule} {self.timezone}"
+
+
+def check_jobs(jobs: dict[str, JobSpec], services: set[str], text: str, file: str) -> None:
+    """Each job runs from a service the spec declares (refused at its `service` key)."""
+    for name, job in jobs.items():
+        if job.service not in services:
+            path = ["jobs", name, "service"]
+            raise SpecError(f"job {name!r} runs from service {job.service!r}, which the spec "
+                            f"does not declare (services: {', '.join(sorted(services))})",
+                            file=file, line=line_of(key_lines(text), path), key=".".join(path),
+                            hint="a job runs from a service's current release: name one of "
+                                 "its [services.NAME]")

@@ -283,15 +283,7 @@ class Spec(Strict):
     engine: EngineSpec = EngineSpec()
     machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
-    jobs: dict[Name, JobSpec] = {}  # spec/jobs.py
-
-    @model_validator(mode="after")
-    def _jobs_of_services(self) -> Spec:
-        for name, job in self.jobs.items():
-            if job.service not in self.services:
-                raise ValueError(f"job {name!r} runs from service {job.service!r}, which the "
-                                 f"spec does not have (services: {', '.join(self.services)})")
-        return self
+    jobs: dict[Name, JobSpec] = {}  # spec/jobs.py (their services: check_jobs)
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:
