@@ -102,6 +102,7 @@ def run(name: Annotated[str, typer.Argument(help="a job of the spec (jobs.NAME)"
     """Run the job once now, wait for it, print its exit status and the tail of its output."""
     from hinotori.cli.render import visible
     from hinotori.controller.client import ControllerClient
+    from hinotori.errors import ControllerError
     from hinotori.store.jobs import RUNNING, JobRuns
 
     project = Project.load(spec)
@@ -111,6 +112,10 @@ def run(name: Annotated[str, typer.Argument(help="a job of the spec (jobs.NAME)"
     if not json_out:
         console.print(f"job {name}: run {number} started")
     while (row := runs.run(number))["state"] == RUNNING:
+        if not project.controller_file.exists():
+            raise ControllerError(f"the controller stopped while run {number} of {name} ran",
+                                  hint="the run goes on; the next `hinotori up` watches it to "
+                                       f"its end: `hinotori jobs {name}` shows how it ended")
         time.sleep(0.1)
     tail = _tail(project, row["host"])
     if json_out:

@@ -146,6 +146,7 @@ class Controller:
             async with phases("hosts"):
                 hosts = self.store.hosts(states=LIVE_STATES)
                 await self.fleet.destroy(hosts, why="hinotori down")
+                self.jobs.torn_down()
             async with phases("metrics"):
                 await self.observing.stop_metrics()
             async with phases("router"):

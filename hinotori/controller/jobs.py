@@ -246,6 +246,13 @@ class Jobs:
                                duration_s=row["duration_s"])
         log.info("job %s run %d %s (exit %s)", row["job"], run, state, code)
 
+    def torn_down(self) -> None:
+        """`hinotori down` destroyed every host, job hosts included: their runs end here (no
+        notification: the operator stopped them)."""
+        for row in self.runs.running():
+            self.runs.finish(row["id"], "lost", actor=ACTOR,
+                             error="stopped by `hinotori down` before it ended")
+
     # -- what `hinotori jobs` shows ----------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         return job_rows(self.fleet.spec, self.runs, next_due=self.next_due)

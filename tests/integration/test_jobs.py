@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.support import CliProject, make_project, teardown, wait_until
+from tests.support import (
+    CONTAINER_SPEC,
+    HELLO,
+    CliProject,
+    free_port,
+    make_project,
+    require,
+    teardown,
+    wait_until,
+)
 
 PY = sys.executable
 
@@ -219,3 +230,48 @@ def test_a_job_host_outlives_a_controller_restart_and_is_adopted(tmp_path: Path)
         assert "begun" in p.cli("logs", "--host", run["host"]).stdout
     finally:
         teardown(p)
+
+
+def test_a_job_on_container_hosts(tmp_path: Path, request: pytest.FixtureRequest,
+                                  docker_client) -> None:
+    """The same run on the container provider: a container of the release's image with the
+    job's command, its exit status read from the engine, removed once it exited."""
+    require(shutil.which("mmdebstrap") is not None,
+            "mmdebstrap is not installed (apt-get install mmdebstrap)")
+    request.getfixturevalue("engine_url")  # a real Podman service for this session
+    path = tmp_path / f"jobs{uuid.uuid4().hex[:6]}"  # the project's name, too
+    path.mkdir()
+    (path / "app.py").write_text((HELLO / "app.py").read_text())
+    (path / "VERSION").write_text(f"1-{uuid.uuid4().hex[:8]}\n")
+    listen = f"127.0.0.1:{free_port()}"
+    code = ("import os, sys; print('job in', os.getcwd(), os.environ['HINOTORI_HOST_ID']); "
+            "sys.exit(int(os.environ.get('CODE', '0')))")
+    spec = CONTAINER_SPEC.format(name=path.name, listen=listen).replace(
+        "replicas = 2", "replicas = 1")
+    spec += (f'\n[jobs.ok]\nservice = "web"\ncommand = {json.dumps(["python3", "-c", code])}\n'
+             'every = "1h"\n'
+             f'\n[jobs.bad]\nservice = "web"\ncommand = '
+             f'{json.dumps(["sh", "-c", "echo about to fail; exit 3"])}\nevery = "1h"\n')
+    (path / "hinotori.toml").write_text(spec)
+    p = CliProject(path)
+    try:
+        p.cli("up", "-d")
+        p.cli("bake", "web", timeout=600)
+        p.cli("deploy", "web", timeout=300)
+        out = p.json("job", "run", "ok")
+        assert out["state"] == "succeeded" and out["exit_code"] == 0  # type: ignore[index]
+        assert out["output"] == [f"job in /app {out['host']}"]  # type: ignore[index]
+        bad = p.cli("job", "run", "bad", check=False)
+        assert bad.returncode == 1 and "failed (exit 3)" in bad.stdout
+        assert "about to fail" in bad.stdout
+        left = docker_client.containers.list(all=True, filters={
+            "label": f"hinotori.project={path.name}"})
+        assert [c.labels["hinotori.host"] for c in left] == [p.serving()[0]["id"]]
+    finally:
+        p.cli("down", check=False, timeout=180)
+        for c in docker_client.containers.list(all=True, filters={
+                "label": f"hinotori.project={path.name}"}):
+            c.remove(force=True, v=True)
+        for image in docker_client.images.list(name=f"localhost/hinotori/{path.name}-web"):
+            for tag in image.tags:
+                docker_client.images.remove(tag)
