@@ -210,23 +210,32 @@ def test_a_run_missed_while_the_controller_was_down_runs_once_on_start(tmp_path:
 
 def test_a_job_host_outlives_a_controller_restart_and_is_adopted(tmp_path: Path) -> None:
     p = deployed(tmp_path, job("nightly", "import time; print('begun', flush=True); "
-                                          "time.sleep(5)", every="2s"))
+                                          "time.sleep(12); print('done', flush=True)",
+                               every="2s"))
     try:
-        assert wait_until(lambda: any(r["host"] for r in runs(p, "nightly")), timeout=20)
-        run = runs(p, "nightly")[-1]
+        found: list[dict] = []
+
+        def going() -> bool:
+            found[:] = [r for r in runs(p, "nightly") if r["state"] == "running" and r["host"]]
+            return bool(found)
+
+        assert wait_until(going, timeout=30)
+        run = found[0]
         p.stop_controller()
         hosts = {h["id"]: h for h in p.json("hosts")}  # type: ignore[union-attr]
-        assert hosts[run["host"]]["state"] == "job"  # still running, no controller
+        assert hosts[run["host"]]["state"] == "job"  # left running by the controller
         p.cli("up", "-d")
         # adopted: watched to its end, then burned; never left running
         assert wait_until(lambda: next(r for r in runs(p, "nightly")
                                        if r["id"] == run["id"])["state"] != "running",
-                          timeout=20)
+                          timeout=30)
         again = next(r for r in runs(p, "nightly") if r["id"] == run["id"])
-        assert again["state"] in ("lost", "succeeded")
-        assert again["duration_s"] >= 4.5  # it ran to its end: not burned on adoption
+        assert again["state"] == "lost"  # a process host's exit status died with its parent
+        assert "exit status" in again["error"]
         assert {h["id"]: h["state"] for h in p.json("hosts", "--all")  # type: ignore[union-attr]
                 }[run["host"]] == "destroyed"
+        # it ran to its end: not burned on adoption
+        assert wait_until(lambda: "done" in p.cli("logs", "--host", run["host"]).stdout)
         assert "begun" in p.cli("logs", "--host", run["host"]).stdout
     finally:
         teardown(p)
