@@ -282,3 +282,21 @@ def test_rows_show_the_schedule_the_last_run_and_the_next(tmp_path: Path) -> Non
     last = job_rows(w.fleet.spec, runs, now=1000.0)[0]["last_run"]
     assert (last["state"], last["exit_code"], last["release_name"]) == ("succeeded", 0, "v1")
     assert jobs.rows()[0]["job"] == "report"
+
+
+def test_down_ends_the_runs_it_stopped_without_a_notification(tmp_path: Path) -> None:
+    w, jobs, notes = setup(tmp_path)
+
+    async def scenario() -> None:
+        run = await jobs.trigger("report", "manual")
+        await until(lambda: run_host(jobs, run) is not None)  # type: ignore[arg-type]
+        for task in [t for t in asyncio.all_tasks() if t.get_name().startswith("job-")]:
+            task.cancel()  # the controller's tasks stop first, then its hosts
+        await until(lambda: not jobs.active)
+        await w.fleet.destroy(w.store.hosts("web", [HostState.JOB]), why="hinotori down")
+        jobs.torn_down()
+        row = jobs.runs.run(run)  # type: ignore[arg-type]
+        assert row["state"] == "lost" and "hinotori down" in row["error"]
+        assert notes.sent == []
+
+    asyncio.run(scenario())
