@@ -36,7 +36,7 @@ from hinotori.controller import adoption
 from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
-from hinotori.controller.jobs import TICK, Jobs
+from hinotori.controller.jobs import Jobs
 from hinotori.controller.machines import WATCH_EVERY, Machines
 from hinotori.controller.membership import Membership
 from hinotori.controller.notify import Notifier
@@ -113,7 +113,7 @@ class Controller:
         await self.machines.watch_once()  # which machines answer, before adopting their hosts
         await self.adopt()
         await self.jobs.resume()  # after adopt: the runs' hosts are known, the router synced
-        self.tasks.loop("jobs", every(TICK, self.jobs.tick))
+        self.tasks.loop("jobs", self.jobs.run)
         self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
         self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
         self.tasks.loop("notify", self.notifier.run)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from hinotori.store.jobs import RUNNING, JobRuns
 
 log = logging.getLogger("hinotori.jobs")
 
-TICK = 0.25  # seconds between two looks at the schedules
+TICK = 0.25  # longest sleep between two looks at the schedules
 WATCH = 0.2  # seconds between two looks at a running job host
 FAILURES = ("failed", "timed-out", "lost")
 
@@ -150,6 +151,14 @@ class Jobs:
             self._clock[name] = (job, following if following > now else job.next_due(now))
             self.runs.set_cursor(name, due)
             await self.trigger(name, "schedule", due=due, quiet=True)
+
+    async def run(self) -> None:
+        """The "jobs" loop: wakes at the next due moment (at most TICK apart, so a spec
+        reload's new job is seen soon), so a run starts within milliseconds of its time."""
+        while True:
+            soonest = min((due for _, due in self._clock.values()), default=math.inf)
+            await asyncio.sleep(min(TICK, max(0.0, soonest - time.time())))
+            await self.tick()
 
     def next_due(self, name: str) -> float | None:
         entry = self._clock.get(name)
