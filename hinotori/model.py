@@ -23,6 +23,7 @@ class HostState(StrEnum):
     SERVING = "serving"      # in the routing table
     DRAINING = "draining"    # out of the table; finishing in-flight requests
     WARM = "warm"            # drained, still running: kept for instant rollback until it expires
+    JOB = "job"              # runs one run of a [jobs.NAME]: never routed, burned when it exits
     LOST = "lost"            # its machine cannot be reached: out of traffic for good; burned
                              # when the machine answers again
     DESTROYED = "destroyed"

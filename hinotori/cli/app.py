@@ -24,6 +24,7 @@ from hinotori.cli import (
     driftcmd,
     imagecmds,
     imageiocmds,
+    jobcmds,
     labcmds,
     logcmds,
     machinecmds,
@@ -182,6 +183,8 @@ app.command("machines", rich_help_panel=MACHINES)(machinecmds.machines)
 app.add_typer(machinecmds.machine_app, name="machine", rich_help_panel=MACHINES)
 app.add_typer(labcmds.lab_app, name="lab", rich_help_panel=MACHINES)
 app.add_typer(maintenancecmds.maintenance_app, name="maintenance", rich_help_panel=LIFECYCLE)
+app.command("jobs", rich_help_panel=LIFECYCLE)(jobcmds.jobs)
+app.add_typer(jobcmds.job_app, name="job", rich_help_panel=LIFECYCLE)
 
 
 def paragraphs(text: str | None) -> list[str]:

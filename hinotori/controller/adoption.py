@@ -29,6 +29,8 @@ async def adopt(project: Project, fleet: Fleet) -> None:
     unrouted: list[Host] = []
     for host in store.hosts(states=LIVE_STATES):
         known.add(host.id)
+        if host.state == HostState.JOB:
+            continue  # a job run's host: the jobs module adopts or burns it (Jobs.resume)
         try:
             alive = host.provider in fleet.providers and await fleet.provider(host).adopt(host)
         except MachineUnreachable as e:  # its machine is away: burned when it answers again

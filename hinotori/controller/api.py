@@ -32,6 +32,7 @@ from hinotori.controller.buildapi import build_routes
 from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.guard import Credentials, RequestGuard, error_body
+from hinotori.controller.jobsapi import JobsParts, job_routes
 from hinotori.controller.machinesapi import MachinesParts, machine_routes
 from hinotori.controller.maintenance import MaintenanceMode
 from hinotori.controller.maintenanceapi import maintenance_routes
@@ -77,6 +78,7 @@ class ControllerParts(Protocol):
     webhook: Webhook  # the push webhook's defences
     machines: MachinesParts  # the machines of a fleet, watched
     maintenance: MaintenanceMode  # services the router answers 503 for
+    jobs: JobsParts  # scheduled jobs and their runs
 
     async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
                    source: str) -> list[str]: ...
@@ -143,6 +145,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
     api.include_router(read_routes(store, controller.logs.store))
     api.include_router(machine_routes(controller.machines))
     api.include_router(maintenance_routes(controller.maintenance))
+    api.include_router(job_routes(controller.jobs))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))
     dashboard.mount(app, api, sessions)  # the page at /, its sign-in, /v1/dashboard/ticket

@@ -12,6 +12,7 @@ in its own module:
 - shipping.py    the signed push webhook: bake -> deploy
 - membership.py  discovery files, member events, Serf, on_join/on_leave hooks
 - adoption.py    what a starting controller takes over from the last one
+- jobs.py        scheduled jobs: each run a disposable host of its own
 - observing.py   the log pipeline and the metrics recorder
 - tasks.py       every background loop its own named task, restarted under guard
 - serve.py       the HTTP API around a running controller (`serve`)
@@ -36,6 +37,7 @@ from hinotori.controller import adoption
 from hinotori.controller.burning import Burning, stop_private_engine
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
+from hinotori.controller.jobs import Jobs
 from hinotori.controller.machines import WATCH_EVERY, Machines
 from hinotori.controller.maintenance import MaintenanceMode
 from hinotori.controller.membership import Membership
@@ -87,6 +89,7 @@ class Controller:
         self.observing = Observing(project, self.fleet, self.tasks)
         self.machines = Machines(self.fleet, start_deployment=self.start_deployment)
         self.maintenance = MaintenanceMode(self.fleet)  # the router's 503s, by service
+        self.jobs = Jobs(self.fleet, self.notifier, spawn=self.spawn)
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
 
@@ -112,6 +115,8 @@ class Controller:
         await self.fleet.router.start()
         await self.machines.watch_once()  # which machines answer, before adopting their hosts
         await self.adopt()
+        await self.jobs.resume()  # after adopt: the runs' hosts are known, the router synced
+        self.tasks.loop("jobs", self.jobs.run)
         self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
         self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
         self.tasks.loop("notify", self.notifier.run)
@@ -144,6 +149,7 @@ class Controller:
             async with phases("hosts"):
                 hosts = self.store.hosts(states=LIVE_STATES)
                 await self.fleet.destroy(hosts, why="hinotori down")
+                self.jobs.torn_down()
             async with phases("metrics"):
                 await self.observing.stop_metrics()
             async with phases("router"):

@@ -61,7 +61,7 @@ Membership = Callable[[str, list[Host], list[Host]], None]
 Destroying = Callable[[Host], AbstractAsyncContextManager[None]]
 
 LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
-               HostState.DRAINING, HostState.WARM)
+               HostState.DRAINING, HostState.WARM, HostState.JOB)
 
 
 def _quiet(_: str, __: dict[str, Any]) -> None:
@@ -172,7 +172,8 @@ class Fleet:
         seats = [Seat(name, self.machine_state(name),
                       self.spec.machines[name].labels.get("zone", "")) for name in svc.machines]
         running = [h.data.get("machine") for h in self.hosts(service, *LIVE_STATES)
-                   if h.release == release.number and h.state != HostState.WARM]
+                   if h.release == release.number
+                   and h.state not in (HostState.WARM, HostState.JOB)]
         return list(place(service, seats, [m for m in running if m], count))
 
     async def _boot_one(self, service: str, release: Release, progress: Progress,
@@ -182,11 +183,8 @@ class Fleet:
         svc = self.service(service)
         provider = self.provider(service)
         host_id = f"{service}-{secrets.token_hex(4)}"
-        request = BootRequest(host_id=host_id, release=release,
-                              image_root=self.image_root(release.image),
-                              state_dir=self.hosts_dir / host_id,
-                              volumes=self.volumes(service), machine=machine, secrets=resolved)
-        host = await provider.boot(request)
+        host = await provider.boot(self.boot_request(service, release, host_id, machine,
+                                                     resolved=resolved))
         self.store.save_host(host, actor=self.actor)
         progress("host.booted", {"host": host.id, "address": host.address})
         self._set(host, HostState.VERIFYING)
@@ -211,6 +209,30 @@ class Fleet:
         progress("host.ready", {"host": host.id})
         faults.point("host.ready")
         return host, None
+
+    def boot_request(self, service: str, release: Release, host_id: str,
+                     machine: str | None, job: str | None = None,
+                     command: tuple[str, ...] = (),
+                     resolved: tuple[ResolvedSecret, ...] = ()) -> BootRequest:
+        """What a provider is asked to boot: the one place a serving host's and a job
+        host's requests are built, so both get the same image, env, volumes and secrets."""
+        return BootRequest(host_id=host_id, release=release,
+                           image_root=self.image_root(release.image),
+                           state_dir=self.hosts_dir / host_id, volumes=self.volumes(service),
+                           machine=machine, job=job, command=command, secrets=resolved)
+
+    async def boot_job(self, service: str, release: Release, job: str,
+                       command: tuple[str, ...]) -> Host:
+        """One run's host of [jobs.``job``], in state JOB: ``command`` is its main process,
+        never health-checked nor routed; it is burned when that exits (controller/jobs.py)."""
+        host_id = f"{job}-{secrets.token_hex(4)}"
+        machine = self.place(service, release, 1)[0]
+        resolved = await self.secrets.boot(release) if self.secrets is not None else ()
+        request = self.boot_request(service, release, host_id, machine, job, command, resolved)
+        host = await self.provider(service).boot(request)
+        host.data["job"] = job
+        self._set(host, HostState.JOB, f"runs job {job}")
+        return host
 
     def _failure_report(self, host: Host, result: ProbeResult) -> str:
         lines = self.provider(host).logs(host, tail=15)

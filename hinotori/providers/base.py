@@ -70,6 +70,15 @@ class BootRequest:
     # The release's secrets, resolved for this boot: env vars or files, never written under
     # .hinotori/ (no env file, no host.json); the provider removes their files with the host.
     secrets: tuple[ResolvedSecret, ...] = ()
+    # A one-shot host of [jobs.NAME] ``job``: runs ``command`` (instead of the release's) as
+    # its main process, whose exit ends it; nobody health-checks or routes to it.
+    job: str | None = None
+    command: tuple[str, ...] = ()
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What the host runs: the job's command, else the release's."""
+        return self.command or self.release.config.command
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,16 @@ class Provider(Protocol):
         """Let go of what the provider holds open (connections to machines) when the
         controller stops; with ``teardown`` (`hinotori down`) also stop the helpers it started
         (an image registry). Hosts are never touched."""
+        ...
+
+
+@runtime_checkable
+class ExitStatus(Protocol):
+    """A provider that can tell how a host's main process ended (what a job run needs)."""
+
+    async def exit_status(self, host: Host) -> int | None:
+        """The exit status of the host's main process once it ended (a signal N as 128+N);
+        None while it runs or when nobody can know any more (not our child, removed)."""
         ...
 
 

@@ -178,7 +178,7 @@ class ContainerProvider:
     # -- boot ----------------------------------------------------------------------------------
     async def boot(self, req: BootRequest) -> Host:
         rel = req.release
-        if not rel.config.command:
+        if not req.argv:
             raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
         client = await asyncio.to_thread(self.client)
         image = await self._call(f"looking up image {rel.image}",
@@ -237,13 +237,14 @@ class ContainerProvider:
         name = container_name(self.project, req.host_id)
         labels = {LABEL + "project": self.project, LABEL + "service": rel.service,
                   LABEL + "release": str(rel.number), LABEL + "release-name": rel.name,
-                  LABEL + "host": req.host_id, LABEL + "port": str(port)}
+                  LABEL + "host": req.host_id, LABEL + "port": str(port),
+                  **({LABEL + "job": req.job} if req.job else {})}
         host_config = api.create_host_config(
             port_bindings={f"{CONTAINER_PORT}/tcp": (self.publish, port)}, binds=binds or None,
             log_config={"type": "json-file", "config": {}}, init=False, sysctls=sysctls or None)
         try:
             created = api.create_container(
-                rel.image, command=list(rel.config.command), name=name, labels=labels,
+                rel.image, command=list(req.argv), name=name, labels=labels,
                 environment=env, ports=[CONTAINER_PORT], host_config=host_config,
                 stop_signal="SIGTERM", detach=True)
         except docker.errors.APIError as e:
@@ -298,6 +299,11 @@ class ContainerProvider:
     async def adopt(self, host: Host) -> bool:
         info = await self._call(f"looking for host {host.id}", lambda: self._inspect(host))
         return bool(info and (info.get("State") or {}).get("Running"))
+
+    async def exit_status(self, host: Host) -> int | None:
+        info = await self._call(f"looking for host {host.id}", lambda: self._inspect(host))
+        state = (info or {}).get("State") or {}
+        return None if not info or state.get("Running") else state.get("ExitCode")
 
     async def destroy(self, host: Host, grace: float = 10.0) -> None:
         def stop_and_remove() -> None:

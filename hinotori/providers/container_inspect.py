@@ -37,7 +37,8 @@ def host_from_inspect(info: dict[str, Any], machine: str | None = None,
                 root=(merged or None) if machine is None else None,
                 data={"container": info["Id"], "name": info.get("Name", "").lstrip("/"),
                       "port": port, "image": info.get("Image"), "machine": machine,
-                      "log": (info.get("LogPath") or None) if machine is None else None})
+                      "log": (info.get("LogPath") or None) if machine is None else None,
+                      **({"job": labels[LABEL + "job"]} if LABEL + "job" in labels else {})})
 
 
 def _created(info: dict[str, Any]) -> float:

@@ -9,6 +9,7 @@ are switches a test sets before or during a run:
 - ``unhealthy``: releases whose hosts never pass their health check;
 - ``slow_health``: probes each new host fails before it starts passing;
 - ``die(host_id)``: the host is gone (adopt() turns False), as a crash or a chaos kill;
+  ``die(host_id, exit_code)``: its main process exited so (what a job host's end looks like);
 - ``error_rate``: per release, the share of requests its hosts answer with a 5xx (read by
   hinotori.router.fake.FakeRouter when it makes up traffic).
 
@@ -62,13 +63,17 @@ class FakeProvider:
     error_rate: dict[int, float] = field(default_factory=dict)
     hosts: dict[str, FakeHost] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    requests: dict[str, BootRequest] = field(default_factory=dict)  # host id -> its boot
+    exits: dict[str, int] = field(default_factory=dict)  # host id -> its exit status
 
     # -- what a test sees and does -------------------------------------------------------
     def live(self) -> list[Host]:
         return [f.host for f in self.hosts.values() if f.alive]
 
-    def die(self, host_id: str) -> None:
+    def die(self, host_id: str, exit_code: int | None = None) -> None:
         self.hosts[host_id].alive = False
+        if exit_code is not None:
+            self.exits[host_id] = exit_code
 
     async def probe(self, address: str, check: HealthCheck) -> ProbeResult:
         """The Fleet's prober: a host answers by its release's switches."""
@@ -96,6 +101,7 @@ class FakeProvider:
                     provider=self.name, state=HostState.BOOTING, born_at=time.time(),
                     address=f"fake-{req.host_id}:80", root=str(req.state_dir / "root"))
         self.hosts[host.id] = FakeHost(host)
+        self.requests[host.id] = req
         return host
 
     async def destroy(self, host: Host, grace: float = 10.0) -> None:
@@ -110,6 +116,9 @@ class FakeProvider:
     async def adopt(self, host: Host) -> bool:
         found = self.hosts.get(host.id)
         return found is not None and found.alive
+
+    async def exit_status(self, host: Host) -> int | None:
+        return None if await self.adopt(host) else self.exits.get(host.id)
 
     async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
                    timeout: float = 60.0) -> CommandResult:

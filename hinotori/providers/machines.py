@@ -212,6 +212,9 @@ class ContainerHosts:
     async def adopt(self, host: Host) -> bool:
         return await self._on(host).adopt(host)
 
+    async def exit_status(self, host: Host) -> int | None:
+        return await self._on(host).exit_status(host)
+
     async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
                    timeout: float = 60.0) -> CommandResult:
         return await self._on(host).exec(host, argv, stdin=stdin, timeout=timeout)

@@ -186,10 +186,11 @@ class ProcessProvider:
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
         self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
         self._relays: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our mask relay
+        self._exits: dict[int, int] = {}  # pid -> exit status of our child reaped lately
 
     async def boot(self, req: BootRequest) -> Host:
         rel, state_dir = req.release, req.state_dir
-        if not rel.config.command:
+        if not req.argv:
             raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
         private_dir(state_dir)
         view, scratch, log = state_dir / "root", state_dir / "scratch", state_dir / "output.log"
@@ -220,7 +221,7 @@ class ProcessProvider:
             with open_private(log, "ab") as out:
                 relay, sink = _start_relay(out, [s.value for s in req.secrets])
                 try:
-                    proc = subprocess.Popen(list(rel.config.command), cwd=view, env=env,
+                    proc = subprocess.Popen(list(req.argv), cwd=view, env=env,
                                             stdin=subprocess.DEVNULL,
                                             stdout=out if sink is None else sink,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -236,7 +237,7 @@ class ProcessProvider:
                 raise
             raise ProviderError(
                 f"cannot start host {req.host_id} of {rel.service} {rel.name}: "
-                f"{rel.config.command[0]!r}: {e.strerror or e}",
+                f"{req.argv[0]!r}: {e.strerror or e}",
                 hint="check the service's command: the program must exist in the image (paths "
                      "are relative to the image root) or on PATH, and be executable") from e
         self._children[proc.pid] = proc
@@ -245,6 +246,8 @@ class ProcessProvider:
                 "start_ticks": st[1] if st else None}
         if hidden:
             data["secrets"] = hidden  # names only: exec() reads the values from /proc
+        if req.job:
+            data["job"] = req.job
         if relay is not None:
             self._relays[relay.pid] = relay
             rst = _proc_stat(relay.pid)
@@ -260,6 +263,8 @@ class ProcessProvider:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
             del self._children[pid]
+            code = child.returncode
+            self._exits[pid] = 128 - code if code < 0 else code  # killed by N: 128+N
 
     def _alive(self, host: Host) -> bool:
         if host.pid is None:
@@ -343,6 +348,13 @@ class ProcessProvider:
 
     async def adopt(self, host: Host) -> bool:
         return self._alive(host)
+
+    async def exit_status(self, host: Host) -> int | None:
+        """Known for a host we booted (our child); an adopted one's status died with the
+        controller that booted it."""
+        if host.pid is None or self._alive(host):
+            return None
+        return self._exits.pop(host.pid, None)
 
     async def exec(self, host: Host, argv: Sequence[str], *, stdin: bytes = b"",
                    timeout: float = 60.0) -> CommandResult:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from hinotori.errors import SpecError
 from hinotori.providers.registry import PROVIDERS
+from hinotori.spec.jobs import check_jobs
 from hinotori.spec.locate import key_lines, line_of, nesting_problem
 from hinotori.spec.messages import problem_text, toml_path
 from hinotori.spec.read import SPEC_FILE, read_spec_text
@@ -72,6 +73,7 @@ def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
         raise _spec_error(e, text, file, data) from None
     _check_contexts(spec, text, file)
     _check_machines(spec, text, file)
+    check_jobs(spec.jobs, set(spec.services), text, file)
     return spec
 
 

@@ -32,6 +32,7 @@ from hinotori.spec.base import (
     UrlPath,
 )
 from hinotori.spec.image import ImageSpec
+from hinotori.spec.jobs import JobSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
 from hinotori.spec.secrets import SecretSpec, check_secret_keys
@@ -328,6 +329,7 @@ class Spec(Strict):
     engine: EngineSpec = EngineSpec()
     machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
+    jobs: dict[Name, JobSpec] = {}  # spec/jobs.py (their services: check_jobs)
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:

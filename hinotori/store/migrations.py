@@ -61,4 +61,15 @@ MIGRATIONS: list[str] = [
         service TEXT PRIMARY KEY, message TEXT NOT NULL, retry_after INTEGER NOT NULL,
         since REAL NOT NULL, actor TEXT NOT NULL);
     """,
+    # 6 (scheduled jobs): one row per run of a [jobs.NAME] (its host, trigger, exit status,
+    # times) and, per job, the last moment a run was due, so a restarted controller knows
+    # which runs it missed.
+    """
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, service TEXT NOT NULL,
+        release INTEGER, host TEXT, trigger TEXT NOT NULL, due REAL, started_at REAL NOT NULL,
+        ended_at REAL, state TEXT NOT NULL, exit_code INTEGER, error TEXT);
+    CREATE INDEX job_runs_by_job ON job_runs (job, id);
+    CREATE TABLE job_cursors (job TEXT PRIMARY KEY, last_due REAL NOT NULL);
+    """,
 ]
