@@ -24,6 +24,7 @@ from hinotori.spec.base import (
     Strict,
     UrlPath,
 )
+from hinotori.spec.environments import EnvironmentSpec
 from hinotori.spec.image import ImageSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
@@ -282,6 +283,9 @@ class Spec(Strict):
     engine: EngineSpec = EngineSpec()
     machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
+    # [environments.NAME]: only their own settings here; their tables are merged into the
+    # spec before validation (hinotori/spec/environments.py)
+    environments: dict[Name, EnvironmentSpec] = {}
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:

@@ -54,4 +54,12 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY, state TEXT NOT NULL, drained INTEGER NOT NULL DEFAULT 0,
         last_seen REAL, engine TEXT, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
     """,
+    # 5 (environments): where a promoted release came from: the source environment, its release
+    # there and the image digest (`deploy --from`); none for a release baked here.
+    """
+    CREATE TABLE release_origins (
+        service TEXT NOT NULL, number INTEGER NOT NULL, environment TEXT NOT NULL,
+        release INTEGER NOT NULL, image TEXT NOT NULL, promoted_at REAL NOT NULL,
+        PRIMARY KEY (service, number));
+    """,
 ]

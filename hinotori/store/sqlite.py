@@ -23,6 +23,7 @@ from hinotori.errors import NotFound, StoreError
 from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
 from hinotori.store.base import SqliteBase
 from hinotori.store.migrations import MIGRATIONS
+from hinotori.store.origins import OriginsMixin
 
 
 def default_actor() -> str:
@@ -33,7 +34,7 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class Store(SqliteBase):
+class Store(OriginsMixin, SqliteBase):
     what = "the state store"
     loses = "releases, hosts and the event log"
     error = StoreError
@@ -84,7 +85,8 @@ class Store(SqliteBase):
 
     # -- releases ------------------------------------------------------------------------
     def create_release(self, service: str, image: str, config: ReleaseConfig, *, actor: str,
-                       reason: str) -> Release:
+                       reason: str, origin: dict[str, Any] | None = None) -> Release:
+        """A new release; ``origin`` (environment, release, image) for a promoted one."""
         with self.transaction() as db:
             row = db.execute("SELECT MAX(number) FROM releases WHERE service = ?",
                              (service,)).fetchone()
@@ -94,8 +96,11 @@ class Store(SqliteBase):
             db.execute("INSERT INTO releases VALUES (?,?,?,?,?,?)",
                        (service, number, image, json.dumps(config.to_dict()),
                         release.created_at, reason))
+            if origin is not None:
+                self._save_origin(db, service, number, origin)
             self._event(db, actor, "release.created", f"{service}/v{number}",
-                        {"image": image, "reason": reason, "config": config.to_dict()})
+                        {"image": image, "reason": reason, "config": config.to_dict(),
+                         **({"origin": origin} if origin else {})})
         return release
 
     def release(self, service: str, number: int) -> Release:
