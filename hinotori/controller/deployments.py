@@ -102,7 +102,7 @@ class Deployments:
             origin = self.store.origin(service, target) if kind == "deploy" else None
             if origin is not None:  # a promotion says where its image served before
                 came = (f"promoted from {origin['environment']} {origin['release_name']} "
-                        f"({origin['image']})")
+                        f"(image {origin['image'].removeprefix('sha256:')[:12]})")
                 reason = f"{reason}; {came}" if reason else came
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
