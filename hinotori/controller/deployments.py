@@ -88,8 +88,10 @@ class Deployments:
                     self.fleet.pin(service, None)
                     await hold.__aexit__(None, None, None)
                     return None
-                # promote_only: a promotion whose image still meets its conditions, whoever asks
-                check_deployable(self.project, service, target)
+                if target != current:  # fresh hosts of the serving release bring no new image
+                    # promote_only: a promotion whose image still meets its conditions,
+                    # whoever asks (CLI, API, ship, webhook)
+                    check_deployable(self.project, service, target)
             spec_strategy = self.fleet.service(service).strategy
             chosen = strategy or spec_strategy.kind
             if chosen not in STRATEGIES:
