@@ -25,7 +25,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── DeployError                        a deployment failed; traffic stayed where it was
     │   ├── LockedError                    another deployment of the service holds the lock
     │   ├── CanaryFailed                   the canary was judged worse, or aborted: rolled back
-    │   └── SecretError                    a secret could not be resolved: the boot was refused
+    │   ├── SecretError                    a secret could not be resolved: the boot was refused
+    │   └── PromotionRefused               promote_only refused it: not a promotion, or a condition
     ├── MetricsError                       metrics.db unreadable
     │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
     ├── LogsError                          logs.db unreadable, or a query got wrong
@@ -176,6 +177,11 @@ class CanaryFailed(DeployError):
 
 class SecretError(DeployError):
     pass
+
+
+class PromotionRefused(DeployError):
+    """An environment refused an image: promote_only, and the image is not a promotion from
+    its promote_from that served there long enough without trouble (the message says which)."""
 
 
 class MetricsError(HinotoriError):

@@ -124,12 +124,14 @@ def config_with_env(project: Project, service: str, overrides: dict[str, str]) -
 
 def release_rows(store: Store, service: str | None = None) -> list[dict[str, Any]]:
     """Every release (newest last) as `hinotori releases --json` and `GET /v1/releases` show
-    it (``Release.view``): with its role, "current", "previous" or ""."""
+    it (``Release.view``): with its role, "current", "previous" or "", and its origin
+    (environment, release, image) if it was promoted, else None."""
     rows: list[dict[str, Any]] = []
+    origins = store.origins()
     for r in store.releases(service):
         current, previous = store.service_releases(r.service)
         role = "current" if r.number == current else "previous" if r.number == previous else ""
-        rows.append(r.view(role))
+        rows.append({**r.view(role), "origin": origins.get((r.service, r.number))})
     return rows
 
 
@@ -150,10 +152,27 @@ def releases_using(store: Store) -> dict[str, list[str]]:
     return using
 
 
+def releases_everywhere(project: Project) -> dict[str, list[str]]:
+    """``releases_using`` over every environment's store (the image store is shared), each
+    release named with its environment; without environments, this project's store."""
+    if not project.loaded.environments:
+        return releases_using(project.store)
+    using: dict[str, list[str]] = {}
+    for env, path in project.all_state_files():
+        store = project.store if path == project.state_dir / "state.db" else Store(path)
+        try:
+            for digest, names in releases_using(store).items():
+                using.setdefault(digest, []).extend(f"{env}:{n}" if env else n for n in names)
+        finally:
+            if store is not project.store:
+                store.close()
+    return using
+
+
 def image_rows(project: Project) -> list[dict[str, Any]]:
     """Stored images, newest first, with the releases that use each (`hinotori images --json`,
-    `GET /v1/images`)."""
-    using = releases_using(project.store)
+    `GET /v1/images`); with environments, every environment's ("staging:web@v3")."""
+    using = releases_everywhere(project)
     return [{"digest": i.digest, "created_at": i.created_at,
              "files": None if i.kind == "os" else i.file_count, "kind": i.kind,
              "size": i.total_size, "labels": i.labels, "releases": using.get(i.digest, [])}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,11 +92,17 @@ def images_in_use(store: Store, *, keep: int = DEFAULT_KEEP) -> dict[str, list[s
 
 def collect(images: ImageStore, store: Store, *, keep: int = DEFAULT_KEEP,
             dry_run: bool = False, actor: str = "hinotori",
-            engine: Callable[[], DockerClient] | None = None) -> GcResult:
-    """Remove what nothing uses (or, with ``dry_run``, only say what would go)."""
+            engine: Callable[[], DockerClient] | None = None,
+            others: Sequence[tuple[str, Store]] = ()) -> GcResult:
+    """Remove what nothing uses (or, with ``dry_run``, only say what would go). ``others``:
+    (environment, store) of every other environment sharing the image store: what any of
+    them uses stays."""
     cache = BuildCache.beside(images.root)
     with cache.lock(exclusive=True):
         in_use = images_in_use(store, keep=keep)
+        for env, other in others:
+            for digest, why in images_in_use(other, keep=keep).items():
+                in_use.setdefault(digest, []).extend(f"{env}: {w}" for w in why)
         stored = images.list()
         doomed = [i for i in stored if i.digest not in in_use]
         kept = {i.digest: in_use[i.digest] for i in stored if i.digest in in_use}

@@ -31,9 +31,10 @@ from hinotori.cli import (
     maintenancecmds,
     metricscmd,
     render,
+    statuscmd,
     verifycmds,
 )
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import HinotoriError, SpecError
 from hinotori.examples import example_dir
@@ -75,13 +76,13 @@ def init(directory: Annotated[Path, typer.Argument()] = Path("."),
 
 
 def bake(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
-         spec: SpecOpt = Path("."), json_out: JsonOpt = False,
+         spec: SpecOpt = Path("."), environment: EnvOpt = None, json_out: JsonOpt = False,
          no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again, "
                                                 "ignoring the build cache")] = False) -> None:
     """Bake the service's image from its recipe; make a release if anything changed."""
     from hinotori.releases import bake_service, bake_summary
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     names = [service] if service else sorted(project.spec.services)
     results = []
     for name in names:
@@ -110,10 +111,11 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
 
 
 def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
+          environment: EnvOpt = None,
           all_: Annotated[bool, typer.Option("--all", help="include destroyed hosts")] = False,
           json_out: JsonOpt = False) -> None:
     """Hosts and their state."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     states = None if all_ else [s for s in HostState if s.alive]
     found = project.store.hosts(service, states)
     if json_out:
@@ -129,17 +131,25 @@ def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt
 
 
 def releases(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
+             environment: EnvOpt = None,
              json_out: JsonOpt = False) -> None:
     """Releases (never edited), newest last, with which one serves."""
-    rows = release_rows(Project.load(spec).store, service)
+    rows = release_rows(Project.load(spec, environment).store, service)
     if json_out:
         render.print_json(rows)
         return
-    render.table(None, ["service", "release", "image", "created", "reason", "env", ""],
+    promoted = any(r["origin"] for r in rows)  # a column only where promotions happen
+    render.table(None, ["service", "release", "image", "created", "reason", "env",
+                        *(["from"] if promoted else []), ""],
                  [(r["service"], r["release_name"], render.short_digest(r["image"]),
                    render.when(r["created_at"]), r["reason"],
-                   " ".join(f"{k}={v}" for k, v in r["config"]["env"].items()), r["role"])
+                   " ".join(f"{k}={v}" for k, v in r["config"]["env"].items()),
+                   *([_origin_text(r["origin"])] if promoted else []), r["role"])
                   for r in rows])
+
+
+def _origin_text(origin: dict | None) -> str:
+    return f"{origin['environment']} {origin['release_name']}" if origin else ""
 
 
 def demo(keep: Annotated[bool, typer.Option(help="keep the temporary project")] = False,
@@ -161,7 +171,7 @@ LIFECYCLE, CANARY, VERIFY, OBSERVE, IMAGES, BURN, MACHINES = (
 # paragraph, whole (see whole_sentences).
 for _panel, _commands in (
         (LIFECYCLE, {"init": init, "up": controlcmds.up, "down": controlcmds.down,
-                     "status": controlcmds.status, "bake": bake, "deploy": controlcmds.deploy,
+                     "status": statuscmd.status, "bake": bake, "deploy": controlcmds.deploy,
                      "ship": controlcmds.ship, "rollback": controlcmds.rollback,
                      "demo": demo}),
         (CANARY, {name: getattr(controlcmds, name)

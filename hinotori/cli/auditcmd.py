@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import MAX_NUMBER, JsonOpt, SpecOpt, moment_option
+from hinotori.cli.options import MAX_NUMBER, EnvOpt, JsonOpt, SpecOpt, moment_option
 from hinotori.model import Event
 from hinotori.project import Project
 
@@ -47,10 +47,10 @@ def audit(subject: Annotated[str | None, typer.Argument(
               "--grep", help="text in the event's details (a reason, a host id…)")] = None,
           limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_NUMBER,
                                              help="the newest N events")] = 100,
-          spec: SpecOpt = Path("."),
+          spec: SpecOpt = Path("."), environment: EnvOpt = None,
           json_out: JsonOpt = False) -> None:
     """The event log (who, what, when, why), with filters; oldest first."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     events = project.store.events(subject=subject, actor=actor, action=action,
                                   since=since, until=until,
                                   text=grep, limit=limit)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import SpecOpt, duration_option
+from hinotori.cli.options import EnvOpt, SpecOpt, duration_option
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.errors import HinotoriError
@@ -46,7 +46,7 @@ def summary_line(report: dict[str, Any]) -> str:
             f"{len(report['skipped'])} skipped")
 
 
-def chaos(service: str, spec: SpecOpt = Path("."),
+def chaos(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
           interval: Annotated[float, duration_option(
               "--interval", help="time between chances to kill")] = "10s",
           duration: Annotated[float, duration_option("--duration", help="how long to run")]
@@ -61,7 +61,7 @@ def chaos(service: str, spec: SpecOpt = Path("."),
           seed: Annotated[int | None, typer.Option(help="for repeatable runs")] = None,
           json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Kill random hosts of a service and measure that nobody notices."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     if project.service(service).stateful:
         raise HinotoriError(f"{service} is stateful: chaos never kills it",
                             hint="stateful services are left alone by chaos and phoenix")

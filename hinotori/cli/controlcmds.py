@@ -1,4 +1,5 @@
-"""Commands that talk to the controller: up, down, deploy, rollback, status."""
+"""Commands that talk to the controller: up, down, deploy, rollback, ship, phoenix, the
+canary controls and deployments (status: statuscmd.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from hinotori.cli import render
 from hinotori.cli.options import (
     MAX_NUMBER,
     STRATEGIES,
+    EnvOpt,
     JsonOpt,
     LockWait,
     SpecOpt,
+    environment_name,
     release_option,
 )
 from hinotori.cli.options import strategy as strategy_name
@@ -28,18 +31,19 @@ from hinotori.errors import ControllerError, DeployError, HinotoriError, NotFoun
 from hinotori.model import deployment_view
 from hinotori.processes import pid_alive
 from hinotori.project import Project
+from hinotori.promotion import refuse_unpromoted
 from hinotori.releases import config_with_env, ensure_release
 from hinotori.statefiles import open_private
 
 
 def up(spec: SpecOpt = Path("."),
        detach: Annotated[bool, typer.Option("-d", "--detach", help="run in the background")]
-       = False) -> None:
+       = False, environment: EnvOpt = None) -> None:
     """Run the controller: router, hosts and API.
 
     Ctrl-C stops the controller only: hosts and router keep serving, and the next `up` adopts
     them."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     for warning in project.loaded.warnings:  # once here; a detached controller logs its own
         render.err_console.print(f"warning: {warning}", markup=False, highlight=False,
                                  soft_wrap=True)
@@ -65,7 +69,8 @@ def _start_detached(project: Project) -> None:
     start = project.controller_log.stat().st_size if project.controller_log.exists() else 0
     with open_private(project.controller_log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hinotori", "up", "--spec", str(project.loaded.path)],
+            [sys.executable, "-m", "hinotori", "up", "--spec", str(project.loaded.path),
+             *(["--environment", project.environment] if project.environment else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             cwd=project.root)
     deadline = time.monotonic() + 30
@@ -98,9 +103,9 @@ def _answers(project: Project) -> bool:
         return False
 
 
-def down(spec: SpecOpt = Path(".")) -> None:
+def down(spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Stop the controller, its hosts and the router."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     try:
         client = ControllerClient(project, timeout=5.0)
         pid = client.info["pid"]
@@ -149,21 +154,45 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def deploy(service: str, spec: SpecOpt = Path("."),
+def deploy(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
            release: Annotated[int | None, release_option("--release", help="e.g. v3")] = None,
            env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE: a "
                           "config-only release from the current image")] = None,
            strategy: Annotated[str | None, typer.Option(
                "--strategy", parser=strategy_name, metavar="STRATEGY",
                help=f"{' | '.join(STRATEGIES)} (default: the spec's)")] = None,
+           from_env: Annotated[str | None, typer.Option(
+               "--from", parser=environment_name, metavar="ENVIRONMENT",
+               help="promote: the image serving in that environment now, no bake")] = None,
            lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
-    """Deploy a release (default: the newest) with zero dropped requests."""
-    project = Project.load(spec)
+    """Deploy a release (default: the newest) with zero dropped requests.
+
+    With --from ENV: the image ENV serves now, with this environment's config (a promotion:
+    never a rebuild)."""
+    project = Project.load(spec, environment)
     project.service(service)
     overrides = _parse_env(env or [])
     if env and release is not None:
         raise SpecError("--env and --release cannot be combined", key="--env",
                         hint="--env makes a new release from the current image")
+    if from_env is not None:
+        if env or release is not None:
+            raise SpecError("--from cannot be combined with --env or --release", key="--from",
+                            hint="a promotion deploys what the source serves, with this "
+                                 "environment's config")
+        from hinotori.cli.promotecmd import promote_and_deploy
+
+        client = ControllerClient(project)  # refuses before a release is written if none answers
+        try:
+            client.status()
+            number = promote_and_deploy(project, service, from_env, json_out)
+            _run_deployment(project, service, "deploy", number, lock_wait, json_out, strategy,
+                            client=client)
+        finally:
+            client.close()
+        return
+    if release is None:
+        refuse_unpromoted(project, "a release made here")
     if release is None and project.store.latest_release(service) is None:
         raise DeployError(f"{service} has no image yet",
                           hint=f"run `hinotori bake {service}` first")
@@ -189,10 +218,11 @@ def deploy(service: str, spec: SpecOpt = Path("."),
         client.close()
 
 
-def rollback(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+def rollback(service: str, spec: SpecOpt = Path("."),
+             environment: EnvOpt = None, lock_wait: LockWait = "0s",
              json_out: JsonOpt = False) -> None:
     """Switch back to the previous release: instantly while it is warm, else boot it."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     project.service(service)
     _run_deployment(project, service, "rollback", None, lock_wait, json_out)
 
@@ -276,7 +306,8 @@ def _print_step(step: dict[str, Any]) -> None:
         console.print(line, highlight=False)
 
 
-def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+def ship(service: str, spec: SpecOpt = Path("."),
+         environment: EnvOpt = None, lock_wait: LockWait = "0s",
          json_out: JsonOpt = False) -> None:
     """Bake a service and deploy it in one step (continuous delivery).
 
@@ -284,8 +315,9 @@ def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
     before it takes traffic."""
     from hinotori.releases import bake_service
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     project.service(service)
+    refuse_unpromoted(project, "a bake shipped here")
     with console.status(f"baking {service}…"):
         result, outcome = bake_service(project, service)
     if not json_out:
@@ -294,12 +326,13 @@ def ship(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
     _run_deployment(project, service, "deploy", outcome.release.number, lock_wait, json_out)
 
 
-def phoenix(service: str, spec: SpecOpt = Path("."), lock_wait: LockWait = "0s",
+def phoenix(service: str, spec: SpecOpt = Path("."),
+            environment: EnvOpt = None, lock_wait: LockWait = "0s",
             json_out: JsonOpt = False) -> None:
     """Burn every host of a service and rebuild it from its image, one at a time.
 
     No request is dropped: the phoenix server, whose hosts never live long enough to drift."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     project.service(service)
     _run_deployment(project, service, "phoenix", None, lock_wait, json_out)
 
@@ -309,8 +342,8 @@ def _pct(rate: float | None) -> str:
 
 
 def _control(action: str) -> Any:
-    def command(service: str, spec: SpecOpt = Path(".")) -> None:
-        project = Project.load(spec)
+    def command(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
+        project = Project.load(spec, environment)
         project.service(service)
         client = ControllerClient(project)
         try:
@@ -331,28 +364,30 @@ promote, pause, resume, abort = (_control(a) for a in ("promote", "pause", "resu
 
 
 def deployments(service: Annotated[str | None, typer.Argument()] = None,
-                spec: SpecOpt = Path("."),
+                spec: SpecOpt = Path("."), environment: EnvOpt = None,
                 limit: Annotated[int, typer.Option(min=1, max=MAX_NUMBER, help="newest N")]
                 = 20,
                 json_out: JsonOpt = False) -> None:
     """Deployments, newest last: strategy, releases, outcome, duration."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     rows = [deployment_view(d) for d in project.store.deployments(service, limit)]
     if json_out:
         render.print_json(rows)
         return
     render.table(None, ["id", "service", "kind", "strategy", "from", "to", "state", "started",
                         "took"],
-                 [(d["id"], d["service"], d["kind"], d["strategy"], _v(d["from_release"]),
-                   _v(d["to_release"]), d["state"], render.when(d["started_at"]),
+                 [(d["id"], d["service"], d["kind"], d["strategy"],
+                   render.release(d["from_release"]), render.release(d["to_release"]),
+                   d["state"], render.when(d["started_at"]),
                    render.seconds(d["ended_at"] - d["started_at"]) if d["ended_at"] else "")
                   for d in rows])
 
 
 def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)],
-                    spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+                    spec: SpecOpt = Path("."),
+                    environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """One deployment's timeline: steps, weights, judged metrics and decisions."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     if not 1 <= number <= MAX_NUMBER:  # the store cannot even look such a number up
         raise NotFound(f"no deployment {number}", hint="`hinotori deployments` lists them")
     d = deployment_view(project.store.deployment(number))
@@ -360,7 +395,8 @@ def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)
         render.print_json(d)
         return
     console.print(f"deployment {d['id']}: {d['kind']} of {d['service']} "
-                  f"{_v(d['from_release'])} → {_v(d['to_release'])} ({d['strategy']}), "
+                  f"{render.release(d['from_release'])} → {render.release(d['to_release'])} "
+                  f"({d['strategy']}), "
                   f"[bold]{d['state']}[/]", highlight=False)
     for step in d["steps"]:
         console.print(f"[dim]{render.when(step['ts'])}[/] ", end="")
@@ -373,51 +409,3 @@ def _actor() -> str:
     from hinotori.store import default_actor
 
     return f"cli:{default_actor()}"
-
-
-def status(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
-    """What serves now: per service, current and previous release and its hosts."""
-    project = Project.load(spec)
-    try:
-        client = ControllerClient(project, timeout=5.0)
-        data = client.status()
-        client.close()
-        data["controller"] = "running"
-    except ControllerError:
-        data = {"controller": "not running", "router": project.spec.router.listen,
-                "services": [_offline_status(project, name) for name in
-                             sorted(project.spec.services)]}
-    if json_out:
-        render.print_json(data)
-        return
-    pid = f" (pid {data['pid']}, up {render.seconds(data['uptime_s'])})" if "pid" in data \
-        else ""
-    console.print(f"controller: {data['controller']}{pid}; router: {data['router']}")
-    render.table(None, ["service", "current", "previous", "latest", "replicas", "hosts", "lock"],
-                 [(s["name"], _v(s["current"]), _v(s["previous"]), _v(s["latest"]),
-                   s["replicas"], " ".join(f"{k}={v}" for k, v in sorted(s["hosts"].items())),
-                   s["locked_by"] or "") for s in data["services"]])
-    for s in data["services"]:
-        if m := s.get("maintenance"):
-            console.print(f"{s['name']}: in maintenance (503, Retry-After {m['retry_after']}s) "
-                          f"since {render.seconds(time.time() - m['since'])} ago, by "
-                          f"{m['actor']}: {m['message']}", markup=False, highlight=False,
-                          soft_wrap=True)
-
-
-def _offline_status(project: Project, name: str) -> dict[str, Any]:
-    current, previous = project.store.service_releases(name)
-    latest = project.store.latest_release(name)
-    counts: dict[str, int] = {}
-    for h in project.store.hosts(name):
-        if h.state.alive:
-            counts[str(h.state)] = counts.get(str(h.state), 0) + 1
-    return {"name": name, "current": current, "previous": previous,
-            "latest": latest.number if latest else None,
-            "replicas": project.service(name).replicas, "hosts": counts, "locked_by": None,
-            "maintenance": project.store.maintenance_all().get(name)}
-
-
-def _v(n: int | None) -> str:
-    return f"v{n}" if n else "-"
-

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.controller.client import ControllerClient
 from hinotori.project import Project
@@ -27,7 +27,7 @@ def sign_in_url(address: str, ticket: str) -> str:
     return f"http://{host}:{port}/#ticket={ticket}"
 
 
-def dashboard(spec: SpecOpt = Path("."), json_out: JsonOpt = False,
+def dashboard(spec: SpecOpt = Path("."), environment: EnvOpt = None, json_out: JsonOpt = False,
               open_: Annotated[bool, typer.Option("--open", help="open it in the default "
                                                   "browser too")] = False,
               operate: Annotated[bool, typer.Option(
@@ -38,7 +38,7 @@ def dashboard(spec: SpecOpt = Path("."), json_out: JsonOpt = False,
 
     The link works once, within two minutes, and gives that browser tab a read-only view (with
     --operate: a view with action buttons) until the tab closes or the controller restarts."""
-    client = ControllerClient(Project.load(spec), timeout=10.0)
+    client = ControllerClient(Project.load(spec, environment), timeout=10.0)
     try:
         answer = client.call("POST", "/v1/dashboard/ticket", json={"operate": operate})
     finally:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, LockWait, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, LockWait, SpecOpt
 from hinotori.cli.render import console
 from hinotori.model import Host, HostState
 from hinotori.project import Project
@@ -28,7 +28,7 @@ WATCHED = (HostState.READY, HostState.SERVING, HostState.DRAINING, HostState.WAR
 
 
 def drift(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
-          spec: SpecOpt = Path("."), json_out: JsonOpt = False,
+          spec: SpecOpt = Path("."), environment: EnvOpt = None, json_out: JsonOpt = False,
           replace: Annotated[bool, typer.Option(help="replace drifted serving hosts by a "
                                                 "zero-downtime deploy of the same release")]
           = False,
@@ -38,7 +38,7 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
     # for the signature; only `hinotori drift` compares trees).
     from hinotori.observe.drift import compare
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     if service:
         project.service(service)
     watched = project.store.hosts(service, WATCHED)

@@ -18,19 +18,21 @@ from hinotori.bake import Image, ManifestEntry, step_kind
 from hinotori.bake.diff import diff_manifests
 from hinotori.bake.gc import DEFAULT_KEEP, collect
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import ImageNotFound, NotFound
 from hinotori.project import Project
-from hinotori.releases import image_rows, releases_using
-from hinotori.store import default_actor
+from hinotori.releases import image_rows, releases_everywhere
+from hinotori.spec.environments import environment_needed
+from hinotori.store import Store, default_actor
 
 RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. web@v3")]
 
 
-def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+def images(spec: SpecOpt = Path("."),
+           environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """Stored images, newest first, with the releases that use each."""
-    rows = image_rows(Project.load(spec))
+    rows = image_rows(Project.load(spec, environment, shared=True))
     if json_out:
         render.print_json(rows)
         return
@@ -41,15 +43,16 @@ def images(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
                    ", ".join(i["releases"]) or "-") for i in rows])
 
 
-def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+def image_inspect(ref: RefArg, spec: SpecOpt = Path("."),
+                  environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """Where an image came from: recipe, source commit, builder, build time, env, size."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment, shared=True)
     image = resolve_image(project, ref)
     if image.kind == "os" and not image.has_manifest:
         _manifest(project, image)  # an OS image's files are read once, on first inspect
         image = project.images.get(image.digest)
     info = image.provenance
-    releases = releases_using(project.store).get(image.digest, [])
+    releases = releases_everywhere(project).get(image.digest, [])
     if json_out:
         render.print_json({**info, "digest": image.digest, "path": str(image.path),
                            "releases": releases})
@@ -100,10 +103,10 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."), json_out: JsonOpt = Fa
                           highlight=False, markup=False, soft_wrap=True)
 
 
-def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."),
+def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."), environment: EnvOpt = None,
                json_out: JsonOpt = False) -> None:
     """Files added, removed and changed (content, mode, type) from image A to image B."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment, shared=True)
     before, after = resolve_image(project, a), resolve_image(project, b)
     diff = diff_manifests(_manifest(project, before), _manifest(project, after))
     if json_out:
@@ -123,7 +126,7 @@ def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."),
                   f"{len(diff.changed)} changed", highlight=False)
 
 
-def gc(spec: SpecOpt = Path("."),
+def gc(spec: SpecOpt = Path("."), environment: EnvOpt = None,
        keep: Annotated[int, typer.Option(min=0, help="keep the images of each service's "
                                          "newest N releases")] = DEFAULT_KEEP,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")]
@@ -133,9 +136,17 @@ def gc(spec: SpecOpt = Path("."),
 
     Never the image of a current, previous or canary release or of a live host, nor those of
     each service's newest --keep releases."""
-    project = Project.load(spec)
-    result = collect(project.images, project.store, keep=keep, dry_run=dry_run,
-                     actor=default_actor(), engine=project.engine)
+    project = Project.load(spec, environment, shared=True)
+    # The image store is shared: what any environment's releases or hosts use stays.
+    others = [(env, Store(path)) for env, path in project.all_state_files()
+              if path != project.state_dir / "state.db"]
+    try:
+        result = collect(project.images, project.store, keep=keep, dry_run=dry_run,
+                         actor=default_actor(), engine=project.engine,
+                         others=[(env or "top level", store) for env, store in others])
+    finally:
+        for _, store in others:
+            store.close()
     if json_out:
         render.print_json(result.to_dict())
         return
@@ -162,6 +173,9 @@ def resolve_image(project: Project, ref: str) -> Image:
     if "@" not in ref:
         return project.images.get(ref)
     service, _, which = ref.partition("@")
+    if project.environment is None and project.loaded.environments:
+        # A release is an environment's: web@v3 in staging is not web@v3 in production.
+        raise environment_needed(project.loaded.environments, str(project.loaded.path))
     store = project.store
     number: int | None
     if which in ("current", "previous"):

@@ -17,7 +17,7 @@ import typer
 from hinotori.bake.archive import COMPRESSIONS, compression_for
 from hinotori.cli import render
 from hinotori.cli.imagecmds import RefArg, resolve_image, size_text
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console, err_console
 from hinotori.project import Project
 
@@ -46,7 +46,8 @@ def full_digest(text: str) -> str:
 
 
 def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
-                 compress: CompressOpt = None, json_out: JsonOpt = False) -> None:
+                 environment: EnvOpt = None, compress: CompressOpt = None,
+                 json_out: JsonOpt = False) -> None:
     """Write one image (files or OS) to a portable archive: manifest, content, provenance.
 
     The same image always gives the same bytes. `hinotori image import` on another controller
@@ -65,7 +66,7 @@ def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
                                  "stdout or give a file", param_hint="'--output' / '-o'")
     from hinotori.bake.transfer import export_image
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment, shared=True)
     image = resolve_image(project, ref)
     dest = None if to_stdout else Path(output)
     result = export_image(project.images, image, dest, compression=compress,
@@ -84,7 +85,7 @@ def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
 
 def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
                                                      help="an archive, or - for stdin")],
-                 spec: SpecOpt = Path("."),
+                 spec: SpecOpt = Path("."), environment: EnvOpt = None,
                  service: Annotated[str | None, typer.Option(
                      "--service", metavar="SERVICE", help="also make a release of SERVICE "
                      "from the image, ready for `hinotori deploy`")] = None,
@@ -101,7 +102,8 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
     from hinotori.bake.transfer import import_image
     from hinotori.releases import ensure_release
 
-    project = Project.load(spec)
+    # The image store is shared; a release (--service) is one environment's.
+    project = Project.load(spec, environment, shared=service is None)
     if service is not None:
         project.service(service)  # an unknown service refuses before anything is read
     source = None if file == "-" else Path(file)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.project import Project
 
@@ -47,13 +47,14 @@ def jobs(name: Annotated[str | None, typer.Argument(
              help="a job of the spec (jobs.NAME): its run history")] = None,
          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000,
                                             help="the newest N runs of NAME")] = 20,
-         spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+         spec: SpecOpt = Path("."), environment: EnvOpt = None,
+         json_out: JsonOpt = False) -> None:
     """Scheduled jobs: schedule, last run and its result, next run; with NAME, its runs."""
     from hinotori.controller.jobs import job_rows
     from hinotori.errors import NotFound
     from hinotori.store.jobs import JobRuns
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     runs = JobRuns(project.store)
     rows = job_rows(project.spec, runs)
     if name is None:
@@ -98,14 +99,15 @@ def _tail(project: Project, host: str | None) -> list[str]:
 
 @job_app.command("run")
 def run(name: Annotated[str, typer.Argument(help="a job of the spec (jobs.NAME)")],
-        spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+        spec: SpecOpt = Path("."), environment: EnvOpt = None,
+        json_out: JsonOpt = False) -> None:
     """Run the job once now, wait for it, print its exit status and the tail of its output."""
     from hinotori.cli.render import visible
     from hinotori.controller.client import ControllerClient
     from hinotori.errors import ControllerError
     from hinotori.store.jobs import RUNNING, JobRuns
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     answer = ControllerClient(project).call("POST", f"/v1/jobs/{name}/run", json={})
     number = answer["run"]
     runs = JobRuns(project.store)

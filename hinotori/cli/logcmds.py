@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hinotori.cli.options import MAX_NUMBER, moment_option, release_option
+from hinotori.cli.options import MAX_NUMBER, EnvOpt, moment_option, release_option
 from hinotori.cli.render import visible
 from hinotori.project import Project
 
@@ -52,7 +52,7 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
                                                "lines")] = False,
          limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_NUMBER,
                                             help="the newest N lines")] = 100,
-         spec: SpecOpt = Path("."),
+         spec: SpecOpt = Path("."), environment: EnvOpt = None,
          json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")]
          = False) -> None:
     """Host logs from the central store: live hosts and destroyed ones alike."""
@@ -64,7 +64,7 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
         search,
     )
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     path = logs_db(project.state_dir)
     if not path.exists() and not follow_:
         raise LogsError(f"no logs yet: {path} does not exist",

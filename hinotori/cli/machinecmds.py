@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.project import Project
 
@@ -21,11 +21,12 @@ machine_app = typer.Typer(no_args_is_help=True, help="One machine of the fleet: 
 Name = Annotated[str, typer.Argument(help="a [machines.NAME] of the spec")]
 
 
-def machines(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+def machines(spec: SpecOpt = Path("."), environment: EnvOpt = None,
+             json_out: JsonOpt = False) -> None:
     """The machines of the fleet: state (up, down, draining), hosts, engine, last seen."""
     from hinotori.controller.machines import machine_rows
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     rows = machine_rows(sorted(project.spec.machines), project.store)
     if json_out:
         render.print_json(rows)
@@ -37,11 +38,12 @@ def machines(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
 
 
 @machine_app.command("drain")
-def drain(name: Name, spec: SpecOpt = Path(".")) -> None:
+def drain(name: Name, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Move the machine's hosts elsewhere (zero failed requests) and keep new hosts off it."""
     from hinotori.controller.client import ControllerClient
 
-    answer = ControllerClient(Project.load(spec)).call("POST", f"/v1/machines/{name}/drain")
+    answer = ControllerClient(Project.load(spec, environment)).call(
+        "POST", f"/v1/machines/{name}/drain")
     moving = answer["deployments"]
     console.print(f"{name} drained: no new hosts; "
                   + (f"moving its hosts in deployment(s) {', '.join(map(str, moving))} "
@@ -49,9 +51,9 @@ def drain(name: Name, spec: SpecOpt = Path(".")) -> None:
 
 
 @machine_app.command("undrain")
-def undrain(name: Name, spec: SpecOpt = Path(".")) -> None:
+def undrain(name: Name, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Let the machine take new hosts again."""
     from hinotori.controller.client import ControllerClient
 
-    ControllerClient(Project.load(spec)).call("POST", f"/v1/machines/{name}/undrain")
+    ControllerClient(Project.load(spec, environment)).call("POST", f"/v1/machines/{name}/undrain")
     console.print(f"{name} takes new hosts again")

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt, duration_option
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt, duration_option
 from hinotori.cli.render import console
 from hinotori.project import Project
 
@@ -22,11 +22,12 @@ Service = Annotated[str, typer.Argument(help="a service of the spec")]
 Reason = Annotated[str, typer.Option("--reason", help="why, for the audit log")]
 
 
-def _call(spec: Path, method: str, path: str, **kwargs: Any) -> Any:
+def _call(spec: Path, environment: str | None, method: str, path: str,
+          **kwargs: Any) -> Any:
     from hinotori.controller.client import ControllerClient
     from hinotori.store import default_actor
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     client = ControllerClient(project)
     try:
         if "json" in kwargs:
@@ -37,7 +38,7 @@ def _call(spec: Path, method: str, path: str, **kwargs: Any) -> Any:
 
 
 @maintenance_app.command("on")
-def on(service: Service, spec: SpecOpt = Path("."),
+def on(service: Service, spec: SpecOpt = Path("."), environment: EnvOpt = None,
        message: Annotated[str | None, typer.Option(
            "--message", "-m", help="what clients are told (JSON, or HTML for browsers)")] = None,
        retry_after: Annotated[float, duration_option(
@@ -48,7 +49,7 @@ def on(service: Service, spec: SpecOpt = Path("."),
     body: dict[str, Any] = {"retry_after": math.ceil(retry_after), "reason": reason}
     if message is not None:
         body["message"] = message
-    answer = _call(spec, "POST", f"/v1/maintenance/{service}/on", json=body)
+    answer = _call(spec, environment, "POST", f"/v1/maintenance/{service}/on", json=body)
     if json_out:
         render.print_json(answer)
         return
@@ -58,10 +59,11 @@ def on(service: Service, spec: SpecOpt = Path("."),
 
 
 @maintenance_app.command("off")
-def off(service: Service, spec: SpecOpt = Path("."), reason: Reason = "",
-        json_out: JsonOpt = False) -> None:
+def off(service: Service, spec: SpecOpt = Path("."), environment: EnvOpt = None,
+        reason: Reason = "", json_out: JsonOpt = False) -> None:
     """Serve the service's requests from its hosts again. Returns once the router does."""
-    answer = _call(spec, "POST", f"/v1/maintenance/{service}/off", json={"reason": reason})
+    answer = _call(spec, environment, "POST", f"/v1/maintenance/{service}/off",
+                   json={"reason": reason})
     if json_out:
         render.print_json(answer)
         return
@@ -69,9 +71,11 @@ def off(service: Service, spec: SpecOpt = Path("."), reason: Reason = "",
 
 
 @maintenance_app.command("status")
-def status(spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+def status(spec: SpecOpt = Path("."), environment: EnvOpt = None,
+           json_out: JsonOpt = False) -> None:
     """The services in maintenance: since when, by whom, the message and Retry-After."""
-    project = Project.load(spec)  # read from the store: works with no controller running
+    # Read from the store: works with no controller running.
+    project = Project.load(spec, environment)
     rows = project.store.maintenance_all()
     if json_out:
         render.print_json(rows)

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import JsonOpt, SpecOpt, moment_option, release_option, step_text
+from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt, moment_option, release_option, step_text
 from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError, NotFound
 from hinotori.project import Project
@@ -139,11 +139,12 @@ def metrics(service: Annotated[str, typer.Argument(help="the service")],
             step: Annotated[str | None, typer.Option(
                 "--step", parser=step_text, metavar="DURATION",
                 help="bucket width, e.g. 1m (default: fit for the range)")] = None,
-            spec: SpecOpt = Path("."), json_out: JsonOpt = False) -> None:
+            spec: SpecOpt = Path("."),
+            environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """Charts of a service's requests, errors, p99, CPU and memory, per release.
 
     Also for releases whose hosts are all gone: 10 s points for a day, 1 min for 30 days."""
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     data, source = fetch(project, service, release=release, since=since, until=until,
                          step=step)
     if json_out:

@@ -10,6 +10,7 @@ one line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,20 @@ from hinotori.model import release_number
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def environment_name(text: str) -> str:
+    """An environment name as the spec's [environments.NAME] writes them."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", text):
+        raise ValueError(f"{text!r} is not an environment name: lowercase letters, digits and "
+                         "'-', starting with a letter")
+    return text
+
+
+# Which [environments.NAME] overlay of the spec, and whose state (.hinotori/env/NAME/).
+EnvOpt = Annotated[str | None, typer.Option(
+    "--environment", "-E", envvar="HINOTORI_ENVIRONMENT", parser=environment_name,
+    metavar="ENVIRONMENT", help="the [environments.NAME] to act on (also $HINOTORI_ENVIRONMENT)")]
 
 # The strategies `--strategy` accepts: the one list the CLI checks, so a strategy registry can
 # replace it in this one place.

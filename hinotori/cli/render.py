@@ -97,3 +97,8 @@ def when(ts: float) -> str:
 
 def short_digest(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
+
+
+def release(n: int | None) -> str:
+    """A release number as people write it (v3), or "-" for none."""
+    return f"v{n}" if n else "-"

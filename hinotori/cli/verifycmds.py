@@ -27,7 +27,7 @@ from typing import Annotated
 import typer
 
 from hinotori.cli import render
-from hinotori.cli.options import SpecOpt, duration_option
+from hinotori.cli.options import EnvOpt, SpecOpt, duration_option
 from hinotori.cli.render import console, err_console
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
 from hinotori.model import Host, HostState, Release
@@ -57,14 +57,14 @@ def verify(service: Annotated[str, typer.Argument(help="the service whose checks
                                                 help="table, json, junit or tap")] = "table",
            json_out: Annotated[bool, typer.Option("--json", help="same as --format json")]
            = False,
-           spec: SpecOpt = Path(".")) -> None:
+           spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Boot a throwaway host of a release, run the service's checks on it, destroy it; exit 1
     if any check failed."""
     import asyncio  # lazy: start-up time, see checks_app
 
     fmt = "json" if json_out else format_
     retry, pause = retry_timeout, sleep
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     svc = project.service(service)
     if not svc.checks and not svc.testinfra:
         raise SpecError(f"service {service!r} has no checks", file=str(project.loaded.path),
@@ -94,14 +94,14 @@ def checks_generate(
             "--output", "-o", help="write here instead of stdout")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="the checks as a JSON list")]
         = False,
-        spec: SpecOpt = Path(".")) -> None:
+        spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Print starter [[services.NAME.checks]] tables from what a host of the service has: its
     ports, files (modes, sha256 of key files), processes and health endpoint."""
     import asyncio  # lazy: start-up time, see checks_app
 
     from hinotori.verify.survey import MAX_FILES, starter_checks, to_toml
 
-    project = Project.load(spec)
+    project = Project.load(spec, environment)
     svc = project.service(service)
     survey, used, port = asyncio.run(_survey(project, service, release, host))
     checks = starter_checks(survey, port=port, port_env=svc.port_env,

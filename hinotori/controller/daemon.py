@@ -198,7 +198,7 @@ class Controller:
         deployment runs with it (strategy, hooks, replicas, timeouts), like the CLI that asked
         for it; a running deployment keeps the spec it started with (Fleet.pin). What cannot
         change in a running controller is recorded as an event saying what to do."""
-        fresh = Project.load(self.project.loaded.path).spec
+        fresh = Project.load(self.project.loaded.path, self.project.environment).spec
         old = self.project.spec
         if fresh == old:
             return

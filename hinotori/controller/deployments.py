@@ -25,6 +25,7 @@ from hinotori.deploy.strategies import STRATEGIES
 from hinotori.errors import DeployError, HinotoriError
 from hinotori.model import HostState, Release
 from hinotori.project import Project
+from hinotori.promotion import check_deployable
 from hinotori.store import Store
 
 log = logging.getLogger("hinotori.controller")
@@ -89,6 +90,10 @@ class Deployments:
                     self.fleet.pin(service, None)
                     await hold.__aexit__(None, None, None)
                     return None
+                if target != current:  # fresh hosts of the serving release bring no new image
+                    # promote_only: a promotion whose image still meets its conditions,
+                    # whoever asks (CLI, API, ship, webhook)
+                    check_deployable(self.project, service, target)
             spec_strategy = self.fleet.service(service).strategy
             chosen = strategy or spec_strategy.kind
             if chosen not in STRATEGIES:
@@ -98,10 +103,18 @@ class Deployments:
                 chosen = bluegreen.STRATEGY  # going back is one switch, never a slow ramp
             if kind == "phoenix":
                 chosen = rolling.STRATEGY  # one host at a time, never below replicas
+            origin = self.store.origin(service, target) if kind == "deploy" else None
+            if origin is not None:  # a promotion says where its image served before
+                came = (f"promoted from {origin['environment']} {origin['release_name']} "
+                        f"(image {origin['image'].removeprefix('sha256:')[:12]})")
+                reason = f"{reason}; {came}" if reason else came
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
                 to_release=target, actor=actor, reason=reason,
                 claimed_actor=claimed_actor)
+            if origin is not None:
+                self.store.add_deployment_step(number, {"step": "note", "text": came,
+                                                        "origin": origin})
         except BaseException:
             self.fleet.pin(service, None)
             await hold.__aexit__(None, None, None)

@@ -22,6 +22,7 @@ from hinotori.controller.webhook import Refused, Webhook
 from hinotori.deploy.fleet import Fleet
 from hinotori.errors import DeployError, HinotoriError, Unauthorised
 from hinotori.project import Project
+from hinotori.promotion import refuse_unpromoted
 
 log = logging.getLogger("hinotori.controller")
 
@@ -75,6 +76,13 @@ class Shipping:
         shipped = [name for name, svc in self.fleet.spec.services.items()
                    if svc.ship_on and svc.ship_on.repository == repository
                    and svc.ship_on.branch == branch]
+        if shipped:
+            try:
+                refuse_unpromoted(self.project, "a push's bake")
+            except HinotoriError as e:
+                self.store.record("webhook", "webhook.refused", repository,
+                                  {"ships": shipped, "error": str(e)[:500]})
+                raise
         self.store.record("webhook", "webhook.push", repository,
                           {"branch": branch, "commit": event.get("after"), "ships": shipped,
                            "delivery": delivery[:64] if delivery else None})
@@ -88,6 +96,7 @@ class Shipping:
         from hinotori.releases import bake_service
 
         try:
+            refuse_unpromoted(self.project, "a bake shipped here")
             _, outcome = await asyncio.to_thread(bake_service, self.project, service)
             await self.start_deployment(service, kind="deploy", release=outcome.release.number,
                                         lock_wait=600, actor="webhook", reason=why)

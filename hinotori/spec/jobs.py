@@ -17,6 +17,7 @@ next run as the controller without asking it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -89,11 +90,13 @@ class JobSpec(Strict):
         return f"{self.schedule} {self.timezone}"
 
 
-def check_jobs(jobs: dict[str, JobSpec], services: set[str], text: str, file: str) -> None:
-    """Each job runs from a service the spec declares (refused at its `service` key)."""
+def check_jobs(jobs: dict[str, JobSpec], services: set[str], text: str, file: str,
+               relocate: Callable[[tuple], tuple] = lambda path: path) -> None:
+    """Each job runs from a service the spec declares (refused at its `service` key, or where
+    an environment's overlay set it: ``relocate``)."""
     for name, job in jobs.items():
         if job.service not in services:
-            path = ["jobs", name, "service"]
+            path = list(relocate(("jobs", name, "service")))
             raise SpecError(f"job {name!r} runs from service {job.service!r}, which the spec "
                             f"does not declare (services: {', '.join(sorted(services))})",
                             file=file, line=line_of(key_lines(text), path), key=".".join(path),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from hinotori.errors import SpecError
 from hinotori.providers.registry import PROVIDERS
+from hinotori.spec import environments
 from hinotori.spec.jobs import check_jobs
 from hinotori.spec.locate import key_lines, line_of, nesting_problem
 from hinotori.spec.messages import problem_text, toml_path
@@ -31,32 +33,53 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)  # TOML integers are 64-bit signed
 @dataclass(frozen=True)
 class LoadedSpec:
     """A validated spec and where it came from (paths in it are relative to ``root``).
-    ``warnings``: things allowed but probably unintended, for the CLI to print once."""
+    ``warnings``: things allowed but probably unintended, for the CLI to print once.
+    ``environment``: the [environments.NAME] overlay merged into ``spec`` (None: the spec as
+    written at the top level)."""
 
     spec: Spec
     path: Path
     warnings: tuple[str, ...] = ()
+    environment: str | None = None
+
+    @property
+    def environments(self) -> list[str]:
+        """The environments the spec declares, sorted."""
+        return sorted(self.spec.environments)
 
     @property
     def root(self) -> Path:
         return self.path.parent
 
 
-def load_spec(path: Path | str) -> LoadedSpec:
+def load_spec(path: Path | str, environment: str | None = None) -> LoadedSpec:
+    """The spec at ``path`` with ``environment``'s overlay merged in (every environment's
+    merged spec is validated whichever is chosen: a broken overlay is an error for all)."""
     path = Path(path)
     # A project directory holds hinotori.toml; a directory named like a spec file is reported
     # as what it is rather than searched for a spec inside.
     if path.is_dir() and (path.suffix != ".toml" or (path / SPEC_FILE).exists()):
         path = path / SPEC_FILE
     text = read_spec_text(path)
-    spec = parse_spec(text, file=str(path))
-    return LoadedSpec(spec=spec, path=path.resolve(),
-                      warnings=tuple(spec_warnings(spec, text, str(path))))
+    spec, relocate = _parse(text, str(path), environment)
+    return LoadedSpec(spec=spec, path=path.resolve(), environment=environment,
+                      warnings=tuple(spec_warnings(spec, text, str(path), relocate)))
 
 
-def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
-    """The Spec in ``text``; ``file`` names it in errors, and its directory is the project
-    root that image contexts must stay inside."""
+Relocate = Callable[[tuple], tuple]
+
+
+def _same(path: tuple) -> tuple:
+    return path
+
+
+def parse_spec(text: str, *, file: str = SPEC_FILE, environment: str | None = None) -> Spec:
+    """The Spec in ``text`` (with ``environment``'s overlay merged in); ``file`` names it in
+    errors, and its directory is the project root that image contexts must stay inside."""
+    return _parse(text, file, environment)[0]
+
+
+def _parse(text: str, file: str, environment: str | None) -> tuple[Spec, Relocate]:
     deep = nesting_problem(text, MAX_NESTING)
     if deep is not None:
         raise SpecError(deep[1], file=file, line=deep[0],
@@ -67,13 +90,37 @@ def parse_spec(text: str, *, file: str = SPEC_FILE) -> Spec:
         raise SpecError("the spec is empty", file=file,
                         hint="declare at least one service: a [services.NAME] table with a "
                         "command; `hinotori init` writes a starter spec")
+    lines: list[dict] = []
+
+    def where(path: tuple) -> int | None:
+        if not lines:
+            lines.append(key_lines(text))
+        return line_of(lines[0], path)
+
+    base_data, overlays = environments.split(data, file, where)
+    chosen = base = _validate(base_data, text, file, _same)
+    environments.check_settings(base.environments, file, where)
+    chosen_relocate: Relocate = _same
+    for name, overlay in overlays.items():
+        origin = (environments.KEY, name)
+        merged, provenance = environments.merge(base_data, overlay, origin)
+        relocate = environments.relocator(provenance, origin)
+        spec = _validate(merged, text, file, relocate)
+        if name == environment:
+            chosen, chosen_relocate = spec, relocate
+    if environment is not None and environment not in overlays:
+        raise environments.unknown_environment(environment, list(overlays), file)
+    return chosen, chosen_relocate
+
+
+def _validate(data: dict, text: str, file: str, relocate: Relocate) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        raise _spec_error(e, text, file, data) from None
-    _check_contexts(spec, text, file)
-    _check_machines(spec, text, file)
-    check_jobs(spec.jobs, set(spec.services), text, file)
+        raise _spec_error(e, text, file, data, relocate) from None
+    _check_contexts(spec, text, file, relocate)
+    _check_machines(spec, text, file, relocate)
+    check_jobs(spec.jobs, set(spec.services), text, file, relocate)
     return spec
 
 
@@ -129,12 +176,12 @@ def _unlink(link: tuple | None) -> list[str | int]:
     return path[::-1]
 
 
-def _check_contexts(spec: Spec, text: str, file: str) -> None:
+def _check_contexts(spec: Spec, text: str, file: str, relocate: Relocate) -> None:
     root = Path(file).parent
     for name, svc in spec.services.items():
         outside = svc.image.context_outside(root)
         if outside is not None:
-            path = ["services", name, "image", "context"]
+            path = list(relocate(("services", name, "image", "context")))
             raise SpecError(
                 f"{svc.image.context!r} is outside the project ({outside}); its files would "
                 "be copied into the image", file=file, line=line_of(key_lines(text), path),
@@ -142,13 +189,13 @@ def _check_contexts(spec: Spec, text: str, file: str) -> None:
                 f"in [services.{name}.image]")
 
 
-def _check_machines(spec: Spec, text: str, file: str) -> None:
+def _check_machines(spec: Spec, text: str, file: str, relocate: Relocate) -> None:
     """A service's `machines` name declared [machines.NAME] tables, and only a provider that
     runs containers can use them."""
     for name, svc in spec.services.items():
         if not svc.machines:
             continue
-        path = ["services", name, "machines"]
+        path = list(relocate(("services", name, "machines")))
         where = {"file": file, "line": line_of(key_lines(text), path), "key": ".".join(path)}
         unknown = sorted(set(svc.machines) - set(spec.machines))
         if unknown:
@@ -160,14 +207,16 @@ def _check_machines(spec: Spec, text: str, file: str) -> None:
                             hint='set provider = "container" and an [image] os table')
 
 
-def spec_warnings(spec: Spec, text: str, file: str) -> list[str]:
+def spec_warnings(spec: Spec, text: str, file: str, relocate: Relocate = _same) -> list[str]:
     """What the spec allows but probably does not mean, as `file:line: key: text` lines."""
     out = []
     listen = spec.controller.listen
     if not _loopback(listen.rpartition(":")[0]):
-        line = line_of(key_lines(text), ["controller", "listen"])
-        out.append(f"{file}:{line}: controller.listen: {listen} is not a loopback address: "
-                   "the controller's API (plain HTTP, every call needs the token in "
+        path = relocate(("controller", "listen"))
+        line = line_of(key_lines(text), path)
+        key = ".".join(map(str, path))
+        out.append(f"{file}:{line}: {key}: {listen} is not a loopback address: the"
+                   " controller's API (plain HTTP, every call needs the token in "
                    ".hinotori/token) is reachable from other machines; use 127.0.0.1:PORT "
                    "unless that is meant")
     return out
@@ -183,13 +232,14 @@ def _loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
-def _spec_error(error: ValidationError, text: str, file: str, data: dict) -> SpecError:
+def _spec_error(error: ValidationError, text: str, file: str, data: dict,
+                relocate: Relocate) -> SpecError:
     """The first problem, located; the others listed after it so one run shows them all.
     Errors at one key (each branch of a union) are merged into one problem."""
     lines = key_lines(text)
     problems: list[tuple[int | None, str | None, list[dict]]] = []
     for err in error.errors():
-        loc = toml_path(err["loc"], data)
+        loc = list(relocate(tuple(toml_path(err["loc"], data))))
         key = ".".join(str(p) for p in loc) or None
         if problems and problems[-1][1] == key:
             problems[-1][2].append(err)

@@ -31,6 +31,7 @@ from hinotori.spec.base import (
     Strict,
     UrlPath,
 )
+from hinotori.spec.environments import EnvironmentSpec
 from hinotori.spec.image import ImageSpec
 from hinotori.spec.jobs import JobSpec
 from hinotori.spec.machines import MachineSpec
@@ -330,6 +331,9 @@ class Spec(Strict):
     machines: dict[Name, MachineSpec] = {}
     services: dict[Name, ServiceSpec] = Field(min_length=1)
     jobs: dict[Name, JobSpec] = {}  # spec/jobs.py (their services: check_jobs)
+    # [environments.NAME]: only their own settings here; their tables are merged into the
+    # spec before validation (hinotori/spec/environments.py)
+    environments: dict[Name, EnvironmentSpec] = {}
 
     @model_validator(mode="after")
     def _routes_distinct(self) -> Spec:

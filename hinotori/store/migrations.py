@@ -72,4 +72,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX job_runs_by_job ON job_runs (job, id);
     CREATE TABLE job_cursors (job TEXT PRIMARY KEY, last_due REAL NOT NULL);
     """,
+    # 7 (environments): where a promoted release came from: the source environment, its release
+    # there and the image digest (`deploy --from`); none for a release baked here.
+    """
+    CREATE TABLE release_origins (
+        service TEXT NOT NULL, number INTEGER NOT NULL, environment TEXT NOT NULL,
+        release INTEGER NOT NULL, image TEXT NOT NULL, promoted_at REAL NOT NULL,
+        PRIMARY KEY (service, number));
+    """,
 ]

@@ -24,6 +24,7 @@ from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
 from hinotori.store.base import SqliteBase
 from hinotori.store.maintenance import MaintenanceStore
 from hinotori.store.migrations import MIGRATIONS
+from hinotori.store.origins import OriginsMixin
 
 
 def default_actor() -> str:
@@ -34,7 +35,7 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class Store(MaintenanceStore, SqliteBase):
+class Store(MaintenanceStore, OriginsMixin, SqliteBase):
     what = "the state store"
     loses = "releases, hosts and the event log"
     error = StoreError
@@ -85,7 +86,8 @@ class Store(MaintenanceStore, SqliteBase):
 
     # -- releases ------------------------------------------------------------------------
     def create_release(self, service: str, image: str, config: ReleaseConfig, *, actor: str,
-                       reason: str) -> Release:
+                       reason: str, origin: dict[str, Any] | None = None) -> Release:
+        """A new release; ``origin`` (environment, release, image) for a promoted one."""
         with self.transaction() as db:
             row = db.execute("SELECT MAX(number) FROM releases WHERE service = ?",
                              (service,)).fetchone()
@@ -95,8 +97,11 @@ class Store(MaintenanceStore, SqliteBase):
             db.execute("INSERT INTO releases VALUES (?,?,?,?,?,?)",
                        (service, number, image, json.dumps(config.to_dict()),
                         release.created_at, reason))
+            if origin is not None:
+                self._save_origin(db, service, number, origin)
             self._event(db, actor, "release.created", f"{service}/v{number}",
-                        {"image": image, "reason": reason, "config": config.to_dict()})
+                        {"image": image, "reason": reason, "config": config.to_dict(),
+                         **({"origin": origin} if origin else {})})
         return release
 
     def release(self, service: str, number: int) -> Release:
