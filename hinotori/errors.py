@@ -22,7 +22,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     │   └── Unauthorised                   missing or wrong API token or webhook signature
     ├── DeployError                        a deployment failed; traffic stayed where it was
     │   ├── LockedError                    another deployment of the service holds the lock
-    │   └── CanaryFailed                   the canary was judged worse, or aborted: rolled back
+    │   ├── CanaryFailed                   the canary was judged worse, or aborted: rolled back
+    │   └── HoldEnded                      a held release aborted or its hold expired: burned
     ├── MetricsError                       metrics.db unreadable
     │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
     ├── LogsError                          logs.db unreadable, or a query got wrong
@@ -159,6 +160,12 @@ class LockedError(DeployError):
 
 class CanaryFailed(DeployError):
     pass
+
+
+class HoldEnded(DeployError):
+    """`deploy --hold`: aborted by an operator or expired; the held release is burned."""
+
+    expired = False  # the hold's time ran out (else an operator aborted it)
 
 
 class MetricsError(HinotoriError):

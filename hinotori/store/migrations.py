@@ -54,4 +54,9 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY, state TEXT NOT NULL, drained INTEGER NOT NULL DEFAULT 0,
         last_seen REAL, engine TEXT, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
     """,
+    # 5: held deployments (`deploy --hold`, preview before the switch): what the hold is
+    # (release, preview address, expiry) as JSON; the state is "held" meanwhile.
+    """
+    ALTER TABLE deployments ADD COLUMN hold TEXT;
+    """,
 ]
