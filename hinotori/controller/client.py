@@ -56,9 +56,10 @@ class ControllerClient:
 
     def start_deployment(self, service: str, kind: str, *, release: int | None = None,
                          lock_wait: float = 0.0, actor: str = "cli", replace: bool = False,
-                         reason: str = "", strategy: str | None = None) -> int | None:
+                         reason: str = "", strategy: str | None = None,
+                         hold: float | None = None) -> int | None:
         body = {"release": release, "lock_wait": lock_wait, "actor": actor, "replace": replace,
-                "reason": reason, "strategy": strategy}
+                "reason": reason, "strategy": strategy, "hold": hold}
         timeout = max(30.0, lock_wait + 30.0)
         return self.call("POST", f"/v1/services/{service}/{kind}", json=body,
                          timeout=timeout)["deployment"]
