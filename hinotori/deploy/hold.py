@@ -57,7 +57,8 @@ async def hold(fleet: Fleet, release: Release, hosts: list[Host], spec: Hold, co
         faults.point("hold.held")
         await _wait(control, spec.timeout, release)
     except BaseException as e:
-        await _burn(fleet, service, hosts, why=str(e).splitlines()[0][:200] or "hold ended")
+        why = (str(e).splitlines() or ["the controller stopped"])[0][:200]
+        await _burn(fleet, service, hosts, why=why)
         raise
 
 
