@@ -4,9 +4,9 @@ deploy, booted and gated as usual, waits before the switch as a last staging.
     boot N new hosts (health- and verify-gated)  ->  preview: routed with weight 0, so live
     traffic never reaches them; the router's preview listener and `X-Hinotori-Release:
     preview | vN` on the main one do  ->  pre_switch hooks against the preview (``ready``)
-    ->  HELD until an operator promotes (the usual zero-drop switch follows) or aborts, or
-    the hold expires: then the held hosts leave the preview, drain and are burned, and
-    traffic never moved.
+    ->  HELD until an operator promotes (the held hosts are probed once more, then the
+    usual zero-drop switch follows) or aborts, or the hold expires: then the held hosts
+    leave the preview, drain and are burned, and traffic never moved.
 
 A hold lives in the controller's memory (``Fleet.previews`` and the deployment's task): a
 controller that stops or dies during a hold leaves the deployment aborted with traffic where
@@ -25,7 +25,7 @@ from hinotori import faults
 from hinotori.deploy.base import Control
 from hinotori.deploy.fleet import Fleet, Progress
 from hinotori.durations import format_duration
-from hinotori.errors import HoldEnded
+from hinotori.errors import DeployError, HoldEnded
 from hinotori.model import Host, Release
 
 # The header that selects a release on the main listener (both routers).
@@ -56,6 +56,11 @@ async def hold(fleet: Fleet, release: Release, hosts: list[Host], spec: Hold, co
         await spec.ready(release, hosts)
         faults.point("hold.held")
         await _wait(control, spec.timeout, release)
+        # A hold may last hours and nothing heals held hosts: check them once more.
+        if not await fleet.healthy_now(hosts):
+            raise DeployError(f"{service} {release.name}: a held host no longer passes its "
+                              f"health check; the held release was burned, traffic never "
+                              f"moved", hint=f"`hinotori deploy {service} --hold` boots it again")
     except BaseException as e:
         why = (str(e).splitlines() or ["the controller stopped"])[0][:200]
         await _burn(fleet, service, hosts, why=why)

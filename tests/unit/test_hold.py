@@ -91,7 +91,8 @@ def test_a_held_release_is_routed_for_preview_only_until_promoted(tmp_path: Path
     assert [s for s, _ in w.steps].count("preview") == 1
 
 
-@pytest.mark.parametrize("end", ["abort", "expiry", "hook fails", "cancelled"])
+@pytest.mark.parametrize("end", ["abort", "expiry", "hook fails", "cancelled",
+                                 "unhealthy at promote"])
 def test_a_hold_that_ends_otherwise_burns_the_held_release(tmp_path: Path, end: str) -> None:
     w = world(tmp_path)
 
@@ -105,6 +106,10 @@ def test_a_hold_that_ends_otherwise_burns_the_held_release(tmp_path: Path, end: 
         elif end == "cancelled":  # the controller stopped
             await held.ready.wait()
             task.cancel()
+        elif end == "unhealthy at promote":  # a held host went bad while held
+            await held.ready.wait()
+            w.provider.unhealthy.add(2)
+            control.request("promote")
         try:
             await task
         except BaseException as e:  # what it raised is what is checked
@@ -112,7 +117,7 @@ def test_a_hold_that_ends_otherwise_burns_the_held_release(tmp_path: Path, end: 
         raise AssertionError("the hold did not end")
 
     error = asyncio.run(scenario())
-    if end == "hook fails":
+    if end in ("hook fails", "unhealthy at promote"):
         assert isinstance(error, DeployError) and not isinstance(error, HoldEnded)
     elif end == "cancelled":
         assert isinstance(error, asyncio.CancelledError)
