@@ -145,9 +145,25 @@ def test_abort_burns_the_held_release_and_live_traffic_never_moves(
     assert p.cli("abort", "web", check=False).returncode == 1  # nothing held any more
 
 
+def test_the_live_release_heals_while_another_is_held(v2_baked: CliProject) -> None:
+    """A hold gives the service's lock back: a live host that dies meanwhile is replaced (by
+    v1), and promote takes the lock again."""
+    p = v2_baked
+    dep = assert_held(p, p.cli("deploy", "web", "--hold").stdout, table=False)
+    victim = p.serving()[0]
+    os.killpg(victim["pid"], signal.SIGKILL)
+    assert wait_until(lambda: len(p.serving()) == 2 and victim["id"] not in
+                      {h["id"] for h in p.serving()}, timeout=60), p.json("hosts")
+    assert {h["release"] for h in p.serving()} == {1}
+    assert "service.healed" in p.cli("audit", "--action", "service.healed").stdout
+    assert deployment(p, dep["id"])["state"] == "held"
+    assert "now serves v2" in p.cli("promote", "web").stdout
+    assert {h["release"] for h in p.serving()} == {2}
+
+
 def test_a_hold_that_expires_is_aborted_and_says_so(v2_baked: CliProject) -> None:
     p = v2_baked
-    out = p.cli("deploy", "web", "--hold", "3s").stdout
+    out = p.cli("deploy", "web", "--hold", "8s").stdout
     dep = assert_held(p, out, table=False)
     assert "s left)" in out, out
     assert wait_until(lambda: deployment(p, dep["id"])["state"] == "aborted", timeout=30)
