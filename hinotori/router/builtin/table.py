@@ -96,6 +96,7 @@ class CompiledRoute:
     sticky: bool = False                  # only when more than one release serves
     cookie: bytes = b""                   # sticky cookie name: hinotori-<service>
     preview: int | None = None            # the held release, if any
+    preview_cursor: int = 0               # round-robin over the held release's backends
 
     @property
     def selects_release(self) -> bool:
@@ -126,6 +127,13 @@ class CompiledRoute:
 
     def pick_release(self, release: int, exclude: set[str]) -> Target | None:
         """A backend of ``release`` by weight (weight 0 counts as 1), not in ``exclude``."""
+        if release == self.preview and not exclude:
+            # Every request on the preview listener comes here, and a held release's weights
+            # are all 0 (equal): a cursor, not a weighted draw per request.
+            members = self.by_release.get(release, ())
+            if members:
+                self.preview_cursor = i = (self.preview_cursor + 1) % len(members)
+                return members[i]
         candidates = [t for t in self.by_release.get(release, ()) if t.address not in exclude]
         if not candidates:
             return None
