@@ -26,7 +26,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     │   ├── LockedError                    another deployment of the service holds the lock
     │   ├── CanaryFailed                   the canary was judged worse, or aborted: rolled back
     │   ├── SecretError                    a secret could not be resolved: the boot was refused
-    │   └── PromotionRefused               promote_only refused it: not a promotion, or a condition
+    │   ├── PromotionRefused               promote_only refused it: not a promotion, or a condition
+    │   └── HoldEnded                      a held release aborted or its hold expired: burned
     ├── MetricsError                       metrics.db unreadable
     │   └── BadQuery              exit 2   a history query got wrong (--since, --release, --step)
     ├── LogsError                          logs.db unreadable, or a query got wrong
@@ -182,6 +183,12 @@ class SecretError(DeployError):
 class PromotionRefused(DeployError):
     """An environment refused an image: promote_only, and the image is not a promotion from
     its promote_from that served there long enough without trouble (the message says which)."""
+
+
+class HoldEnded(DeployError):
+    """`deploy --hold`: aborted by an operator or expired; the held release is burned."""
+
+    expired = False  # the hold's time ran out (else an operator aborted it)
 
 
 class MetricsError(HinotoriError):

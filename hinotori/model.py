@@ -131,7 +131,7 @@ class Host:
 
 
 DEPLOYMENT_KEYS = ("id", "service", "kind", "strategy", "from_release", "to_release", "state",
-                   "started_at", "ended_at", "error", "summary", "steps")
+                   "started_at", "ended_at", "error", "summary", "steps", "hold")
 
 
 def deployment_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -203,20 +203,26 @@ class ServiceRoute:
     canary: int | None = None  # the release being canaried, if any
     sticky: bool = False  # while two releases serve, a client keeps the one it first got
     maintenance: Maintenance | None = None  # set: every request gets a 503 from the router
+    # A held release (`deploy --hold`): its backends have weight 0, so live traffic never
+    # reaches them; the preview listener and `X-Hinotori-Release: preview | vN` do.
+    preview: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"service": self.service, "hosts": list(self.hosts),
-             "path_prefix": self.path_prefix, "canary": self.canary, "sticky": self.sticky,
-             "backends": [asdict(b) for b in self.backends]}
+        d: dict[str, Any] = {"service": self.service, "hosts": list(self.hosts),
+                             "path_prefix": self.path_prefix, "canary": self.canary,
+                             "sticky": self.sticky,
+                             "backends": [asdict(b) for b in self.backends]}
         if self.maintenance is not None:  # absent otherwise: the wire form stays as it was
             d["maintenance"] = self.maintenance.to_dict()
+        if self.preview is not None:
+            d["preview"] = self.preview
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServiceRoute:
         return cls(service=d["service"], hosts=tuple(d.get("hosts", ())),
                    path_prefix=d.get("path_prefix", "/"), canary=d.get("canary"),
-                   sticky=bool(d.get("sticky", False)),
+                   sticky=bool(d.get("sticky", False)), preview=d.get("preview"),
                    backends=tuple(Backend(**b) for b in d.get("backends", ())),
                    maintenance=Maintenance.from_dict(d["maintenance"])
                    if d.get("maintenance") else None)

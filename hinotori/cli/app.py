@@ -22,6 +22,7 @@ from hinotori.cli import (
     controlcmds,
     dashboardcmd,
     driftcmd,
+    holdview,
     imagecmds,
     imageiocmds,
     jobcmds,
@@ -232,6 +233,7 @@ def main() -> None:
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting, and raises
         # its usage errors for us to print.
+        sys.argv[1:] = holdview.optional_value(sys.argv[1:], holdview.HOLD)  # --hold [DURATION]
         code = app(standalone_mode=False)
     except HinotoriError as e:
         render.print_error(e)

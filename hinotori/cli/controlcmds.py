@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hinotori.cli import render
+from hinotori.cli import holdview, render
 from hinotori.cli.options import (
     MAX_NUMBER,
     STRATEGIES,
@@ -164,13 +164,23 @@ def deploy(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
            from_env: Annotated[str | None, typer.Option(
                "--from", parser=environment_name, metavar="ENVIRONMENT",
                help="promote: the image serving in that environment now, no bake")] = None,
-           lock_wait: LockWait = "0s", json_out: JsonOpt = False) -> None:
+           lock_wait: LockWait = "0s", json_out: JsonOpt = False,
+           hold: Annotated[float | None, typer.Option(
+               holdview.HOLD, parser=holdview.hold_value, metavar="[DURATION]",
+               help="boot and gate the new colour, then hold it for preview (the router's "
+                    "preview_listen, or the X-Hinotori-Release header) until `promote` or "
+                    "`abort` (blue-green; with DURATION, aborted when it expires)")] = None,
+           ) -> None:
     """Deploy a release (default: the newest) with zero dropped requests.
 
     With --from ENV: the image ENV serves now, with this environment's config (a promotion:
     never a rebuild)."""
     project = Project.load(spec, environment)
-    project.service(service)
+    svc = project.service(service)
+    if hold is not None and (strategy or svc.strategy.kind) != "blue-green":
+        raise SpecError(f"--hold previews the new colour of a blue-green deploy; {service} "
+                        f"would deploy with {strategy or svc.strategy.kind}", key="--hold",
+                        hint="add --strategy blue-green to hold this deploy")
     overrides = _parse_env(env or [])
     if env and release is not None:
         raise SpecError("--env and --release cannot be combined", key="--env",
@@ -187,7 +197,7 @@ def deploy(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
             client.status()
             number = promote_and_deploy(project, service, from_env, json_out)
             _run_deployment(project, service, "deploy", number, lock_wait, json_out, strategy,
-                            client=client)
+                            client=client, hold=hold)  # a promotion may be held for preview too
         finally:
             client.close()
         return
@@ -213,7 +223,7 @@ def deploy(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
                               f"new release [bold]{outcome.release.name}[/]")
             number = outcome.release.number
         _run_deployment(project, service, "deploy", number, lock_wait, json_out, strategy,
-                        client=client)
+                        client=client, hold=hold)
     finally:
         client.close()
 
@@ -229,13 +239,15 @@ def rollback(service: str, spec: SpecOpt = Path("."),
 
 def _run_deployment(project: Project, service: str, kind: str, release: int | None,
                     lock_wait: float, json_out: bool, strategy: str | None = None,
-                    client: ControllerClient | None = None) -> None:
-    """Start the deployment and follow it to its end; ``client``, if given, stays open."""
+                    client: ControllerClient | None = None, hold: float | None = None
+                    ) -> None:
+    """Start the deployment and follow it to its end (or its hold); ``client``, if given,
+    stays open."""
     own = client is None
     client = client or ControllerClient(project)
     try:
         number = client.start_deployment(service, kind, release=release, lock_wait=lock_wait,
-                                          actor=_actor(), strategy=strategy)
+                                          actor=_actor(), strategy=strategy, hold=hold)
         if number is None:
             current, _ = project.store.service_releases(service)
             if json_out:
@@ -250,6 +262,11 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
             client.close()
     if json_out:
         render.print_json(dep)
+    if dep["state"] == "held":
+        if not json_out:
+            for line in holdview.held_lines(service, dep):
+                console.print(line, highlight=False, soft_wrap=True)
+        return
     if dep["state"] != "succeeded":
         if not json_out:
             render.err_console.print(f"[bold red]{kind} {number} failed:[/] "
@@ -300,6 +317,7 @@ def _print_step(step: dict[str, Any]) -> None:
         "batch": lambda s: f"rolling batch: booting {s['boot']} of {s['release']} "
         f"({s['serving_old']} old + {s['serving_new']} new serving)",
         "rolling-back": lambda s: f"[red]batch failed[/]: rolling back to {s['to']}",
+        **holdview.STEPS,
     }.get(name)
     line = text(step) if text else f"{name}: {step}"
     if line:
@@ -347,16 +365,22 @@ def _control(action: str) -> Any:
         project.service(service)
         client = ControllerClient(project)
         try:
-            client.control(service, action)
+            answer = client.control(service, action)
         finally:
             client.close()
-        console.print(f"{action}: sent to {service}'s running canary")
+        if "state" not in answer:
+            console.print(f"{action}: sent to {service}'s running canary")
+        elif not holdview.steered(answer, deployed_line(service, answer["summary"])
+                                  if answer["state"] == "succeeded" else ""):
+            raise typer.Exit(1)
 
-    command.__doc__ = {"promote": "Skip the remaining canary steps: all traffic to the canary.",
+    command.__doc__ = {"promote": "Skip the remaining canary steps: all traffic to the canary "
+                                  "(a held deployment: switch to it, once done).",
                        "pause": "Hold the running canary at its step (failures still roll "
                                 "back).",
                        "resume": "Let a paused canary go on.",
-                       "abort": "Roll the running canary back to stable now."}[action]
+                       "abort": "Roll the running canary back to stable now (a held "
+                                "deployment: burn it, once done)."}[action]
     return command
 
 
@@ -378,7 +402,7 @@ def deployments(service: Annotated[str | None, typer.Argument()] = None,
                         "took"],
                  [(d["id"], d["service"], d["kind"], d["strategy"],
                    render.release(d["from_release"]), render.release(d["to_release"]),
-                   d["state"], render.when(d["started_at"]),
+                   holdview.state_text(d), render.when(d["started_at"]),
                    render.seconds(d["ended_at"] - d["started_at"]) if d["ended_at"] else "")
                   for d in rows])
 
@@ -401,6 +425,9 @@ def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)
     for step in d["steps"]:
         console.print(f"[dim]{render.when(step['ts'])}[/] ", end="")
         _print_step(step)
+    if d["state"] == "held":
+        for line in holdview.held_lines(d["service"], d):
+            console.print(line, highlight=False, soft_wrap=True)
     if d["error"]:
         render.err_console.print(f"[red]error:[/] {render.escape(d['error'])}")
 

@@ -49,6 +49,10 @@ async def adopt(project: Project, fleet: Fleet) -> None:
         if dep["state"] == "running":
             store.finish_deployment(dep["id"], "failed", actor=ACTOR,
                                     error="interrupted: the controller stopped")
+        elif dep["state"] == "held":  # a hold lives in its controller: its hosts are READY
+            store.finish_deployment(dep["id"], "aborted", actor=ACTOR,
+                                    error="the controller stopped during the hold: the held "
+                                          "release was burned, traffic never moved")
     for name in fleet.spec.services:
         await abandon_canary(fleet, name)
     await fleet.sync_router()

@@ -68,12 +68,14 @@ class ControllerParts(Protocol):
     async def start_deployment(self, service: str, *, kind: str, release: int | None,
                                lock_wait: float, actor: str, replace: bool = False,
                                reason: str = "", strategy: str | None = None,
-                               claimed_actor: str | None = None) -> int | None: ...
+                               claimed_actor: str | None = None,
+                               hold: float | None = None) -> int | None: ...
 
     async def kill(self, host_id: str, actor: str,
                    claimed_actor: str | None = None) -> Host: ...
 
-    def control(self, service: str, action: str, actor: str = ...) -> None: ...
+    async def control(self, service: str, action: str,
+                      actor: str = ...) -> dict[str, Any]: ...
 
     webhook: Webhook  # the push webhook's defences
     machines: MachinesParts  # the machines of a fleet, watched

@@ -56,9 +56,10 @@ class ControllerClient:
 
     def start_deployment(self, service: str, kind: str, *, release: int | None = None,
                          lock_wait: float = 0.0, actor: str = "cli", replace: bool = False,
-                         reason: str = "", strategy: str | None = None) -> int | None:
+                         reason: str = "", strategy: str | None = None,
+                         hold: float | None = None) -> int | None:
         body = {"release": release, "lock_wait": lock_wait, "actor": actor, "replace": replace,
-                "reason": reason, "strategy": strategy}
+                "reason": reason, "strategy": strategy, "hold": hold}
         timeout = max(30.0, lock_wait + 30.0)
         return self.call("POST", f"/v1/services/{service}/{kind}", json=body,
                          timeout=timeout)["deployment"]
@@ -72,7 +73,7 @@ class ControllerClient:
             for step in dep["steps"][seen:]:
                 on_step(step)
             seen = len(dep["steps"])
-            if dep["state"] != "running":
+            if dep["state"] != "running":  # ended, or held (`deploy --hold`)
                 return dep
             time.sleep(poll)
 
@@ -85,8 +86,9 @@ class ControllerClient:
     def metrics(self, service: str) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/metrics", params={"service": service})
 
-    def control(self, service: str, action: str) -> None:
-        self.call("POST", f"/v1/services/{service}/{action}")
+    def control(self, service: str, action: str) -> dict[str, Any]:
+        # Promoting or aborting a held deployment answers once it is done (switch and drain).
+        return self.call("POST", f"/v1/services/{service}/{action}", timeout=900.0)
 
     def shutdown(self, teardown: bool = True) -> None:
         self.call("POST", "/v1/shutdown", json={"teardown": teardown})

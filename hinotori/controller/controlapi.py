@@ -21,6 +21,7 @@ from hinotori.model import MAX_NUMBER, Host
 
 MAX_LOCK_WAIT = 24 * 3600.0  # queueing behind another deployment for longer is a mistake
 ACTIONS = ("pause", "resume", "promote", "abort")
+MAX_HOLD = 30 * 24 * 3600.0  # a preview held longer than a month is forgotten, not tested
 
 
 class DeployBody(BaseModel):
@@ -30,6 +31,9 @@ class DeployBody(BaseModel):
     replace: bool = False  # deploy even if the release already serves: fresh hosts
     reason: str = Field("", max_length=2000)
     strategy: str | None = Field(None, max_length=100)  # default: the service's in the spec
+    # Hold the new colour for preview before the switch (`deploy --hold`): seconds it may be
+    # held, 0 until promoted or aborted; None: no hold.
+    hold: float | None = Field(None, ge=0, le=MAX_HOLD)
 
 
 class ShutdownBody(BaseModel):
@@ -39,8 +43,8 @@ class ShutdownBody(BaseModel):
 class StartDeployment(Protocol):
     def __call__(self, service: str, *, kind: str, release: int | None, lock_wait: float,
                  actor: str, replace: bool = False, reason: str = "",
-                 strategy: str | None = None, claimed_actor: str | None = None
-                 ) -> Awaitable[int | None]: ...
+                 strategy: str | None = None, claimed_actor: str | None = None,
+                 hold: float | None = None) -> Awaitable[int | None]: ...
 
 
 class KillHost(Protocol):
@@ -49,10 +53,11 @@ class KillHost(Protocol):
 
 
 def control_routes(start_deployment: StartDeployment, kill: KillHost,
-                   control: Callable[[str, str, str], None],
+                   control: Callable[[str, str, str], Awaitable[dict[str, Any]]],
                    stop: Callable[[bool], None]) -> APIRouter:
-    """``control(service, action, actor)`` steers a running canary; ``stop(teardown)`` ends the
-    controller (and with ``teardown`` its hosts and router)."""
+    """``control(service, action, actor)`` steers a running canary (at once) or a held
+    deployment (promote, abort: answered once done, with the deployment); ``stop(teardown)``
+    ends the controller (and with ``teardown`` its hosts and router)."""
     routes = APIRouter()
 
     async def start(request: Request, service: str, kind: str, body: DeployBody,
@@ -65,7 +70,8 @@ def control_routes(start_deployment: StartDeployment, kill: KillHost,
     @routes.post("/v1/services/{service}/deploy")
     async def deploy(request: Request, service: str, body: DeployBody) -> dict[str, Any]:
         return await start(request, service, "deploy", body, release=body.release,
-                           replace=body.replace, reason=body.reason, strategy=body.strategy)
+                           replace=body.replace, reason=body.reason, strategy=body.strategy,
+                           hold=body.hold)
 
     @routes.post("/v1/services/{service}/rollback")
     async def rollback(request: Request, service: str, body: DeployBody) -> dict[str, Any]:
@@ -86,8 +92,8 @@ def control_routes(start_deployment: StartDeployment, kill: KillHost,
         if action not in ACTIONS:
             raise NotFound(f"no action {action!r}",
                            hint="actions: deploy, rollback, phoenix, bake, " + ", ".join(ACTIONS))
-        control(service, action, _principal(request))
-        return {"service": service, "action": action}
+        return {"service": service, "action": action,
+                **await control(service, action, _principal(request))}
 
     @routes.post("/v1/shutdown")
     async def shutdown(body: ShutdownBody) -> dict[str, Any]:

@@ -177,14 +177,15 @@ class Controller:
                                lock_wait: float, actor: str, replace: bool = False,
                                reason: str = "", strategy: str | None = None,
                                only: set[str] | None = None,
-                               claimed_actor: str | None = None) -> int | None:
+                               claimed_actor: str | None = None,
+                               hold: float | None = None) -> int | None:
         return await self.deployments.start(
             service, kind=kind, release=release, lock_wait=lock_wait, actor=actor,
             replace=replace, reason=reason, strategy=strategy, only=only,
-            claimed_actor=claimed_actor)
+            claimed_actor=claimed_actor, hold=hold)
 
-    def control(self, service: str, action: str, actor: str = ACTOR) -> None:
-        self.deployments.control(service, action, actor)
+    async def control(self, service: str, action: str, actor: str = ACTOR) -> dict[str, Any]:
+        return await self.deployments.control(service, action, actor)
 
     async def kill(self, host_id: str, actor: str, claimed_actor: str | None = None) -> Host:
         return await self.burning.kill(host_id, actor, claimed_actor)

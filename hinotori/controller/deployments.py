@@ -1,5 +1,6 @@
 """Deployments: take a service's lock, record the deployment, run its strategy and hooks in the
-background, and let an operator steer a running canary (pause, resume, promote, abort).
+background, and let an operator steer a running canary (pause, resume, promote, abort) or a
+held one (`deploy --hold`: promote, abort; see controller/holding.py).
 
 One spec per deployment: the service's definition as it was when the deployment was asked for
 is pinned on the fleet (``Fleet.pin``) until the deployment ends, so a spec reloaded meanwhile
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from hinotori.controller.holding import Holding
 from hinotori.controller.notify import Notifier
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy import bluegreen, canary, rolling
@@ -22,7 +24,7 @@ from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.hooks import HookResult, run_hook
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.deploy.strategies import STRATEGIES
-from hinotori.errors import DeployError, HinotoriError
+from hinotori.errors import DeployError, HinotoriError, HoldEnded
 from hinotori.model import HostState, Release
 from hinotori.project import Project
 from hinotori.promotion import check_deployable
@@ -44,23 +46,26 @@ class Deployments:
         self.spawn = spawn
         self.reload_spec = reload_spec
         self.controls: dict[str, Control] = {}  # running canaries, by service
+        self.holding = Holding(project, fleet, locks, hook=self._hook)
 
     async def start(self, service: str, *, kind: str, release: int | None,
                     lock_wait: float, actor: str, replace: bool = False,
                     reason: str = "", strategy: str | None = None,
                     only: set[str] | None = None,
-                    claimed_actor: str | None = None) -> int | None:
+                    claimed_actor: str | None = None,
+                    hold: float | None = None) -> int | None:
         """Take the service's lock, record the deployment and run it in the background.
         Returns its id, or None when the wanted release is already serving (unless
         ``replace``: then its hosts are replaced by fresh ones, e.g. because they drifted)."""
         self.reload_spec()
         self.fleet.service(service)
+        self.holding.refuse_if_held(service)
         # The spec as it is now, not as a running deployment of the service pinned it.
         definition = self.project.spec.services.get(service) or self.fleet.service(service)
         # ``actor``: who the API's credentials proved; ``claimed_actor``: who the caller says.
         who = f"{actor} ({claimed_actor})" if claimed_actor else actor
-        hold = self.locks.hold(service, f"a {kind} by {who}", wait=lock_wait)
-        await hold.__aenter__()
+        hold_lock = self.locks.hold(service, f"a {kind} by {who}", wait=lock_wait)
+        await hold_lock.__aenter__()
         self.fleet.pin(service, definition)
         try:
             current, previous = self.store.service_releases(service)
@@ -88,7 +93,7 @@ class Deployments:
                 serving = self.fleet.hosts(service, HostState.SERVING)
                 if target == current and serving and not replace:
                     self.fleet.pin(service, None)
-                    await hold.__aexit__(None, None, None)
+                    await hold_lock.__aexit__(None, None, None)
                     return None
                 if target != current:  # fresh hosts of the serving release bring no new image
                     # promote_only: a promotion whose image still meets its conditions,
@@ -108,6 +113,8 @@ class Deployments:
                 came = (f"promoted from {origin['environment']} {origin['release_name']} "
                         f"(image {origin['image'].removeprefix('sha256:')[:12]})")
                 reason = f"{reason}; {came}" if reason else came
+            if hold is not None:
+                self.holding.check(service, kind, chosen)
             number = self.store.create_deployment(
                 service, strategy=chosen, kind=kind, from_release=current,
                 to_release=target, actor=actor, reason=reason,
@@ -117,9 +124,10 @@ class Deployments:
                                                         "origin": origin})
         except BaseException:
             self.fleet.pin(service, None)
-            await hold.__aexit__(None, None, None)
+            await hold_lock.__aexit__(None, None, None)
             raise
-        self.spawn(self._run_deployment(number, service, kind, target, hold, chosen, only),
+        self.holding.locked(number, hold_lock)
+        self.spawn(self._run_deployment(number, service, kind, target, chosen, only, hold),
                    f"deployment {number}")
         return number
 
@@ -134,19 +142,24 @@ class Deployments:
                                           reason="secrets changed")
         return outcome.release.number
 
-    def control(self, service: str, action: str, actor: str = ACTOR) -> None:
-        """pause | resume | promote | abort the running canary of ``service``; ``actor``: who
+    async def control(self, service: str, action: str, actor: str = ACTOR) -> dict[str, Any]:
+        """pause | resume | promote | abort the running canary of ``service`` (at once), or
+        promote | abort its held deployment (returning once that is done); ``actor``: who
         asked, for the audit log."""
         self.fleet.service(service)
+        if self.holding.held(service) is not None:
+            return await self.holding.steer(service, action, actor)
         control = self.controls.get(service)
         if control is None:
             raise DeployError(f"{service} has no canary deployment running",
                               hint="pause, resume, promote and abort act on a running canary")
         control.request(action)
         self.store.record(actor, f"deploy.{action}", service, {"by": "operator"})
+        return {"service": service, "action": action}
 
     async def _run_deployment(self, number: int, service: str, kind: str, target: int,
-                              hold: Any, strategy: str, only: set[str] | None = None) -> None:
+                              strategy: str, only: set[str] | None = None,
+                              hold: float | None = None) -> None:
         svc = self.fleet.service(service)
         current, _ = self.store.service_releases(service)
         context = {"HINOTORI_SERVICE": service, "HINOTORI_DEPLOYMENT": str(number),
@@ -173,7 +186,10 @@ class Deployments:
                 if not result.ok:
                     raise DeployError(f"{service}: the pre-deploy hook failed, nothing was "
                                       f"changed\n{result.describe()}")
-            summary = await self._strategy(service, kind, target, strategy, progress, only)
+            held = self.holding.hold(number, service, hold, context, progress) \
+                if hold is not None else None
+            summary = await self._strategy(service, kind, target, strategy, progress, only,
+                                           held, self.holding.controls.get(number))
             await asyncio.gather(*hook_tasks)
             if svc.hooks.post_deploy:
                 await self._hook(number, "post_deploy", svc.hooks.post_deploy, context,
@@ -181,6 +197,12 @@ class Deployments:
             self.store.finish_deployment(number, "succeeded", actor=ACTOR, summary=summary)
             self.notifier.emit("promoted" if strategy == canary.STRATEGY else "succeeded",
                                **about, summary=summary)
+        except HoldEnded as e:  # aborted or expired while held: burned, traffic never moved
+            if e.expired:
+                self.store.record(ACTOR, "deploy.hold-expired", f"{service}/deployment/{number}",
+                                  {"why": e.message})
+            self.store.finish_deployment(number, "aborted", actor=ACTOR, error=str(e))
+            self.notifier.emit("aborted", **about, error=str(e))
         except HinotoriError as e:
             self.store.finish_deployment(number, "failed", actor=ACTOR, error=str(e))
             rolled_back = isinstance(e, canary.CanaryFailed)
@@ -198,15 +220,18 @@ class Deployments:
         finally:
             self.controls.pop(service, None)
             self.fleet.pin(service, None)
-            await hold.__aexit__(None, None, None)
+            await self.holding.finished(number, service)
 
     async def _strategy(self, service: str, kind: str, target: int, strategy: str,
-                        progress: Any, only: set[str] | None = None) -> dict[str, Any]:
+                        progress: Any, only: set[str] | None = None,
+                        held: Any = None, control: Control | None = None
+                        ) -> dict[str, Any]:
         """Run the deployment with the strategy of that name (the registry's)."""
         chosen = STRATEGIES[strategy]()
         run = StrategyRun(fleet=self.fleet, release=self.store.release(service, target),
                           progress=progress, spec=self.fleet.service(service).strategy,
-                          kind=kind, only=frozenset(only) if only is not None else None)
+                          kind=kind, only=frozenset(only) if only is not None else None,
+                          hold=held, control=control or Control())
         if chosen.controllable:  # the API's pause/resume/promote/abort reach it
             self.controls[service] = run.control
         return await chosen.run(run)

@@ -54,6 +54,7 @@ class StrategyRun:
     control: Control = field(default_factory=Control)
     kind: str = DEPLOY  # DEPLOY, ROLLBACK or PHOENIX
     only: frozenset[str] | None = None  # phoenix: replace just these hosts
+    hold: Any = None  # deploy --hold (deploy.hold.Hold): blue-green holds before its switch
 
 
 class Strategy(Protocol):

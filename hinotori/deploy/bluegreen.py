@@ -5,7 +5,8 @@ rollback: previous release still warm and healthy -> one atomic switch back (ins
           otherwise a normal blue-green deploy of the previous release from its image.
 
 If any new host fails, nothing is switched and every new host is destroyed (Fleet.boot_healthy),
-so a failed deployment leaves traffic exactly where it was.
+so a failed deployment leaves traffic exactly where it was. With ``run.hold`` (`deploy --hold`)
+the healthy new colour is held for preview before the switch (deploy/hold.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 from typing import Any
 
 from hinotori import faults
-from hinotori.deploy.base import ROLLBACK, StrategyRun
+from hinotori.deploy.base import ROLLBACK, Control, StrategyRun
 from hinotori.deploy.fleet import Fleet, Progress
+from hinotori.deploy.hold import Hold, hold
 from hinotori.errors import DeployError
 from hinotori.model import Host, HostState, Release
 
@@ -29,11 +31,13 @@ class BlueGreen:
     async def run(self, run: StrategyRun) -> dict[str, Any]:
         if run.kind == ROLLBACK:
             return await rollback(run.fleet, run.release.service, run.progress)
-        return await deploy(run.fleet, run.release, run.progress)
+        return await deploy(run.fleet, run.release, run.progress, held=run.hold,
+                            control=run.control)
 
 
 async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
-                 kind: str = "deploy") -> dict[str, Any]:
+                 kind: str = "deploy", held: Hold | None = None,
+                 control: Control | None = None) -> dict[str, Any]:
     service = release.service
     svc = fleet.service(service)
     current, previous = fleet.store.service_releases(service)
@@ -45,6 +49,11 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     progress("boot", {"release": release.name, "replicas": svc.replicas})
     new = await fleet.boot_healthy(service, release, svc.replicas, progress)
     healthy_s = time.monotonic() - started
+    held_s = None
+    if held is not None:
+        await hold(fleet, release, new, held, control or Control(), progress)
+        held_s = time.monotonic() - started - healthy_s
+        old = fleet.hosts(service, HostState.SERVING)  # a heal may have changed them meanwhile
 
     switch_s = await fleet.switch(service, new, old, why=f"{kind} to {release.name}")
     progress("switched", {"release": release.name, "switch_ms": round(switch_s * 1000, 2),
@@ -58,7 +67,8 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, *,
     faults.point("bluegreen.retired")
     return {"release": release.name, "instant": False, "boot_to_healthy_s": round(healthy_s, 3),
             "switch_ms": round(switch_s * 1000, 2), "drain_s": round(drain_s, 3),
-            "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new]}
+            "total_s": round(time.monotonic() - started, 3), "hosts": [h.id for h in new],
+            **({"held_s": round(held_s, 3)} if held_s is not None else {})}
 
 
 async def rollback(fleet: Fleet, service: str, progress: Progress) -> dict[str, Any]:

@@ -92,6 +92,9 @@ class Fleet:
         # up | down | draining of a [machines.NAME]: the controller's machine watch sets it.
         self.machine_state: Callable[[str], str] = lambda _: USABLE
         self._table_lock = asyncio.Lock()
+        # Held releases (`deploy --hold`), by service: reachable by preview only. Kept in memory
+        # alone: a restarted controller routes without them and burns their hosts (adoption).
+        self.previews: dict[str, tuple[int, list[Host]]] = {}
 
     # -- the spec ------------------------------------------------------------------------
     @property
@@ -265,10 +268,16 @@ class Fleet:
             backends = tuple(Backend(host_id=h.id, address=h.address or "", release=h.release,
                                      weight=h.weight)
                              for h in serving if h.address and not self.unreachable(h))
+            held, held_hosts = self.previews.get(name, (None, []))
+            # Weight 0: live traffic never picks them; the preview listener and the header do.
+            backends += tuple(Backend(host_id=h.id, address=h.address or "", release=h.release,
+                                      weight=0)
+                              for h in held_hosts if h.address and not self.unreachable(h))
             routes.append(ServiceRoute(service=name, backends=backends, hosts=tuple(svc.hosts),
                                        path_prefix=svc.path_prefix, canary=canary,
                                        sticky=getattr(svc.strategy, "sticky", False),
-                                       maintenance=self.store.maintenance(name)))
+                                       maintenance=self.store.maintenance(name),
+                                       preview=held))
         fleet = any(svc.machines for svc in self.spec.services.values())
         lost = sorted({h.address for h in self.store.hosts(states=[*LIVE_STATES, HostState.LOST])
                        if h.address and self.unreachable(h)}) if fleet else []
@@ -284,6 +293,7 @@ class Fleet:
         # (a running canary's stable set, a heal): it is LOST, and burned when the machine is back.
         serve = [h for h in serve if not self.unreachable(h)]
         async with self._table_lock:
+            self.previews.pop(service, None)  # a switch ends any hold: its hosts serve or go
             before = {h.id for h in self.hosts(service, HostState.SERVING)}
             for host in serve:
                 host.weight = (weights or {}).get(host.id, 100)
@@ -316,6 +326,27 @@ class Fleet:
             if self.membership and (joined or left):
                 self.membership(service, joined, left)
         return took
+
+    async def preview(self, service: str, release: int | None, hosts: list[Host]) -> float:
+        """Route ``hosts`` (READY, of ``release``) for preview only, or (None) stop; live
+        traffic is untouched either way. Returns how long the router took to acknowledge."""
+        async with self._table_lock:
+            before = self.previews.get(service)
+            if release is None:
+                self.previews.pop(service, None)
+            else:
+                self.previews[service] = (release, list(hosts))
+            started = time.perf_counter()
+            try:
+                await self.router.apply(self.routing_table(
+                    self.store.next_counter("table_version")))
+            except BaseException:
+                if before is None:
+                    self.previews.pop(service, None)
+                else:
+                    self.previews[service] = before
+                raise
+            return time.perf_counter() - started
 
     async def sync_router(self) -> None:
         """Make the router serve what the store says (at controller start)."""

@@ -64,6 +64,9 @@ class ControllerSpec(Strict):
 class RouterSpec(Strict):
     kind: Annotated[str, _known(ROUTERS)] = "builtin"
     listen: Address = "127.0.0.1:8080"
+    # A second listener of the same data plane where a held release (`deploy --hold`) answers
+    # in place of the live one; services with nothing held answer as on `listen`.
+    preview_listen: Address | None = None
     workers: int = Field(1, ge=1, le=64)  # builtin: worker processes; haproxy: nbthread
     # kind = "haproxy" only:
     haproxy: str = "haproxy"  # the executable (a name on PATH or a path)
@@ -82,6 +85,8 @@ class RouterSpec(Strict):
                      if k in self.model_fields_set]
             if extra:
                 raise ValueError(f"router.{extra[0]} only applies to kind = \"haproxy\"")
+        if self.preview_listen is not None and self.preview_listen == self.listen:
+            raise ValueError("router.preview_listen must differ from router.listen")
         return self
 
 
@@ -185,6 +190,9 @@ class HooksSpec(Strict):
     on_join: list[str] = []  # a host started serving (HINOTORI_HOST_ID, _ADDRESS, _EVENT set)
     on_leave: list[str] = []  # a host stopped serving
     pre_deploy: list[str] = []  # a failure aborts the deployment before any host boots
+    # `deploy --hold`: run against the held release (HINOTORI_PREVIEW_URL) before it may be
+    # promoted; a failure burns it, traffic untouched.
+    pre_switch: list[str] = []
     post_switch: list[str] = []  # right after traffic moved to the new release
     post_deploy: list[str] = []  # after the deployment succeeded
     timeout: Duration = 60.0

@@ -80,4 +80,9 @@ MIGRATIONS: list[str] = [
         release INTEGER NOT NULL, image TEXT NOT NULL, promoted_at REAL NOT NULL,
         PRIMARY KEY (service, number));
     """,
+    # 8: held deployments (`deploy --hold`, preview before the switch): what the hold is
+    # (release, preview address, expiry) as JSON; the state is "held" meanwhile.
+    """
+    ALTER TABLE deployments ADD COLUMN hold TEXT;
+    """,
 ]

@@ -22,6 +22,7 @@ from typing import Any
 from hinotori.errors import NotFound, StoreError
 from hinotori.model import Event, Host, HostState, Release, ReleaseConfig
 from hinotori.store.base import SqliteBase
+from hinotori.store.holds import HoldsMixin, decode_hold
 from hinotori.store.maintenance import MaintenanceStore
 from hinotori.store.migrations import MIGRATIONS
 from hinotori.store.origins import OriginsMixin
@@ -35,7 +36,7 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class Store(MaintenanceStore, OriginsMixin, SqliteBase):
+class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
     what = "the state store"
     loses = "releases, hosts and the event log"
     error = StoreError
@@ -325,6 +326,7 @@ def _deployment(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["steps"] = json.loads(d["steps"])
     d["summary"] = json.loads(d["summary"])
+    d["hold"] = decode_hold(d.get("hold"))
     return d
 
 

@@ -243,7 +243,7 @@ def test_a_registered_strategy_runs_through_the_controllers_dispatch(tmp_path: P
         assert number is not None
         while not ToyStrategy.runs:
             await asyncio.sleep(0.01)
-        controller.control("web", "promote")  # what the API does: reaches the strategy
+        await controller.control("web", "promote")  # what the API does: reaches the strategy
         while project.store.deployment(number)["state"] == "running":
             await asyncio.sleep(0.01)
         with pytest.raises(DeployError, match="unknown strategy 'nope'"):

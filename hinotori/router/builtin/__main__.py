@@ -33,6 +33,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hinotori.router.builtin",
                                 description="Run one hinotori router (data-plane) worker.")
     p.add_argument("--listen", required=True, help="HOST:PORT to serve HTTP on")
+    p.add_argument("--preview-listen", help="HOST:PORT where held releases answer")
     p.add_argument("--control", required=True, type=Path, help="Unix socket for control ops")
     p.add_argument("--table-file", required=True, type=Path,
                    help="last applied routing table (loaded on start, rewritten on apply)")
@@ -45,6 +46,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         parse_address(args.listen)
+        if args.preview_listen:
+            parse_address(args.preview_listen)
     except ValueError as exc:
         p.error(str(exc))
     if not args.request_timeout > 0:
@@ -76,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),
-                        metrics=not args.no_metrics, request_timeout=args.request_timeout)
+                        metrics=not args.no_metrics, request_timeout=args.request_timeout,
+                        preview_listen=args.preview_listen)
         return await worker.run()
 
     try:

@@ -50,12 +50,13 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "blocked", "closing", "current", "eof", "head_since", "head_size", "in_feed", "in_head",
-        "last_active", "parser", "parsing", "peer", "progress", "queue", "refused", "transport",
-        "unparsed", "worker", "write_paused",
+        "last_active", "parser", "parsing", "peer", "preview", "progress", "queue", "refused",
+        "transport", "unparsed", "worker", "write_paused",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, preview: bool = False) -> None:
         self.worker = worker
+        self.preview = preview  # came in on the preview listener: held releases answer
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.peer = b""

@@ -212,6 +212,9 @@ class Exchange:
             self.release = route.wanted(self.release_hint,
                                         http1.cookie_value(self.cookie, route.cookie))
             self.set_cookie = route.sticky and self.release is None
+            if self.release is None and self.client.preview and route.preview is not None:
+                self.release = route.preview  # the preview listener: the held release
+                self.set_cookie = False
         target = self._pick(route)
         if target is None:
             self._reply(503, f"service {route.service} has no backends")
@@ -234,8 +237,9 @@ class Exchange:
     def _pick(self, route: CompiledRoute) -> Target | None:
         if self.release is not None:
             target = route.pick_release(self.release, self.tried)
-            if target is not None:
-                return target  # else: that release has no reachable backend left
+            if target is not None or self.release == route.preview:
+                return target  # else: that release has no reachable backend left (a held
+                # one answers 503 then, never silently the live release)
         return route.pick() if not self.tried else route.pick_other(self.tried)
 
     def _send_to(self, target: Target) -> None:

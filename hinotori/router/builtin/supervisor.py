@@ -52,10 +52,12 @@ class BuiltinRouter:
     @classmethod
     def create(cls, ctx: RouterContext) -> BuiltinRouter:
         """From the spec's [router] table (how router/registry.py builds it)."""
-        return cls(ctx.router_dir, ctx.settings.listen, workers=ctx.settings.workers)
+        return cls(ctx.router_dir, ctx.settings.listen, workers=ctx.settings.workers,
+                   preview_listen=getattr(ctx.settings, "preview_listen", None))
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
-                 metrics: bool = True, request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 metrics: bool = True, request_timeout: float = REQUEST_TIMEOUT,
+                 preview_listen: str | None = None) -> None:
         try:
             parse_address(listen)
         except ValueError as exc:
@@ -65,6 +67,7 @@ class BuiltinRouter:
                               hint="fix [router] workers in hinotori.toml")
         self.state_dir = Path(state_dir).absolute()
         self.listen = listen
+        self.preview_listen = preview_listen  # a second listener where held releases answer
         self.workers = workers
         self.metrics = metrics
         self.request_timeout = request_timeout  # workers spawned here; adopted ones keep theirs
@@ -153,7 +156,8 @@ class BuiltinRouter:
 
     async def _ensure(self, i: int) -> None:
         info = await self._ping(i)
-        if info is not None and info.get("listen") == self.listen:
+        if info is not None and info.get("listen") == self.listen and \
+                info.get("preview_listen") == self.preview_listen:
             write_private(self._pidfile(i), f"{info['pid']}\n")
             return
         if info is not None:  # the configured address changed: replace the worker
@@ -166,6 +170,8 @@ class BuiltinRouter:
             sock.unlink()  # stale: nobody answered on it
         argv = [sys.executable, "-m", _WORKER_MODULE, "--listen", self.listen,
                 "--control", str(sock), "--table-file", str(self.table_file)]
+        if self.preview_listen:
+            argv += ["--preview-listen", self.preview_listen]
         if not self.metrics:
             argv.append("--no-metrics")
         if self.request_timeout != REQUEST_TIMEOUT:

@@ -14,6 +14,9 @@ A ``RoutingTable`` (the wire/model form) is compiled into a ``CompiledTable``:
   sticky cookie ``hinotori-<service>=vN``); then only that release's backends are candidates,
   weight-0 ones included (weight counts as 1), because asking by name is how you reach a canary
   that gets no share of the traffic.
+* a held release (``route.preview``, `deploy --hold`) has weight-0 backends only: live traffic
+  never picks them; ``X-Hinotori-Release: preview | vN`` and every request that came in on the
+  preview listener do.
 
 The worker swaps the whole ``CompiledTable`` reference on ``apply``; nothing in it is mutated
 afterwards except the schedule cursor and the counters.
@@ -95,10 +98,12 @@ class CompiledRoute:
     cookie: bytes = b""                   # sticky cookie name: hinotori-<service>
     # In maintenance: (Retry-After value, JSON body, HTML body), built once per table.
     maintenance: tuple[bytes, bytes, bytes] | None = None
+    preview: int | None = None            # the held release, if any
+    preview_cursor: int = 0               # round-robin over the held release's backends
 
     @property
     def selects_release(self) -> bool:
-        return self.sticky or self.canary is not None
+        return self.sticky or self.canary is not None or self.preview is not None
 
     def wanted(self, header: bytes | None, cookie: bytes | None) -> int | None:
         """The release a request asks for (header first, then the sticky cookie), if this
@@ -110,8 +115,12 @@ class CompiledRoute:
             release: int | None
             if v == b"canary":
                 release = self.canary
+            elif v == b"preview":
+                release = self.preview
             elif v == b"stable":
-                release = max((r for r in self.by_release if r != self.canary), default=None)
+                release = max((r for r in self.by_release if r not in (self.canary,
+                                                                      self.preview)),
+                              default=None)
             else:
                 digits = v.removeprefix(b"v")
                 release = int(digits) if digits.isdigit() else None
@@ -121,6 +130,13 @@ class CompiledRoute:
 
     def pick_release(self, release: int, exclude: set[str]) -> Target | None:
         """A backend of ``release`` by weight (weight 0 counts as 1), not in ``exclude``."""
+        if release == self.preview and not exclude:
+            # Every request on the preview listener comes here, and a held release's weights
+            # are all 0 (equal): a cursor, not a weighted draw per request.
+            members = self.by_release.get(release, ())
+            if members:
+                self.preview_cursor = i = (self.preview_cursor + 1) % len(members)
+                return members[i]
         candidates = [t for t in self.by_release.get(release, ()) if t.address not in exclude]
         if not candidates:
             return None
@@ -234,8 +250,10 @@ def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
             by_release[t.release] = (*by_release.get(t.release, ()), t)
         compiled = CompiledRoute(route.service, route.path_prefix.encode(), tuple(targets),
                                  [targets[i] for i in order], by_release=by_release,
-                                 canary=route.canary,
-                                 sticky=route.sticky and len(by_release) > 1,
+                                 canary=route.canary, preview=route.preview,
+                                 # a held release never counts: nobody is stuck to it
+                                 sticky=route.sticky and len(set(by_release) -
+                                                             {route.preview}) > 1,
                                  cookie=b"hinotori-" + route.service.encode(),
                                  maintenance=_maintenance(route))
         if compiled.schedule:

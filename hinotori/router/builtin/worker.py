@@ -51,8 +51,10 @@ LISTEN_BACKLOG = 2048       # bursts of new connections wait in the kernel, not 
 class Worker:
     def __init__(self, listen: str, control_path: Path, table_file: Path,
                  loop: asyncio.AbstractEventLoop, *, metrics: bool = True,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 preview_listen: str | None = None) -> None:
         self.listen = listen
+        self.preview_listen = preview_listen  # a second listener: held releases answer there
         self.request_timeout = request_timeout
         self.metrics = metrics  # statuses and latency per backend; off only to measure its cost
         self.listen_bytes = listen.encode()
@@ -113,7 +115,8 @@ class Worker:
 
     def describe(self) -> dict[str, Any]:
         version = self.table.table.version if self.table is not None else None
-        return {"pid": os.getpid(), "version": version, "listen": self.listen}
+        return {"pid": os.getpid(), "version": version, "listen": self.listen,
+                "preview_listen": self.preview_listen}
 
     def report_backend_error(self, target: Target, why: str) -> None:
         now = self.loop.time()
@@ -175,12 +178,13 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _sibling_serves(self) -> bool:
-        """Does a sibling worker (a control socket next to ours) serve our listen address?"""
+    def _sibling_serves(self, key: str = "listen") -> bool:
+        """Does a sibling worker (a control socket next to ours) serve our listen address (or,
+        ``key="preview_listen"``, our preview address)?"""
         for sock in self.control_path.parent.glob("*.sock"):
             if sock != self.control_path:
                 info = control.ping_sync(sock)
-                if info is not None and info.get("listen") == self.listen:
+                if info is not None and info.get(key) == getattr(self, key):
                     return True
         return False
 
@@ -193,6 +197,13 @@ class Worker:
         # create_server listens again with its own backlog (default 100): pass ours.
         server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock,
                                                backlog=LISTEN_BACKLOG)
+        servers = [server]
+        if self.preview_listen:
+            psock = open_listener(self.preview_listen,
+                                  lambda: self._sibling_serves("preview_listen"),
+                                  backlog=LISTEN_BACKLOG)
+            servers.append(await self.loop.create_server(
+                lambda: ClientProtocol(self, preview=True), sock=psock, backlog=LISTEN_BACKLOG))
         ctl = await control.start_server(self, self.control_path)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
@@ -202,7 +213,7 @@ class Worker:
         try:
             await self._stop.wait()
             log.info("stopping: draining %d client connections", len(self.clients))
-            await self._drain(server)
+            await self._drain(*servers)
         finally:
             sweeper.cancel()
             ctl.close()
@@ -212,9 +223,10 @@ class Worker:
         log.info("worker pid %d stopped", os.getpid())
         return 0
 
-    async def _drain(self, server: asyncio.AbstractServer) -> None:
+    async def _drain(self, *servers: asyncio.AbstractServer) -> None:
         self.stopping = True
-        server.close()
+        for server in servers:
+            server.close()
         for client in list(self.clients):
             client.shutdown()
         deadline = self.loop.time() + DRAIN_TIMEOUT

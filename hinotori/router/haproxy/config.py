@@ -14,7 +14,9 @@ Per service ``svc`` there is a main backend ``svc`` (every serving host, weighte
 ordinary requests use) and release slots ``svc.r1``, ``svc.r2``... (the hosts of one release
 each, weight 0 counted as 1), used when a request asks for a release: ``X-Hinotori-Release:
 canary | stable | vN``, or the sticky cookie ``hinotori-svc=vN``. A per-service map turns that
-value into the slot backend. A release keeps its slot while it serves; a new release takes a
+value into the slot backend (and ``preview`` into a held release's: `deploy --hold`; its
+servers have weight 0 in the main backend, so only the header and the preview frontend on
+``preview_listen`` reach it). A release keeps its slot while it serves; a new release takes a
 free slot, so a blue-green switch or a canary never changes the shape. Only when more releases
 serve at once than there are slots (at least two) does the shape grow.
 
@@ -37,6 +39,7 @@ from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
 MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
 FRONTEND = "_front"   # service names start with a letter, so "_" names never clash
+PREVIEW_FRONTEND = "_preview"  # on preview_listen: a held release answers for its service
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
@@ -183,11 +186,13 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
         keys = {f"v{r}": slot_backend(svc, s) for r, s in slots.items()}
         if route.canary is not None and route.canary in slots:
             keys["canary"] = slot_backend(svc, slots[route.canary])
-        stable = max((r for r in slots if r != route.canary), default=None)
+        if route.preview is not None and route.preview in slots:
+            keys["preview"] = slot_backend(svc, slots[route.preview])
+        stable = max((r for r in slots if r not in (route.canary, route.preview)), default=None)
         if stable is not None:
             keys["stable"] = slot_backend(svc, slots[stable])
         out.maps[svc] = keys
-        if route.sticky and len(slots) > 1:
+        if route.sticky and len(set(slots) - {route.preview}) > 1:  # a held one never counts
             out.sticky.add(svc)
     out.shapes = tuple(shapes)
     out.maintenance = maintenance_maps(table)
@@ -237,6 +242,7 @@ class Settings:
     # and a keep-alive connection waits this long for its next request: as the built-in router.
     request_timeout: float = REQUEST_TIMEOUT
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT
+    preview_listen: str | None = None  # a second frontend: held releases answer there
 
 
 def duration(seconds: float) -> str:
@@ -367,6 +373,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             f"  use_backend {shape.service}" + (" if " + " ".join(conds) if conds else ""),
         ]
     lines += [f"  default_backend {NO_ROUTE}", ""]
+    if s.preview_listen:
+        lines += _preview_frontend(s, the_plan)
     for shape in the_plan.shapes:
         svc = shape.service
         lines += [
@@ -403,3 +411,28 @@ def server_options(weight: int) -> str:
 def _server_lines(servers: dict[str, Server]) -> list[str]:
     return [f"  server {srv.name} {srv.address} {server_options(srv.weight)}"
             for srv in sorted(servers.values(), key=lambda x: x.name)]
+
+
+def _preview_frontend(s: Settings, the_plan: Plan) -> list[str]:
+    """The frontend on ``preview_listen``: the same rules, but a service with a held release
+    (its map's ``preview`` key) answers with it; the others as on the main frontend."""
+    lines = [f"frontend {PREVIEW_FRONTEND}", f"  bind {s.preview_listen}"]
+    for i, shape in _ordered(the_plan.shapes):
+        conds = []
+        if shape.hosts:
+            lines.append(f"  acl r{i}_host req.hdr(host),field(1,:),lower -m str "
+                         + " ".join(shape.hosts))
+            conds.append(f"r{i}_host")
+        if shape.prefix != "/":
+            lines.append(f"  acl r{i}_path path_beg {shape.prefix}")
+            conds.append(f"r{i}_path")
+        m = map_file(s, shape.service)
+        header = f"req.hdr(x-hinotori-release),lower,map({m})"
+        held = f"str(preview),map({m})"
+        lines += [
+            f"  use_backend %[{header}] if " + " ".join(
+                [*conds, "{ req.hdr(x-hinotori-release) -m found }", f"{{ {header} -m found }}"]),
+            f"  use_backend %[{held}] if " + " ".join([*conds, f"{{ {held} -m found }}"]),
+            f"  use_backend {shape.service}" + (" if " + " ".join(conds) if conds else ""),
+        ]
+    return [*lines, f"  default_backend {NO_ROUTE}", ""]

@@ -64,13 +64,15 @@ class HaproxyRouter:
         r = ctx.settings
         return cls(ctx.router_dir, r.listen, workers=r.workers, haproxy=r.haproxy,
                    maxconn=r.maxconn, latency_log_rate=r.latency_log_rate,
-                   retry_unanswered=r.retry_unanswered)
+                   retry_unanswered=r.retry_unanswered,
+                   preview_listen=getattr(r, "preview_listen", None))
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
                  latency_log_rate: int = LATENCY_LOG_RATE, hard_stop_after: float = 60.0,
                  retry_unanswered: bool = False,
-                 request_timeout: float = config.REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = config.REQUEST_TIMEOUT,
+                 preview_listen: str | None = None) -> None:
         self.state_dir = Path(state_dir).absolute()
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -86,7 +88,8 @@ class HaproxyRouter:
             listen=listen, stats_socket=sockets["haproxy.sock"],
             maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
             latency_log=latency_log, hard_stop_after=hard_stop_after,
-            retry_unanswered=retry_unanswered, request_timeout=request_timeout)
+            retry_unanswered=retry_unanswered, request_timeout=request_timeout,
+            preview_listen=preview_listen)
         self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING,
                               max_rate=latency_log_rate, set_sample=self._set_sample) \
             if latency_log else None

@@ -123,6 +123,7 @@ function renderServices(services, hosts, deployments) {
     const split = trafficSplit(hosts, svc.name);
     const running = deployments.find((d) => d.service === svc.name && d.state === "running");
     const active = deployments.find((d) => d.service === svc.name && !d.ended_at);
+    const held = deployments.find((d) => d.service === svc.name && d.state === "held");
     const counts = Object.entries(svc.hosts).sort()
       .map(([state, n]) => h("span", { class: `state s-${state}` }, `${state} ${n}`));
     return h("article", { class: "service", "data-service": svc.name },
@@ -134,6 +135,8 @@ function renderServices(services, hosts, deployments) {
         svc.maintenance ? h("span", { class: "badge maintenance", "data-maintenance": "on",
                                       title: svc.maintenance.message },
           `maintenance · 503, retry after ${ago(svc.maintenance.retry_after)}`) : null,
+        held ? h("span", { class: "badge held", "data-held": held.id },
+          `held ${held.hold.release}: preview only`) : null,
         svc.locked_by ? h("span", { class: "muted" }, `lock: ${svc.locked_by}`) : null),
       h("dl", { class: "releases" },
         h("dt", {}, "current"), h("dd", { class: "current" }, releaseTag(svc.current)),
@@ -189,7 +192,7 @@ function renderHosts(hosts, now) {
 function renderDeployments(deployments, now) {
   // Redraw only when something shown changed (a running one's clock ticks every second):
   // a list redrawn under the pointer every second would swallow clicks.
-  const running = deployments.some((d) => d.state === "running");
+  const running = deployments.some((d) => d.state === "running" || d.state === "held");
   const shown = JSON.stringify([deployments, [...ui.opened], [...ui.closed],
                                 running ? Math.floor(now) : 0]);
   ui.deployments = deployments;
@@ -210,12 +213,24 @@ function renderDeployments(deployments, now) {
         h("span", { class: `badge ${dep.state}` }, dep.state),
         h("span", { class: "muted when" }, `${clock(dep.started_at)} · ${ago(took)}`)),
       dep.error ? h("div", { class: "error" }, dep.error) : null,
+      dep.state === "held" && dep.hold ? holdPanel(dep.hold, now) : null,
       open ? h("ol", { class: "steps" }, collapseChecks(dep.steps).map((step) => renderStep(step, dep)))
         : null);
     return item;
   });
   $("deployments").replaceChildren(...(items.length ? [h("ol", { class: "timeline" }, items)]
     : [h("p", { class: "muted" }, "no deployments yet: `hinotori deploy SERVICE`")]));
+}
+
+// A held deployment (`deploy --hold`): where its preview answers and until when.
+function holdPanel(hold, now) {
+  const until = hold.expires_at == null ? "until promoted or aborted"
+    : `until ${clock(hold.expires_at)} (${ago(Math.max(0, hold.expires_at - now))} left)`;
+  return h("div", { class: "hold", "data-hold": hold.release },
+    h("div", {}, "preview: ", hold.preview ? h("span", { class: "mono preview" }, hold.preview) : null,
+      hold.preview ? " or " : "", h("span", { class: "mono" }, `${hold.header}`),
+      ` on ${hold.router}`),
+    h("div", { class: "expiry" }, `held ${until}: hinotori promote | abort`));
 }
 
 function toggle(id, open) {
@@ -245,6 +260,8 @@ function renderStep(step, dep) {
     case "rolled-back": what = `rolled back to stable in ${number(step.back_ms)} ms`; break;
     case "drained": what = `drained ${(step.hosts || []).length} host(s) in ${number(step.drain_s)} s`; break;
     case "note": what = step.text; break;
+    case "preview": what = `${step.release} routed for preview only (switch ${number(step.switch_ms)} ms)`; break;
+    case "held": what = `held: preview ${step.preview || step.header}`; break;
     case "hook": what = `hook ${step.hook} exited ${step.rc}`; break;
     default: what = `${step.step} ${describe(step)}`;
   }
