@@ -134,7 +134,7 @@ class Exchange:
             self.keep_alive = False
             return
         head = http1.build_request_head(self.method, self.url, self.headers, self.client.peer,
-                                        self.worker.listen_bytes)
+                                        self.worker.listen_bytes, self.client.scheme)
         self.host = head.host
         self.path = head.path
         self.body_chunked = head.chunked
@@ -192,6 +192,13 @@ class Exchange:
         """This exchange's turn on its client connection."""
         if self.reject is not None:
             self._reply(*self.reject)
+            return
+        if self.worker.redirect_http and self.client.scheme == b"http":
+            close = not self.keep_alive or not self.request_complete or self.client.closing
+            self.client.transport.write(http1.redirect_response(  # type: ignore[union-attr]
+                self.host, self.url, self.worker.tls_port, close=close,
+                head=self.method == b"HEAD"))
+            self._finish(close)
             return
         compiled = self.worker.table
         if compiled is None:

@@ -34,8 +34,9 @@ from hinotori.model import RoutingTable
 from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.builtin import control
 from hinotori.router.builtin.downstream import ClientProtocol
-from hinotori.router.builtin.listener import open_listener
+from hinotori.router.builtin.listener import open_listener, parse_address
 from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
+from hinotori.router.builtin.tls import Certificates, HttpsClient
 from hinotori.router.builtin.upstream import Pool
 from hinotori.statefiles import write_private
 
@@ -51,8 +52,15 @@ LISTEN_BACKLOG = 2048       # bursts of new connections wait in the kernel, not 
 class Worker:
     def __init__(self, listen: str, control_path: Path, table_file: Path,
                  loop: asyncio.AbstractEventLoop, *, metrics: bool = True,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, tls_listen: str | None = None,
+                 tls_certs: Path | None = None, redirect_http: bool = False) -> None:
         self.listen = listen
+        # HTTPS (tls.py): a second listener; the plain one may answer 308 to it.
+        self.tls_listen = tls_listen
+        self.tls_certs = tls_certs
+        self.tls_port = parse_address(tls_listen)[1] if tls_listen else 0
+        self.redirect_http = redirect_http and tls_listen is not None
+        self.certs: Certificates | None = None
         self.request_timeout = request_timeout
         self.metrics = metrics  # statuses and latency per backend; off only to measure its cost
         self.listen_bytes = listen.encode()
@@ -113,7 +121,15 @@ class Worker:
 
     def describe(self) -> dict[str, Any]:
         version = self.table.table.version if self.table is not None else None
-        return {"pid": os.getpid(), "version": version, "listen": self.listen}
+        return {"pid": os.getpid(), "version": version, "listen": self.listen,
+                "tls_listen": self.tls_listen, "redirect_http": self.redirect_http,
+                "certs": self.certs.describe() if self.certs is not None else []}
+
+    def reload_certs(self) -> list[dict[str, Any]]:
+        """Serve the certificate files as they are now (CertificateError: nothing changed)."""
+        if self.certs is None:
+            return []
+        return [c.view() for c in self.certs.load()]
 
     def report_backend_error(self, target: Target, why: str) -> None:
         now = self.loop.time()
@@ -175,12 +191,12 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _sibling_serves(self) -> bool:
+    def _sibling_serves(self, key: str = "listen") -> bool:
         """Does a sibling worker (a control socket next to ours) serve our listen address?"""
         for sock in self.control_path.parent.glob("*.sock"):
             if sock != self.control_path:
                 info = control.ping_sync(sock)
-                if info is not None and info.get("listen") == self.listen:
+                if info is not None and info.get(key) == getattr(self, key):
                     return True
         return False
 
@@ -193,6 +209,14 @@ class Worker:
         # create_server listens again with its own backlog (default 100): pass ours.
         server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock,
                                                backlog=LISTEN_BACKLOG)
+        servers = [server]
+        if self.tls_listen is not None and self.tls_certs is not None:
+            self.certs = Certificates(self.tls_certs)  # bad files: the worker does not start
+            tls_sock = open_listener(self.tls_listen, lambda: self._sibling_serves("tls_listen"),
+                                     backlog=LISTEN_BACKLOG)
+            servers.append(await self.loop.create_server(
+                lambda: HttpsClient(self), sock=tls_sock, backlog=LISTEN_BACKLOG,
+                ssl=self.certs.front, ssl_handshake_timeout=self.request_timeout))
         ctl = await control.start_server(self, self.control_path)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
@@ -202,7 +226,7 @@ class Worker:
         try:
             await self._stop.wait()
             log.info("stopping: draining %d client connections", len(self.clients))
-            await self._drain(server)
+            await self._drain(*servers)
         finally:
             sweeper.cancel()
             ctl.close()
@@ -212,9 +236,10 @@ class Worker:
         log.info("worker pid %d stopped", os.getpid())
         return 0
 
-    async def _drain(self, server: asyncio.AbstractServer) -> None:
+    async def _drain(self, *servers: asyncio.AbstractServer) -> None:
         self.stopping = True
-        server.close()
+        for server in servers:
+            server.close()
         for client in list(self.clients):
             client.shutdown()
         deadline = self.loop.time() + DRAIN_TIMEOUT
