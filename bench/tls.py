@@ -11,6 +11,10 @@ rounds so machine noise hits all alike, medians printed with ratios:
 * new connections: ``hey -c 50 -disable-keepalive`` (one TCP connection and one full TLS
   handshake per request: the handshake rate).
 
+Beside req/s, the proxy's CPU time per request (its processes' CPU seconds read around each
+run): on a shared 2-core machine req/s swings with whatever else runs, CPU per request much
+less, so the ratios of requests per CPU-second are the steadier comparison.
+
 Configurations: the built-in router (hinotori.router.builtin) with N workers, HAProxy driven by
 HaproxyRouter (generated config, crt-list, Runtime API; its latency log read by a thread as
 the controller would) with N threads, and a hand-written HAProxy config with N threads and
@@ -32,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -41,6 +46,7 @@ from cryptography.x509.oid import NameOID
 from router import LogReader, free_port, wait_port  # bench/router.py, beside this file
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.processes import cpu_seconds
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
 from hinotori.router.tls import CertPair
@@ -113,9 +119,10 @@ def wrk(url: str, duration: float) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {p: re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M) for p in ("50", "99")}
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "p50": _ms(*pct["50"].groups()),  # type: ignore[union-attr]
             "p99": _ms(*pct["99"].groups()),  # type: ignore[union-attr]
-            "errors": 1.0 if bad else 0.0}
+            "errors": 1.0 if bad else 0.0, "requests": total}
 
 
 def hey(url: str, duration: float) -> dict[str, float]:
@@ -127,8 +134,8 @@ def hey(url: str, duration: float) -> dict[str, float]:
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
     errors = sum(int(n) for c, n in codes.items() if c != "200") + \
         (1 if "Error distribution" in out else 0)
-    return {"rps": rps, "p99": float(p99.group(1)) * 1000 if p99 else 0.0,  # type: ignore[union-attr]
-            "errors": float(errors)}
+    return {"rps": rps, "p99": float(p99.group(1)) * 1000 if p99 else 0.0,
+            "errors": float(errors), "requests": float(sum(int(n) for n in codes.values()))}
 
 
 def main() -> None:
@@ -181,7 +188,8 @@ def main() -> None:
             targets[f"hand-written haproxy, {n}"] = f"https://127.0.0.1:{port}/"
         reader = LogReader([r for r in routers.values()
                             if isinstance(r, HaproxyRouter) and r.log is not None])
-        measure(targets, counts, args.duration, args.runs, reader.settle)
+        cpu = cpu_meters(routers, procs, counts, reader)
+        measure(targets, counts, args.duration, args.runs, reader.settle, cpu)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
@@ -200,8 +208,30 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def cpu_meters(routers: dict[str, BuiltinRouter | HaproxyRouter],
+               procs: list[subprocess.Popen[bytes]], counts: list[int],
+               reader: LogReader) -> dict[str, Callable[[], float]]:
+    """Per target, the CPU seconds its proxy has used so far: every built-in worker; HAProxy's
+    worker plus the latency-log reader thread (as the controller would run it); the
+    hand-written HAProxy's process. CPU per request does not depend on how the busy machine
+    shared its cores during a run, which req/s does."""
+    out: dict[str, Callable[[], float]] = {}
+    for name, r in routers.items():
+        if isinstance(r, HaproxyRouter):
+            assert r.supervisor is not None
+            pid = int(asyncio.run(r.supervisor.worker_info())["Pid"])
+            out[name] = lambda pid=pid: cpu_seconds(pid) + reader.cpu()
+        else:
+            pids = [int(f.read_text()) for f in r.state_dir.glob("router-*.pid")]
+            out[name] = lambda pids=pids: sum(cpu_seconds(p) for p in pids)
+            out[f"(plain HTTP) builtin, {r.workers}"] = out[name]
+    for n, proc in zip(counts, procs[1:], strict=True):  # procs[0] is the backends
+        out[f"hand-written haproxy, {n}"] = lambda pid=proc.pid: cpu_seconds(pid)
+    return out
+
+
 def measure(targets: dict[str, str], counts: list[int], duration: float, runs: int,
-            settle: object) -> None:
+            settle: Callable[[], None], cpu: dict[str, Callable[[], float]]) -> None:
     keep: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
     new: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
     order = list(targets.items())
@@ -209,10 +239,12 @@ def measure(targets: dict[str, str], counts: list[int], duration: float, runs: i
     for _ in range(runs):
         shuffle(order)
         for name, url in order:
-            keep[name].append(wrk(url, duration))
-            settle()  # type: ignore[operator]
-            new[name].append(hey(url, duration))
-            settle()  # type: ignore[operator]
+            for tool, samples in ((wrk, keep), (hey, new)):
+                before = cpu[name]()
+                result = tool(url, duration)
+                settle()
+                result["cpu_us"] = (cpu[name]() - before) / max(1.0, result["requests"]) * 1e6
+                samples[name].append(result)
 
     def med(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
         return {n: {k: statistics.median(s[k] for s in got) for k in got[0]}
@@ -221,20 +253,22 @@ def measure(targets: dict[str, str], counts: list[int], duration: float, runs: i
     mk, mn = med(keep), med(new)
     print(f"medians of {runs} interleaved runs of {duration:g}s, 2 backends, 1 ECDSA P-256 "
           f"certificate; N = router workers / HAProxy threads")
-    print(f"{'target':<34}{'keep-alive req/s':>17}{'p50 ms':>8}{'p99 ms':>8}"
-          f"{'new conn/s':>12}{'p99 ms':>8}")
+    print(f"{'target':<34}{'keep-alive req/s':>17}{'p50 ms':>8}{'p99 ms':>8}{'CPU us':>8}"
+          f"{'new conn/s':>12}{'p99 ms':>8}{'CPU us':>8}")
     for name in targets:
         k, n = mk[name], mn[name]
         flag = "  (errors!)" if k["errors"] or n["errors"] else ""
-        print(f"{name:<34}{k['rps']:>17.0f}{k['p50']:>8.2f}{k['p99']:>8.2f}"
-              f"{n['rps']:>12.0f}{n['p99']:>8.1f}{flag}")
+        print(f"{name:<34}{k['rps']:>17.0f}{k['p50']:>8.2f}{k['p99']:>8.2f}{k['cpu_us']:>8.1f}"
+              f"{n['rps']:>12.0f}{n['p99']:>8.1f}{n['cpu_us']:>8.0f}{flag}")
     for c in counts:
         hand_k, hand_n = mk[f"hand-written haproxy, {c}"], mn[f"hand-written haproxy, {c}"]
         for kind in ("builtin", "haproxy"):
             k, n = mk[f"hinotori {kind}, {c}"], mn[f"hinotori {kind}, {c}"]
             print(f"hinotori {kind} / hand-written haproxy, N={c}: keep-alive req/s "
-                  f"{k['rps'] / hand_k['rps']:.2f}x, p99 {k['p99'] / hand_k['p99']:.2f}x; "
-                  f"handshakes/s {n['rps'] / hand_n['rps']:.2f}x")
+                  f"{k['rps'] / hand_k['rps']:.2f}x, p99 {k['p99'] / hand_k['p99']:.2f}x, "
+                  f"requests per CPU-second {hand_k['cpu_us'] / k['cpu_us']:.2f}x; "
+                  f"handshakes/s {n['rps'] / hand_n['rps']:.2f}x, handshakes per CPU-second "
+                  f"{hand_n['cpu_us'] / n['cpu_us']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ is a clear error naming the file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
+from hinotori.router.haproxy import runtime
+from hinotori.router.haproxy.router import socket_dir
 from tests.support import (
     CliProject,
     free_port,
@@ -47,11 +50,25 @@ def tls_project(tmp_path: Path, kind: str) -> tuple[CliProject, int, tuple]:
     p = make_project(tmp_path, replicas=2)
     spec = p.path / "hinotori.toml"
     spec.write_text(spec.read_text().replace("[router]\n", (
-        f'[router]\nkind = "{kind}"\ntls_listen = "127.0.0.1:{tls_port}"\n'
+        f'[router]\nkind = "{kind}"\nworkers = 2\ntls_listen = "127.0.0.1:{tls_port}"\n'
         f'tls_cert = "{certs / "a.pem"}"\ntls_key = "{certs / "a.key"}"\n'
         f'redirect_http = true\n'
         f'tls = [{{ cert = "{certs / "b.pem"}", key = "{certs / "b.key"}" }}]\n'), 1))
     return p, tls_port, ca
+
+
+def haproxy_worker_pid(p: CliProject, kind: str) -> int | None:
+    """HAProxy's current worker pid (a reload would change it); None for the built-in router."""
+    if kind != "haproxy":
+        return None
+    sock = socket_dir(p.path / ".hinotori" / "router") / "haproxy.sock"
+    (info,) = asyncio.run(runtime.run(sock, ["show info"]))
+    return int(runtime.parse_info(info)["Pid"])
+
+
+def every_connection_serves(port: int, name: str, ca_file: Path, serial: str) -> bool:
+    """Ten new connections (spread over the workers by SO_REUSEPORT) all get ``serial``."""
+    return all(served_serial(port, name, ca_file) == serial for _ in range(10))
 
 
 def https_load(port: int, ca_file: Path, name: str) -> BackgroundLoad:
@@ -98,16 +115,20 @@ def test_https_under_load_through_deploys_and_renewals(tmp_path: Path, kind: str
         try:
             time.sleep(1)
             p.cli("deploy", "web", "--release", "v2")
+            worker = haproxy_worker_pid(p, kind)
             # A renewal as an ACME client does it: new files renamed into place; the
             # controller's watch picks it up by itself.
             renewed = make_leaf(ca, ["a.test"], certs / "a.pem", certs / "a.key")
             assert wait_until(lambda: served_serial(port, "a.test", ca_file) == renewed,
                               timeout=20), "the renewed certificate was not picked up"
+            assert every_connection_serves(port, "a.test", ca_file, renewed)  # every worker
+            assert served_serial(port, "b.test", ca_file) != renewed  # SNI still picks b
             time.sleep(1)
             again = make_leaf(ca, ["a.test"], certs / "a.pem", certs / "a.key")
             out = json.loads(p.cli("router", "reload-certs", "--json").stdout)
             assert [c["names"] for c in out["certs"]] == [["a.test"], ["b.test", "*.b.test"]]
-            assert served_serial(port, "a.test", ca_file) == again
+            assert every_connection_serves(port, "a.test", ca_file, again)
+            assert haproxy_worker_pid(p, kind) == worker  # HAProxy: replaced without a reload
             p.cli("rollback", "web")
             time.sleep(1)
         finally:
