@@ -21,14 +21,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import cryptography.exceptions
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from hinotori.errors import CertificateError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 EXPIRY_WARNING_DAYS = 14  # a certificate closer than this to its end is worth an event
 
@@ -106,6 +104,11 @@ def _read(path: Path, what: str) -> bytes:
 
 def load(pair: CertPair) -> Certificate:
     """Read and check one pair; CertificateError names the file and what is wrong with it."""
+    # Imported here: a router without TLS (and every worker start) does not pay for it.
+    import cryptography.exceptions
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     cert_bytes = _read(pair.cert, "certificate")
     key_bytes = _read(pair.key, "key")
     try:
@@ -142,6 +145,9 @@ def load_all(pairs: Sequence[CertPair]) -> list[Certificate]:
 
 def names_of(cert: x509.Certificate) -> tuple[str, ...]:
     """The DNS names a certificate serves (SAN, else CN), lowercased."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)
