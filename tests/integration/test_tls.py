@@ -136,6 +136,14 @@ def test_https_under_load_through_deploys_and_renewals(tmp_path: Path, kind: str
         assert stats.total > 500, stats
         assert stats.failed == 0, stats.failures
 
+        # A new controller adopts the running data plane, TLS listener and certificates too.
+        p.stop_controller()
+        p.cli("up", "-d")
+        assert every_connection_serves(port, "a.test", ca_file, again)
+        r = curl("--cacert", str(ca_file), "--resolve", f"b.test:{port}:127.0.0.1",
+                 f"https://b.test:{port}/")
+        assert r.returncode == 0, r.stderr
+
         # A bad pair at a reload: refused, an event says why, the previous one keeps serving.
         (certs / "a.key").write_bytes((certs / "b.key").read_bytes())
         r = p.cli("router", "reload-certs", check=False)
