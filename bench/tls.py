@@ -17,8 +17,9 @@ less, so the ratios of requests per CPU-second are the steadier comparison.
 
 Configurations: the built-in router (hinotori.router.builtin) with N workers, HAProxy driven by
 HaproxyRouter (generated config, crt-list, Runtime API; its latency log read by a thread as
-the controller would) with N threads, and a hand-written HAProxy config with N threads and
-``bind ... ssl crt <pem>``. Plain HTTP through the built-in router is printed for scale.
+the controller would) with N threads, the same without the latency log (to tell its cost from
+TLS's), and a hand-written HAProxy config with N threads and ``bind ... ssl crt <pem>``.
+Plain HTTP through the built-in router is printed for scale.
 Everything started here is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
@@ -53,6 +54,7 @@ from hinotori.router.tls import CertPair
 
 HERE = Path(__file__).resolve().parent
 NAME = "bench.test"
+NO_LOG = "haproxy (no latency log)"  # hinotori's HAProxy without its latency log: its cost
 
 
 def make_certs(work: Path) -> tuple[Path, Path, Path]:
@@ -165,14 +167,15 @@ def main() -> None:
             Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports))),))
         targets: dict[str, str] = {}  # name -> URL
         for n in counts:
-            for kind in ("builtin", "haproxy"):
+            for kind in ("builtin", "haproxy", NO_LOG):
                 port, tls_port = free_port(), free_port()
                 options = {"tls_listen": f"127.0.0.1:{tls_port}",
                            "certs": [CertPair(cert, key)]}
                 router: BuiltinRouter | HaproxyRouter = (
                     BuiltinRouter(work / f"b{n}", f"127.0.0.1:{port}", workers=n, **options)
                     if kind == "builtin" else
-                    HaproxyRouter(work / f"h{n}", f"127.0.0.1:{port}", workers=n, **options))
+                    HaproxyRouter(work / f"h{n}{kind == NO_LOG}", f"127.0.0.1:{port}", workers=n,
+                                  latency_log=kind != NO_LOG, **options))
                 name = f"hinotori {kind}, {n}"
                 routers[name] = router
                 asyncio.run(router.start())
@@ -262,7 +265,7 @@ def measure(targets: dict[str, str], counts: list[int], duration: float, runs: i
               f"{n['rps']:>12.0f}{n['p99']:>8.1f}{n['cpu_us']:>8.0f}{flag}")
     for c in counts:
         hand_k, hand_n = mk[f"hand-written haproxy, {c}"], mn[f"hand-written haproxy, {c}"]
-        for kind in ("builtin", "haproxy"):
+        for kind in ("builtin", "haproxy", NO_LOG):
             k, n = mk[f"hinotori {kind}, {c}"], mn[f"hinotori {kind}, {c}"]
             print(f"hinotori {kind} / hand-written haproxy, N={c}: keep-alive req/s "
                   f"{k['rps'] / hand_k['rps']:.2f}x, p99 {k['p99'] / hand_k['p99']:.2f}x, "
