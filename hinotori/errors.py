@@ -18,7 +18,8 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     ├── ProviderError                      a host could not be booted, adopted or destroyed
     │   └── MachineUnreachable             a machine's sshd or engine cannot be reached/trusted
     ├── RouterError                        the data plane could not be started or reached
-    │   └── RuntimeApiError                HAProxy's runtime socket did not answer, or refused
+    │   ├── RuntimeApiError                HAProxy's runtime socket did not answer, or refused
+    │   └── CertificateError               a TLS certificate or key file is unusable
     ├── ControllerError                    controller not running, unreachable, or refused us
     │   ├── Unauthorised                   missing or wrong API token or webhook signature
     │   └── Forbidden                      signed in, but not allowed that (read-only, cross-site)
@@ -148,6 +149,10 @@ class RouterError(HinotoriError):
 
 
 class RuntimeApiError(RouterError):
+    pass
+
+
+class CertificateError(RouterError):
     pass
 
 

@@ -27,6 +27,7 @@ Semantics:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -154,13 +155,17 @@ class LoadGenerator:
 
     def __init__(self, address: str, *, clients: int = 50, path: str = "/",
                  rate: float | None = None, host_header: str | None = None,
-                 record_header: str = "x-hello-host", timeout: float = 10.0) -> None:
+                 record_header: str = "x-hello-host", timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self.clients, self.rate, self.timeout = clients, rate, timeout
         self._request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or address}\r\n"
                          "User-Agent: hinotori-loadgen\r\n\r\n").encode()
         self._record = record_header.lower().encode()
+        # HTTPS: each connection's handshake verifies against ``tls`` for ``server_name`` (SNI).
+        self._tls = tls
+        self._server_name = server_name if tls is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[int] = set()  # clients with a request in flight
         self._stopping = False
@@ -220,13 +225,14 @@ class LoadGenerator:
         try:
             async with asyncio.timeout(self.timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self._record), self._host, self._port)
+                    lambda: _Conn(self._record), self._host, self._port, ssl=self._tls,
+                    server_hostname=self._server_name)
             return conn
         except TimeoutError:
             self._fail("connect timeout")
         except ConnectionRefusedError:
             self._fail("connection refused")
-        except OSError as e:
+        except OSError as e:  # ssl.SSLError too: a handshake that failed
             self._fail(f"connect error: {e.strerror or e}")
         return None
 

@@ -177,6 +177,82 @@ deadline = "{deadline}"
 """
 
 
+# -- TLS: a private CA and leaf certificates (the `cryptography` library) --------------------
+
+def make_ca(directory: Path) -> tuple[Any, Any, Path]:
+    """A throwaway CA in ``directory``: (certificate, key, path of ca.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hinotori test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key, path
+
+
+def make_leaf(ca: tuple[Any, Any, Path], names: list[str], cert_path: Path, key_path: Path, *,
+              days: int = 30) -> str:
+    """A leaf certificate for ``names`` signed by ``ca``, written as two PEM files (renamed into
+    place, as an ACME client does). ``days`` < 0: already expired. Returns its serial (hex)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert, ca_key, _ = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    start = now + datetime.timedelta(days=min(days, 0) - 1)
+    serial = x509.random_serial_number()
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(start).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    for path, data in ((cert_path, cert.public_bytes(serialization.Encoding.PEM)),
+                       (key_path, key.private_bytes(serialization.Encoding.PEM,
+                                                    serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_bytes(data)
+        tmp.rename(path)
+    return format(serial, "x")
+
+
+def served_serial(port: int, name: str | None, ca_file: Path, *, verify: bool = True) -> str:
+    """The serial (hex) of the certificate a TLS listener on 127.0.0.1 serves for SNI ``name``,
+    verified against ``ca_file`` (unless ``verify`` is False: e.g. an expired one)."""
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.check_hostname = False  # the chain is verified; which name it serves is the question
+    if not verify:
+        ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as s:
+        der = s.getpeercert(binary_form=True)
+    return format(x509.load_der_x509_certificate(der).serial_number, "x")
+
+
 # -- rows for the log and metric stores (unit tests) ----------------------------------------
 
 def make_host(state_dir: Path, host_id: str = "web-1", service: str = "web",

@@ -32,6 +32,7 @@ from hinotori.cli import (
     maintenancecmds,
     metricscmd,
     render,
+    routercmds,
     statuscmd,
     verifycmds,
 )
@@ -189,6 +190,7 @@ for _panel, _commands in (
 app.command("history", hidden=True)(auditcmd.audit)  # the name before `audit`
 app.add_typer(verifycmds.checks_app, name="checks", rich_help_panel=VERIFY)
 app.add_typer(deployment_app, name="deployment", rich_help_panel=OBSERVE)
+app.add_typer(routercmds.router_app, name="router", rich_help_panel=LIFECYCLE)
 app.add_typer(image_app, name="image", rich_help_panel=IMAGES)
 app.command("machines", rich_help_panel=MACHINES)(machinecmds.machines)
 app.add_typer(machinecmds.machine_app, name="machine", rich_help_panel=MACHINES)

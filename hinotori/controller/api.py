@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from hinotori import __version__
 from hinotori.controller import dashboard
 from hinotori.controller.buildapi import build_routes
+from hinotori.controller.certsapi import CertParts, cert_routes
 from hinotori.controller.controlapi import control_routes
 from hinotori.controller.dashboard.sessions import DashboardSessions
 from hinotori.controller.guard import Credentials, RequestGuard, error_body
@@ -81,6 +82,7 @@ class ControllerParts(Protocol):
     machines: MachinesParts  # the machines of a fleet, watched
     maintenance: MaintenanceMode  # services the router answers 503 for
     jobs: JobsParts  # scheduled jobs and their runs
+    certs: CertParts  # the router's TLS certificates, watched
 
     async def push(self, body: bytes, signature: str | None, *, delivery: str | None,
                    source: str) -> list[str]: ...
@@ -148,6 +150,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
     api.include_router(machine_routes(controller.machines))
     api.include_router(maintenance_routes(controller.maintenance))
     api.include_router(job_routes(controller.jobs))
+    api.include_router(cert_routes(controller.certs))
     api.include_router(live_routes(store, lambda: fleet.router.stats(), controller.metrics))
     api.include_router(history_routes(controller.metrics))
     dashboard.mount(app, api, sessions)  # the page at /, its sign-in, /v1/dashboard/ticket

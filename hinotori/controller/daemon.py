@@ -14,6 +14,7 @@ in its own module:
 - adoption.py    what a starting controller takes over from the last one
 - jobs.py        scheduled jobs: each run a disposable host of its own
 - observing.py   the log pipeline and the metrics recorder
+- certwatch.py   TLS certificate files watched and reloaded into the router
 - tasks.py       every background loop its own named task, restarted under guard
 - serve.py       the HTTP API around a running controller (`serve`)
 
@@ -35,6 +36,8 @@ from typing import Any
 
 from hinotori.controller import adoption
 from hinotori.controller.burning import Burning, stop_private_engine
+from hinotori.controller.certwatch import WATCH_EVERY as CERT_WATCH_EVERY
+from hinotori.controller.certwatch import CertWatch
 from hinotori.controller.deployments import Deployments
 from hinotori.controller.healing import Healing
 from hinotori.controller.jobs import Jobs
@@ -92,6 +95,7 @@ class Controller:
         self.jobs = Jobs(self.fleet, self.notifier, spawn=self.spawn)
         self.logs = self.observing.logs
         self.metrics = self.observing.metrics
+        self.certs = CertWatch(project, self.fleet.router, self._event)
 
     def _event(self, action: str, subject: str, detail: dict[str, Any]) -> None:
         self.store.record(ACTOR, action, subject, detail)
@@ -113,11 +117,14 @@ class Controller:
     async def start(self) -> None:
         self.claim()
         await self.fleet.router.start()
+        self.certs.started()
         await self.machines.watch_once()  # which machines answer, before adopting their hosts
         await self.adopt()
         await self.jobs.resume()  # after adopt: the runs' hosts are known, the router synced
         self.tasks.loop("jobs", self.jobs.run)
         self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
+        if self.certs.enabled:
+            self.tasks.loop("certs", every(CERT_WATCH_EVERY, self.certs.watch_once))
         self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
         self.tasks.loop("notify", self.notifier.run)
         # Stopped apart from the others (see stop): logs last, metrics sampled before the

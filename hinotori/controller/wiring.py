@@ -32,7 +32,7 @@ def make_providers(project: Project) -> dict[str, Provider]:
 
 
 def make_router(project: Project) -> Router:
-    return build_router(RouterContext(project.router_dir, project.spec.router))
+    return build_router(RouterContext(project.router_dir, project.spec.router, project.root))
 
 
 def make_fleet(project: Project, actor: str = ACTOR) -> Fleet:

@@ -32,6 +32,7 @@ class RouterContext:
     # The spec's [router] table (spec.schema.RouterSpec: kind, listen, workers and the
     # kind's own keys); typed loosely because the spec sits above this layer.
     settings: Any
+    root: Path | None = None  # the spec's directory: relative paths in settings (certificates)
 
 
 @runtime_checkable

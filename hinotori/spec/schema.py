@@ -37,6 +37,7 @@ from hinotori.spec.jobs import JobSpec
 from hinotori.spec.machines import MachineSpec
 from hinotori.spec.observe import LogForwardSpec, LogsSpec, MetricsSpec
 from hinotori.spec.secrets import SecretSpec, check_secret_keys
+from hinotori.spec.tls import TlsCertSpec, check_tls
 from hinotori.sysctls import NAMESPACED_TEXT, check_name, check_namespaced, check_value, namespaced
 from hinotori.verify.checks import Check
 
@@ -77,9 +78,16 @@ class RouterSpec(Strict):
     # Re-send an idempotent request a host took but never answered (the built-in router always
     # does); costs HAProxy a copy of every request (L7 retries), so off unless asked for.
     retry_unanswered: bool = False
+    # HTTPS (spec/tls.py): off unless tls_listen is set.
+    tls_listen: Address | None = None
+    tls_cert: str | None = None  # the default certificate (no SNI, or an unknown name)
+    tls_key: str | None = None
+    tls: list[TlsCertSpec] = []  # more certificates, picked by SNI
+    redirect_http: bool = False  # the plain listener answers 308 to https
 
     @model_validator(mode="after")
     def _haproxy_keys_need_haproxy(self) -> RouterSpec:
+        check_tls(self)
         if self.kind != "haproxy":
             extra = [k for k in ("haproxy", "maxconn", "latency_log_rate", "retry_unanswered")
                      if k in self.model_fields_set]

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hinotori.errors import CertificateError
 from hinotori.router.base import REQUEST_TIMEOUT
 from hinotori.router.builtin.control import ControlSocketBusy
 from hinotori.router.builtin.listener import AddressInUse, parse_address
@@ -41,6 +42,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT, metavar="SECONDS",
                    help="a request head must arrive whole within this, else 408 "
                         "(default: %(default)s)")
+    p.add_argument("--tls-listen", help="HOST:PORT to serve HTTPS on")
+    p.add_argument("--tls-certs", type=Path,
+                   help="JSON file listing the certificate/key pairs, the default first")
+    p.add_argument("--redirect-http", action="store_true",
+                   help="answer plain HTTP with 308 to the HTTPS listener")
     p.add_argument("--no-metrics", action="store_true",
                    help="count requests only, no status classes or latency (to measure their cost)")
     args = p.parse_args(argv)
@@ -50,6 +56,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             parse_address(args.preview_listen)
     except ValueError as exc:
         p.error(str(exc))
+    if (args.tls_listen is None) != (args.tls_certs is None):
+        p.error("--tls-listen and --tls-certs go together")
+    if args.tls_listen is not None:
+        try:
+            parse_address(args.tls_listen)
+        except ValueError as exc:
+            p.error(str(exc))
     if not args.request_timeout > 0:
         p.error("--request-timeout must be > 0")
     return args
@@ -80,13 +93,15 @@ def _run(args: argparse.Namespace) -> int:
     async def run() -> int:
         worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),
                         metrics=not args.no_metrics, request_timeout=args.request_timeout,
-                        preview_listen=args.preview_listen)
+                        preview_listen=args.preview_listen,
+                        tls_listen=args.tls_listen, tls_certs=args.tls_certs,
+                        redirect_http=args.redirect_http)
         return await worker.run()
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(run())
-    except (AddressInUse, ControlSocketBusy) as exc:
+    except (AddressInUse, ControlSocketBusy, CertificateError) as exc:
         print(exc, file=sys.stderr, flush=True)
         return 2
     except OSError as exc:  # e.g. address not available here, no permission for the port

@@ -7,6 +7,8 @@ One request object per line, one response object per line, in order::
     {"op":"get"}                 -> {"ok":true,"table":{..}|null}
     {"op":"stats"}               -> {"ok":true,"backends":{host_id:{"active","requests","errors"}}}
     {"op":"shutdown"}            -> {"ok":true}, then a graceful stop
+    {"op":"tls"}                 -> {"ok":true,"certs":[..]}: certificate files read again
+                                    (tls.py); a bad one: {"ok":false,...}, the old ones serve
     anything wrong               -> {"ok":false,"error":"..."}
 
 The server runs on the worker's event loop. Every op is a few dictionary operations (apply: one
@@ -25,6 +27,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hinotori.errors import CertificateError
 from hinotori.model import RoutingTable
 
 if TYPE_CHECKING:
@@ -62,7 +65,13 @@ def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
         return {"ok": True, "backends": worker.stats()}, False
     if op == "shutdown":
         return {"ok": True}, True
-    return {"ok": False, "error": f"unknown op {op!r} (ping, apply, get, stats, shutdown)"}, False
+    if op == "tls":
+        try:
+            return {"ok": True, "certs": worker.reload_certs()}, False
+        except CertificateError as exc:
+            return {"ok": False, "error": str(exc)}, False
+    return {"ok": False, "error": f"unknown op {op!r} (ping, apply, get, stats, shutdown, "
+                                 f"tls)"}, False
 
 
 async def start_server(worker: Worker, path: Path) -> asyncio.AbstractServer:

@@ -47,6 +47,7 @@ class ClientProtocol(asyncio.Protocol):
     BLOCK_PENDING = 2
     BLOCK_UPSTREAM = 4
     BLOCK_REFUSED = 8
+    scheme = b"http"  # X-Forwarded-Proto (tls.HttpsClient: https)
 
     __slots__ = (
         "blocked", "closing", "current", "eof", "head_since", "head_size", "in_feed", "in_head",

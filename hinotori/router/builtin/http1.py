@@ -73,7 +73,8 @@ class RequestHead:
 
 
 def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
-                       client_ip: bytes, default_host: bytes) -> RequestHead:
+                       client_ip: bytes, default_host: bytes,
+                       proto: bytes = b"http") -> RequestHead:
     """The head to send to a backend: HTTP/1.1, hop-by-hop headers removed, X-Forwarded-* set.
 
     The client's ``Host`` is kept (backends route on it); an absolute-form URL is turned into
@@ -139,7 +140,7 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
     if host is None:
         lines += (b"Host: ", default_host, b"\r\n")
     lines += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip,
-              b"\r\nX-Forwarded-Proto: http\r\n")
+              b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if host is not None:
         lines += (b"X-Forwarded-Host: ", host, b"\r\n")
     if te is not None:
@@ -262,3 +263,17 @@ def maintenance_response(answer: tuple[bytes, bytes, bytes], accept: bytes | Non
             b"Cache-Control: no-store\r\nVary: Accept\r\n%bServer: hinotori\r\n\r\n%b"
             % (status_line(503, b""), retry_after, HTML_TYPE if html else JSON_TYPE,
                len(body), conn, b"" if head else body))
+
+
+def redirect_response(host: bytes, url: bytes, tls_port: int, *, close: bool,
+                      head: bool = False) -> bytes:
+    """308 to the same host and URL on the TLS listener (``[router] redirect_http``)."""
+    authority = host or b"localhost"
+    if tls_port != 443:
+        authority += b":%d" % tls_port
+    location = b"https://" + authority + (url if url.startswith(b"/") else b"/")
+    body = b"redirecting to HTTPS\n"
+    conn = b"Connection: close\r\n" if close else b""
+    return (status_line(308, b"") + b"Location: " + location + b"\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%bServer: "
+            b"hinotori\r\n\r\n%b" % (len(body), conn, b"" if head else body))

@@ -28,9 +28,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hinotori.errors import RouterError
+from hinotori.errors import CertificateError, RouterError
 from hinotori.model import BackendStats, RoutingTable
 from hinotori.processes import log_tail, pid_alive
+from hinotori.router import tls
 from hinotori.router.base import REQUEST_TIMEOUT, RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
@@ -53,11 +54,15 @@ class BuiltinRouter:
     def create(cls, ctx: RouterContext) -> BuiltinRouter:
         """From the spec's [router] table (how router/registry.py builds it)."""
         return cls(ctx.router_dir, ctx.settings.listen, workers=ctx.settings.workers,
-                   preview_listen=getattr(ctx.settings, "preview_listen", None))
+                   preview_listen=getattr(ctx.settings, "preview_listen", None),
+                   tls_listen=getattr(ctx.settings, "tls_listen", None),
+                   certs=tls.pairs_of(ctx.settings, ctx.root),
+                   redirect_http=getattr(ctx.settings, "redirect_http", False))
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  metrics: bool = True, request_timeout: float = REQUEST_TIMEOUT,
-                 preview_listen: str | None = None) -> None:
+                 preview_listen: str | None = None, tls_listen: str | None = None,
+                 certs: list[tls.CertPair] | None = None, redirect_http: bool = False) -> None:
         try:
             parse_address(listen)
         except ValueError as exc:
@@ -71,6 +76,10 @@ class BuiltinRouter:
         self.workers = workers
         self.metrics = metrics
         self.request_timeout = request_timeout  # workers spawned here; adopted ones keep theirs
+        self.tls_listen = tls_listen
+        self.certs = list(certs or [])
+        self.redirect_http = redirect_http and tls_listen is not None
+        self.certs_file = self.state_dir / "router-tls.json"
         # The control sockets: in the state dir, or a short private one when it is too deep.
         self.socket_dir = socket_dir(self.state_dir, f"router-{workers + 8}.sock",
                                      _SOCKET_PATH_MAX)
@@ -100,12 +109,35 @@ class BuiltinRouter:
     async def start(self) -> None:
         """Adopt the workers answering on their sockets; spawn the missing ones. Idempotent."""
         private_dir(self.state_dir)
+        if self.tls_listen is not None:  # a bad file stops `up` here, naming it
+            tls.load_all(self.certs)
+            write_private(self.certs_file, tls.pairs_json(self.certs))
         extra = self._leftover_indices()
         if extra:  # from a run with more workers: they would serve a stale table forever
             await asyncio.gather(*(self._stop_worker(i) for i in extra))
         await self._ensure(0)
         if self.workers > 1:
             await asyncio.gather(*(self._ensure(i) for i in range(1, self.workers)))
+        if self.tls_listen is not None:  # adopted workers: the files may have changed since
+            await self.reload_certs()
+
+    async def reload_certs(self) -> list[dict[str, Any]]:
+        """Serve the certificate files as they are now, in every worker, for new connections
+        (established ones keep theirs). A bad file raises CertificateError and changes nothing.
+        Returns the served certificates (tls.Certificate.view)."""
+        if self.tls_listen is None:
+            return []
+        certs = tls.load_all(self.certs)  # checked here first: the error names the file
+        write_private(self.certs_file, tls.pairs_json(self.certs))
+        answers = await asyncio.gather(*(self._call(i, {"op": "tls"}, CALL_TIMEOUT)
+                                         for i in range(self.workers)))
+        refused = [f"worker {i}: {a.get('error')}" for i, a in enumerate(answers)
+                   if not a.get("ok")]
+        if refused:  # the files changed between our check and the workers' read
+            raise CertificateError("router workers refused the certificates: "
+                                   + "; ".join(refused),
+                                   hint="the previous certificates keep serving; fix the files")
+        return [c.view() for c in certs]
 
     async def apply(self, table: RoutingTable) -> None:
         """Send ``table`` to every worker at once; return when all acknowledged it."""
@@ -157,10 +189,12 @@ class BuiltinRouter:
     async def _ensure(self, i: int) -> None:
         info = await self._ping(i)
         if info is not None and info.get("listen") == self.listen and \
-                info.get("preview_listen") == self.preview_listen:
+                info.get("preview_listen") == self.preview_listen and \
+                info.get("tls_listen") == self.tls_listen and \
+                bool(info.get("redirect_http")) == self.redirect_http:
             write_private(self._pidfile(i), f"{info['pid']}\n")
             return
-        if info is not None:  # the configured address changed: replace the worker
+        if info is not None:  # the configured addresses changed: replace the worker
             await self._stop_worker(i)
         await self._spawn(i)
 
@@ -174,6 +208,10 @@ class BuiltinRouter:
             argv += ["--preview-listen", self.preview_listen]
         if not self.metrics:
             argv.append("--no-metrics")
+        if self.tls_listen is not None:
+            argv += ["--tls-listen", self.tls_listen, "--tls-certs", str(self.certs_file)]
+            if self.redirect_http:
+                argv.append("--redirect-http")
         if self.request_timeout != REQUEST_TIMEOUT:
             argv += ["--request-timeout", repr(float(self.request_timeout))]
         # The worker must import hinotori even when it is not installed (run from a checkout).

@@ -34,8 +34,9 @@ from hinotori.model import RoutingTable
 from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.builtin import control
 from hinotori.router.builtin.downstream import ClientProtocol
-from hinotori.router.builtin.listener import open_listener
+from hinotori.router.builtin.listener import open_listener, parse_address
 from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
+from hinotori.router.builtin.tls import Certificates, HttpsClient
 from hinotori.router.builtin.upstream import Pool
 from hinotori.statefiles import write_private
 
@@ -52,9 +53,16 @@ class Worker:
     def __init__(self, listen: str, control_path: Path, table_file: Path,
                  loop: asyncio.AbstractEventLoop, *, metrics: bool = True,
                  request_timeout: float = REQUEST_TIMEOUT,
-                 preview_listen: str | None = None) -> None:
+                 preview_listen: str | None = None, tls_listen: str | None = None,
+                 tls_certs: Path | None = None, redirect_http: bool = False) -> None:
         self.listen = listen
         self.preview_listen = preview_listen  # a second listener: held releases answer there
+        # HTTPS (tls.py): a second listener; the plain one may answer 308 to it.
+        self.tls_listen = tls_listen
+        self.tls_certs = tls_certs
+        self.tls_port = parse_address(tls_listen)[1] if tls_listen else 0
+        self.redirect_http = redirect_http and tls_listen is not None
+        self.certs: Certificates | None = None
         self.request_timeout = request_timeout
         self.metrics = metrics  # statuses and latency per backend; off only to measure its cost
         self.listen_bytes = listen.encode()
@@ -116,7 +124,15 @@ class Worker:
     def describe(self) -> dict[str, Any]:
         version = self.table.table.version if self.table is not None else None
         return {"pid": os.getpid(), "version": version, "listen": self.listen,
-                "preview_listen": self.preview_listen}
+                "preview_listen": self.preview_listen,
+                "tls_listen": self.tls_listen, "redirect_http": self.redirect_http,
+                "certs": self.certs.describe() if self.certs is not None else []}
+
+    def reload_certs(self) -> list[dict[str, Any]]:
+        """Serve the certificate files as they are now (CertificateError: nothing changed)."""
+        if self.certs is None:
+            return []
+        return [c.view() for c in self.certs.load()]
 
     def report_backend_error(self, target: Target, why: str) -> None:
         now = self.loop.time()
@@ -180,7 +196,7 @@ class Worker:
 
     def _sibling_serves(self, key: str = "listen") -> bool:
         """Does a sibling worker (a control socket next to ours) serve our listen address (or,
-        ``key="preview_listen"``, our preview address)?"""
+        ``key="preview_listen"``/``"tls_listen"``, our preview or HTTPS address)?"""
         for sock in self.control_path.parent.glob("*.sock"):
             if sock != self.control_path:
                 info = control.ping_sync(sock)
@@ -204,6 +220,13 @@ class Worker:
                                   backlog=LISTEN_BACKLOG)
             servers.append(await self.loop.create_server(
                 lambda: ClientProtocol(self, preview=True), sock=psock, backlog=LISTEN_BACKLOG))
+        if self.tls_listen is not None and self.tls_certs is not None:
+            self.certs = Certificates(self.tls_certs)  # bad files: the worker does not start
+            tls_sock = open_listener(self.tls_listen, lambda: self._sibling_serves("tls_listen"),
+                                     backlog=LISTEN_BACKLOG)
+            servers.append(await self.loop.create_server(
+                lambda: HttpsClient(self), sock=tls_sock, backlog=LISTEN_BACKLOG,
+                ssl=self.certs.front, ssl_handshake_timeout=self.request_timeout))
         ctl = await control.start_server(self, self.control_path)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)

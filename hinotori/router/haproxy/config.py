@@ -35,6 +35,7 @@ from pathlib import Path
 from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
 from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
+from hinotori.router.haproxy import tls
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
 MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
@@ -243,6 +244,11 @@ class Settings:
     request_timeout: float = REQUEST_TIMEOUT
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT
     preview_listen: str | None = None  # a second frontend: held releases answer there
+    # HTTPS (tls.py): a second bind with the crt-list in certs_dir; the plain bind answers 308
+    # to the HTTPS port when redirect_port is set.
+    tls_listen: str | None = None
+    certs_dir: Path | None = None
+    redirect_port: int | None = None
 
 
 def duration(seconds: float) -> str:
@@ -333,6 +339,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         f"frontend {FRONTEND}",
         f"  bind {s.listen}",
     ]
+    if s.tls_listen is not None and s.certs_dir is not None:
+        lines += tls.frontend_lines(s.tls_listen, s.certs_dir, s.redirect_port)
     if s.retry_unanswered:
         # A request that may have reached an app is re-sent only when idempotent (as the
         # built-in router): no L7 retry (empty response) for the other methods.

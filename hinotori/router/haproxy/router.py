@@ -44,8 +44,10 @@ from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.base import RouterContext
 from hinotori.router.haproxy import config, runtime
+from hinotori.router.haproxy import tls as tls_files
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
+from hinotori.router.tls import CertPair, load_all, pairs_of
 from hinotori.statefiles import private_dir, write_private
 from hinotori.statefiles import socket_dir as private_socket_dir
 
@@ -65,14 +67,17 @@ class HaproxyRouter:
         return cls(ctx.router_dir, r.listen, workers=r.workers, haproxy=r.haproxy,
                    maxconn=r.maxconn, latency_log_rate=r.latency_log_rate,
                    retry_unanswered=r.retry_unanswered,
-                   preview_listen=getattr(r, "preview_listen", None))
+                   preview_listen=getattr(r, "preview_listen", None),
+                   tls_listen=getattr(r, "tls_listen", None),
+                   certs=pairs_of(r, ctx.root), redirect_http=getattr(r, "redirect_http", False))
 
     def __init__(self, state_dir: Path, listen: str, workers: int = 1, *,
                  haproxy: str = "haproxy", maxconn: int = 4096, latency_log: bool = True,
                  latency_log_rate: int = LATENCY_LOG_RATE, hard_stop_after: float = 60.0,
                  retry_unanswered: bool = False,
                  request_timeout: float = config.REQUEST_TIMEOUT,
-                 preview_listen: str | None = None) -> None:
+                 preview_listen: str | None = None, tls_listen: str | None = None,
+                 certs: list[CertPair] | None = None, redirect_http: bool = False) -> None:
         self.state_dir = Path(state_dir).absolute()
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -84,12 +89,17 @@ class HaproxyRouter:
         sockets = {name: sock_dir / name for name in ("haproxy.sock", "haproxy-master.sock")}
         self.cfg = self.state_dir / "haproxy.cfg"
         self.state_file = self.state_dir / "haproxy-state.json"
+        self.certs_dir = self.state_dir / "haproxy-certs"  # TLS: crt-list and PEM files
         self.settings = config.Settings(
             listen=listen, stats_socket=sockets["haproxy.sock"],
             maps_dir=self.state_dir / "haproxy-maps", threads=workers, maxconn=maxconn,
             latency_log=latency_log, hard_stop_after=hard_stop_after,
             retry_unanswered=retry_unanswered, request_timeout=request_timeout,
-            preview_listen=preview_listen)
+            preview_listen=preview_listen,
+            tls_listen=tls_listen, certs_dir=self.certs_dir,
+            redirect_port=int(tls_listen.rpartition(":")[2]) if tls_listen and redirect_http
+            else None)
+        self.certs = list(certs or [])  # TLS: the (cert, key) pairs, the default first
         self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING,
                               max_rate=latency_log_rate, set_sample=self._set_sample) \
             if latency_log else None
@@ -171,16 +181,21 @@ class HaproxyRouter:
         last applied table. Idempotent."""
         private_dir(self.state_dir)
         sup = self._sup()
+        certs = load_all(self.certs) if self.settings.tls_listen else []  # a bad file: named
         async with self._lock():
             state = self._load()
+            served = len(tls_files.on_disk(self.certs_dir))
+            renewed = tls_files.write(self.certs_dir, certs) if certs else []
             table = self._table(state)
             plan = config.plan(table or RoutingTable(0), self._slots(state), self._shapes(state))
             adopt = await sup.adoptable()
             changed = self._write(plan, loaded=table is not None, fresh=not adopt)
             if adopt:
-                if changed:  # the settings (listen, threads, maxconn...) changed since
+                if changed or (renewed and served != len(certs)):  # settings changed since
                     await self._reload(state)
                     self._save(state)
+                elif renewed:  # certificates renewed while no controller watched
+                    await tls_files.replace(self.stats_socket, self.certs_dir, certs, renewed)
             else:
                 await sup.stop()  # a half-dead master (no answering worker) must not linger
                 await sup.spawn()
@@ -208,6 +223,26 @@ class HaproxyRouter:
             state["slots"] = {svc: {str(r): s for r, s in m.items()}
                               for svc, m in plan.slots.items()}
             self._save(state)
+
+    async def reload_certs(self) -> list[dict[str, Any]]:
+        """Serve the certificate files as they are now: changed ones replaced through the
+        Runtime API (no reload; new handshakes get them, established connections keep theirs),
+        a changed count through a seamless reload. A bad file raises CertificateError and
+        changes nothing."""
+        if not self.settings.tls_listen:
+            return []
+        certs = load_all(self.certs)
+        d = self.certs_dir
+        async with self._lock():
+            served = len(tls_files.on_disk(d))
+            renewed = tls_files.write(d, certs)
+            if renewed and served != len(certs):
+                state = self._load()
+                await self._reload(state)
+                self._save(state)
+            elif renewed:
+                await tls_files.replace(self.stats_socket, d, certs, renewed)
+        return [c.view() for c in certs]
 
     async def current(self) -> RoutingTable | None:
         if not await self._sup().adoptable():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from hinotori.errors import RuntimeApiError as RuntimeApiError
@@ -63,6 +64,23 @@ async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) ->
         raise RuntimeApiError(
             f"HAProxy answered {len(answers)} of {len(commands)} runtime commands: {text[-300:]!r}",
             hint="the worker may have been reloading; apply again")
+    return answers
+
+
+async def run_payload(path: Path, command: str, payload: str, *, then: Sequence[str] = (),
+                      timeout: float = CALL_TIMEOUT) -> list[str]:
+    """``command <<`` with a multi-line ``payload`` (ended by an empty line), then the commands
+    of ``then``, on one connection; the answers, one string each (``set ssl cert``)."""
+    body = "\n".join(line for line in payload.splitlines() if line.strip())
+    for c in (command, *then):
+        if "\n" in c or ";" in c:
+            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
+    text = await _exchange(path, (f"prompt\n{command} <<\n{body}\n\n"
+                                  + "".join(c + "\n" for c in then) + "quit\n").encode(), timeout)
+    answers = [p.strip("\n") for p in text.split("\n> ")[1:2 + len(then)]]
+    if len(answers) != 1 + len(then):
+        raise RuntimeApiError(f"HAProxy answered {len(answers)} of {1 + len(then)} runtime "
+                              f"commands: {text[-300:]!r}", hint="retry")
     return answers
 
 
