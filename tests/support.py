@@ -18,13 +18,19 @@ from typing import Any
 
 import pytest
 
-from hinotori.model import LATENCY_BUCKETS_MS, Host, HostState
+from hinotori.errors import SpecError
+from hinotori.model import LATENCY_BUCKETS_MS, HealthCheck, Host, HostState
 from hinotori.observe.logs import LogStore
 from hinotori.observe.logs.store import Batch
 from hinotori.observe.metrics import Counts, Point
+from hinotori.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (this file is tests/support.py)
 HELLO = ROOT / "examples" / "hello"
+DEBIAN_APP = ROOT / "examples" / "debian-web" / "app.py"  # the app of the container tests
+TAR_CACHE = Path.home() / ".cache" / "hinotori-test"  # the Debian base's tarball, kept across runs
+# Health checks for hosts a test boots by hand: probed every 50 ms, healthy at the first answer.
+FAST_HEALTH = HealthCheck(path="/healthz", interval=0.05, healthy=1)
 
 
 def free_port() -> int:
@@ -89,11 +95,23 @@ def make_project(tmp_path: Path, replicas: int = 2, extra: str = "") -> CliProje
     return project
 
 
-def teardown(p: CliProject) -> None:
+def serve_v1(p: CliProject, *, bake: str | None = None) -> CliProject:
+    """Controller up, v1 baked and deployed (serving); with ``bake``, that version baked too
+    (not deployed)."""
+    p.cli("up", "-d")
+    p.cli("bake", "web")
+    p.cli("deploy", "web")
+    if bake is not None:
+        p.set_version(bake)
+        p.cli("bake", "web")
+    return p
+
+
+def teardown(p: CliProject, timeout: float = 120) -> None:
     state = p.path / ".hinotori"
     if not state.exists():
         return
-    result = p.cli("down", check=False, timeout=120)
+    result = p.cli("down", check=False, timeout=timeout)
     if result.returncode != 0:  # leave nothing running whatever happened
         for pidfile in [*state.glob("router/*.pid")]:
             with contextlib.suppress(ValueError, ProcessLookupError):
@@ -113,6 +131,13 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+def spec_error(text: str, environment: str | None = None) -> SpecError:
+    """The error parsing ``text`` as hinotori.toml (in ``environment``) must raise."""
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, file="hinotori.toml", environment=environment)
+    return info.value
 
 
 def require(ok: bool, message: str) -> None:
@@ -158,6 +183,60 @@ command = "python3 -c 'import os; print(os.environ[\\"HINOTORI_SERVICE\\"])'"
 exit_status = 0
 stdout = "web"
 """
+
+
+def ensure_debian_base(docker_client: Any) -> str:
+    """The Debian base image (bookworm minbase + python3) in the engine, built by mmdebstrap
+    once and its tarball cached in TAR_CACHE; mmdebstrap is required (failing in CI)."""
+    from hinotori.bake.osimage import BaseSpec, ensure_base
+
+    require(shutil.which("mmdebstrap") is not None,
+            "mmdebstrap is not installed (apt-get install mmdebstrap)")
+    TAR_CACHE.mkdir(parents=True, exist_ok=True)
+    return ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)
+
+
+def write_container_project(path: Path, name: str, app: str, version: str, *,
+                            replicas: int = 2, extra: str = "") -> CliProject:
+    """A CONTAINER_SPEC project ``name`` in the new directory ``path``, serving ``app``."""
+    path.mkdir()
+    (path / "app.py").write_text(app)
+    (path / "VERSION").write_text(version + "\n")
+    listen = f"127.0.0.1:{free_port()}"
+    spec = CONTAINER_SPEC.format(name=name, listen=listen)
+    (path / "hinotori.toml").write_text(spec.replace("replicas = 2", f"replicas = {replicas}")
+                                        + extra)
+    project = CliProject(path)
+    project.router = listen
+    return project
+
+
+def remove_containers(docker_client: Any, project: str) -> None:
+    """No container of ``project`` (running or not) left in the engine, nor its volumes."""
+    for c in docker_client.containers.list(all=True,
+                                           filters={"label": f"hinotori.project={project}"}):
+        c.remove(force=True, v=True)
+
+
+def container_teardown(p: CliProject, docker_client: Any, name: str) -> None:
+    """``teardown``, then no container or image tag of project ``name`` left in the engine."""
+    teardown(p, timeout=180)
+    remove_containers(docker_client, name)
+    for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
+        for tag in image.tags:
+            docker_client.images.remove(tag)
+
+
+def fetch(request: Any, timeout: float = 10) -> tuple[int, Any, bytes]:
+    """Status, headers and body of a urllib request, an HTTP error status included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
 
 
 # A canary strategy for the web service, judged quickly on error rate (5%) with a lenient p99

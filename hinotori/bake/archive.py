@@ -263,6 +263,9 @@ def check_member(member: tarfile.TarInfo, dest: str) -> None:
                                      "or was changed since: refuse it") from None
 
 
+DAMAGED = "the archive is damaged or was changed after export: do not use it"
+
+
 def read_small(tar: tarfile.TarFile, member: tarfile.TarInfo | None, expected: str,
                source: Path | None, limit: int = META_LIMIT) -> bytes:
     """The content of a metadata member that must come next and be called ``expected``."""
@@ -282,6 +285,18 @@ def read_small(tar: tarfile.TarFile, member: tarfile.TarInfo | None, expected: s
     data = f.read()
     if len(data) != member.size:
         raise ImageArchiveError(f"{_label(source)} is cut short inside {expected}")
+    return data
+
+
+def read_digested(tar: tarfile.TarFile, member: tarfile.TarInfo | None, expected: str,
+                  source: Path | None, digest: str, what: str, limit: int = META_LIMIT) -> bytes:
+    """``read_small``, refused unless its sha256 is ``digest``: the member the image id names
+    (a files image's manifest, an OS image's config)."""
+    data = read_small(tar, member, expected, source, limit)
+    found = "sha256:" + sha256_hex(data)
+    if found != digest:
+        raise ImageArchiveError(f"the archive names image {digest}, but its {what} is {found}",
+                                hint=DAMAGED)
     return data
 
 

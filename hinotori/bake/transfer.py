@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import hinotori
 from hinotori.bake import archive
-from hinotori.bake.archive import ImageArchiveError, check_member, read_small
+from hinotori.bake.archive import ImageArchiveError, check_member, read_digested, read_small
 from hinotori.bake.cache import BuildCache
 from hinotori.bake.images import Image, ImageStore
 from hinotori.bake.manifest import ManifestEntry, canonical_bytes
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 EngineFactory = Callable[[], "docker.DockerClient"]
 _HEX = re.compile(r"[0-9a-f]{64}")
 _MODE = re.compile(r"0[0-7]{3}")
-_REFUSE = "the archive is damaged or was changed after export: do not use it"
+_REFUSE = archive.DAMAGED
 
 
 @dataclass
@@ -153,11 +153,7 @@ def import_image(store: ImageStore, source: Path | None, *, origin: str,
 def _import_files(store: ImageStore, tar: tarfile.TarFile, items: Iterator[tarfile.TarInfo],
                   source: Path | None, digest: str, info: dict[str, Any]
                   ) -> tuple[bool, dict[str, int]]:
-    raw = read_small(tar, next(items, None), "manifest.json", source)
-    found = "sha256:" + archive.sha256_hex(raw)
-    if found != digest:
-        raise ImageArchiveError(f"the archive names image {digest}, but its manifest is "
-                                f"{found}", hint=_REFUSE)
+    raw = read_digested(tar, next(items, None), "manifest.json", source, digest, "manifest")
     entries = parse_manifest(raw)
     if store.exists(digest):
         return False, {}

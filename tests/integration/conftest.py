@@ -12,7 +12,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CliProject, make_project, require, teardown
+from tests.support import CliProject, make_project, require, serve_v1, teardown
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium tries to reach Google's servers; nothing
+# here may leave 127.0.0.1.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """A real headless Chromium (the Debian system browser) driven through Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright is not installed (pip install -e '.[test]')")
+    require(CHROMIUM.exists(), "chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture
@@ -26,10 +49,7 @@ def project(tmp_path: Path) -> Iterator[CliProject]:
 def three(tmp_path: Path) -> Iterator[CliProject]:
     """examples/hello with 3 replicas, deployed (v1) and serving."""
     p = make_project(tmp_path, replicas=3)
-    p.cli("up", "-d")
-    p.cli("bake", "web")
-    p.cli("deploy", "web")
-    yield p
+    yield serve_v1(p)
     teardown(p)
 
 

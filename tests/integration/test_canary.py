@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-from tests.support import CANARY_SPEC, CliProject, make_project, wait_until
+from tests.support import CANARY_SPEC, CliProject, make_project, serve_v1, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -156,11 +156,7 @@ def test_custom_analysis_webhook_can_fail_a_healthy_looking_canary(tmp_path: Pat
                                                      deadline="5s")
                     + f'webhook = "http://127.0.0.1:{judge.server_address[1]}/judge"\n')
     try:
-        p.cli("up", "-d")
-        p.cli("bake", "web")
-        p.cli("deploy", "web")
-        p.set_version("2")
-        p.cli("bake", "web")
+        serve_v1(p, bake="2")
         load = BackgroundLoad(p.router, clients=10, rate=200)
         load.start()
         try:

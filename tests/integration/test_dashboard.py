@@ -21,16 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CliProject, make_project, require, teardown
+from tests.support import CliProject, make_project, teardown
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium tries to reach Google's servers; nothing
-# here may leave 127.0.0.1.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1280, "height": 800}
 
 # A canary that holds its first step (50%) until an operator promotes it: the test looks at the
@@ -50,21 +44,6 @@ inconclusive = "pass"
 [metrics]
 interval = "1s"
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    require(CHROMIUM.exists(), "chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

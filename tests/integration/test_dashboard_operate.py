@@ -18,42 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CliProject, make_project, require, teardown
+from tests.support import CliProject, fetch, make_project, serve_v1, teardown
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/integration/test_dashboard.py: nothing may leave 127.0.0.1.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1280, "height": 900}
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    require(CHROMIUM.exists(), "chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
 def two_releases(tmp_path: Path) -> Iterator[CliProject]:
     """v1 then v2 deployed: v2 serves, v1 is warm (a rollback is possible)."""
-    p = make_project(tmp_path, replicas=2)
-    p.cli("up", "-d")
-    p.cli("bake", "web")
-    p.cli("deploy", "web")
-    p.set_version("2")
-    p.cli("bake", "web")
+    p = serve_v1(make_project(tmp_path, replicas=2), bake="2")
     p.cli("deploy", "web")
     yield p
     teardown(p)
@@ -77,19 +52,12 @@ def api_address(p: CliProject) -> str:
 def post(url: str, headers: dict[str, str]) -> tuple[int, str]:
     request = urllib.request.Request(url, data=b"{}", method="POST", headers={
         "Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    status, _, body = fetch(request)
+    return status, body.decode()
 
 
 def router_status(p: CliProject) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{p.router}/", timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return fetch(f"http://{p.router}/")[0]
 
 
 def test_an_operating_tab_rolls_back_by_clicking_and_others_cannot(

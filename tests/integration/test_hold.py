@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-from tests.support import CliProject, free_port, make_project, require, teardown, wait_until
+from tests.support import (
+    CliProject,
+    free_port,
+    make_project,
+    require,
+    serve_v1,
+    teardown,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +72,7 @@ def v2_baked(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CliProj
     kind = getattr(request, "param", "builtin")
     p = held_project(tmp_path, kind)
     try:
-        p.cli("up", "-d")
-        p.cli("bake", "web")
-        p.cli("deploy", "web")
-        p.set_version("2")
-        p.cli("bake", "web")
-        yield p
+        yield serve_v1(p, bake="2")
     finally:
         teardown(p)
 
@@ -243,41 +246,30 @@ def test_hold_needs_blue_green(v2_baked: CliProject) -> None:
     assert versions(p.router) == {"1"}
 
 
-def test_the_dashboard_shows_a_held_deployment(v2_baked: CliProject, tmp_path: Path) -> None:
+def test_the_dashboard_shows_a_held_deployment(v2_baked: CliProject, browser,
+                                               tmp_path: Path) -> None:
     """In headless Chromium (as tests/integration/test_dashboard.py): the held badge on the
     service, the preview address and expiry on the deployment; gone once promoted."""
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    chromium = Path("/usr/bin/chromium")
-    require(chromium.exists(), "chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect  # installed: the browser fixture requires it
+
     p = v2_baked
     p.cli("deploy", "web", "--hold", "1h")
     link = p.json("dashboard")["url"]  # type: ignore[index]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(link)
-            web = page.locator('[data-service="web"]')
-            expect(web.locator(".badge.held")).to_contain_text("held v2", timeout=30_000)
-            expect(web.locator(".current")).to_have_text("v1")
-            held = page.locator('.deployment[data-state="held"]')
-            expect(held.locator(".hold .preview")).to_have_text(f"http://{p.preview}/")  # type: ignore[attr-defined]
-            expect(held.locator(".hold")).to_contain_text("X-Hinotori-Release: v2")
-            expect(held.locator(".hold .expiry")).to_contain_text("left")
-            expect(held.locator('[data-step="held"]')).to_be_visible()
-            page.screenshot(path=str(tmp_path / "dashboard-held.png"), full_page=True)
-            p.cli("promote", "web")
-            expect(web.locator(".current")).to_have_text("v2", timeout=30_000)
-            expect(web.locator(".badge.held")).to_have_count(0)
-            expect(page.locator('.deployment[data-state="held"]')).to_have_count(0)
-            assert errors == []
-        finally:
-            browser.close()
+    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(link)
+    web = page.locator('[data-service="web"]')
+    expect(web.locator(".badge.held")).to_contain_text("held v2", timeout=30_000)
+    expect(web.locator(".current")).to_have_text("v1")
+    held = page.locator('.deployment[data-state="held"]')
+    expect(held.locator(".hold .preview")).to_have_text(f"http://{p.preview}/")  # type: ignore[attr-defined]
+    expect(held.locator(".hold")).to_contain_text("X-Hinotori-Release: v2")
+    expect(held.locator(".hold .expiry")).to_contain_text("left")
+    expect(held.locator('[data-step="held"]')).to_be_visible()
+    page.screenshot(path=str(tmp_path / "dashboard-held.png"), full_page=True)
+    p.cli("promote", "web")
+    expect(web.locator(".current")).to_have_text("v2", timeout=30_000)
+    expect(web.locator(".badge.held")).to_have_count(0)
+    expect(page.locator('.deployment[data-state="held"]')).to_have_count(0)
+    assert errors == []

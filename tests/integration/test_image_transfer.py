@@ -7,7 +7,6 @@ hosts."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -18,12 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CONTAINER_SPEC, CliProject, free_port, make_project, require, teardown
+from tests.support import (
+    HELLO,
+    CliProject,
+    container_teardown,
+    ensure_debian_base,
+    make_project,
+    teardown,
+    write_container_project,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-TAR_CACHE = Path.home() / ".cache" / "hinotori-test"
 
 
 def get(address: str) -> str:
@@ -104,33 +109,16 @@ def test_a_pipe_carries_an_image_and_a_tampered_file_is_refused(two, tmp_path: P
 
 @pytest.fixture
 def os_projects(tmp_path: Path, docker_client) -> Iterator[list[CliProject]]:
-    from hinotori.bake.osimage import BaseSpec, ensure_base
-
-    require(shutil.which("mmdebstrap") is not None,
-            "mmdebstrap is not installed (apt-get install mmdebstrap)")
-    TAR_CACHE.mkdir(parents=True, exist_ok=True)
-    ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)
+    ensure_debian_base(docker_client)
     made: list[tuple[CliProject, str]] = []
     version = f"os-{uuid.uuid4().hex[:8]}"  # new to every layer cache
+    app = (HELLO / "app.py").read_text()
     for side in ("a", "b"):
-        path = tmp_path / side
-        path.mkdir()
-        shutil.copy(ROOT / "examples" / "hello" / "app.py", path / "app.py")
-        (path / "VERSION").write_text(version + "\n")
-        name, listen = f"imgio{side}{uuid.uuid4().hex[:6]}", f"127.0.0.1:{free_port()}"
-        (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=name, listen=listen))
-        project = CliProject(path)
-        project.router = listen
-        made.append((project, name))
+        name = f"imgio{side}{uuid.uuid4().hex[:6]}"
+        made.append((write_container_project(tmp_path / side, name, app, version), name))
     yield [p for p, _ in made]
     for project, name in made:
-        project.cli("down", check=False, timeout=180)
-        for c in docker_client.containers.list(all=True,
-                                               filters={"label": f"hinotori.project={name}"}):
-            c.remove(force=True, v=True)
-        for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in image.tags:
-                docker_client.images.remove(tag)
+        container_teardown(project, docker_client, name)
 
 
 @pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)

@@ -21,22 +21,27 @@ from pathlib import Path
 import pytest
 
 from hinotori.bake import ImageStore, step_from_dict
-from hinotori.bake.osimage import BaseSpec, OsRecipe, bake_os, ensure_base
+from hinotori.bake.osimage import BaseSpec, OsRecipe, bake_os
 from hinotori.health import wait_healthy
-from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
+from hinotori.model import Host, Release, ReleaseConfig
 from hinotori.providers.base import BootRequest
 from hinotori.providers.container import ContainerProvider
 from hinotori.verify import Report, parse_checks, verify_host
 from hinotori.verify.survey import starter_checks, survey_host
-from tests.support import CONTAINER_SPEC, CliProject, free_port, require, teardown
+from tests.support import (
+    CONTAINER_SPEC,
+    DEBIAN_APP,
+    FAST_HEALTH,
+    CliProject,
+    ensure_debian_base,
+    free_port,
+    remove_containers,
+    teardown,
+)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "debian-web" / "app.py"
-TAR_CACHE = Path.home() / ".cache" / "hinotori-test"
-FAST = HealthCheck(path="/healthz", interval=0.05, healthy=1)
 # Values neither the kernel (1024, 4096) nor an engine (Docker: port start 0) picks itself.
 PORT_START, SOMAXCONN = "80", "1234"
 
@@ -44,13 +49,10 @@ PORT_START, SOMAXCONN = "80", "1234"
 @pytest.fixture
 def bake(docker_client, tmp_path: Path) -> Iterator:
     """bake(*steps) -> engine image id of app.py on the Debian base plus ``steps``."""
-    require(shutil.which("mmdebstrap") is not None,
-            "mmdebstrap is not installed (apt-get install mmdebstrap)")
-    TAR_CACHE.mkdir(parents=True, exist_ok=True)
-    ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)
+    ensure_debian_base(docker_client)
     context = tmp_path / "ctx"
     context.mkdir()
-    shutil.copy(APP, context / "app.py")
+    shutil.copy(DEBIAN_APP, context / "app.py")
     store = ImageStore(tmp_path / "images")
     made: list[str] = []
 
@@ -72,9 +74,7 @@ def bake(docker_client, tmp_path: Path) -> Iterator:
 def provider(engine_url: str, docker_client) -> Iterator[ContainerProvider]:
     p = ContainerProvider(f"kt{uuid.uuid4().hex[:8]}", url=engine_url)
     yield p
-    for c in docker_client.containers.list(all=True,  # no container may outlive its test
-                                           filters={"label": f"hinotori.project={p.project}"}):
-        c.remove(force=True, v=True)
+    remove_containers(docker_client, p.project)  # no container may outlive its test
 
 
 async def boot(provider: ContainerProvider, tmp_path: Path, image: str, host_id: str,
@@ -86,7 +86,7 @@ async def boot(provider: ContainerProvider, tmp_path: Path, image: str, host_id:
     async def alive() -> bool:
         return await provider.adopt(host)
 
-    result = await wait_healthy(host.address or "", FAST, deadline=30, alive=alive)
+    result = await wait_healthy(host.address or "", FAST_HEALTH, deadline=30, alive=alive)
     assert result.ok, (result, provider.logs(host))
     return host
 
@@ -181,12 +181,10 @@ def test_spec_sysctls_through_bake_verify_and_generate(engine_url: str, tmp_path
     """The whole path through the real CLI: the spec's `sysctls` and sysctl step -> `bake`
     (the release carries the service's, the image the step's) -> `verify` on a throwaway
     container host -> `checks generate` proposing them."""
-    require(shutil.which("mmdebstrap") is not None, "mmdebstrap is not installed")
-    TAR_CACHE.mkdir(parents=True, exist_ok=True)
-    ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)  # the CLI's bake finds it
+    ensure_debian_base(docker_client)  # the CLI's bake finds it
     p = CliProject(tmp_path / "proj")
     p.path.mkdir()
-    shutil.copy(APP, p.path / "app.py")
+    shutil.copy(DEBIAN_APP, p.path / "app.py")
     p.set_version("1")
     p.router = f"127.0.0.1:{free_port()}"
     spec = CONTAINER_SPEC.format(name=f"k{uuid.uuid4().hex[:6]}", listen=p.router).replace(

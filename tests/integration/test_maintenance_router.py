@@ -24,7 +24,7 @@ from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter, runtime
 from hinotori.router.haproxy.process import find_binary
-from tests.support import free_port, require
+from tests.support import fetch, free_port, require
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +93,7 @@ def get(router: Router, *, accept: str | None = None, host: str | None = None,
         request.add_header("Accept", accept)
     if host:
         request.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+    return fetch(request)
 
 
 def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router, app) -> None:  # type: ignore[no-untyped-def]

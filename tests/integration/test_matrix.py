@@ -20,17 +20,16 @@ import pytest
 from hinotori.loadgen import BackgroundLoad
 from tests.support import (
     CANARY_SPEC,
-    CONTAINER_SPEC,
+    HELLO,
     CliProject,
-    free_port,
+    container_teardown,
     make_project,
     require,
     teardown,
+    write_container_project,
 )
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 CANARY = CANARY_SPEC.format(steps="[20, 100]", pause="1s", deadline="5s")
 
@@ -44,17 +43,10 @@ def _container_project(tmp_path: Path, request: pytest.FixtureRequest) -> CliPro
     require(shutil.which("mmdebstrap") is not None,
             "mmdebstrap is not installed (apt-get install mmdebstrap)")
     request.getfixturevalue("engine_url")  # a real Podman service for this session
-    path = tmp_path / f"matrix{uuid.uuid4().hex[:6]}"  # the project's name, too
-    path.mkdir()
+    name = f"matrix{uuid.uuid4().hex[:6]}"  # the directory's name, too
     # CONTAINER_SPEC sets BIND=0.0.0.0: in its own network namespace the app listens on all
     # interfaces (the engine publishes it on this machine's 127.0.0.1 only).
-    (path / "app.py").write_text((ROOT / "examples" / "hello" / "app.py").read_text())
-    (path / "VERSION").write_text("1\n")
-    listen = f"127.0.0.1:{free_port()}"
-    (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=path.name, listen=listen))
-    project = CliProject(path)
-    project.router = listen
-    return project
+    return write_container_project(tmp_path / name, name, (HELLO / "app.py").read_text(), "1")
 
 
 def _use_haproxy(project: CliProject) -> None:
@@ -76,16 +68,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CliProject
     if router == "haproxy":
         _use_haproxy(project)
     yield project
-    teardown(project)
     if provider == "container":  # leave no container or image tag of this project behind
-        client = request.getfixturevalue("docker_client")
-        name = project.path.name
-        for c in client.containers.list(all=True,
-                                        filters={"label": f"hinotori.project={name}"}):
-            c.remove(force=True, v=True)
-        for image in client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in image.tags:
-                client.images.remove(tag)
+        container_teardown(project, request.getfixturevalue("docker_client"), project.path.name)
+    else:
+        teardown(project)
 
 
 def _under_load(project: CliProject, *args: str, check: bool = True):

@@ -14,7 +14,6 @@ import asyncio
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import tarfile
@@ -33,35 +32,35 @@ from hinotori.loadgen import BackgroundLoad
 from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
 from hinotori.providers.base import BootRequest, Provider
 from hinotori.providers.container import CONTAINER_PORT, ContainerProvider, container_name
-from tests.support import CONTAINER_SPEC, CliProject, free_port, require, wait_until
+from tests.support import (
+    DEBIAN_APP,
+    FAST_HEALTH,
+    CliProject,
+    container_teardown,
+    ensure_debian_base,
+    remove_containers,
+    wait_until,
+    write_container_project,
+)
 
 # Every test on both engines the Engine API has: Podman and Docker.
 pytestmark = [pytest.mark.integration,
               pytest.mark.parametrize("engine_url", ["podman", "docker"], indirect=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "debian-web" / "app.py"
-TAR_CACHE = Path.home() / ".cache" / "hinotori-test"
-FAST = HealthCheck(path="/healthz", interval=0.05, healthy=1)
 COMMAND = ("python3", "app.py")
 
 
 @pytest.fixture(scope="session")
 def app_image(docker_client) -> str:
     """Engine image id of Debian bookworm minbase + python3 with the example app in /app."""
-    from hinotori.bake.osimage import BaseSpec, ensure_base
-
-    require(shutil.which("mmdebstrap") is not None,
-            "mmdebstrap is not installed (apt-get install mmdebstrap)")
-    TAR_CACHE.mkdir(parents=True, exist_ok=True)
-    base = ensure_base(docker_client, BaseSpec(), tar_cache=TAR_CACHE)
+    base = ensure_debian_base(docker_client)
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         dockerfile = f"FROM {base}\nWORKDIR /app\nCOPY app.py /app/app.py\n".encode()
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
-        tar.add(APP, arcname="app.py")
+        tar.add(DEBIAN_APP, arcname="app.py")
     context.seek(0)
     image, _ = docker_client.images.build(fileobj=context, custom_context=True,
                                           tag="localhost/hinotori-test/container-app:latest",
@@ -78,9 +77,7 @@ def release(image: str, command: tuple[str, ...] = COMMAND, number: int = 1,
 def provider(engine_url: str, docker_client) -> Iterator[ContainerProvider]:
     p = ContainerProvider(f"ct{uuid.uuid4().hex[:8]}", url=engine_url)
     yield p
-    for c in docker_client.containers.list(all=True,  # no container may outlive its test
-                                           filters={"label": f"hinotori.project={p.project}"}):
-        c.remove(force=True, v=True)
+    remove_containers(docker_client, p.project)  # no container may outlive its test
 
 
 def ours(docker_client, provider: ContainerProvider) -> list:
@@ -96,7 +93,7 @@ async def boot(provider: ContainerProvider, tmp_path: Path, rel: Release, host_i
     async def alive() -> bool:
         return await provider.adopt(host)
 
-    result = await wait_healthy(host.address or "", FAST, deadline=30, alive=alive)
+    result = await wait_healthy(host.address or "", FAST_HEALTH, deadline=30, alive=alive)
     assert result.ok, (result, provider.logs(host))
     return host
 
@@ -342,27 +339,17 @@ def container_projects(tmp_path: Path, engine_url: str, app_image: str,
     made: list[tuple[CliProject, str]] = []
 
     def make(app: str | None = None, extra: str = "") -> CliProject:
-        path = tmp_path / f"proj{len(made)}"
-        path.mkdir()
-        (path / "app.py").write_text(app if app is not None else APP.read_text())
         name = f"cte2e{uuid.uuid4().hex[:6]}"
-        listen = f"127.0.0.1:{free_port()}"
-        (path / "hinotori.toml").write_text(CONTAINER_SPEC.format(name=name, listen=listen) + extra)
-        (path / "VERSION").write_text(f"1-{uuid.uuid4().hex[:8]}\n")  # new to every cache
-        project = CliProject(path)
-        project.router = listen
+        project = write_container_project(tmp_path / f"proj{len(made)}", name,
+                                    app if app is not None else DEBIAN_APP.read_text(),
+                                    f"1-{uuid.uuid4().hex[:8]}",  # new to every cache
+                                    extra=extra)
         made.append((project, name))
         return project
 
     yield make
     for project, name in made:
-        project.cli("down", check=False, timeout=180)
-        for c in docker_client.containers.list(all=True,
-                                               filters={"label": f"hinotori.project={name}"}):
-            c.remove(force=True, v=True)
-        for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in image.tags:
-                docker_client.images.remove(tag)
+        container_teardown(project, docker_client, name)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.loadgen import BackgroundLoad
-from tests.support import CliProject, make_project, teardown
+from tests.support import CliProject, make_project, serve_v1, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +43,7 @@ def test_rolling_keeps_capacity_and_drops_nothing(tmp_path: Path, surge: int,
                                                   unavailable: int) -> None:
     p = rolling_project(tmp_path, surge, unavailable)
     try:
-        p.cli("up", "-d")
-        p.cli("bake", "web")
-        p.cli("deploy", "web")
-        p.set_version("2")
-        p.cli("bake", "web")
+        serve_v1(p, bake="2")
         counts: list[int] = []
         stop = threading.Event()
         watcher = threading.Thread(target=watch_serving, args=(p, stop, counts))

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from hinotori.providers.secretfiles import tmpfs_root
-from tests.support import CliProject, make_project, teardown, wait_until
+from tests.support import (
+    CliProject,
+    container_teardown,
+    ensure_debian_base,
+    make_project,
+    teardown,
+    wait_until,
+    write_container_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -245,16 +253,7 @@ def test_a_spec_naming_a_secret_file_inside_the_context_refuses_to_bake(
 @pytest.fixture(scope="module")
 def python_image(docker_client) -> str:
     """Debian bookworm minbase with python3 (the OS-image bake's cached base)."""
-    import shutil as _shutil
-
-    from hinotori.bake.osimage import BaseSpec, ensure_base
-    from tests.support import require
-
-    require(_shutil.which("mmdebstrap") is not None,
-            "mmdebstrap is not installed (apt-get install mmdebstrap)")
-    cache = Path.home() / ".cache" / "hinotori-test"
-    cache.mkdir(parents=True, exist_ok=True)
-    return ensure_base(docker_client, BaseSpec(), tar_cache=cache)
+    return ensure_debian_base(docker_client)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["this-machine", "another-machine"])
@@ -313,23 +312,15 @@ def test_container_deploy_with_secrets_end_to_end(tmp_path: Path, engine_url: st
     they print is stored masked (the engine's log feed), nothing under .hinotori/ holds one."""
     import uuid
 
-    from tests.support import CONTAINER_SPEC, free_port
-
     path, vault = tmp_path / "proj", tmp_path / "vault"
-    path.mkdir()
     vault.mkdir()
-    (path / "app.py").write_text(APP)
-    (path / "VERSION").write_text("1\n")
-    name, listen = f"secct{uuid.uuid4().hex[:6]}", f"127.0.0.1:{free_port()}"
-    spec = CONTAINER_SPEC.format(name=name, listen=listen).replace("replicas = 2", "replicas = 1")
-    (path / "hinotori.toml").write_text(spec + SECRETS)
+    name = f"secct{uuid.uuid4().hex[:6]}"
+    p = write_container_project(path, name, APP, "1", replicas=1, extra=SECRETS)
     values = {n: f"{n}-{secrets.token_hex(12)}" for n in ("db", "api", "token", "tls")}
     (vault / "api.key").write_text(values["api"])
     (vault / "token.txt").write_text(values["token"])
     (vault / "tls.key").write_text(values["tls"])
     monkeypatch.setenv("HT_DB_PASS", values["db"])
-    p = CliProject(path)
-    p.router = listen
     try:
         p.cli("up", "-d")
         p.cli("bake", "web", timeout=300)
@@ -348,11 +339,5 @@ def test_container_deploy_with_secrets_end_to_end(tmp_path: Path, engine_url: st
             assert value.encode() not in answers, key
         assert files_holding(path / ".hinotori", values) == []
     finally:
-        p.cli("down", check=False, timeout=180)
-        for c in docker_client.containers.list(all=True,
-                                               filters={"label": f"hinotori.project={name}"}):
-            c.remove(force=True, v=True)
-        for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in image.tags:
-                docker_client.images.remove(tag)
+        container_teardown(p, docker_client, name)
     assert files_holding(path / ".hinotori", values) == []

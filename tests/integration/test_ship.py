@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CliProject, make_project, teardown, wait_until
+from tests.support import CliProject, fetch, make_project, teardown, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,8 @@ def post(p: CliProject, body: bytes, signature: str | None,
         req.add_header("X-Hub-Signature-256", signature)
     if delivery:
         req.add_header("X-GitHub-Delivery", delivery)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    status, _, body = fetch(req)
+    return status, json.loads(body)
 
 
 def test_ship_and_signed_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import pytest
 from hinotori.errors import SpecError
 from hinotori.spec import load_spec, parse_spec
 from hinotori.spec.locate import key_lines
+from tests.support import spec_error
 
 GOOD = """\
 [project]
@@ -29,12 +30,6 @@ steps = [
 """
 
 
-def error_of(text: str) -> SpecError:
-    with pytest.raises(SpecError) as info:
-        parse_spec(text, file="hinotori.toml")
-    return info.value
-
-
 def test_good_spec_loads_with_durations_in_seconds() -> None:
     spec = parse_spec(GOOD)
     web = spec.services["web"]
@@ -48,50 +43,50 @@ def test_good_spec_loads_with_durations_in_seconds() -> None:
 
 
 def test_unknown_key_names_file_line_and_key() -> None:
-    e = error_of(GOOD.replace("replicas = 3", "replicaz = 3"))
+    e = spec_error(GOOD.replace("replicas = 3", "replicaz = 3"))
     assert (e.file, e.line, e.key) == ("hinotori.toml", 9, "services.web.replicaz")
     assert "unknown key" in str(e)
 
 
 def test_wrong_type_names_line_and_key() -> None:
-    e = error_of(GOOD.replace("replicas = 3", 'replicas = "three"'))
+    e = spec_error(GOOD.replace("replicas = 3", 'replicas = "three"'))
     assert (e.line, e.key) == (9, "services.web.replicas")
 
 
 def test_bad_duration_inside_inline_table() -> None:
-    e = error_of(GOOD.replace('"500ms"', '"5 parsecs"'))
+    e = spec_error(GOOD.replace('"500ms"', '"5 parsecs"'))
     assert (e.line, e.key) == (10, "services.web.health.interval")
     assert "invalid duration" in str(e)
 
 
 def test_duration_must_be_a_string() -> None:
-    e = error_of(GOOD.replace('keep_previous = "10m"', "keep_previous = 600"))
+    e = spec_error(GOOD.replace('keep_previous = "10m"', "keep_previous = 600"))
     assert (e.line, e.key) == (11, "services.web.keep_previous")
 
 
 def test_error_inside_array_of_inline_tables() -> None:
-    e = error_of(GOOD.replace('env = { A = "1" }', 'envy = { A = "1" }'))
+    e = spec_error(GOOD.replace('env = { A = "1" }', 'envy = { A = "1" }'))
     assert (e.line, e.key) == (16, "services.web.image.steps.1.envy")
 
 
 def test_missing_required_key_points_at_its_table() -> None:
-    e = error_of(GOOD.replace('command = ["python3", "app.py"]\n', ""))
+    e = spec_error(GOOD.replace('command = ["python3", "app.py"]\n', ""))
     assert e.key == "services.web.command" and e.line == 7
 
 
 def test_toml_syntax_error_has_line() -> None:
-    e = error_of(GOOD.replace("[router]", "[router"))
+    e = spec_error(GOOD.replace("[router]", "[router"))
     assert e.line == 4 and "TOML syntax" in str(e)
 
 
 def test_all_problems_are_listed() -> None:
-    e = error_of(GOOD.replace("replicas = 3", "replicas = 0\nwat = 1"))
+    e = spec_error(GOOD.replace("replicas = 3", "replicas = 0\nwat = 1"))
     assert "also:" in str(e)
 
 
 def test_overlapping_routes_are_refused() -> None:
     text = GOOD + '\n[services.api]\ncommand = ["x"]\n'
-    assert "match the same requests" in str(error_of(text))
+    assert "match the same requests" in str(spec_error(text))
     parse_spec(text + 'path_prefix = "/api"\n')
 
 

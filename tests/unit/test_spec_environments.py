@@ -16,6 +16,7 @@ from hinotori.errors import SpecError
 from hinotori.project import Project
 from hinotori.spec import load_spec, parse_spec
 from hinotori.spec.environments import merge
+from tests.support import spec_error
 
 BASE = """\
 [project]
@@ -51,12 +52,6 @@ env = { B = "prod" }
 hosts = ["shop.example"]
 health = { interval = "2s" }
 """
-
-
-def error_of(text: str, environment: str | None = None) -> SpecError:
-    with pytest.raises(SpecError) as info:
-        parse_spec(text, file="hinotori.toml", environment=environment)
-    return info.value
 
 
 def line_of(text: str, needle: str) -> int:
@@ -128,7 +123,7 @@ def test_errors_in_an_overlay_point_at_the_overlay(extra: str, needle: str, key:
     for environment in (None, "staging"):  # every overlay is checked, whichever is chosen
         if "staging" not in extra and environment == "staging":
             continue
-        err = error_of(text, environment)
+        err = spec_error(text, environment)
         assert (err.file, err.line, err.key) == ("hinotori.toml", line_of(text, needle), key)
         assert words in str(err)
 
@@ -136,7 +131,7 @@ def test_errors_in_an_overlay_point_at_the_overlay(extra: str, needle: str, key:
 def test_a_rule_across_services_the_overlay_broke_points_at_its_environment() -> None:
     text = BASE + ('\n[environments.staging.services.worker]\npath_prefix = "/"\n'
                    'hosts = ["a.example", "b.example"]\n')
-    err = error_of(text)
+    err = spec_error(text)
     assert "match the same requests" in str(err)
     assert err.key == "environments.staging"
     assert err.line == line_of(text, "[environments.staging.services.worker]")
@@ -156,20 +151,20 @@ def test_a_rule_across_services_the_overlay_broke_points_at_its_environment() ->
 def test_environment_settings_are_checked(extra: str, key: str, words: str) -> None:
     text = extra.lstrip("\n") + "\n" + BASE if extra.startswith("\nenvironments =") \
         else BASE + extra
-    err = error_of(text)
+    err = spec_error(text)
     assert err.key == key and words in str(err) and err.line is not None
 
 
 def test_an_environment_name_must_be_a_name() -> None:
     text = BASE + "\n[environments.Prod]\n"
-    assert error_of(text).key is not None and "environments" in str(error_of(text))
+    assert spec_error(text).key is not None and "environments" in str(spec_error(text))
 
 
 def test_an_unknown_environment_lists_the_declared_ones() -> None:
-    err = error_of(ENVS, "prod")
+    err = spec_error(ENVS, "prod")
     assert err.exit_code == 2 and "no environment 'prod' (declared: production, staging)" in \
         str(err)
-    err = error_of(BASE, "staging")
+    err = spec_error(BASE, "staging")
     assert "declares no environments" in str(err)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hinotori.bake import archive
-from hinotori.bake.archive import ImageArchiveError, check_member, read_small
+from hinotori.bake.archive import ImageArchiveError, check_member, read_digested
 from hinotori.bake.images import Image, ImageStore
 from hinotori.bake.osimage.bake import image_repository
 from hinotori.bake.tree import force_remove
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 _DIFF_ID = re.compile(r"sha256:([0-9a-f]{64})")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_REFUSE = "the archive is damaged or was changed after export: do not use it"
+_REFUSE = archive.DAMAGED
 
 
 def export_os(engine: Callable[[], docker.DockerClient], store: ImageStore, image: Image,
@@ -142,11 +142,8 @@ def import_os(store: ImageStore, tar: tarfile.TarFile, items: Iterator[tarfile.T
               source: Path | None, digest: str, info: dict[str, Any], *,
               engine: Callable[[], docker.DockerClient], project: str
               ) -> tuple[bool, dict[str, int]]:
-    config = read_small(tar, next(items, None), "config.json", source, 8 << 20)
-    found = "sha256:" + archive.sha256_hex(config)
-    if found != digest:
-        raise ImageArchiveError(f"the archive names image {digest}, but its config is "
-                                f"{found}", hint=_REFUSE)
+    config = read_digested(tar, next(items, None), "config.json", source, digest, "config",
+                           8 << 20)
     diff_ids = _diff_ids(config)
     if store.exists(digest):
         return False, {}
