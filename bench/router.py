@@ -209,6 +209,26 @@ class LogReader:
         self.thread.join(5)
 
 
+def stop_all(reader: LogReader | None, routers: dict[str, BuiltinRouter | HaproxyRouter],
+             procs: list[subprocess.Popen[bytes]],
+             work: Path) -> None:
+    """Whatever a bench started, stopped: the latency reader, hinotori's routers, the peers'
+    processes (SIGTERM, then SIGKILL after 5 s), the scratch directory."""
+    if reader is not None:
+        reader.close()
+    for router in routers.values():
+        with contextlib.suppress(Exception):
+            asyncio.run(router.stop())
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -315,19 +335,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
-        if reader is not None:
-            reader.close()
-        for router in routers.values():
-            with contextlib.suppress(Exception):
-                asyncio.run(router.stop())
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(reader, routers, procs, work)
 
 
 def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import random
 import re
@@ -44,7 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from router import LogReader, free_port, wait_port  # bench/router.py, beside this file
+from router import LogReader, free_port, stop_all, wait_port  # bench/router.py, beside
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.processes import cpu_seconds
@@ -196,19 +195,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
-        if reader is not None:
-            reader.close()
-        for router in routers.values():
-            with contextlib.suppress(Exception):
-                asyncio.run(router.stop())
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(reader, routers, procs, work)
 
 
 def cpu_meters(routers: dict[str, BuiltinRouter | HaproxyRouter],

@@ -357,14 +357,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
                   '  log-format "%pid %rt %s %Ta %[var(txn.lat_n)]"']
     sticky = sticky_file(s)
     for i, shape in _ordered(the_plan.shapes):
-        conds = []
-        if shape.hosts:
-            lines.append(f"  acl r{i}_host req.hdr(host),field(1,:),lower -m str "
-                         + " ".join(shape.hosts))
-            conds.append(f"r{i}_host")
-        if shape.prefix != "/":
-            lines.append(f"  acl r{i}_path path_beg {shape.prefix}")
-            conds.append(f"r{i}_path")
+        conds = _route_acls(lines, i, shape)
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         cookie = f"req.cook(hinotori-{shape.service}),lower,map({m})"
@@ -421,19 +414,26 @@ def _server_lines(servers: dict[str, Server]) -> list[str]:
             for srv in sorted(servers.values(), key=lambda x: x.name)]
 
 
+def _route_acls(lines: list[str], i: int, shape: Shape) -> list[str]:
+    """The ACLs that match route ``i``'s requests (Host, path prefix), appended to ``lines``;
+    their names, all of which must hold (none: every request)."""
+    conds = []
+    if shape.hosts:
+        lines.append(f"  acl r{i}_host req.hdr(host),field(1,:),lower -m str "
+                     + " ".join(shape.hosts))
+        conds.append(f"r{i}_host")
+    if shape.prefix != "/":
+        lines.append(f"  acl r{i}_path path_beg {shape.prefix}")
+        conds.append(f"r{i}_path")
+    return conds
+
+
 def _preview_frontend(s: Settings, the_plan: Plan) -> list[str]:
     """The frontend on ``preview_listen``: the same rules, but a service with a held release
     (its map's ``preview`` key) answers with it; the others as on the main frontend."""
     lines = [f"frontend {PREVIEW_FRONTEND}", f"  bind {s.preview_listen}"]
     for i, shape in _ordered(the_plan.shapes):
-        conds = []
-        if shape.hosts:
-            lines.append(f"  acl r{i}_host req.hdr(host),field(1,:),lower -m str "
-                         + " ".join(shape.hosts))
-            conds.append(f"r{i}_host")
-        if shape.prefix != "/":
-            lines.append(f"  acl r{i}_path path_beg {shape.prefix}")
-            conds.append(f"r{i}_path")
+        conds = _route_acls(lines, i, shape)
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         held = f"str(preview),map({m})"
