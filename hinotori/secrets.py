@@ -74,8 +74,9 @@ def _value(name: str, source: Mapping[str, Any], raw: str | None, why: str) -> s
     """The value (one trailing newline dropped, as `pass` and editors add one) or SecretError."""
     if raw is None:
         raise SecretError(f"secret {name} ({describe(source)}): {why}",
-                          hint="the boot was refused and traffic stayed where it was; make "
-                               "the source answer and deploy again")
+                          hint="nothing was booted and traffic stayed where it was: make the "
+                               "source answer (in the environment of the command or controller "
+                               "that resolves it), then try again")
     value = raw.removesuffix("\n").removesuffix("\r")
     if not value:
         raise SecretError(f"secret {name} ({describe(source)}) is empty",
