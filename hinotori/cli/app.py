@@ -235,7 +235,8 @@ def main() -> None:
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting, and raises
         # its usage errors for us to print.
-        sys.argv[1:] = holdview.optional_value(sys.argv[1:], holdview.HOLD)  # --hold [DURATION]
+        if sys.argv[1:2] == ["deploy"]:  # `deploy --hold [DURATION]`; no other command has it
+            sys.argv[1:] = holdview.optional_value(sys.argv[1:], holdview.HOLD)
         code = app(standalone_mode=False)
     except HinotoriError as e:
         render.print_error(e)
