@@ -84,7 +84,9 @@ def wrk(port: int, duration: float) -> dict[str, float]:
             "requests": total}
 
 
-def haproxy_config(port: int, backends: list[int], threads: int, path: Path) -> Path:
+def haproxy_config(port: int, backends: list[int], threads: int, path: Path,
+                   bind_options: str = "") -> Path:
+    """The hand-written peer's config (``bind_options``: e.g. TLS, appended to the bind)."""
     servers = "\n".join(f"  server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
     path.write_text(f"""global
   nbthread {threads}
@@ -96,7 +98,7 @@ defaults
   timeout server 60s
   option http-keep-alive
 frontend bench
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{bind_options}
   default_backend app
 backend app
   balance roundrobin

@@ -43,7 +43,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from router import LogReader, free_port, stop_all, wait_port  # bench/router.py, beside
+from router import (  # bench/router.py, beside
+    LogReader,
+    free_port,
+    haproxy_config,
+    stop_all,
+    wait_port,
+)
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.processes import cpu_seconds
@@ -87,27 +93,6 @@ def make_certs(work: Path) -> tuple[Path, Path, Path]:
     for p in paths:
         p.chmod(0o600)
     return paths
-
-
-def hand_written(port: int, backends: list[int], threads: int, pem: Path, path: Path) -> Path:
-    servers = "\n".join(f"  server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
-    path.write_text(f"""global
-  nbthread {threads}
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 75s
-  timeout server 60s
-  option http-keep-alive
-frontend bench
-  bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
-  default_backend app
-backend app
-  balance roundrobin
-{servers}
-""")
-    return path
 
 
 def _ms(value: str, unit: str) -> float:
@@ -183,7 +168,8 @@ def main() -> None:
                 if kind == "builtin" and n == counts[0]:
                     targets[f"(plain HTTP) builtin, {n}"] = f"http://127.0.0.1:{port}/"
             port = free_port()
-            cfg = hand_written(port, ports, n, combined, work / f"haproxy{n}.cfg")
+            cfg = haproxy_config(port, ports, n, work / f"haproxy{n}.cfg",
+                                 f" ssl crt {combined} alpn http/1.1")
             procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
