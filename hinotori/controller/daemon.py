@@ -225,6 +225,8 @@ class Controller:
                 self.spawn(self._restart_notify(), "notify-restart")
         self.observing.apply(old, fresh, restart=lambda: self.spawn(
             self.observing.restart_logs(), "logs-restart"))
+        if fresh.jobs != old.jobs:
+            self.jobs.spec_changed()
         self.project.spec = fresh
         # A service that moved to (or arrived with) a new provider: add it in place, so the
         # fleet and its verifier, which share this dict, both see it.

@@ -9,11 +9,13 @@ the run is recorded in ``job_runs`` with an event; a failed, timed-out or lost r
 notification. A run that outlives its timeout is destroyed: SIGTERM, the service's stop_grace,
 SIGKILL.
 
-The schedule loop ticks every ``TICK`` seconds. Each job's last due moment is kept in the store
-(``job_cursors``), so a controller that starts again knows whether a run came due while none
-was running (``missed``: run once now, or skip). Running job hosts outlive the controller like
-any host; the next one adopts them (``resume``): still running, it watches them on; ended, it
-records their exit status (when the provider can still tell) and burns them.
+The schedule loop wakes at the next due moment (at most ``TICK`` apart while jobs are
+declared) and when a reloaded spec changes them; with none, it sleeps until one comes. Each
+job's last due moment is kept in the store (``job_cursors``), so a controller that starts
+again knows whether a run came due while none was running (``missed``: run once now, or skip).
+Running job hosts outlive the controller like any host; the next one adopts them (``resume``):
+still running, it watches them on; ended, it records their exit status (when the provider can
+still tell) and burns them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Jobs:
         self.spawn = spawn
         self.active: dict[int, _Active] = {}  # run id -> the run under way
         self._clock: dict[str, tuple[JobSpec, float]] = {}  # job -> (as scheduled, next due)
+        self._changed = asyncio.Event()  # a reloaded spec changed [jobs]: look at it now
 
     def spec(self, name: str) -> JobSpec:
         try:
@@ -135,7 +138,7 @@ class Jobs:
 
     # -- the schedule ----------------------------------------------------------------------
     async def tick(self, now: float | None = None) -> None:
-        """Start every run that came due (the "jobs" loop calls this every TICK seconds)."""
+        """Start every run that came due (the "jobs" loop calls this when it wakes)."""
         now = time.time() if now is None else now
         jobs = self.fleet.spec.jobs
         for name in [n for n in self._clock if n not in jobs]:
@@ -152,12 +155,25 @@ class Jobs:
             self.runs.set_cursor(name, due)
             await self.trigger(name, "schedule", due=due, quiet=True)
 
+    def spec_changed(self) -> None:
+        """The controller reloaded a spec whose [jobs] differ: the loop looks at it at once."""
+        self._changed.set()
+
     async def run(self) -> None:
-        """The "jobs" loop: wakes at the next due moment (at most TICK apart, so a spec
-        reload's new job is seen soon), so a run starts within milliseconds of its time."""
+        """The "jobs" loop: wakes at the next due moment, so a run starts within milliseconds
+        of its time (at most TICK apart while jobs are declared: due moments are wall-clock
+        times, and a step of the clock must not delay a run), or when the spec's jobs change.
+        A controller without jobs sleeps until a reload brings some."""
         while True:
-            soonest = min((due for _, due in self._clock.values()), default=math.inf)
-            await asyncio.sleep(min(TICK, max(0.0, soonest - time.time())))
+            if self._clock or self.fleet.spec.jobs:
+                soonest = min((due for _, due in self._clock.values()), default=math.inf)
+                wait: float | None = min(TICK, max(0.0, soonest - time.time()))
+            else:
+                wait = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
+            self._changed.clear()
             await self.tick()
 
     def next_due(self, name: str) -> float | None:
