@@ -141,6 +141,11 @@ def test_redirect_keeps_host_and_url_and_names_the_tls_port() -> None:
     r = http1.redirect_response(b"shop.test", b"/", 443, close=True, head=True)
     assert b"Location: https://shop.test/\r\n" in r and b"Connection: close" in r
     assert r.endswith(b"\r\n\r\n")  # HEAD: no body
+    # An HTTP/1.0 client that asked to keep the connection is told it is kept, as for the
+    # router's other answers (closing is its default).
+    r = http1.redirect_response(b"shop.test", b"/", 8443, close=False, http11=False)
+    assert b"\r\nConnection: keep-alive\r\n" in r
+    assert b"Connection" not in http1.redirect_response(b"shop.test", b"/", 8443, close=False)
 
 
 def test_request_head_says_https_on_the_tls_listener() -> None:

@@ -169,7 +169,7 @@ class Exchange:
             return
         if self.worker.redirect_http and self.client.scheme == b"http":
             self._answer(lambda close: http1.redirect_response(
-                self.host, self.url, self.worker.tls_port, close=close,
+                self.host, self.url, self.worker.tls_port, close=close, http11=self.http11,
                 head=self.method == b"HEAD"))
             return
         compiled = self.worker.table
