@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import random
 import re
 import shutil
@@ -39,10 +38,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from router import (  # bench/router.py, beside
     LogReader,
     free_port,
@@ -51,11 +46,15 @@ from router import (  # bench/router.py, beside
     wait_port,
 )
 
-from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.processes import cpu_seconds
-from hinotori.router.builtin import BuiltinRouter
-from hinotori.router.haproxy import HaproxyRouter
-from hinotori.router.tls import CertPair
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hinotori.model import Backend, RoutingTable, ServiceRoute  # noqa: E402
+from hinotori.processes import cpu_seconds  # noqa: E402
+from hinotori.router.builtin import BuiltinRouter  # noqa: E402
+from hinotori.router.haproxy import HaproxyRouter  # noqa: E402
+from hinotori.router.tls import CertPair  # noqa: E402
+from tests.support import make_ca, make_leaf  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NAME = "bench.test"
@@ -63,36 +62,16 @@ NO_LOG = "haproxy (no latency log)"  # hinotori's HAProxy without its latency lo
 
 
 def make_certs(work: Path) -> tuple[Path, Path, Path]:
-    """A CA and a leaf for NAME: (leaf cert, leaf key, cert+key combined for HAProxy)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=7))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_pem = leaf.public_bytes(serialization.Encoding.PEM) + \
-        ca.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    paths = work / "leaf.pem", work / "leaf.key", work / "combined.pem"
-    paths[0].write_bytes(cert_pem)
-    paths[1].write_bytes(key_pem)
-    paths[2].write_bytes(cert_pem + key_pem)
-    for p in paths:
-        p.chmod(0o600)
-    return paths
+    """A CA and a leaf for NAME: (leaf cert with its chain, leaf key, cert+key combined for
+    HAProxy), made by the tests' own helpers."""
+    ca = make_ca(work / "ca")
+    cert, key, combined = work / "leaf.pem", work / "leaf.key", work / "combined.pem"
+    make_leaf(ca, [NAME], cert, key, days=7)
+    cert.write_bytes(cert.read_bytes() + ca[2].read_bytes())  # the chain, as served
+    combined.write_bytes(cert.read_bytes() + key.read_bytes())
+    for path in (cert, key, combined):
+        path.chmod(0o600)
+    return cert, key, combined
 
 
 def _ms(value: str, unit: str) -> float:
