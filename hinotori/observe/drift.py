@@ -6,8 +6,8 @@ sha256 of every file, so it *is* the integrity database; this module walks the h
 compares. Unlike the bake walk it refuses nothing: a planted fifo or a symlink pointing out of
 the tree is exactly what must be reported, not an error.
 
-Files are hashed on a thread pool (hashlib releases the GIL), and a file whose size already
-differs is reported without being read.
+A file whose size already differs is reported without being read; the others are hashed by
+``hashing.sha256_files`` (small files in one thread, big ones on a pool beside it).
 
 A container host on another machine has no view here: its engine's diff of the container
 against its image (``GET /containers/{id}/changes``, Podman's and Docker's) is the same
@@ -16,17 +16,14 @@ report, from the writable layer instead of a walk (``from_changes``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hinotori.bake import ManifestEntry
-
-_CHUNK = 1 << 20
+from hinotori.observe.hashing import sha256_files
 
 
 @dataclass(frozen=True)
@@ -50,57 +47,37 @@ class Drift:
                 "changed": [{"path": c.path, "what": c.what} for c in self.changed]}
 
 
-@dataclass(frozen=True)
-class _Seen:
-    kind: str  # file, dir, symlink, or the special kind (fifo, socket, device)
-    mode: str
-    size: int
-    path: str  # absolute
-    target: str | None = None
+# What the walk saw of one path: (kind, mode, size, absolute path, symlink target). A tuple,
+# not a dataclass: a tree has tens of thousands of them and building them is the walk's cost.
+_Seen = tuple[str, str, int, str, "str | None"]
+_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+          stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "device"
-
-
-def _walk(root: Path) -> Iterator[tuple[str, _Seen]]:
+def _walk(root: Path) -> dict[str, _Seen]:
+    seen: dict[str, _Seen] = {}
     stack = [("", os.fspath(root))]
     while stack:
         rel_dir, abs_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
         try:
             entries = list(os.scandir(abs_dir))
         except OSError:
             continue  # unreadable: its contents show up as removed
         for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            st = entry.stat(follow_symlinks=False)
-            kind = _kind(st.st_mode)
-            mode = "0777" if kind == "symlink" else f"{st.st_mode & 0o7777:04o}"
-            target = os.readlink(entry.path) if kind == "symlink" else None
-            yield rel, _Seen(kind, mode, st.st_size, entry.path, target)
+            rel = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone meanwhile: reported removed
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "device")
+            if kind == "symlink":
+                seen[rel] = (kind, "0777", st.st_size, entry.path, os.readlink(entry.path))
+                continue
+            seen[rel] = (kind, f"{st.st_mode & 0o7777:04o}", st.st_size, entry.path, None)
             if kind == "dir":
                 stack.append((rel, entry.path))
-
-
-def _sha256(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
+    return seen
 
 
 # Where a container host's secret files are mounted or put (providers/secretfiles.py): made by
@@ -112,35 +89,36 @@ def _ours(path: str) -> bool:
     return path == SECRETS_DIR or path.startswith(SECRETS_DIR + "/")
 
 
-def compare(manifest: Iterable[ManifestEntry], root: Path, *, workers: int = 8) -> Drift:
-    """Drift of the tree at ``root`` against ``manifest``."""
+def compare(manifest: Iterable[ManifestEntry], root: Path) -> Drift:
+    """Drift of the tree at ``root`` against ``manifest``: every file whose size matches is
+    hashed (``hashing.sha256_files``), so a rewrite that keeps size and mtime is found too."""
     expected = {e.path: e for e in manifest}
-    seen = {p: s for p, s in _walk(root) if not _ours(p) or p in expected}
+    seen = {p: s for p, s in _walk(root).items() if not _ours(p) or p in expected}
     drift = Drift()
     drift.added = sorted(p for p in seen if p not in expected)
     drift.removed = sorted(p for p in expected if p not in seen)
-    to_hash: list[tuple[str, ManifestEntry, _Seen]] = []
+    to_hash: list[tuple[str, str | None]] = []  # (path, the manifest's sha256)
     for path, want in expected.items():
         got = seen.get(path)
         if got is None:
             continue
-        if got.kind != want.type:
-            drift.changed.append(Change(path, f"type {want.type} -> {got.kind}"))
+        kind, mode, size, _, target = got
+        if kind != want.type:
+            drift.changed.append(Change(path, f"type {want.type} -> {kind}"))
             continue
-        if got.mode != want.mode:
-            drift.changed.append(Change(path, f"mode {want.mode} -> {got.mode}"))
-        if want.type == "symlink" and got.target != want.target:
-            drift.changed.append(Change(path, f"target {want.target} -> {got.target}"))
-        elif want.type == "file":
-            if got.size != want.size:
+        if mode != want.mode:
+            drift.changed.append(Change(path, f"mode {want.mode} -> {mode}"))
+        if kind == "symlink" and target != want.target:
+            drift.changed.append(Change(path, f"target {want.target} -> {target}"))
+        elif kind == "file":
+            if size != want.size:
                 drift.changed.append(Change(path, "content"))
             else:
-                to_hash.append((path, want, got))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hinotori-drift") as pool:
-        digests = pool.map(lambda item: _sha256(item[2].path), to_hash, chunksize=64)
-        for (path, want, _), digest in zip(to_hash, digests, strict=True):
-            if digest != want.sha256:
-                drift.changed.append(Change(path, "content"))
+                to_hash.append((path, want.sha256))
+    digests = sha256_files([(seen[path][3], seen[path][2]) for path, _ in to_hash])
+    for (path, sha256), digest in zip(to_hash, digests, strict=True):
+        if digest != sha256:
+            drift.changed.append(Change(path, "content"))
     drift.changed.sort(key=lambda c: (c.path, c.what))
     return drift
 
