@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,8 @@ def sha256_file(path: str) -> str | None:
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         h = hashlib.sha256(os.read(fd, CHUNK))
         while block := os.read(fd, CHUNK):
             h.update(block)

@@ -66,3 +66,43 @@ def test_an_engines_changes_are_drift_without_its_own_files_or_parent_directorie
     # /srv changed with nothing under it: its own metadata, reported.
     assert drift.changed == [Change("app/app.py", "modified"), Change("srv", "modified")]
     assert not from_changes([]).drifted
+
+
+def test_hashing_gives_every_digest_in_order_whichever_thread_hashed_it(tmp_path: Path) -> None:
+    import hashlib
+
+    from hinotori.observe import hashing
+
+    sizes = [0, 1, 4096, hashing.BIG - 1, hashing.BIG, 3 * hashing.BIG + 5, 17, hashing.BIG + 1]
+    files = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes((i + j) % 251 for j in range(size)))
+        files.append((str(path), size))
+    os.mkfifo(tmp_path / "pipe")  # replaced by a fifo after the walk: no wait, no digest
+    (tmp_path / "link").symlink_to("f0")  # replaced by a symlink: not followed
+    files += [(str(tmp_path / "pipe"), 0), (str(tmp_path / "link"), 0),
+              (str(tmp_path / "gone"), 0)]
+    want = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p, _ in files[:len(sizes)]]
+    assert hashing.sha256_files(files) == [*want, None, None, None]
+    assert [hashing.sha256_file(p) for p, _ in files] == [*want, None, None, None]
+
+
+def test_a_same_size_rewrite_is_found_in_small_and_big_files(tmp_path: Path) -> None:
+    # Small files are hashed in the calling thread, big ones on the pool: both must see it,
+    # and a rewrite that puts the old mtime back changes nothing for a full hash.
+    from hinotori.observe.hashing import BIG
+
+    root = tmp_path / "t"
+    (root / "big").mkdir(parents=True)
+    for i in range(3):
+        (root / f"small{i}").write_bytes(b"s" * 100)
+        (root / "big" / f"b{i}").write_bytes(b"b" * (BIG + 10))
+    manifest = build_manifest(root)
+    for path in (root / "small1", root / "big" / "b2"):
+        before = path.stat()
+        path.write_bytes(path.read_bytes().replace(b"s", b"S").replace(b"b", b"B"))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    drift = compare(manifest, root)
+    assert drift.changed == [Change("big/b2", "content"), Change("small1", "content")]
+    assert not drift.added and not drift.removed
