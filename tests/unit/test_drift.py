@@ -73,19 +73,27 @@ def test_hashing_gives_every_digest_in_order_whichever_thread_hashed_it(tmp_path
 
     from hinotori.observe import hashing
 
-    sizes = [0, 1, 4096, hashing.BIG - 1, hashing.BIG, 3 * hashing.BIG + 5, 17, hashing.BIG + 1]
+    sizes = [0, 1, 4096, hashing.BIG - 1, hashing.BIG, 3 * hashing.BIG + 5, 17, hashing.BIG + 1,
+             hashing.CHUNK + 3]
     files = []
     for i, size in enumerate(sizes):
         path = tmp_path / f"f{i}"
         path.write_bytes(bytes((i + j) % 251 for j in range(size)))
         files.append((str(path), size))
-    os.mkfifo(tmp_path / "pipe")  # replaced by a fifo after the walk: no wait, no digest
-    (tmp_path / "link").symlink_to("f0")  # replaced by a symlink: not followed
-    files += [(str(tmp_path / "pipe"), 0), (str(tmp_path / "link"), 0),
-              (str(tmp_path / "gone"), 0)]
-    want = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p, _ in files[:len(sizes)]]
-    assert hashing.sha256_files(files) == [*want, None, None, None]
-    assert [hashing.sha256_file(p) for p, _ in files] == [*want, None, None, None]
+    want = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p, _ in files]
+    # Swapped after the walk: a fifo is not waited on, a symlink not followed, a directory or a
+    # vanished path has no digest; a file that grew or shrank never matches its entry.
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link").symlink_to("f0")
+    (tmp_path / "grew").write_bytes(b"abcd")
+    (tmp_path / "shrank").write_bytes(b"ab")
+    odd = [(str(tmp_path / name), size) for name, size in
+           (("pipe", 0), ("link", 0), ("gone", 0), ("f0", 0), (".", 4), ("grew", 2),
+            ("shrank", 4))]
+    sha = [hashlib.sha256(b"").hexdigest(), None, None, hashlib.sha256(b"").hexdigest(), None,
+           hashlib.sha256(b"abc").hexdigest(), hashlib.sha256(b"ab").hexdigest()]
+    assert hashing.sha256_files(files + odd) == want + sha
+    assert [hashing.sha256_file(p, size) for p, size in files + odd] == want + sha
 
 
 def test_a_same_size_rewrite_is_found_in_small_and_big_files(tmp_path: Path) -> None:
