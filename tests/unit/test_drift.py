@@ -114,3 +114,66 @@ def test_a_same_size_rewrite_is_found_in_small_and_big_files(tmp_path: Path) -> 
     drift = compare(manifest, root)
     assert drift.changed == [Change("big/b2", "content"), Change("small1", "content")]
     assert not drift.added and not drift.removed
+
+
+def _manifest_diff(before: list, after: list) -> tuple[list[str], list[str], list[Change]]:
+    """What drift must report, worked out from two full manifests (bake's own hashing)."""
+    old, new = {e.path: e for e in before}, {e.path: e for e in after}
+    changed = []
+    for path in old.keys() & new.keys():
+        a, b = old[path], new[path]
+        if a.type != b.type:
+            changed.append(Change(path, f"type {a.type} -> {b.type}"))
+            continue
+        if a.mode != b.mode:
+            changed.append(Change(path, f"mode {a.mode} -> {b.mode}"))
+        if a.type == "symlink" and a.target != b.target:
+            changed.append(Change(path, f"target {a.target} -> {b.target}"))
+        elif a.type == "file" and (a.size, a.sha256) != (b.size, b.sha256):
+            changed.append(Change(path, "content"))
+    return (sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys()),
+            sorted(changed, key=lambda c: (c.path, c.what)))
+
+
+def test_drift_equals_the_difference_of_two_full_manifests(tmp_path: Path) -> None:
+    # Random trees with small files (hashed in the calling thread) and big ones (on the pool),
+    # random planted changes of every kind: compare() must say exactly what a full rebuild of
+    # the manifest says, in the same order.
+    import random
+
+    from hinotori.observe.hashing import BIG
+
+    for seed in range(3):
+        rng = random.Random(seed)
+        root = tmp_path / f"t{seed}"
+        for i in range(120):
+            d = root / f"d{i % 6}"
+            d.mkdir(parents=True, exist_ok=True)
+            size = rng.choice((0, 1, 100, 4096, BIG + rng.randrange(1000)))
+            (d / f"f{i}").write_bytes(rng.randbytes(size))
+        (root / "d0" / "link").symlink_to("f0")
+        manifest = build_manifest(root)
+        files = sorted(p for p in root.rglob("f*") if p.is_file())
+        for p in rng.sample(files, 12):
+            what = rng.randrange(5)
+            data = p.read_bytes()
+            if what == 0 and data:  # same size, other bytes, old mtime put back
+                before = p.stat()
+                p.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+                os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))
+            elif what == 1:
+                p.write_bytes(data + b"x")
+            elif what == 2:
+                p.chmod(0o600)
+            elif what == 3:
+                p.unlink()
+            else:
+                p.unlink()
+                p.mkdir()
+        (root / "d1" / "planted").write_text("x")
+        (root / "d0" / "link").unlink()
+        (root / "d0" / "link").symlink_to("f6")
+        drift = compare(manifest, root)
+        assert (drift.added, drift.removed, drift.changed) == \
+            _manifest_diff(manifest, build_manifest(root))
+        assert drift.changed  # the planted changes were there to be found
