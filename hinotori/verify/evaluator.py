@@ -15,9 +15,11 @@ Design:
 - **Retry like goss.** With ``retry_timeout`` > 0, checks that failed are evaluated again every
   ``sleep`` seconds until they pass or the timeout is spent; passed checks are kept. This is what
   lets ``verify`` start right after boot without racing the app.
-- **Host facts once per round.** /proc/net, the process table, passwd, group and the dpkg
-  database are read at most once per round however many checks ask (``Facts``), then forgotten,
-  so a retry sees fresh state.
+- **Host facts once per round.** Listening sockets, the process table, passwd, group and the
+  dpkg database are read at most once per round however many checks ask (``Facts``), then
+  forgotten, so a retry sees fresh state. Each is read for what checks need: sockets from
+  sock_diag, which the kernel filters to the listening ones (/proc/net/tcp, the fallback, lists
+  every connection of a busy machine), and command lines of the host's processes only.
 - **Expected versus got.** Every matcher reports what was expected and what was found, so a
   failure says why without a second look at the host.
 - **The kernel as the host sees it.** ``kernel_param`` reads /proc/sys, ``mount`` the
@@ -353,33 +355,64 @@ def _hex_ip(text: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, b"".join(words))
 
 
-def _net_file(facts: Facts, name: str) -> list[dict[str, Any]]:
-    """Listening TCP (or bound UDP) sockets in /proc/net/NAME (tcp, tcp6, udp, udp6): the
-    host's network namespace. Read at most once a round: on some machines reading it costs
-    the kernel milliseconds."""
+_STATES = {"tcp": ("0A", 10), "udp": ("07", 7)}  # LISTEN; UDP "unconnected" (TCP_CLOSE)
+
+
+def _net_file(name: str) -> list[dict[str, Any]]:
+    """Listening TCP (or bound UDP) sockets in /proc/net/NAME (tcp, tcp6, udp, udp6)."""
     protocol = name.rstrip("6")
-    state = "0A" if protocol == "tcp" else "07"  # LISTEN; UDP sockets "unconnected"
-
-    def read() -> list[dict[str, Any]]:
-        try:
-            with open(f"/proc/net/{name}") as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            return []
-        found = []
-        for line in lines:
+    state = _STATES[protocol][0]
+    try:
+        with open(f"/proc/net/{name}") as f:
+            lines = f.readlines()[1:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(None, 4)  # sl, local, remote, st: all that is needed to skip it
+        if len(fields) > 4 and fields[3] == state:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == state:
-                ip, port = fields[1].split(":")
-                found.append({"protocol": protocol, "ip": _hex_ip(ip), "port": int(port, 16),
-                              "inode": int(fields[9])})
-        return found
+            ip, port = fields[1].split(":")
+            found.append({"protocol": protocol, "ip": _hex_ip(ip), "port": int(port, 16),
+                          "inode": int(fields[9])})
+    return found
 
-    return facts.get(f"net/{name}", read)
+
+def _sock_diag(protocol: str) -> list[dict[str, Any]]:
+    """The same sockets from the kernel's sock_diag netlink interface, which filters them by
+    state itself: /proc/net/tcp lists every connection of the namespace (thousands on a busy
+    machine, milliseconds of kernel time to format), this only the listening ones."""
+    import struct
+
+    proto = socket.IPPROTO_TCP if protocol == "tcp" else socket.IPPROTO_UDP
+    found = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        # inet_diag_req_v2: family, protocol, ext, pad, states; an empty inet_diag_sockid
+        request = struct.pack("=BBBxI", family, proto, 0, 1 << _STATES[protocol][1])
+        for msg in _netlink(20, request + bytes(48), protocol=4):  # SOCK_DIAG_BY_FAMILY
+            if len(msg) < 72:
+                continue
+            # inet_diag_msg: family, state, timer, retrans; sport, dport (big-endian), src,
+            # dst (16 bytes each), if, cookie; expires, rqueue, wqueue, uid, inode
+            port = struct.unpack_from("!H", msg, 4)[0]
+            src = msg[8:12] if msg[0] == socket.AF_INET else msg[8:24]
+            found.append({"protocol": protocol, "ip": socket.inet_ntop(msg[0], src),
+                          "port": port, "inode": struct.unpack_from("=I", msg, 68)[0]})
+    return found
 
 
 def _sockets(facts: Facts, protocol: str) -> list[dict[str, Any]]:
-    return _net_file(facts, protocol) + _net_file(facts, protocol + "6")
+    """Listening TCP (or bound UDP) sockets of the host's network namespace, IPv4 and IPv6:
+    from sock_diag, or /proc/net where netlink is not there. Read at most once a round."""
+    def read() -> list[dict[str, Any]]:
+        if hasattr(socket, "AF_NETLINK"):
+            try:
+                return _sock_diag(protocol)
+            except OSError:  # no sock_diag (udp_diag not loaded, a sandbox): the files
+                pass
+        return _net_file(protocol) + _net_file(protocol + "6")
+
+    return facts.get(f"sockets/{protocol}", read)
 
 
 def check_port(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
@@ -395,7 +428,7 @@ def check_port(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
 
 
 def _processes(facts: Facts) -> list[dict[str, Any]]:
-    """Every process visible in /proc: pid, session, name (comm) and command line."""
+    """Every process visible in /proc: pid, session and name (comm)."""
     def read() -> list[dict[str, Any]]:
         me, found = os.getpid(), []
         for entry in os.listdir("/proc"):
@@ -404,23 +437,35 @@ def _processes(facts: Facts) -> list[dict[str, Any]]:
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     raw = f.read()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
             except OSError:
                 continue  # gone meanwhile
-            rest = raw[raw.rindex(")") + 2:].split()
+            rest = raw[raw.rindex(")") + 2:].split(None, 4)
             if rest[0] in "ZX":
                 continue
             found.append({"pid": int(entry), "session": int(rest[3]),
-                          "comm": raw[raw.index("(") + 1:raw.rindex(")")], "argv": argv})
+                          "comm": raw[raw.index("(") + 1:raw.rindex(")")]})
         return found
     return facts.get("processes", read)
 
 
 def _host_processes(facts: Facts) -> list[dict[str, Any]]:
-    session = facts.plan.get("session")
-    procs = _processes(facts)
-    return [p for p in procs if p["session"] == session] if session else procs
+    """The host's processes (its session's, when it has one), each with its command line:
+    read for these only, not for every process of a shared machine."""
+    def read() -> list[dict[str, Any]]:
+        session = facts.plan.get("session")
+        found = []
+        for p in _processes(facts):
+            if session and p["session"] != session:
+                continue
+            try:
+                with open(f"/proc/{p['pid']}/cmdline", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+            found.append({**p, "argv": argv})
+        return found
+    return facts.get("host_processes", read)
 
 
 def _matches_process(p: dict[str, Any], name: str) -> bool:
@@ -654,12 +699,13 @@ def check_mount(target: str, m: dict[str, Any], facts: Facts) -> list[Matcher]:
     return out
 
 
-def _netlink(kind: int, body: bytes) -> list[bytes]:
-    """The messages of one rtnetlink dump request (``kind``: RTM_GETLINK or RTM_GETADDR) in
-    the host's network namespace: what `ip link` and `ip addr` ask, without needing them."""
+def _netlink(kind: int, body: bytes, protocol: int = 0) -> list[bytes]:
+    """The messages of one netlink dump request in the host's network namespace: rtnetlink
+    (``protocol`` 0; ``kind`` RTM_GETLINK or RTM_GETADDR: what `ip link` and `ip addr` ask,
+    without needing them) or sock_diag (4; SOCK_DIAG_BY_FAMILY: what `ss -l` asks)."""
     import struct
 
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         # NLM_F_REQUEST | NLM_F_DUMP
         sock.sendall(struct.pack("=IHHII", 16 + len(body), kind, 0x301, 1, 0) + body)
@@ -805,10 +851,9 @@ def _prefetch(checks: list[dict[str, Any]], facts: Facts) -> None:
         kind = check["resource"]
         if kind == "port":
             proto = check["matchers"].get("protocol", "tcp")
-            for name in (proto, proto + "6"):
-                jobs[name] = lambda n=name: _net_file(facts, n)
+            jobs[proto] = lambda p=proto: _sockets(facts, p)
         elif kind == "process":
-            jobs[kind] = lambda: _processes(facts)
+            jobs[kind] = lambda: _host_processes(facts)
         elif kind == "package":
             jobs[kind] = lambda: _dpkg(facts)
         elif kind == "mount":

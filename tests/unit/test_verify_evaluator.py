@@ -135,6 +135,39 @@ def test_port(listener: int, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not unset["ok"] and unset["error"] == "$NOT_SET_ANYWHERE is not set in the host's env"
 
 
+def test_sock_diag_and_proc_net_see_the_same_sockets() -> None:
+    # The kernel's own filter (sock_diag) and the /proc/net files it replaces must agree on
+    # every field of our listeners, IPv4 and IPv6, TCP and UDP.
+    with contextlib.ExitStack() as stack:
+        mine = []
+        for family, kind, ip in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+                                 (socket.AF_INET6, socket.SOCK_STREAM, "::1"),
+                                 (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1")):
+            s = stack.enter_context(socket.socket(family, kind))
+            s.bind((ip, 0))
+            if kind == socket.SOCK_STREAM:
+                s.listen()
+            mine.append(s.getsockname()[1])
+        for protocol in ("tcp", "udp"):
+            diag = [s for s in evaluator._sock_diag(protocol) if s["port"] in mine]
+            files = [s for s in evaluator._net_file(protocol) + evaluator._net_file(protocol + "6")
+                     if s["port"] in mine]
+            assert sorted(map(str, diag)) == sorted(map(str, files))
+            assert len(diag) == (2 if protocol == "tcp" else 1)
+
+
+def test_port_falls_back_to_proc_net_without_sock_diag(listener: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(protocol: str) -> list[dict[str, Any]]:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(evaluator, "_sock_diag", refused)
+    result = one({"port": listener})
+    assert result["ok"] and result["matchers"][0]["got"] == "true (on 127.0.0.1)"
+    assert failed(one({"port": listener, "listening": False})) == {
+        "listening": ("false", "true (on 127.0.0.1)")}
+
+
 class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
