@@ -8,7 +8,8 @@ another size, mode, added, removed, symlink target), then times each tool's chec
 (hinotori's includes interpreter start and manifest load: what `hinotori drift` pays), medians
 of --runs warm-cache runs. Both tools are configured to compare the same attributes (type,
 permissions, size, sha256, link target) and both may use every core. Both must find every
-planted change, or the bench fails.
+planted change, or the bench fails. Besides wall time, each tool's CPU time (user + system, its
+own and its threads') is printed: on a machine shared with other work it swings far less.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import record  # bench/ is on sys.path: the script's directory
 
 from hinotori.bake import build_manifest
 
@@ -84,13 +88,20 @@ def aide_config(work: Path, root: Path) -> Path:
     return conf
 
 
-def timed(argv: list[str]) -> tuple[float, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str]) -> tuple[float, float, str]:
+    """Wall time, CPU time and stdout of one run of ``argv``."""
+    cpu = _children_cpu()
     started = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True)
     took = time.perf_counter() - started
     if result.returncode not in (0, 1, 2, 3, 4, 5, 6, 7):  # aide: bit mask of differences
         sys.exit(f"{argv[0]} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return took, result.stdout
+    return took, _children_cpu() - cpu, result.stdout
 
 
 def main() -> None:
@@ -115,29 +126,38 @@ def main() -> None:
         hino_argv = [sys.executable, "-c", CHECKER, str(manifest), str(root)]
         aide_argv = ["aide", "--check", "-c", str(conf)]
         timed(hino_argv), timed(aide_argv)  # warm the page cache for both
-        hino, aide = [], []
+        hino, aide, hino_cpu, aide_cpu = [], [], [], []
         for _ in range(args.runs):  # interleaved, so machine noise hits both alike
-            t, hino_out = timed(hino_argv)
+            t, cpu, hino_out = timed(hino_argv)
             hino.append(t)
-            t, aide_out = timed(aide_argv)
+            hino_cpu.append(cpu)
+            t, cpu, aide_out = timed(aide_argv)
             aide.append(t)
+            aide_cpu.append(cpu)
 
         found = json.loads(hino_out)
         hino_paths = set(found["added"]) | set(found["removed"]) | \
             {c["path"] for c in found["changed"]}
         aide_paths = {rel for rel in planted if f"{root}/{rel}" in aide_out}
         h, a = statistics.median(hino), statistics.median(aide)
+        hc, ac = statistics.median(hino_cpu), statistics.median(aide_cpu)
         print(f"tree: {args.files} files, {len(planted)} planted changes, {args.runs} runs each")
-        print(f"{'tool':<16}{'median s':>10}{'min s':>10}{'found':>10}")
+        print(f"{'tool':<16}{'median s':>10}{'min s':>10}{'found':>10}{'cpu s':>10}")
         print(f"{'hinotori drift':<16}{h:>10.3f}{min(hino):>10.3f}"
-              f"{len(hino_paths & planted):>7}/{len(planted)}")
+              f"{len(hino_paths & planted):>7}/{len(planted)}{hc:>10.3f}")
         print(f"{'aide --check':<16}{a:>10.3f}{min(aide):>10.3f}"
-              f"{len(aide_paths):>7}/{len(planted)}")
+              f"{len(aide_paths):>7}/{len(planted)}{ac:>10.3f}")
         print(f"ratio aide/hinotori: {a / h:.2f}x (>1 means hinotori is faster)")
+        print(f"cpu time ratio aide/hinotori: {ac / hc:.2f}x")
         if hino_paths != planted:
             sys.exit(f"hinotori missed {planted - hino_paths} or invented {hino_paths - planted}")
         if aide_paths != planted:
             sys.exit(f"aide missed {planted - aide_paths}")
+        detail = f"{args.files} files, {len(planted)} planted changes, all found by both"
+        record("drift", f"aide --check / hinotori drift time, {args.files} files", a / h,
+               unit="x", goal=">= 4", detail=detail)
+        record("drift", f"aide --check / hinotori drift CPU time, {args.files} files", ac / hc,
+               unit="x", detail=detail)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """hinotori verify against serverspec and pytest-testinfra: the same 200 checks, the same host.
 
-    python bench/verify.py [--runs 5]
+    python bench/verify.py [--runs 5] [--kernel 200] [--checks 1000]
 
 Boots one process host of examples/hello (plus a static/ tree of 130 small read-only files),
 writes the same 200 checks three times (hinotori check tables; a serverspec spec file for the
@@ -29,6 +29,11 @@ resolves; /etc/hosts only, nothing leaves the machine), written in each tool's i
 host.sysctl, mount_point, interface and addr), and prints the time per check of both cases,
 so the new resources are seen to cost what today's do.
 
+A third case, ``--checks N`` (default 1000; 0 skips it), times hinotori alone on N checks of
+today's mix (the 200 repeated) on the same host, the goal being under 0.5 s for 1,000 with the
+host up (``verify_host``: one exec into the host, the evaluator's start, the checks). It also
+prints the checks alone (the evaluator's own clock) and the whole cold process.
+
 Needs: ``apt-get install -y ruby-serverspec curl`` and ``pip install pytest-testinfra``.
 """
 
@@ -47,6 +52,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import record  # bench/ is on sys.path: the script's directory
 
 from hinotori.health import wait_healthy
 from hinotori.model import HealthCheck, Host, Release, ReleaseConfig
@@ -130,7 +137,7 @@ def hinotori_checks(checks: list[dict]) -> list[dict]:
 
 
 WARM = """
-import asyncio, json, sys, time
+import asyncio, json, resource, sys, time
 from hinotori.model import Host, HostState
 from hinotori.providers.process import ProcessProvider
 from hinotori.verify import parse_checks, verify_host
@@ -139,11 +146,14 @@ host_doc["state"] = HostState(host_doc["state"])
 host = Host(**host_doc)
 checks = parse_checks(json.load(open(checks_path)))
 provider = ProcessProvider(__import__("pathlib").Path(host.data["state_dir"]).parent)
+def cpu():  # this process's and its waited-for children's (the evaluator's): user + system
+    return sum(getattr(resource.getrusage(who), f) for who in
+               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
 times = []
 for _ in range(runs):
-    t = time.perf_counter()
+    c, t = cpu(), time.perf_counter()
     report = asyncio.run(verify_host(provider, host, checks, python=sys.executable))
-    times.append(time.perf_counter() - t)
+    times.append((time.perf_counter() - t, cpu() - c))
     assert report.total == len(checks) and report.ok, [r for r in report.results if not r.ok][:3]
 print(json.dumps(times))
 """
@@ -274,8 +284,9 @@ async def boot(work: Path) -> tuple[ProcessProvider, Host]:
 
 
 def measure(provider: ProcessProvider, host: Host, checks: list[dict], work: Path,
-            runs: int) -> list[tuple[str, list[float]]]:
-    """Each tool's times verifying ``checks`` on ``host`` (every run must pass them all)."""
+            runs: int, others: bool = True) -> list[tuple[str, list[float]]]:
+    """Each tool's times verifying ``checks`` on ``host`` (every run must pass them all);
+    hinotori's alone without ``others``."""
     n = len(checks)
     env = json.loads((Path(host.data["state_dir"]) / "env.json").read_text())
     root = host.root or ""
@@ -290,14 +301,18 @@ def measure(provider: ProcessProvider, host: Host, checks: list[dict], work: Pat
     host_doc = json.dumps(host.to_dict())
     warm_argv = [sys.executable, "-c", WARM, host_doc, str(work / "checks.json")]
     plan = json.dumps(build_plan(provider, host, parse_checks(hinotori_checks(checks))))
-    cold, alone, spec_t, ti_t = [], [], [], []
+    cold, alone, inside, spec_t, ti_t = [], [], [], [], []
     _, out = timed([*warm_argv, str(runs)], root, dict(os.environ))
-    warm = json.loads(out)
+    warm, warm_cpu = ([pair[i] for pair in json.loads(out)] for i in (0, 1))
     for _ in range(runs):
         cold.append(timed([*warm_argv, "1"], root, dict(os.environ))[0])
         t, out = timed([sys.executable, "-I", "-S", evaluator.__file__], root, env, plan)
-        assert all(r["ok"] for r in json.loads(out)["results"]), out[-500:]
+        doc = json.loads(out)
+        assert all(r["ok"] for r in doc["results"]), out[-500:]
         alone.append(t)
+        inside.append(doc["duration"])
+        if not others:
+            continue
         t, out = timed(["rspec", "--format", "progress", str(work / "spec" / "host_spec.rb")],
                        root, env)
         assert " 0 failures" in out, out[-500:]
@@ -307,17 +322,27 @@ def measure(provider: ProcessProvider, host: Host, checks: list[dict], work: Pat
                         "--hosts=local://", str(work / "ti" / "test_host.py")], root, env)
         assert f"{n} passed" in out, out[-500:]
         ti_t.append(t)
-    return [("hinotori verify_host (warm process)", warm),
+    rows = [("hinotori verify_host (warm process)", warm),
             ("hinotori evaluator alone (cold process)", alone),
-            ("hinotori cold python -c (imports hinotori)", cold),
-            ("serverspec 2.42 (rspec, exec backend)", spec_t),
-            ("pytest-testinfra 10 (local backend)", ti_t)]
+            ("hinotori cold python -c (imports hinotori)", cold)]
+    if not others:  # the checks alone: the evaluator's own clock, its start-up left out
+        rows.append(("hinotori checks alone (in the evaluator)", inside))
+        rows.append(("hinotori verify_host CPU time (+ evaluator)", warm_cpu))
+    if others:
+        rows += [("serverspec 2.42 (rspec, exec backend)", spec_t),
+                 ("pytest-testinfra 10 (local backend)", ti_t)]
+    return rows
 
 
 def report(title: str, rows: list[tuple[str, list[float]]]) -> dict[str, float]:
     med = {name: statistics.median(ts) for name, ts in rows}
-    spec, ti = med[rows[3][0]], med[rows[4][0]]
     print(f"\n{title}\n")
+    if not any(name.startswith("serverspec") for name, _ in rows):  # hinotori's rows only
+        print(f"{'tool':44} {'median':>10} {'min':>10}")
+        for name, ts in rows:
+            print(f"{name:44} {med[name] * 1000:8.1f}ms {min(ts) * 1000:8.1f}ms")
+        return med
+    spec, ti = med[rows[3][0]], med[rows[4][0]]
     print(f"{'tool':44} {'median':>10} {'min':>10}   {'serverspec / it':>15} "
           f"{'testinfra / it':>15}")
     for name, ts in rows:
@@ -327,11 +352,30 @@ def report(title: str, rows: list[tuple[str, list[float]]]) -> dict[str, float]:
     return med
 
 
+def many(comm: str, n: int) -> list[dict]:
+    """``n`` checks of today's mix: the 200 repeated (the whole mix, so every kind counts)."""
+    return (suite(comm) * (n // 200 + 1))[:n]
+
+
+WARM_ROW, COLD_ROW, SPEC_ROW, TI_ROW = 0, 2, 3, 4
+
+
+def record_ratios(case: str, rows: list[tuple[str, list[float]]], med: dict[str, float]) -> None:
+    for row in (WARM_ROW, COLD_ROW):
+        name = rows[row][0]
+        for other in (SPEC_ROW, TI_ROW):
+            tool = rows[other][0].split()[0]
+            record("verify", f"{case}: {tool} time / {name}", med[rows[other][0]] / med[name],
+                   unit="x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", type=int, default=200,
                         help="kernel and network checks in the second case (0: skip it)")
+    parser.add_argument("--checks", type=int, default=1000,
+                        help="checks of today's mix in the third case, hinotori alone (0: skip)")
     args = parser.parse_args()
     for tool in ("rspec", "curl"):
         if not shutil.which(tool):
@@ -343,6 +387,8 @@ def main() -> None:
         today = measure(provider, host, suite(comm), work / "today", args.runs)
         kernel = (measure(provider, host, kernel_suite(args.kernel), work / "kernel", args.runs)
                   if args.kernel else None)
+        big = (measure(provider, host, many(comm, args.checks), work / "many", args.runs,
+                       others=False) if args.checks else None)
     finally:
         asyncio.run(provider.destroy(host, grace=3))
         if host.pid:
@@ -352,17 +398,37 @@ def main() -> None:
 
     med = report(f"200 checks against one process host of examples/hello, median of "
                  f"{args.runs} runs (each tool passed all 200 every run)", today)
-    if kernel is None:
-        return
-    kmed = report(f"{args.kernel} kernel and network checks (kernel_param, mount, interface, "
-                  f"dns; a quarter each) against the same host, median of {args.runs} runs",
-                  kernel)
-    print("\nper check, kernel checks / today's mix (1.0x: the same cost; the evaluator's "
-          "start-up is in both)")
-    for name, _ in today:
-        per_today, per_kernel = med[name] / 200, kmed[name] / args.kernel
-        print(f"{name:44} {per_today * 1e6:8.1f}us {per_kernel * 1e6:8.1f}us "
-              f"{per_kernel / per_today:8.2f}x")
+    record_ratios("200 checks", today, med)
+    if kernel is not None:
+        kmed = report(f"{args.kernel} kernel and network checks (kernel_param, mount, "
+                      f"interface, dns; a quarter each) against the same host, median of "
+                      f"{args.runs} runs", kernel)
+        record_ratios(f"{args.kernel} kernel checks", kernel, kmed)
+        print("\nper check, kernel checks / today's mix (1.0x: the same cost; the evaluator's "
+              "start-up is in both)")
+        for name, _ in today:
+            per_today, per_kernel = med[name] / 200, kmed[name] / args.kernel
+            print(f"{name:44} {per_today * 1e6:8.1f}us {per_kernel * 1e6:8.1f}us "
+                  f"{per_kernel / per_today:8.2f}x")
+    if big is not None:
+        n = args.checks
+        bmed = report(f"{n} checks of today's mix against the same host, hinotori alone, "
+                      f"median of {args.runs} runs (all {n} passed every run)", big)
+        warm, alone, cold, inside, cpu = (bmed[name] for name, _ in big)
+        print(f"\n{n} checks on one host: {warm:.3f} s with the host up (verify_host: one exec, "
+              f"the evaluator's start, the checks; {cpu:.3f} s of CPU); {inside:.3f} s of "
+              f"checks in the evaluator; {cold:.3f} s as a whole cold process (python start, "
+              f"import hinotori, parse)")
+        record("verify", f"{n} checks on one host, host up (verify_host)", warm, unit="s",
+               goal="< 0.5", detail="one exec into the host, the evaluator's start, the checks")
+        record("verify", f"{n} checks on one host, host up: CPU time (verify_host + evaluator)",
+               cpu, unit="s", detail="user + system of verify_host and the evaluator, the "
+               "commands it runs included (not the app serving its HTTP checks)")
+        record("verify", f"{n} checks on one host, the checks alone (evaluator's clock)", inside,
+               unit="s")
+        record("verify", f"{n} checks on one host, evaluator as a cold process", alone, unit="s")
+        record("verify", f"{n} checks on one host, whole cold process (imports hinotori)", cold,
+               unit="s")
 
 
 if __name__ == "__main__":
