@@ -137,9 +137,9 @@ def test_port(listener: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_sock_diag_and_proc_net_see_the_same_sockets() -> None:
     # The kernel's own filter (sock_diag) and the /proc/net files it replaces must agree on
-    # every field of our listeners, IPv4 and IPv6, TCP and UDP.
+    # every field of our listeners (known by their inodes), IPv4 and IPv6, TCP and UDP.
     with contextlib.ExitStack() as stack:
-        mine = []
+        mine = set()
         for family, kind, ip in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
                                  (socket.AF_INET6, socket.SOCK_STREAM, "::1"),
                                  (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1")):
@@ -147,11 +147,11 @@ def test_sock_diag_and_proc_net_see_the_same_sockets() -> None:
             s.bind((ip, 0))
             if kind == socket.SOCK_STREAM:
                 s.listen()
-            mine.append(s.getsockname()[1])
+            mine.add(os.fstat(s.fileno()).st_ino)
         for protocol in ("tcp", "udp"):
-            diag = [s for s in evaluator._sock_diag(protocol) if s["port"] in mine]
+            diag = [s for s in evaluator._sock_diag(protocol) if s["inode"] in mine]
             files = [s for s in evaluator._net_file(protocol) + evaluator._net_file(protocol + "6")
-                     if s["port"] in mine]
+                     if s["inode"] in mine]
             assert sorted(map(str, diag)) == sorted(map(str, files))
             assert len(diag) == (2 if protocol == "tcp" else 1)
 
@@ -340,6 +340,32 @@ def test_runs_as_a_script_with_the_plan_on_stdin(view: Path) -> None:
     doc = json.loads(done.stdout)
     assert [r["ok"] for r in doc["results"]] == [True, False]
     assert doc["version"] == evaluator.PLAN_VERSION
+
+
+def test_the_loader_runs_bytecode_on_our_python_and_source_on_another(view: Path) -> None:
+    # What the runner execs in a host: the same results whichever way the evaluator arrives.
+    # Each way is proved taken by spoiling the other: bytecode with our cache_tag (the source
+    # after it is not valid Python), source with another tag (the bytecode is garbage).
+    from hinotori.verify.runner import LOADER, evaluator_input
+
+    plan = {"checks": [c.plan() for c in parse_checks([{"file": "app.py"}, {"file": "no"}])]}
+
+    def loaded(tag: bytes, code: bytes, text: bytes) -> list[bool]:
+        stdin = b"%s\n%d\n%s%d\n%s%s" % (tag, len(code), code, len(text), text,
+                                         json.dumps(plan).encode())
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", LOADER], input=stdin,
+                              capture_output=True, check=True)
+        return [r["ok"] for r in json.loads(done.stdout)["results"]]
+
+    tag, length, rest = evaluator_input(plan).split(b"\n", 2)  # what the runner sends
+    assert tag == sys.implementation.cache_tag.encode()
+    code, text = rest[:int(length)], Path(evaluator.__file__).read_bytes()
+    assert loaded(tag, code, b"not python (") == [True, False]
+    assert loaded(b"cpython-0", b"\0garbage", text) == [True, False]
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", LOADER],
+                          input=evaluator_input(plan, tag="cpython-0"), capture_output=True,
+                          check=True)  # all of it, as a host on another Python gets it
+    assert [r["ok"] for r in json.loads(done.stdout)["results"]] == [True, False]
 
 
 def test_survey_lists_files_sockets_and_processes(view: Path, listener: int,
