@@ -207,7 +207,7 @@ def descendants() -> dict[int, str]:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        out[pid] = " ".join(raw.decode(errors="replace").split())[:200]
+        out[pid] = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())[:200]
     return out
 
 
@@ -291,7 +291,8 @@ def run(name: str, quick: bool, work: Path) -> Outcome:
     seconds = time.monotonic() - started
     leftovers = sweep(proc.pid)
     figures, problems = read_figures(results)
-    reason = {TIMED_OUT: f"after {bench.timeout:.0f} s", INTERRUPTED: "Ctrl-C"}.get(status, "")
+    reason = {TIMED_OUT: f"after {bench.timeout:.0f} s",
+              INTERRUPTED: "Ctrl-C or SIGTERM"}.get(status, "")
     if status == OK and code != 0:
         status, reason = FAILED, f"exit {code}"
     if problems:
@@ -361,7 +362,10 @@ def main() -> None:
     args = ap.parse_args()
     names = selected([n.strip() for n in args.only.split(",") if n.strip()],
                      [n.strip() for n in args.skip.split(",") if n.strip()])
+    # Both stop a run the same way. SIGINT explicitly: started in the background by a shell,
+    # all.py and so every bench would ignore it, and a bench's cleanup starts with SIGINT.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="hinotori-bench-all-"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = machine()
