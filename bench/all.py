@@ -55,6 +55,7 @@ ROOT = HERE.parent
 HELPERS = {"all", "report", "results", "backend"}  # bench/*.py that are not benches
 PR_SET_CHILD_SUBREAPER = 36
 GRACE = 60.0  # seconds a bench gets to clean up after SIGINT
+SETTLE = 5.0  # seconds what a bench stopped may take to exit before it counts as left behind
 TAIL_LINES = 40
 
 
@@ -219,7 +220,7 @@ def signal_all(pids: list[int], sig: int) -> None:
 
 def sweep(bench_pid: int) -> list[str]:
     """Kill what a bench left running under all.py; returns their command lines."""
-    deadline = time.monotonic() + 5  # what is already on its way out is not a leftover
+    deadline = time.monotonic() + SETTLE  # what is on its way out is not a leftover
     while (left := descendants()) and time.monotonic() < deadline:
         reap(bench_pid)
         time.sleep(0.2)

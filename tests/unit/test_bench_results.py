@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -178,3 +179,51 @@ def test_a_missing_script_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(bench_all.BENCHES, "router", bench_all.Bench(
         (), (), tools=("no-such-tool-here",)))
     assert bench_all.why_skipped("router") == "needs no-such-tool-here (not installed)"
+
+
+FAKE_BENCH = """
+import subprocess, sys, time
+from results import record
+record("fake", "a figure", 3.0, goal="< 5")
+subprocess.Popen(["sleep", "300"], start_new_session=True)
+# a daemon: its parent exits at once, so only the subreaper can still find it
+subprocess.Popen([sys.executable, "-c", "import os, time\\nif os.fork() == 0:\\n"
+                  "    time.sleep(300)"], start_new_session=True).wait()
+if "--hang" in sys.argv:
+    time.sleep(300)
+"""
+
+DRIVER = """
+import json, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import all as A
+A.HERE, A.SETTLE, A.GRACE = Path(sys.argv[2]), 0.5, 5.0
+A.BENCHES = {"fake": A.Bench((), ("--hang",), timeout=1)}
+A.become_subreaper()
+out = []
+for quick in (False, True):
+    o = A.run("fake", quick, Path(tempfile.mkdtemp(dir=sys.argv[2])))
+    out.append({"status": o.status, "reason": o.reason, "leftovers": o.leftovers,
+                "figures": len(o.figures), "still": A.descendants()})
+print(json.dumps(out))
+"""
+
+
+def test_all_leaves_nothing_running_after_a_bench_or_its_timeout(tmp_path: Path) -> None:
+    """A bench that detaches a process and a daemon, once ending and once hanging past its
+    timeout: both times all.py names what was left behind, kills it, and keeps the figures."""
+    (tmp_path / "fake.py").write_text(FAKE_BENCH)
+    (tmp_path / "results.py").write_text((BENCH / "results.py").read_text())
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(BENCH), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ended, hung = json.loads(done.stdout.splitlines()[-1])
+    assert (ended["status"], hung["status"]) == ("ok", "timed out")
+    assert hung["reason"] == "after 1 s"
+    for run in (ended, hung):
+        assert run["figures"] == 1 and run["still"] == {}
+        assert sorted(" ".join(left.split()[1:3]) for left in run["leftovers"]) == [
+            f"{sys.executable} -c", "sleep 300"]
+        for left in run["leftovers"]:
+            assert not Path(f"/proc/{left.split()[0]}").exists()
