@@ -114,11 +114,11 @@ def _bench_section(o: Outcome) -> list[str]:
     took = f" in {o.seconds:.0f} s" if o.status != SKIPPED else ""
     out = [f"## {o.name}", "", f"`{o.command}`: {how}{took}", ""]
     if o.figures:
-        out += ["| figure | value | goal | |", "| --- | ---: | --- | --- |"]
+        out += ["| figure | value | goal | | notes |", "| --- | ---: | --- | --- | --- |"]
         for f in o.figures:
-            detail = f" ({f['detail']})" if f.get("detail") else ""
-            out.append(f"| {_cell(f['figure'] + detail)} | {_cell(value_text(f))} | "
-                       f"{_cell(f.get('goal') or '')} | {verdict(f)} |")
+            out.append(f"| {_cell(f['figure'])} | {_cell(value_text(f))} | "
+                       f"{_cell(f.get('goal') or '')} | {verdict(f)} | "
+                       f"{_cell(f.get('detail') or '')} |")
         out.append("")
     elif o.status == OK:
         out += ["No figures recorded.", ""]

@@ -91,7 +91,8 @@ OUTCOMES = [
     Outcome("router", "python bench/router.py --runs 1", OK, seconds=42.4, figures=[
         fig("builtin/haproxy req/s, 1 worker vs 1 thread", 0.81, ">= 0.75", "x"),
         fig("builtin/haproxy req/s, 2 workers vs 2 threads", 0.62, ">= 0.75", "x"),
-        fig("switch p99", 2.31, "< 5", "ms"), fig("req/s", 12345.6, unit="req/s")]),
+        fig("switch p99", 2.31, "< 5", "ms"),
+        {**fig("req/s", 12345.6, unit="req/s"), "detail": "wrk -c50 | 2 s"}]),
     Outcome("logs", "python bench/logs.py --runs 1", FAILED, "exit 1", 10.0,
             [fig("lines lost", 3, "== 0")], tail="lines were lost | or duplicated\n",
             leftovers=["123 rsyslogd -n -f x.conf"]),
@@ -125,10 +126,10 @@ def test_markdown_has_the_headline_the_misses_the_machine_and_every_bench() -> N
     assert "| [router](#router) | ok | 2 of 3 | 4 | 42 |" in lines
     assert "| [ship](#ship) | skipped: needs root (a lab of machines) | - | 0 | - |" in lines
     # Each figure with its value, goal and verdict.
-    assert "| builtin/haproxy req/s, 1 worker vs 1 thread | 0.81x | >= 0.75 | met |" in lines
-    assert "| switch p99 | 2.31 ms | < 5 | met |" in lines
-    assert "| req/s | 12,346 req/s |  | no goal |" in lines
-    assert "| lines lost | 3 | == 0 | **NOT MET** |" in lines
+    assert "| builtin/haproxy req/s, 1 worker vs 1 thread | 0.81x | >= 0.75 | met |  |" in lines
+    assert "| switch p99 | 2.31 ms | < 5 | met |  |" in lines
+    assert "| req/s | 12,346 req/s |  | no goal | wrk -c50 \\| 2 s |" in lines
+    assert "| lines lost | 3 | == 0 | **NOT MET** |  |" in lines
     # A failed bench says why, what it left behind, and the tail of its output.
     logs = text[text.index("## logs"):text.index("## ship")]
     assert "`python bench/logs.py --runs 1`: failed: exit 1 in 10 s" in logs
