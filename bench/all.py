@@ -218,9 +218,9 @@ def signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def sweep(bench_pid: int) -> list[str]:
+def sweep(bench_pid: int, settle: float = SETTLE) -> list[str]:
     """Kill what a bench left running under all.py; returns their command lines."""
-    deadline = time.monotonic() + SETTLE  # what is on its way out is not a leftover
+    deadline = time.monotonic() + settle  # what is on its way out is not a leftover
     while (left := descendants()) and time.monotonic() < deadline:
         reap(bench_pid)
         time.sleep(0.2)
@@ -290,7 +290,11 @@ def run(name: str, quick: bool, work: Path) -> Outcome:
         status, code = INTERRUPTED, stop(proc)
     proc.returncode = code if code is not None else -9  # reaped here, not by Popen
     seconds = time.monotonic() - started
-    leftovers = sweep(proc.pid)
+    try:
+        leftovers = sweep(proc.pid)
+    except KeyboardInterrupt:  # the bench has ended: still sweep, without waiting
+        interrupted = True
+        leftovers = sweep(proc.pid, settle=0)
     figures, problems = read_figures(results)
     reason = {TIMED_OUT: f"after {bench.timeout:.0f} s",
               INTERRUPTED: "Ctrl-C or SIGTERM"}.get(status, "")
