@@ -69,6 +69,9 @@ class Bench:
     timeout: float = 900.0         # seconds, then it is stopped
 
 
+# what a lab of machines runs on (hinotori.lab), and what ships images to it
+LAB = ("podman", "dockerd", "docker", "docker-registry", "/usr/sbin/sshd", "ssh", "ip", "nsenter",
+       "unshare")
 BENCHES: dict[str, Bench] = {
     "router": Bench(("--runs", "3", "--duration", "3", "--impl", "builtin,haproxy-hinotori"),
                     ("--runs", "1", "--duration", "2", "--switches", "50",
@@ -96,11 +99,10 @@ BENCHES: dict[str, Bench] = {
     "hold": Bench(("--runs", "2", "--duration", "2"), ("--runs", "2", "--duration", "1"),
                   ("wrk", "haproxy")),
     "scale": Bench(("--sizes", "10,100"), ("--sizes", "10",), timeout=1200),
-    "ship": Bench(("--runs", "2",), ("--runs", "1", "--deps-mb", "10"),
-                  ("podman", "docker", "docker-registry", "/usr/sbin/sshd"), root=True),
+    "ship": Bench(("--runs", "2",), ("--runs", "1", "--deps-mb", "10"), (*LAB, "busybox"),
+                  root=True),
     "fleet": Bench(("--runs", "2", "--losses", "4"), ("--runs", "1", "--losses", "2"),
-                   ("podman", "dockerd", "docker-registry", "/usr/sbin/sshd", "mmdebstrap"),
-                   root=True, timeout=2400),
+                   (*LAB, "mmdebstrap"), root=True, timeout=2400),
     "soak": Bench(("--minutes", "3",), ("--minutes", "1",), default=False, timeout=1800),
 }
 
