@@ -51,6 +51,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from results import record  # bench/results.py, beside this script
+
 from hinotori.bake import (
     BakeResult,
     CopyStep,
@@ -232,6 +234,9 @@ def main() -> None:
             med = statistics.median(times)
             print(f"{name:<26} {med:>7.2f}s {min(times):>7.2f}s {len(times):>5} {cached:>7} "
                   f"{base / med:>7.1f}x")
+            record("bake", f"{name}: median", med, unit="s", detail=f"{cached} steps cached")
+        one_file = statistics.median(next(t for n, t, _ in rows if n == "one-file change"))
+        record("bake", "one-file change vs cold (speed-up)", base / one_file, unit="x")
         image = cold.image
         print(f"\nimage: {image.file_count} files, {image.total_size / 2**20:.1f} MiB; "
               f"cpus: {os.cpu_count()}; creating a file here: "

@@ -33,6 +33,7 @@ from hinotori.releases import bake_service, config_with_env, ensure_release
 from hinotori.router.builtin import BuiltinRouter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record
 from router import free_port, wait_port, wrk
 
 CANARY = """
@@ -149,9 +150,17 @@ def main() -> None:
           f"analysis interval {args.interval * 1000:.0f} ms:")
     print(f"    median {statistics.median(times):.0f} ms, max {times[-1]:.0f} ms "
           f"(goal <= {goal:.0f} ms): {'met' if statistics.median(times) <= goal else 'MISSED'}")
+    record("canary", "onset of canary errors -> traffic back on stable, median",
+           statistics.median(times), unit="ms", goal=f"<= {goal:.0f}",
+           detail=f"{len(times)} canaries, analysis interval {args.interval * 1000:.0f} ms")
+    record("canary", "onset of canary errors -> traffic back on stable, max", times[-1],
+           unit="ms")
     on, off = metrics_cost(args.runs, args.duration)
     print(f"(b) router req/s, wrk -c50, medians of {args.runs}: metrics on {on:.0f}, off {off:.0f}"
           f" -> metrics cost {(1 - on / off) * 100:.1f}% (goal < 10%)")
+    record("canary", "router req/s with metrics on", on, unit="req/s")
+    record("canary", "what the router's metrics cost in req/s", (1 - on / off) * 100, unit="%",
+           goal="< 10")
 
 
 if __name__ == "__main__":

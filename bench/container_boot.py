@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import record  # noqa: E402  (bench/results.py, beside this script)
+
 from hinotori.bake.osimage import BaseSpec, ensure_base  # noqa: E402
 from hinotori.engine import (  # noqa: E402
     ensure_podman_service,
@@ -166,10 +168,14 @@ async def main() -> None:
         for kind, values in times.items():
             print(f"{kind:<12} {pct(values, 0.5):8.3f} {pct(values, 0.99):8.3f} "
                   f"{statistics.mean(values):8.3f}")
+            record("container_boot", f"{kind}: boot to healthy, p50", pct(values, 0.5), unit="s",
+                   detail=f"{args.boots} boots")
         c50, c99 = pct(times["container"], 0.5), pct(times["container"], 0.99)
         for peer in ("podman-run", "process"):
             print(f"container / {peer:<10}  p50 {c50 / pct(times[peer], 0.5):5.2f}x  "
                   f"p99 {c99 / pct(times[peer], 0.99):5.2f}x")
+            record("container_boot", f"container / {peer} boot time, p50",
+                   c50 / pct(times[peer], 0.5), unit="x")
 
 
 if __name__ == "__main__":

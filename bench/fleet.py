@@ -59,6 +59,9 @@ from tests.support import (  # noqa: E402
     wait_until,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402  (bench/results.py, beside this script)
+
 DEPLOY_TIMEOUT = 600
 
 
@@ -130,6 +133,10 @@ def bench_deploy(work: Path, lab: Lab, runs: int) -> None:
         med = {k: statistics.median(v[phase]) for k, v in rows.items()}
         print(f"  {phase:6} machines {med['machines']:6.2f} s   local {med['local']:6.2f} s   "
               f"ratio machines/local {med['machines'] / med['local']:.2f}x")
+        record("fleet", f"deploy of 3 replicas, {phase}: to 3 machines", med["machines"],
+               unit="s")
+        record("fleet", f"deploy of 3 replicas, {phase}: machines / this machine",
+               med["machines"] / med["local"], unit="x")
 
 
 # -- machine loss ------------------------------------------------------------------------------
@@ -299,9 +306,14 @@ def bench_loss(work: Path, lab: Lab, losses: int) -> None:
                               for j, how in enumerate(("kill", "cut")) if v[j::2])
             print(f"  {k:7} p50 {statistics.median(v):5.2f}  p99 {p99(v):5.2f}  "
                   f"min {min(v):5.2f}   ({kinds})")
+            record("fleet", f"machine loss -> {k}, p50", statistics.median(v), unit="s",
+                   detail=f"{n} losses")
+            record("fleet", f"machine loss -> {k}, p99", p99(v), unit="s")
     if stats is not None:
         print(f"  load: {stats.total} requests, {stats.failed} failed "
               f"({stats.failures if stats.failed else 'none'})")
+        record("fleet", "failed requests through machine losses", stats.failed, goal="== 0",
+               detail=f"of {stats.total:,}")
 
 
 def restore(p: CliProject, lab: Lab, name: str, gone: set[str]) -> None:

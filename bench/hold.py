@@ -32,6 +32,7 @@ from hinotori.examples import example_dir
 from hinotori.loadgen import BackgroundLoad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record
 from router import free_port, wrk
 
 
@@ -122,6 +123,17 @@ def main() -> None:
               f"promote {med(r['promote_s']):.2f} s (switch {med(r['switch_ms']):.1f} ms), "
               f"abort {med(r['abort_s']):.2f} s; load: {int(sum(r['failed']))} failed of "
               f"{int(sum(r['requests']))}")
+        record("hold", f"{kind}: deploy --hold until held", med(r["held_s"]), unit="s")
+        record("hold", f"{kind}: the preview's routing change", med(r["preview_ms"]), unit="ms")
+        record("hold", f"{kind}: req/s, preview listener / main listener",
+               med(r["preview_rps"]) / med(r["main_rps"]), unit="x")
+        if r["promote_s"]:
+            record("hold", f"{kind}: promote", med(r["promote_s"]), unit="s",
+                   detail=f"switch {med(r['switch_ms']):.1f} ms")
+        if r["abort_s"]:  # every other run: none with --runs 1
+            record("hold", f"{kind}: abort", med(r["abort_s"]), unit="s")
+        record("hold", f"{kind}: failed requests of the load", sum(r["failed"]), goal="== 0",
+               detail=f"of {int(sum(r['requests'])):,}")
 
 
 if __name__ == "__main__":

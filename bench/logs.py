@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from results import record  # bench/results.py, beside this script
+
 from hinotori.model import Host, HostState
 from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
 from hinotori.observe.logs.forward import FluentdSink, ForwardLoop, LokiSink, SyslogSink
@@ -333,6 +335,19 @@ def main() -> None:
     print(f"{'  ' + str(args.hosts) + ' hosts killed at random, per run':<40}"
           f"{statistics.median(written):>14,.0f}{max(k[1] for k in kills):>7}"
           f"{max(k[2] for k in kills):>7}   (max over runs)")
+    record("logs", "ingest, hinotori Shipper -> logs.db", med["ingest hinotori cpu"],
+           unit="lines/CPU-s")
+    if have_rsyslog:
+        record("logs", "ingest per CPU-second, hinotori / rsyslog imfile->omfile",
+               med["ingest hinotori cpu"] / med["ingest rsyslog cpu"], unit="x")
+    for kind in ("syslog", "loki", "fluentd"):
+        if f"forward {kind}" in med:
+            record("logs", f"forward to {kind}", med[f"forward {kind}"], unit="lines/s")
+    record("logs", "lines lost with hosts SIGKILLed while writing (worst run)",
+           max(k[1] for k in kills), goal="== 0", detail=f"{statistics.median(written):,.0f} "
+           f"lines written per run")
+    record("logs", "lines stored twice with hosts SIGKILLed (worst run)",
+           max(k[2] for k in kills), goal="== 0")
     if any(k[1] or k[2] for k in kills):
         sys.exit("lines were lost or duplicated")
 

@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402  (bench/results.py, beside this script)
+
 HELLO = ROOT / "examples" / "hello"
 
 WRITE = ("import os,sys; n=int(sys.argv[1]); os.makedirs('gen', exist_ok=True); "
@@ -153,12 +156,16 @@ def main() -> None:
         bake = f"{statistics.median(baking[name]):>13.2f}" if baking[name] else f"{'-':>13}"
         print(f"{name:<20} {median:>9.2f} {min(values):>7.2f} {max(values):>7.2f} "
               f"{median / base:>9.2f}x {bake}")
+        record("promote", f"{name}, end to end", median, unit="s")
+        if name != "promote":
+            record("promote", f"{name} / promote, end to end", median / base, unit="x")
     base = statistics.median(release_only["promote"])
     print("the release alone, in process (no deployment):")
     for name, values in release_only.items():
         median = statistics.median(values)
         print(f"{name:<20} {median:>9.3f} {min(values):>7.3f} {max(values):>7.3f} "
               f"{median / base:>9.0f}x")
+        record("promote", f"{name}, the release alone", median, unit="s")
 
 
 def in_process(project: Path, runs: int) -> dict[str, list[float]]:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import record  # bench/results.py, beside this script
+
 from hinotori.observe.logs import LogStore
 from hinotori.observe.logs.store import Batch
 from hinotori.providers import maskpipe
@@ -70,14 +72,17 @@ def main() -> None:
     values = [secrets.token_hex(16) for _ in range(args.values)]
     mb = len(DATA) / 1e6
     cat = statistics.median(cat_seconds() for _ in range(args.runs))
+    record("secret_masking", "cat, the floor of a pipe relay", mb / cat, unit="MB/s")
     for n in (1, args.values):
         t = statistics.median(relay_seconds(values[:n]) for _ in range(args.runs))
         print(f"mask relay, {n:>2} values: {mb / t:6.0f} MB/s ({mb / cat:.0f} MB/s through cat)")
+        record("secret_masking", f"mask relay, {n} value(s)", mb / t, unit="MB/s")
     masker = Masker()
     masker.add(values)
     for label, m in (("no masker", None), (f"{args.values} values", masker)):
         rate = statistics.median(ingest_rate(m) for _ in range(args.runs))
         print(f"LogStore.ingest, {label:>10}: {rate / 1e3:5.0f}k lines/s")
+        record("secret_masking", f"LogStore.ingest, {label}", rate, unit="lines/s")
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "f").write_text("value\n")
         s = Secrets(Path(d), Path(d) / ".hinotori", environ={"V": "value"})
@@ -89,6 +94,8 @@ def main() -> None:
                 asyncio.run(s.resolve("K", source))
                 times.append(time.perf_counter() - began)
             print(f"resolve {kind:>7}: {statistics.median(times) * 1e3:6.2f} ms")
+            record("secret_masking", f"resolve a secret ({kind} source)",
+                   statistics.median(times) * 1e3, unit="ms")
 
 
 if __name__ == "__main__":

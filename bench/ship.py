@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import record  # noqa: E402  (bench/results.py, beside this script)
+
 from hinotori.engine import ensure_podman_service, stop_podman_service  # noqa: E402
 from hinotori.lab.images import busybox_image, one_more_layer  # noqa: E402
 from hinotori.lab.lab import Lab  # noqa: E402
@@ -137,6 +139,13 @@ def main() -> None:
     bytes_ratio = med["save|load"][0] / max(med["hinotori"][0], 1)
     print(f"  bytes ratio save|load / hinotori: {bytes_ratio:.0f}x   "
           f"time ratio: {med['save|load'][1] / med['hinotori'][1]:.1f}x")
+    for k, (b, s) in med.items():
+        record("ship", f"{k}: bytes moved for a one-line change to 3 machines", b / 1e6,
+               unit="MB", detail=f"{s:.2f} s")
+    record("ship", "bytes moved, save|load / hinotori", bytes_ratio, unit="x", goal=">= 10",
+           detail=f"base {args.deps_mb} MB, medians of {args.runs}")
+    record("ship", "seconds, save|load / hinotori", med["save|load"][1] / med["hinotori"][1],
+           unit="x")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results import record  # bench/results.py, beside this script
+
 from hinotori.examples import example_dir
 from hinotori.loadgen import BackgroundLoad
 
@@ -84,6 +86,14 @@ def main() -> None:
     args = ap.parse_args()
     result = soak(args.minutes, args.clients, args.rate)
     print(json.dumps(result, indent=2))
+    record("soak", "failed requests", result["failed_requests"], goal="== 0",  # type: ignore[arg-type]
+           detail=f"of {result['requests']:,}, {args.minutes:g} min, {args.clients} clients")
+    record("soak", "kills not recovered", result["not_recovered"] or 0, goal="== 0",  # type: ignore[arg-type]
+           detail=f"{result['kills']} kills")
+    if result["recover_p99_s"] is not None:
+        record("soak", "recovery after a kill, p99", result["recover_p99_s"], unit="s",  # type: ignore[arg-type]
+               goal="< 5", detail=f"p50 {result['recover_p50_s']:.2f} s")
+    record("soak", "phoenix rotations", result["phoenix_rotations"])  # type: ignore[arg-type]
     ok = result["failed_requests"] == 0 and not result["not_recovered"] and \
         (result["recover_p99_s"] or 0) < 5
     print("soak: " + ("goals met" if ok else "GOALS MISSED"))

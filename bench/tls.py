@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from results import record  # bench/results.py, beside
 from router import (  # bench/router.py, beside
     LogReader,
     free_port,
@@ -224,6 +225,13 @@ def measure(targets: dict[str, str], counts: list[int], duration: float, runs: i
                   f"requests per CPU-second {hand_k['cpu_us'] / k['cpu_us']:.2f}x; "
                   f"handshakes/s {n['rps'] / hand_n['rps']:.2f}x, handshakes per CPU-second "
                   f"{hand_n['cpu_us'] / n['cpu_us']:.2f}x")
+            who = f"hinotori {kind} / hand-written HAProxy, N={c}"
+            record("tls", f"{who}: keep-alive HTTPS req/s", k["rps"] / hand_k["rps"], unit="x")
+            record("tls", f"{who}: keep-alive requests per CPU-second",
+                   hand_k["cpu_us"] / k["cpu_us"], unit="x")
+            record("tls", f"{who}: handshakes/s", n["rps"] / hand_n["rps"], unit="x")
+            record("tls", f"{who}: handshakes per CPU-second", hand_n["cpu_us"] / n["cpu_us"],
+                   unit="x")
 
 
 if __name__ == "__main__":
