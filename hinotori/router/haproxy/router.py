@@ -45,6 +45,7 @@ from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.base import RouterContext
 from hinotori.router.haproxy import config, converge, runtime
 from hinotori.router.haproxy import tls as tls_files
+from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
 from hinotori.router.tls import CertPair, load_all, pairs_of
@@ -111,6 +112,7 @@ class HaproxyRouter:
         self._held: converge.Held | None = None
         self._saved: tuple[int, int, int] | None = None
         self._written: dict[Path, str] = {}  # file -> text this object last wrote there
+        self._cli = Cli(self.stats_socket)  # kept open for switches; dropped with _held
 
     def __repr__(self) -> str:
         return f"HaproxyRouter({str(self.state_dir)!r}, {self.listen!r})"
@@ -150,6 +152,7 @@ class HaproxyRouter:
         if self._saved != _signature(self.state_file):
             self._held = None
             self._written.clear()
+            self._cli.close()  # HAProxy may have been reloaded: talk to the current worker
 
     @staticmethod
     def _table(state: dict[str, Any]) -> RoutingTable | None:
@@ -213,6 +216,7 @@ class HaproxyRouter:
         certs = load_all(self.certs) if self.settings.tls_listen else []  # a bad file: named
         async with self._lock():
             self._held = None  # read back on the first apply, whoever ran HAProxy meanwhile
+            self._cli.close()
             state = self._load()
             served = len(tls_files.on_disk(self.certs_dir))
             renewed = tls_files.write(self.certs_dir, certs) if certs else []
@@ -299,6 +303,7 @@ class HaproxyRouter:
         return combine(counts, self.log)
 
     async def stop(self) -> None:
+        self._cli.close()
         try:
             if self.log is not None:
                 self.log.close()
@@ -339,6 +344,7 @@ class HaproxyRouter:
         state["base"] = {h: c.to_dict() for h, c in base.items()}
         self._save(state)  # before the reload: a crash after it must not count twice
         self._held = None
+        self._cli.close()  # the old worker would keep answering on it
         await self._sup().reload()
         if self.log is not None:  # let the old worker go; read the new one's ring
             self.log.reconnect()
@@ -361,7 +367,7 @@ class HaproxyRouter:
             changes, after = converge.diff(plan, maps, held)
             self._held = None  # until HAProxy acknowledged every command
             try:
-                await runtime.run_checked(self.stats_socket, changes.commands)
+                runtime.check(changes.commands, await self._cli.run(changes.commands))
             except RouterError:
                 if attempt == 2:
                     raise

@@ -62,9 +62,7 @@ async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) ->
     buffers, and HAProxy drops the connection."""
     if not commands:
         return []
-    for c in commands:
-        if "\n" in c or ";" in c:
-            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
+    refuse_separators(commands)
     if len(commands) <= CHUNK:
         payload = ("prompt\n" + "".join(c + "\n" for c in commands) + "quit\n").encode()
         text = await _exchange(path, payload, timeout)
@@ -78,6 +76,26 @@ async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) ->
             f"HAProxy answered {len(answers)} of {len(commands)} runtime commands: {text[-300:]!r}",
             hint="the worker may have been reloading; apply again")
     return answers
+
+
+def refuse_separators(commands: Sequence[str]) -> None:
+    for c in commands:
+        if "\n" in c or ";" in c:
+            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
+
+
+async def read_prompts(reader: asyncio.StreamReader, received: list[bytes], prompts: int,
+                       want: int) -> int:
+    """Read into ``received`` until ``want`` prompts (an answer's end) were seen in all; the
+    count seen (fewer if the connection closed)."""
+    while prompts < want:
+        data = await reader.read(65536)
+        if not data:
+            break
+        tail = received[-1][-2:] if received else b""
+        prompts += (tail + data).count(b"\n> ")
+        received.append(data)
+    return prompts
 
 
 async def _chunked(path: Path, commands: list[str], timeout: float) -> str:
@@ -97,16 +115,10 @@ async def _chunked(path: Path, commands: list[str], timeout: float) -> str:
                 sent += len(chunk)
                 writer.write("".join(c + "\n" for c in chunk).encode())
                 await writer.drain()
-                while prompts < 1 + sent:  # the answers of everything sent so far
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    tail = received[-1][-2:] if received else b""
-                    prompts += (tail + data).count(b"\n> ")
-                    received.append(data)
-                else:
-                    continue
-                break  # closed early: run() reports the answers missing
+                # The answers of everything sent so far (and of "prompt" itself).
+                prompts = await read_prompts(reader, received, prompts, 1 + sent)
+                if prompts < 1 + sent:
+                    break  # closed early: run() reports the answers missing
             writer.write(b"quit\n")
             await writer.drain()
             received.append(await reader.read())
@@ -138,7 +150,11 @@ async def run_payload(path: Path, command: str, payload: str, *, then: Sequence[
 async def run_checked(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) -> None:
     """Run commands that answer nothing (or a fixed "done") when they work; raise on any other
     answer, naming the command."""
-    answers = await run(path, commands, timeout)
+    check(commands, await run(path, commands, timeout))
+
+
+def check(commands: list[str], answers: list[str]) -> None:
+    """Raise, naming the commands, unless every answer says its command worked."""
     failed = [f"`{c}`: {a}" for c, a in zip(commands, answers, strict=True)
               if a.strip() not in _QUIET_OK and not a.strip().startswith(_ADDR_OK)]
     if failed:
