@@ -297,6 +297,33 @@ def test_a_fresh_router_object_adopts_the_running_haproxy(router: HaproxyRouter,
     asyncio.run(run())
 
 
+def test_switches_are_deltas_yet_a_restart_or_another_writer_reads_haproxy_back(
+        router: HaproxyRouter, backends: Backends) -> None:
+    """An apply sends only what changed since this object's last one. A new router object (a
+    controller restart) reads HAProxy back in full, so it repairs what nobody recorded; and an
+    object that another one wrote behind (the state file changed) reads it back too."""
+    p, q = backends.add("p"), backends.add("q")
+    port = port_of(router)
+    apply(router, route(p.backend(), q.backend()))
+    live = asyncio.run(live_backend(router, "svc"))
+
+    def meddle() -> None:  # HAProxy changed behind every router object's back
+        asyncio.run(runtime.run_checked(router.stats_socket,
+                                        [f"set server {live}/v1_q state maint"]))
+
+    meddle()
+    apply(router, route(p.backend(), q.backend()))  # trusted memory: nothing to send
+    assert set(backends_seen(port, 6)) == {"p"}
+    restarted = HaproxyRouter(router.state_dir, router.listen, latency_log=False)
+    asyncio.run(restarted.start())
+    apply(restarted, route(p.backend(), q.backend()))  # the full read finds the meddling
+    assert set(backends_seen(port, 6)) == {"p", "q"}
+    meddle()
+    apply(restarted, route(q.backend(), p.backend()))  # a table written by it ...
+    apply(router, route(p.backend(), q.backend()))  # ... so this one's memory is stale
+    assert set(backends_seen(port, 6)) == {"p", "q"}
+
+
 def test_stats_count_per_host_with_latency(router: HaproxyRouter, backends: Backends) -> None:
     fast, slow = backends.add("fast"), backends.add("slow")
     apply(router, route(fast.backend(), slow.backend(0, release=2), canary=2))
