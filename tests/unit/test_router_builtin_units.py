@@ -62,11 +62,11 @@ def _nginx_order(weights: list[int]) -> list[int]:
 
 def test_smooth_schedule_is_nginx_s_order_exactly() -> None:
     rng = random.Random(7)
-    for _ in range(2000):
+    for _ in range(300):
         weights = [rng.choice([0, 1, 2, 3, 5, 7, 10, 100, 300])
                    for _ in range(rng.randint(1, 12))]
         assert smooth_schedule(weights) == _nginx_order(weights), weights
-    many = [100] * 300 + [10] * 30  # many backends: a canary at a tenth of the weight
+    many = [100] * 100 + [10] * 10  # many backends: a canary at a tenth of the weight
     assert smooth_schedule(many) == _nginx_order(many)
 
 
