@@ -113,7 +113,8 @@ backend app
 
 
 async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Backend],
-                         switches: int, first_version: int = 2) -> list[float]:
+                         switches: int, first_version: int = 2,
+                         cpu: list[float] | None = None) -> list[float]:
     """Time from the apply call to the first response from the new set, per switch (ms).
 
     One client sends back-to-back keep-alive requests; it timestamps each response as it
@@ -147,8 +148,11 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
         arrived.clear()
         started = time.perf_counter()
         want.update(name=name, after=started)
+        cpu_before = time.process_time()  # this process: the controller's side of a switch
         await router.apply(RoutingTable(version=first_version + i, routes=(
             ServiceRoute(service="bench", backends=tuple(backends)),)))
+        if cpu is not None:  # (the client's few reads in the meantime included)
+            cpu.append((time.process_time() - cpu_before) * 1000)
         await asyncio.wait_for(arrived.wait(), 10)
         results.append((want["at"] - started) * 1000)  # type: ignore[operator]
     stop = True
@@ -339,16 +343,20 @@ def switches(args: argparse.Namespace, impls: list[str],
     cases = [(2, set_a, set_b)]
     if args.backends > 0:
         n = args.backends
-        ports: list[int] = []
-        while len(ports) < 2 * n:  # the kernel may hand out a just-closed port again
-            if (p := free_port()) not in ports:
-                ports.append(p)
-        argv = [sys.executable, str(HERE / "backend.py")]
-        for i, p in enumerate(ports):
-            argv += [str(p), "a" if i < n else "b"]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
-        for p in ports:
-            wait_port(p)
+        for attempt in range(3):  # a port picked here may be taken before the backend binds
+            ports: list[int] = []
+            while len(ports) < 2 * n:  # the kernel may hand out a just-closed port again
+                if (p := free_port()) not in ports:
+                    ports.append(p)
+            argv = [sys.executable, str(HERE / "backend.py")]
+            for i, p in enumerate(ports):
+                argv += [str(p), "a" if i < n else "b"]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            if proc.stdout is not None and proc.stdout.readline().strip() == b"ready":
+                break
+            if attempt == 2:
+                raise SystemExit(f"the {2 * n} bench backends did not start")
         cases.append((n, [Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports[:n])],
                       [Backend(f"b{i}", f"127.0.0.1:{p}", 2) for i, p in enumerate(ports[n:])]))
     for count, a, b in cases:
@@ -356,8 +364,11 @@ def switches(args: argparse.Namespace, impls: list[str],
         print(f"switch latency (apply call -> first response from the new set), "
               f"{args.switches} switches, 1 worker, {count} backends per set:")
         for impl in impls:
-            async def measure(impl: str = impl, a: list[Backend] = a,
-                              b: list[Backend] = b) -> list[float]:
+            cpu: list[float] = []
+            cold: list[float] = []
+
+            async def measure(impl: str = impl, a: list[Backend] = a, b: list[Backend] = b,
+                              cpu: list[float] = cpu, cold: list[float] = cold) -> list[float]:
                 first = routers[label(impl, 1)]
                 # A new router object adopts the running worker: a fresh control connection,
                 # and for HAProxy a full read of its state on the first apply (a restart).
@@ -367,15 +378,23 @@ def switches(args: argparse.Namespace, impls: list[str],
                 else:
                     router = BuiltinRouter(first.state_dir, first.listen, workers=1)
                 await router.start()
-                # The big set applied once first, so what is timed is switches, not the load.
+                # Both sets applied once first (what is timed is switches between sets the
+                # router knows, as a rollback or a blue-green back and forth; a first switch
+                # to N new hosts also adds them: timed once, printed apart).
                 await router.apply(RoutingTable(version=10_000, routes=(
                     ServiceRoute(service="bench", backends=tuple(a)),)))
+                started = time.perf_counter()
+                await router.apply(RoutingTable(version=10_001, routes=(
+                    ServiceRoute(service="bench", backends=tuple(b)),)))
+                cold.append((time.perf_counter() - started) * 1000)
                 return await switch_latency(router, targets[label(impl, 1)], a, b,
-                                            args.switches, first_version=10_001)
+                                            args.switches, first_version=10_002, cpu=cpu)
 
             lat = sorted(asyncio.run(measure()))
             p50, p99 = percentile(lat, 50), percentile(lat, 99)
-            print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms")
+            print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; "
+                  f"controller CPU per apply p50 {statistics.median(cpu):.2f} ms; "
+                  f"first apply of the new set {cold[0]:.1f} ms")
             what = f"switch {{}}, {impl}, {count} backends per set"
             record("router", what.format("p99"), p99, unit="ms", goal=goal)
             if count > 2:

@@ -35,6 +35,7 @@ counters their key.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +111,17 @@ def address_key(address: str) -> str:
 
 
 def _split_address(address: str, where: str) -> tuple[str, int]:
+    parsed = _parse_address(address)
+    if parsed is None:
+        raise ValueError(f"{where}: address must be host:port, got {address!r}")
+    return parsed
+
+
+@functools.lru_cache(maxsize=8192)  # every apply parses every backend's address again
+def _parse_address(address: str) -> tuple[str, int] | None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{where}: address must be host:port, got {address!r}")
+        return None
     return host.strip("[]"), int(port)
 
 

@@ -111,6 +111,7 @@ class HaproxyRouter:
         # HAProxy saves it too: a sweep, an apply, a reload); else read back in full.
         self._held: converge.Held | None = None
         self._saved: tuple[int, int, int] | None = None
+        self._state: dict[str, Any] | None = None  # what _save last wrote
         self._written: dict[Path, str] = {}  # file -> text this object last wrote there
         self._cli = Cli(self.stats_socket)  # kept open for switches; dropped with _held
 
@@ -136,6 +137,8 @@ class HaproxyRouter:
     # -- saved state ---------------------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
+        if self._state is not None and self._saved == _signature(self.state_file):
+            return dict(self._state)  # as saved (callers replace keys, never edit values)
         try:
             return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
         except (OSError, ValueError):
@@ -145,6 +148,7 @@ class HaproxyRouter:
         write_private(self.state_file, json.dumps(state, sort_keys=True),
                       tmp=self.state_file.with_suffix(".tmp"))
         self._saved = _signature(self.state_file)
+        self._state = dict(state)
 
     def _forget_if_changed(self) -> None:
         """Drop what this object remembers of HAProxy and its files if another object saved
