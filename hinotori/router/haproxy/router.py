@@ -6,8 +6,10 @@
   converges the running worker to the plan with Runtime API commands, in an order that never
   leaves a request without a server: new servers added and made ready, release maps updated,
   weights set, and only then the servers that left put in maintenance (no new requests; those
-  in flight finish), to be deleted once idle. No reload: the worker's pid and uptime do not
-  change. Or
+  in flight finish), deleted once idle by a later ``stats()``. Only what changed is sent
+  (converge.py diffs against what this object's last apply left, down one kept-open CLI
+  connection), and the files are written after the switch; a blue-green switch is one entry
+  of the live map (config.py). No reload: the worker's pid and uptime do not change. Or
 * the shape changed (a new service, new Host/path rules, more release slots): it writes the
   new cfg and map files, reloads seamlessly through the master, and converges the new worker.
 
