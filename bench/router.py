@@ -1,14 +1,17 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
-    python bench/router.py [--duration 5] [--runs 3] [--switches 200]
-                            [--impl builtin,haproxy-hinotori]
+    python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--backends 1000]
+                            [--impl builtin,haproxy-hinotori] [--switch-only]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
 printed with ratios. Configurations: straight to one backend (the floor), the built-in router
 with 1 and 2 workers, HAProxy (Debian package) with 1 and 2 threads. Then the switch latency:
 from the call to BuiltinRouter.apply() to the first response from the new backend set, seen
-by a client sending back-to-back keep-alive requests, p50/p99 over --switches switches.
+by a client sending back-to-back keep-alive requests, p50/p99 over --switches switches: with
+2 backends per set, then with --backends per set (a blue-green switch of a 1,000-host fleet:
+set A is N backends of release 1, set B N of release 2, every one its own port of one more
+bench/backend.py process, so the router holds 2N distinct addresses, as with real hosts).
 
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
 and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
@@ -37,6 +40,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from results import record  # bench/ is sys.path[0] when this runs as a script
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.processes import cpu_seconds
@@ -108,7 +113,8 @@ backend app
 
 
 async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Backend],
-                         switches: int) -> list[float]:
+                         switches: int, first_version: int = 2,
+                         cpu: list[float] | None = None) -> list[float]:
     """Time from the apply call to the first response from the new set, per switch (ms).
 
     One client sends back-to-back keep-alive requests; it timestamps each response as it
@@ -142,8 +148,11 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
         arrived.clear()
         started = time.perf_counter()
         want.update(name=name, after=started)
-        await router.apply(RoutingTable(version=i + 2, routes=(
+        cpu_before = time.process_time()  # this process: the controller's side of a switch
+        await router.apply(RoutingTable(version=first_version + i, routes=(
             ServiceRoute(service="bench", backends=tuple(backends)),)))
+        if cpu is not None:  # (the client's few reads in the meantime included)
+            cpu.append((time.process_time() - cpu_before) * 1000)
         await asyncio.wait_for(arrived.wait(), 10)
         results.append((want["at"] - started) * 1000)  # type: ignore[operator]
     stop = True
@@ -236,6 +245,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--runs", type=int, default=3, help="runs per configuration (medians)")
     ap.add_argument("--switches", type=int, default=200, help="switches timed")
+    ap.add_argument("--backends", type=int, default=1000,
+                    help="backends per set in the large switch case (0: skip it)")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--impl", default="builtin",
                     help="comma-separated data planes to measure: builtin, "
@@ -316,28 +327,78 @@ def main() -> None:
         if reader is not None:
             reader.close()
 
+        switches(args, impls, routers, targets, set_a, set_b, procs)
+    except KeyboardInterrupt:
+        print("interrupted; cleaning up", file=sys.stderr)
+    finally:
+        stop_all(reader, routers, procs, work)
+
+
+def switches(args: argparse.Namespace, impls: list[str],
+             routers: dict[str, BuiltinRouter | HaproxyRouter], targets: dict[str, int],
+             set_a: list[Backend], set_b: list[Backend],
+             procs: list[subprocess.Popen[bytes]]) -> None:
+    """Switch latency on each data plane's 1-worker router, with 2 backends per set and then
+    with --backends per set, in the same run (the same machine weather for all)."""
+    cases = [(2, set_a, set_b)]
+    if args.backends > 0:
+        n = args.backends
+        for attempt in range(3):  # a port picked here may be taken before the backend binds
+            ports: list[int] = []
+            while len(ports) < 2 * n:  # the kernel may hand out a just-closed port again
+                if (p := free_port()) not in ports:
+                    ports.append(p)
+            argv = [sys.executable, str(HERE / "backend.py")]
+            for i, p in enumerate(ports):
+                argv += [str(p), "a" if i < n else "b"]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            if proc.stdout is not None and proc.stdout.readline().strip() == b"ready":
+                break
+            if attempt == 2:
+                raise SystemExit(f"the {2 * n} bench backends did not start")
+        cases.append((n, [Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports[:n])],
+                      [Backend(f"b{i}", f"127.0.0.1:{p}", 2) for i, p in enumerate(ports[n:])]))
+    for count, a, b in cases:
+        goal = "< 5" if count == 2 else "< 10"
         print(f"switch latency (apply call -> first response from the new set), "
-              f"{args.switches} switches, 1 worker:")
+              f"{args.switches} switches, 1 worker, {count} backends per set:")
         for impl in impls:
-            async def measure(impl: str = impl) -> list[float]:
+            cpu: list[float] = []
+            cold: list[float] = []
+
+            async def measure(impl: str = impl, a: list[Backend] = a, b: list[Backend] = b,
+                              cpu: list[float] = cpu, cold: list[float] = cold) -> list[float]:
                 first = routers[label(impl, 1)]
-                # A new router object adopts the running worker: a fresh control connection.
+                # A new router object adopts the running worker: a fresh control connection,
+                # and for HAProxy a full read of its state on the first apply (a restart).
                 router: Router
                 if impl == HAPROXY_IMPL:
                     router = HaproxyRouter(first.state_dir, first.listen, workers=1)
                 else:
                     router = BuiltinRouter(first.state_dir, first.listen, workers=1)
                 await router.start()
-                return await switch_latency(router, targets[label(impl, 1)], set_a, set_b,
-                                            args.switches)
+                # Both sets applied once first (what is timed is switches between sets the
+                # router knows, as a rollback or a blue-green back and forth; a first switch
+                # to N new hosts also adds them: timed once, printed apart).
+                await router.apply(RoutingTable(version=10_000, routes=(
+                    ServiceRoute(service="bench", backends=tuple(a)),)))
+                started = time.perf_counter()
+                await router.apply(RoutingTable(version=10_001, routes=(
+                    ServiceRoute(service="bench", backends=tuple(b)),)))
+                cold.append((time.perf_counter() - started) * 1000)
+                return await switch_latency(router, targets[label(impl, 1)], a, b,
+                                            args.switches, first_version=10_002, cpu=cpu)
 
             lat = sorted(asyncio.run(measure()))
-            print(f"  {impl:<16} p50 {percentile(lat, 50):.2f} ms, "
-                  f"p99 {percentile(lat, 99):.2f} ms, max {lat[-1]:.2f} ms")
-    except KeyboardInterrupt:
-        print("interrupted; cleaning up", file=sys.stderr)
-    finally:
-        stop_all(reader, routers, procs, work)
+            p50, p99 = percentile(lat, 50), percentile(lat, 99)
+            print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; "
+                  f"controller CPU per apply p50 {statistics.median(cpu):.2f} ms; "
+                  f"first apply of the new set {cold[0]:.1f} ms")
+            what = f"switch {{}}, {impl}, {count} backends per set"
+            record("router", what.format("p99"), p99, unit="ms", goal=goal)
+            if count > 2:
+                record("router", what.format("p50"), p50, unit="ms", goal=goal)
 
 
 def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int,
@@ -385,6 +446,8 @@ def throughput(targets: dict[str, int], impls: list[str], duration: float, runs:
                     print(f"{impl} vs hand-written {what}, {n} thread(s): latency log sampled "
                           f"(default) {ratios[0]:.2f}x, every request logged {ratios[1]:.2f}x, "
                           f"no latency log {ratios[2]:.2f}x")
+                    record("router", f"{impl}/hand-written {what}, {n} thread(s), latency "
+                           "log sampled", ratios[0], unit="x", goal=">= 0.95")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from hinotori.errors import RouterError
 from hinotori.loadgen import BackgroundLoad
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router.base import Router
-from hinotori.router.haproxy import HaproxyRouter, config, runtime
+from hinotori.router.haproxy import HaproxyRouter, config, converge, runtime
 from hinotori.router.haproxy.router import socket_dir
 from tests.support import (
     CANARY_SPEC,
@@ -101,6 +101,18 @@ async def servers_in(r: HaproxyRouter, backend: str) -> set[str]:
             if line[:1].isdigit() and len(line.split()) > 4}
 
 
+async def live_backend(r: HaproxyRouter, service: str) -> str:
+    """The backend the live map sends ``service``'s ordinary requests to (config.py)."""
+    (text,) = await runtime.run(r.stats_socket, [f"show map {config.live_file(r.settings)}"])
+    return converge.parse_map(text).get(service, service)
+
+
+async def in_maintenance(r: HaproxyRouter) -> set[str]:
+    (text,) = await runtime.run(r.stats_socket, ["show servers state"])
+    return {f"{be}/{name}" for be, servers in converge.parse_servers_state(text).items()
+            for name, srv in servers.items() if srv.maint}
+
+
 def backends_seen(port: int, n: int, headers: list[str] | None = None) -> Counter[str]:
     async def run() -> Counter[str]:
         conn = await Conn.open(port)
@@ -158,9 +170,13 @@ def test_routine_changes_never_reload(router: HaproxyRouter, backends: Backends)
     after = asyncio.run(identity(router))
     assert after[:3] == before[:3], "a routine change reloaded HAProxy"
     assert after[3] >= before[3]
-    # Servers that left were deleted once idle: only the live ones remain in the main backend.
+    # Servers that left were deleted once idle; the backend ordinary requests go to (release
+    # 1's slot: it takes all the traffic) holds the live ones only.
     assert wait_until(lambda: asyncio.run(router.stats()) is not None and  # sweeps
-                      asyncio.run(servers_in(router, "svc")) == {"v1_a1", "v1_a2"}, 10, 0.2)
+                      not asyncio.run(in_maintenance(router)), 10, 0.2)
+    live = asyncio.run(live_backend(router, "svc"))
+    assert live.startswith("svc.r")
+    assert asyncio.run(servers_in(router, live)) == {"v1_a1", "v1_a2"}
     assert asyncio.run(router.current()) is not None
     assert asyncio.run(router.current()).route("svc").backends[0].host_id == "a1"  # type: ignore[union-attr]
 
@@ -196,16 +212,15 @@ def test_in_flight_request_finishes_across_a_switch(router: HaproxyRouter,
         await router.apply(table(next(_versions), route(new.backend(release=2))))
         assert (await fetch(port)).backend == "new"
         stats = await router.stats()
-        assert stats["old"].active == 1  # draining: in maintenance, still finishing
-        assert "v1_old" in await servers_in(router, "svc")
+        assert stats["old"].active == 1  # draining: still finishing
+        # Ordinary requests go to release 2's slot, which holds the new server only; release
+        # 1's slot keeps its server (nothing points to it) for a switch back.
+        live = await live_backend(router, "svc")
+        assert await servers_in(router, live) == {"v2_new"}
+        assert "v1_old" in await servers_in(router, "svc.r1" if live != "svc.r1" else "svc.r2")
         r = await slow
         assert (r.status, r.backend) == (200, "old")
-        # Deleted once idle (HAProxy first closes its pooled connections to it: ~1 s).
-        deadline = time.monotonic() + 10
-        while await servers_in(router, "svc") != {"v2_new"} and time.monotonic() < deadline:
-            await router.stats()  # sweeps
-            await asyncio.sleep(0.2)
-        assert await servers_in(router, "svc") == {"v2_new"}
+        assert (await router.stats())["old"].active == 0
     asyncio.run(run())
 
 
@@ -280,6 +295,33 @@ def test_a_fresh_router_object_adopts_the_running_haproxy(router: HaproxyRouter,
         assert {(await fetch(port_of(router))).backend for _ in range(4)} == {"x", "y"}
         again.log.close()  # type: ignore[union-attr]
     asyncio.run(run())
+
+
+def test_switches_are_deltas_yet_a_restart_or_another_writer_reads_haproxy_back(
+        router: HaproxyRouter, backends: Backends) -> None:
+    """An apply sends only what changed since this object's last one. A new router object (a
+    controller restart) reads HAProxy back in full, so it repairs what nobody recorded; and an
+    object that another one wrote behind (the state file changed) reads it back too."""
+    p, q = backends.add("p"), backends.add("q")
+    port = port_of(router)
+    apply(router, route(p.backend(), q.backend()))
+    live = asyncio.run(live_backend(router, "svc"))
+
+    def meddle() -> None:  # HAProxy changed behind every router object's back
+        asyncio.run(runtime.run_checked(router.stats_socket,
+                                        [f"set server {live}/v1_q state maint"]))
+
+    meddle()
+    apply(router, route(p.backend(), q.backend()))  # trusted memory: nothing to send
+    assert set(backends_seen(port, 6)) == {"p"}
+    restarted = HaproxyRouter(router.state_dir, router.listen, latency_log=False)
+    asyncio.run(restarted.start())
+    apply(restarted, route(p.backend(), q.backend()))  # the full read finds the meddling
+    assert set(backends_seen(port, 6)) == {"p", "q"}
+    meddle()
+    apply(restarted, route(q.backend(), p.backend()))  # a table written by it ...
+    apply(router, route(p.backend(), q.backend()))  # ... so this one's memory is stale
+    assert set(backends_seen(port, 6)) == {"p", "q"}
 
 
 def test_stats_count_per_host_with_latency(router: HaproxyRouter, backends: Backends) -> None:

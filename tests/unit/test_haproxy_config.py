@@ -86,8 +86,10 @@ def test_host_routes_come_first_then_longest_prefix(tmp_path: Path) -> None:
         ServiceRoute("site", (b("z", 1),), hosts=("Example.COM:80",)),
     ))
     text = config.render(settings(tmp_path), config.plan(table, {}), loaded=True)
-    plain = [line.split()[1] for line in text.splitlines()
-             if line.startswith("  use_backend") and "%[" not in line]
+    # Ordinary requests: the backend the live map names, the main one if it names none.
+    plain = [line.split(",map(")[0].removeprefix("  use_backend %[str(").rstrip(")")
+             for line in text.splitlines()
+             if line.startswith("  use_backend") and "live.map" in line]
     assert plain == ["site", "docs", "any"]
     assert "req.hdr(host),field(1,:),lower -m str example.com" in text
     assert "server v1_x 127.0.0.1:9000 weight 100" in text
@@ -105,6 +107,7 @@ def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
     for svc, entries in p.maps.items():
         config.map_file(s, svc).write_text(config.map_text(entries))
     config.sticky_file(s).write_text(config.map_text({"web": "1"}))
+    config.live_file(s).write_text(config.map_text(p.live))
     config.sample_file(s).write_text(config.map_text({config.SAMPLE_KEY: "7"}))
     for name, entries in p.maintenance.items():  # maintenance mode's maps
         config.maintenance_file(s, name).write_text(config.map_text(entries))

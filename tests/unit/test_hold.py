@@ -177,7 +177,7 @@ def test_haproxy_maps_preview_to_the_held_slot_and_stable_to_the_live_one(tmp_pa
     front = cfg[cfg.index(f"frontend {config.PREVIEW_FRONTEND}"):]
     assert "bind 127.0.0.1:8081" in front
     assert f"str(preview),map({tmp_path / 'maps' / 'web.map'})" in front
-    assert front.index("str(preview)") < front.index("use_backend web\n")
+    assert front.index("str(preview)") < front.index("use_backend %[str(web),map(")
 
 
 # -- store, spec, CLI -------------------------------------------------------------------------

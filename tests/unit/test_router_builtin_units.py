@@ -4,6 +4,8 @@ selection, HTTP/1.1 head building. No sockets (the integration tests cover those
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from collections import Counter
 
 import pytest
@@ -35,6 +37,37 @@ def test_smooth_schedule_interleaves_and_is_exact() -> None:
     assert order[:3] != [0, 0, 0] or order[3:5] != [0, 0]  # not five in a row
     assert smooth_schedule([300, 100]) == smooth_schedule([3, 1])  # reduced by the gcd
     assert smooth_schedule([0, 0]) == []
+
+
+def _nginx_order(weights: list[int]) -> list[int]:
+    """nginx's smooth weighted round-robin, step by step over every backend (the reference
+    the grouped simulation in table.py must equal)."""
+    g = 0
+    for w in weights:
+        g = math.gcd(g, w)
+    if g == 0:
+        return []
+    reduced = [w // g for w in weights]
+    total = sum(reduced)
+    current = [0] * len(reduced)
+    order = []
+    for _ in range(total):
+        for i, w in enumerate(reduced):
+            current[i] += w
+        best = max(range(len(reduced)), key=current.__getitem__)
+        current[best] -= total
+        order.append(best)
+    return order
+
+
+def test_smooth_schedule_is_nginx_s_order_exactly() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        weights = [rng.choice([0, 1, 2, 3, 5, 7, 10, 100, 300])
+                   for _ in range(rng.randint(1, 12))]
+        assert smooth_schedule(weights) == _nginx_order(weights), weights
+    many = [100] * 100 + [10] * 10  # many backends: a canary at a tenth of the weight
+    assert smooth_schedule(many) == _nginx_order(many)
 
 
 def test_most_specific_route_wins() -> None:

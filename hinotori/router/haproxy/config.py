@@ -20,6 +20,14 @@ servers have weight 0 in the main backend, so only the header and the preview fr
 free slot, so a blue-green switch or a canary never changes the shape. Only when more releases
 serve at once than there are slots (at least two) does the shape grow.
 
+Ordinary requests (no header, no cookie) go where the ``live`` map says: the main backend, or,
+when one release takes all the traffic (a blue-green switch; every member weighted, no sticky
+cookie to set), that release's slot backend, which then holds exactly the main backend's
+servers and weights. A switch between two releases already in their slots is then one ``set
+map``, whatever the number of hosts; a backend nothing points to (the main one while a slot
+serves, a slot with no release) is ``idle``: its servers are left as they are (none of them
+gets a request) until it is pointed to again, and only then converged.
+
 Servers are named ``v<release>_<host id>``: the release is in the name so the main backend can
 tell a sticky client which release it got (``srv_name,field(1,_)``), and the host id gives the
 counters their key.
@@ -27,7 +35,7 @@ counters their key.
 
 from __future__ import annotations
 
-import base64
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +44,8 @@ from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
 from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.haproxy import tls
+from hinotori.router.haproxy.maint import MAINTENANCE_MAPS, maintenance_maps
+from hinotori.router.haproxy.slots import assign_slots, live_backend, slot_backend
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
 MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
@@ -81,6 +91,8 @@ class Plan:
     lost: frozenset[str] = frozenset()  # backend addresses on machines seen down
     # Services in maintenance: map file name -> service -> value (see maintenance_maps).
     maintenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    live: dict[str, str] = field(default_factory=dict)  # service -> ordinary requests' backend
+    idle: frozenset[str] = frozenset()  # backends no map points to: left as they are
 
 
 def server_name(release: int, host_id: str) -> str:
@@ -98,14 +110,18 @@ def address_key(address: str) -> str:
     return f"{host.strip('[]')}:{port}"
 
 
-def slot_backend(service: str, slot: int) -> str:
-    return f"{service}.r{slot}"
-
-
 def _split_address(address: str, where: str) -> tuple[str, int]:
+    parsed = _parse_address(address)
+    if parsed is None:
+        raise ValueError(f"{where}: address must be host:port, got {address!r}")
+    return parsed
+
+
+@functools.lru_cache(maxsize=8192)  # every apply parses every backend's address again
+def _parse_address(address: str) -> tuple[str, int] | None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{where}: address must be host:port, got {address!r}")
+        return None
     return host.strip("[]"), int(port)
 
 
@@ -133,17 +149,6 @@ def _check(route: ServiceRoute) -> None:
                              f"HAProxy server (letters, digits, '.', ':', '-', '_')")
 
 
-def _assign_slots(releases: list[int], previous: dict[int, int]) -> dict[int, int]:
-    """Release -> slot: releases keep the slot they had; new ones take the lowest free slot."""
-    kept = {r: s for r, s in previous.items() if r in releases}
-    taken = set(kept.values())
-    free = (s for s in range(1, len(releases) + len(taken) + 2) if s not in taken)
-    for r in sorted(releases):
-        if r not in kept:
-            kept[r] = next(free)
-    return kept
-
-
 def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
          previous_shapes: tuple[Shape, ...] = ()) -> Plan:
     """The Plan serving ``table``. Raises ValueError naming a bad route or backend."""
@@ -160,9 +165,10 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
         # A lost backend is never served, even if a table still names it.
         backends = [b for b in route.backends if address_key(b.address) not in out.lost]
         releases = sorted({int(b.release) for b in backends})
-        slots = _assign_slots(releases, previous_slots.get(svc, {}))
+        count = max(MIN_SLOTS, old_slot_count.get(svc, 0))
+        slots = assign_slots(releases, previous_slots.get(svc, {}), count)
         out.slots[svc] = slots
-        count = max(MIN_SLOTS, old_slot_count.get(svc, 0), max(slots.values(), default=0))
+        count = max(count, max(slots.values(), default=0))
         hosts = tuple(sorted({h.lower().rsplit(":", 1)[0] if h.count(":") == 1 else h.lower()
                               for h in route.hosts}))
         shapes.append(Shape(svc, hosts, route.path_prefix, count))
@@ -197,29 +203,11 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
             out.sticky.add(svc)
     out.shapes = tuple(shapes)
     out.maintenance = maintenance_maps(table)
-    return out
-
-
-# Maintenance mode is runtime state like the release maps: three maps keyed by service (the
-# Retry-After seconds, and the two bodies base64-encoded so a message's spaces, quotes or
-# semicolons never meet the Runtime API's parser), read by rules every backend of a service
-# carries. Turning it on or off is `add map`/`del map`: no reload.
-MAINTENANCE_MAPS = ("maintenance", "maintenance-json", "maintenance-html")
-
-
-def maintenance_maps(table: RoutingTable) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {name: {} for name in MAINTENANCE_MAPS}
-    for route in table.routes:
-        state = route.maintenance
-        if state is None:
-            continue
-        if not isinstance(state.retry_after, int) or state.retry_after < 0:
-            raise ValueError(f"route {route.service!r}: maintenance retry_after must be an "
-                             f"integer >= 0, got {state.retry_after!r}")
-        out["maintenance"][route.service] = str(state.retry_after)
-        for name, body in (("maintenance-json", maintenance.json_body(route.service, state)),
-                           ("maintenance-html", maintenance.html_body(route.service, state))):
-            out[name][route.service] = base64.b64encode(body).decode()
+    out.live = {svc: live_backend(svc, out.servers.get(svc, {}), svc in out.sticky,
+                                  out.slots.get(svc, {}))
+                for svc in (shape.service for shape in shapes)}
+    pointed = set(out.live.values()) | {v for m in out.maps.values() for v in m.values()}
+    out.idle = frozenset(be for be in out.servers if be not in pointed)
     return out
 
 
@@ -263,6 +251,10 @@ def map_file(settings: Settings, service: str) -> Path:
 
 def sticky_file(settings: Settings) -> Path:
     return settings.maps_dir / "sticky.map"
+
+
+def live_file(settings: Settings) -> Path:  # service -> its ordinary requests' backend (live.py)
+    return settings.maps_dir / "live.map"
 
 
 def maintenance_file(settings: Settings, name: str) -> Path:
@@ -371,7 +363,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         lines += [
             f"  use_backend %[{header}] if " + " ".join(by_header),
             f"  use_backend %[{cookie}] if " + " ".join(by_cookie),
-            f"  use_backend {shape.service}" + (" if " + " ".join(conds) if conds else ""),
+            f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
+            + (" if " + " ".join(conds) if conds else ""),
         ]
     lines += [f"  default_backend {NO_ROUTE}", ""]
     if s.preview_listen:
@@ -441,6 +434,7 @@ def _preview_frontend(s: Settings, the_plan: Plan) -> list[str]:
             f"  use_backend %[{header}] if " + " ".join(
                 [*conds, "{ req.hdr(x-hinotori-release) -m found }", f"{{ {header} -m found }}"]),
             f"  use_backend %[{held}] if " + " ".join([*conds, f"{{ {held} -m found }}"]),
-            f"  use_backend {shape.service}" + (" if " + " ".join(conds) if conds else ""),
+            f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
+            + (" if " + " ".join(conds) if conds else ""),
         ]
     return [*lines, f"  default_backend {NO_ROUTE}", ""]

@@ -6,8 +6,10 @@
   converges the running worker to the plan with Runtime API commands, in an order that never
   leaves a request without a server: new servers added and made ready, release maps updated,
   weights set, and only then the servers that left put in maintenance (no new requests; those
-  in flight finish), to be deleted once idle. No reload: the worker's pid and uptime do not
-  change. Or
+  in flight finish), deleted once idle by a later ``stats()``. Only what changed is sent
+  (converge.py diffs against what this object's last apply left, down one kept-open CLI
+  connection), and the files are written after the switch; a blue-green switch is one entry
+  of the live map (config.py). No reload: the worker's pid and uptime do not change. Or
 * the shape changed (a new service, new Host/path rules, more release slots): it writes the
   new cfg and map files, reloads seamlessly through the master, and converges the new worker.
 
@@ -43,8 +45,9 @@ from typing import Any
 from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.base import RouterContext
-from hinotori.router.haproxy import config, runtime
+from hinotori.router.haproxy import config, converge, runtime
 from hinotori.router.haproxy import tls as tls_files
+from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
 from hinotori.router.tls import CertPair, load_all, pairs_of
@@ -52,7 +55,6 @@ from hinotori.statefiles import private_dir, write_private
 from hinotori.statefiles import socket_dir as private_socket_dir
 
 _SOCKET_PATH_MAX = 90  # HAProxy allows 97 bytes; it binds "<path>.<pid>.tmp" first
-_MAINT = 0x01  # srv_admin_state bit: forced maintenance
 
 
 class HaproxyRouter:
@@ -106,6 +108,14 @@ class HaproxyRouter:
         self.supervisor: Supervisor | None = None
         self._master_socket = sockets["haproxy-master.sock"]
         self._locks: dict[int, asyncio.Lock] = {}
+        # What HAProxy holds after this object's last apply (converge.py), trusted only while
+        # the state file is as this object last wrote it (another router object on the same
+        # HAProxy saves it too: a sweep, an apply, a reload); else read back in full.
+        self._held: converge.Held | None = None
+        self._saved: tuple[int, int, int] | None = None
+        self._state: dict[str, Any] | None = None  # what _save last wrote
+        self._written: dict[Path, str] = {}  # file -> text this object last wrote there
+        self._cli = Cli(self.stats_socket)  # kept open for switches; dropped with _held
 
     def __repr__(self) -> str:
         return f"HaproxyRouter({str(self.state_dir)!r}, {self.listen!r})"
@@ -129,6 +139,8 @@ class HaproxyRouter:
     # -- saved state ---------------------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
+        if self._state is not None and self._saved == _signature(self.state_file):
+            return dict(self._state)  # as saved (callers replace keys, never edit values)
         try:
             return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
         except (OSError, ValueError):
@@ -137,6 +149,16 @@ class HaproxyRouter:
     def _save(self, state: dict[str, Any]) -> None:
         write_private(self.state_file, json.dumps(state, sort_keys=True),
                       tmp=self.state_file.with_suffix(".tmp"))
+        self._saved = _signature(self.state_file)
+        self._state = dict(state)
+
+    def _forget_if_changed(self) -> None:
+        """Drop what this object remembers of HAProxy and its files if another object saved
+        the state since this one did (it may have applied, swept or reloaded)."""
+        if self._saved != _signature(self.state_file):
+            self._held = None
+            self._written.clear()
+            self._cli.close()  # HAProxy may have been reloaded: talk to the current worker
 
     @staticmethod
     def _table(state: dict[str, Any]) -> RoutingTable | None:
@@ -158,13 +180,8 @@ class HaproxyRouter:
         private_dir(self.settings.maps_dir)
         if fresh or not config.sample_file(self.settings).exists():
             self._write_sample(1)
-        for svc, entries in plan.maps.items():
-            _write_text(config.map_file(self.settings, svc), config.map_text(entries))
-        _write_text(config.sticky_file(self.settings),
-                    config.map_text({svc: "1" for svc in plan.sticky}))
-        for name in config.MAINTENANCE_MAPS:
-            _write_text(config.maintenance_file(self.settings, name),
-                        config.map_text(plan.maintenance.get(name, {})))
+        for f, entries in self._map_targets(plan).items():
+            self._write_once(f, config.map_text(entries))
         text = config.render(self.settings, plan, loaded=loaded)
         try:
             changed = self.cfg.read_text() != text
@@ -173,6 +190,27 @@ class HaproxyRouter:
         if changed:
             _write_text(self.cfg, text)
         return changed
+
+    def _write_once(self, path: Path, text: str) -> None:
+        """Write ``path`` unless this object last wrote the same text there (a rename is
+        slow on some filesystems; most applies change one map file, if any)."""
+        if self._written.get(path) != text or not path.exists():
+            _write_text(path, text)
+            self._written[path] = text
+
+    def _map_targets(self, plan: config.Plan) -> dict[Path, dict[str, str]]:
+        """The plan's map files and their entries, in the order they are converged."""
+        maps = {config.map_file(self.settings, svc): entries
+                for svc, entries in plan.maps.items()}
+        maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
+        # After the release maps (a header for the new release works as soon as it serves),
+        # and after the servers of a backend it points to are ready (converge.py).
+        maps[config.live_file(self.settings)] = plan.live
+        # The bodies before the key the rules test (the last one): a request never finds a
+        # service in maintenance without its answer; removals go in the reverse order.
+        for name in reversed(config.MAINTENANCE_MAPS):
+            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
+        return maps
 
     # -- Router protocol -----------------------------------------------------------------------
 
@@ -183,6 +221,8 @@ class HaproxyRouter:
         sup = self._sup()
         certs = load_all(self.certs) if self.settings.tls_listen else []  # a bad file: named
         async with self._lock():
+            self._held = None  # read back on the first apply, whoever ran HAProxy meanwhile
+            self._cli.close()
             state = self._load()
             served = len(tls_files.on_disk(self.certs_dir))
             renewed = tls_files.write(self.certs_dir, certs) if certs else []
@@ -209,16 +249,20 @@ class HaproxyRouter:
         """Serve ``table``: Runtime API commands only, unless its shape changed (then one
         seamless reload). Returns once HAProxy acknowledged it all."""
         async with self._lock():
+            self._forget_if_changed()
             state = self._load()
             try:
                 plan = config.plan(table, self._slots(state), self._shapes(state))
             except ValueError as exc:
                 raise RouterError(f"routing table v{table.version} refused: {exc}") from None
-            self._write(plan, loaded=True)
-            if plan.shapes != self._shapes(state):
+            reshaped = plan.shapes != self._shapes(state)
+            if reshaped:  # the new worker must load the new cfg and maps
+                self._write(plan, loaded=True)
                 state["shapes"] = [vars(s) for s in plan.shapes]
                 await self._reload(state)
-            await self._converge(plan, state)
+            await self._converge(plan)
+            if not reshaped:  # after the switch: the files are for a reload or a restart
+                self._write(plan, loaded=True)
             state["table"] = table.to_dict()
             state["slots"] = {svc: {str(r): s for r, s in m.items()}
                               for svc, m in plan.slots.items()}
@@ -265,6 +309,7 @@ class HaproxyRouter:
         return combine(counts, self.log)
 
     async def stop(self) -> None:
+        self._cli.close()
         try:
             if self.log is not None:
                 self.log.close()
@@ -304,108 +349,52 @@ class HaproxyRouter:
             base.setdefault(host, Counts()).add(c, active=False)
         state["base"] = {h: c.to_dict() for h, c in base.items()}
         self._save(state)  # before the reload: a crash after it must not count twice
+        self._held = None
+        self._cli.close()  # the old worker would keep answering on it
         await self._sup().reload()
         if self.log is not None:  # let the old worker go; read the new one's ring
             self.log.reconnect()
 
-    async def _servers_state(self) -> dict[str, dict[str, dict[str, str]]]:
-        """``show servers state`` -> {backend: {server: {column: value}}}."""
-        (text,) = await runtime.run(self.stats_socket, ["show servers state"])
-        columns: list[str] = []
-        out: dict[str, dict[str, dict[str, str]]] = {}
-        for line in text.splitlines():
-            if line.startswith("# be_id"):
-                columns = line[2:].split()
+    async def _read_held(self, files: list[Path]) -> converge.Held:
+        """What HAProxy holds: every server, and the entries of ``files`` (one round trip)."""
+        state, *maps = await runtime.run(self.stats_socket, [
+            "show servers state", *(f"show map {f}" for f in files)])
+        return converge.Held(converge.parse_servers_state(state),
+                             {f: converge.parse_map(m) for f, m in zip(files, maps, strict=True)})
+
+    async def _converge(self, plan: config.Plan) -> None:
+        """Make HAProxy serve ``plan``: the commands from what it holds (this object's last
+        apply, or read back) to the plan, in one round trip."""
+        maps = self._map_targets(plan)
+        held = self._held
+        for attempt in (1, 2):
+            if held is None:
+                held = await self._read_held(list(maps))
+            changes, after = converge.diff(plan, maps, held)
+            self._held = None  # until HAProxy acknowledged every command
+            try:
+                runtime.check(changes.commands, await self._cli.run(changes.commands))
+            except RouterError:
+                if attempt == 2:
+                    raise
+                held = None  # HAProxy did not hold what we thought: read it, converge again
                 continue
-            fields = line.split()
-            if not columns or len(fields) < len(columns) or not fields[0].isdigit():
-                continue
-            row = dict(zip(columns, fields, strict=False))
-            out.setdefault(row["be_name"], {})[row["srv_name"]] = row
-        return out
-
-    async def _map_entries(self, files: list[Path]) -> dict[Path, dict[str, str]]:
-        answers = await runtime.run(self.stats_socket, [f"show map {f}" for f in files])
-        out = {}
-        for f, text in zip(files, answers, strict=True):
-            entries = {}
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0].startswith("0x"):
-                    entries[parts[1]] = parts[2]
-            out[f] = entries
-        return out
-
-    async def _converge(self, plan: config.Plan, state: dict[str, Any]) -> None:
-        actual = await self._servers_state()
-        add: list[str] = []
-        weights: list[str] = []
-        retire: list[str] = []
-        for backend, wanted in plan.servers.items():
-            have = actual.get(backend, {})
-            for name, srv in wanted.items():
-                row = have.get(name)
-                target = f"{backend}/{name}"
-                if row is None:
-                    options = config.server_options(srv.weight)
-                    add += [f"add server {target} {srv.address} {options}",
-                            f"set server {target} state ready"]
-                    continue
-                if (row["srv_addr"], row["srv_port"]) != (srv.host, str(srv.port)):
-                    add.append(f"set server {target} addr {srv.host} port {srv.port}")
-                if int(row["srv_admin_state"]) & _MAINT:
-                    add.append(f"set server {target} state ready")
-                if row["srv_uweight"] != str(srv.weight):
-                    weights.append(f"set server {target} weight {srv.weight}")
-            for name, row in have.items():
-                if name not in wanted and not int(row["srv_admin_state"]) & _MAINT:
-                    # In flight requests finish; new ones go elsewhere. Deleted once idle.
-                    retire.append(f"set server {backend}/{name} state maint")
-        for backend, have in actual.items():  # backends the plan dropped: only after a reload
-            if backend not in plan.servers:
-                retire += [f"set server {backend}/{n} state maint" for n, r in have.items()
-                           if not int(r["srv_admin_state"]) & _MAINT]
-
-        maps = {config.map_file(self.settings, svc): entries
-                for svc, entries in plan.maps.items()}
-        maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
-        # The bodies before the key the rules test (the last one): a request never finds a
-        # service in maintenance without its answer; removals go in the reverse order.
-        for name in reversed(config.MAINTENANCE_MAPS):
-            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
-        current = await self._map_entries(list(maps))
-        map_cmds: list[str] = []
-        map_dels: list[str] = []
-        for f, entries in maps.items():
-            have_map = current[f]
-            for key, value in entries.items():
-                if key not in have_map:
-                    map_cmds.append(f"add map {f} {key} {value}")
-                elif have_map[key] != value:
-                    map_cmds.append(f"set map {f} {key} {value}")
-            map_dels[:0] = [f"del map {f} {key}" for key in have_map if key not in entries]
-        map_cmds += map_dels
-        # Servers on a machine seen down: nothing will come back from them, so their sessions
-        # end now instead of draining (after the maint above, so a retry goes elsewhere).
-        lost = {f"{be}/{n}" for be, have in actual.items() for n, r in have.items()
-                if f"{r['srv_addr']}:{r['srv_port']}" in plan.lost}
-        await runtime.run_checked(self.stats_socket, add + map_cmds + weights + retire)
-        if lost:
+            self._held = after
+            break
+        if changes.lost:
             (sessions,) = await runtime.run(self.stats_socket, ["show sess"])
             await runtime.run(self.stats_socket, [  # one may have ended since: answers vary
-                f"shutdown session {s}" for s in runtime.established_sessions(sessions, lost)])
-        if retire:
-            await self._sweep(await self._server_counts(), state)
-            self._save(state)
+                f"shutdown session {s}"
+                for s in runtime.established_sessions(sessions, changes.lost)])
 
     async def _sweep(self, servers: dict[tuple[str, str], Counts],
                      state: dict[str, Any]) -> dict[tuple[str, str], Counts]:
         """Delete idle servers in maintenance (their counters join the base). Returns the
         servers still there. A server that still has connections stays for the next sweep."""
-        actual = await self._servers_state()
+        (text,) = await runtime.run(self.stats_socket, ["show servers state"])
+        actual = converge.parse_servers_state(text)
         idle = [(be, name) for be, rows in actual.items() for name, row in rows.items()
-                if int(row["srv_admin_state"]) & _MAINT and
-                servers.get((be, name), Counts()).active == 0]
+                if row.maint and servers.get((be, name), Counts()).active == 0]
         if not idle:
             return servers
         answers = await runtime.run(self.stats_socket, [f"del server {be}/{n}" for be, n in idle])
@@ -414,6 +403,8 @@ class HaproxyRouter:
         for key, answer in zip(idle, answers, strict=True):
             if answer.strip() == "Server deleted.":
                 gone = kept.pop(key, None)
+                if self._held is not None:
+                    self._held.servers.get(key[0], {}).pop(key[1], None)
                 if gone is not None:
                     base.setdefault(config.host_of(key[1]), Counts()).add(gone, active=False)
         state["base"] = {h: c.to_dict() for h, c in base.items()}
@@ -439,6 +430,14 @@ class HaproxyRouter:
 def socket_dir(state_dir: Path) -> Path:
     """Where HAProxy's sockets go (see router/sockets.py)."""
     return private_socket_dir(state_dir, "haproxy-master.sock", _SOCKET_PATH_MAX)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -24,6 +24,9 @@ _ESTABLISHED = 8  # SC_ST_EST: the stream's server-side connection is up (its re
 
 # What HAProxy answers when a command worked; anything else is an error message.
 _QUIET_OK = ("", "New server registered.", "Server deleted.")
+# What ``set server <s> addr <ip> port <port>`` answers when it worked: it says what changed
+# ("IP changed from ..."; only the port: "no need to change the addr, port changed from ...").
+_ADDR_OK = ("IP changed from ", "no need to change the addr")
 
 
 async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
@@ -48,15 +51,23 @@ async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
     return data.decode("utf-8", "replace")
 
 
+CHUNK = 100  # commands written before their answers are read (HAProxy's buffers are 16 kB)
+
+
 async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) -> list[str]:
-    """Run ``commands`` in order on the worker socket; their answers, one string each."""
+    """Run ``commands`` in order on the worker socket; their answers, one string each.
+
+    In chunks of CHUNK on one connection, each chunk's answers read before the next is
+    written: a whole batch written at once (thousands of servers) fills both directions'
+    buffers, and HAProxy drops the connection."""
     if not commands:
         return []
-    for c in commands:
-        if "\n" in c or ";" in c:
-            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
-    payload = ("prompt\n" + "".join(c + "\n" for c in commands) + "quit\n").encode()
-    text = await _exchange(path, payload, timeout)
+    refuse_separators(commands)
+    if len(commands) <= CHUNK:
+        payload = ("prompt\n" + "".join(c + "\n" for c in commands) + "quit\n").encode()
+        text = await _exchange(path, payload, timeout)
+    else:
+        text = await _chunked(path, commands, timeout)
     # Every answer is followed by the prompt "\n> "; the first one answers "prompt" itself.
     parts = text.split("\n> ")
     answers = [p.strip("\n") for p in parts[1:1 + len(commands)]]
@@ -65,6 +76,58 @@ async def run(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) ->
             f"HAProxy answered {len(answers)} of {len(commands)} runtime commands: {text[-300:]!r}",
             hint="the worker may have been reloading; apply again")
     return answers
+
+
+def refuse_separators(commands: Sequence[str]) -> None:
+    for c in commands:
+        if "\n" in c or ";" in c:
+            raise RuntimeApiError(f"refusing a runtime command with a separator in it: {c!r}")
+
+
+async def read_prompts(reader: asyncio.StreamReader, received: list[bytes], prompts: int,
+                       want: int) -> int:
+    """Read into ``received`` until ``want`` prompts (an answer's end) were seen in all; the
+    count seen (fewer if the connection closed)."""
+    while prompts < want:
+        data = await reader.read(65536)
+        if not data:
+            break
+        tail = received[-1][-2:] if received else b""
+        prompts += (tail + data).count(b"\n> ")
+        received.append(data)
+    return prompts
+
+
+async def _chunked(path: Path, commands: list[str], timeout: float) -> str:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+    except (TimeoutError, OSError) as exc:
+        raise RuntimeApiError(f"HAProxy's runtime socket {path} does not answer: {exc}",
+                              hint="is HAProxy running? `hinotori up` starts it") from None
+    received: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            prompts, sent = 0, 0
+            writer.write(b"prompt\n")
+            while sent < len(commands):
+                chunk = commands[sent:sent + CHUNK]
+                sent += len(chunk)
+                writer.write("".join(c + "\n" for c in chunk).encode())
+                await writer.drain()
+                # The answers of everything sent so far (and of "prompt" itself).
+                prompts = await read_prompts(reader, received, prompts, 1 + sent)
+                if prompts < 1 + sent:
+                    break  # closed early: run() reports the answers missing
+            writer.write(b"quit\n")
+            await writer.drain()
+            received.append(await reader.read())
+    except (TimeoutError, OSError) as exc:
+        raise RuntimeApiError(f"HAProxy's runtime socket {path} failed mid-call: {exc!r}",
+                              hint="retry; if it persists, restart the router") from None
+    finally:
+        writer.close()
+    return b"".join(received).decode("utf-8", "replace")
 
 
 async def run_payload(path: Path, command: str, payload: str, *, then: Sequence[str] = (),
@@ -87,9 +150,13 @@ async def run_payload(path: Path, command: str, payload: str, *, then: Sequence[
 async def run_checked(path: Path, commands: list[str], timeout: float = CALL_TIMEOUT) -> None:
     """Run commands that answer nothing (or a fixed "done") when they work; raise on any other
     answer, naming the command."""
-    answers = await run(path, commands, timeout)
+    check(commands, await run(path, commands, timeout))
+
+
+def check(commands: list[str], answers: list[str]) -> None:
+    """Raise, naming the commands, unless every answer says its command worked."""
     failed = [f"`{c}`: {a}" for c, a in zip(commands, answers, strict=True)
-              if a.strip() not in _QUIET_OK]
+              if a.strip() not in _QUIET_OK and not a.strip().startswith(_ADDR_OK)]
     if failed:
         raise RuntimeApiError("HAProxy refused runtime commands: " + "; ".join(failed[:5]),
                               hint="the router state may be partly applied; apply again")
