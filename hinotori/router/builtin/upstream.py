@@ -13,6 +13,11 @@ Why the pool is careful:
 * a pool whose address left the routing table is *retired*: its idle connections close now, and
   connections still carrying a request close when that request is done (draining).
 
+The response head is filtered as httptools reports it: each forwarded header goes straight into
+the list of pieces that becomes the bytes for the client (status line slot first), hop-by-hop
+ones are set aside, and only when one of those is there (rare) is the list edited afterwards
+(``http1.finish_response_head``). No list of header tuples, no second pass per response.
+
 httptools cannot be told a response is to a HEAD request, so it would wait for a body the
 ``Content-Length`` announces but that never comes. For HEAD the exchange sets ``skip_body``; the
 message ends with its head and the connection gets a fresh parser.
