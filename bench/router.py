@@ -313,6 +313,10 @@ def main() -> None:
             targets[name] = port
             cpu[name] = lambda pid=procs[-1].pid: cpu_seconds(pid)
         for name, router in routers.items():
+            if isinstance(router, BuiltinRouter):
+                pids = [int((router.state_dir / f"router-{i}.pid").read_text())
+                        for i in range(router.workers)]
+                cpu[name] = lambda pids=pids: sum(cpu_seconds(p) for p in pids)
             if isinstance(router, HaproxyRouter):
                 assert router.supervisor is not None
                 pid = int(asyncio.run(router.supervisor.worker_info())["Pid"])
@@ -432,11 +436,24 @@ def throughput(targets: dict[str, int], impls: list[str], duration: float, runs:
         for n in (1, 2):
             ours, theirs = med[label(impl, n)], med[f"haproxy, {n} thread{'s' * (n > 1)}"]
             unit = "thread(s)" if impl == HAPROXY_IMPL else "worker(s)"
+            ratio, p99_ratio = ours["rps"] / theirs["rps"], ours["p99"] / theirs["p99"]
+            added = ours["p50"] - direct["p50"]
             print(f"{impl}/haproxy req/s, {n} {unit} vs {n} thread(s): "
-                  f"{ours['rps'] / theirs['rps']:.2f}x, p99 {ours['p99'] / theirs['p99']:.2f}x; "
+                  f"{ratio:.2f}x, p99 {p99_ratio:.2f}x; "
                   f"added p50 over direct: {impl} "
-                  f"{ours['p50'] - direct['p50']:+.2f} ms, haproxy "
+                  f"{added:+.2f} ms, haproxy "
                   f"{theirs['p50'] - direct['p50']:+.2f} ms")
+            if impl == "builtin":
+                what = f"{n} worker{'s' * (n > 1)} vs {n} thread{'s' * (n > 1)}"
+                record("router", f"builtin/haproxy req/s, {what}", ratio, unit="x",
+                       goal=">= 0.75")
+                record("router", f"builtin added p50 over direct, {n} worker{'s' * (n > 1)}",
+                       added, unit="ms", goal="< 0.3")
+                record("router", f"builtin/haproxy p99, {what}", p99_ratio, unit="x",
+                       goal="<= 1.5")
+                record("router", f"builtin/haproxy CPU per request, {what}",
+                       ours["cpu_us"] / theirs["cpu_us"], unit="x",
+                       detail=f"{ours['cpu_us']:.1f} vs {theirs['cpu_us']:.1f} us")
         if impl == HAPROXY_IMPL:
             for n in (1, 2):
                 hand = med[f"haproxy, {n} thread{'s' * (n > 1)}"]

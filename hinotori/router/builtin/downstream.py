@@ -201,13 +201,19 @@ class ClientProtocol(asyncio.Protocol):
         p = self.parser
         self.in_head = False
         self.head_since = 0.0
-        version = p.get_http_version()
-        if version in _NO_VERSION:
-            raise http1.BadRequest(400, "HTTP/0.9 is not supported")
         ex.method = p.get_method()  # type: ignore[union-attr]
-        ex.http11 = version == "1.1"  # type: ignore[union-attr]
-        ex.keep_alive = p.should_keep_alive() and not p.should_upgrade()  # type: ignore[union-attr]
         ex.prepare()  # type: ignore[union-attr]
+        # Keep-alive without a Connection header is HTTP/1.1 and nothing else (llhttp accepts
+        # the versions 0.9, 1.0, 1.1 and 2.0, and keeps 1.0 and 2.0 alive only when asked to):
+        # then the exchange's defaults (HTTP/1.1, keep-alive) hold, and the version, which
+        # httptools builds as a str with format() per call, is not needed.
+        if ex.connection or not p.should_keep_alive():  # type: ignore[union-attr]
+            version = p.get_http_version()
+            if version in _NO_VERSION:
+                raise http1.BadRequest(400, "HTTP/0.9 is not supported")
+            ex.http11 = version == "1.1"  # type: ignore[union-attr]
+            ex.keep_alive = (ex.keep_alive  # type: ignore[union-attr]
+                             and p.should_keep_alive() and not p.should_upgrade())
         self.queue.append(ex)  # type: ignore[arg-type]
 
     def on_body(self, data: bytes) -> None:
@@ -230,7 +236,7 @@ class ClientProtocol(asyncio.Protocol):
         self.current = ex
         if self.queue:
             self.block_reading(self.BLOCK_PIPELINE)
-        else:
+        elif self.blocked:
             self.unblock_reading(self.BLOCK_PIPELINE)
         ex.begin()
 

@@ -52,12 +52,12 @@ CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, th
 
 class Exchange:
     __slots__ = (
-        "accept", "attempts", "body_chunked", "client", "close_after", "connecting", "cookie",
-        "done", "expect_continue", "headers", "host", "http11", "keep_alive", "method", "path",
-        "pending", "pending_size", "rechunk", "reject", "release", "release_hint", "replay",
-        "replay_size", "request_complete", "response_started", "route", "set_cookie",
+        "accept", "attempts", "body_chunked", "client", "close_after", "connecting", "connection",
+        "cookie", "done", "expect_continue", "headers", "host", "http11", "keep_alive", "method",
+        "path", "pending", "pending_size", "rechunk", "reject", "release", "release_hint",
+        "replay", "replay_size", "request_complete", "response_started", "route", "set_cookie",
         "stale_retry_used", "started", "status", "target", "tried", "upstream", "url", "wbuf",
-        "worker"
+        "worker",
     )
 
     def __init__(self, client: ClientProtocol) -> None:
@@ -72,6 +72,7 @@ class Exchange:
         self.path = b"/"
         self.body_chunked = False
         self.expect_continue = False
+        self.connection = False                 # a Connection header came (see downstream)
         self.reject: tuple[int, str] | None = None
         self.release_hint: bytes | None = None  # X-Hinotori-Release
         self.cookie: bytes | None = None
@@ -106,18 +107,16 @@ class Exchange:
             self.reject = (405, "CONNECT is not supported by this router")
             self.keep_alive = False
             return
-        head = http1.build_request_head(self.method, self.url, self.headers, self.client.peer,
-                                        self.worker.listen_bytes, self.client.scheme)
-        self.host = head.host
-        self.path = head.path
-        self.body_chunked = head.chunked
-        self.expect_continue = head.expect_continue and self.http11
-        self.release_hint = head.release
-        self.cookie = head.cookie
-        self.accept = head.accept
-        if self.method in http1.IDEMPOTENT_METHODS:
-            self.replay = []
-        self._push(head.data)
+        client = self.client
+        (data, self.host, self.path, self.body_chunked, self.expect_continue, self.release_hint,
+         self.cookie, self.accept, self.connection) = http1.request_head(
+            self.method, self.url, self.headers, client.peer, self.worker.listen_bytes,
+            client.scheme)
+        if self.method in http1.IDEMPOTENT_METHODS and len(data) <= REPLAY_LIMIT:
+            self.replay = [data]
+            self.replay_size = len(data)
+        self.pending.append(data)  # nothing is attached yet: _push's other branch cannot be
+        self.pending_size = len(data)
 
     def on_request_body(self, data: bytes) -> None:
         if not self.done and self.reject is None:
@@ -158,7 +157,9 @@ class Exchange:
         up.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])  # type: ignore[union-attr]
         pending.clear()
         self.pending_size = 0
-        self.client.unblock_reading(self.client.BLOCK_PENDING)
+        client = self.client
+        if client.blocked:
+            client.unblock_reading(client.BLOCK_PENDING)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -167,12 +168,13 @@ class Exchange:
         if self.reject is not None:
             self._reply(*self.reject)
             return
-        if self.worker.redirect_http and self.client.scheme == b"http":
+        worker = self.worker
+        if worker.redirect_http and self.client.scheme == b"http":
             self._answer(lambda close: http1.redirect_response(
-                self.host, self.url, self.worker.tls_port, close=close, http11=self.http11,
+                self.host, self.url, worker.tls_port, close=close, http11=self.http11,
                 head=self.method == b"HEAD"))
             return
-        compiled = self.worker.table
+        compiled = worker.table
         if compiled is None:
             self._reply(503, "no routing table loaded yet")
             return
@@ -186,19 +188,22 @@ class Exchange:
                 answer, self.accept, close=close, http11=self.http11,
                 head=self.method == b"HEAD"))
             return
-        if route.selects_release:
+        # route.selects_release, spelled out: a property call per request costs more
+        if route.sticky or route.canary is not None or route.preview is not None:
             self.release = route.wanted(self.release_hint,
                                         http1.cookie_value(self.cookie, route.cookie))
             self.set_cookie = route.sticky and self.release is None
             if self.release is None and self.client.preview and route.preview is not None:
                 self.release = route.preview  # the preview listener: the held release
                 self.set_cookie = False
-        target = self._pick(route)
+            target = self._pick(route)
+        else:
+            target = route.pick()
         if target is None:
             self._reply(503, f"service {route.service} has no backends")
             return
         self.started = perf_counter()
-        if self.expect_continue:
+        if self.expect_continue and self.http11:
             self.client.transport.write(http1.CONTINUE_100)  # type: ignore[union-attr]
         self._send_to(target)
 
@@ -253,9 +258,10 @@ class Exchange:
         self.upstream = conn
         conn.bind(self, reused, self.worker.clock)
         target.counters.active += 1
-        if self.client.write_paused:
+        client = self.client
+        if client.write_paused:
             conn.pause_reading()
-        if not self.client.in_feed:
+        if not client.in_feed:
             self.flush_request()
 
     def _detach(self) -> UpstreamProtocol | None:
@@ -270,44 +276,44 @@ class Exchange:
     # -- response side (driven by the upstream parser) -----------------------------------------
 
     def on_response_head(self, conn: UpstreamProtocol, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]]) -> None:
+                         head: list[bytes], has_length: bool, chunked: bytes | None) -> None:
+        """``head``: [status line slot, forwarded headers' pieces] (UpstreamProtocol.on_header):
+        the start of the bytes for the client."""
         if status == 101:
             self.on_upstream_broken(conn, "backend switched protocols without being asked")
             return
-        head = http1.filter_response_headers(headers)
-        lines = head.lines
         close = not self.keep_alive or self.client.closing or not self.request_complete
         if self.method == b"HEAD":
             conn.skip_body = True
-        elif status in (204, 304):
-            pass
-        elif head.chunked is not None:
+        elif status == 204 or status == 304:
+            pass  # no body, whatever the headers say
+        elif chunked is not None:
             if self.http11:
-                lines.append(b"Transfer-Encoding: %b\r\n" % head.chunked)
+                head.append(b"Transfer-Encoding: %b\r\n" % chunked)
                 self.rechunk = True
             else:
                 close = True  # HTTP/1.0: the body ends when the connection does
-        elif not head.has_length:
+        elif not has_length:
             conn.eof_body = True
             if self.http11:
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                head.append(b"Transfer-Encoding: chunked\r\n")
                 self.rechunk = True
             else:
                 close = True
         if self.set_cookie:
-            lines.append(http1.set_cookie_line(self.route.cookie,  # type: ignore[union-attr]
-                                               self.target.release))  # type: ignore[union-attr]
+            head.append(http1.set_cookie_line(self.route.cookie,  # type: ignore[union-attr]
+                                              self.target.release))  # type: ignore[union-attr]
         if close:
-            lines.append(b"Connection: close\r\n")
+            head.append(b"Connection: close\r\n\r\n")
         elif not self.http11:
-            lines.append(b"Connection: keep-alive\r\n")
+            head.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            head.append(b"\r\n")
+        head[0] = http1.STATUS_LINES.get((status, reason)) or http1.status_line(status, reason)
         self.close_after = close
         self.status = status
         self.response_started = True
-        self.wbuf.append(http1.status_line(status, reason) + b"".join(lines) + b"\r\n")
-
-    def on_response_body(self, data: bytes) -> None:
-        self.wbuf.append(http1.chunk(data) if self.rechunk else data)
+        self.wbuf = self.wbuf + head if self.wbuf else head
 
     def flush_response(self) -> None:
         wbuf = self.wbuf
@@ -316,16 +322,31 @@ class Exchange:
             wbuf.clear()
 
     def on_response_complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
+        # flush_response, _detach and _finish, inline: this runs once per request.
+        wbuf = self.wbuf
         if self.rechunk:
-            self.wbuf.append(http1.LAST_CHUNK)
-        self.flush_response()
-        self._detach()
-        self._observe(self.status)
+            wbuf.append(http1.LAST_CHUNK)
+        client = self.client
+        if wbuf:
+            client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
+            wbuf.clear()
+        self.upstream = None
+        conn.exchange = None
+        target = self.target
+        counters = target.counters  # type: ignore[union-attr]
+        counters.active -= 1
+        if client.blocked:
+            client.unblock_reading(client.BLOCK_UPSTREAM)
+        if self.worker.metrics:
+            counters.observe(self.status, (perf_counter() - self.started) * 1000.0)
+        else:
+            counters.requests += 1
         if keep_alive and self.request_complete and not conn.closed:
             conn.pool.checkin(conn)
         else:
             conn.close()
-        self._finish(self.close_after)
+        self.done = True
+        client.exchange_done(self, self.close_after)
 
     def on_upstream_lost(self, conn: UpstreamProtocol) -> None:
         """The backend connection closed before its response was complete."""

@@ -53,15 +53,31 @@ def split_host(host: bytes) -> bytes:
     return host.partition(b":")[0]
 
 
+# Host header value -> split_host(value): a client sends the same few values again and again.
+# Bounded, so that a client sending a new Host with every request cannot grow it.
+_HOSTS: dict[bytes, bytes] = {}
+_HOSTS_MAX = 256
+
+
+def routing_host(value: bytes) -> bytes:
+    """``split_host``, remembered for the last few values seen."""
+    host = _HOSTS.get(value)
+    if host is None:
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        host = _HOSTS[value] = split_host(value)
+    return host
+
+
 class RequestHead:
     """A client request, analysed: the bytes to send upstream and what routing needs."""
 
-    __slots__ = ("accept", "chunked", "cookie", "data", "expect_continue", "host", "path",
-                 "release")
+    __slots__ = ("accept", "chunked", "connection", "cookie", "data", "expect_continue", "host",
+                 "path", "release")
 
     def __init__(self, data: bytes, host: bytes, path: bytes, chunked: bool,
                  expect_continue: bool, release: bytes | None, cookie: bytes | None,
-                 accept: bytes | None = None) -> None:
+                 accept: bytes | None = None, connection: bool = False) -> None:
         self.data = data          # request line + headers, ready to write upstream
         self.host = host          # lower-case, no port; b"" when the request had none
         self.path = path          # path without query, for prefix matching
@@ -70,6 +86,17 @@ class RequestHead:
         self.release = release    # X-Hinotori-Release, if sent
         self.cookie = cookie      # Cookie header(s), if sent (for sticky routes)
         self.accept = accept      # Accept, if sent (a maintenance answer's format)
+        self.connection = connection  # the request had a Connection/Proxy-Connection header
+
+
+# How build_request_head treats a request header, by lower-case name; any other is forwarded.
+_DROP, _CONNECTION, _TE, _HOST, _COOKIE, _RELEASE, _ACCEPT, _XFF, _EXPECT = range(9)
+_REQUEST_KIND: dict[bytes, int] = {
+    **dict.fromkeys(HOP_BY_HOP, _DROP), **dict.fromkeys(_SET_BY_ROUTER, _DROP),
+    b"connection": _CONNECTION, b"proxy-connection": _CONNECTION, b"transfer-encoding": _TE,
+    b"host": _HOST, b"cookie": _COOKIE, b"x-hinotori-release": _RELEASE, b"accept": _ACCEPT,
+    b"x-forwarded-for": _XFF, b"expect": _EXPECT,
+}
 
 
 def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
@@ -83,6 +110,20 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
     (BadRequest 400: the router would route on one and a backend might read the other); a
     repeated identical one is forwarded once (as HAProxy does).
     """
+    return RequestHead(*request_head(method, url, headers, client_ip, default_host, proto))
+
+
+def request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
+                 client_ip: bytes, default_host: bytes, proto: bytes = b"http"
+                 ) -> tuple[bytes, bytes, bytes, bool, bool, bytes | None, bytes | None,
+                            bytes | None, bool]:
+    """``build_request_head`` for the hot path: the same fields as a plain tuple (data, host,
+    path, chunked, expect_continue, release, cookie, accept, connection).
+
+    One pass: each header costs a ``lower()`` and a dict lookup, and a forwarded one goes
+    straight into the output as 4 pieces (name, ": ", value, CRLF), so the rare rewrites
+    (absolute-form URL, headers named in Connection) edit those groups afterwards.
+    """
     host: bytes | None = None
     xff: bytes | None = None
     te: bytes | None = None
@@ -90,64 +131,74 @@ def build_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, byt
     release: bytes | None = None
     cookie: bytes | None = None
     accept: bytes | None = None
-    conn_values: list[bytes] = []
-    kept: list[tuple[bytes, bytes, bytes]] = []
+    conn_values: list[bytes] | None = None
+    out = [method, b" ", url, b" HTTP/1.1\r\n"]
+    host_at = 0  # index of the forwarded Host's group in ``out``
+    kind_of = _REQUEST_KIND.get
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection" or lname == b"proxy-connection":
-                conn_values.append(value)
-            elif lname == b"transfer-encoding":
-                te = value
+        kind = kind_of(name.lower())
+        if kind is None:
+            out += (name, b": ", value, b"\r\n")
             continue
-        if lname == b"host":
+        if kind == _HOST:
             if host is not None:
                 if value.strip().lower() != host.strip().lower():
                     raise BadRequest(400, "more than one Host header")
                 continue
             host = value
-        elif lname == b"cookie":
-            cookie = value if cookie is None else cookie + b"; " + value
-        elif lname == b"x-hinotori-release":
-            release = value
-        elif lname == b"accept":
-            accept = value if accept is None else accept + b", " + value
-        elif lname == b"x-forwarded-for":
+            host_at = len(out)
+        elif kind == _DROP:
+            continue
+        elif kind == _CONNECTION:
+            if conn_values is None:
+                conn_values = []
+            conn_values.append(value)
+            continue
+        elif kind == _TE:
+            te = value
+            continue
+        elif kind == _XFF:
             xff = value if xff is None else xff + b", " + value
             continue
-        elif lname in _SET_BY_ROUTER:
-            continue
-        elif lname == b"expect":
+        elif kind == _EXPECT:
             # The router answers "100 Continue" itself; the backend gets the body regardless.
             expect_continue = value.strip().lower() == b"100-continue"
             continue
-        kept.append((lname, name, value))
+        elif kind == _COOKIE:
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif kind == _RELEASE:
+            release = value
+        else:  # _ACCEPT
+            accept = value if accept is None else accept + b", " + value
+        out += (name, b": ", value, b"\r\n")
 
     if not url.startswith(b"/"):
         url, url_host = _origin_form(url)
+        out[2] = url
         if url_host:
+            if host is not None:
+                del out[host_at:host_at + 4]
             host = url_host
-            kept = [k for k in kept if k[0] != b"host"]
-            kept.append((b"host", b"Host", url_host))
+            out += (b"Host", b": ", url_host, b"\r\n")
     q = url.find(b"?")
     path = url if q < 0 else url[:q]
 
-    extra = _connection_tokens(conn_values) - HOP_BY_HOP if conn_values else ()
-    lines = [method, b" ", url, b" HTTP/1.1\r\n"]
-    for lname, name, value in kept:
-        if lname not in extra:
-            lines += (name, b": ", value, b"\r\n")
+    if conn_values is not None:
+        extra = _connection_tokens(conn_values) - HOP_BY_HOP
+        if extra:  # headers the client named hop-by-hop: not forwarded either
+            out[4:] = [piece for i in range(4, len(out), 4) if out[i].lower() not in extra
+                       for piece in out[i:i + 4]]
     if host is None:
-        lines += (b"Host: ", default_host, b"\r\n")
-    lines += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip,
-              b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
+        out += (b"Host: ", default_host, b"\r\n")
+    out += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip,
+            b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if host is not None:
-        lines += (b"X-Forwarded-Host: ", host, b"\r\n")
+        out += (b"X-Forwarded-Host: ", host, b"\r\n")
     if te is not None:
-        lines += (b"Transfer-Encoding: ", te, b"\r\n")
-    lines.append(b"\r\n")
-    return RequestHead(b"".join(lines), split_host(host) if host else b"", path,
-                       te is not None, expect_continue, release, cookie, accept)
+        out += (b"Transfer-Encoding: ", te, b"\r\n")
+    out.append(b"\r\n")
+    return (b"".join(out), routing_host(host) if host else b"", path, te is not None,
+            expect_continue, release, cookie, accept, conn_values is not None)
 
 
 def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
@@ -189,32 +240,64 @@ class ResponseHead:
 
 
 def filter_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
-    te: bytes | None = None
-    conn_values: list[bytes] = []
-    kept: list[tuple[bytes, bytes, bytes]] = []
+    """The headers of a whole response head, as the upstream parser's callbacks collect them
+    (``add_response_header`` per header, ``finish_response_head`` at the end)."""
+    pieces: list[bytes] = []
+    hop: list[tuple[bytes, bytes]] = []
     has_length = False
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection" or lname == b"proxy-connection":
-                conn_values.append(value)
-            elif lname == b"transfer-encoding":
-                te = value
-            continue
-        if lname == b"content-length":
-            has_length = True
-        kept.append((lname, name, value))
-    extra = _connection_tokens(conn_values) - HOP_BY_HOP if conn_values else ()
-    lines: list[bytes] = []
-    for lname, name, value in kept:
-        if lname in extra or (te is not None and lname == b"content-length"):
-            continue
-        lines.append(b"%b: %b\r\n" % (name, value))
-    return ResponseHead(lines, has_length and te is None, te)
+        has_length = add_response_header(pieces, hop, name, value) or has_length
+    has_length, chunked = finish_response_head(pieces, hop, has_length)
+    return ResponseHead([b"".join(pieces[i:i + 4]) for i in range(0, len(pieces), 4)],
+                        has_length, chunked)
+
+
+def add_response_header(pieces: list[bytes], hop: list[tuple[bytes, bytes]], name: bytes,
+                        value: bytes) -> bool:
+    """One response header: forwarded (4 pieces onto ``pieces``) or, if hop-by-hop, kept aside
+    in ``hop`` as (lower-case name, value). True if it was Content-Length. (The upstream
+    protocol's ``on_header`` does this inline; this is its reference.)"""
+    lname = name.lower()
+    if lname in HOP_BY_HOP:
+        hop.append((lname, value))
+        return False
+    pieces += (name, b": ", value, b"\r\n")
+    return lname == b"content-length"
+
+
+def finish_response_head(pieces: list[bytes], hop: list[tuple[bytes, bytes]],
+                         has_length: bool, start: int = 0) -> tuple[bool, bytes | None]:
+    """After the last header: drop from ``pieces`` (groups of 4 from ``start``) the headers
+    the Connection header names, and Content-Length when the body is chunked. Returns
+    (has_length, the Transfer-Encoding value or None)."""
+    te: bytes | None = None
+    conn_values: list[bytes] = []
+    for lname, value in hop:
+        if lname == b"connection" or lname == b"proxy-connection":
+            conn_values.append(value)
+        elif lname == b"transfer-encoding":
+            te = value
+    extra = _connection_tokens(conn_values) - HOP_BY_HOP if conn_values else set()
+    if te is not None:
+        extra.add(b"content-length")
+    if extra:
+        pieces[start:] = [piece for i in range(start, len(pieces), 4)
+                          if pieces[i].lower() not in extra for piece in pieces[i:i + 4]]
+    return has_length and te is None, te
+
+
+# (status, reason) -> status line; a backend uses a handful. Bounded like _HOSTS.
+STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
-    return b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))
+    line = STATUS_LINES.get((status, reason))
+    if line is None:
+        if len(STATUS_LINES) >= 256:
+            STATUS_LINES.clear()
+        line = STATUS_LINES[status, reason] = \
+            b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))
+    return line
 
 
 def _reason(status: int) -> bytes:

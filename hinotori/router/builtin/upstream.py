@@ -13,6 +13,11 @@ Why the pool is careful:
 * a pool whose address left the routing table is *retired*: its idle connections close now, and
   connections still carrying a request close when that request is done (draining).
 
+The response head is filtered as httptools reports it: each forwarded header goes straight into
+the list of pieces that becomes the bytes for the client (status line slot first), hop-by-hop
+ones are set aside, and only when one of those is there (rare) is the list edited afterwards
+(``http1.finish_response_head``). No list of header tuples, no second pass per response.
+
 httptools cannot be told a response is to a HEAD request, so it would wait for a body the
 ``Content-Length`` announces but that never comes. For HEAD the exchange sets ``skip_body``; the
 message ends with its head and the connection gets a fresh parser.
@@ -25,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
 
+from hinotori.router.builtin.http1 import HOP_BY_HOP, chunk, finish_response_head
+
 if TYPE_CHECKING:
     from hinotori.router.builtin.exchange import Exchange
 
@@ -34,9 +41,9 @@ MAX_IDLE_PER_POOL = 512   # idle connections kept per backend address
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
-        "closed", "eof_body", "exchange", "got_bytes", "head_done", "headers", "idle_since",
-        "interim", "last_active", "parser", "pool", "read_paused", "reason", "reused",
-        "skip_body", "transport",
+        "closed", "eof_body", "exchange", "got_bytes", "has_length", "head_done", "hop",
+        "idle_since", "interim", "last_active", "parser", "pieces", "pool", "read_paused",
+        "reason", "reused", "skip_body", "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -54,7 +61,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.interim = False       # parsing a 1xx interim response (dropped)
         self.skip_body = False     # response to HEAD: ends with its head
         self.eof_body = False      # response body is delimited by connection close
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The head being parsed: [status line slot, then 4 pieces per forwarded header], the
+        # hop-by-hop headers set aside (http1.add_response_header, inline in on_header).
+        self.pieces: list[bytes] = []
+        self.hop: list[tuple[bytes, bytes]] | None = None
+        self.has_length = False
         self.reason = b""
 
     # -- binding to an exchange ----------------------------------------------------------------
@@ -149,15 +160,27 @@ class UpstreamProtocol(asyncio.Protocol):
             # A second response nobody asked for, in the same read as the first (which already
             # put us back in the pool): the connection is out of step; never reuse it.
             self.close()
-        self.headers = []
+        self.pieces = [b""]  # [0]: the status line, set by the exchange
+        self.hop = None
+        self.has_length = False
         self.reason = b""
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head_done:  # headers after the head are trailers: dropped
-            self.headers.append((name, value))
+        # http1.add_response_header, inline: this runs for every header of every response.
+        if self.head_done:
+            return  # headers after the head are trailers: dropped
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if self.hop is None:
+                self.hop = []
+            self.hop.append((lname, value))
+            return
+        self.pieces += (name, b": ", value, b"\r\n")
+        if lname == b"content-length":
+            self.has_length = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -167,12 +190,17 @@ class UpstreamProtocol(asyncio.Protocol):
         self.head_done = True
         ex = self.exchange
         if ex is not None:
-            ex.on_response_head(self, status, self.reason, self.headers)
+            chunked = None
+            if self.hop is not None:
+                self.has_length, chunked = finish_response_head(self.pieces, self.hop,
+                                                                self.has_length, 1)
+            ex.on_response_head(self, status, self.reason, self.pieces, self.has_length,
+                                chunked)
 
     def on_body(self, data: bytes) -> None:
         ex = self.exchange
         if ex is not None and not self.interim and not self.skip_body:
-            ex.on_response_body(data)
+            ex.wbuf.append(chunk(data) if ex.rechunk else data)  # flushed after the read
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -217,7 +245,8 @@ class Pool:
             conn.close()
             return
         conn.exchange = None
-        conn.resume_reading()  # it may have been paused for a slow client
+        if conn.read_paused:  # paused for a slow client
+            conn.resume_reading()
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
