@@ -76,6 +76,8 @@ BENCHES: dict[str, Bench] = {
     "router": Bench(("--runs", "3", "--duration", "3", "--impl", "builtin,haproxy-hinotori"),
                     ("--runs", "1", "--duration", "2", "--switches", "50",
                      "--impl", "builtin,haproxy-hinotori"), ("wrk", "haproxy")),
+    "router_profile": Bench(("--requests", "4000"), ("--requests", "2000", "--warmup", "500"),
+                            ("valgrind",)),
     "tls": Bench(("--runs", "2", "--duration", "3"),
                  ("--runs", "1", "--duration", "2", "--workers", "1"), ("wrk", "hey", "haproxy")),
     "hostile": Bench(("--runs", "1", "--duration", "12"),
