@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.tasks import Tasks
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
@@ -83,7 +84,7 @@ class Observing:
         store = LogStore(logs_db(self.project.state_dir))
         store.mask = self.project.secrets.masker.mask  # a line holding a secret: stored as ***
         return LogPipeline(store, self.project.spec.logs,
-                           hosts=lambda: self.store.hosts(states=LIVE_STATES),
+                           hosts=LiveHosts(self.store),  # re-read only when changed
                            declared=declared, on_event=self._event,
                            sources=ProviderSources(lambda: self.fleet.providers))
 
