@@ -91,9 +91,10 @@ class ShipStats:
     last_error: str | None = field(default=None)
 
 
-# A pass asks each host's source for its file list (globs of declared log_files) this often;
-# between, it looks at the files it has open with one stat each. A host with no file open yet
-# is listed every pass, and a flush (before a host is destroyed) always lists: nothing is lost.
+# A pass asks each host's source for its file list (globs of declared log_files) this often
+# (never, for a host with nothing declared and its output open); between, it looks at the files
+# it has open with one stat each. A host with no file open yet is listed every pass, and a
+# flush (before a host is destroyed) always lists: nothing is lost.
 DISCOVER_EVERY = 1.0
 
 
@@ -177,8 +178,16 @@ class Shipper:
         if listing:
             self._next_discovery = clock + self.discover_every
         # A host with no file open yet (its output not there yet) is listed every pass.
-        live_tails = [self._look(host) if not listing and self._tails.get(host.id)
-                      else self._discover(host) for host in hosts[k:] + hosts[:k]]
+        # Listing finds files that did not exist at the last one; a host whose service
+        # declares no log_files has only its output, which one stat follows (a new file at
+        # its path is a rotation: _look lists then).
+        globs: dict[str, bool] = {}
+        for host in hosts:
+            if host.service not in globs:
+                globs[host.service] = bool(self.declared(host.service))
+        live_tails = [self._look(host) if self._tails.get(host.id) and not (
+                          listing and globs[host.service]) else self._discover(host)
+                      for host in hosts[k:] + hosts[:k]]
         self.stats.open_files = self._count_open()
         work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
         budget = self.pass_bytes
