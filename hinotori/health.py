@@ -15,8 +15,16 @@ Three layers, smallest first:
   caller acts only when ``observe`` says the state changed.
 
 Probes use a raw asyncio connection and the httptools parser rather than an HTTP client: a
-probe is one short request, there is nothing to pool, and a fresh connection closed by us each
-time can never leak or be confused with a connection the host closed earlier.
+probe is one short request, and a fresh connection closed by us each time can never leak or be
+confused with a connection the host closed earlier. That is right for a boot's few probes;
+the health monitor of a large fleet probes every serving host every pass, and there a new TCP
+connection per probe (connect, accept, close on both sides) is most of the cost. So
+``KeepAlive`` keeps one HTTP/1.1 connection per address open between probes (hand-written on
+the same parser, not an HTTP client: a pooled client costs more Python per request than the
+connect it saves, and the probe must keep its exact rules: one request, status match, the
+whole exchange under ``check.timeout``). A kept connection the host has closed meanwhile is
+retried once on a fresh one, so a stale connection never turns into a failed check; a host
+that answers ``Connection: close`` (or HTTP/1.0) simply gets a fresh connection each time.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 
 import httptools
@@ -49,6 +57,12 @@ class _Response:
     def __init__(self) -> None:
         self.body = bytearray()
         self.complete = False
+        self.messages = 0
+        self.keep_alive = False  # what the parser says at the message's end (reset after)
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) < _MAX_RESPONSE:
@@ -56,33 +70,57 @@ class _Response:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
-async def _http(address: str, check: HealthCheck) -> ProbeResult:
-    host, port = _split(address)
-    reader, writer = await asyncio.open_connection(host, port)
+class _Stale(Exception):
+    """A kept connection gave no response at all: the host closed it since the last probe."""
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str,
+                    check: HealthCheck, *, keep: bool) -> tuple[ProbeResult, bool]:
+    """One request on an open connection: (result, whether the connection can be used again).
+    With ``keep``, a connection that ends before any byte of a response raises _Stale."""
+    writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {address}\r\n"
+                 f"Connection: {'keep-alive' if keep else 'close'}\r\n"
+                 "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n".encode())
+    resp = _Response()
+    parser = resp.parser = httptools.HttpResponseParser(resp)
+    received = 0
     try:
-        writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n"
-                     "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n".encode())
-        resp = _Response()
-        parser = httptools.HttpResponseParser(resp)
-        received = 0
         while not resp.complete and received < _MAX_RESPONSE:
             data = await reader.read(16384)
             if not data:
                 break
             received += len(data)
             parser.feed_data(data)
-        try:
-            status = parser.get_status_code()
-        except httptools.HttpParserError:
-            status = 0
-        if not status:
-            return ProbeResult(False, "connection closed before a response")
-        if status == check.status:
-            return ProbeResult(True, f"HTTP {status}")
-        text = bytes(resp.body).decode("utf-8", "replace").strip()[:200]
-        return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")
+    except (ConnectionResetError, BrokenPipeError):
+        if keep and not received:
+            raise _Stale() from None
+        raise
+    resp.parser = None  # the callbacks no longer need it (and no cycle is left behind)
+    if keep and not received:
+        raise _Stale()
+    try:
+        status = parser.get_status_code()
+    except httptools.HttpParserError:
+        status = 0
+    # Bytes past the response (a second message begun) are not ours: never reuse such a one.
+    reusable = keep and resp.complete and resp.messages == 1 and resp.keep_alive
+    if not status:
+        return ProbeResult(False, "connection closed before a response"), False
+    if status == check.status:
+        return ProbeResult(True, f"HTTP {status}"), reusable
+    text = bytes(resp.body).decode("utf-8", "replace").strip()[:200]
+    return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}"), reusable
+
+
+async def _http(address: str, check: HealthCheck) -> ProbeResult:
+    host, port = _split(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        return (await _exchange(reader, writer, address, check, keep=False))[0]
     finally:
         writer.close()
 
@@ -94,15 +132,26 @@ async def _tcp(address: str) -> ProbeResult:
     return ProbeResult(True, "TCP connect ok")
 
 
-async def probe(address: str, check: HealthCheck) -> ProbeResult:
-    """Run ``check`` once against ``address`` ("host:port"). Never raises."""
+def _refused_path(check: HealthCheck) -> ProbeResult | None:
     if check.path is not None and not _SAFE_PATH.fullmatch(check.path):
         # Defence in depth (the spec refuses these): CR/LF would split the request line.
         return ProbeResult(False, f"refused to send health path {check.path!r}: only '/' and "
                                   "visible ASCII characters may go into a request line")
+    return None
+
+
+async def probe(address: str, check: HealthCheck) -> ProbeResult:
+    """Run ``check`` once against ``address`` ("host:port"). Never raises."""
+    if (refused := _refused_path(check)) is not None:
+        return refused
+    return await _bounded(check, _tcp(address) if check.path is None else _http(address, check))
+
+
+async def _bounded(check: HealthCheck, attempt: Awaitable[ProbeResult]) -> ProbeResult:
+    """``attempt`` under ``check.timeout``, its failures as results."""
     try:
         async with asyncio.timeout(check.timeout):
-            return await (_tcp(address) if check.path is None else _http(address, check))
+            return await attempt
     except TimeoutError:
         return ProbeResult(False, f"timed out after {check.timeout:g}s")
     except ConnectionRefusedError:
@@ -113,6 +162,58 @@ async def probe(address: str, check: HealthCheck) -> ProbeResult:
         return ProbeResult(False, f"bad HTTP response: {e}")
     except (OSError, ValueError) as e:
         return ProbeResult(False, f"connection error: {e}")
+
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class KeepAlive:
+    """A Prober that keeps one HTTP/1.1 connection per address open between probes (see the
+    module docstring). ``keep_only(addresses)`` closes the connections to any other address
+    (hosts that left service: nothing of ours may hold them open while they drain);
+    ``close()`` closes them all. A TCP check has nothing to keep: it connects each time."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, _Conn] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    async def __call__(self, address: str, check: HealthCheck) -> ProbeResult:
+        if check.path is None or _refused_path(check) is not None:
+            return await probe(address, check)
+        return await _bounded(check, self._http(address, check))
+
+    async def _http(self, address: str, check: HealthCheck) -> ProbeResult:
+        kept = self._conns.pop(address, None)
+        if kept is not None:
+            try:
+                return await self._on(kept, address, check)
+            except (_Stale, OSError):
+                pass  # closed by the host since the last probe: a fresh connection decides
+        host, port = _split(address)
+        try:
+            return await self._on(await asyncio.open_connection(host, port), address, check)
+        except _Stale:
+            return ProbeResult(False, "connection closed before a response")
+
+    async def _on(self, conn: _Conn, address: str, check: HealthCheck) -> ProbeResult:
+        reusable = False
+        try:
+            result, reusable = await _exchange(*conn, address, check, keep=True)
+            return result
+        finally:
+            if reusable:
+                self._conns[address] = conn
+            else:
+                conn[1].close()
+
+    def keep_only(self, addresses: Collection[str]) -> None:
+        for address in [a for a in self._conns if a not in addresses]:
+            self._conns.pop(address)[1].close()
+
+    def close(self) -> None:
+        self.keep_only(())
 
 
 async def wait_healthy(address: str, check: HealthCheck, *, deadline: float,

@@ -152,6 +152,7 @@ class Controller:
         phases = Phases()
         async with phases("tasks"):
             await self.tasks.stop(keep=("logs", "metrics"))
+        self.healing.close()  # its kept probe connections, before any host is stopped
         if self.teardown:
             async with phases("hosts"):
                 hosts = self.store.hosts(states=LIVE_STATES)

@@ -15,17 +15,22 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import HinotoriError, LockedError, MachineUnreachable
-from hinotori.model import Host, HostState
+from hinotori.health import KeepAlive, Prober, probe
+from hinotori.model import HealthCheck, Host, HostState
 
 log = logging.getLogger("hinotori.controller")
 
 ADOPT_TIMEOUT = 2.0
 HEAL_BACKOFF = 5.0
 HEAL_BACKOFF_MAX = 60.0
+# Probes in flight at once in one service's pass: all of a big fleet's hosts are looked at in
+# a fraction of the interval, without a thousand sockets opening in the same instant.
+PROBES_AT_ONCE = 64
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 
@@ -39,32 +44,24 @@ class Healing:
         self._failures: dict[str, int] = {}  # consecutive failed health checks, by host
         self._heal_after: dict[str, float] = {}  # back-off after a failed heal, by service
         self._heal_failed: dict[str, int] = {}  # consecutive failed heals, by service
+        self.hosts = LiveHosts(self.store)
+        self._keepalive = KeepAlive()  # one open connection per serving host, between passes
 
     async def monitor_once(self) -> None:
         """One pass of the health monitor over every service (see the module docstring)."""
+        prober = self._keepalive if self.fleet.prober is probe else self.fleet.prober
+        probed: set[str] = set()
         for service in self.fleet.spec.services:
             if self.locks.locked(service):
                 continue  # a deployment (or a heal) owns the service's hosts right now
-            serving = self.fleet.hosts(service, HostState.SERVING)
-            bad: list[tuple[Host, str]] = []
+            serving = self.hosts.of(service, HostState.SERVING)
             check = self.fleet.service(service).health.check()
-            for host in serving:
-                try:
-                    # Bounded: a host on a machine being cut off must not stall the pass (the
-                    # machine watch decides about such hosts).
-                    async with asyncio.timeout(ADOPT_TIMEOUT):
-                        alive = await self.fleet.provider(host).adopt(host)
-                except (MachineUnreachable, TimeoutError):
-                    continue
-                if not alive:
-                    bad.append((host, "process exited"))
-                    continue
-                result = await self.fleet.prober(host.address or "", check)
-                fails = 0 if result.ok else self._failures.get(host.id, 0) + 1
-                self._failures[host.id] = fails
-                if fails >= check.unhealthy:
-                    bad.append((host, f"failed {fails} health checks: {result.detail}"))
-            healthy = [h for h in serving if h.id not in {b.id for b, _ in bad}]
+            probed.update(h.address or "" for h in serving)
+            limit = asyncio.Semaphore(PROBES_AT_ONCE)
+            verdicts = await asyncio.gather(*(self._look(h, check, prober, limit)
+                                              for h in serving))
+            bad = [(h, why) for h, why in zip(serving, verdicts, strict=True) if why]
+            healthy = [h for h, why in zip(serving, verdicts, strict=True) if why is None]
             if bad and healthy:
                 await self.fleet.switch(service, healthy, [], why="health monitor",
                                         weights={h.id: h.weight for h in healthy},
@@ -78,6 +75,36 @@ class Healing:
             if current is not None and missing > 0 and time.time() >= \
                     self._heal_after.get(service, 0):
                 self.spawn(self.heal(service, current, missing), f"heal {service}")
+        # Connections to hosts no longer watched (out of service, or their service locked by
+        # a deployment that drains them) are closed: nothing of ours holds a draining host.
+        self._keepalive.keep_only(probed)
+        live = {h.id for h in self.hosts()}
+        for host_id in [i for i in self._failures if i not in live]:
+            del self._failures[host_id]  # gone: its count would be kept forever
+
+    async def _look(self, host: Host, check: HealthCheck, prober: Prober,
+                    limit: asyncio.Semaphore) -> str | None:
+        """Why ``host`` must go (None: it stays). Unknown (its machine cut off) stays: the
+        machine watch decides about such hosts."""
+        async with limit:
+            try:
+                # Bounded: a host on a machine being cut off must not stall the pass.
+                async with asyncio.timeout(ADOPT_TIMEOUT):
+                    alive = await self.fleet.provider(host).adopt(host)
+            except (MachineUnreachable, TimeoutError):
+                return None
+            if not alive:
+                return "process exited"
+            result = await prober(host.address or "", check)
+            fails = 0 if result.ok else self._failures.get(host.id, 0) + 1
+            self._failures[host.id] = fails
+            if fails >= check.unhealthy:
+                return f"failed {fails} health checks: {result.detail}"
+            return None
+
+    def close(self) -> None:
+        """Close the monitor's kept-alive probe connections (the controller is stopping)."""
+        self._keepalive.close()
 
     async def heal(self, service: str, release: int, count: int) -> None:
         try:

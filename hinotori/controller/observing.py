@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.tasks import Tasks
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
@@ -83,7 +84,7 @@ class Observing:
         store = LogStore(logs_db(self.project.state_dir))
         store.mask = self.project.secrets.masker.mask  # a line holding a secret: stored as ***
         return LogPipeline(store, self.project.spec.logs,
-                           hosts=lambda: self.store.hosts(states=LIVE_STATES),
+                           hosts=LiveHosts(self.store),  # re-read only when changed
                            declared=declared, on_event=self._event,
                            sources=ProviderSources(lambda: self.fleet.providers))
 
@@ -93,9 +94,31 @@ class Observing:
             provider = self.fleet.providers.get(host.provider)
             return await provider.usage(host) if provider is not None else None
 
+        async def usages(hosts: list[Host]) -> dict[str, Any]:
+            """One call per provider: the process provider reads /proc once for all."""
+            by_provider: dict[str, list[Host]] = {}
+            for h in hosts:
+                by_provider.setdefault(h.provider, []).append(h)
+            found: dict[str, Any] = {}
+            for name, group in by_provider.items():
+                provider = self.fleet.providers.get(name)
+                if provider is None:
+                    continue
+                try:
+                    if hasattr(provider, "usages"):
+                        found.update(await provider.usages(group))
+                        continue
+                except Exception as e:  # this provider cannot tell now; the others can
+                    log.warning("usage of %s hosts failed: %r", name, e)
+                    continue
+                each = await asyncio.gather(*(provider.usage(h) for h in group),
+                                            return_exceptions=True)
+                found.update((h.id, u) for h, u in zip(group, each, strict=True))
+            return found
+
         return MetricsRecorder(MetricsStore(metrics_db(self.project.state_dir)),
                                self.project.spec.metrics, stats=self.fleet.router.stats,
-                               hosts=self.store.hosts, usage=usage)
+                               hosts=self.store.hosts, usage=usage, usages=usages)
 
     def start(self) -> None:
         async def logs() -> None:

@@ -58,6 +58,7 @@ from hinotori.providers.base import (
     ProviderContext,
     volume_env,
 )
+from hinotori.providers.proc_usage import session_usage, session_usages
 from hinotori.providers.process_logs import ProcessLogSource
 from hinotori.statefiles import open_private, private_dir, write_private
 
@@ -392,7 +393,13 @@ class ProcessProvider:
         """Summed over every process of the host's session (its command and all it started)."""
         if host.pid is None or not self._alive(host):
             return None
-        return _session_usage(host.pid)
+        return await asyncio.to_thread(session_usage, host.pid)
+
+    async def usages(self, hosts: Sequence[Host]) -> dict[str, HostUsage]:
+        """``usage`` of many hosts from one /proc scan (the metrics sampler's pass)."""
+        alive = {h.pid: h.id for h in hosts if h.pid is not None and self._alive(h)}
+        found = await asyncio.to_thread(session_usages, alive)
+        return {alive[sid]: u for sid, u in found.items()}
 
     def close(self, *, teardown: bool = False) -> None:
         """Nothing is held open; on `down`, secret files no live host owns (left by a
@@ -410,30 +417,3 @@ class ProcessProvider:
         except FileNotFoundError:
             return []
         return [line.rstrip("\n") for line in lines]
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _session_usage(sid: int) -> HostUsage | None:
-    """CPU seconds and resident bytes of all processes in session ``sid``, from /proc."""
-    cpu_ticks = rss_pages = 0
-    found = False
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        fields = raw[raw.rfind(")") + 2:].split()
-        # fields[0] is field 3 (state): session is field 6, utime/stime 14/15, rss 24.
-        if int(fields[3]) != sid:
-            continue
-        found = True
-        cpu_ticks += int(fields[11]) + int(fields[12])
-        rss_pages += int(fields[21])
-    if not found:
-        return None
-    return HostUsage(cpu_seconds=cpu_ticks / _TICKS, memory_bytes=rss_pages * _PAGE)

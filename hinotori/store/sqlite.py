@@ -197,6 +197,13 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         sql = "SELECT * FROM hosts" + (" WHERE " + " AND ".join(where) if where else "")
         return [_host(r) for r in self._db.execute(sql + " ORDER BY born_at, id", args)]
 
+    def changes(self) -> tuple[int, int]:
+        """A mark that moves whenever anything is committed to the store: by this thread's
+        connection (its total_changes) or by any other (PRAGMA data_version). The same mark
+        twice on one thread: the same contents (what the controller's host cache relies on)."""
+        db = self._db
+        return db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
+
     # -- deployments ---------------------------------------------------------------------
     def create_deployment(self, service: str, *, strategy: str, kind: str,
                           from_release: int | None, to_release: int, actor: str,

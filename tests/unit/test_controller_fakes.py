@@ -145,3 +145,27 @@ def test_healing_never_empties_a_service(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert w.serving_releases() == [1, 1, 1]
+
+
+def test_one_monitor_pass_takes_every_dead_host_of_a_big_service_out(tmp_path: Path) -> None:
+    """At 50 hosts, looked at concurrently: one pass finds every dead host and routes the
+    rest; healing brings the service back to its replicas."""
+    w = world(tmp_path, replicas=50)
+    tasks, spawn = spawner()
+    healing = Healing(w.fleet, ServiceLocks(), spawn=spawn)
+
+    async def scenario() -> set[str]:
+        await deploy(w)
+        victims = {h.id for h in w.store.hosts("web", [HostState.SERVING])[::10]}
+        for victim in victims:
+            w.provider.die(victim)
+        await healing.monitor_once()
+        assert not victims & set(w.router.serving("web"))  # out after one pass
+        await asyncio.gather(*tasks)
+        return victims
+
+    victims = asyncio.run(scenario())
+    serving = {h.id for h in w.store.hosts("web", [HostState.SERVING])}
+    assert len(serving) == 50 and not victims & serving
+    assert all(w.store.host(v).state in (HostState.FAILED, HostState.DESTROYED)
+               for v in victims)

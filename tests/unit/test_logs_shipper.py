@@ -213,3 +213,61 @@ def test_flush_of_a_host_still_writing_ends(store: LogStore, host: Host,
     monkeypatch.setattr(module, "read_lines", read_while_it_writes)
     run(Shipper(store).flush(host, final=False))
     assert len(search(store, LogQuery(grep="early", limit=None))) == 50_000
+
+
+def test_a_declared_file_born_between_listings_is_found_by_the_next_one_or_a_flush(
+        store: LogStore, host: Host) -> None:
+    scratch = Path(host.data["state_dir"]) / "scratch"
+    append(out(host), "out\n")
+    shipper = Shipper(store, declared=lambda s: ["*.log"], discover_every=3600)
+    run(shipper.ship([host]))  # lists: only output.log is there
+    append(scratch / "late.log", "late one\n")
+    run(shipper.ship([host]))  # between listings: one stat per open file, no glob
+    assert stored(store) == [("stdout", "out")]
+    run(shipper.flush(host, final=False))  # a flush always lists
+    assert sorted(stored(store)) == [("$HINOTORI_SCRATCH/late.log", "late one"),
+                                     ("stdout", "out")]
+    eager = Shipper(LogStore(Path(host.data["state_dir"]) / "eager.db"),
+                    declared=lambda s: ["*.log"], discover_every=0)
+    append(scratch / "later.log", "later\n")
+    run(eager.ship([host]))
+    assert ("$HINOTORI_SCRATCH/later.log", "later") in stored(eager.store)
+
+
+@pytest.mark.parametrize("declared", [["*.log"], []])
+def test_stat_only_passes_store_what_listing_every_pass_stores(tmp_path: Path,
+                                                               declared: list[str]) -> None:
+    """Between listings the shipper trusts one stat per file (same inode, size unchanged:
+    nothing to read). Through appends, partial lines, rotation by rename, truncation and a new
+    file, it ends with the same lines as a shipper that lists and reads every pass."""
+    results = []
+    for every in (0.0, 3600.0):
+        h = make_host(tmp_path / str(every) / "web-1")
+        scratch, o = Path(h.data["state_dir"]) / "scratch", out(h)
+        shipper = Shipper(LogStore(tmp_path / f"{every}.db"), declared=lambda s: declared,
+                          discover_every=every)
+        seen: list[list[tuple[str, str]]] = []
+        files = {"out": o, "app": scratch / "app.log", "app.1": scratch / "app.log.1"}
+        steps = [("+", "out", "a\nb\n"), ("+", "out", "c-par"), ("", "", ""),
+                 ("+", "out", "tial\n"), ("+", "app", "x1\n"), ("mv", "app", "app.1"),
+                 ("+", "app", "x2\n"), ("+", "out", "d\n"),
+                 ("=", "out", "t\n"),  # truncated in place (copytruncate)
+                 ("+", "out", "u\nv-end")]
+        for i, (op, name, arg) in enumerate(steps):
+            if op == "+":
+                append(files[name], arg)
+            elif op == "=":
+                files[name].write_text(arg)
+            elif op == "mv":
+                files[name].rename(files[arg])
+            run(shipper.ship([h]))
+            if i == 4:
+                run(shipper.flush(h, final=False))  # the lazy one lists app.log here
+            seen.append(sorted(stored(shipper.store)))  # after every pass, not only the end
+        run(shipper.flush(h))
+        seen.append(sorted(stored(shipper.store)))
+        results.append(seen)
+    assert results[0] == results[1]
+    results = [r[-1] for r in results]
+    assert ("stdout", "c-partial") in results[0] and ("stdout", "v-end") in results[0]
+    assert (("$HINOTORI_SCRATCH/app.log", "x2") in results[0]) == bool(declared)

@@ -448,3 +448,33 @@ def test_metrics_spec_defaults_and_errors() -> None:
                 'keep = "1d"'):
         with pytest.raises(SpecError):
             parse_spec(base + "[metrics]\n" + bad + "\n")
+
+
+def test_recorder_asks_a_batch_usage_source_once_per_sample(store: MetricsStore,
+                                                             tmp_path: Path) -> None:
+    """Given ``usages``, a sample reads every live host's usage in one call (one /proc scan
+    for process hosts) and records the same memory as per-host reads would."""
+    src = Plain()
+    src.hosts = [host("a"), host("b"), host("c", state=HostState.DESTROYED)]
+    src.usage = {"a": HostUsage(cpu_seconds=1.0, memory_bytes=100),
+                 "b": HostUsage(cpu_seconds=2.0, memory_bytes=50)}
+    calls: list[list[str]] = []
+
+    async def usages(hosts: list[Host]) -> dict[str, HostUsage]:
+        calls.append([h.id for h in hosts])
+        return {h.id: src.usage[h.id] for h in hosts if h.id in src.usage}
+
+    async def per_host(h: Host) -> HostUsage | None:
+        raise AssertionError("a sample must not read hosts one by one")
+
+    async def scenario() -> None:
+        batched = MetricsRecorder(store, MetricsSpec(), stats=src.get_stats,
+                                  hosts=lambda: list(src.hosts), usage=per_host,
+                                  usages=usages, clock=lambda: src.now)
+        plain = src.recorder(MetricsStore(tmp_path / "plain.db"))
+        got, want = await batched.sample_once(), await plain.sample_once()
+        assert calls == [["a", "b"]]  # one call, live hosts only
+        assert [(p.release, p.memory_sum) for p in got] == \
+            [(p.release, p.memory_sum) for p in want] == [(1, 150)]
+
+    asyncio.run(scenario())

@@ -34,9 +34,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from hinotori.model import Host
 from hinotori.observe.logs.feeds import FeedReader
@@ -63,6 +64,9 @@ class _Tail:
     gen: int
     offset: int
     unframe: Callable[[str], str] | None = None
+    path: str = ""  # where the source names it (a rotated file is no longer there)
+    size: int = -1  # the file's size at this pass's look
+    seen: int = -1  # a size up to which everything was read: unchanged, nothing to read
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -75,6 +79,7 @@ class _Work:
     rows: list[Row]
     offset: int  # where the tail is once these rows are stored
     close: bool = False
+    seen: int = -1  # the tail's ``seen`` once these rows are stored
 
 
 @dataclass
@@ -86,6 +91,13 @@ class ShipStats:
     last_error: str | None = field(default=None)
 
 
+# A pass asks each host's source for its file list (globs of declared log_files) this often
+# (never, for a host with nothing declared and its output open); between, it looks at the files
+# it has open with one stat each. A host with no file open yet is listed every pass, and a
+# flush (before a host is destroyed) always lists: nothing is lost.
+DISCOVER_EVERY = 1.0
+
+
 def _ident(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
@@ -93,11 +105,15 @@ def _ident(st: os.stat_result) -> str:
 class Shipper:
     def __init__(self, store: LogStore, *, declared: Declared = no_declared_files,
                  sources: Mapping[str, LogSource] = SOURCES,
-                 pass_bytes: int = 16 * READ_SIZE) -> None:
+                 pass_bytes: int = 16 * READ_SIZE, discover_every: float = DISCOVER_EVERY
+                 ) -> None:
         self.store = store
         self.declared = declared
         self.sources = sources
         self.pass_bytes = pass_bytes
+        self.discover_every = discover_every
+        self._next_discovery = 0.0
+        self._source_of: dict[str, LogSource | None] = {}  # by provider, for one pass
         self.stats = ShipStats()
         self._tails: dict[str, dict[str, _Tail]] = {}  # host id -> source name -> open tail
         self._retiring: list[_Tail] = []  # rotated or finished: read to the end, then closed
@@ -105,6 +121,7 @@ class Shipper:
         self._turn = 0
         self._warned: set[str] = set()
         self._feeds = FeedReader(store)
+        self._feed_kinds: dict[type, bool] = {}
 
     # -- the API -------------------------------------------------------------------------
     async def ship(self, hosts: Iterable[Host]) -> int:
@@ -148,6 +165,7 @@ class Shipper:
     # -- one pass ------------------------------------------------------------------------
     def _pass(self, hosts: list[Host]) -> int:
         ts = self.store.now()
+        self._source_of.clear()
         live = {h.id for h in hosts}
         for gone in [h for h in self._tails if h not in live]:
             self._retiring += self._tails.pop(gone).values()
@@ -155,21 +173,46 @@ class Shipper:
             self._feeds.forget(gone)
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
-        live_tails = [self._discover(host) for host in hosts[k:] + hosts[:k]]
+        clock = time.monotonic()
+        listing = clock >= self._next_discovery
+        if listing:
+            self._next_discovery = clock + self.discover_every
+        # A host with no file open yet (its output not there yet) is listed every pass.
+        # Listing finds files that did not exist at the last one; a host whose service
+        # declares no log_files has only its output, which one stat follows (a new file at
+        # its path is a rotation: _look lists then).
+        globs: dict[str, bool] = {}
+        for host in hosts:
+            if host.service not in globs:
+                globs[host.service] = bool(self.declared(host.service))
+        live_tails = [self._look(host) if self._tails.get(host.id) and not (
+                          listing and globs[host.service]) else self._discover(host)
+                      for host in hosts[k:] + hosts[:k]]
+        self.stats.open_files = self._count_open()
         work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
         budget = self.pass_bytes
         for tail in (t for tails in live_tails for t in tails):
             if budget <= 0:
                 break
+            if tail.size == tail.seen:
+                continue  # one stat said it: nothing new since everything was read
+            errors = self.stats.errors
             w = self._read(tail, ts, final=False)  # whole reads: a short one would cut a line
+            # One read saw every byte the stat counted: until the size changes, a read would
+            # find nothing more (at most a partial last line). Known once the rows are stored.
+            covered = tail.size if tail.size - tail.offset < READ_SIZE else -1
             if w:
+                w.seen = covered
                 budget -= w.offset - tail.offset
                 work.append(w)
+            elif self.stats.errors == errors:
+                tail.seen = covered
         return self._commit(work, ts) + self._ship_feeds(hosts, ts)
 
     def _drain(self, host: Host, final: bool) -> int:
         """Everything written when the flush began (a host still writing fast cannot keep
         it going); then, if ``final``, the rest up to the end, partial tails included."""
+        self._source_of.clear()
         stored = self._ship_feeds([host], self.store.now(), force=True)
         tails = self._discover(host)
         goal = {id(t): self._size(t) for t in tails}
@@ -240,6 +283,7 @@ class Shipper:
             raise
         for w in work:
             w.tail.offset = w.offset
+            w.tail.seen = w.seen
             if w.close:
                 w.tail.close()
                 self._retiring.remove(w.tail)
@@ -252,10 +296,10 @@ class Shipper:
         """One request per feed of ``hosts`` (hosts on other machines), stored together."""
         batches = []
         for host in hosts:
-            source = self.sources.get(host.provider)
-            if not isinstance(source, FeedSource):
+            source = self._source(host.provider)
+            if source is None or not self._is_feed(source):
                 continue
-            for feed in source.feeds(host):
+            for feed in cast(FeedSource, source).feeds(host):
                 batch, error = self._feeds.read(host, feed, ts, force=force)
                 if error:
                     self._error(error)
@@ -273,9 +317,37 @@ class Shipper:
         return stored
 
     # -- finding and opening files ---------------------------------------------------------
+    def _source(self, provider: str) -> LogSource | None:
+        """The provider's source, looked up once per pass (or flush)."""
+        if provider not in self._source_of:
+            self._source_of[provider] = self.sources.get(provider)
+        return self._source_of[provider]
+
+    def _is_feed(self, source: LogSource) -> bool:
+        # A runtime Protocol check walks the protocol's members: once per source class.
+        kind = type(source)
+        if kind not in self._feed_kinds:
+            self._feed_kinds[kind] = isinstance(source, FeedSource)
+        return self._feed_kinds[kind]
+
+    def _look(self, host: Host) -> list[_Tail]:
+        """The host's open tails with their sizes, from one stat of each path; a path that
+        names another file or a shorter one (rotated, truncated) is dealt with by a listing."""
+        tails = self._tails[host.id]
+        for tail in tails.values():
+            try:
+                st = os.stat(tail.path)
+            except OSError:
+                tail.size = self._size(tail)  # gone from its path: keep reading the open file
+                continue
+            if _ident(st) != tail.ident or st.st_size < tail.offset:
+                return self._discover(host)
+            tail.size = st.st_size
+        return list(tails.values())
+
     def _discover(self, host: Host) -> list[_Tail]:
         """The host's open tails, after opening new files and noticing rotation."""
-        source = self.sources.get(host.provider)
+        source = self._source(host.provider)
         if source is None:
             if host.provider not in self._warned:
                 self._warned.add(host.provider)
@@ -312,7 +384,8 @@ class Shipper:
                 tails[sf.name] = opened
             else:
                 del tails[sf.name]
-        self.stats.open_files = self._count_open()
+        for tail in tails.values():
+            tail.size = self._size(tail)
         return list(tails.values())
 
     def _open(self, host: Host, sf: SourceFile, after: _Tail | None = None) -> _Tail | None:
@@ -325,13 +398,13 @@ class Shipper:
         known = self.store.stream(host.id, sf.name)
         if after is None and known and known.inode == ident and st.st_size >= known.shipped:
             return _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
-                         sf.unframe)
+                         sf.unframe, str(sf.path))
         gen = 0 if known is None else known.gen + 1
         stream = self.store.open_stream(host=host.id, service=host.service,
                                         release=host.release, source=sf.name, inode=ident,
                                         gen=gen)
         return _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
-                     sf.unframe)
+                     sf.unframe, str(sf.path))
 
     def _count_open(self) -> int:
         return sum(len(t) for t in self._tails.values()) + len(self._retiring)

@@ -29,6 +29,9 @@ log = logging.getLogger("hinotori.metrics")
 StatsSource = Callable[[], Awaitable[Mapping[str, BackendStats]]]
 HostsSource = Callable[[], Iterable[Host]]
 UsageSource = Callable[[Host], Awaitable[HostUsage | None]]
+# Many hosts at once (by host id; a host the source cannot tell about is absent): a provider
+# that reads usage for all its hosts in one go (one /proc scan) is asked once per sample.
+UsagesSource = Callable[[list[Host]], Awaitable[Mapping[str, HostUsage]]]
 Destroying = Callable[[Host], AbstractAsyncContextManager[None]]
 
 MAINTAIN_EVERY = 60.0
@@ -36,19 +39,23 @@ MAINTAIN_EVERY = 60.0
 
 class MetricsRecorder:
     def __init__(self, store: MetricsStore, spec: MetricsSpec, *, stats: StatsSource,
-                 hosts: HostsSource, usage: UsageSource,
+                 hosts: HostsSource, usage: UsageSource, usages: UsagesSource | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.spec = spec
         self.stats = stats
         self.hosts = hosts
         self.usage = usage
+        self.usages = usages
         self.clock = clock
         self.sampler = Sampler(store.sampler_state())
         self._lock = asyncio.Lock()
 
     async def _usage(self, hosts: Iterable[Host]) -> dict[str, HostUsage]:
         live = [h for h in hosts if h.state.alive]
+        if self.usages is not None:
+            return {i: u for i, u in (await self.usages(live)).items()
+                    if isinstance(u, HostUsage)}
         found = await asyncio.gather(*(self.usage(h) for h in live), return_exceptions=True)
         return {h.id: u for h, u in zip(live, found, strict=True) if isinstance(u, HostUsage)}
 

@@ -1,0 +1,63 @@
+"""LiveHosts: the controller's cached view of the live hosts is always what a fresh read of
+the store gives, whoever changed the store (this connection, another thread, another process)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from hinotori.controller.hostcache import LiveHosts
+from hinotori.deploy.fleet import LIVE_STATES
+from hinotori.model import Host, HostState
+from hinotori.store import Store
+
+
+def _host(i: int, state: HostState = HostState.SERVING, service: str = "web") -> Host:
+    return Host(id=f"{service}-{i}", service=service, release=1, provider="process",
+                state=state, born_at=float(i), address=f"127.0.0.1:{9000 + i}")
+
+
+def test_the_cache_reads_again_exactly_when_the_store_changed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    for i in range(3):
+        store.save_host(_host(i), actor="test")
+    live = LiveHosts(store)
+
+    def fresh() -> list[tuple[str, str]]:
+        return [(h.id, str(h.state)) for h in store.hosts(states=LIVE_STATES)]
+
+    def cached() -> list[tuple[str, str]]:
+        return [(h.id, str(h.state)) for h in live()]
+
+    assert cached() == fresh() and live.reads == 1
+    assert cached() == fresh() and live.reads == 1  # nothing changed: no read
+    store.save_host(_host(1, HostState.DESTROYED), actor="test")  # this thread's connection
+    assert cached() == fresh() and [h for h, _ in cached()] == ["web-0", "web-2"]
+    # Another thread has its own connection: its commit is seen through data_version.
+    writer = threading.Thread(target=store.save_host, args=(_host(7),), kwargs={"actor": "t"})
+    writer.start()
+    writer.join()
+    assert cached() == fresh() and "web-7" in [h for h, _ in cached()]
+    # Another process (another Store on the same file) likewise.
+    other = Store(tmp_path / "state.db")
+    other.save_host(_host(8, HostState.WARM), actor="test")
+    assert cached() == fresh() and "web-8" in [h for h, _ in cached()]
+    reads = live.reads
+    assert cached() == fresh() and live.reads == reads
+    other.close()
+    store.close()
+
+
+def test_hosts_handed_out_for_changing_are_copies(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.save_host(_host(0), actor="test")
+    store.save_host(_host(0, service="api"), actor="test")
+    live = LiveHosts(store)
+    mine = live.of("web", HostState.SERVING)
+    assert [h.id for h in mine] == ["web-0"]
+    mine[0].state = HostState.FAILED  # changed, never saved
+    mine[0].data["note"] = "x"
+    again = live.of("web", HostState.SERVING)
+    assert [h.id for h in again] == ["web-0"] and again[0].data == {}
+    assert live.of("web", HostState.WARM) == []
+    store.close()
