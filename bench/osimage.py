@@ -110,7 +110,7 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
                             source=source)
     with context_tar(translation, source) as f, tarfile.open(fileobj=f) as tar:
         tar.extractall(peer, filter="tar")
-    version_copies = [peer / n / "VERSION" for n, (src, _k) in translation.copies.items()
+    version_copies = [peer / n / "VERSION" for n, (src, *_k) in translation.copies.items()
                       if src == "VERSION"]
 
     env = {**os.environ, "DOCKER_HOST": url, "NO_COLOR": "1"}

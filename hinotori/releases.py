@@ -9,6 +9,7 @@ exactly one; a rotated secret alone makes a config-only one ("secret DB_PASSWORD
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +31,15 @@ class ReleaseOutcome:
 
 def bake_service(project: Project, service: str, *,
                  on_progress: Callable[[str], None] | None = None,
-                 use_cache: bool = True) -> tuple[BakeResult, ReleaseOutcome]:
+                 use_cache: bool = True, actor: str | None = None,
+                 via: str = "local") -> tuple[BakeResult, ReleaseOutcome]:
     """Bake ``service``'s image from its recipe and make a release if anything changed.
-    ``use_cache=False`` runs every step again (``hinotori bake --no-cache``)."""
+    ``use_cache=False`` runs every step again (``hinotori bake --no-cache``). ``actor`` (who
+    baked; default this user) and ``via`` ("local", or "controller" for a bake the CLI handed
+    to a running controller) go into the ``image.baked`` event, the bake's provenance."""
     svc = project.service(service)
+    actor = actor or default_actor()
+    started = time.monotonic()
     _secret_files_not_baked(project, service)
     # Held across the bake and the release, so `gc` cannot remove the new image in between.
     # bake() takes the same lock shared again: flock grants a shared lock while others
@@ -47,7 +53,12 @@ def bake_service(project: Project, service: str, *,
                           labels={"service": service, "project": project.spec.project.name},
                           on_progress=on_progress, use_cache=use_cache)
         outcome = ensure_release(project, service, image=result.image.digest,
-                                 config=svc.release_config(), reason="bake")
+                                 config=svc.release_config(), reason="bake", actor=actor)
+    project.store.record(actor, "image.baked", service, {
+        "image": result.image.digest, "via": via, "release": outcome.release.name,
+        "release_created": outcome.created, "reused": result.reused,
+        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
+        "no_cache": not use_cache, "seconds": round(time.monotonic() - started, 3)})
     return result, outcome
 
 
@@ -95,7 +106,8 @@ def _bake_os(project: Project, service: str, *, on_progress: Callable[[str], Non
 
 
 def ensure_release(project: Project, service: str, *, image: str | None = None,
-                   config: ReleaseConfig | None = None, reason: str) -> ReleaseOutcome:
+                   config: ReleaseConfig | None = None, reason: str,
+                   actor: str | None = None) -> ReleaseOutcome:
     """The newest release if it already has ``image`` and ``config``; else a new one.
     ``image`` None keeps the newest release's image (a config-only release)."""
     latest = project.store.latest_release(service)
@@ -112,8 +124,8 @@ def ensure_release(project: Project, service: str, *, image: str | None = None,
         return ReleaseOutcome(latest, created=False)
     if latest and latest.image == image:
         reason = secrets_reason(latest.config, config) or reason
-    release = project.store.create_release(service, image, config, actor=default_actor(),
-                                           reason=reason)
+    release = project.store.create_release(service, image, config,
+                                           actor=actor or default_actor(), reason=reason)
     return ReleaseOutcome(release, created=True)
 
 
