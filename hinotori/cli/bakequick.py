@@ -16,7 +16,6 @@ its own process. Output, ``--json``, exit codes and errors are the same on every
 from __future__ import annotations
 
 import getpass
-import http.client
 import json
 import re
 import socket
@@ -149,25 +148,56 @@ def _controller(spec: Path, environment: str | None) -> tuple[str, str] | None:
 def _post(address: str, path: str, body: bytes,
           token: str) -> tuple[int | None, bytes] | None:
     """(status, body) of the POST; (None, b"") when the controller stopped answering after
-    it took the request; None when nothing took it."""
+    it took the request; None when nothing took it. HTTP/1.1 by hand, one request and
+    ``Connection: close``: http.client and its email parser cost more to import than this
+    command spends on anything else of its own."""
     host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=CONNECT_TIMEOUT)
     try:
+        sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
+    except (OSError, ValueError):
+        return None
+    with sock:
         try:
-            conn.connect()
+            sock.settimeout(BAKE_TIMEOUT)
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
+                         f"Authorization: Bearer {token}\r\n"
+                         "Content-Type: application/json\r\nConnection: close\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
         except OSError:
-            return None
-        assert conn.sock is not None
-        conn.sock.settimeout(BAKE_TIMEOUT)
-        try:
-            conn.request("POST", path, body=body, headers={
-                "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            response = conn.getresponse()
-            return response.status, response.read()
-        except (OSError, http.client.HTTPException):
             return None, b""
-    finally:
-        conn.close()
+    return _response(b"".join(chunks))
+
+
+def _response(raw: bytes) -> tuple[int | None, bytes]:
+    """(status, body) of a whole HTTP/1.1 response; (None, b"") for a cut-off one."""
+    head, sep, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None, b""
+    headers = dict(line.lower().split(":", 1) for line in lines[1:] if ":" in line)
+    if headers.get("transfer-encoding", "").strip() == "chunked":
+        body, rest = b"", payload
+        while True:
+            size_line, crlf, rest = rest.partition(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0], 16) if crlf else -1
+            except ValueError:
+                size = -1
+            if size <= 0:
+                break
+            body, rest = body + rest[:size], rest[size + 2:]
+        if size < 0:
+            return None, b""
+        payload = body
+    elif (length := headers.get("content-length", "").strip()).isdigit():
+        if len(payload) < int(length):
+            return None, b""
+        payload = payload[:int(length)]
+    return int(parts[1]), payload
 
 
 def _refused(status: int, payload: bytes) -> int:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from hinotori import __version__
-from hinotori.cli.bakequick import _controller, _parse
+from hinotori.cli.bakequick import _controller, _parse, _response
 
 
 def project(tmp_path: Path) -> Path:
@@ -58,3 +58,16 @@ def test_it_trusts_only_a_controller_of_this_hinotori_spec_and_environment(
     assert _controller(spec, None) is None  # started by a hinotori that did not say
     (state / "controller.json").write_text("{not json")
     assert _controller(spec, None) is None
+
+
+def test_the_hand_written_http_reads_whole_answers_and_refuses_cut_ones() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    assert _response(head + b"content-length: 7\r\n\r\n{\"a\":1}") == (200, b'{"a":1}')
+    assert _response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}") == (404, b"{}")
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=1\r\n\":1}\r\n0\r\n\r\n"
+    assert _response(chunked) == (200, b'{"a":1}')
+    for cut in (b"", b"HTTP/1.1 200 OK\r\ncontent-length: 7",
+                head + b"content-length: 7\r\n\r\n{\"a\"",
+                head + b"transfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n",
+                head + b"transfer-encoding: chunked\r\n\r\nzz\r\n", b"garbage\r\n\r\n"):
+        assert _response(cut) == (None, b""), cut
