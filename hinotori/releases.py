@@ -38,8 +38,9 @@ def bake_service(project: Project, service: str, *,
                  engine: docker.DockerClient | None = None) -> tuple[BakeResult, ReleaseOutcome]:
     """Bake ``service``'s image from its recipe and make a release if anything changed.
     ``use_cache=False`` runs every step again (``hinotori bake --no-cache``). ``actor`` (who
-    baked; default this user) and ``via`` ("local", or "controller" for a bake the CLI handed
-    to a running controller) go into the ``image.baked`` event, the bake's provenance.
+    baked; default this user) and ``via`` ("local"; "controller" for a bake the CLI handed
+    to a running controller; "push" for a push webhook's ship) go into the ``image.baked``
+    event, the bake's provenance.
     ``engine``: a client of the project's engine to build OS images with (a warm process keeps
     one); by default one is connected for this bake and closed after it."""
     svc = project.service(service)
