@@ -29,9 +29,9 @@ from hinotori.bake.cache import BuildCache
 from hinotori.bake.context import BuildSource
 from hinotori.bake.ignore import IgnoreRules
 from hinotori.bake.images import ImageStore
-from hinotori.bake.osimage.base import BaseSpec, ensure_base
+from hinotori.bake.osimage.base import BaseSpec, ensure_base, find_base
 from hinotori.bake.osimage.containerfile import context_tar, translate
-from hinotori.bake.osimage.engine_build import build
+from hinotori.bake.osimage.engine_build import BuildOutcome, build
 from hinotori.bake.provenance import git_source, recipe_hash
 from hinotori.bake.steps import Step
 from hinotori.errors import BakeError
@@ -62,7 +62,6 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
     context = _check_context(Path(context))
     cache = BuildCache.beside(store.root)
     source = BuildSource(context, IgnoreRules.load(context, ignore_file), (store.root, cache.root))
-    base_id = ensure_base(client, recipe.base, on_progress=say)
     epoch = recipe.base.epoch()
     steps = list(steps)
     translation = translate(steps, base=recipe.base.tag, workdir=recipe.workdir, source=source,
@@ -77,11 +76,26 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
     # Provenance's git facts (two `git` runs, a status over the tree) are read while the
     # engine builds, and the new image's tag and history are asked for at once: the engine's
     # build is the only wait a cached rebake should have.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bake-os") as pool:
-        git = pool.submit(git_source, source.root)
+    def build_it() -> BuildOutcome:
         with context_tar(translation, source, epoch=epoch) as tar:
-            outcome = build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
-                            describe=describe)
+            return build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
+                         describe=describe)
+
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="bake-os") as pool:
+        git = pool.submit(git_source, source.root)
+        # The base is looked for while the engine builds: it is there on every bake but the
+        # first, and a build without it fails at FROM at once; then it is made and the build
+        # runs again.
+        found = pool.submit(find_base, client, recipe.base)
+        try:
+            outcome = build_it()
+        except BakeError:
+            if found.result() is not None:
+                raise  # the base was there: the recipe's own failure
+            base_id = ensure_base(client, recipe.base, on_progress=say)
+            outcome = build_it()
+        else:
+            base_id = found.result() or ""  # "": removed since the build used it
         cached_steps = sorted(translation.owners[n] for n in outcome.cached
                               if translation.owners.get(n))
         for i, step in enumerate(steps, start=1):
