@@ -15,7 +15,7 @@ Containerfile hinotori generates for the recipe, written out with its build cont
                           three layers come from the cache, one is built
 
 The one-line change is timed four ways, interleaved round by round with `podman build` (so a
-busy machine slows all of them alike), medians of the runs:
+busy machine slows all of them alike; the order rotates every round), medians of the runs:
 
     controller            `hinotori bake web` with the project's controller up: the CLI hands
                           the bake to it (a warm process) before loading the full CLI
@@ -204,10 +204,14 @@ def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podma
         "one-line change, in-process": in_process,
     }
     seconds: dict[str, list[float]] = {label: [] for label in ways}
-    for _ in range(runs):
-        for label, way in ways.items():
+    order = list(ways)
+    for n in range(runs):
+        # Rotated each round, so each way follows every other equally often: the engine's
+        # service re-reads its storage after another process (`podman build`) changed it,
+        # a cost that lands on whichever way comes next.
+        for label in order[n % len(order):] + order[:n % len(order)]:
             bump()
-            seconds[label].append(way())
+            seconds[label].append(ways[label]())
     events = loaded.store.events(action="image.baked", limit=1000)
     served = [e.detail["seconds"] for e in events if e.detail.get("via") == "controller"]
     assert len(served) >= runs, events  # the controller path did go through it
