@@ -44,13 +44,15 @@ def quick_bake(argv: list[str], environ: dict[str, str]) -> int | None:
     if target is None:
         return None
     address, token = target
+    body = json.dumps({"no_cache": no_cache, "actor": f"cli:{_actor()}"}).encode()
+    sent = _send(address, f"/v1/services/{service}/bake", body, token)
+    if sent is None:
+        return None  # nothing listened: a stale controller.json
+    # Rich (the output) is imported while the controller bakes, not before the request.
     from hinotori.cli.render import console, err_console
 
-    body = json.dumps({"no_cache": no_cache, "actor": f"cli:{_actor()}"}).encode()
-    with console.status(f"baking {service}…"):
-        answer = _post(address, f"/v1/services/{service}/bake", body, token)
-    if answer is None:
-        return None  # nothing listened: a stale controller.json
+    with sent, console.status(f"baking {service}…"):
+        answer = _receive(sent)
     status, payload = answer
     if status is None:
         err_console.print(f"[yellow]note:[/] the controller at {address} stopped during the "
@@ -145,29 +147,36 @@ def _controller(spec: Path, environment: str | None) -> tuple[str, str] | None:
     return (address, token) if isinstance(address, str) else None
 
 
-def _post(address: str, path: str, body: bytes,
-          token: str) -> tuple[int | None, bytes] | None:
-    """(status, body) of the POST; (None, b"") when the controller stopped answering after
-    it took the request; None when nothing took it. HTTP/1.1 by hand, one request and
-    ``Connection: close``: http.client and its email parser cost more to import than this
-    command spends on anything else of its own."""
+def _send(address: str, path: str, body: bytes, token: str) -> socket.socket | None:
+    """The connection the POST went out on; None when nothing took it. HTTP/1.1 by hand, one
+    request and ``Connection: close``: http.client and its email parser cost more to import
+    than this command spends on anything else of its own."""
     host, _, port = address.rpartition(":")
     try:
         sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
     except (OSError, ValueError):
         return None
-    with sock:
-        try:
-            sock.settimeout(BAKE_TIMEOUT)
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
-                         f"Authorization: Bearer {token}\r\n"
-                         "Content-Type: application/json\r\nConnection: close\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except OSError:
-            return None, b""
+    try:
+        sock.settimeout(BAKE_TIMEOUT)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
+                     f"Authorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nConnection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _receive(sock: socket.socket) -> tuple[int | None, bytes]:
+    """(status, body) of the answer; (None, b"") when the controller stopped answering after
+    it took the request."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except OSError:
+        return None, b""
     return _response(b"".join(chunks))
 
 
