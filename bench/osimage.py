@@ -1,6 +1,6 @@
 """OS image bakes: hinotori (through the Engine API) versus `podman build --layers`.
 
-    python bench/osimage.py [--runs 5] [--cold-runs 3]
+    python bench/osimage.py [--runs 5] [--cold-runs 1]
 
 Both build the same thing on the same engine storage and the same Debian base
 (examples/debian-web's recipe: an apt step with curl, a useradd run step, two copy steps): the
@@ -9,16 +9,26 @@ Containerfile hinotori generates for the recipe, written out with its build cont
 
     cold                  every step runs: `hinotori bake --no-cache` vs
                           `podman build --layers --no-cache` (the apt step downloads, so this
-                          one depends on the mirror more than on either tool)
+                          one depends on the mirror more than on either tool; --cold-runs 0
+                          skips it)
     one-line change       VERSION (copied by the last step) gets new content before each run:
                           three layers come from the cache, one is built
 
-Times are whole commands as a user runs them (`python -m hinotori bake web` and `podman build`),
-medians of the runs, alternating the tools; the one-line change is also timed in-process
-(`releases.bake_service()`, what the controller runs when a push ships a service: no
-interpreter start and no CLI imports, which cost hinotori ~0.5 s a command). Ratios are
-podman / hinotori (above 1: hinotori is faster). Goal: the cached rebake no slower than
-podman's (ratio >= 1).
+The one-line change is timed four ways, interleaved round by round with `podman build` (so a
+busy machine slows all of them alike; the order rotates every round), medians of the runs:
+
+    controller            `hinotori bake web` with the project's controller up: the CLI hands
+                          the bake to it (a warm process) before loading the full CLI
+    command, no ctl       `hinotori bake web --local`: the whole CLI starts and bakes itself,
+                          as it does when no controller runs
+    in-process            `releases.bake_service()`, what the controller runs: no interpreter
+                          start, CLI imports or request
+
+Times are whole commands as a user runs them. PYTHONDONTWRITEBYTECODE is dropped from the
+commands' environment: an installed hinotori has its bytecode compiled, and recompiling every
+module on each start would be a cost no user pays. Ratios printed are podman/hinotori (above 1:
+hinotori is faster); the figures recorded for bench/all.py are seconds ratios hinotori/podman,
+goal (the controller path) <= 1.0, i.e. no slower than `podman build`.
 
 Needs podman and mmdebstrap; the base is bootstrapped once (and kept in the engine).
 """
@@ -35,10 +45,15 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results import record  # noqa: E402
+from router import free_port  # noqa: E402
 
 from hinotori.bake.context import BuildSource  # noqa: E402
 from hinotori.bake.ignore import IgnoreRules  # noqa: E402
@@ -69,7 +84,7 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--cold-runs", type=int, default=1)
     args = parser.parse_args()
     for tool in ("podman", "mmdebstrap"):
         if shutil.which(tool) is None:
@@ -110,10 +125,11 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
                             source=source)
     with context_tar(translation, source) as f, tarfile.open(fileobj=f) as tar:
         tar.extractall(peer, filter="tar")
-    version_copies = [peer / n / "VERSION" for n, (src, _k) in translation.copies.items()
+    version_copies = [peer / n / "VERSION" for n, (src, *_k) in translation.copies.items()
                       if src == "VERSION"]
 
     env = {**os.environ, "DOCKER_HOST": url, "NO_COLOR": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # see the docstring
     hinotori = [sys.executable, "-m", "hinotori", "bake", "web", "--spec", str(project)]
     podman = ["podman", "build", "--layers", "--timestamp", str(ZIP_EPOCH), "-q",
               "-f", str(peer / "Containerfile"), "-t", f"localhost/bench/{name}:peer",
@@ -126,43 +142,38 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
             path.write_text(text)
 
     results: dict[str, tuple[list[float], list[float]]] = {}
-    print(f"cold: {args.cold_runs} runs each (apt downloads from the mirror)", flush=True)
-    cold: tuple[list[float], list[float]] = ([], [])
-    for _ in range(args.cold_runs):
-        bump()
-        cold[0].append(timed([*hinotori, "--no-cache"], env))
-        cold[1].append(timed([*podman[:2], "--no-cache", *podman[2:]], env))
-    results["cold"] = cold
+    if args.cold_runs:
+        print(f"cold: {args.cold_runs} runs each (apt downloads from the mirror)", flush=True)
+        cold: tuple[list[float], list[float]] = ([], [])
+        for _ in range(args.cold_runs):
+            bump()
+            cold[0].append(timed([*hinotori, "--no-cache"], env))
+            cold[1].append(timed([*podman[:2], "--no-cache", *podman[2:]], env))
+        results["cold"] = cold
     timed(hinotori, env)  # warm both caches for the scenario below
     timed(podman, env)
-    print(f"one-line change: {args.runs} runs each", flush=True)
-    warm: tuple[list[float], list[float]] = ([], [])
-    inproc: tuple[list[float], list[float]] = ([], [])
-    os.environ["DOCKER_HOST"] = url
-    loaded = Project.load(project)
-    for _ in range(args.runs):
-        bump()
-        warm[0].append(timed(hinotori, env))
-        bump()
-        warm[1].append(timed(podman, env))
-        bump()
-        began = time.perf_counter()
-        result, _outcome = bake_service(loaded, "web")
-        inproc[0].append(time.perf_counter() - began)
-        assert result.cache_hits == len(image.steps) - 1, result
-        bump()
-        inproc[1].append(timed(podman, env))
-    results["one-line change"] = warm
-    results["  in-process"] = inproc
-
-    print(f"\n{'scenario':<18} {'hinotori':>10} {'podman':>10} {'podman/hinotori':>16}")
+    spec_file = project / "hinotori.toml"
+    spec_file.write_text(spec_file.read_text().replace(
+        'listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{free_port()}"'))
+    timed([sys.executable, "-m", "hinotori", "up", "-d", "--spec", str(project)], env)
+    try:
+        rounds = measure_one_line_change(args.runs, project, hinotori, podman, env, bump,
+                                         len(image.steps))
+    finally:
+        timed([sys.executable, "-m", "hinotori", "down", "--spec", str(project)], env)
+    theirs = rounds.pop("podman")
+    for label, ours in rounds.items():
+        results[label] = (ours, theirs)
+    print(f"\n{'scenario':<34} {'hinotori':>10} {'podman':>10} {'podman/hinotori':>16}")
     for scenario, (ours, theirs) in results.items():
         a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"{scenario:<18} {a:>9.2f}s {b:>9.2f}s {b / a:>15.2f}x")
-    for label, (ours, theirs) in (("command", warm), ("in-process", inproc)):
+        print(f"{scenario:<34} {a:>9.2f}s {b:>9.2f}s {b / a:>15.2f}x")
+    for label in ("controller", "command, no ctl", "in-process"):
+        ours, theirs = results[f"one-line change, {label}"]
         goal = statistics.median(theirs) / statistics.median(ours)
         print(f"goal (cached rebake no slower than podman's), {label}: "
               f"{'met' if goal >= 1 else 'NOT met'} ({goal:.2f}x)")
+    record_figures(results, args.runs)
     for img in client.images.list(name=f"localhost/hinotori/{name}-web"):
         for tag in img.tags:
             client.images.remove(tag)
@@ -170,6 +181,72 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
         for tag in img.tags:
             client.images.remove(tag)
     client.close()
+
+
+def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podman: list[str],
+                             env: dict[str, str], bump: Callable[[], None],
+                             steps: int) -> dict[str, list[float]]:
+    """Seconds of each way to rebake after a one-line change, and podman's, round by round."""
+    print(f"one-line change: {runs} runs each, interleaved", flush=True)
+    os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
+    loaded = Project.load(project)
+
+    def in_process() -> float:
+        began = time.perf_counter()
+        result, _outcome = bake_service(loaded, "web")
+        assert result.cache_hits == steps - 1, result
+        return time.perf_counter() - began
+
+    ways: dict[str, Callable[[], float]] = {
+        "podman": lambda: timed(podman, env),
+        "one-line change, controller": lambda: timed(hinotori, env),
+        "one-line change, command, no ctl": lambda: timed([*hinotori, "--local"], env),
+        "one-line change, in-process": in_process,
+    }
+    seconds: dict[str, list[float]] = {label: [] for label in ways}
+    order = list(ways)
+    for n in range(runs):
+        # Rotated each round, so each way follows every other equally often: the engine's
+        # service re-reads its storage after another process (`podman build`) changed it,
+        # a cost that lands on whichever way comes next.
+        for label in order[n % len(order):] + order[:n % len(order)]:
+            bump()
+            seconds[label].append(ways[label]())
+    events = loaded.store.events(action="image.baked", limit=1000)
+    served = [e.detail["seconds"] for e in events if e.detail.get("via") == "controller"]
+    assert len(served) >= runs, events  # the controller path did go through it
+    print(f"  the controller's own bake (image.baked seconds): median "
+          f"{statistics.median(served[-runs:]):.2f}s; every round: "
+          + " ".join(f"{label.rsplit(', ', 1)[-1]} {' '.join(f'{x:.2f}' for x in xs)};"
+                     for label, xs in seconds.items()), flush=True)
+    return seconds
+
+
+def record_figures(results: dict[str, tuple[list[float], list[float]]], runs: int) -> None:
+    """The figures for bench/all.py: seconds ratios hinotori/podman (see the docstring)."""
+    def ratio(label: str) -> float:
+        ours, theirs = results[label]
+        return statistics.median(ours) / statistics.median(theirs)
+
+    detail = f"medians of {runs} interleaved runs"
+    record("osimage", "hinotori bake / podman build seconds after a one-line change "
+           "(controller up)", ratio("one-line change, controller"), unit="x", goal="<= 1.0",
+           detail=detail)
+    record("osimage", "hinotori bake / podman build seconds after a one-line change "
+           "(no controller: the CLI bakes)", ratio("one-line change, command, no ctl"),
+           unit="x", detail=detail)
+    record("osimage", "bake_service() in process / podman build seconds after a one-line "
+           "change", ratio("one-line change, in-process"), unit="x", detail=detail)
+    podman = statistics.median(results["one-line change, controller"][1])
+    record("osimage", "podman build seconds after a one-line change", podman, unit="s",
+           detail=detail)
+    if "cold" in results:
+        ours, theirs = results["cold"]
+        record("osimage", "cold bake: hinotori bake --no-cache / podman build --no-cache "
+               "seconds", statistics.median(ours) / statistics.median(theirs), unit="x",
+               detail=f"medians of {len(ours)} runs; the mirror's speed dominates")
+        record("osimage", "cold bake seconds (hinotori bake --no-cache)",
+               statistics.median(ours), unit="s")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
-from hinotori.cli.app import main
+from hinotori.cli.entry import main
 
 main()

@@ -22,6 +22,7 @@ The CLI prints any ``HinotoriError`` as its message (plus hint) without a traceb
     │   └── CertificateError               a TLS certificate or key file is unusable
     ├── ControllerError                    controller not running, unreachable, or refused us
     │   ├── Unauthorised                   missing or wrong API token or webhook signature
+    │   ├── ControllerUnreachable          nothing answered, or it stopped answering mid-call
     │   └── Forbidden                      signed in, but not allowed that (read-only, cross-site)
     ├── DeployError                        a deployment failed; traffic stayed where it was
     │   ├── LockedError                    another deployment of the service holds the lock
@@ -162,6 +163,16 @@ class ControllerError(HinotoriError):
 
 class Unauthorised(ControllerError):
     pass
+
+
+class ControllerUnreachable(ControllerError):
+    """The controller did not answer: ``sent`` when it may have taken the request (it stopped
+    mid-call) rather than nothing listening; ``timed_out`` when it was too slow."""
+
+    def __init__(self, message: str, *, hint: str | None = None, sent: bool = False,
+                 timed_out: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.sent, self.timed_out = sent, timed_out
 
 
 class Forbidden(ControllerError):

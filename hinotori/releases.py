@@ -9,9 +9,10 @@ exactly one; a rotated secret alone makes a config-only one ("secret DB_PASSWORD
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hinotori.bake import BakeResult, BuildCache, bake
 from hinotori.bake.ignore import IgnoreRules
@@ -20,6 +21,9 @@ from hinotori.model import Release, ReleaseConfig
 from hinotori.project import Project
 from hinotori.secrets import secrets_reason
 from hinotori.store import Store, default_actor
+
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass(frozen=True)
@@ -30,24 +34,38 @@ class ReleaseOutcome:
 
 def bake_service(project: Project, service: str, *,
                  on_progress: Callable[[str], None] | None = None,
-                 use_cache: bool = True) -> tuple[BakeResult, ReleaseOutcome]:
+                 use_cache: bool = True, actor: str | None = None, via: str = "local",
+                 engine: docker.DockerClient | None = None) -> tuple[BakeResult, ReleaseOutcome]:
     """Bake ``service``'s image from its recipe and make a release if anything changed.
-    ``use_cache=False`` runs every step again (``hinotori bake --no-cache``)."""
+    ``use_cache=False`` runs every step again (``hinotori bake --no-cache``). ``actor`` (who
+    baked; default this user) and ``via`` ("local"; "controller" for a bake the CLI handed
+    to a running controller; "push" for a push webhook's ship) go into the ``image.baked``
+    event, the bake's provenance.
+    ``engine``: a client of the project's engine to build OS images with (a warm process keeps
+    one); by default one is connected for this bake and closed after it."""
     svc = project.service(service)
+    actor = actor or default_actor()
+    started = time.monotonic()
     _secret_files_not_baked(project, service)
     # Held across the bake and the release, so `gc` cannot remove the new image in between.
     # bake() takes the same lock shared again: flock grants a shared lock while others
     # hold it shared, even with an exclusive request (gc) waiting, so this cannot deadlock.
     with BuildCache.beside(project.images.root).lock():
         if svc.image.os is not None:
-            result = _bake_os(project, service, on_progress=on_progress, use_cache=use_cache)
+            result = _bake_os(project, service, on_progress=on_progress, use_cache=use_cache,
+                              engine=engine)
         else:
             result = bake(project.root / svc.image.context, svc.image.recipe(),
                           project.images,
                           labels={"service": service, "project": project.spec.project.name},
                           on_progress=on_progress, use_cache=use_cache)
         outcome = ensure_release(project, service, image=result.image.digest,
-                                 config=svc.release_config(), reason="bake")
+                                 config=svc.release_config(), reason="bake", actor=actor)
+    project.store.record(actor, "image.baked", service, {
+        "image": result.image.digest, "via": via, "release": outcome.release.name,
+        "release_created": outcome.created, "reused": result.reused,
+        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
+        "no_cache": not use_cache, "seconds": round(time.monotonic() - started, 3)})
     return result, outcome
 
 
@@ -74,7 +92,7 @@ def _secret_files_not_baked(project: Project, service: str) -> None:
 
 
 def _bake_os(project: Project, service: str, *, on_progress: Callable[[str], None] | None,
-             use_cache: bool) -> BakeResult:
+             use_cache: bool, engine: docker.DockerClient | None) -> BakeResult:
     """An OS image (``image.os`` set): built in the container engine; its digest is the
     engine image id the container provider runs."""
     from hinotori.bake.osimage import BaseSpec, OsRecipe, bake_os
@@ -85,17 +103,19 @@ def _bake_os(project: Project, service: str, *, on_progress: Callable[[str], Non
     recipe = OsRecipe(BaseSpec(suite=os_spec.suite, variant=os_spec.variant,
                                packages=tuple(os_spec.packages), mirror=os_spec.mirror,
                                arch=os_spec.arch), workdir=os_spec.workdir)
-    client = project.engine()
+    client = engine or project.engine()
     try:
         return bake_os(client, project.root / image.context, image.recipe(), recipe,
                        project.images, project=project.spec.project.name, service=service,
                        on_progress=on_progress, use_cache=use_cache)
     finally:
-        client.close()
+        if engine is None:
+            client.close()
 
 
 def ensure_release(project: Project, service: str, *, image: str | None = None,
-                   config: ReleaseConfig | None = None, reason: str) -> ReleaseOutcome:
+                   config: ReleaseConfig | None = None, reason: str,
+                   actor: str | None = None) -> ReleaseOutcome:
     """The newest release if it already has ``image`` and ``config``; else a new one.
     ``image`` None keeps the newest release's image (a config-only release)."""
     latest = project.store.latest_release(service)
@@ -112,8 +132,8 @@ def ensure_release(project: Project, service: str, *, image: str | None = None,
         return ReleaseOutcome(latest, created=False)
     if latest and latest.image == image:
         reason = secrets_reason(latest.config, config) or reason
-    release = project.store.create_release(service, image, config, actor=default_actor(),
-                                           reason=reason)
+    release = project.store.create_release(service, image, config,
+                                           actor=actor or default_actor(), reason=reason)
     return ReleaseOutcome(release, created=True)
 
 

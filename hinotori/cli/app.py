@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from hinotori.cli import (
     auditcmd,
+    bakecmd,
     chaoscmd,
     controlcmds,
     dashboardcmd,
@@ -75,41 +76,6 @@ def init(directory: Annotated[Path, typer.Argument()] = Path("."),
     console.print(f"wrote {', '.join(written)} in {directory.resolve()}")
     console.print("next: [bold]hinotori up -d[/] && [bold]hinotori bake web[/] && "
                   "[bold]hinotori deploy web[/]")
-
-
-def bake(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
-         spec: SpecOpt = Path("."), environment: EnvOpt = None, json_out: JsonOpt = False,
-         no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again, "
-                                                "ignoring the build cache")] = False) -> None:
-    """Bake the service's image from its recipe; make a release if anything changed."""
-    from hinotori.releases import bake_service, bake_summary
-
-    project = Project.load(spec, environment)
-    names = [service] if service else sorted(project.spec.services)
-    results = []
-    for name in names:
-        project.service(name)
-        with console.status(f"baking {name}…") as status:
-            result, outcome = bake_service(
-                project, name, on_progress=lambda m, s=status, n=name: s.update(f"{n}: {m}"),
-                use_cache=not no_cache)
-        release = outcome.release
-        results.append(bake_summary(name, result, outcome))
-        if not json_out:
-            verb = "new release" if outcome.created else "no change, still"
-            steps = result.cache_hits + result.cache_misses
-            cache = (f" [dim]({result.cache_hits} of {steps} steps cached)[/]"
-                     if steps else "")
-            console.print(f"[bold]{name}[/]: image {render.short_digest(result.image.digest)}"
-                          f"{' (already stored)' if result.reused else ''} — {verb} "
-                          f"[bold]{release.name}[/]{cache}")
-            if result.cached_steps is not None and steps:  # an OS image: say which layers
-                built = [i for i in range(1, steps + 1) if i not in result.cached_steps]
-                console.print(f"  [dim]{result.image.digest}; steps cached: "
-                              f"{' '.join(map(str, result.cached_steps)) or 'none'}; built: "
-                              f"{' '.join(map(str, built)) or 'none'}[/]", highlight=False)
-    if json_out:
-        render.print_json(results)
 
 
 def hosts(service: Annotated[str | None, typer.Argument()] = None, spec: SpecOpt = Path("."),
@@ -173,7 +139,7 @@ LIFECYCLE, CANARY, VERIFY, OBSERVE, IMAGES, BURN, MACHINES = (
 # paragraph, whole (see whole_sentences).
 for _panel, _commands in (
         (LIFECYCLE, {"init": init, "up": controlcmds.up, "down": controlcmds.down,
-                     "status": statuscmd.status, "bake": bake, "deploy": controlcmds.deploy,
+                     "status": statuscmd.status, "bake": bakecmd.bake, "deploy": controlcmds.deploy,
                      "ship": controlcmds.ship, "rollback": controlcmds.rollback,
                      "demo": demo}),
         (CANARY, {name: getattr(controlcmds, name)

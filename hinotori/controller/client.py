@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hinotori import errors
-from hinotori.errors import ControllerError, HinotoriError
+from hinotori.errors import ControllerError, ControllerUnreachable, HinotoriError
 from hinotori.project import Project
 
 if TYPE_CHECKING:
     import httpx
 
 NOT_RUNNING_HINT = "start it with `hinotori up -d`"
+BAKE_TIMEOUT = 3600.0  # a cold OS-image bake downloads packages; a hung controller still ends
 
 
 class ControllerClient:
@@ -43,10 +44,12 @@ class ControllerClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ControllerError(
+            raise ControllerUnreachable(
                 f"the controller at {self.info['address']} does not answer "
                 f"({e.__class__.__name__})",
-                hint=f"it may have stopped: {NOT_RUNNING_HINT}") from None
+                hint=f"it may have stopped: {NOT_RUNNING_HINT}",
+                sent=not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout),
+                timed_out=isinstance(e, httpx.TimeoutException)) from None
         if response.status_code >= 400:
             raise _error_from(response)
         return response.json()
@@ -76,6 +79,14 @@ class ControllerClient:
             if dep["state"] != "running":  # ended, or held (`deploy --hold`)
                 return dep
             time.sleep(poll)
+
+    def bake(self, service: str, *, no_cache: bool, actor: str) -> dict[str, Any]:
+        """``POST /v1/services/{service}/bake``: the summary ``bake_summary`` gives."""
+        import httpx  # already imported by __init__; see there
+
+        return self.call("POST", f"/v1/services/{service}/bake",
+                         json={"no_cache": no_cache, "actor": actor},
+                         timeout=httpx.Timeout(30.0, read=BAKE_TIMEOUT))
 
     def kill(self, host_id: str, actor: str) -> dict[str, Any]:
         return self.call("POST", f"/v1/hosts/{host_id}/kill", json={"actor": actor})

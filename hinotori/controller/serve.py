@@ -16,6 +16,7 @@ import socket
 
 import uvicorn
 
+from hinotori import __version__
 from hinotori.controller.api import create_app
 from hinotori.controller.daemon import Controller
 from hinotori.errors import ControllerError
@@ -57,8 +58,11 @@ async def serve(project: Project) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stopping.set)
     api = asyncio.create_task(server.serve(sockets=[sock]))
+    # version, spec and environment: `hinotori bake` hands a bake only to a controller of the
+    # same hinotori, spec file and environment (hinotori.cli.bakequick).
     info = {"pid": os.getpid(), "address": address, "started_at": controller.started_at,
-            "router": project.spec.router.listen}
+            "router": project.spec.router.listen, "version": __version__,
+            "spec": str(project.loaded.path), "environment": project.environment}
     write_private(project.controller_file, json.dumps(info),
                   tmp=project.controller_file.with_suffix(".tmp"))
     log.info("controller up: api http://%s, router %s", address, project.spec.router.listen)

@@ -97,7 +97,7 @@ class Shipping:
 
         try:
             refuse_unpromoted(self.project, "a bake shipped here")
-            _, outcome = await asyncio.to_thread(bake_service, self.project, service)
+            _, outcome = await asyncio.to_thread(bake_service, self.project, service, via="push")
             await self.start_deployment(service, kind="deploy", release=outcome.release.number,
                                         lock_wait=600, actor="webhook", reason=why)
         except HinotoriError as e:

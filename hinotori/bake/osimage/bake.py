@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,9 @@ from hinotori.bake.cache import BuildCache
 from hinotori.bake.context import BuildSource
 from hinotori.bake.ignore import IgnoreRules
 from hinotori.bake.images import ImageStore
-from hinotori.bake.osimage.base import BaseSpec, ensure_base
+from hinotori.bake.osimage.base import BaseSpec, ensure_base, find_base
 from hinotori.bake.osimage.containerfile import context_tar, translate
-from hinotori.bake.osimage.engine_build import build
+from hinotori.bake.osimage.engine_build import BuildOutcome, build
 from hinotori.bake.provenance import git_source, recipe_hash
 from hinotori.bake.steps import Step
 from hinotori.errors import BakeError
@@ -61,7 +62,6 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
     context = _check_context(Path(context))
     cache = BuildCache.beside(store.root)
     source = BuildSource(context, IgnoreRules.load(context, ignore_file), (store.root, cache.root))
-    base_id = ensure_base(client, recipe.base, on_progress=say)
     epoch = recipe.base.epoch()
     steps = list(steps)
     translation = translate(steps, base=recipe.base.tag, workdir=recipe.workdir, source=source,
@@ -73,39 +73,65 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
             return "the image's prelude (FROM, ARG, WORKDIR) or its sysctls label"
         return f"step {owner}/{len(steps)} ({steps[owner - 1].describe()})"
 
-    with context_tar(translation, source, epoch=epoch) as tar:
-        outcome = build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
-                        describe=describe)
-    cached_steps = sorted(translation.owners[n] for n in outcome.cached
-                          if translation.owners.get(n))
-    for i, step in enumerate(steps, start=1):
-        say(f"step {i}/{len(steps)}: {step.describe()}"
-            f"{' (cached)' if i in cached_steps else ''}")
-    image_id, image = outcome.image_id, outcome.image
-    repository = image_repository(project, service)
-    tag = image_id.removeprefix("sha256:")[:12]
-    if f"{repository}:{tag}" not in image.tags:
-        image.tag(repository, tag=tag)
-    hits = len(cached_steps)
+    # Provenance's git facts (two `git` runs, a status over the tree) are read while the
+    # engine builds, and the new image's tag and history are asked for at once: the engine's
+    # build is the only wait a cached rebake should have.
+    def build_it() -> BuildOutcome:
+        with context_tar(translation, source, epoch=epoch) as tar:
+            return build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
+                         describe=describe)
 
-    def result(reused: bool) -> BakeResult:
-        return BakeResult(store.get(image_id), reused=reused, cache_hits=hits,
-                          cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="bake-os") as pool:
+        git = pool.submit(git_source, source.root)
+        # The base is looked for while the engine builds: it is there on every bake but the
+        # first, and a build without it fails at FROM at once; then it is made and the build
+        # runs again.
+        found = pool.submit(find_base, client, recipe.base)
+        try:
+            outcome = build_it()
+        except BakeError:
+            if found.result() is not None:
+                raise  # the base was there: the recipe's own failure
+            base_id = ensure_base(client, recipe.base, on_progress=say)
+            outcome = build_it()
+        else:
+            base_id = found.result() or ""  # "": removed since the build used it
+        cached_steps = sorted(translation.owners[n] for n in outcome.cached
+                              if translation.owners.get(n))
+        for i, step in enumerate(steps, start=1):
+            say(f"step {i}/{len(steps)}: {step.describe()}"
+                f"{' (cached)' if i in cached_steps else ''}")
+        image_id, image = outcome.image_id, outcome.image
+        repository = image_repository(project, service)
+        tag = image_id.removeprefix("sha256:")[:12]
+        tagging = (pool.submit(image.tag, repository, tag=tag)
+                   if f"{repository}:{tag}" not in image.tags else None)
+        hits = len(cached_steps)
 
-    if store.exists(image_id):
-        say(f"image {image_id} already stored")
-        return result(reused=True)
-    info = _provenance(image, base_id, steps, recipe, source, translation.text,
-                       tag=f"{repository}:{tag}", service=service, project=project,
-                       cached_steps=cached_steps, seconds=time.monotonic() - started)
-    store.record(image_id, info, engine={"id": image_id, "tag": f"{repository}:{tag}"})
-    say(f"stored image {image_id}")
-    return result(reused=False)
+        def result(reused: bool) -> BakeResult:
+            if tagging is not None:
+                tagging.result()  # raises what tagging raised
+            return BakeResult(store.get(image_id), reused=reused, cache_hits=hits,
+                              cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
+
+        if store.exists(image_id):
+            say(f"image {image_id} already stored")
+            return result(reused=True)
+        info = _provenance(image, base_id, steps, recipe, source, translation.text,
+                           tag=f"{repository}:{tag}", service=service, project=project,
+                           cached_steps=cached_steps, seconds=time.monotonic() - started,
+                           git=git.result())
+        if tagging is not None:
+            tagging.result()  # tagged before the record says it is
+        store.record(image_id, info, engine={"id": image_id, "tag": f"{repository}:{tag}"})
+        say(f"stored image {image_id}")
+        return result(reused=False)
 
 
 def _provenance(image: Any, base_id: str, steps: list[Step], recipe: OsRecipe,
                 source: BuildSource, containerfile: str, *, tag: str, service: str,
-                project: str, cached_steps: list[int], seconds: float) -> dict[str, Any]:
+                project: str, cached_steps: list[int], seconds: float,
+                git: dict[str, Any] | None) -> dict[str, Any]:
     env: dict[str, str] = {}
     for step in steps:
         env = step.environment(env)
@@ -130,7 +156,6 @@ def _provenance(image: Any, base_id: str, steps: list[Step], recipe: OsRecipe,
         "cached_steps": cached_steps,
         "containerfile": containerfile,
     }
-    git = git_source(source.root)
     if git is not None:
         info["source"] = git
     return info
