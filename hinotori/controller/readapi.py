@@ -95,7 +95,11 @@ def read_routes(store: Store, logs: LogStore) -> APIRouter:
         return [deployment_view(d) for d in store.deployments(service, limit)]
 
     @routes.get("/v1/deployments/{number}")
-    async def deployment(number: Annotated[int, Path(ge=1, le=MAX_NUMBER)]) -> dict[str, Any]:
-        return deployment_view(store.deployment(number))
+    async def deployment(number: Annotated[int, Path(ge=1, le=MAX_NUMBER)],
+                         steps_after: Annotated[int, Query(ge=0, le=MAX_NUMBER)] = 0
+                         ) -> dict[str, Any]:
+        """One deployment; ``steps_after=N``: its steps from index N on (what a follower has
+        not seen yet), so following a 1,000-host deployment is not quadratic."""
+        return deployment_view(store.deployment(number, steps_after))
 
     return routes

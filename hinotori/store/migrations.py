@@ -85,4 +85,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deployments ADD COLUMN hold TEXT;
     """,
+    # 9: a deployment's steps, one row each: appending to the JSON list in deployments.steps
+    # rewrote the whole list per step, quadratic in a 1,000-host deployment's ~2,000 steps.
+    # Steps of deployments made before this stay in that column (read first).
+    """
+    CREATE TABLE deployment_steps (
+        deployment INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT NOT NULL,
+        PRIMARY KEY (deployment, seq)) WITHOUT ROWID;
+    """,
 ]
