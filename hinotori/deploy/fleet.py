@@ -72,7 +72,7 @@ class Fleet:
     # At most this many provider boots (copy the image, start the host) run at once, whatever
     # the number of hosts asked for: the boots of 1,000 hosts queue instead of starting 1,000
     # copies together. Health and verify waits are not bounded: they are cheap and slow.
-    boot_parallel = 16
+    BOOT_PARALLEL = 16
 
     def __init__(self, *, spec: Spec, store: Store, providers: dict[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
@@ -97,10 +97,28 @@ class Fleet:
         # up | down | draining of a [machines.NAME]: the controller's machine watch sets it.
         self.machine_state: Callable[[str], str] = lambda _: USABLE
         self._table_lock = asyncio.Lock()
-        self._boots = asyncio.Semaphore(self.boot_parallel)
+        self.boot_parallel = self.BOOT_PARALLEL
         # Held releases (`deploy --hold`), by service: reachable by preview only. Kept in memory
         # alone: a restarted controller routes without them and burns their hosts (adoption).
         self.previews: dict[str, tuple[int, list[Host]]] = {}
+
+    @property
+    def boot_parallel(self) -> int:
+        """How many provider boots may run at once."""
+        return self._boot_parallel
+
+    @boot_parallel.setter
+    def boot_parallel(self, value: int) -> None:
+        self._boot_parallel = value
+        self._boots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def _boot_slots(self) -> asyncio.Semaphore:
+        """The bound's semaphore of the running loop (a fleet driven by successive
+        ``asyncio.run`` calls gets one per loop: a semaphore is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._boots is None or self._boots[0] is not loop:
+            self._boots = (loop, asyncio.Semaphore(self._boot_parallel))
+        return self._boots[1]
 
     # -- the spec ------------------------------------------------------------------------
     @property
@@ -192,7 +210,7 @@ class Fleet:
         svc = self.service(service)
         provider = self.provider(service)
         host_id = f"{service}-{secrets.token_hex(4)}"
-        async with self._boots:
+        async with self._boot_slots():
             host = await provider.boot(self.boot_request(service, release, host_id, machine,
                                                          resolved=resolved))
         with self.store.transaction():  # booted and verifying: one commit
