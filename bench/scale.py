@@ -20,7 +20,8 @@ v2 serving and v1 warm. Then, idle:
              router workers), over --idle seconds, % of one core; and their RSS at the end
   status     `hinotori status` wall time (a whole CLI process), median of --reads; beside it
              `hinotori --help` (the CLI's start-up alone) for scale
-  hosts API  GET /v1/hosts (live hosts) on the controller's API, median of --reads
+  API        GET /v1/status (what `status` asks) and GET /v1/hosts (live hosts) on the
+             controller's API, median of --reads
   state.db   its size (with -wal) before and after the idle period
 and the growth factor per 10x hosts between consecutive sizes (value ratio ^ (1/log10 of
 the size ratio)): 10 means linear, 1 flat. Needs busybox (Debian `busybox`).
@@ -190,7 +191,7 @@ def idle_cpu(p: Project, seconds: float) -> tuple[float, float, int]:
     return 100 * used / took, sum(rss for _, rss in after.values()) / 2**20, len(after)
 
 
-def hosts_api(p: Project) -> float:
+def api_get(p: Project, path: str) -> float:
     import httpx
 
     info = p.controller()
@@ -198,7 +199,7 @@ def hosts_api(p: Project) -> float:
     with httpx.Client(base_url=f"http://{info['address']}", timeout=60,
                       headers={"Authorization": f"Bearer {token}"}) as client:
         started = time.perf_counter()
-        response = client.get("/v1/hosts")
+        response = client.get(path)
         took = time.perf_counter() - started
         response.raise_for_status()
     return took
@@ -251,7 +252,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         row["db_growth_kib"] = (p.db_bytes() - db_before) / 2**10
         row["status_s"] = statistics.median(timed(p.cli, "status") for _ in range(args.reads))
         row["help_s"] = statistics.median(timed(cli_help) for _ in range(args.reads))
-        row["hosts_api_s"] = statistics.median(hosts_api(p) for _ in range(args.reads))
+        row["hosts_api_s"] = statistics.median(api_get(p, "/v1/hosts")
+                                               for _ in range(args.reads))
+        row["status_api_s"] = statistics.median(api_get(p, "/v1/status")
+                                                for _ in range(args.reads))
     finally:
         p.down()
     return row
@@ -262,9 +266,10 @@ COLUMNS = [("deploy_s", "deploy s", "{:.1f}"), ("deploy_cpu_s", "deploy CPU s", 
            ("switch_p50_ms", "switch p50", "{:.1f}"), ("switch_p99_ms", "p99 ms", "{:.1f}"),
            ("idle_cpu_pct", "idle CPU %", "{:.1f}"), ("rss_mib", "RSS MiB", "{:.0f}"),
            ("status_s", "status ms", "{:.0f}"), ("help_s", "--help ms", "{:.0f}"),
+           ("status_api_s", "/v1/status ms", "{:.1f}"),
            ("hosts_api_s", "/v1/hosts ms", "{:.1f}"), ("db_mib", "db MiB", "{:.2f}"),
            ("db_growth_kib", "db +KiB idle", "{:.0f}")]
-MS = {"status_s", "help_s", "hosts_api_s"}
+MS = {"status_s", "help_s", "hosts_api_s", "status_api_s"}
 
 
 def show(rows: list[dict[str, float]]) -> None:
@@ -301,6 +306,9 @@ def record_row(row: dict[str, float], interval: str) -> None:
     record("scale", f"hinotori status at {n} hosts", row["status_s"] * 1000, unit="ms",
            goal="< 300" if n >= 1000 else None,
            detail=f"{detail}; a whole CLI process (--help: {row['help_s'] * 1000:.0f} ms)")
+    record("scale", f"GET /v1/status at {n} hosts", row["status_api_s"] * 1000, unit="ms",
+           goal="< 300" if n >= 1000 else None,
+           detail=f"{detail}; what `hinotori status` asks the controller")
     record("scale", f"GET /v1/hosts at {n} hosts", row["hosts_api_s"] * 1000, unit="ms",
            detail=detail)
     record("scale", f"state.db at {n} hosts", row["db_mib"], unit="MiB", detail=detail)
