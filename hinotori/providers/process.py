@@ -36,10 +36,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -58,6 +56,7 @@ from hinotori.providers.base import (
     ProviderContext,
     volume_env,
 )
+from hinotori.providers.ports import PortPool
 from hinotori.providers.process_files import (
     copy_tree,
     read_host,
@@ -80,19 +79,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # comm may contain spaces and parentheses
     return fields[0], int(fields[19])
-
-
-def _free_port(avoid: deque[int]) -> int:
-    """A port free now and not handed to a host recently: the host binds it only once started,
-    so two hosts booting at once must not be given the same one."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            avoid.append(port)
-            return port
-    raise ProviderError("no free TCP port on 127.0.0.1", hint="too many hosts on this machine?")
 
 
 def _start_relay(out: object, values: list[str]) -> tuple[subprocess.Popen[bytes] | None,
@@ -148,8 +134,7 @@ class ProcessProvider:
     def __init__(self, hosts_root: Path) -> None:
         self.hosts_root = Path(hosts_root)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
-        self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
-        self._ports_lock = threading.Lock()
+        self._ports = PortPool()
         # Boots' own threads (not the loop's default executor, which the observers share):
         # as many as the fleet lets boot at once; mostly waiting on cp and fork/exec.
         self._pool = ThreadPoolExecutor(BOOT_THREADS, thread_name_prefix="hinotori-boot")
@@ -191,8 +176,7 @@ class ProcessProvider:
                                 hint="is the image still in the image store? "
                                      "`hinotori images` lists them") from e
         private_dir(scratch)
-        with self._ports_lock:  # boots run in threads: one port, one host
-            port = _free_port(self._ports)
+        port = self._ports.take()
         env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
         env.update(rel.config.env)
         env.update({rel.config.port_env: str(port), "HINOTORI_HOST_ID": req.host_id,

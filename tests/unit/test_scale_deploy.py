@@ -5,6 +5,8 @@ batched store writes and counted reads say exactly what the one-by-one ones said
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hinotori.errors import DeployError
 from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest
 from hinotori.providers.fake import FakeProvider
+from hinotori.providers.ports import PortPool, ephemeral_start
 from hinotori.store import Store
 from tests.support_fakes import World, world
 
@@ -138,3 +141,16 @@ def test_steps_written_before_the_steps_table_come_first(tmp_path: Path) -> None
     store.add_deployment_step(number, {"step": "switched"})
     assert [s["step"] for s in store.deployment(number)["steps"]] == ["boot", "switched"]
     assert [s["step"] for s in store.deployment(number, 1)["steps"]] == ["switched"]
+
+
+def test_host_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() -> None:
+    pool = PortPool(low=20_000, high=21_000)
+    pool._next = 20_500  # a known start; a bound port on the way must be skipped
+    with socket.socket() as taken:
+        with contextlib.suppress(OSError):  # someone else holds it: skipped all the same
+            taken.bind(("127.0.0.1", 20_501))
+        ports = [pool.take() for _ in range(20)]
+    assert len(set(ports)) == 20
+    assert all(20_000 <= p < 21_000 for p in ports)
+    assert 20_501 not in ports
+    assert ephemeral_start() >= 1024
