@@ -16,7 +16,9 @@ from hinotori.model import Host, HostState
 from hinotori.providers.base import BootRequest
 from hinotori.providers.fake import FakeProvider
 from hinotori.providers.ports import PortPool, ephemeral_start
+from hinotori.spec import parse_spec
 from hinotori.store import Store
+from tests.support import spec_error
 from tests.support_fakes import World, world
 
 
@@ -154,3 +156,9 @@ def test_host_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() ->
     assert all(20_000 <= p < 21_000 for p in ports)
     assert 20_501 not in ports
     assert ephemeral_start() >= 1024
+
+
+def test_a_service_may_have_a_thousand_replicas_and_no_more() -> None:
+    spec = 'command = ["app"]\nreplicas = {n}\n'
+    assert parse_spec(f"[services.web]\n{spec.format(n=1000)}").services["web"].replicas == 1000
+    spec_error(f"[services.web]\n{spec.format(n=1001)}")
