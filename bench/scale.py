@@ -330,15 +330,19 @@ def main() -> None:
     print(f"load: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores", flush=True)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        row = run_size(n, args)
+        try:
+            row = run_size(n, args)
+        except SystemExit as e:  # a failed deploy at this size: say so, go on to the next
+            print(f"{n} hosts failed: {str(e)[-600:]}", flush=True)
+            continue
         rows.append(row)
         interval = args.interval if args.interval != "auto" else \
             ("200ms" if n <= 100 else "default")
         print(f"{n} hosts done ({int(row['switches'])} switches, {int(row['procs'])} "
               f"controller processes, health interval {interval})", flush=True)
         record_row(row, interval)
-    print()
-    show(rows)
+        show(rows)  # so far: a later size that fails leaves these
+        print(flush=True)
 
 
 if __name__ == "__main__":
