@@ -32,8 +32,16 @@ def ephemeral_start() -> int:
         return 32768
 
 
+# Held while a port is checked by a bind and while boots fork: a child forked while a check's
+# socket is open holds that port until it execs, and the host given it then fails to bind.
+SPAWN_LOCK = threading.Lock()
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        # A check's socket lingering in a forked child must not keep a host (which sets
+        # SO_REUSEADDR, as servers do) off its port; a listening socket still refuses it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -51,7 +59,7 @@ class PortPool:
         self._lock = threading.Lock()
 
     def take(self) -> int:
-        with self._lock:
+        with self._lock, SPAWN_LOCK:
             if self.high - self.low >= 1000:
                 for _ in range(200):
                     port = self._next

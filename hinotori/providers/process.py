@@ -56,7 +56,7 @@ from hinotori.providers.base import (
     ProviderContext,
     volume_env,
 )
-from hinotori.providers.ports import PortPool
+from hinotori.providers.ports import SPAWN_LOCK, PortPool
 from hinotori.providers.process_files import (
     copy_tree,
     read_host,
@@ -193,12 +193,14 @@ class ProcessProvider:
             env.update(secretfiles.secret_env(req.secrets,
                                               {k: str(p) for k, p in files.items()}))
             with open_private(log, "ab") as out:
-                relay, sink = _start_relay(out, [s.value for s in req.secrets])
+                with SPAWN_LOCK:
+                    relay, sink = _start_relay(out, [s.value for s in req.secrets])
                 try:
-                    proc = subprocess.Popen(list(req.argv), cwd=view, env=env,
-                                            stdin=subprocess.DEVNULL,
-                                            stdout=out if sink is None else sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                    with SPAWN_LOCK:  # see ports.py
+                        proc = subprocess.Popen(list(req.argv), cwd=view, env=env,
+                                                stdin=subprocess.DEVNULL,
+                                                stdout=out if sink is None else sink,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
                 finally:
                     if sink is not None:
                         os.close(sink)  # the host holds it now: the relay ends at its EOF

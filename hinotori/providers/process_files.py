@@ -12,14 +12,16 @@ import subprocess
 from pathlib import Path
 
 from hinotori.model import Host, HostState
+from hinotori.providers.ports import SPAWN_LOCK
 from hinotori.statefiles import write_private
 
 
 def copy_tree(src: Path, dst: Path) -> None:
     if shutil.which("cp"):
-        done = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
-                              capture_output=True)
-        if done.returncode == 0:
+        with SPAWN_LOCK:  # started under the lock (see ports.py), waited for outside it
+            cp = subprocess.Popen(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if cp.wait() == 0:
             return
         remove_tree(dst)  # e.g. a cp without --reflink: fall back below
     shutil.copytree(src, dst, symlinks=True)
