@@ -49,10 +49,7 @@ def status(spec: SpecOpt = Path("."),
 def _offline_status(project: Project, name: str) -> dict[str, Any]:
     current, previous = project.store.service_releases(name)
     latest = project.store.latest_release(name)
-    counts: dict[str, int] = {}
-    for h in project.store.hosts(name):
-        if h.state.alive:
-            counts[str(h.state)] = counts.get(str(h.state), 0) + 1
+    counts = project.store.host_counts(name)
     return {"name": name, "current": current, "previous": previous,
             "latest": latest.number if latest else None,
             "replicas": project.service(name).replicas, "hosts": counts, "locked_by": None,

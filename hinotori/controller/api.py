@@ -129,10 +129,7 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
         maintenance = store.maintenance_all()
         for name in sorted(controller.project.spec.services):
             current, previous = store.service_releases(name)
-            counts: dict[str, int] = {}
-            for h in fleet.hosts(name):
-                if h.state.alive:
-                    counts[str(h.state)] = counts.get(str(h.state), 0) + 1
+            counts = store.host_counts(name)  # counted in SQL: history is never read
             lock = controller.locks.holder(name)
             services.append({
                 "name": name, "current": current, "previous": previous,

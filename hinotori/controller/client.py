@@ -70,14 +70,15 @@ class ControllerClient:
     def follow(self, number: int, on_step: Callable[[dict[str, Any]], None],
                poll: float = 0.1) -> dict[str, Any]:
         """Poll the deployment, calling ``on_step`` once per new step, until it has ended."""
-        seen = 0
-        while True:
-            dep = self.call("GET", f"/v1/deployments/{number}")
-            for step in dep["steps"][seen:]:
+        steps: list[dict[str, Any]] = []
+        while True:  # only the steps not seen yet: a big deployment has thousands
+            dep = self.call("GET", f"/v1/deployments/{number}",
+                            params={"steps_after": len(steps)})
+            for step in dep["steps"]:
                 on_step(step)
-            seen = len(dep["steps"])
+            steps += dep["steps"]
             if dep["state"] != "running":  # ended, or held (`deploy --hold`)
-                return dep
+                return {**dep, "steps": steps}
             time.sleep(poll)
 
     def bake(self, service: str, *, no_cache: bool, actor: str) -> dict[str, Any]:

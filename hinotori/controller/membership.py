@@ -39,11 +39,13 @@ class Membership:
         spec's on_join/on_leave hooks (in the background: membership never blocks a switch)."""
         self.render()
         svc = self.fleet.service(service)
+        self.store.record_many(ACTOR, [  # one transaction for a fleet's worth of events
+            (f"member.{event}", f"{service}/{host.id}",
+             {"address": host.address, "release": f"v{host.release}"})
+            for event, hosts in (("join", joined), ("leave", left)) for host in hosts])
         for event, hosts, argv in (("join", joined, svc.hooks.on_join),
                                    ("leave", left, svc.hooks.on_leave)):
             for host in hosts:
-                self.store.record(ACTOR, f"member.{event}", f"{service}/{host.id}",
-                                  {"address": host.address, "release": f"v{host.release}"})
                 if self.fleet.spec.membership.serf:
                     self.spawn(self._serf_event(event, service, host), f"serf {event}")
                 if argv:

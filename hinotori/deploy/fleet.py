@@ -69,6 +69,11 @@ def _quiet(_: str, __: dict[str, Any]) -> None:
 
 
 class Fleet:
+    # At most this many provider boots (copy the image, start the host) run at once, whatever
+    # the number of hosts asked for: the boots of 1,000 hosts queue instead of starting 1,000
+    # copies together. Health and verify waits are not bounded: they are cheap and slow.
+    BOOT_PARALLEL = 16
+
     def __init__(self, *, spec: Spec, store: Store, providers: dict[str, Provider],
                  router: Router, image_root: Callable[[str], Path], hosts_dir: Path,
                  verifier: Verifier | None = None, membership: Membership | None = None,
@@ -92,9 +97,28 @@ class Fleet:
         # up | down | draining of a [machines.NAME]: the controller's machine watch sets it.
         self.machine_state: Callable[[str], str] = lambda _: USABLE
         self._table_lock = asyncio.Lock()
+        self.boot_parallel = self.BOOT_PARALLEL
         # Held releases (`deploy --hold`), by service: reachable by preview only. Kept in memory
         # alone: a restarted controller routes without them and burns their hosts (adoption).
         self.previews: dict[str, tuple[int, list[Host]]] = {}
+
+    @property
+    def boot_parallel(self) -> int:
+        """How many provider boots may run at once."""
+        return self._boot_parallel
+
+    @boot_parallel.setter
+    def boot_parallel(self, value: int) -> None:
+        self._boot_parallel = value
+        self._boots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def _boot_slots(self) -> asyncio.Semaphore:
+        """The bound's semaphore of the running loop (a fleet driven by successive
+        ``asyncio.run`` calls gets one per loop: a semaphore is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._boots is None or self._boots[0] is not loop:
+            self._boots = (loop, asyncio.Semaphore(self._boot_parallel))
+        return self._boots[1]
 
     # -- the spec ------------------------------------------------------------------------
     @property
@@ -186,11 +210,13 @@ class Fleet:
         svc = self.service(service)
         provider = self.provider(service)
         host_id = f"{service}-{secrets.token_hex(4)}"
-        host = await provider.boot(self.boot_request(service, release, host_id, machine,
-                                                     resolved=resolved))
-        self.store.save_host(host, actor=self.actor)
+        async with self._boot_slots():
+            host = await provider.boot(self.boot_request(service, release, host_id, machine,
+                                                         resolved=resolved))
+        with self.store.transaction():  # booted and verifying: one commit
+            self.store.save_host(host, actor=self.actor)
+            self._set(host, HostState.VERIFYING)
         progress("host.booted", {"host": host.id, "address": host.address})
-        self._set(host, HostState.VERIFYING)
 
         async def alive() -> bool:
             return await provider.adopt(host)
@@ -312,15 +338,15 @@ class Fleet:
                 raise
             took = time.perf_counter() - started
             faults.point("switch.after-apply")  # the router is ahead of the store here
-            for host in serve:
-                self._set(host, HostState.SERVING, why)
-            for host in retire:
-                if host.id not in {h.id for h in serve}:
-                    host.weight = 100
-                    self._set(host, HostState.DRAINING, why)
+            serving_ids = {h.id for h in serve}
+            leaving = [h for h in retire if h.id not in serving_ids]
+            for host in leaving:
+                host.weight = 100
+            with self.store.transaction():  # one commit for the whole switch, not one per host
+                self._set_many(serve, HostState.SERVING, why)
+                self._set_many(leaving, HostState.DRAINING, why)
             if self.store.canary(service) != canary:
                 self.store.set_canary(service, canary, actor=self.actor, why=why)
-            serving_ids = {h.id for h in serve}
             joined = [h for h in serve if h.id not in before]
             left = [h for h in retire if h.id in before and h.id not in serving_ids]
             if self.membership and (joined or left):
@@ -368,7 +394,7 @@ class Fleet:
         until = time.time() + seconds
         for host in hosts:
             host.warm_until = until
-            self._set(host, HostState.WARM, "kept warm for instant rollback")
+        self._set_many(hosts, HostState.WARM, "kept warm for instant rollback")
 
     async def healthy_now(self, hosts: list[Host]) -> bool:
         """One probe of each host: all alive and answering their health check."""
@@ -406,3 +432,9 @@ class Fleet:
         """Save the host in ``state``; the store logs an event when the state changed."""
         host.state = state
         self.store.save_host(host, actor=self.actor, why=why)
+
+    def _set_many(self, hosts: list[Host], state: HostState, why: str = "") -> None:
+        """``_set`` for each of ``hosts``, in one transaction."""
+        for host in hosts:
+            host.state = state
+        self.store.save_hosts(hosts, actor=self.actor, why=why)

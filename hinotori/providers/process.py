@@ -35,15 +35,13 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
-import stat
 import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,10 +56,19 @@ from hinotori.providers.base import (
     ProviderContext,
     volume_env,
 )
+from hinotori.providers.ports import SPAWN_LOCK, PortPool
 from hinotori.providers.proc_usage import session_usage, session_usages
+from hinotori.providers.process_files import (
+    copy_tree,
+    read_host,
+    remove_tree,
+    write_env,
+    write_host,
+)
 from hinotori.providers.process_logs import ProcessLogSource
-from hinotori.statefiles import open_private, private_dir, write_private
+from hinotori.statefiles import open_private, private_dir
 
+BOOT_THREADS = 16
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 
 
@@ -73,48 +80,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # comm may contain spaces and parentheses
     return fields[0], int(fields[19])
-
-
-def _free_port(avoid: deque[int]) -> int:
-    """A port free now and not handed to a host recently: the host binds it only once started,
-    so two hosts booting at once must not be given the same one."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            avoid.append(port)
-            return port
-    raise ProviderError("no free TCP port on 127.0.0.1", hint="too many hosts on this machine?")
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    if shutil.which("cp"):
-        done = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
-                              capture_output=True)
-        if done.returncode == 0:
-            return
-        _remove_tree(dst)  # e.g. a cp without --reflink: fall back below
-    shutil.copytree(src, dst, symlinks=True)
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only trees (the view keeps the image's modes)."""
-    if not path.exists():
-        return
-    for d, _, _ in os.walk(path):
-        with contextlib.suppress(OSError):
-            if not os.path.islink(d):
-                os.chmod(d, os.stat(d).st_mode | stat.S_IRWXU)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _write_env(env: dict[str, str], state_dir: Path) -> None:
-    tmp = state_dir / "env.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(env, f)
-    tmp.replace(state_dir / "env.json")
 
 
 def _start_relay(out: object, values: list[str]) -> tuple[subprocess.Popen[bytes] | None,
@@ -156,21 +121,6 @@ def _environ_of(pid: int, names: list[str]) -> dict[str, str]:
     return found
 
 
-def _write_host(host: Host, state_dir: Path) -> None:
-    # atomic: list() never reads half a file
-    write_private(state_dir / "host.json", json.dumps(host.to_dict(), indent=2),
-                  tmp=state_dir / "host.json.tmp")
-
-
-def _read_host(path: Path) -> Host | None:
-    try:
-        d = json.loads(path.read_text())
-        d["state"] = HostState(d["state"])
-        return Host(**d)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
 class ProcessProvider:
     name = "process"
     evaluator_python = sys.executable  # hosts share this machine, and so its interpreter
@@ -185,25 +135,49 @@ class ProcessProvider:
     def __init__(self, hosts_root: Path) -> None:
         self.hosts_root = Path(hosts_root)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
-        self._ports: deque[int] = deque(maxlen=1024)  # recently handed out
+        self._ports = PortPool()
+        # Boots' own threads (not the loop's default executor, which the observers share):
+        # as many as the fleet lets boot at once; mostly waiting on cp and fork/exec.
+        self._pool = ThreadPoolExecutor(BOOT_THREADS, thread_name_prefix="hinotori-boot")
         self._relays: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our mask relay
         self._exits: dict[int, int] = {}  # pid -> exit status of our child reaped lately
 
     async def boot(self, req: BootRequest) -> Host:
-        rel, state_dir = req.release, req.state_dir
         if not req.argv:
+            rel = req.release
             raise ProviderError(f"release {rel.service} {rel.name} has an empty command")
+        # All of a boot is blocking work (copy the image, write files, fork and exec): in a
+        # thread, so 1,000 boots never stall the event loop (health probes, the API, switches).
+        started = asyncio.get_running_loop().run_in_executor(self._pool, self._boot, req)
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(self._abandon)  # nobody will record it: end it
+            raise
+
+    def _abandon(self, started: asyncio.Future[Host]) -> None:
+        """A boot whose caller was cancelled: kill the host it started (its files stay, as a
+        crashed boot's do, for the sweep of orphans)."""
+        if started.cancelled() or started.exception() is not None:
+            return
+        host = started.result()
+        if host.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(host.pid, signal.SIGKILL)
+
+    def _boot(self, req: BootRequest) -> Host:
+        rel, state_dir = req.release, req.state_dir
         private_dir(state_dir)
         view, scratch, log = state_dir / "root", state_dir / "scratch", state_dir / "output.log"
         try:
-            await asyncio.to_thread(_copy_tree, req.image_root, view)
+            copy_tree(req.image_root, view)
         except OSError as e:
-            await asyncio.to_thread(_remove_tree, state_dir)
+            remove_tree(state_dir)
             raise ProviderError(f"cannot copy image {rel.image} into host {req.host_id}: {e}",
                                 hint="is the image still in the image store? "
                                      "`hinotori images` lists them") from e
         private_dir(scratch)
-        port = _free_port(self._ports)
+        port = self._ports.take()
         env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
         env.update(rel.config.env)
         env.update({rel.config.port_env: str(port), "HINOTORI_HOST_ID": req.host_id,
@@ -212,7 +186,7 @@ class ProcessProvider:
         env.update(req.extra_env)
         env.update(volume_env(req.volumes))  # on this machine already: the paths as they are
         hidden = [s.name for s in req.secrets if not s.as_file]  # values: never in env.json
-        _write_env({k: v for k, v in env.items() if k not in hidden}, state_dir)
+        write_env({k: v for k, v in env.items() if k not in hidden}, state_dir)
         relay: subprocess.Popen[bytes] | None = None
         try:
             files = secretfiles.write_files(
@@ -220,12 +194,14 @@ class ProcessProvider:
             env.update(secretfiles.secret_env(req.secrets,
                                               {k: str(p) for k, p in files.items()}))
             with open_private(log, "ab") as out:
-                relay, sink = _start_relay(out, [s.value for s in req.secrets])
+                with SPAWN_LOCK:
+                    relay, sink = _start_relay(out, [s.value for s in req.secrets])
                 try:
-                    proc = subprocess.Popen(list(req.argv), cwd=view, env=env,
-                                            stdin=subprocess.DEVNULL,
-                                            stdout=out if sink is None else sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                    with SPAWN_LOCK:  # see ports.py
+                        proc = subprocess.Popen(list(req.argv), cwd=view, env=env,
+                                                stdin=subprocess.DEVNULL,
+                                                stdout=out if sink is None else sink,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
                 finally:
                     if sink is not None:
                         os.close(sink)  # the host holds it now: the relay ends at its EOF
@@ -233,7 +209,7 @@ class ProcessProvider:
             if relay is not None:
                 relay.wait()
             secretfiles.remove_files(self.hosts_root, req.host_id)
-            await asyncio.to_thread(_remove_tree, state_dir)
+            remove_tree(state_dir)
             if isinstance(e, ProviderError):
                 raise
             raise ProviderError(
@@ -256,7 +232,7 @@ class ProcessProvider:
         host = Host(id=req.host_id, service=rel.service, release=rel.number,
                     provider=self.name, state=HostState.BOOTING, born_at=time.time(),
                     address=f"127.0.0.1:{port}", pid=proc.pid, root=str(view), data=data)
-        _write_host(host, state_dir)
+        write_host(host, state_dir)
         return host
 
     def _reap(self, pid: int) -> None:
@@ -293,6 +269,9 @@ class ProcessProvider:
             return False
         if not Path("/proc").is_dir():
             return True
+        leader = _proc_stat(pgid)
+        if leader is not None and leader[0] not in "ZX":
+            return True  # the leader itself runs: no need to look through every process
         for p in Path("/proc").iterdir():  # a group of zombies only is a dead group
             if p.name.isdigit():
                 with contextlib.suppress(OSError, ValueError, IndexError):
@@ -320,12 +299,12 @@ class ProcessProvider:
         await self._relay_done(host)
         secretfiles.remove_files(self.hosts_root, host.id)
         state_dir = Path(host.data.get("state_dir") or Path(host.root or ".").parent)
-        await asyncio.to_thread(_remove_tree, state_dir / "root")
-        await asyncio.to_thread(_remove_tree, state_dir / "scratch")
+        await asyncio.to_thread(remove_tree, state_dir / "root")
+        await asyncio.to_thread(remove_tree, state_dir / "scratch")
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "env.json").unlink()
         if state_dir.is_dir():
-            _write_host(replace(host, state=HostState.DESTROYED), state_dir)
+            write_host(replace(host, state=HostState.DESTROYED), state_dir)
 
     async def _relay_done(self, host: Host, wait: float = 5.0) -> None:
         """Wait until the host's mask relay wrote its last bytes (it ends at the host's EOF),
@@ -386,7 +365,7 @@ class ProcessProvider:
         return done
 
     async def list(self) -> list[Host]:
-        found = (_read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))
+        found = (read_host(p) for p in sorted(self.hosts_root.glob("*/host.json")))
         return [h for h in found if h and h.state != HostState.DESTROYED and self._alive(h)]
 
     async def usage(self, host: Host) -> HostUsage | None:
@@ -405,7 +384,7 @@ class ProcessProvider:
         """Nothing is held open; on `down`, secret files no live host owns (left by a
         controller killed mid-boot) are removed."""
         if teardown:
-            live = {h.id for p in self.hosts_root.glob("*/host.json") if (h := _read_host(p))
+            live = {h.id for p in self.hosts_root.glob("*/host.json") if (h := read_host(p))
                     and h.state != HostState.DESTROYED and self._alive(h)}
             secretfiles.sweep(self.hosts_root, keep=live)
 

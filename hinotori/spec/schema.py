@@ -225,7 +225,7 @@ class ServiceSpec(Strict):
     provider: Annotated[str, _known(PROVIDERS)] = "process"
     # [machines.NAME] tables its hosts may run on (container hosts); empty: this machine.
     machines: list[Name] = []
-    replicas: int = Field(1, ge=1, le=100)
+    replicas: int = Field(1, ge=1, le=1000)
     command: list[str] = Field(min_length=1)
     port_env: EnvName = "PORT"
     env: dict[EnvName, str] = {}

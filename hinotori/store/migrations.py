@@ -85,4 +85,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deployments ADD COLUMN hold TEXT;
     """,
+    # 9: a deployment's steps, one row each: appending to the JSON list in deployments.steps
+    # rewrote the whole list per step, quadratic in a 1,000-host deployment's ~2,000 steps.
+    # Steps of deployments made before this stay in that column (read first). And the live
+    # hosts of every service found without reading every host ever booted.
+    """
+    CREATE TABLE deployment_steps (
+        deployment INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT NOT NULL,
+        PRIMARY KEY (deployment, seq)) WITHOUT ROWID;
+    CREATE INDEX hosts_by_state ON hosts (state);
+    """,
 ]

@@ -55,6 +55,12 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         with self.transaction() as db:
             self._event(db, actor, action, subject, detail)
 
+    def record_many(self, actor: str, events: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Several events (action, subject, detail) in one transaction."""
+        with self.transaction() as db:
+            for action, subject, detail in events:
+                self._event(db, actor, action, subject, detail)
+
     def events(self, *, subject: str | None = None, action: str | None = None,
                actor: str | None = None, since: float | None = None,
                until: float | None = None, text: str | None = None,
@@ -178,6 +184,21 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
                     detail["why"] = why
                 self._event(db, actor, f"host.{host.state}", f"{host.service}/{host.id}", detail)
 
+    def save_hosts(self, hosts: Iterable[Host], *, actor: str, why: str = "") -> None:
+        """save_host for each of ``hosts``, in one transaction (one commit for a fleet)."""
+        with self.transaction():
+            for host in hosts:
+                self.save_host(host, actor=actor, why=why)
+
+    def host_counts(self, service: str) -> dict[str, int]:
+        """How many live hosts ``service`` has in each state (counted by the database: no
+        host of the service's history is read)."""
+        alive = [str(s) for s in HostState if s.alive]
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM hosts WHERE service = ? AND state IN "
+            f"({','.join('?' * len(alive))}) GROUP BY state", (service, *alive))
+        return {state: count for state, count in rows}
+
     def host(self, host_id: str) -> Host:
         row = self._db.execute("SELECT * FROM hosts WHERE id = ?", (host_id,)).fetchone()
         if row is None:
@@ -221,12 +242,11 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         return number
 
     def add_deployment_step(self, number: int, step: dict[str, Any]) -> None:
+        """Append one step: one small row, whatever the number of steps before it."""
         with self.transaction() as db:
-            row = db.execute("SELECT steps FROM deployments WHERE id = ?", (number,)).fetchone()
-            steps = json.loads(row["steps"])
-            steps.append({"ts": time.time(), **step})
-            db.execute("UPDATE deployments SET steps = ? WHERE id = ?",
-                       (json.dumps(steps, default=str), number))
+            db.execute("INSERT INTO deployment_steps (deployment, seq, step) SELECT ?, "
+                       "COALESCE(MAX(seq) + 1, 0), ? FROM deployment_steps WHERE deployment = ?",
+                       (number, json.dumps({"ts": time.time(), **step}, default=str), number))
 
     def finish_deployment(self, number: int, state: str, *, actor: str,
                           summary: dict[str, Any] | None = None, error: str | None = None) -> None:
@@ -240,11 +260,15 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
             self._event(db, actor, f"{row['kind']}.{state}",
                         f"{row['service']}/deployment/{number}", detail)
 
-    def deployment(self, number: int) -> dict[str, Any]:
+    def deployment(self, number: int, steps_after: int = 0) -> dict[str, Any]:
+        """One deployment; with ``steps_after``, only its steps from that index on (a
+        follower polling a long deployment fetches what is new, not every step again)."""
         row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (number,)).fetchone()
         if row is None:
             raise NotFound(f"no deployment {number}")
-        return _deployment(row)
+        d = _deployment(row)
+        d["steps"] = (d["steps"] + self._steps([number]).get(number, []))[steps_after:]
+        return d
 
     def deployments(self, service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM deployments", []
@@ -252,7 +276,22 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
             sql += " WHERE service = ?"
             args.append(service)
         rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_deployment(r) for r in reversed(rows)]
+        found = [_deployment(r) for r in reversed(rows)]
+        steps = self._steps([d["id"] for d in found])
+        for d in found:
+            d["steps"] += steps.get(d["id"], [])
+        return found
+
+    def _steps(self, numbers: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The steps of deployments ``numbers`` from deployment_steps, in order, by number."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for chunk in (numbers[i:i + 500] for i in range(0, len(numbers), 500)):
+            rows = self._db.execute(
+                "SELECT deployment, step FROM deployment_steps WHERE deployment IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY deployment, seq", chunk)
+            for number, step in rows:
+                out.setdefault(number, []).append(json.loads(step))
+        return out
 
     # -- webhook deliveries --------------------------------------------------------------
     def remember_delivery(self, keys: Sequence[str], *, now: float, window: float,
