@@ -1,22 +1,29 @@
 """The `hinotori` command's entry point (``python -m hinotori`` and the installed script).
 
-`hinotori bake SERVICE` first tries hinotori.cli.bakequick, which hands the bake to this
-project's running controller without loading the full CLI (Typer, every command module, the
-spec's models); everything else, and a bake it does not take, goes to hinotori.cli.app.
+`hinotori bake SERVICE` and `hinotori status` first try their quick paths (hinotori.cli.quick),
+which have this project's running controller do the work without loading the full CLI (Typer,
+every command module, the spec's models); everything else, and what a quick path does not
+take, goes to hinotori.cli.app.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
+# command -> (module, function) of its quick path: (argv after the command, environ) -> the exit
+# code, or None when the full command must run
+QUICK_PATHS = {"bake": ("hinotori.cli.bakequick", "quick_bake"),
+               "status": ("hinotori.cli.statusquick", "quick_status")}
+
 
 def main() -> None:
-    if sys.argv[1:2] == ["bake"]:
-        from hinotori.cli.bakequick import quick_bake
-
+    if quick := QUICK_PATHS.get(sys.argv[1] if len(sys.argv) > 1 else ""):
+        module, function = quick
         try:
-            code = quick_bake(sys.argv[2:], dict(os.environ))
+            code = getattr(importlib.import_module(module), function)(sys.argv[2:],
+                                                                     dict(os.environ))
         except KeyboardInterrupt:
             sys.stderr.write("aborted\n")  # as hinotori.cli.app.main says it
             sys.exit(130)

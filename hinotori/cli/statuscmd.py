@@ -1,14 +1,13 @@
-"""`hinotori status`: what serves now, from the controller, else from the store."""
+"""`hinotori status`: what serves now, from the controller, else from the store (a running
+controller usually answers hinotori.cli.statusquick before this module loads)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
-from hinotori.cli.render import console
+from hinotori.cli.statusview import show_status
 from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError
 from hinotori.project import Project
@@ -27,23 +26,7 @@ def status(spec: SpecOpt = Path("."),
         data = {"controller": "not running", "router": project.spec.router.listen,
                 "services": [_offline_status(project, name) for name in
                              sorted(project.spec.services)]}
-    if json_out:
-        render.print_json(data)
-        return
-    pid = f" (pid {data['pid']}, up {render.seconds(data['uptime_s'])})" if "pid" in data \
-        else ""
-    console.print(f"controller: {data['controller']}{pid}; router: {data['router']}")
-    render.table(None, ["service", "current", "previous", "latest", "replicas", "hosts", "lock"],
-                 [(s["name"], render.release(s["current"]), render.release(s["previous"]),
-                   render.release(s["latest"]),
-                   s["replicas"], " ".join(f"{k}={v}" for k, v in sorted(s["hosts"].items())),
-                   s["locked_by"] or "") for s in data["services"]])
-    for s in data["services"]:
-        if m := s.get("maintenance"):
-            console.print(f"{s['name']}: in maintenance (503, Retry-After {m['retry_after']}s) "
-                          f"since {render.seconds(time.time() - m['since'])} ago, by "
-                          f"{m['actor']}: {m['message']}", markup=False, highlight=False,
-                          soft_wrap=True)
+    show_status(data, json_out)
 
 
 def _offline_status(project: Project, name: str) -> dict[str, Any]:

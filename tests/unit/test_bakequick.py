@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from hinotori import __version__
-from hinotori.cli.bakequick import _controller, _parse, _response
+from hinotori.cli.bakequick import _parse
+from hinotori.cli.quick import controller as _controller
+from hinotori.cli.quick import response as _response
 
 
 def project(tmp_path: Path) -> Path:
@@ -71,3 +73,17 @@ def test_the_hand_written_http_reads_whole_answers_and_refuses_cut_ones() -> Non
                 head + b"transfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n",
                 head + b"transfer-encoding: chunked\r\n\r\nzz\r\n", b"garbage\r\n\r\n"):
         assert _response(cut) == (None, b""), cut
+
+
+def test_status_takes_only_its_options_and_no_argument(tmp_path: Path) -> None:
+    from hinotori.cli.quick import parse
+    from hinotori.cli.statusquick import quick_status
+
+    spec = project(tmp_path)
+    assert parse(["--json", "-f", str(spec)], {}, ("--json",)) == (
+        [], spec.resolve(), None, {"--json"})
+    assert parse(["--json", "-f", str(spec)], {}, ()) is None  # a flag it was not told of
+    for argv in (["web", "-f", str(spec)], ["--help", "-f", str(spec)],
+                 ["-f", str(tmp_path / "missing")]):
+        assert quick_status(argv, {}) is None, argv
+    assert quick_status(["-f", str(spec)], {}) is None  # no controller.json: the full command

@@ -1,0 +1,166 @@
+"""Commands a running controller answers, taken before the full CLI loads.
+
+Starting the full CLI costs far more than some commands' own work (Typer and every command
+module, the spec's pydantic models, the docker SDK): ~0.5 s of CPU before `hinotori status`
+sends one request that the controller answers in milliseconds. When a controller runs for this
+project, it is a warm process that already has all of that. So hinotori.cli.entry first offers
+`bake` (hinotori.cli.bakequick) and `status` (hinotori.cli.statusquick) to these quick paths:
+standard library, Rich for the output, the token and controller.json read directly. A quick
+path acts only when it is sure the controller is this project's: the same hinotori version, spec
+file and environment, a token on disk, only options it knows. Otherwise it returns None and the
+full command runs (which also uses the controller when it can). Output, ``--json``, exit codes
+and errors are the same on every path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+from hinotori import __version__
+
+SPEC_FILE = "hinotori.toml"  # as hinotori.spec.SPEC_FILE (not imported: it loads pydantic)
+STATE_DIR = ".hinotori"  # as hinotori.project.STATE_DIR (not imported: the same)
+ENV_VAR = "HINOTORI_ENVIRONMENT"
+CONNECT_TIMEOUT = 2.0
+_ENV_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")  # options.environment_name's rule
+
+
+def parse(argv: list[str], environ: dict[str, str], flags: tuple[str, ...]
+          ) -> tuple[list[str], Path, str | None, set[str]] | None:
+    """(positional arguments, spec file, environment, flags given) of a command line made only
+    of ``--spec/-f``, ``--environment/-E``, the ``flags`` named and positionals; None for
+    anything else (--help, an unknown option, a bad value, no spec file there)."""
+    positional: list[str] = []
+    spec, environment, given = Path("."), environ.get(ENV_VAR) or None, set()
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in ("--spec", "-f", "--environment", "-E"):
+            if not eq and not rest:
+                return None
+            value = inline if eq else rest.pop(0)
+            if name in ("--spec", "-f"):
+                spec = Path(value)
+            else:
+                environment = value
+        elif arg in flags:
+            given.add(arg)
+        elif arg.startswith("-") or eq:
+            return None
+        else:
+            positional.append(arg)
+    if environment is not None and not _ENV_NAME.fullmatch(environment):
+        return None
+    # Where load_spec looks: a project directory holds hinotori.toml.
+    if spec.is_dir() and (spec.suffix != ".toml" or (spec / SPEC_FILE).exists()):
+        spec = spec / SPEC_FILE
+    if not spec.is_file():
+        return None
+    return positional, spec.resolve(), environment, given
+
+
+def controller(spec: Path, environment: str | None) -> tuple[str, str] | None:
+    """(address, token) of the controller of this spec file and environment, if it says it
+    runs with this hinotori; None otherwise."""
+    state = spec.parent / STATE_DIR
+    if environment is not None:
+        state = state / "env" / environment
+    try:
+        info = json.loads((state / "controller.json").read_text())
+        token = (state / "token").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not token:
+        return None
+    if (info.get("version"), info.get("spec"), info.get("environment")) != (
+            __version__, str(spec), environment):
+        return None  # another hinotori (or spec file) runs there: the full command decides
+    address = info.get("address")
+    return (address, token) if isinstance(address, str) else None
+
+
+def send(address: str, method: str, path: str, token: str, body: bytes = b"",
+         timeout: float = 30.0) -> socket.socket | None:
+    """The connection the request went out on; None when nothing took it. HTTP/1.1 by hand, one
+    request and ``Connection: close``: http.client and its email parser cost more to import
+    than this command spends on anything else of its own."""
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
+    except (OSError, ValueError):
+        return None
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {address}\r\n"
+                     f"Authorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nConnection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def receive(sock: socket.socket) -> tuple[int | None, bytes]:
+    """(status, body) of the answer; (None, b"") when the controller stopped answering after
+    it took the request."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except OSError:
+        return None, b""
+    return response(b"".join(chunks))
+
+
+def response(raw: bytes) -> tuple[int | None, bytes]:
+    """(status, body) of a whole HTTP/1.1 response; (None, b"") for a cut-off one."""
+    head, sep, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None, b""
+    headers = dict(line.lower().split(":", 1) for line in lines[1:] if ":" in line)
+    if headers.get("transfer-encoding", "").strip() == "chunked":
+        body, rest = b"", payload
+        while True:
+            size_line, crlf, rest = rest.partition(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0], 16) if crlf else -1
+            except ValueError:
+                size = -1
+            if size <= 0:
+                break
+            body, rest = body + rest[:size], rest[size + 2:]
+        if size < 0:
+            return None, b""
+        payload = body
+    elif (length := headers.get("content-length", "").strip()).isdigit():
+        if len(payload) < int(length):
+            return None, b""
+        payload = payload[:int(length)]
+    return int(parts[1]), payload
+
+
+def refused(status: int, payload: bytes) -> int:
+    """Print the controller's refusal as the full command prints the same error; its code."""
+    from hinotori import errors
+    from hinotori.cli.render import print_error
+
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        cls = errors.error_class(str(body.get("type", ""))) or errors.ControllerError
+        error = cls.from_wire(body)
+    else:
+        error = errors.ControllerError(f"controller answered HTTP {status}")
+    print_error(error)
+    return error.exit_code
+
+
