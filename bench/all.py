@@ -100,7 +100,7 @@ BENCHES: dict[str, Bench] = {
                      timeout=1200),
     "hold": Bench(("--runs", "2", "--duration", "2"), ("--runs", "2", "--duration", "1"),
                   ("wrk", "haproxy")),
-    "scale": Bench(("--sizes", "10,100"), ("--sizes", "10",), timeout=1200),
+    "scale": Bench(("--sizes", "10,100,1000"), ("--sizes", "10",), timeout=1800),
     "ship": Bench(("--runs", "2",), ("--runs", "1", "--deps-mb", "10"), (*LAB, "busybox"),
                   root=True),
     "fleet": Bench(("--runs", "2", "--losses", "4"), ("--runs", "1", "--losses", "2"),
