@@ -42,9 +42,7 @@ def test_smooth_schedule_interleaves_and_is_exact() -> None:
 def _nginx_order(weights: list[int]) -> list[int]:
     """nginx's smooth weighted round-robin, step by step over every backend (the reference
     the grouped simulation in table.py must equal)."""
-    g = 0
-    for w in weights:
-        g = math.gcd(g, w)
+    g = math.gcd(*weights)
     if g == 0:
         return []
     reduced = [w // g for w in weights]

@@ -189,9 +189,7 @@ def smooth_schedule(weights: list[int]) -> list[int]:
     than per backend: the members of a group are picked in turn, in index order, so a group
     is one counter. The same order, in O(cycle x distinct weights) instead of O(cycle x
     backends): 1,000 backends of one weight took 67 ms per table, now 1 ms."""
-    g = 0
-    for w in weights:
-        g = math.gcd(g, w)
+    g = math.gcd(*weights)
     if g == 0:
         return []
     reduced = [w // g for w in weights]

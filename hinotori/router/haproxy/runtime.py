@@ -29,13 +29,18 @@ _QUIET_OK = ("", "New server registered.", "Server deleted.")
 _ADDR_OK = ("IP changed from ", "no need to change the addr")
 
 
-async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
+async def _connect(path: Path, timeout: float
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(path))
+            return await asyncio.open_unix_connection(str(path))
     except (TimeoutError, OSError) as exc:
         raise RuntimeApiError(f"HAProxy's runtime socket {path} does not answer: {exc}",
                               hint="is HAProxy running? `hinotori up` starts it") from None
+
+
+async def _exchange(path: Path, payload: bytes, timeout: float) -> str:
+    reader, writer = await _connect(path, timeout)
     try:
         writer.write(payload)
         await writer.drain()
@@ -99,12 +104,7 @@ async def read_prompts(reader: asyncio.StreamReader, received: list[bytes], prom
 
 
 async def _chunked(path: Path, commands: list[str], timeout: float) -> str:
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(path))
-    except (TimeoutError, OSError) as exc:
-        raise RuntimeApiError(f"HAProxy's runtime socket {path} does not answer: {exc}",
-                              hint="is HAProxy running? `hinotori up` starts it") from None
+    reader, writer = await _connect(path, timeout)
     received: list[bytes] = []
     try:
         async with asyncio.timeout(timeout):
