@@ -324,9 +324,11 @@ class HaproxyRouter:
 
     async def _set_sample(self, n: int) -> None:
         """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
-        a reload keeps it."""
-        sample = self._write_sample(n)
+        a reload keeps it. The file follows HAProxy, never leads it: a refused or timed-out
+        `set map` leaves both as they were (the reader keeps its N and tries again later)."""
+        sample = config.sample_file(self.settings)
         await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
+        self._write_sample(n)
 
     def _write_sample(self, n: int) -> Path:
         """The latency map file holding ``n`` (what a new or reloaded worker loads)."""
