@@ -60,7 +60,9 @@ def test_api_bakes_during_a_deploy_and_chaos_lose_no_write(three: CliProject) ->
     chaoser.start()
     try:
         time.sleep(2)
-        deployed = p.cli("deploy", "web", check=False)
+        # Chaos kills a host a second and each kill is healed under the service's lock: the
+        # deploy queues behind a heal, as an operator deploying during chaos would.
+        deployed = p.cli("deploy", "web", "--lock-wait", "60s", check=False)
         chaoser.join()
     finally:
         stop.set()
