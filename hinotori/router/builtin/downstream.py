@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from hinotori.router.builtin import http1
+from hinotori.router.builtin import http1, whole
 from hinotori.router.builtin.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -101,8 +101,19 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         clock = self.last_active = self.worker.clock
-        if not self.head_since and self.parsing is None:
-            self.head_since = clock  # the first byte after a keep-alive wait
+        if self.parsing is None:
+            if (self.current is None and not self.queue and not self.unparsed
+                    and data[-4:] == b"\r\n\r\n" and len(data) <= MAX_HEAD_SIZE
+                    and self.refused is None and not self.closing
+                    and (found := whole.request(data)) is not None):
+                # One whole plain request and nothing else, the parser idle: no callbacks.
+                ex = self.current = Exchange(self)
+                whole.prepare(ex, *found, data)
+                self.head_since = 0.0
+                ex.begin()
+                return
+            if not self.head_since:
+                self.head_since = clock  # the first byte after a keep-alive wait
         self.in_feed = True
         self.progress = False
         refusal: tuple[int, str] | None = None

@@ -63,41 +63,30 @@ class Exchange:
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
         self.worker: Worker = client.worker
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b""
-        self.http11 = True
-        self.keep_alive = True
-        self.host = b""
+        self.url = self.method = self.host = b""
         self.path = b"/"
-        self.body_chunked = False
-        self.expect_continue = False
-        self.connection = False                 # a Connection header came (see downstream)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.http11 = self.keep_alive = True
+        # connection: a Connection header came (see downstream); set_cookie: a sticky route
+        # tells the client its release
+        self.body_chunked = self.expect_continue = self.connection = self.set_cookie = False
+        self.request_complete = self.stale_retry_used = self.response_started = False
+        self.rechunk = self.close_after = self.done = False
         self.reject: tuple[int, str] | None = None
         self.release_hint: bytes | None = None  # X-Hinotori-Release
         self.cookie: bytes | None = None
         self.accept: bytes | None = None
         self.route: CompiledRoute | None = None
         self.release: int | None = None         # the release this request is held to
-        self.set_cookie = False                 # sticky route: tell the client its release
         self.started = 0.0
-        self.status = 0
+        self.status = self.pending_size = self.replay_size = self.attempts = 0
         self.pending: list[bytes] = []
-        self.pending_size = 0
         self.replay: list[bytes] | None = None
-        self.replay_size = 0
-        self.request_complete = False
         self.target: Target | None = None
         self.upstream: UpstreamProtocol | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.tried: set[str] = set()
-        self.attempts = 0
-        self.stale_retry_used = False
-        self.response_started = False
-        self.rechunk = False
-        self.close_after = False
         self.wbuf: list[bytes] = []
-        self.done = False
 
     # -- request side (driven by the client's parser) ------------------------------------------
 
@@ -322,14 +311,18 @@ class Exchange:
             wbuf.clear()
 
     def on_response_complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
-        # flush_response, _detach and _finish, inline: this runs once per request.
         wbuf = self.wbuf
         if self.rechunk:
             wbuf.append(http1.LAST_CHUNK)
-        client = self.client
         if wbuf:
-            client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
+            self.client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
             wbuf.clear()
+        self.complete(conn, keep_alive)
+
+    def complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
+        """The response is out: the connection goes back to its pool, the client's next."""
+        # _detach and _finish, inline: this runs once per request.
+        client = self.client
         self.upstream = None
         conn.exchange = None
         target = self.target

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
 
+from hinotori.router.builtin import whole
 from hinotori.router.builtin.http1 import HOP_BY_HOP, chunk, finish_response_head
 
 if TYPE_CHECKING:
@@ -111,8 +112,13 @@ class UpstreamProtocol(asyncio.Protocol):
             # Bytes on an idle connection: the backend is confused; never reuse it.
             self.close()
             return
-        self.got_bytes = True
         self.last_active = ex.worker.clock
+        if not self.got_bytes:
+            self.got_bytes = True
+            # The parser is idle (nothing read since bind): a whole plain response skips it.
+            if ex.method != b"HEAD" and (found := whole.response(data)) is not None:
+                whole.relay(ex, self, found[0], data, found[1])
+                return
         try:
             self.parser.feed_data(data)
         except HttpParserError as exc:

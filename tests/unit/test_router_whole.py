@@ -1,0 +1,263 @@
+"""Whole plain messages skip the parser's callbacks (router/builtin/whole.py): what goes over the
+wire must be exactly what the parser's path sends, and only heads llhttp accepts may qualify.
+
+Each exchange runs twice through one in-process worker (in-memory transports, no timing): with
+the whole-message path, and with it switched off (its recognisers answering None), and the
+bytes the backend and the client get are compared."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httptools
+import pytest
+
+from hinotori.model import Backend, RoutingTable, ServiceRoute
+from hinotori.router.builtin import whole
+from hinotori.router.builtin.downstream import ClientProtocol
+from hinotori.router.builtin.upstream import UpstreamProtocol
+from hinotori.router.builtin.worker import Worker
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Backend: a\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class Transport:
+    """What the protocols use of an asyncio transport; keeps what was written."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def take(self) -> bytes:
+        data, self.out = b"".join(self.out), []
+        return data
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+class Proxy:
+    def __init__(self, tmp: Path, route: ServiceRoute) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.worker = Worker("127.0.0.1:8080", tmp / "w.sock", tmp / "table.json", self.loop)
+        self.worker.apply(RoutingTable(version=1, routes=(route,)), persist=False)
+        self.pools = list(self.worker.pools.values())
+        self.backends: dict[str, Transport] = {}
+        self.conns: dict[str, UpstreamProtocol] = {}
+        for pool in self.pools:
+            self.backends[pool.address] = Transport()
+            self.conns[pool.address] = conn = UpstreamProtocol(pool)
+            conn.connection_made(self.backends[pool.address])  # type: ignore[arg-type]
+            pool.checkin(conn)
+        self.client = Transport()
+        self.protocol = ClientProtocol(self.worker)
+        self.protocol.connection_made(self.client)  # type: ignore[arg-type]
+
+    def exchange(self, request: bytes, responses: list[bytes]) -> tuple[bytes, bytes]:
+        """(what the backends got, what the client got); ``responses`` arrive read by read."""
+        self.protocol.data_received(request)
+        sent = b""
+        for address, backend in self.backends.items():
+            got = backend.take()
+            if got:
+                sent += got
+                for piece in responses:
+                    self.conns[address].data_received(piece)
+        return sent, self.client.take()
+
+
+def both_ways(tmp: Path, monkeypatch: pytest.MonkeyPatch, request: bytes,
+              responses: list[bytes], route: ServiceRoute | None = None
+              ) -> tuple[tuple[bytes, bytes, bool], tuple[bytes, bytes, bool]]:
+    """The same exchange with and without the whole-message path: (backend got, client got,
+    client connection closed) for each."""
+    route = route or ServiceRoute(service="web", backends=(Backend("a", "127.0.0.1:9", 1),))
+    results = []
+    for path in ("whole", "parser"):
+        if path == "parser":
+            monkeypatch.setattr(whole, "request", lambda data: None)
+            monkeypatch.setattr(whole, "response", lambda data: None)
+        (tmp / path).mkdir(parents=True)
+        proxy = Proxy(tmp / path, route)
+        try:
+            sent, got = proxy.exchange(request, responses)
+            results.append((sent, got, proxy.client.closed))
+        finally:
+            proxy.loop.close()
+    monkeypatch.undo()
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n",
+    b"GET /a/b?c=1&d=%20 HTTP/1.1\r\nHost: Shop.Test:8080\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+    b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"DELETE /x HTTP/1.1\r\nHost: a\r\nX-Hinotori-Release: v1\r\n\r\n",
+    b"OPTIONS /x HTTP/1.1\r\nhost: a\r\ncookie: k=v\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: no host\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",            # the parser's
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",                                 # the parser's
+    b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",       # the parser's
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",         # the parser's
+])
+@pytest.mark.parametrize("response", [
+    [OK],
+    [OK[:30], OK[30:]],                                                     # two reads
+    [b"HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n"],                        # no reason
+    [b"HTTP/1.1 201 Made\r\nConnection: X-Gone\r\nX-Gone: 1\r\nContent-Length: 1\r\n\r\nx"],
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+    [b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"],
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=b\r\n\r\nhi"],
+    [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK],
+])
+def test_the_whole_message_path_sends_what_the_parser_path_sends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request_head: bytes,
+        response: list[bytes]) -> None:
+    fast, slow = both_ways(tmp_path, monkeypatch, request_head, response)
+    assert fast == slow
+    assert fast[1].startswith(b"HTTP/1.1 ")
+
+
+def test_a_plain_exchange_never_reaches_the_parsers(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def parsed(*args: object) -> None:
+        raise AssertionError("parsed")
+
+    for cls in (ClientProtocol, UpstreamProtocol):
+        monkeypatch.setattr(cls, "on_header", parsed)
+        monkeypatch.setattr(cls, "on_headers_complete", parsed)
+    proxy = Proxy(tmp_path, ServiceRoute(service="web", backends=(
+        Backend("a", "127.0.0.1:9", 1),)))
+    try:
+        for _ in range(3):
+            sent, got = proxy.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", [OK])
+            assert sent == (b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\n"
+                            b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n")
+            assert got == OK and not proxy.client.closed
+        stats = proxy.worker.stats()["a"]
+        assert stats["requests"] == 3 and stats["statuses"]["2xx"] == 3  # type: ignore[index]
+    finally:
+        proxy.loop.close()
+
+
+def test_sticky_cookie_and_released_requests_are_the_same_both_ways(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    route = ServiceRoute(service="web", sticky=True, backends=(
+        Backend("a", "127.0.0.1:9", 1), Backend("b", "127.0.0.1:10", 2)))
+    for request_head in (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                         b"GET / HTTP/1.1\r\nHost: a\r\nCookie: hinotori-web=v2\r\n\r\n",
+                         b"GET / HTTP/1.1\r\nHost: a\r\nX-Hinotori-Release: v1\r\n\r\n"):
+        fast, slow = both_ways(tmp_path / str(len(request_head)), monkeypatch, request_head,
+                               [OK], route)
+        if b"v2" in request_head or b"v1" in request_head:
+            assert fast == slow
+        else:  # which release a new client gets is the schedule's: compare the cookie's shape
+            assert b"Set-Cookie: hinotori-web=v" in fast[1]
+            assert fast[0].split(b"\r\n")[:2] == slow[0].split(b"\r\n")[:2]
+
+
+PLAIN_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /p?q=1 HTTP/1.1\r\nHost:a\r\nAccept:\t*/*\r\nX-Empty:\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nCookie: a=b; c=d\r\nX-Hinotori-Release: canary\r\n\r\n",
+]
+NOT_PLAIN_REQUESTS = [
+    b"GET / HTTP/1.1\nHost: a\n\n",                           # bare LF
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",                    # space before the colon
+    b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n",                # folded
+    b"GET / HTTP/1.1\r\nX-A: \xe9\r\n\r\n",                   # obs-text
+    b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",                 # a control byte
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",             # absolute form
+    b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n",                  # a fragment
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a\r\ncookie: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # pipelined
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nx",
+    b"GET / HTTP/1.1\r\nHost: a\r\n",                         # not whole
+]
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = b""
+        self.complete = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+@pytest.mark.parametrize("data", PLAIN_REQUESTS + NOT_PLAIN_REQUESTS)
+def test_only_heads_llhttp_reads_the_same_way_qualify(data: bytes) -> None:
+    found = whole.request(data)
+    assert (found is not None) == (data in PLAIN_REQUESTS)
+    if found is None:
+        return
+    seen = Seen()
+    parser = httptools.HttpRequestParser(seen)
+    parser.feed_data(data)
+    assert seen.complete == 1 and parser.get_method() == found[0] and seen.url == found[1]
+    by_name = dict(seen.headers)
+    assert list(found[2]) == [by_name.get(n) for n in (b"host", b"cookie", b"accept",
+                                                       b"x-hinotori-release")]
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (OK, (200, len(OK) - 2)),
+    (b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n", (500, 40)),
+    (OK + b"HTTP/1.1", None),                                      # more than one response
+    (OK[:-1], None),                                               # the body is not all here
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", None),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", None),
+    (b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n", None),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx", None),
+    (b"HTTP/1.1 200 OK\r\nX: 1\nContent-Length: 0\r\n\r\n", None),  # bare LF
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", None),
+    (b"HTTP/1.1 100 Continue\r\n\r\n", None),
+    (b"HTTP/1.1 200 OK\r\n\r\n", None),                            # body up to the close
+])
+def test_only_whole_plain_responses_qualify(data: bytes, expected: tuple[int, int] | None
+                                            ) -> None:
+    assert whole.response(data) == expected
+    assert whole.response(data) == expected  # the remembered answer is the same
+
+
+def test_remembered_heads_are_bounded() -> None:
+    for i in range(whole._SEEN_MAX + 10):
+        assert whole.request(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i) is not None
+        assert whole.response(b"HTTP/1.1 200 R%d\r\nContent-Length: 0\r\n\r\n" % i) is not None
+    assert len(whole._SEEN_REQUESTS) <= whole._SEEN_MAX
+    assert len(whole._SEEN_RESPONSES) <= whole._SEEN_MAX
+    big = b"GET /" + b"a" * whole._SEEN_HEAD_MAX + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert whole.request(big) is not None and big not in whole._SEEN_REQUESTS
