@@ -14,7 +14,7 @@ import httptools
 import pytest
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router.builtin import whole
+from hinotori.router.builtin import http1, whole
 from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.upstream import UpstreamProtocol
 from hinotori.router.builtin.worker import Worker
@@ -227,10 +227,13 @@ def test_only_heads_llhttp_reads_the_same_way_qualify(data: bytes) -> None:
     seen = Seen()
     parser = httptools.HttpRequestParser(seen)
     parser.feed_data(data)
-    assert seen.complete == 1 and parser.get_method() == found[0] and seen.url == found[1]
+    assert seen.complete == 1 and parser.get_method() == found.method and seen.url == found.url
     by_name = dict(seen.headers)
-    assert list(found[2]) == [by_name.get(n) for n in (b"host", b"cookie", b"accept",
-                                                       b"x-hinotori-release")]
+    assert (found.cookie, found.accept, found.release) == (
+        by_name.get(b"cookie"), by_name.get(b"accept"), by_name.get(b"x-hinotori-release"))
+    host = by_name.get(b"host")
+    assert found.host == (http1.split_host(host) if host else b"")
+    assert (found.tail is None) == (host is None)
 
 
 @pytest.mark.parametrize(("data", "expected"), [

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from hinotori.router.builtin import http1, whole
-from hinotori.router.builtin.exchange import Exchange
+from hinotori.router.builtin.exchange import REPLAY_LIMIT, Exchange
 
 if TYPE_CHECKING:
     from hinotori.router.builtin.worker import Worker
@@ -50,9 +50,10 @@ class ClientProtocol(asyncio.Protocol):
     scheme = b"http"  # X-Forwarded-Proto (tls.HttpsClient: https)
 
     __slots__ = (
-        "blocked", "closing", "current", "eof", "head_since", "head_size", "in_feed", "in_head",
-        "last_active", "parser", "parsing", "peer", "preview", "progress", "queue", "refused",
-        "transport", "unparsed", "worker", "write_paused",
+        "blocked", "closing", "current", "eof", "forwarded", "head_since", "head_size", "in_feed",
+        "in_head", "last_active", "last_head", "last_plain", "parser", "parsing", "peer",
+        "preview", "progress", "queue", "refused", "transport", "unparsed", "worker",
+        "write_paused",
     )
 
     def __init__(self, worker: Worker, preview: bool = False) -> None:
@@ -76,6 +77,9 @@ class ClientProtocol(asyncio.Protocol):
         self.progress = False                  # the parser called back during this read
         self.unparsed = 0                      # bytes read since the parser last called back
         self.refused: tuple[int, str] | None = None  # answer owed after the queued requests
+        self.forwarded = b""                   # X-Forwarded-For and -Proto for this client
+        self.last_head = b""                   # the last plain request, and what it made
+        self.last_plain: tuple[whole.Plain, bytes] | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -83,6 +87,8 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
+        self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n" % (self.peer,
+                                                                              self.scheme)
         self.worker.clients.add(self)
         if self.worker.stopping:
             self.closing = True
@@ -104,14 +110,17 @@ class ClientProtocol(asyncio.Protocol):
         if self.parsing is None:
             if (self.current is None and not self.queue and not self.unparsed
                     and data[-4:] == b"\r\n\r\n" and len(data) <= MAX_HEAD_SIZE
-                    and self.refused is None and not self.closing
-                    and (found := whole.request(data)) is not None):
+                    and self.refused is None and not self.closing):
                 # One whole plain request and nothing else, the parser idle: no callbacks.
-                ex = self.current = Exchange(self)
-                whole.prepare(ex, *found, data)
-                self.head_since = 0.0
-                ex.begin()
-                return
+                if data == self.last_head:  # a client asks the same again and again
+                    plain, head = self.last_plain  # type: ignore[misc]
+                elif (plain := whole.request(data)) is not None:
+                    head = whole.upstream_head(plain, data, self.forwarded,
+                                               self.worker.listen_bytes)
+                    self.last_head, self.last_plain = data, (plain, head)
+                if plain is not None:
+                    self._serve_plain(plain, head)
+                    return
             if not self.head_since:
                 self.head_since = clock  # the first byte after a keep-alive wait
         self.in_feed = True
@@ -249,6 +258,17 @@ class ClientProtocol(asyncio.Protocol):
             self.block_reading(self.BLOCK_PIPELINE)
         elif self.blocked:
             self.unblock_reading(self.BLOCK_PIPELINE)
+        ex.begin()
+
+    def _serve_plain(self, plain: whole.Plain, head: bytes) -> None:
+        ex = self.current = Exchange(self)
+        ex.method, ex.url, ex.path, ex.host, ex.cookie, ex.accept, ex.release_hint, _ = plain
+        ex.pending.append(head)
+        ex.pending_size = ex.replay_size = len(head)
+        if len(head) <= REPLAY_LIMIT:  # every method that qualifies is idempotent
+            ex.replay = [head]
+        ex.request_complete = True
+        self.head_since = 0.0
         ex.begin()
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:

@@ -17,15 +17,13 @@ qualifies (tests/unit/test_router_whole.py checks the pairs).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from hinotori.router.builtin.http1 import routing_host, set_cookie_line
 
 if TYPE_CHECKING:
     from hinotori.router.builtin.exchange import Exchange
     from hinotori.router.builtin.upstream import UpstreamProtocol
-
-REPLAY_LIMIT = 64 * 1024  # exchange.REPLAY_LIMIT (not imported: exchange imports upstream)
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELDS = rb"(?:" + _TOKEN + rb":[\t\x20-\x7e]*\r\n)*\r\n"
@@ -42,7 +40,6 @@ _REQUEST_SPECIAL = re.compile(
     rb"x-forwarded-host|connection|proxy-connection|keep-alive|te|trailer|transfer-encoding|"
     rb"upgrade|content-length|expect):[ \t]*([^\r]*?)[ \t]*(?=\r\n)", re.I)
 _HOST, _COOKIE, _ACCEPT, _RELEASE = range(4)
-Fields = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 _KIND = {b"host": _HOST, b"cookie": _COOKIE, b"accept": _ACCEPT, b"x-hinotori-release": _RELEASE}
 
 # 2xx-5xx with a reason phrase (an empty one is filled in by the parser's path).
@@ -52,16 +49,30 @@ _RESPONSE_SPECIAL = re.compile(
     rb"transfer-encoding|upgrade):[ \t]*([^\r]*?)[ \t]*(?=\r\n)", re.I)
 
 
+
+class Plain(NamedTuple):
+    """What a plain request's head says, as the exchange needs it."""
+
+    method: bytes
+    url: bytes
+    path: bytes                 # the URL without its query, for prefix matching
+    host: bytes                 # lower-case, no port (b"" when the request had none)
+    cookie: bytes | None
+    accept: bytes | None
+    release: bytes | None       # X-Hinotori-Release
+    tail: bytes | None          # what follows X-Forwarded-Proto; None: no Host header
+
+
 # What request() and response() made of a head they saw: a client sends the same head again
 # and again, a backend mostly the same few. Bounded, like http1's caches: a stream of new
 # heads only empties them; only short heads are kept.
-_SEEN_REQUESTS: dict[bytes, tuple[bytes, bytes, Fields] | None] = {}
+_SEEN_REQUESTS: dict[bytes, Plain | None] = {}
 _SEEN_RESPONSES: dict[bytes, tuple[int, int] | None] = {}
 _SEEN_MAX = 256
 _SEEN_HEAD_MAX = 2048
 
 
-def request(data: bytes) -> tuple[bytes, bytes, Fields] | None:
+def request(data: bytes) -> Plain | None:
     """``data`` is exactly one bodiless plain request head: (method, target, [Host, Cookie,
     Accept, X-Hinotori-Release] values, None where absent). None: let the parser have it."""
     try:
@@ -76,7 +87,7 @@ def request(data: bytes) -> tuple[bytes, bytes, Fields] | None:
     return found
 
 
-def _request(data: bytes) -> tuple[bytes, bytes, Fields] | None:
+def _request(data: bytes) -> Plain | None:
     m = _REQUEST.fullmatch(data)
     if m is None:
         return None
@@ -86,7 +97,11 @@ def _request(data: bytes) -> tuple[bytes, bytes, Fields] | None:
         if kind is None or found[kind] is not None:
             return None
         found[kind] = value
-    return m.group(1), m.group(2), tuple(found)
+    url = m.group(2)
+    host = found[_HOST]
+    return Plain(m.group(1), url, url.partition(b"?")[0], routing_host(host) if host else b"",
+                 found[_COOKIE], found[_ACCEPT], found[_RELEASE],
+                 None if host is None else b"X-Forwarded-Host: %b\r\n\r\n" % host)
 
 
 def response(data: bytes) -> tuple[int, int] | None:
@@ -122,29 +137,14 @@ def _response(head: bytes) -> tuple[int, int] | None:
     return status, int(value)
 
 
-def prepare(ex: Exchange, method: bytes, url: bytes, found: Fields,
-            data: bytes) -> None:
-    """``ex`` is the request ``request(data)`` recognised, complete: its head passes as it
-    came, with the X-Forwarded-* lines (and a Host when it had none) added before the blank
-    line (what ``http1.request_head`` makes of the same request, header for header)."""
-    ex.method = method
-    ex.url = url
-    q = url.find(b"?")
-    ex.path = url if q < 0 else url[:q]
-    host, ex.cookie, ex.accept, ex.release_hint = found
-    client = ex.client
-    if host is None:
-        data = b"%bHost: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n\r\n" % (
-            data[:-2], ex.worker.listen_bytes, client.peer, client.scheme)
-    else:
-        ex.host = routing_host(host) if host else b""
-        data = b"%bX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b" \
-               b"\r\n\r\n" % (data[:-2], client.peer, client.scheme, host)
-    ex.pending.append(data)
-    ex.pending_size = ex.replay_size = len(data)
-    if len(data) <= REPLAY_LIMIT:  # every method that qualifies is idempotent
-        ex.replay = [data]
-    ex.request_complete = True
+def upstream_head(plain: Plain, data: bytes, forwarded: bytes, listen: bytes) -> bytes:
+    """The head for the backend: the client's as it came, with ``forwarded`` (the client
+    connection's X-Forwarded-For and -Proto lines) and X-Forwarded-Host (or, without a Host
+    header, the listen address as Host) before the blank line: what ``http1.request_head``
+    makes of the same request, header for header."""
+    if plain.tail is None:
+        return b"%bHost: %b\r\n%b\r\n" % (data[:-2], listen, forwarded)
+    return b"".join((data[:-2], forwarded, plain.tail))
 
 
 def relay(ex: Exchange, conn: UpstreamProtocol, status: int, data: bytes, head_end: int) -> None:
