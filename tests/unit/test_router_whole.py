@@ -264,3 +264,36 @@ def test_remembered_heads_are_bounded() -> None:
     assert len(whole._SEEN_RESPONSES) <= whole._SEEN_MAX
     big = b"GET /" + b"a" * whole._SEEN_HEAD_MAX + b" HTTP/1.1\r\nHost: a\r\n\r\n"
     assert whole.request(big) is not None and big not in whole._SEEN_REQUESTS
+
+
+def test_the_latency_table_is_bisect_s_answer() -> None:
+    from bisect import bisect_left
+
+    from hinotori.model import LATENCY_BUCKETS_MS
+    from hinotori.router.builtin.exchange import BUCKET_BY_MS
+    for tenths in range(0, 10_000):
+        ms = tenths / 10 + 0.01 * (tenths % 3)
+        whole_ms = int(ms)
+        assert BUCKET_BY_MS[whole_ms + (whole_ms < ms)] == bisect_left(LATENCY_BUCKETS_MS, ms)
+
+
+@pytest.mark.parametrize(("latency_ms", "status"), [
+    (0.0, 200), (0.4, 200), (1.0, 200), (1.5, 201), (7.0, 200), (999.9, 200), (1500.0, 200),
+    (0.3, 404), (2.0, 503)])
+def test_counters_are_what_observe_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          latency_ms: float, status: int) -> None:
+    from hinotori.router.builtin import exchange
+    from hinotori.router.builtin.table import Counters
+    clock = iter([100.0, 100.0 + latency_ms / 1000])
+    monkeypatch.setattr(exchange, "perf_counter", lambda: next(clock))
+    proxy = Proxy(tmp_path, ServiceRoute(service="web", backends=(
+        Backend("a", "127.0.0.1:9", 1),)))
+    try:
+        proxy.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                       [b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status])
+        expected = Counters()
+        expected.observe(status, ((100.0 + latency_ms / 1000) - 100.0) * 1000.0)
+        got = proxy.worker.stats()["a"]
+        assert got == expected.to_dict()
+    finally:
+        proxy.loop.close()

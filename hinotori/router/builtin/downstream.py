@@ -192,7 +192,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.progress = True
-        self.parsing = Exchange(self)
+        self.parsing = ex = Exchange(self)
+        ex.headers = []
         self.head_size = 0
         self.in_head = True
         if not self.head_since:

@@ -1,19 +1,13 @@
 """One proxied request: pick a backend, get a connection, forward, retry, relay the response.
 
-Life of an exchange::
+Life of an exchange: ``prepare()`` (or ``whole``) builds the upstream head, the first pending
+chunk; ``begin()`` (its turn on the client connection) matches the live table and picks a
+backend, pooled connection or new; ``_attach()`` writes the pending request bytes;
+``on_response_*`` relay the response (``whole.relay``: a plain one as it came); ``complete()``.
 
-    prepare()        headers parsed: build the upstream head (it is the first pending chunk)
-    begin()          its turn on the client connection: match the live table, dispatch
-    _dispatch()      pick a backend (retries: one not tried yet), pooled connection or connect
-    _attach()        bound to an UpstreamProtocol: pending request bytes are written
-    on_response_*    head, body pieces, completion relayed to the client (re-chunked if needed)
-    _finish()        client connection moves on to its next request, or closes
-
-Request bytes (head and body, already framed for the backend) go to ``pending`` until a
-connection is attached. For retryable requests they are also kept in ``replay`` up to
-``REPLAY_LIMIT``, so a request whose connection died before any response byte can be sent again.
-
-When may a request be sent again?
+Request bytes (head and body, already framed for the backend) wait in ``pending`` for a
+connection, and for retryable requests also in ``replay`` up to ``REPLAY_LIMIT``. When may a
+request be sent again?
 
 * the connection could not be made (refused, reset, timeout): always; nothing reached an app;
 * it was sent, and the connection failed before any response byte: only for idempotent methods
@@ -29,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from hinotori.model import LATENCY_BUCKETS_MS
 from hinotori.router.builtin import http1
 from hinotori.router.builtin.upstream import UpstreamProtocol
 
@@ -47,6 +43,9 @@ log = logging.getLogger("hinotori.router")
 MAX_ATTEMPTS = 3
 REPLAY_LIMIT = 64 * 1024     # request bytes kept for a re-send
 PENDING_LIMIT = 256 * 1024   # request bytes buffered before we stop reading the client
+_NONE_TRIED: frozenset[str] = frozenset()
+_TABLE_MS = 1000  # latency bucket by whole ms rounded up (the bounds are whole): a lookup
+BUCKET_BY_MS = [bisect_left(LATENCY_BUCKETS_MS, ms) for ms in range(_TABLE_MS + 1)]
 CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, then go elsewhere
 
 
@@ -65,7 +64,6 @@ class Exchange:
         self.worker: Worker = client.worker
         self.url = self.method = self.host = b""
         self.path = b"/"
-        self.headers: list[tuple[bytes, bytes]] = []
         self.http11 = self.keep_alive = True
         # connection: a Connection header came (see downstream); set_cookie: a sticky route
         # tells the client its release
@@ -85,8 +83,10 @@ class Exchange:
         self.target: Target | None = None
         self.upstream: UpstreamProtocol | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.tried: set[str] = set()
-        self.wbuf: list[bytes] = []
+        # Shared empties, replaced (never changed in place): most requests retry nothing, and
+        # a response head brings its own list. headers: on_message_begin's.
+        self.tried: frozenset[str] | set[str] = _NONE_TRIED
+        self.wbuf: list[bytes] | tuple[()] = ()
 
     # -- request side (driven by the client's parser) ------------------------------------------
 
@@ -234,7 +234,7 @@ class Exchange:
             target.counters.errors += 1
             self.worker.report_backend_error(target, f"connect failed: {str(exc) or 'timed out'}")
             if not self.done:
-                self.tried.add(target.address)
+                self.tried = self.tried | {target.address}
                 self._retry()
             return
         self.connecting = None
@@ -244,14 +244,23 @@ class Exchange:
         self._attach(conn, target, reused=False)
 
     def _attach(self, conn: UpstreamProtocol, target: Target, reused: bool) -> None:
+        # conn is idle or fresh: bind it (the fields a response's parsing starts from)
         self.upstream = conn
-        conn.bind(self, reused, self.worker.clock)
+        conn.exchange = self
+        conn.reused = reused
+        conn.got_bytes = conn.head_done = conn.skip_body = conn.eof_body = False
+        conn.last_active = self.worker.clock
         target.counters.active += 1
         client = self.client
         if client.write_paused:
             conn.pause_reading()
-        if not client.in_feed:
-            self.flush_request()
+        if not client.in_feed and self.pending:  # flush_request, inline
+            pending = self.pending
+            conn.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])  # type: ignore[union-attr]
+            pending.clear()
+            self.pending_size = 0
+            if client.blocked:
+                client.unblock_reading(client.BLOCK_PENDING)
 
     def _detach(self) -> UpstreamProtocol | None:
         conn = self.upstream
@@ -311,12 +320,9 @@ class Exchange:
             wbuf.clear()
 
     def on_response_complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
-        wbuf = self.wbuf
         if self.rechunk:
-            wbuf.append(http1.LAST_CHUNK)
-        if wbuf:
-            self.client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
-            wbuf.clear()
+            self.wbuf.append(http1.LAST_CHUNK)  # type: ignore[union-attr]
+        self.flush_response()
         self.complete(conn, keep_alive)
 
     def complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
@@ -331,7 +337,15 @@ class Exchange:
         if client.blocked:
             client.unblock_reading(client.BLOCK_UPSTREAM)
         if self.worker.metrics:
-            counters.observe(self.status, (perf_counter() - self.started) * 1000.0)
+            ms = (perf_counter() - self.started) * 1000.0
+            whole_ms = int(ms)
+            if whole_ms < _TABLE_MS and self.status < 300:  # counters.observe, inline
+                counters.requests += 1
+                counters.statuses[0] += 1
+                counters.latency[BUCKET_BY_MS[whole_ms + (whole_ms < ms)]] += 1
+                counters.latency_sum_ms += ms
+            else:
+                counters.observe(self.status, ms)
         else:
             counters.requests += 1
         if keep_alive and self.request_complete and not conn.closed:
@@ -356,7 +370,7 @@ class Exchange:
                 self.stale_retry_used = True
                 conn.pool.close_idle()
             else:
-                self.tried.add(conn.pool.address)
+                self.tried = self.tried | {conn.pool.address}
             self.pending = list(self.replay)
             self.pending_size = self.replay_size
             self._retry()

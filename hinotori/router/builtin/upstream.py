@@ -69,13 +69,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.has_length = False
         self.reason = b""
 
-    # -- binding to an exchange ----------------------------------------------------------------
-
-    def bind(self, exchange: Exchange, reused: bool, now: float) -> None:
-        self.exchange = exchange
-        self.reused = reused
-        self.got_bytes = self.head_done = self.skip_body = self.eof_body = False
-        self.last_active = now
+    # -- bound to an exchange (Exchange._attach binds) --------------------------------------------
 
     def close(self) -> None:
         self.closed = True
