@@ -157,6 +157,30 @@ def test_a_plain_exchange_never_reaches_the_parsers(tmp_path: Path,
         proxy.loop.close()
 
 
+def test_one_connection_s_requests_in_turn_are_the_same_both_ways(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    heads = [b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n",
+             b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD /a HTTP/1.1\r\n\r\n",
+             b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+             b"GET /" + b"x" * whole.SEEN_HEAD_MAX + b" HTTP/1.1\r\nHost: a\r\n\r\n"] * 2
+    results = []
+    for path in ("whole", "parser"):
+        if path == "parser":
+            monkeypatch.setattr(whole, "request", lambda data: None)
+            monkeypatch.setattr(whole, "response", lambda data: None)
+        (tmp_path / path).mkdir()
+        proxy = Proxy(tmp_path / path, ServiceRoute(service="web", backends=(
+            Backend("a", "127.0.0.1:9", 1),)))
+        try:
+            results.append([proxy.exchange(head, [OK[:-2] if head.startswith(b"HEAD") else OK])
+                            for head in heads])
+        finally:
+            proxy.loop.close()
+    assert results[0] == results[1]
+    assert [sent.split(b"\r\n")[0] for sent, _ in results[0]] == [
+        h.split(b"\r\n")[0] for h in heads]
+
+
 def test_sticky_cookie_and_released_requests_are_the_same_both_ways(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     route = ServiceRoute(service="web", sticky=True, backends=(
@@ -262,7 +286,7 @@ def test_remembered_heads_are_bounded() -> None:
         assert whole.response(b"HTTP/1.1 200 R%d\r\nContent-Length: 0\r\n\r\n" % i) is not None
     assert len(whole._SEEN_REQUESTS) <= whole._SEEN_MAX
     assert len(whole._SEEN_RESPONSES) <= whole._SEEN_MAX
-    big = b"GET /" + b"a" * whole._SEEN_HEAD_MAX + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    big = b"GET /" + b"a" * whole.SEEN_HEAD_MAX + b" HTTP/1.1\r\nHost: a\r\n\r\n"
     assert whole.request(big) is not None and big not in whole._SEEN_REQUESTS
 
 

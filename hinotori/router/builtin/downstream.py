@@ -117,7 +117,8 @@ class ClientProtocol(asyncio.Protocol):
                 elif (plain := whole.request(data)) is not None:
                     head = whole.upstream_head(plain, data, self.forwarded,
                                                self.worker.listen_bytes)
-                    self.last_head, self.last_plain = data, (plain, head)
+                    if len(data) <= whole.SEEN_HEAD_MAX:  # kept per connection: short ones
+                        self.last_head, self.last_plain = data, (plain, head)
                 if plain is not None:
                     self._serve_plain(plain, head)
                     return

@@ -69,7 +69,7 @@ class Plain(NamedTuple):
 _SEEN_REQUESTS: dict[bytes, Plain | None] = {}
 _SEEN_RESPONSES: dict[bytes, tuple[int, int] | None] = {}
 _SEEN_MAX = 256
-_SEEN_HEAD_MAX = 2048
+SEEN_HEAD_MAX = 2048
 
 
 def request(data: bytes) -> Plain | None:
@@ -80,7 +80,7 @@ def request(data: bytes) -> Plain | None:
     except KeyError:
         pass
     found = _request(data)
-    if len(data) <= _SEEN_HEAD_MAX:
+    if len(data) <= SEEN_HEAD_MAX:
         if len(_SEEN_REQUESTS) >= _SEEN_MAX:
             _SEEN_REQUESTS.clear()
         _SEEN_REQUESTS[data] = found
@@ -107,7 +107,7 @@ def _request(data: bytes) -> Plain | None:
 def response(data: bytes) -> tuple[int, int] | None:
     """``data`` is exactly one plain response with a ``Content-Length`` body, whole: (status,
     length of the head). None: let the parser have it."""
-    end = data.find(b"\r\n\r\n", 0, _SEEN_HEAD_MAX) + 4
+    end = data.find(b"\r\n\r\n", 0, SEEN_HEAD_MAX) + 4
     if end < 4:
         return None  # no end of head in sight: a long head is the parser's
     head = data[:end]
