@@ -111,7 +111,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.got_bytes = True
             # The parser is idle (nothing read since bind): a whole plain response skips it.
             if ex.method != b"HEAD" and (found := whole.response(data)) is not None:
-                whole.relay(ex, self, found[0], data, found[1])
+                whole.relay(ex, self, found[0], found[2], found[1])
                 return
         try:
             self.parser.feed_data(data)

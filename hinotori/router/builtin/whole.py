@@ -104,9 +104,10 @@ def _request(data: bytes) -> Plain | None:
                  None if host is None else b"X-Forwarded-Host: %b\r\n\r\n" % host)
 
 
-def response(data: bytes) -> tuple[int, int] | None:
+def response(data: bytes) -> tuple[int, int, bytes] | None:
     """``data`` is exactly one plain response with a ``Content-Length`` body, whole: (status,
-    length of the head). None: let the parser have it."""
+    length of the head, the bytes for the client: ``data``, or without a ``Connection:
+    keep-alive`` and ``Keep-Alive`` line, which Node sends by default). None: the parser's."""
     end = data.find(b"\r\n\r\n", 0, SEEN_HEAD_MAX) + 4
     if end < 4:
         return None  # no end of head in sight: a long head is the parser's
@@ -119,22 +120,37 @@ def response(data: bytes) -> tuple[int, int] | None:
         found = _SEEN_RESPONSES[head] = _response(head)
     if found is None or end + found[1] != len(data):
         return None  # the body is not all here (or more than this response is)
-    return found[0], end
+    if found[2] is None:
+        return found[0], end, data
+    return found[0], len(found[2]), found[2] + data[end:]
 
 
-def _response(head: bytes) -> tuple[int, int] | None:
-    """(status, body length) of a plain response head with a Content-Length, else None."""
+def _response(head: bytes) -> tuple[int, int, bytes | None] | None:
+    """(status, body length, the head without its keep-alive lines if it had any) of a plain
+    response head with a Content-Length, else None."""
     m = _RESPONSE.fullmatch(head)
     if m is None:
         return None
-    special = _RESPONSE_SPECIAL.findall(head)
-    if len(special) != 1:
-        return None  # no length (a body up to the close), hop-by-hop headers, or two lengths
-    name, value = special[0]
+    length: int | None = None
+    drop = False
+    for name, value in _RESPONSE_SPECIAL.findall(head):
+        name = name.lower()
+        if name == b"content-length" and length is None and value.isdigit():
+            length = int(value)
+        elif name == b"keep-alive" or (name == b"connection"
+                                       and value.lower() == b"keep-alive"):
+            drop = True  # hop-by-hop, and saying what HTTP/1.1 means anyway
+        else:
+            return None  # no length (a body up to the close), other hop-by-hop headers
     status = int(m.group(1))
-    if not value.isdigit() or name.lower() != b"content-length" or status in (204, 304):
+    if length is None or status in (204, 304):
         return None  # 204 and 304 have no body whatever the headers say: the parser knows
-    return status, int(value)
+    if not drop:
+        return status, length, None
+    lines = head.split(b"\r\n")
+    return status, length, b"\r\n".join(lines[:1] + [
+        line for line in lines[1:]
+        if line.partition(b":")[0].lower() not in (b"connection", b"keep-alive")])
 
 
 def upstream_head(plain: Plain, data: bytes, forwarded: bytes, listen: bytes) -> bytes:
