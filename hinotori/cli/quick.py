@@ -14,9 +14,12 @@ and errors are the same on every path.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 from hinotori import __version__
@@ -159,6 +162,70 @@ def response(raw: bytes) -> tuple[int | None, bytes]:
             return None, b""
         payload = payload[:int(length)]
     return int(parts[1]), payload
+
+
+def plain_width(environ: dict[str, str]) -> int | None:
+    """The width Rich would wrap this process's standard output at when it writes it as plain
+    text (not a terminal, nor said to be one: rich.console.Console.is_terminal and .size);
+    None when Rich would treat it as a terminal (colours, a spinner), or for a COLUMNS it would
+    not take as a width. A quick path then writes its lines itself (plain_wrap): Rich's import
+    is ~40 % of such a command's CPU."""
+    compatible = environ.get("TTY_COMPATIBLE", "")
+    if compatible == "1":
+        return None
+    if compatible != "0":
+        force = environ.get("FORCE_COLOR")
+        if force is not None:
+            if force:
+                return None
+        elif sys.stdout.isatty():
+            return None
+    columns = environ.get("COLUMNS")
+    if columns is not None:
+        return int(columns) if columns.isascii() and columns.isdigit() and int(columns) else None
+    for fd in (0, 1, 2):  # Rich's order: a terminal on any of them gives the width
+        try:
+            return os.get_terminal_size(fd).columns or 80
+        except (AttributeError, ValueError, OSError):
+            continue
+    return 80
+
+
+_WORD = re.compile(r"\s*\S+\s*")  # rich._wrap.re_word: a word and the spaces after it
+
+
+def plain_wrap(text: str, width: int) -> str:
+    """``text`` as Rich prints it, without markup, to a file ``width`` columns wide: its word
+    wrap (rich._wrap.divide_line: a word that does not fit starts a line, one longer than a
+    line is folded), then whitespace past the width trimmed. For text whose every character is
+    one column wide (the quick paths' lines: names, digests, numbers, "—")."""
+    lines = []
+    for line in text.split("\n"):
+        breaks: list[int] = []
+        offset = 0
+        for match in _WORD.finditer(line):
+            start, word = match.start(), match.group()
+            length = len(word.rstrip())
+            if width - offset >= length:
+                offset += len(word)
+            elif length > width:
+                chunks = [word[i:i + width] for i in range(0, len(word), width)]
+                for chunk in chunks:
+                    if start:
+                        breaks.append(start)
+                    start += len(chunk)
+                offset = len(chunks[-1])
+            elif offset and start:
+                breaks.append(start)
+                offset = len(word)
+        ends = [0, *breaks, len(line)]
+        for a, b in itertools.pairwise(ends):
+            piece = line[a:b]
+            excess = len(piece) - width
+            if excess > 0:
+                piece = piece[:len(piece) - min(excess, len(piece) - len(piece.rstrip()))]
+            lines.append(piece[:width])
+    return "\n".join(lines)
 
 
 def refused(status: int, payload: bytes) -> int:
