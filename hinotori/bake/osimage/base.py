@@ -121,10 +121,11 @@ def find_base(client: docker.DockerClient, base: BaseSpec) -> str | None:
         return None
 
 
-# (engine URL, base tag) -> the base's image id as this process last saw it. A warm process (the
-# controller) need not ask the engine on every bake: an inspect of a base with hundreds of
-# images built on it is ~15 ms of Podman's CPU. Only a hint: a bake checks it against the new
-# image's history (in_history) and asks the engine when it is not there.
+# (the client's URL, base tag) -> the base's image id as this process last saw it. A warm
+# process (the controller) need not ask the engine on every bake: an inspect of a base with
+# hundreds of images built on it is ~15 ms of Podman's CPU. Only a hint (the SDK names every
+# unix socket alike): a bake checks it against the new image's history (in_history) and asks
+# the engine when it is not there.
 _SEEN: dict[tuple[str, str], str] = {}
 
 
