@@ -5,10 +5,10 @@ module, the spec's pydantic models, the docker SDK): ~0.5 s of CPU before `hinot
 sends one request that the controller answers in milliseconds. When a controller runs for this
 project, it is a warm process that already has all of that. So hinotori.cli.entry first offers
 `bake` (hinotori.cli.bakequick) and `status` (hinotori.cli.statusquick) to these quick paths:
-standard library (Rich only for output to a terminal: plain_width, plain_wrap), the
-token and controller.json read directly. A quick
-path acts only when it is sure the controller is this project's: the same hinotori version, spec
-file and environment, a token on disk, only options it knows. Otherwise it returns None and the
+standard library (Rich only for output to a terminal: plain_width, plain_wrap), the token and
+controller.json read directly. A quick path acts only when it is sure the controller is this
+project's: the same hinotori version, spec file and environment, a token on disk, only options
+it knows. Otherwise it returns None and the
 full command runs (which also uses the controller when it can). Output, ``--json``, exit codes
 and errors are the same on every path.
 """
