@@ -15,7 +15,11 @@ Containerfile hinotori generates for the recipe, written out with its build cont
                           three layers come from the cache, one is built
 
 The one-line change is timed four ways, interleaved round by round with `podman build` (so a
-busy machine slows all of them alike; the order rotates every round), medians of the runs:
+busy machine slows all of them alike), medians of the runs. The rounds' orders are the rows of
+a balanced Latin square (Williams): over four rounds every way comes right after each other
+way once. It matters: the engine's service re-reads its storage after another process (`podman
+build`) changed it, a cost that lands on whichever way comes next; rotating one order instead
+put the controller right after `podman build` in three rounds of four.
 
     controller            `hinotori bake web` with the project's controller up: the CLI hands
                           the bake to it (a warm process) before loading the full CLI
@@ -23,6 +27,11 @@ busy machine slows all of them alike; the order rotates every round), medians of
                           as it does when no controller runs
     in-process            `releases.bake_service()`, what the controller runs: no interpreter
                           start, CLI imports or request
+
+CPU seconds are also counted per way (medians of the runs): the command's own and its
+children's, plus what the engine's service spent meanwhile (the bench starts a private one, so
+nothing else uses it) and, for the controller way, what the project's controller spent. On a
+busy shared machine wall time follows CPU time, and CPU time barely moves with the load.
 
 Times are whole commands as a user runs them. PYTHONDONTWRITEBYTECODE is dropped from the
 commands' environment: an installed hinotori has its bytecode compiled, and recompiling every
@@ -36,7 +45,9 @@ Needs podman and mmdebstrap; the base is bootstrapped once (and kept in the engi
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,6 +101,8 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
 
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-osimage-") as tmp_dir:
         tmp = Path(tmp_dir)
         url = ensure_podman_service(tmp / "podman.sock")  # a private one, stopped below
@@ -157,13 +170,16 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
         'listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{free_port()}"'))
     timed([sys.executable, "-m", "hinotori", "up", "-d", "--spec", str(project)], env)
     try:
-        rounds = measure_one_line_change(args.runs, project, hinotori, podman, env, bump,
-                                         len(image.steps))
+        rounds, cpu = measure_one_line_change(args.runs, project, hinotori, podman, env, bump,
+                                              len(image.steps), tmp / "podman.pid")
     finally:
         timed([sys.executable, "-m", "hinotori", "down", "--spec", str(project)], env)
     theirs = rounds.pop("podman")
     for label, ours in rounds.items():
         results[label] = (ours, theirs)
+    print("\nCPU seconds per one-line rebake (medians; command + controller + engine service):")
+    for label, seconds in cpu.items():
+        print(f"  {label.rsplit(', ', 1)[-1]:<16} {statistics.median(seconds):.3f}s")
     print(f"\n{'scenario':<34} {'hinotori':>10} {'podman':>10} {'podman/hinotori':>16}")
     for scenario, (ours, theirs) in results.items():
         a, b = statistics.median(ours), statistics.median(theirs)
@@ -174,6 +190,12 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
         print(f"goal (cached rebake no slower than podman's), {label}: "
               f"{'met' if goal >= 1 else 'NOT met'} ({goal:.2f}x)")
     record_figures(results, args.runs)
+    ours, theirs = cpu["one-line change, controller"], cpu["podman"]
+    record("osimage", "CPU seconds of hinotori bake (controller up: command, controller and "
+           "engine service) / podman build's, after a one-line change",
+           statistics.median(ours) / statistics.median(theirs), unit="x",
+           detail=f"medians of {args.runs} runs: {statistics.median(ours):.3f} vs "
+                  f"{statistics.median(theirs):.3f} s")
     for img in client.images.list(name=f"localhost/hinotori/{name}-web"):
         for tag in img.tags:
             client.images.remove(tag)
@@ -183,13 +205,32 @@ def run(tmp: Path, url: str, args: argparse.Namespace) -> None:
     client.close()
 
 
+def williams(n: int) -> list[list[int]]:
+    """A balanced Latin square for an even ``n``: its rows are orders of 0..n-1 in which every
+    item comes right after each other item exactly once."""
+    first = [0]
+    for i in range(1, n):
+        first.append((i + 1) // 2 if i % 2 else n - i // 2)
+    return [[(x + r) % n for x in first] for r in range(n)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podman: list[str],
-                             env: dict[str, str], bump: Callable[[], None],
-                             steps: int) -> dict[str, list[float]]:
-    """Seconds of each way to rebake after a one-line change, and podman's, round by round."""
+                            env: dict[str, str], bump: Callable[[], None], steps: int,
+                            service_pidfile: Path
+                            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds of each way to rebake after a one-line change, and podman's, round by round;
+    and the CPU seconds of each (see the docstring)."""
     print(f"one-line change: {runs} runs each, interleaved", flush=True)
     os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
     loaded = Project.load(project)
+    controller = json.loads((project / ".hinotori" / "controller.json").read_text())["pid"]
+    service = int(service_pidfile.read_text())
 
     def in_process() -> float:
         began = time.perf_counter()
@@ -204,14 +245,23 @@ def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podma
         "one-line change, in-process": in_process,
     }
     seconds: dict[str, list[float]] = {label: [] for label in ways}
-    order = list(ways)
+    cpu: dict[str, list[float]] = {label: [] for label in ways}
+    labels = list(ways)
+    orders = williams(len(labels))
     for n in range(runs):
-        # Rotated each round, so each way follows every other equally often: the engine's
-        # service re-reads its storage after another process (`podman build`) changed it,
-        # a cost that lands on whichever way comes next.
-        for label in order[n % len(order):] + order[:n % len(order)]:
+        for label in (labels[i] for i in orders[n % len(orders)]):
             bump()
+            before = (resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(
+                resource.RUSAGE_SELF), cpu_seconds(controller), cpu_seconds(service))
             seconds[label].append(ways[label]())
+            after = (resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(
+                resource.RUSAGE_SELF), cpu_seconds(controller), cpu_seconds(service))
+            own = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
+                      for a, b in zip(after[:2], before[:2], strict=True))
+            # The controller's only where it does the work: idling beside the others it costs
+            # them nothing.
+            ctl = after[2] - before[2] if label.endswith("controller") else 0.0
+            cpu[label].append(own + ctl + after[3] - before[3])
     events = loaded.store.events(action="image.baked", limit=1000)
     served = [e.detail["seconds"] for e in events if e.detail.get("via") == "controller"]
     assert len(served) >= runs, events  # the controller path did go through it
@@ -219,7 +269,7 @@ def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podma
           f"{statistics.median(served[-runs:]):.2f}s; every round: "
           + " ".join(f"{label.rsplit(', ', 1)[-1]} {' '.join(f'{x:.2f}' for x in xs)};"
                      for label, xs in seconds.items()), flush=True)
-    return seconds
+    return seconds, cpu
 
 
 def record_figures(results: dict[str, tuple[list[float], list[float]]], runs: int) -> None:

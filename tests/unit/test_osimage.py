@@ -290,11 +290,12 @@ DOCKER_BUILD = [  # the classic builder: "Step" lines end apart from their newli
 
 
 class FakeEngine:
-    """Just what engine_build.build touches: the API's POST and images.get."""
+    """Just what engine_build.build touches: the API's POST, and an inspect of the image only
+    when no aux message named it in full."""
 
     def __init__(self, messages: list[dict]) -> None:
-        self.messages, self.params = messages, {}
-        self.api, self.images = self, self
+        self.messages, self.params, self.inspected = messages, {}, []
+        self.api = self
         self.base_url, self.api_version = "http+docker://localhost", "1.41"
 
     def post(self, url: str, *, params: dict, **_kw: object) -> object:
@@ -303,8 +304,9 @@ class FakeEngine:
         return type("Response", (), {"status_code": 200,
                                      "iter_lines": lambda _s, decode_unicode: iter(lines)})()
 
-    def get(self, ref: str) -> object:
-        return type("Image", (), {"id": ref})()
+    def inspect_image(self, ref: str) -> dict:
+        self.inspected.append(ref)
+        return {"Id": "sha256:" + ref[:2] * 32}
 
 
 @pytest.mark.parametrize("messages, image", [(PODMAN_BUILD, "sha256:" + "d6" * 32),
@@ -316,8 +318,14 @@ def test_build_stream_of_either_engine(messages: list[dict], image: str) -> None
     engine = FakeEngine(messages)
     outcome = build(engine, io.BytesIO(b""), timestamp=7)  # type: ignore[arg-type]
     assert outcome.image_id == image  # the aux message's full id
+    assert engine.inspected == []  # ... taken as it is, not asked for again
     assert (outcome.cached, outcome.ran) == ({2}, {3})
     assert engine.params["networkmode"] == "host" and engine.params["timestamp"] == "7"
+
+    # No aux message: the short id of "Successfully built" is looked up.
+    engine = FakeEngine([m for m in messages if "aux" not in m])
+    outcome = build(engine, io.BytesIO(b""), timestamp=7)  # type: ignore[arg-type]
+    assert len(engine.inspected) == 1 and outcome.image_id == image
 
 
 @pytest.mark.parametrize("messages, error", [

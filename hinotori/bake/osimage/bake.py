@@ -29,7 +29,14 @@ from hinotori.bake.cache import BuildCache
 from hinotori.bake.context import BuildSource
 from hinotori.bake.ignore import IgnoreRules
 from hinotori.bake.images import ImageStore
-from hinotori.bake.osimage.base import BaseSpec, ensure_base, find_base
+from hinotori.bake.osimage.base import (
+    BaseSpec,
+    ensure_base,
+    find_base,
+    in_history,
+    remember_base,
+    remembered_base,
+)
 from hinotori.bake.osimage.containerfile import context_tar, translate
 from hinotori.bake.osimage.engine_build import BuildOutcome, build
 from hinotori.bake.provenance import git_source, recipe_hash
@@ -74,72 +81,84 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         return f"step {owner}/{len(steps)} ({steps[owner - 1].describe()})"
 
     # Provenance's git facts (two `git` runs, a status over the tree) are read while the
-    # engine builds, and the new image's tag and history are asked for at once: the engine's
-    # build is the only wait a cached rebake should have.
+    # engine builds; after it, the new image's tag, history and size are asked for at once:
+    # the engine's build is the only wait a cached rebake should have.
     def build_it() -> BuildOutcome:
         with context_tar(translation, source, epoch=epoch) as tar:
             return build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
                          describe=describe)
 
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="bake-os") as pool:
+    api = client.api
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="bake-os") as pool:
         git = pool.submit(git_source, source.root)
-        # The base is looked for while the engine builds: it is there on every bake but the
-        # first, and a build without it fails at FROM at once; then it is made and the build
-        # runs again.
-        found = pool.submit(find_base, client, recipe.base)
+        base_id: str | None = None
         try:
             outcome = build_it()
         except BakeError:
-            if found.result() is not None:
+            # The base is there on every bake but the first, and a build without it fails at
+            # FROM at once: only then is it looked for, made, and the build run again.
+            if find_base(client, recipe.base) is not None:
                 raise  # the base was there: the recipe's own failure
             base_id = ensure_base(client, recipe.base, on_progress=say)
             outcome = build_it()
-        else:
-            base_id = found.result() or ""  # "": removed since the build used it
         cached_steps = sorted(translation.owners[n] for n in outcome.cached
                               if translation.owners.get(n))
         for i, step in enumerate(steps, start=1):
             say(f"step {i}/{len(steps)}: {step.describe()}"
                 f"{' (cached)' if i in cached_steps else ''}")
-        image_id, image = outcome.image_id, outcome.image
+        image_id = outcome.image_id
         repository = image_repository(project, service)
         tag = image_id.removeprefix("sha256:")[:12]
-        tagging = (pool.submit(image.tag, repository, tag=tag)
-                   if f"{repository}:{tag}" not in image.tags else None)
         hits = len(cached_steps)
 
         def result(reused: bool) -> BakeResult:
-            if tagging is not None:
-                tagging.result()  # raises what tagging raised
             return BakeResult(store.get(image_id), reused=reused, cache_hits=hits,
                               cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
 
         if store.exists(image_id):
             say(f"image {image_id} already stored")
+            if f"{repository}:{tag}" not in (api.inspect_image(image_id).get("RepoTags") or []):
+                api.tag(image_id, repository, tag=tag)
             return result(reused=True)
-        info = _provenance(image, base_id, steps, recipe, source, translation.text,
-                           tag=f"{repository}:{tag}", service=service, project=project,
-                           cached_steps=cached_steps, seconds=time.monotonic() - started,
-                           git=git.result())
-        if tagging is not None:
-            tagging.result()  # tagged before the record says it is
+        # A new image has no tag yet: tagged, and its history and size read, all at once.
+        tagging = pool.submit(api.tag, image_id, repository, tag=tag)
+        inspected = pool.submit(api.inspect_image, image_id)
+        known = base_id or remembered_base(client, recipe.base)
+        looked_up = pool.submit(find_base, client, recipe.base) if known is None else None
+        history = api.history(image_id)
+        if looked_up is not None or not in_history(known, history):
+            # Not made or seen by this process, or not what this image was built on (the tag
+            # was made again since): the engine says which image the tag names.
+            known = (looked_up.result() if looked_up is not None
+                     else find_base(client, recipe.base))
+        base_id = known or ""  # "": removed since the build used it
+        if base_id:
+            remember_base(client, recipe.base, base_id)
+        info = _provenance(image_id, history, inspected.result(), base_id, steps, recipe,
+                           source, translation.text, tag=f"{repository}:{tag}",
+                           service=service, project=project, cached_steps=cached_steps,
+                           seconds=time.monotonic() - started, git=git.result())
+        tagging.result()  # tagged before the record says it is
         store.record(image_id, info, engine={"id": image_id, "tag": f"{repository}:{tag}"})
         say(f"stored image {image_id}")
         return result(reused=False)
 
 
-def _provenance(image: Any, base_id: str, steps: list[Step], recipe: OsRecipe,
-                source: BuildSource, containerfile: str, *, tag: str, service: str,
-                project: str, cached_steps: list[int], seconds: float,
+def _provenance(image_id: str, history: list[dict[str, Any]], attrs: dict[str, Any],
+                base_id: str, steps: list[Step], recipe: OsRecipe, source: BuildSource,
+                containerfile: str, *, tag: str, service: str, project: str,
+                cached_steps: list[int], seconds: float,
                 git: dict[str, Any] | None) -> dict[str, Any]:
+    """image.json of a new image: ``history`` and ``attrs`` are the engine's history and
+    inspect of ``image_id``."""
     env: dict[str, str] = {}
     for step in steps:
         env = step.environment(env)
     layers = [{"id": h.get("Id", ""), "created_by": h.get("CreatedBy", ""),
-               "size": int(h.get("Size") or 0)} for h in image.history()]
+               "size": int(h.get("Size") or 0)} for h in history]
     info: dict[str, Any] = {
         "kind": "os",
-        "digest": image.id,
+        "digest": image_id,
         "created_at": time.time(),
         "build_seconds": round(seconds, 3),
         "builder_version": hinotori.__version__,
@@ -148,9 +167,9 @@ def _provenance(image: Any, base_id: str, steps: list[Step], recipe: OsRecipe,
         "context": str(source.root),
         "env": dict(sorted(env.items())),
         "workdir": recipe.workdir,
-        "total_size": int(image.attrs.get("Size") or 0),
+        "total_size": int(attrs.get("Size") or 0),
         "labels": {"project": project, "service": service},
-        "engine": {"id": image.id, "tag": tag},
+        "engine": {"id": image_id, "tag": tag},
         "base": {"tag": recipe.base.tag, "id": base_id, **recipe.base.inputs()},
         "layers": layers,
         "cached_steps": cached_steps,

@@ -116,9 +116,35 @@ def find_base(client: docker.DockerClient, base: BaseSpec) -> str | None:
     import docker.errors
 
     try:
-        return str(client.images.get(base.tag).id)
+        return str(client.api.inspect_image(base.tag)["Id"])
     except docker.errors.ImageNotFound:
         return None
+
+
+# (the client's URL, base tag) -> the base's image id as this process last saw it. A warm
+# process (the controller) need not ask the engine on every bake: an inspect of a base with
+# hundreds of images built on it is ~15 ms of Podman's CPU. Only a hint (the SDK names every
+# unix socket alike): a bake checks it against the new image's history (in_history) and asks
+# the engine when it is not there.
+_SEEN: dict[tuple[str, str], str] = {}
+
+
+def remembered_base(client: docker.DockerClient, base: BaseSpec) -> str | None:
+    return _SEEN.get((str(client.api.base_url), base.tag))
+
+
+def remember_base(client: docker.DockerClient, base: BaseSpec, image_id: str) -> None:
+    _SEEN[(str(client.api.base_url), base.tag)] = image_id
+
+
+def in_history(image_id: str | None, history: list[dict[str, object]]) -> bool:
+    """Whether ``image_id`` is one of the images in ``history`` (the engine's history of an
+    image: the image and those it was built on, newest first). Podman names them by bare
+    hex, Docker with "sha256:"."""
+    if not image_id:
+        return False
+    wanted = image_id.removeprefix("sha256:")
+    return any(str(h.get("Id", "")).removeprefix("sha256:") == wanted for h in history)
 
 
 def ensure_base(client: docker.DockerClient, base: BaseSpec, *,
