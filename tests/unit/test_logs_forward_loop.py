@@ -91,20 +91,31 @@ def test_a_down_receiver_does_not_move_the_cursor_and_loses_nothing(store: LogSt
     assert sink.closed >= 1
 
 
-def test_back_off_grows_exponentially_to_retry_max(store: LogStore) -> None:
+def test_back_off_grows_exponentially_to_retry_max(store: LogStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delays the loop asks for, not how many fit in a wall-clock window (a loaded
+    machine runs fewer)."""
     lines(store, 1)
     sink = FakeSink()
     sink.down = True
     loop = ForwardLoop(store, sink, name="t", retry_min=0.01, retry_max=0.04, poll=0.001)
+    real_sleep, delays = asyncio.sleep, []
 
-    async def scenario() -> float:
+    async def recorded(delay: float, *args: Any, **kwargs: Any) -> None:
+        delays.append(delay)
+        await real_sleep(0)
+
+    async def scenario() -> None:
         task = asyncio.create_task(loop.run())
-        await asyncio.sleep(0.5)
+        while len(delays) < 6 and loop.stats.failures < 100:  # 100: a busy loop, no back-off
+            await real_sleep(0)
         task.cancel()
-        return loop.stats.failures
 
-    failures = asyncio.run(scenario())
-    assert 8 <= failures <= 60  # 0.01, 0.02, 0.04, 0.04… with jitter, not a busy loop
+    monkeypatch.setattr(asyncio, "sleep", recorded)
+    asyncio.run(scenario())
+    assert len(delays) >= 6 and loop.stats.failures <= 7
+    for delay, ceiling in zip(delays, (0.01, 0.02, 0.04, 0.04, 0.04, 0.04), strict=False):
+        assert ceiling / 2 <= delay <= ceiling  # doubling up to retry_max, jittered down
 
 
 def test_backlog_over_the_bound_drops_oldest_and_says_so(store: LogStore) -> None:
