@@ -172,8 +172,8 @@ def test_promote_only_refuses_each_unmet_condition(envs: CliProject,
     spec.write_text(spec.read_text().replace('soak = "0s"', 'soak = "1h"'))
     r = p.cli("deploy", "web", "-E", "production", "--from", "staging", check=False)
     assert r.returncode == 1 and "less than the 60m soak" in r.stderr, r.stderr
-    spec.write_text(spec.read_text().replace('soak = "1h"', 'soak = "2s"'))
-    time.sleep(2.1)
+    spec.write_text(spec.read_text().replace('soak = "1h"', 'soak = "1s"'))
+    time.sleep(1.1)
     # Another source than promote_from is refused.
     r = p.cli("deploy", "web", "-E", "production", "--from", "production", check=False)
     assert r.returncode == 1 and "itself" in r.stderr
@@ -190,7 +190,7 @@ def test_promote_only_refuses_each_unmet_condition(envs: CliProject,
     p.set_version("7")
     p.cli("bake", "web", "-E", "staging")
     p.cli("deploy", "web", "-E", "staging")
-    time.sleep(2.1)
+    time.sleep(1.1)
     assert "now serves" in p.cli("deploy", "web", "-E", "production", "--from",
                                  "staging").stdout
 
@@ -200,7 +200,7 @@ def test_promote_only_refuses_each_unmet_condition(envs: CliProject,
     p.cli("deploy", "web", "-E", "staging")
     p.cli("rollback", "web", "-E", "staging")
     p.cli("deploy", "web", "-E", "staging")  # v8's image serves again, after its rollback
-    time.sleep(2.1)
+    time.sleep(1.1)
     r = p.cli("deploy", "web", "-E", "production", "--from", "staging", check=False)
     assert r.returncode == 1 and "rolled back in staging" in r.stderr, r.stderr
 

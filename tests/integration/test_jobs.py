@@ -119,7 +119,7 @@ def overlaps(rows: list[dict]) -> bool:
 
 
 def test_overlap_policies(tmp_path: Path) -> None:
-    sleepy = "import time; time.sleep(3.5)"
+    sleepy = "import time; time.sleep(2.5)"
     p = deployed(tmp_path, job("forbidden", sleepy, every="1s")
                  + job("allowed", sleepy, every="1s", concurrency="allow")
                  + job("replaced", sleepy, every="1s", concurrency="replace"))
@@ -136,7 +136,7 @@ def test_overlap_policies(tmp_path: Path) -> None:
         assert all(r["state"] == "succeeded" for r in ended(p, "allowed"))  # ... each to its end
         # replace: each run stopped by the next one, as soon as that one starts
         assert {r["state"] for r in ended(p, "replaced")} == {"replaced"}
-        assert all(r["duration_s"] < 3.5 for r in ended(p, "replaced"))
+        assert all(r["duration_s"] < 2.5 for r in ended(p, "replaced"))
     finally:
         teardown(p)
 

@@ -234,11 +234,17 @@ def test_mmdebstrap_missing_or_failing_is_a_clear_error(osproj: OsProject,
     assert "mmdebstrap is not installed" in missing.stderr
     assert "apt-get install mmdebstrap" in missing.stderr
 
-    osproj.write(os_keys=f'packages = ["no-such-package-{uuid.uuid4().hex[:8]}"]')
+    # mmdebstrap runs and fails: on a mirror with no Release file, in seconds (a package the
+    # real mirror lacks made it fetch Debian's index first, 30-90 s, for the same error path).
+    mirror = tmp_path / "empty-mirror"
+    mirror.mkdir()
+    osproj.write(os_keys=f'packages = ["hinotori-test-{uuid.uuid4().hex[:8]}"], '
+                         f'mirror = "file://{mirror}"')
     failing = osproj.cli("bake", "web", check=False, env=cache)
     assert failing.returncode == 1 and "Traceback" not in failing.stderr
     assert "mmdebstrap bookworm failed" in failing.stderr
-    assert "no-such-package" in failing.stderr.split("last", 1)[1]  # its own output
+    tail = failing.stderr.split("last", 1)[1]
+    assert "does not have a Release file" in tail and str(mirror) in tail  # its own output
     assert osproj.releases() == []
 
 
