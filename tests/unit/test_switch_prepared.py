@@ -230,3 +230,27 @@ def test_state_text_is_the_json_of_the_state() -> None:
     assert json.loads(state_text(state, text)) == state
     assert json.loads(state_text({}, None)) == {}
     assert json.loads(state_text({"table": table.to_dict()}, text)) == {"table": table.to_dict()}
+
+
+# -- the deploy path ---------------------------------------------------------------------------
+
+def test_a_blue_green_deploy_prepares_the_very_table_it_then_switches_to(tmp_path: Path) -> None:
+    from hinotori.deploy.base import Control, StrategyRun
+    from hinotori.deploy.strategies import STRATEGIES
+    from tests.support_fakes import world
+
+    w = world(tmp_path)
+
+    async def deploy() -> dict[str, object]:
+        return await STRATEGIES["blue-green"]().run(StrategyRun(
+            fleet=w.fleet, release=w.release(), progress=w.progress, spec=None,
+            control=Control(), kind="deploy", only=None))
+
+    async def scenario() -> None:
+        for _ in range(2):
+            summary = await deploy()
+            prepared, switched = w.router.prepared[-1], w.router.applied[-1]
+            assert prepared.routes == switched.routes and prepared.lost == switched.lost
+            assert isinstance(summary["prepare_ms"], float) and "switch_ms" in summary
+
+    asyncio.run(scenario())
