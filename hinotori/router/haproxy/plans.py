@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hinotori.model import RoutingTable
 from hinotori.router.haproxy import config
@@ -68,3 +69,19 @@ def state_text(state: dict[str, object], table: str | None) -> str:
     if table is None:
         return rest
     return rest[:-1] + (", " if rest != "{}" else "") + f'"table": {table}}}'
+
+
+# The state file's parts (router.py) as a plan wants them.
+
+def table_of(state: dict[str, Any]) -> RoutingTable | None:
+    return RoutingTable.from_dict(state["table"]) if state.get("table") else None
+
+
+def slots_of(state: dict[str, Any]) -> dict[str, dict[int, int]]:
+    return {svc: {int(r): int(s) for r, s in m.items()}
+            for svc, m in (state.get("slots") or {}).items()}
+
+
+def shapes_of(state: dict[str, Any]) -> tuple[config.Shape, ...]:
+    return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
+                 for s in state.get("shapes") or ())

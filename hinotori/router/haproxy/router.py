@@ -45,7 +45,7 @@ from typing import Any
 from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.base import RouterContext
-from hinotori.router.haproxy import config, converge, runtime
+from hinotori.router.haproxy import config, converge, plans, runtime
 from hinotori.router.haproxy import tls as tls_files
 from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.files import Files, flush, signature, write_sample
@@ -183,26 +183,12 @@ class HaproxyRouter:
             self._files.forget()
             self._cli.close()  # HAProxy may have been reloaded: talk to the current worker
 
-    @staticmethod
-    def _table(state: dict[str, Any]) -> RoutingTable | None:
-        return RoutingTable.from_dict(state["table"]) if state.get("table") else None
-
-    @staticmethod
-    def _slots(state: dict[str, Any]) -> dict[str, dict[int, int]]:
-        return {svc: {int(r): int(s) for r, s in m.items()}
-                for svc, m in (state.get("slots") or {}).items()}
-
-    @staticmethod
-    def _shapes(state: dict[str, Any]) -> tuple[config.Shape, ...]:
-        return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
-                     for s in state.get("shapes") or ())
-
     def _render(self, plan: config.Plan) -> str:
         return config.render(self.settings, plan, loaded=True)
 
     def _plan(self, table: RoutingTable, state: dict[str, Any]) -> Entry:
         try:
-            return self._plans.get(table, self._slots(state), self._shapes(state))
+            return self._plans.get(table, plans.slots_of(state), plans.shapes_of(state))
         except ValueError as exc:
             raise RouterError(f"routing table v{table.version} refused: {exc}") from None
 
@@ -223,8 +209,9 @@ class HaproxyRouter:
             state = self._load()
             served = len(tls_files.on_disk(self.certs_dir))
             renewed = tls_files.write(self.certs_dir, certs) if certs else []
-            table = self._table(state)
-            plan = config.plan(table or RoutingTable(0), self._slots(state), self._shapes(state))
+            table = plans.table_of(state)
+            plan = config.plan(table or RoutingTable(0), plans.slots_of(state),
+                               plans.shapes_of(state))
             adopt = await sup.adoptable()
             changed = self._files.write_now(plan, config.render(
                 self.settings, plan, loaded=table is not None), fresh=not adopt)
@@ -252,7 +239,7 @@ class HaproxyRouter:
             state = self._load()
             entry = self._plan(table, state)
             plan = entry.plan
-            reshaped = plan.shapes != self._shapes(state)
+            reshaped = plan.shapes != plans.shapes_of(state)
             if reshaped:  # the new worker must load the new cfg and maps
                 await self._settle()  # the last switch's writes first
                 self._files.write_now(plan, self._plans.cfg(entry, self._render))
@@ -276,7 +263,7 @@ class HaproxyRouter:
             self._forget_if_changed()
             state = self._load()
             plan = self._plan(table, state).plan
-            if plan.shapes != self._shapes(state):
+            if plan.shapes != plans.shapes_of(state):
                 return
             held = self._held
             if held is None:
@@ -315,7 +302,7 @@ class HaproxyRouter:
                               hint="start the router (the controller does it on start)")
         await flush()  # any object's switch in this process: its state file is written
         await self._settle()
-        return self._table(self._load())
+        return plans.table_of(self._load())
 
     async def stats(self) -> dict[str, BackendStats]:
         if self.log is not None:
