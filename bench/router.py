@@ -157,6 +157,7 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
         table = RoutingTable(version=first_version + i, routes=(
             ServiceRoute(service="bench", backends=tuple(backends)),))
         if prepared is not None:
+            await router.stats()  # as the controller's monitor does: HAProxy's sweep
             began = time.perf_counter()
             await prepare(router, table)
             prepared.append((time.perf_counter() - began) * 1000)
