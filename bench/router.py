@@ -1,7 +1,7 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
     python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--backends 1000]
-                            [--impl builtin,haproxy-hinotori] [--switch-only]
+                            [--fresh 6] [--impl builtin,haproxy-hinotori] [--switch-only]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
@@ -12,6 +12,10 @@ by a client sending back-to-back keep-alive requests, p50/p99 over --switches sw
 2 backends per set, then with --backends per set (a blue-green switch of a 1,000-host fleet:
 set A is N backends of release 1, set B N of release 2, every one its own port of one more
 bench/backend.py process, so the router holds 2N distinct addresses, as with real hosts).
+Switches between A and B are a rollback or a blue-green back and forth; then --fresh switches
+each to hosts never served (new host ids and release on the same ports), each prepared first
+(``router.prepare``, as `deploy` does while the new hosts warm; its time printed apart). Also
+printed: how long ``apply`` took to return, what a deploy's `switch N ms` says.
 
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
 and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
@@ -45,7 +49,7 @@ from results import record  # bench/ is sys.path[0] when this runs as a script
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.processes import cpu_seconds
-from hinotori.router.base import Router
+from hinotori.router.base import Router, prepare
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.haproxy import HaproxyRouter
 
@@ -114,12 +118,18 @@ backend app
 
 async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Backend],
                          switches: int, first_version: int = 2,
-                         cpu: list[float] | None = None) -> list[float]:
+                         cpu: list[float] | None = None, acked: list[float] | None = None,
+                         sets: list[tuple[list[Backend], bytes]] | None = None,
+                         prepared: list[float] | None = None) -> list[float]:
     """Time from the apply call to the first response from the new set, per switch (ms).
 
     One client sends back-to-back keep-alive requests; it timestamps each response as it
     arrives and wakes the switcher (an Event, not a polling loop: on a small machine a spinning
     waiter steals the CPU that the router and the backends need, and inflates the tail).
+    ``acked``: how long each apply took to return (what a deploy's `switch N ms` says).
+    ``sets``: the backends (and the X-Backend name) of each switch, instead of a and b in
+    turn; ``prepared``: have the router prepare each table first (untimed by the switch; its
+    ms appended here), as a deploy does while the new hosts warm.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -141,16 +151,24 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
 
     task = asyncio.create_task(client())
     results = []
-    sets = [(a, b"a"), (b, b"b")]
+    turns = sets or [(a, b"a"), (b, b"b")] * ((switches + 1) // 2)
     for i in range(switches):
-        backends, name = sets[(i + 1) % 2]
+        backends, name = turns[(i + (0 if sets else 1)) % len(turns)]
+        table = RoutingTable(version=first_version + i, routes=(
+            ServiceRoute(service="bench", backends=tuple(backends)),))
+        if prepared is not None:
+            await router.stats()  # as the controller's monitor does: HAProxy's sweep
+            began = time.perf_counter()
+            await prepare(router, table)
+            prepared.append((time.perf_counter() - began) * 1000)
         await asyncio.sleep(0.005)
         arrived.clear()
         started = time.perf_counter()
         want.update(name=name, after=started)
         cpu_before = time.process_time()  # this process: the controller's side of a switch
-        await router.apply(RoutingTable(version=first_version + i, routes=(
-            ServiceRoute(service="bench", backends=tuple(backends)),)))
+        await router.apply(table)
+        if acked is not None:
+            acked.append((time.perf_counter() - started) * 1000)
         if cpu is not None:  # (the client's few reads in the meantime included)
             cpu.append((time.process_time() - cpu_before) * 1000)
         await asyncio.wait_for(arrived.wait(), 10)
@@ -247,6 +265,8 @@ def main() -> None:
     ap.add_argument("--switches", type=int, default=200, help="switches timed")
     ap.add_argument("--backends", type=int, default=1000,
                     help="backends per set in the large switch case (0: skip it)")
+    ap.add_argument("--fresh", type=int, default=6,
+                    help="switches to a new set, each prepared first (as a deploy does)")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--impl", default="builtin",
                     help="comma-separated data planes to measure: builtin, "
@@ -370,9 +390,14 @@ def switches(args: argparse.Namespace, impls: list[str],
         for impl in impls:
             cpu: list[float] = []
             cold: list[float] = []
+            acked: list[float] = []
+            fresh: list[float] = []  # switches to a new set, prepared first
+            prepared: list[float] = []
 
             async def measure(impl: str = impl, a: list[Backend] = a, b: list[Backend] = b,
-                              cpu: list[float] = cpu, cold: list[float] = cold) -> list[float]:
+                              cpu: list[float] = cpu, cold: list[float] = cold,
+                              acked: list[float] = acked, fresh: list[float] = fresh,
+                              prepared: list[float] = prepared) -> list[float]:
                 first = routers[label(impl, 1)]
                 # A new router object adopts the running worker: a fresh control connection,
                 # and for HAProxy a full read of its state on the first apply (a restart).
@@ -391,18 +416,41 @@ def switches(args: argparse.Namespace, impls: list[str],
                 await router.apply(RoutingTable(version=10_001, routes=(
                     ServiceRoute(service="bench", backends=tuple(b)),)))
                 cold.append((time.perf_counter() - started) * 1000)
-                return await switch_latency(router, targets[label(impl, 1)], a, b,
-                                            args.switches, first_version=10_002, cpu=cpu)
+                out = await switch_latency(router, targets[label(impl, 1)], a, b,
+                                           args.switches, first_version=10_002, cpu=cpu,
+                                           acked=acked)
+                # A blue-green deploy: each switch to hosts never served (new ids and a new
+                # release on the same ports), prepared first as `deploy` does.
+                turns = [(a, b"a"), (b, b"b")]  # the other set than the live one first
+                order = turns[::-1] if args.switches % 2 == 0 else turns
+                sets = [([Backend(f"n{i}-{x.host_id}", x.address, 3 + i) for x in s], name)
+                        for i, (s, name) in enumerate(order * ((args.fresh + 1) // 2))]
+                fresh += await switch_latency(router, targets[label(impl, 1)], a, b,
+                                              args.fresh, first_version=20_000, sets=sets,
+                                              prepared=prepared)
+                return out
 
             lat = sorted(asyncio.run(measure()))
             p50, p99 = percentile(lat, 50), percentile(lat, 99)
+            acked.sort()
+            fresh.sort()
             print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; "
                   f"controller CPU per apply p50 {statistics.median(cpu):.2f} ms; "
                   f"first apply of the new set {cold[0]:.1f} ms")
+            print(f"  {'':<16} apply returned p50 {percentile(acked, 50):.2f} ms, p99 "
+                  f"{percentile(acked, 99):.2f} ms; to a new set after prepare "
+                  f"({len(fresh)} switches): p50 {percentile(fresh, 50):.2f} ms, max "
+                  f"{fresh[-1]:.2f} ms, prepare p50 {statistics.median(prepared):.1f} ms")
             what = f"switch {{}}, {impl}, {count} backends per set"
             record("router", what.format("p99"), p99, unit="ms", goal=goal)
             if count > 2:
                 record("router", what.format("p50"), p50, unit="ms", goal=goal)
+                record("router", f"switch to a new set after prepare, p50, {impl}, {count} "
+                       "backends per set", percentile(fresh, 50), unit="ms",
+                       detail=f"{len(fresh)} switches; prepare p50 "
+                              f"{statistics.median(prepared):.1f} ms")
+            record("router", what.format("apply returned p99"), percentile(acked, 99),
+                   unit="ms", detail="what a deploy's `switch N ms` says")
 
 
 def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int,

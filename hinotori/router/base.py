@@ -1,7 +1,9 @@
 """The Router protocol: the front door (the data plane), as the control plane sees it.
 
 The control plane hands the router a whole RoutingTable; ``apply`` returns only when every
-worker of the data plane has acknowledged that version, so "switched" means switched. Requests
+worker of the data plane has acknowledged that version, so "switched" means switched. A router
+may also offer ``prepare(table)`` (see ``prepare`` below): the expensive part of a switch to
+``table`` done ahead, while nothing is served differently, so that ``apply`` is O(changed). Requests
 already in flight to a backend that the new table drops are allowed to finish (drain); new
 requests only go to the new table's backends. The data plane runs apart from the controller and
 keeps serving if the controller dies; a new controller adopts it with ``start``.
@@ -63,3 +65,14 @@ class Router(Protocol):
     async def stop(self) -> None:
         """Stop the data plane (closing the listener)."""
         ...
+
+
+async def prepare(router: Router, table: RoutingTable) -> bool:
+    """Have ``router`` get ready to serve ``table`` (both data planes here: compiled routes in
+    each worker, a new release's servers readied in its slot), if it offers ``prepare``; a
+    hint, never needed: ``apply`` gives the same table either way. False if it does not."""
+    method = getattr(router, "prepare", None)
+    if method is None:
+        return False
+    await method(table)
+    return True

@@ -29,6 +29,7 @@ class FakeRouter:
     error_rate: Callable[[str], float] = _no_errors
     fail_applies: int = 0
     applied: list[RoutingTable] = field(default_factory=list)
+    prepared: list[RoutingTable] = field(default_factory=list)  # what prepare() was given
     started: bool = False
     _counts: dict[str, BackendStats] = field(default_factory=dict)
 
@@ -43,6 +44,9 @@ class FakeRouter:
             self.fail_applies -= 1
             raise RouterError("the data plane did not acknowledge the table (fake fault)")
         self.applied.append(table)
+
+    async def prepare(self, table: RoutingTable) -> None:
+        self.prepared.append(table)
 
     async def current(self) -> RoutingTable | None:
         return self.applied[-1] if self.applied else None

@@ -25,7 +25,9 @@ Modules, one job each:
     exchange.py    one proxied request: backend choice, connect, safe retries, relaying
     upstream.py    backend connections: response parsing; keep-alive pool per address
     http1.py       HTTP/1.1 pieces: hop-by-hop filtering, heads, chunks, canned responses
+    prepared.py    routes compiled ahead of their switch, by the controller's route ids
     client.py      the controller's persistent control connection to one worker
+    sent.py        the controller's route ids, and which routes each worker holds
     supervisor.py  BuiltinRouter: spawn or adopt workers, fan out control ops, stop them
 
 Why it is built this way:
@@ -36,6 +38,8 @@ Why it is built this way:
 * Switches: a table is compiled once, then swapped by one reference assignment, so each request
   sees one whole table, and a keep-alive client's next request already uses the new one. Pools
   of backends that left the table are retired: idle connections close, busy ones finish (drain).
+  A route is sent and compiled once per worker (``prepare`` while new hosts warm, or the first
+  switch that needs it); a switch to routes a worker holds is a line of route ids (prepared.py).
 * Safety: a request is re-sent only when it cannot have reached an application, or when it is
   idempotent and its bytes were kept; everything else gets a 502 (see exchange.py).
 * Independence: workers are detached processes that keep serving when the controller dies and

@@ -4,6 +4,11 @@ One request object per line, one response object per line, in order::
 
     {"op":"ping"}                -> {"ok":true,"pid":..,"version":N|null,"listen":".."}
     {"op":"apply","table":{..}}  -> {"ok":true,"version":N}     (after the swap is done)
+    {"op":"prepare","define":{id:route,..}}   -> {"ok":true}: compiled and kept (prepared.py)
+    {"op":"switch","version":N,"routes":[id,..],"lost":[..],"define":{id:route,..}}
+                                 -> {"ok":true,"version":N}: the table of those routes (any
+                                    in "define" compiled first); a route not held here:
+                                    {"ok":false,"missing":[id,..],...}, nothing changed
     {"op":"get"}                 -> {"ok":true,"table":{..}|null}
     {"op":"stats"}               -> {"ok":true,"backends":{host_id:{"active","requests","errors"}}}
     {"op":"shutdown"}            -> {"ok":true}, then a graceful stop
@@ -12,7 +17,8 @@ One request object per line, one response object per line, in order::
     anything wrong               -> {"ok":false,"error":"..."}
 
 The server runs on the worker's event loop. Every op is a few dictionary operations (apply: one
-compile and one reference swap), so it never holds the loop long enough to matter to requests.
+compile and one reference swap; switch: a few lookups per backend), so it never holds the loop
+long enough to matter to requests.
 The socket is mode 0600: whoever can write to it can redirect traffic.
 """
 
@@ -29,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from hinotori.errors import CertificateError
 from hinotori.model import RoutingTable
+from hinotori.router.builtin.prepared import Missing
+from hinotori.router.builtin.table import assemble, link
 
 if TYPE_CHECKING:
     from hinotori.router.builtin.worker import Worker
@@ -59,6 +67,15 @@ def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
         except (KeyError, TypeError, ValueError) as exc:
             return {"ok": False, "error": f"invalid routing table: {exc!r}"}, False
         return {"ok": True, "version": table.version}, False
+    if op == "prepare":
+        try:
+            worker.prepared.define(_routes(request.get("define")), worker._pool_for,
+                                   worker._counters_for)
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"ok": False, "error": f"invalid route: {exc!r}"}, False
+        return {"ok": True}, False
+    if op == "switch":
+        return _switch(worker, request), False
     if op == "get":
         return {"ok": True, "table": worker.table_dict()}, False
     if op == "stats":
@@ -70,8 +87,36 @@ def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
             return {"ok": True, "certs": worker.reload_certs()}, False
         except CertificateError as exc:
             return {"ok": False, "error": str(exc)}, False
-    return {"ok": False, "error": f"unknown op {op!r} (ping, apply, get, stats, shutdown, "
-                                 f"tls)"}, False
+    return {"ok": False, "error": f"unknown op {op!r} (ping, apply, prepare, switch, get, "
+                                 f"stats, shutdown, tls)"}, False
+
+
+def _routes(define: Any) -> dict[str, Any]:
+    if define is None:
+        return {}
+    if not isinstance(define, dict):
+        raise TypeError("'define' must map route ids to routes")
+    return define
+
+
+def _switch(worker: Worker, request: dict[str, Any]) -> dict[str, Any]:
+    """Serve the table made of prepared routes (prepared.py), defining any sent along."""
+    ids, version = request.get("routes"), request.get("version")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or \
+            not isinstance(version, int):
+        return {"ok": False, "error": "switch needs 'version' (int) and 'routes' (route ids)"}
+    prepared = worker.prepared
+    try:
+        prepared.define(_routes(request.get("define")), worker._pool_for, worker._counters_for)
+        table, compiled, text = prepared.table(version, ids, request.get("lost") or ())
+    except Missing as exc:
+        return {"ok": False, "missing": exc.ids,
+                "error": f"routes not prepared here: {', '.join(exc.ids)}"}
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"ok": False, "error": f"invalid routing table: {exc!r}"}
+    worker.install(assemble(table, compiled, link(compiled, worker.pools)), text)
+    prepared.serving(ids)
+    return {"ok": True, "version": version}
 
 
 async def start_server(worker: Worker, path: Path) -> asyncio.AbstractServer:

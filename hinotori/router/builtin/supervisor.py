@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from hinotori.router import tls
 from hinotori.router.base import REQUEST_TIMEOUT, RouterContext
 from hinotori.router.builtin.client import ControlClient, ControlError
 from hinotori.router.builtin.listener import parse_address
+from hinotori.router.builtin.sent import Sent
 from hinotori.statefiles import open_private, private_dir, socket_dir, write_private
 
 START_TIMEOUT = 10.0   # spawn -> answering ping
@@ -85,6 +85,7 @@ class BuiltinRouter:
                                      _SOCKET_PATH_MAX)
         self.table_file = self.state_dir / "router-table.json"
         self._clients = [ControlClient(self._sock(i)) for i in range(workers)]
+        self._sent = Sent(workers)  # route ids, and which each worker holds
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def __repr__(self) -> str:
@@ -140,10 +141,11 @@ class BuiltinRouter:
         return [c.view() for c in certs]
 
     async def apply(self, table: RoutingTable) -> None:
-        """Send ``table`` to every worker at once; return when all acknowledged it."""
-        line = json.dumps({"op": "apply", "table": table.to_dict()}).encode() + b"\n"
+        """Send ``table`` to every worker at once; return when all acknowledged it. Routes a
+        worker holds already (prepared, or served before) go by id only (sent.py)."""
+        ids = self._sent.ids(table.routes)
         answers = await asyncio.gather(
-            *(self._call(i, line, APPLY_TIMEOUT) for i in range(self.workers)),
+            *(self._switch(i, table, ids) for i in range(self.workers)),
             return_exceptions=True)
         problems = []
         for i, answer in enumerate(answers):
@@ -156,6 +158,28 @@ class BuiltinRouter:
                 f"routing table v{table.version} was not acknowledged by every router worker: "
                 + "; ".join(problems),
                 hint="traffic may be split between tables; apply again, or restart the router")
+
+    async def prepare(self, table: RoutingTable) -> None:
+        """Have every worker compile ``table``'s routes now, so that applying it later is a
+        line of route ids. Nothing is served differently until then."""
+        ids = self._sent.ids(table.routes)
+        answers = await asyncio.gather(*(self._call(i, self._sent.line(i, "prepare", ids),
+                                                    APPLY_TIMEOUT)
+                                         for i in range(self.workers)))
+        for i, answer in enumerate(answers):
+            self._ok(i, answer)
+            self._sent.holds(i, ids)
+
+    async def _switch(self, i: int, table: RoutingTable, ids: list[str]) -> dict[str, Any]:
+        answer = await self._call(i, self._sent.line(i, "switch", ids, table.version,
+                                                     table.lost), APPLY_TIMEOUT)
+        if not answer.get("ok") and answer.get("missing"):  # it restarted, or dropped some
+            self._sent.forget(i)
+            answer = await self._call(i, self._sent.line(i, "switch", ids, table.version,
+                                                         table.lost), APPLY_TIMEOUT)
+        if answer.get("ok"):
+            self._sent.holds(i, ids)
+        return answer
 
     async def current(self) -> RoutingTable | None:
         """The table every worker serves; None if there is none yet, or if workers disagree

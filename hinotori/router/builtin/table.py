@@ -239,49 +239,81 @@ def _maintenance(route: ServiceRoute) -> tuple[bytes, bytes, bytes] | None:
             maintenance.html_body(route.service, state))
 
 
-def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
-                  counters_for: Callable[[str], Counters]) -> CompiledTable:
-    """Validate and index ``table``. Raises ValueError naming the bad route or backend."""
+def compile_route(route: ServiceRoute, pools: dict[str, Pool], pool_for: Callable[[str], Pool],
+                  counters_for: Callable[[str], Counters]) -> CompiledRoute:
+    """Validate and compile one route; its backends' pools are taken from ``pools`` (by
+    address) or made by ``pool_for`` and added there. Raises ValueError naming what is bad."""
+    _check_route(route)
+    everyone: list[Target] = []
+    for b in route.backends:
+        try:
+            host, port = parse_address(b.address)
+        except ValueError as exc:
+            raise ValueError(f"route {route.service!r}: backend {b.host_id!r}: {exc}") from None
+        pool = pools.get(b.address)
+        if pool is None:
+            pool = pools[b.address] = pool_for(b.address)
+        everyone.append(Target(b.host_id, b.address, host, port, b.weight, int(b.release),
+                               pool, counters_for(b.host_id)))
+    targets = [t for t in everyone if t.weight > 0]
+    order = smooth_schedule([t.weight for t in targets])
+    members: dict[int, list[Target]] = {}
+    for t in everyone:
+        members.setdefault(t.release, []).append(t)
+    by_release = {release: tuple(ts) for release, ts in members.items()}
+    compiled = CompiledRoute(route.service, route.path_prefix.encode(), tuple(targets),
+                             [targets[i] for i in order], by_release=by_release,
+                             canary=route.canary, preview=route.preview,
+                             # a held release never counts: nobody is stuck to it
+                             sticky=route.sticky and len(set(by_release) -
+                                                         {route.preview}) > 1,
+                             cookie=b"hinotori-" + route.service.encode(),
+                             maintenance=_maintenance(route))
+    if compiled.schedule:
+        # Start each worker at a different point so workers do not move in lockstep.
+        compiled.cursor = random.randrange(len(compiled.schedule))
+    return compiled
+
+
+def assemble(table: RoutingTable, compiled: list[CompiledRoute],
+             pools: dict[str, Pool]) -> CompiledTable:
+    """The CompiledTable of ``table`` whose routes, in order, compiled to ``compiled``."""
     by_host: dict[bytes, list[CompiledRoute]] = {}
     fallback: list[CompiledRoute] = []
-    pools: dict[str, Pool] = {}
-    for route in table.routes:
-        _check_route(route)
-        everyone: list[Target] = []
-        for b in route.backends:
-            try:
-                host, port = parse_address(b.address)
-            except ValueError as exc:
-                raise ValueError(f"route {route.service!r}: backend {b.host_id!r}: {exc}") from None
-            pool = pools.get(b.address)
-            if pool is None:
-                pool = pools[b.address] = pool_for(b.address)
-            everyone.append(Target(b.host_id, b.address, host, port, b.weight, int(b.release),
-                                   pool, counters_for(b.host_id)))
-        targets = [t for t in everyone if t.weight > 0]
-        order = smooth_schedule([t.weight for t in targets])
-        members: dict[int, list[Target]] = {}
-        for t in everyone:
-            members.setdefault(t.release, []).append(t)
-        by_release = {release: tuple(ts) for release, ts in members.items()}
-        compiled = CompiledRoute(route.service, route.path_prefix.encode(), tuple(targets),
-                                 [targets[i] for i in order], by_release=by_release,
-                                 canary=route.canary, preview=route.preview,
-                                 # a held release never counts: nobody is stuck to it
-                                 sticky=route.sticky and len(set(by_release) -
-                                                             {route.preview}) > 1,
-                                 cookie=b"hinotori-" + route.service.encode(),
-                                 maintenance=_maintenance(route))
-        if compiled.schedule:
-            # Start each worker at a different point so workers do not move in lockstep.
-            compiled.cursor = random.randrange(len(compiled.schedule))
+    for route, c in zip(table.routes, compiled, strict=True):
         if route.hosts:
             for h in {split_host(h.encode()) for h in route.hosts}:
-                by_host.setdefault(h, []).append(compiled)
+                by_host.setdefault(h, []).append(c)
         else:
-            fallback.append(compiled)
+            fallback.append(c)
     # Stable sort: among equal prefixes the table's order decides.
     for routes in by_host.values():
         routes.sort(key=lambda r: len(r.prefix), reverse=True)
     fallback.sort(key=lambda r: len(r.prefix), reverse=True)
     return CompiledTable(table, by_host, fallback, pools)
+
+
+def compile_table(table: RoutingTable, pool_for: Callable[[str], Pool],
+                  counters_for: Callable[[str], Counters]) -> CompiledTable:
+    """Validate and index ``table``. Raises ValueError naming the bad route or backend."""
+    pools: dict[str, Pool] = {}
+    compiled = [compile_route(route, pools, pool_for, counters_for) for route in table.routes]
+    return assemble(table, compiled, pools)
+
+
+def link(compiled: list[CompiledRoute], live: dict[str, Pool]) -> dict[str, Pool]:
+    """Give routes compiled earlier (prepared, or served before) the pools they serve with:
+    an address's pool in the live table if it has one, else the one the route was compiled
+    with, taken back from retirement if the address left the table since. One pool per
+    address, as ``compile_table`` gives. Returns the pools by address."""
+    pools: dict[str, Pool] = {}
+    for route in compiled:
+        for members in route.by_release.values():  # every target, weight 0 included
+            for t in members:
+                pool = pools.get(t.address)
+                if pool is None:
+                    pool = live.get(t.address) or t.pool
+                    pool.retired = False  # a retired pool closed its idle connections
+                    pools[t.address] = pool
+                t.pool = pool
+    return pools

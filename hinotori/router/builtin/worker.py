@@ -35,6 +35,7 @@ from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.builtin import control
 from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.listener import open_listener, parse_address
+from hinotori.router.builtin.prepared import Prepared
 from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
 from hinotori.router.builtin.tls import Certificates, HttpsClient
 from hinotori.router.builtin.upstream import Pool
@@ -77,7 +78,8 @@ class Worker:
         self.stopping = False
         self._stop = asyncio.Event()
         self._error_logged: dict[str, float] = {}
-        self._persist_next: dict[str, Any] | None = None  # applied, not yet in the file
+        self._persist_next: dict[str, Any] | bytes | None = None  # applied, not yet in file
+        self.prepared = Prepared()  # routes compiled ahead of their switch
         self._writing: asyncio.Future[None] | None = None  # a table file write in progress
 
     # -- the routing table ---------------------------------------------------------------------
@@ -88,8 +90,16 @@ class Worker:
 
         ``wire`` is the table as it arrived (saves re-serialising it for the table file).
         """
-        old_pools = self.pools
         compiled = compile_table(table, self._pool_for, self._counters_for)
+        self.prepared.serving(())
+        self.install(compiled, (wire if wire is not None else table.to_dict()) if persist
+                     else None)
+
+    def install(self, compiled: CompiledTable, persist: dict[str, Any] | bytes | None) -> None:
+        """Swap in a compiled table (``apply``, or a switch to prepared routes: control.py);
+        ``persist``: what the table file is to hold (its JSON form, or the bytes)."""
+        table = compiled.table
+        old_pools = self.pools
         self.table = compiled  # the swap: the next request sees the new table
         self.pools = compiled.pools
         for address, pool in old_pools.items():
@@ -101,8 +111,8 @@ class Worker:
                 pool.fail_all()
         log.info("table v%d applied (%d routes, %d backend addresses)",
                  table.version, len(table.routes), len(compiled.pools))
-        if persist:
-            self._persist_next = wire if wire is not None else table.to_dict()
+        if persist is not None:
+            self._persist_next = persist
             self.loop.call_soon(self.flush_table_file)  # if the caller does not flush first
 
     def _pool_for(self, address: str) -> Pool:
@@ -168,7 +178,9 @@ class Worker:
         """
         if self._persist_next is None or self._writing is not None:
             return  # nothing new, or the running write's callback will come back here
-        data = json.dumps(self._persist_next).encode()
+        data = self._persist_next
+        if not isinstance(data, bytes):
+            data = json.dumps(data).encode()
         self._persist_next = None
         self._writing = self.loop.run_in_executor(None, write_table_file, self.table_file, data,
                                                   self.control_path.stem)

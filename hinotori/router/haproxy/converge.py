@@ -10,7 +10,9 @@ That second half is what makes a switch cost O(changed) instead of O(table): the
 the Held its last apply produced, and the next apply diffs against it instead of reading
 ``show servers state`` and every ``show map`` back (at 1,000 backends, parsing them is most of
 a switch). It is kept only while nobody else changed HAProxy (router.py checks that), and a
-fresh read always gives the same commands (tests/unit/test_haproxy_converge.py).
+fresh read always gives the same commands (tests/unit/test_haproxy_converge.py). ``ahead``
+is the part of a diff that can run before the switch (``prepare``): the servers of a backend
+that nothing points to yet, so that the switch itself is a few map entries.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ class Server:
 class Held:
     servers: dict[str, dict[str, Server]] = field(default_factory=dict)  # backend -> name ->
     maps: dict[Path, dict[str, str]] = field(default_factory=dict)  # map file -> key -> value
+    # backend -> the plan's servers (that very dict) it was converged to and still holds: a
+    # plan used again (plans.py) finds them so without comparing 1,000 servers one by one.
+    converged: dict[str, object] = field(default_factory=dict, compare=False)
 
     def copy(self) -> Held:
         return Held({be: dict(s) for be, s in self.servers.items()},
-                    {f: dict(e) for f, e in self.maps.items()})
+                    {f: dict(e) for f, e in self.maps.items()}, dict(self.converged))
 
 
 _MAINT = 0x01  # srv_admin_state bit: forced maintenance
@@ -104,7 +109,11 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
                 if f"{row.host}:{row.port}" in plan.lost and not row.maint:
                     out.retire.append(f"set server {backend}/{name} state maint")
                     after.servers[backend][name] = replace(row, maint=True)
+                    after.converged.pop(backend, None)
             continue
+        if held.converged.get(backend) is wanted:
+            continue
+        after.converged[backend] = wanted  # (wanted is never changed: plans.py)
         retire = out.retire if backend in pointed else out.clean
         now = after.servers.setdefault(backend, {})
         for name, srv in wanted.items():
@@ -135,6 +144,7 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
                 if not row.maint:
                     out.retire.append(f"set server {backend}/{name} state maint")
                     after.servers[backend][name] = replace(row, maint=True)
+                    after.converged.pop(backend, None)
     dels: list[str] = []
     for f, entries in maps.items():
         have_map = held.maps.get(f, {})
@@ -148,6 +158,17 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
     out.maps += dels
     # Servers on a machine seen down: nothing will come back from them, so their sessions
     # end now instead of draining (after the maint above, so a retry goes elsewhere).
-    out.lost = {f"{be}/{n}" for be, have in held.servers.items() for n, r in have.items()
-                if f"{r.host}:{r.port}" in plan.lost}
+    if plan.lost:  # (a scan of every server: only when there is something to find)
+        out.lost = {f"{be}/{n}" for be, have in held.servers.items() for n, r in have.items()
+                    if f"{r.host}:{r.port}" in plan.lost}
     return out, after
+
+
+def ahead(plan: Plan, held: Held) -> tuple[Changes, Held]:
+    """What can be done before the switch to ``plan``: the backends it points to that no map
+    points to now (a new release's slot) get their servers added, made ready and weighted,
+    and their other servers put in maintenance; no request reaches them until the switch's
+    map entries do. The rest (maps, backends in use, lost servers) is the switch's."""
+    pointed = frozenset(v for m in held.maps.values() for v in m.values())
+    early = replace(plan, idle=plan.idle | (pointed & plan.servers.keys()), lost=frozenset())
+    return diff(early, held.maps, held)

@@ -45,13 +45,15 @@ from typing import Any
 from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router.base import RouterContext
-from hinotori.router.haproxy import config, converge, runtime
+from hinotori.router.haproxy import config, converge, plans, runtime
 from hinotori.router.haproxy import tls as tls_files
 from hinotori.router.haproxy.cli import Cli
+from hinotori.router.haproxy.files import Files, flush, signature, write_sample
+from hinotori.router.haproxy.plans import Entry, PlanCache, state_text, table_text
 from hinotori.router.haproxy.process import Supervisor, find_binary
 from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
 from hinotori.router.tls import CertPair, load_all, pairs_of
-from hinotori.statefiles import private_dir, write_private
+from hinotori.statefiles import private_dir
 from hinotori.statefiles import socket_dir as private_socket_dir
 
 _SOCKET_PATH_MAX = 90  # HAProxy allows 97 bytes; it binds "<path>.<pid>.tmp" first
@@ -114,7 +116,9 @@ class HaproxyRouter:
         self._held: converge.Held | None = None
         self._saved: tuple[int, int, int] | None = None
         self._state: dict[str, Any] | None = None  # what _save last wrote
-        self._written: dict[Path, str] = {}  # file -> text this object last wrote there
+        self._files = Files(self.settings, self.cfg, self.state_file)  # written in a thread
+        self._plans = PlanCache()
+        self._table_json: tuple[object, str] | None = None  # (state["table"], its JSON text)
         self._cli = Cli(self.stats_socket)  # kept open for switches; dropped with _held
 
     def __repr__(self) -> str:
@@ -139,78 +143,54 @@ class HaproxyRouter:
     # -- saved state ---------------------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
-        if self._state is not None and self._saved == _signature(self.state_file):
+        if self._state is not None and (self._files.mine() or self._trusted()):
             return dict(self._state)  # as saved (callers replace keys, never edit values)
         try:
             return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
         except (OSError, ValueError):
             return {}
 
-    def _save(self, state: dict[str, Any]) -> None:
-        write_private(self.state_file, json.dumps(state, sort_keys=True),
-                      tmp=self.state_file.with_suffix(".tmp"))
-        self._saved = _signature(self.state_file)
+    def _save(self, state: dict[str, Any], files: Entry | None = None) -> None:
+        """Write the state file (and the map files and cfg of ``files``, after a switch) in
+        the files' thread (files.py): the switch never waits for the disk."""
+        table, known = state.get("table"), self._table_json
+        text = state_text(state, known[1] if known is not None and known[0] is table else
+                          json.dumps(table) if table is not None else None)
         self._state = dict(state)
+        if files is None:
+            self._files.write_later(text)
+        else:
+            self._files.write_later(text, files.plan, self._plans.cfg(files, self._render))
+
+    async def _settle(self) -> None:
+        """Wait for this object's writes (what a reload, a start or a reader needs)."""
+        saved = await self._files.settle()
+        if saved is not None:
+            self._saved = saved
+
+    def _trusted(self) -> bool:
+        """Is the state file as this object last wrote it?"""
+        saved = self._files.finished()
+        if saved is not None:
+            self._saved = saved
+        return self._saved is not None and self._saved == signature(self.state_file)
 
     def _forget_if_changed(self) -> None:
         """Drop what this object remembers of HAProxy and its files if another object saved
         the state since this one did (it may have applied, swept or reloaded)."""
-        if self._saved != _signature(self.state_file):
+        if not (self._files.mine() or self._trusted()):
             self._held = None
-            self._written.clear()
+            self._files.forget()
             self._cli.close()  # HAProxy may have been reloaded: talk to the current worker
 
-    @staticmethod
-    def _table(state: dict[str, Any]) -> RoutingTable | None:
-        return RoutingTable.from_dict(state["table"]) if state.get("table") else None
+    def _render(self, plan: config.Plan) -> str:
+        return config.render(self.settings, plan, loaded=True)
 
-    @staticmethod
-    def _slots(state: dict[str, Any]) -> dict[str, dict[int, int]]:
-        return {svc: {int(r): int(s) for r, s in m.items()}
-                for svc, m in (state.get("slots") or {}).items()}
-
-    @staticmethod
-    def _shapes(state: dict[str, Any]) -> tuple[config.Shape, ...]:
-        return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
-                     for s in state.get("shapes") or ())
-
-    def _write(self, plan: config.Plan, loaded: bool, *, fresh: bool = False) -> bool:
-        """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed.
-        ``fresh``: for a new HAProxy, which logs every request until the reader sees traffic."""
-        private_dir(self.settings.maps_dir)
-        if fresh or not config.sample_file(self.settings).exists():
-            self._write_sample(1)
-        for f, entries in self._map_targets(plan).items():
-            self._write_once(f, config.map_text(entries))
-        text = config.render(self.settings, plan, loaded=loaded)
+    def _plan(self, table: RoutingTable, state: dict[str, Any]) -> Entry:
         try:
-            changed = self.cfg.read_text() != text
-        except OSError:
-            changed = True
-        if changed:
-            _write_text(self.cfg, text)
-        return changed
-
-    def _write_once(self, path: Path, text: str) -> None:
-        """Write ``path`` unless this object last wrote the same text there (a rename is
-        slow on some filesystems; most applies change one map file, if any)."""
-        if self._written.get(path) != text or not path.exists():
-            _write_text(path, text)
-            self._written[path] = text
-
-    def _map_targets(self, plan: config.Plan) -> dict[Path, dict[str, str]]:
-        """The plan's map files and their entries, in the order they are converged."""
-        maps = {config.map_file(self.settings, svc): entries
-                for svc, entries in plan.maps.items()}
-        maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
-        # After the release maps (a header for the new release works as soon as it serves),
-        # and after the servers of a backend it points to are ready (converge.py).
-        maps[config.live_file(self.settings)] = plan.live
-        # The bodies before the key the rules test (the last one): a request never finds a
-        # service in maintenance without its answer; removals go in the reverse order.
-        for name in reversed(config.MAINTENANCE_MAPS):
-            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
-        return maps
+            return self._plans.get(table, plans.slots_of(state), plans.shapes_of(state))
+        except ValueError as exc:
+            raise RouterError(f"routing table v{table.version} refused: {exc}") from None
 
     # -- Router protocol -----------------------------------------------------------------------
 
@@ -221,15 +201,20 @@ class HaproxyRouter:
         sup = self._sup()
         certs = load_all(self.certs) if self.settings.tls_listen else []  # a bad file: named
         async with self._lock():
+            await flush()  # another object's last switch: its state file is written
+            await self._settle()
             self._held = None  # read back on the first apply, whoever ran HAProxy meanwhile
             self._cli.close()
+            self._files.forget()
             state = self._load()
             served = len(tls_files.on_disk(self.certs_dir))
             renewed = tls_files.write(self.certs_dir, certs) if certs else []
-            table = self._table(state)
-            plan = config.plan(table or RoutingTable(0), self._slots(state), self._shapes(state))
+            table = plans.table_of(state)
+            plan = config.plan(table or RoutingTable(0), plans.slots_of(state),
+                               plans.shapes_of(state))
             adopt = await sup.adoptable()
-            changed = self._write(plan, loaded=table is not None, fresh=not adopt)
+            changed = self._files.write_now(plan, config.render(
+                self.settings, plan, loaded=table is not None), fresh=not adopt)
             if adopt:
                 if changed or (renewed and served != len(certs)):  # settings changed since
                     await self._reload(state)
@@ -242,6 +227,7 @@ class HaproxyRouter:
                 state["base"] = {}  # a fresh HAProxy counts from zero
                 state["shapes"] = [vars(s) for s in plan.shapes]
                 self._save(state)
+            await self._settle()
         if self.log is not None:
             await self.log.attach()
 
@@ -251,21 +237,42 @@ class HaproxyRouter:
         async with self._lock():
             self._forget_if_changed()
             state = self._load()
-            try:
-                plan = config.plan(table, self._slots(state), self._shapes(state))
-            except ValueError as exc:
-                raise RouterError(f"routing table v{table.version} refused: {exc}") from None
-            reshaped = plan.shapes != self._shapes(state)
+            entry = self._plan(table, state)
+            plan = entry.plan
+            reshaped = plan.shapes != plans.shapes_of(state)
             if reshaped:  # the new worker must load the new cfg and maps
-                self._write(plan, loaded=True)
+                await self._settle()  # the last switch's writes first
+                self._files.write_now(plan, self._plans.cfg(entry, self._render))
                 state["shapes"] = [vars(s) for s in plan.shapes]
                 await self._reload(state)
             await self._converge(plan)
-            if not reshaped:  # after the switch: the files are for a reload or a restart
-                self._write(plan, loaded=True)
             state["table"] = table.to_dict()
+            self._table_json = (state["table"], table_text(table, entry))
             state["slots"] = {svc: {str(r): s for r, s in m.items()}
                               for svc, m in plan.slots.items()}
+            # After the switch: the files are for a reload or a restart (a reshaped one
+            # wrote them before its reload).
+            self._save(state, None if reshaped else entry)
+
+    async def prepare(self, table: RoutingTable) -> None:
+        """Ready the servers ``table`` will send requests to, where no request goes yet (the
+        new release's slot backend, converge.ahead), so that applying it is a few map
+        entries. Nothing is served differently until then; a table whose shape differs (a
+        reload's business) is left to ``apply``."""
+        async with self._lock():
+            self._forget_if_changed()
+            state = self._load()
+            plan = self._plan(table, state).plan
+            if plan.shapes != plans.shapes_of(state):
+                return
+            held = self._held
+            if held is None:
+                held = await self._read_held(list(self._files.targets(plan)))
+            changes, after = converge.ahead(plan, held)
+            self._held = None  # until HAProxy acknowledged every command
+            runtime.check(changes.commands, await self._cli.run(changes.commands))
+            self._held = after
+            # What another router object remembers of HAProxy is stale now.
             self._save(state)
 
     async def reload_certs(self) -> list[dict[str, Any]]:
@@ -278,6 +285,7 @@ class HaproxyRouter:
         certs = load_all(self.certs)
         d = self.certs_dir
         async with self._lock():
+            await self._settle()
             served = len(tls_files.on_disk(d))
             renewed = tls_files.write(d, certs)
             if renewed and served != len(certs):
@@ -292,7 +300,9 @@ class HaproxyRouter:
         if not await self._sup().adoptable():
             raise RouterError(f"HAProxy is not running from {self.state_dir}",
                               hint="start the router (the controller does it on start)")
-        return self._table(self._load())
+        await flush()  # any object's switch in this process: its state file is written
+        await self._settle()
+        return plans.table_of(self._load())
 
     async def stats(self) -> dict[str, BackendStats]:
         if self.log is not None:
@@ -310,6 +320,8 @@ class HaproxyRouter:
 
     async def stop(self) -> None:
         self._cli.close()
+        async with self._lock():
+            await self._settle()
         try:
             if self.log is not None:
                 self.log.close()
@@ -328,13 +340,7 @@ class HaproxyRouter:
         `set map` leaves both as they were (the reader keeps its N and tries again later)."""
         sample = config.sample_file(self.settings)
         await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
-        self._write_sample(n)
-
-    def _write_sample(self, n: int) -> Path:
-        """The latency map file holding ``n`` (what a new or reloaded worker loads)."""
-        sample = config.sample_file(self.settings)
-        _write_text(sample, config.map_text({config.SAMPLE_KEY: str(n)}))
-        return sample
+        write_sample(self.settings, n)
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:
         (text,) = await runtime.run(self.stats_socket, ["show stat"])
@@ -351,6 +357,7 @@ class HaproxyRouter:
             base.setdefault(host, Counts()).add(c, active=False)
         state["base"] = {h: c.to_dict() for h, c in base.items()}
         self._save(state)  # before the reload: a crash after it must not count twice
+        await self._settle()
         self._held = None
         self._cli.close()  # the old worker would keep answering on it
         await self._sup().reload()
@@ -367,7 +374,7 @@ class HaproxyRouter:
     async def _converge(self, plan: config.Plan) -> None:
         """Make HAProxy serve ``plan``: the commands from what it holds (this object's last
         apply, or read back) to the plan, in one round trip."""
-        maps = self._map_targets(plan)
+        maps = self._files.targets(plan)
         held = self._held
         for attempt in (1, 2):
             if held is None:
@@ -434,13 +441,4 @@ def socket_dir(state_dir: Path) -> Path:
     return private_socket_dir(state_dir, "haproxy-master.sock", _SOCKET_PATH_MAX)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
-
-def _write_text(path: Path, text: str) -> None:
-    write_private(path, text, tmp=path.with_name(path.name + ".tmp"))
