@@ -49,7 +49,14 @@ from hinotori.router.haproxy import config, converge, runtime
 from hinotori.router.haproxy import tls as tls_files
 from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.process import Supervisor, find_binary
-from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
+from hinotori.router.haproxy.stats import (
+    Counts,
+    LatencyLog,
+    by_host,
+    combine,
+    parse_servers,
+    set_sample,
+)
 from hinotori.router.tls import CertPair, load_all, pairs_of
 from hinotori.statefiles import private_dir, write_private
 from hinotori.statefiles import socket_dir as private_socket_dir
@@ -171,14 +178,13 @@ class HaproxyRouter:
 
     @staticmethod
     def _shapes(state: dict[str, Any]) -> tuple[config.Shape, ...]:
-        return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
-                     for s in state.get("shapes") or ())
+        return tuple(config.Shape.from_dict(s) for s in state.get("shapes") or ())
 
     def _write(self, plan: config.Plan, loaded: bool, *, fresh: bool = False) -> bool:
         """Write the map files and haproxy.cfg for ``plan``; True if the cfg text changed.
         ``fresh``: for a new HAProxy, which logs every request until the reader sees traffic."""
         private_dir(self.settings.maps_dir)
-        if fresh or not config.sample_file(self.settings).exists():
+        if fresh or not config.sample_current(config.sample_file(self.settings)):
             self._write_sample(1)
         for f, entries in self._map_targets(plan).items():
             self._write_once(f, config.map_text(entries))
@@ -203,13 +209,13 @@ class HaproxyRouter:
         maps = {config.map_file(self.settings, svc): entries
                 for svc, entries in plan.maps.items()}
         maps[config.sticky_file(self.settings)] = {svc: "1" for svc in plan.sticky}
+        # The maintenance answer before the live map leads a service to it (config.py), and
+        # removed after the live map leads elsewhere (removals go in the reverse order).
+        for name in reversed(config.MAINTENANCE_MAPS):
+            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
         # After the release maps (a header for the new release works as soon as it serves),
         # and after the servers of a backend it points to are ready (converge.py).
         maps[config.live_file(self.settings)] = plan.live
-        # The bodies before the key the rules test (the last one): a request never finds a
-        # service in maintenance without its answer; removals go in the reverse order.
-        for name in reversed(config.MAINTENANCE_MAPS):
-            maps[config.maintenance_file(self.settings, name)] = plan.maintenance.get(name, {})
         return maps
 
     # -- Router protocol -----------------------------------------------------------------------
@@ -323,17 +329,15 @@ class HaproxyRouter:
     # -- runtime state -------------------------------------------------------------------------
 
     async def _set_sample(self, n: int) -> None:
-        """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
-        a reload keeps it. The file follows HAProxy, never leads it: a refused or timed-out
-        `set map` leaves both as they were (the reader keeps its N and tries again later)."""
-        sample = config.sample_file(self.settings)
-        await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
+        """Log 1 request in ``n`` from now on (no reload), kept in the map file for a reload.
+        The file follows HAProxy: a refused or timed-out change leaves both as they were."""
+        await set_sample(self.stats_socket, config.sample_file(self.settings), n)
         self._write_sample(n)
 
     def _write_sample(self, n: int) -> Path:
         """The latency map file holding ``n`` (what a new or reloaded worker loads)."""
         sample = config.sample_file(self.settings)
-        _write_text(sample, config.map_text({config.SAMPLE_KEY: str(n)}))
+        _write_text(sample, config.map_text(config.sample_entries(n)))
         return sample
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:

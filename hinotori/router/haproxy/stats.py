@@ -32,7 +32,8 @@ from typing import Any
 
 from hinotori.errors import HinotoriError
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
-from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of
+from hinotori.router.haproxy import runtime
+from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
 # Pause after each read so that lines are read in batches: HAProxy pushes every line as it is
@@ -118,6 +119,19 @@ def next_sample(current: int | None, wanted: int) -> int:
     if abs(wanted - current) <= current // 4:
         return current
     return wanted if wanted > current else max(wanted, current // 2)
+
+
+async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
+    """Have HAProxy log 1 request in ``n`` from now on: the latency map's one entry replaced
+    atomically (a new version of the map, filled, then committed; its key is a range, which
+    ``set map`` cannot change)."""
+    (answer,) = await runtime.run(stats_socket, [f"prepare map {sample_map}"])
+    version = answer.rpartition(":")[2].strip()
+    if not answer.startswith("New version created:") or not version.isdigit():
+        raise runtime.RuntimeApiError(f"HAProxy refused `prepare map {sample_map}`: {answer}")
+    await runtime.run_checked(stats_socket, [
+        *(f"add map @{version} {sample_map} {k} {v}" for k, v in sample_entries(n).items()),
+        f"commit map @{version} {sample_map}"])
 
 
 class LatencyLog:
