@@ -7,8 +7,10 @@ HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <reque
 over the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
 so it logs 1 request in N, and the reader sets N four times a second to keep near
 ``max_rate`` lines a second: every request while traffic is below it, a uniform sample above
-it. A line counts for its N requests, so the histogram stays an estimate of all requests (its
-counts and sum), and the counts by status stay exact (they come from ``show stat``).
+it (a random draw against the latency map's range, config.py; ``set_sample`` replaces it). A
+line counts for its N requests, so the histogram stays an estimate of all requests (its counts
+and sum), and the counts by status stay exact (they come from ``show stat``). N is read back
+when the line is written: a line logged across a change of N counts for the new one.
 
 A host's servers in the main backend and in its release slot add up to one host. Counters
 restart when HAProxy's worker is replaced (a reload) or a server is deleted; the router keeps
