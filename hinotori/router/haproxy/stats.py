@@ -214,15 +214,15 @@ class LatencyLog:
                         async with asyncio.timeout(ADAPT_EVERY):
                             data = await loop.sock_recv(self._stream, 1 << 18)
                     except TimeoutError:  # no line for a while: the rate fell, N may too
-                        data = None
-                    else:
-                        if not data:
-                            break
-                        pending += data
-                        end = pending.rfind(b"\n") + 1
-                        if end:
-                            self.record(pending[:end])
-                            pending = pending[end:]
+                        await self.adapt()
+                        continue  # nothing to batch: no pause
+                    if not data:
+                        break
+                    pending += data
+                    end = pending.rfind(b"\n") + 1
+                    if end:
+                        self.record(pending[:end])
+                        pending = pending[end:]
                     await self.adapt()
                     await asyncio.sleep(READ_PAUSE)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
