@@ -78,6 +78,8 @@ BENCHES: dict[str, Bench] = {
                      "--impl", "builtin,haproxy-hinotori"), ("wrk", "haproxy")),
     "router_profile": Bench(("--requests", "4000"), ("--requests", "2000", "--warmup", "500"),
                             ("valgrind",)),
+    "haproxy_profile": Bench(("--requests", "4000"), ("--requests", "2000"),
+                             ("valgrind", "haproxy")),
     "tls": Bench(("--runs", "2", "--duration", "3"),
                  ("--runs", "1", "--duration", "2", "--workers", "1"), ("wrk", "hey", "haproxy")),
     "hostile": Bench(("--runs", "1", "--duration", "12"),

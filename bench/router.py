@@ -211,7 +211,7 @@ class LogReader:
         for r in self.routers:
             await r.log.attach()  # type: ignore[union-attr]
         while not self.stop.is_set():
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # idle wake-ups of this loop count as the reader's CPU
         for r in self.routers:
             r.log.close()  # type: ignore[union-attr]
 
@@ -326,8 +326,12 @@ def main() -> None:
         for threads in (1, 2):
             port = free_port()
             cfg = haproxy_config(port, ports[:2], threads, work / f"haproxy{threads}.cfg")
+            # In a session of its own, as hinotori runs both its data planes: on a busy machine
+            # with the kernel's autogroup scheduling, a proxy sharing wrk's session answered
+            # 25-35% more req/s at ~20% less CPU per request than the same proxy in its own.
             procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
             wait_port(port)
             name = f"haproxy, {threads} thread{'s' * (threads > 1)}"
             targets[name] = port

@@ -81,14 +81,17 @@ def router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Router]:
 
 
 def table(version: int, address: str, maintenance: Maintenance | None = None) -> RoutingTable:
-    web = ServiceRoute("web", (Backend("web-1", address, 1),), maintenance=maintenance)
+    web = ServiceRoute("web", (Backend("web-1", address, 1),), maintenance=maintenance,
+                       sticky=True)  # its cookie rule too (HAProxy has it for sticky routes)
     api = ServiceRoute("api", (Backend("api-1", address, 1),), hosts=("api.test",))
     return RoutingTable(version, (web, api))
 
 
 def get(router: Router, *, accept: str | None = None, host: str | None = None,
-        method: str = "GET") -> tuple[int, Message, bytes]:
-    request = urllib.request.Request(f"http://{router.listen}/x", method=method)  # type: ignore[attr-defined]
+        method: str = "GET", headers: dict[str, str] | None = None
+        ) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(f"http://{router.listen}/x", method=method,  # type: ignore[attr-defined]
+                                     headers=headers or {})
     if accept:
         request.add_header("Accept", accept)
     if host:
@@ -126,6 +129,11 @@ def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router,
     assert status == 503 and headers["Content-Type"].startswith("application/json")
     status, headers, body = get(router, method="HEAD")
     assert status == 503 and headers["Retry-After"] == "300" and body == b""
+    # Asking for a release (header, sticky cookie) does not get past maintenance either.
+    for asking in ({"X-Hinotori-Release": "stable"}, {"X-Hinotori-Release": "v1"},
+                   {"Cookie": "hinotori-web=v1"}):
+        status, headers, body = get(router, headers=asking)
+        assert status == 503 and json.loads(body)["message"] == MESSAGE, asking
     assert app.hits == hits  # the host got none of them
     assert get(router, host="api.test")[0] == 200  # another service serves on
 
@@ -138,6 +146,7 @@ def test_maintenance_answers_for_the_service_and_off_restores_it(router: Router,
     asyncio.run(router.apply(table(4, address)))
     status, headers, body = get(router)
     assert status == 200 and body == b"hello" and "Retry-After" not in headers
+    assert get(router, headers={"X-Hinotori-Release": "stable"})[0] == 200
     current = asyncio.run(router.current())
     assert current is not None and current.route("web").maintenance is None  # type: ignore[union-attr]
     assert haproxy_worker(router) == worker  # HAProxy: runtime maps only, never a reload

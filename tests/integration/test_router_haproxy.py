@@ -138,17 +138,19 @@ def test_implements_the_router_protocol(router: HaproxyRouter) -> None:
 def test_routine_changes_never_reload(router: HaproxyRouter, backends: Backends) -> None:
     a1, a2, b1, b2, c1 = (backends.add(n) for n in ("a1", "a2", "b1", "b2", "c1"))
     port = port_of(router)
-    apply(router, route(a1.backend(), a2.backend()))  # the first table sets the shape
+    # A canary service's tables all say sticky (the spec's strategy does): the cookie rule is
+    # part of the shape, set by the first table.
+    apply(router, route(a1.backend(), a2.backend(), sticky=True))
     before = asyncio.run(identity(router))
     assert before[0] is not None and before[1] == [int(before[2])]
 
     for _ in range(3):
         # weights
-        apply(router, route(a1.backend(300), a2.backend(100)))
+        apply(router, route(a1.backend(300), a2.backend(100), sticky=True))
         seen = backends_seen(port, 40)
         assert 25 <= seen["a1"] <= 35 and seen["a1"] + seen["a2"] == 40, seen
         # blue-green switch to release 2
-        apply(router, route(b1.backend(release=2), b2.backend(release=2)))
+        apply(router, route(b1.backend(release=2), b2.backend(release=2), sticky=True))
         assert set(backends_seen(port, 10)) == {"b1", "b2"}
         # canary: release 3 at weight 0 but selectable by header; stable = 2
         apply(router, route(b1.backend(release=2), b2.backend(release=2),
@@ -159,12 +161,12 @@ def test_routine_changes_never_reload(router: HaproxyRouter, backends: Backends)
         assert set(backends_seen(port, 5, ["X-Hinotori-Release: v3"])) == {"c1"}
         assert set(backends_seen(port, 5, ["Cookie: hinotori-svc=v3"])) == {"c1"}
         # drain one host (removed), add one back
-        apply(router, route(b1.backend(release=2)))
+        apply(router, route(b1.backend(release=2), sticky=True))
         assert set(backends_seen(port, 6)) == {"b1"}
-        apply(router, route(b1.backend(release=2), b2.backend(release=2)))
+        apply(router, route(b1.backend(release=2), b2.backend(release=2), sticky=True))
         assert set(backends_seen(port, 6)) == {"b1", "b2"}
         # and back to release 1
-        apply(router, route(a1.backend(), a2.backend()))
+        apply(router, route(a1.backend(), a2.backend(), sticky=True))
         assert set(backends_seen(port, 6)) == {"a1", "a2"}
 
     after = asyncio.run(identity(router))
@@ -372,7 +374,7 @@ def test_latency_log_is_sampled_under_load_and_still_counts_every_request(
             (text,) = await runtime.run(r.stats_socket, [f"show map {sample_map}"])
             assert r.log.sample is not None and r.log.sample > 1, (sent, r.log.sample)
             assert text.split()[-1] == str(r.log.sample)  # what HAProxy uses, set at runtime
-            assert sample_map.read_text() == f"n {r.log.sample}\n"  # kept for a reload
+            assert sample_map.read_text() == config.map_text(config.sample_entries(r.log.sample))
             stats = (await r.stats())["sampled"]
             assert stats.requests == sent  # exact: counted by HAProxy, not from the log
             assert r.log.lines < 0.8 * sent, (r.log.lines, sent)

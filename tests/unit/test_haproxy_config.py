@@ -34,7 +34,7 @@ def b(host: str, release: int, weight: int = 100, port: int = 9000) -> Backend:
 
 
 def test_releases_keep_their_slot_and_new_ones_take_a_free_one() -> None:
-    first = config.plan(RoutingTable(1, (route(b("a", 1)),)), {})
+    first = config.plan(RoutingTable(1, (route(b("a", 1), sticky=True),)), {})
     assert first.slots == {"web": {1: 1}}
     canary = config.plan(RoutingTable(2, (route(b("a", 1), b("c", 2, 0), canary=2,
                                                 sticky=True),)), first.slots, first.shapes)
@@ -46,13 +46,14 @@ def test_releases_keep_their_slot_and_new_ones_take_a_free_one() -> None:
     # weight 0 gets no ordinary traffic, but counts as 1 when asked for by release
     assert canary.servers["web"]["v2_c"].weight == 0
     assert canary.servers["web.r2"]["v2_c"].weight == 1
-    switched = config.plan(RoutingTable(3, (route(b("c", 2)),)), canary.slots, canary.shapes)
+    switched = config.plan(RoutingTable(3, (route(b("c", 2), sticky=True),)), canary.slots,
+                           canary.shapes)
     assert switched.slots == {"web": {2: 2}} and switched.shapes == first.shapes
     assert switched.sticky == set()  # one release: nothing to stick to
-    third = config.plan(RoutingTable(4, (route(b("c", 2), b("d", 3)),)), switched.slots,
-                        switched.shapes)
+    third = config.plan(RoutingTable(4, (route(b("c", 2), b("d", 3), sticky=True),)),
+                        switched.slots, switched.shapes)
     assert third.slots == {"web": {2: 2, 3: 1}} and third.shapes == first.shapes
-    many = config.plan(RoutingTable(5, (route(b("c", 2), b("d", 3), b("e", 4)),)),
+    many = config.plan(RoutingTable(5, (route(b("c", 2), b("d", 3), b("e", 4), sticky=True),)),
                        third.slots, third.shapes)
     assert many.shapes[0].slots == 3  # only more releases than slots changes the shape
 
@@ -89,7 +90,7 @@ def test_host_routes_come_first_then_longest_prefix(tmp_path: Path) -> None:
     # Ordinary requests: the backend the live map names, the main one if it names none.
     plain = [line.split(",map(")[0].removeprefix("  use_backend %[str(").rstrip(")")
              for line in text.splitlines()
-             if line.startswith("  use_backend") and "live.map" in line]
+             if line.startswith("  use_backend %[str(") and "live.map" in line]
     assert plain == ["site", "docs", "any"]
     assert "req.hdr(host),field(1,:),lower -m str example.com" in text
     assert "server v1_x 127.0.0.1:9000 weight 100" in text
@@ -108,7 +109,7 @@ def test_the_written_config_is_valid_haproxy(tmp_path: Path) -> None:
         config.map_file(s, svc).write_text(config.map_text(entries))
     config.sticky_file(s).write_text(config.map_text({"web": "1"}))
     config.live_file(s).write_text(config.map_text(p.live))
-    config.sample_file(s).write_text(config.map_text({config.SAMPLE_KEY: "7"}))
+    config.sample_file(s).write_text(config.map_text(config.sample_entries(7)))
     for name, entries in p.maintenance.items():  # maintenance mode's maps
         config.maintenance_file(s, name).write_text(config.map_text(entries))
     cfg = tmp_path / "haproxy.cfg"

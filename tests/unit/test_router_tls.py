@@ -177,7 +177,7 @@ def test_haproxy_config_with_tls_is_valid(tmp_path: Path, certs: tuple[Any, Path
     if binary is None:
         pytest.skip("haproxy is not installed; the integration tests need it")
     (tmp_path / "maps").mkdir()
-    config.sample_file(s).write_text(config.map_text({config.SAMPLE_KEY: "1"}))
+    config.sample_file(s).write_text(config.map_text(config.sample_entries(1)))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)
     result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True,

@@ -28,6 +28,14 @@ map``, whatever the number of hosts; a backend nothing points to (the main one w
 serves, a slot with no release) is ``idle``: its servers are left as they are (none of them
 gets a request) until it is pointed to again, and only then converged.
 
+Maintenance mode is in the live map too: a service in maintenance points it to its
+``svc.maint`` backend, which answers 503 from the maintenance maps (maint.py), so an ordinary
+request pays no extra lookup for it; a request asking for a release (header, cookie, the
+preview frontend) checks the live map before it goes to a slot.
+
+Only a route with ``sticky`` set has the cookie rule (the flag is part of its shape): the others
+never look at the ``Cookie`` header.
+
 Servers are named ``v<release>_<host id>``: the release is in the name so the main backend can
 tell a sticky client which release it got (``srv_name,field(1,_)``), and the host id gives the
 counters their key.
@@ -38,13 +46,25 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
-from hinotori.router.base import KEEP_ALIVE_TIMEOUT, REQUEST_TIMEOUT
 from hinotori.router.haproxy import tls
 from hinotori.router.haproxy.maint import MAINTENANCE_MAPS, maintenance_maps
+from hinotori.router.haproxy.settings import REQUEST_TIMEOUT as REQUEST_TIMEOUT
+from hinotori.router.haproxy.settings import (
+    SAMPLE_RANGE,
+    Settings,
+    duration,
+    live_file,
+    maintenance_file,
+    map_file,
+    sample_file,
+    sticky_file,
+)
+from hinotori.router.haproxy.settings import map_text as map_text
+from hinotori.router.haproxy.settings import sample_current as sample_current
+from hinotori.router.haproxy.settings import sample_entries as sample_entries
 from hinotori.router.haproxy.slots import assign_slots, live_backend, slot_backend
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
@@ -54,7 +74,6 @@ PREVIEW_FRONTEND = "_preview"  # on preview_listen: a held release answers for i
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
-SAMPLE_KEY = "n"      # the latency map's one key: HAProxy logs 1 request in its value
 CONNECT_TIMEOUT = 1.0  # seconds; a connect that times out is retried (`retries 3`, redispatched)
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
@@ -67,6 +86,12 @@ class Shape:
     hosts: tuple[str, ...]
     prefix: str
     slots: int
+    sticky: bool = False  # the route's cookie selects a release: its frontend has the rule
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Shape:
+        return cls(str(d["service"]), tuple(d["hosts"]), str(d["prefix"]),  # type: ignore[arg-type]
+                   int(d["slots"]), bool(d.get("sticky", False)))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,7 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
         count = max(count, max(slots.values(), default=0))
         hosts = tuple(sorted({h.lower().rsplit(":", 1)[0] if h.count(":") == 1 else h.lower()
                               for h in route.hosts}))
-        shapes.append(Shape(svc, hosts, route.path_prefix, count))
+        shapes.append(Shape(svc, hosts, route.path_prefix, count, route.sticky))
 
         parsed = [(b, *_split_address(b.address, f"route {svc!r}: backend {b.host_id!r}"))
                   for b in backends]
@@ -203,86 +228,44 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
             out.sticky.add(svc)
     out.shapes = tuple(shapes)
     out.maintenance = maintenance_maps(table)
-    out.live = {svc: live_backend(svc, out.servers.get(svc, {}), svc in out.sticky,
-                                  out.slots.get(svc, {}))
+    down = out.maintenance.get(MAINTENANCE_MAPS[0], {})
+    out.live = {svc: maint_backend(svc) if svc in down else
+                live_backend(svc, out.servers.get(svc, {}), svc in out.sticky,
+                             out.slots.get(svc, {}))
                 for svc in (shape.service for shape in shapes)}
     pointed = set(out.live.values()) | {v for m in out.maps.values() for v in m.values()}
     out.idle = frozenset(be for be in out.servers if be not in pointed)
     return out
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything in haproxy.cfg that is not the table."""
-
-    listen: str
-    stats_socket: Path
-    maps_dir: Path
-    threads: int = 1
-    maxconn: int = 4096
-    latency_log: bool = True        # per-request latency lines into the LATENCY_RING
-    hard_stop_after: float = 60.0   # an old worker's longest life after a reload
-    # Re-send an idempotent request that reached a host and got no answer, as the built-in
-    # router does. Off by default: HAProxy's L7 retries keep a copy of every request, which
-    # cost 14% of its req/s here (bench/router.py); hinotori's drains never close a host's
-    # connection under a request, so what this guards is a host dying mid-request.
-    retry_unanswered: bool = False
-    # A request head must be whole this long after the connection or its first byte (408),
-    # and a keep-alive connection waits this long for its next request: as the built-in router.
-    request_timeout: float = REQUEST_TIMEOUT
-    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT
-    preview_listen: str | None = None  # a second frontend: held releases answer there
-    # HTTPS (tls.py): a second bind with the crt-list in certs_dir; the plain bind answers 308
-    # to the HTTPS port when redirect_port is set.
-    tls_listen: str | None = None
-    certs_dir: Path | None = None
-    redirect_port: int | None = None
+def maint_backend(service: str) -> str:
+    """The backend the live map points a service in maintenance to (no servers; service
+    names have no dots, so it never clashes with a service or a slot)."""
+    return f"{service}.maint"
 
 
-def duration(seconds: float) -> str:
-    """A duration as HAProxy reads it (``10s``, ``1500ms``)."""
-    ms = max(1, round(seconds * 1000))
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
-
-
-def map_file(settings: Settings, service: str) -> Path:
-    return settings.maps_dir / f"{service}.map"
-
-
-def sticky_file(settings: Settings) -> Path:
-    return settings.maps_dir / "sticky.map"
-
-
-def live_file(settings: Settings) -> Path:  # service -> its ordinary requests' backend (live.py)
-    return settings.maps_dir / "live.map"
-
-
-def maintenance_file(settings: Settings, name: str) -> Path:
-    return settings.maps_dir / f"{name}.map"
-
-
-def _maintenance_lines(s: Settings, svc: str) -> list[str]:
-    """A backend's first rules: a service in maintenance is answered here, never sent on."""
+def _maintenance_backend(s: Settings, svc: str) -> list[str]:
+    """The backend that answers a service in maintenance: 503, Retry-After, HTML or JSON by
+    Accept. Only the live map leads here, and it does so only once the maps hold the answer
+    (router.py converges them first)."""
     retry, js, page = (maintenance_file(s, n) for n in MAINTENANCE_MAPS)
-    on = f"{{ str({svc}),map({retry}) -m found }}"
     answer = (f'http-request return status 503 hdr Retry-After "%[str({svc}),map({retry})]" '
               'hdr Cache-Control no-store hdr Vary Accept')
     return [
+        f"backend {maint_backend(svc)}",
         f'  {answer} content-type "{maintenance.HTML_TYPE.decode()}" '
-        f'lf-string "%[str({svc}),map({page}),b64dec]" if {on} '
-        "{ req.hdr(accept) -m sub -i text/html } !{ req.hdr(accept) -m sub -i json }",
+        f'lf-string "%[str({svc}),map({page}),b64dec]" '
+        "if { req.hdr(accept) -m sub -i text/html } !{ req.hdr(accept) -m sub -i json }",
         f'  {answer} content-type "{maintenance.JSON_TYPE.decode()}" '
-        f'lf-string "%[str({svc}),map({js}),b64dec]" if {on}',
+        f'lf-string "%[str({svc}),map({js}),b64dec]"',
+        "",
     ]
 
 
-def sample_file(settings: Settings) -> Path:
-    """The latency map: ``n <N>``, log 1 request in N (changed at runtime, no reload)."""
-    return settings.maps_dir / "latency.map"
-
-
-def map_text(entries: dict[str, str]) -> str:
-    return "".join(f"{k} {v}\n" for k, v in sorted(entries.items()))
+def _not_in_maintenance(s: Settings, svc: str) -> str:
+    """The condition a request asking for a release meets while ``svc`` is not in
+    maintenance (one live-map lookup, paid only by such requests)."""
+    return f"!{{ str({svc}),map({live_file(s)}) -m str {maint_backend(svc)} }}"
 
 
 def _ordered(shapes: tuple[Shape, ...]) -> list[tuple[int, Shape]]:
@@ -342,30 +325,32 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         # Log 1 request in N, N read from the latency map per request, so the reader can
         # bound the line rate at runtime (a log line per request costs HAProxy a large part
         # of its req/s); each line carries its N and counts for N requests.
+        # One rule, no variable: a random draw looked up in the latency map's range (see
+        # SAMPLE_RANGE); the line reads N back from the map (key 0 is always in the range).
+        sample = sample_file(s)
         lines += ["  log global",
-                  f"  http-request set-var(txn.lat_n) str({SAMPLE_KEY}),"
-                  f"map_str_int({sample_file(s)},1)",
-                  "  http-request set-log-level silent if { rand,mod(txn.lat_n) -m int gt 0 }",
-                  '  log-format "%pid %rt %s %Ta %[var(txn.lat_n)]"']
+                  f"  http-request set-log-level silent unless "
+                  f"{{ rand({SAMPLE_RANGE}),map_int({sample}) -m found }}",
+                  f'  log-format "%pid %rt %s %Ta %[int(0),map_int({sample})]"']
     sticky = sticky_file(s)
     for i, shape in _ordered(the_plan.shapes):
         conds = _route_acls(lines, i, shape)
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         cookie = f"req.cook(hinotori-{shape.service}),lower,map({m})"
+        up = _not_in_maintenance(s, shape.service)
         # Cheapest test first (conditions stop at the first false): most requests carry
         # neither the header nor the cookie, and then no map is looked up at all.
         by_header = [*conds, "{ req.hdr(x-hinotori-release) -m found }",
-                     f"{{ {header} -m found }}"]
-        by_cookie = [*conds, f"{{ req.cook(hinotori-{shape.service}) -m found }}",
-                     f"{{ str({shape.service}),map({sticky}) -m found }}",
-                     f"{{ {cookie} -m found }}"]
-        lines += [
-            f"  use_backend %[{header}] if " + " ".join(by_header),
-            f"  use_backend %[{cookie}] if " + " ".join(by_cookie),
-            f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
-            + (" if " + " ".join(conds) if conds else ""),
-        ]
+                     f"{{ {header} -m found }}", up]
+        lines.append(f"  use_backend %[{header}] if " + " ".join(by_header))
+        if shape.sticky:
+            by_cookie = [*conds, f"{{ req.cook(hinotori-{shape.service}) -m found }}",
+                         f"{{ str({shape.service}),map({sticky}) -m found }}",
+                         f"{{ {cookie} -m found }}", up]
+            lines.append(f"  use_backend %[{cookie}] if " + " ".join(by_cookie))
+        lines.append(f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
+                     + (" if " + " ".join(conds) if conds else ""))
     lines += [f"  default_backend {NO_ROUTE}", ""]
     if s.preview_listen:
         lines += _preview_frontend(s, the_plan)
@@ -379,14 +364,14 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             f'  http-response add-header Set-Cookie "hinotori-{svc}='
             f'%[srv_name,field(1,_)]; Path=/; HttpOnly; SameSite=Lax" '
             f"if {{ str({svc}),map({sticky}) -m found }}",
-            *_maintenance_lines(s, svc),
             *_server_lines(the_plan.servers.get(svc, {})),
             "",
         ]
         for slot in range(1, shape.slots + 1):
             name = slot_backend(svc, slot)
-            lines += [f"backend {name}", "  balance roundrobin", *_maintenance_lines(s, svc),
+            lines += [f"backend {name}", "  balance roundrobin",
                       *_server_lines(the_plan.servers.get(name, {})), ""]
+        lines += _maintenance_backend(s, svc)
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")
     lines += [f"backend {NO_ROUTE}",
@@ -430,10 +415,12 @@ def _preview_frontend(s: Settings, the_plan: Plan) -> list[str]:
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         held = f"str(preview),map({m})"
+        up = _not_in_maintenance(s, shape.service)
         lines += [
             f"  use_backend %[{header}] if " + " ".join(
-                [*conds, "{ req.hdr(x-hinotori-release) -m found }", f"{{ {header} -m found }}"]),
-            f"  use_backend %[{held}] if " + " ".join([*conds, f"{{ {held} -m found }}"]),
+                [*conds, "{ req.hdr(x-hinotori-release) -m found }", f"{{ {header} -m found }}",
+                 up]),
+            f"  use_backend %[{held}] if " + " ".join([*conds, f"{{ {held} -m found }}", up]),
             f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
             + (" if " + " ".join(conds) if conds else ""),
         ]

@@ -52,13 +52,13 @@ class Files:
         s = self.settings
         maps = {config.map_file(s, svc): entries for svc, entries in plan.maps.items()}
         maps[config.sticky_file(s)] = {svc: "1" for svc in plan.sticky}
+        # The maintenance answer before the live map leads a service to it (config.py), and
+        # removed after the live map leads elsewhere (removals go in the reverse order).
+        for name in reversed(config.MAINTENANCE_MAPS):
+            maps[config.maintenance_file(s, name)] = plan.maintenance.get(name, {})
         # After the release maps (a header for the new release works as soon as it serves),
         # and after the servers of a backend it points to are ready (converge.py).
         maps[config.live_file(s)] = plan.live
-        # The bodies before the key the rules test (the last one): a request never finds a
-        # service in maintenance without its answer; removals go in the reverse order.
-        for name in reversed(config.MAINTENANCE_MAPS):
-            maps[config.maintenance_file(s, name)] = plan.maintenance.get(name, {})
         return maps
 
     def _changed(self, plan: config.Plan, cfg_text: str) -> list[tuple[Path, str]]:
@@ -72,7 +72,7 @@ class Files:
         the cfg on disk was not ``cfg_text``. ``fresh``: for a new HAProxy, which logs every
         request until the reader sees traffic."""
         private_dir(self.settings.maps_dir)
-        if fresh or not config.sample_file(self.settings).exists():
+        if fresh or not config.sample_current(config.sample_file(self.settings)):
             write_sample(self.settings, 1)
         try:
             changed = self.cfg.read_text() != cfg_text
@@ -162,7 +162,7 @@ def signature(path: Path) -> tuple[int, int, int] | None:
 def write_sample(settings: config.Settings, n: int) -> Path:
     """The latency map file holding ``n`` (what a new or reloaded worker loads)."""
     sample = config.sample_file(settings)
-    write_text(sample, config.map_text({config.SAMPLE_KEY: str(n)}))
+    write_text(sample, config.map_text(config.sample_entries(n)))
     return sample
 
 

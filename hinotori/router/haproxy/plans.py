@@ -83,5 +83,4 @@ def slots_of(state: dict[str, Any]) -> dict[str, dict[int, int]]:
 
 
 def shapes_of(state: dict[str, Any]) -> tuple[config.Shape, ...]:
-    return tuple(config.Shape(s["service"], tuple(s["hosts"]), s["prefix"], s["slots"])
-                 for s in state.get("shapes") or ())
+    return tuple(config.Shape.from_dict(s) for s in state.get("shapes") or ())

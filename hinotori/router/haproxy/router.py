@@ -51,7 +51,14 @@ from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.files import Files, flush, signature, write_sample
 from hinotori.router.haproxy.plans import Entry, PlanCache, state_text, table_text
 from hinotori.router.haproxy.process import Supervisor, find_binary
-from hinotori.router.haproxy.stats import Counts, LatencyLog, by_host, combine, parse_servers
+from hinotori.router.haproxy.stats import (
+    Counts,
+    LatencyLog,
+    by_host,
+    combine,
+    parse_servers,
+    set_sample,
+)
 from hinotori.router.tls import CertPair, load_all, pairs_of
 from hinotori.statefiles import private_dir
 from hinotori.statefiles import socket_dir as private_socket_dir
@@ -338,8 +345,7 @@ class HaproxyRouter:
         """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
         a reload keeps it. The file follows HAProxy, never leads it: a refused or timed-out
         `set map` leaves both as they were (the reader keeps its N and tries again later)."""
-        sample = config.sample_file(self.settings)
-        await runtime.run_checked(self.stats_socket, [f"set map {sample} {config.SAMPLE_KEY} {n}"])
+        await set_sample(self.stats_socket, config.sample_file(self.settings), n)
         write_sample(self.settings, n)
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:

@@ -7,8 +7,10 @@ HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <reque
 over the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
 so it logs 1 request in N, and the reader sets N four times a second to keep near
 ``max_rate`` lines a second: every request while traffic is below it, a uniform sample above
-it. A line counts for its N requests, so the histogram stays an estimate of all requests (its
-counts and sum), and the counts by status stay exact (they come from ``show stat``).
+it (a random draw against the latency map's range, config.py; ``set_sample`` replaces it). A
+line counts for its N requests, so the histogram stays an estimate of all requests (its counts
+and sum), and the counts by status stay exact (they come from ``show stat``). N is read back
+when the line is written: a line logged across a change of N counts for the new one.
 
 A host's servers in the main backend and in its release slot add up to one host. Counters
 restart when HAProxy's worker is replaced (a reload) or a server is deleted; the router keeps
@@ -32,7 +34,8 @@ from typing import Any
 
 from hinotori.errors import HinotoriError
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
-from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of
+from hinotori.router.haproxy import runtime
+from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
 # Pause after each read so that lines are read in batches: HAProxy pushes every line as it is
@@ -120,6 +123,19 @@ def next_sample(current: int | None, wanted: int) -> int:
     return wanted if wanted > current else max(wanted, current // 2)
 
 
+async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
+    """Have HAProxy log 1 request in ``n`` from now on: the latency map's one entry replaced
+    atomically (a new version of the map, filled, then committed; its key is a range, which
+    ``set map`` cannot change)."""
+    (answer,) = await runtime.run(stats_socket, [f"prepare map {sample_map}"])
+    version = answer.rpartition(":")[2].strip()
+    if not answer.startswith("New version created:") or not version.isdigit():
+        raise runtime.RuntimeApiError(f"HAProxy refused `prepare map {sample_map}`: {answer}")
+    await runtime.run_checked(stats_socket, [
+        *(f"add map @{version} {sample_map} {k} {v}" for k, v in sample_entries(n).items()),
+        f"commit map @{version} {sample_map}"])
+
+
 class LatencyLog:
     """Reads HAProxy's per-request ``<pid> <request#> <server> <Ta> <N>`` log lines from its
     ring buffer into a histogram per host, and keeps their rate near ``max_rate`` a second
@@ -198,15 +214,15 @@ class LatencyLog:
                         async with asyncio.timeout(ADAPT_EVERY):
                             data = await loop.sock_recv(self._stream, 1 << 18)
                     except TimeoutError:  # no line for a while: the rate fell, N may too
-                        data = None
-                    else:
-                        if not data:
-                            break
-                        pending += data
-                        end = pending.rfind(b"\n") + 1
-                        if end:
-                            self.record(pending[:end])
-                            pending = pending[end:]
+                        await self.adapt()
+                        continue  # nothing to batch: no pause
+                    if not data:
+                        break
+                    pending += data
+                    end = pending.rfind(b"\n") + 1
+                    if end:
+                        self.record(pending[:end])
+                        pending = pending[end:]
                     await self.adapt()
                     await asyncio.sleep(READ_PAUSE)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
