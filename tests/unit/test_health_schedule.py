@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hinotori.controller.healing import SLICE_EVERY, Healing
+from hinotori.controller.healing import Healing, slice_count
 from hinotori.deploy.base import Control, StrategyRun
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.deploy.strategies import STRATEGIES
@@ -83,7 +83,7 @@ def monitor(w: World, vt: VirtualTime, interval: float) -> tuple[Healing, list[t
     return Healing(w.fleet, ServiceLocks(), spawn=no_heal, sleep=vt.sleep, clock=vt.clock), looks
 
 
-@pytest.mark.parametrize(("replicas", "interval"), [(40, 0.5), (7, 0.2), (1, 0.05)])
+@pytest.mark.parametrize(("replicas", "interval"), [(200, 0.5), (100, 0.2), (7, 0.2), (1, 0.05)])
 def test_each_host_is_looked_at_once_per_interval_spread_over_it(
         tmp_path: Path, replicas: int, interval: float) -> None:
     w = world(tmp_path, replicas=replicas)
@@ -106,7 +106,7 @@ def test_each_host_is_looked_at_once_per_interval_spread_over_it(
     rounds = rounds[:10]
     for seen in rounds:  # every round: each host exactly once
         assert Counter(seen) == Counter(addresses), seen
-    slices = max(1, min(replicas, round(interval / SLICE_EVERY)))
+    slices = slice_count(replicas, interval)
     times = sorted({round(t - first, 9) for t, _ in looks if t < first + interval - 1e-6})
     assert len(times) == slices  # spread: one wakeup per slice, not one burst
     assert all(b - a == pytest.approx(interval / slices) for a, b in itertools.pairwise(times))
