@@ -11,6 +11,7 @@ the mark is per connection.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 from hinotori.deploy.fleet import LIVE_STATES
 from hinotori.model import Host, HostState
@@ -18,8 +19,12 @@ from hinotori.store import Store
 
 
 class LiveHosts:
-    def __init__(self, store: Store) -> None:
+    """``states``: which hosts to keep (the live ones; None: every host the store knows)."""
+
+    def __init__(self, store: Store, states: Collection[HostState] | None = LIVE_STATES
+                 ) -> None:
         self.store = store
+        self.states = states
         self._mark: tuple[int, int] | None = None
         self._hosts: list[Host] = []
         self._groups: dict[tuple[str, HostState], list[Host]] | None = None
@@ -29,7 +34,7 @@ class LiveHosts:
     def _fresh(self) -> list[Host]:
         mark = self.store.changes()
         if mark != self._mark:
-            self._hosts = self.store.hosts(states=LIVE_STATES)
+            self._hosts = self.store.hosts(states=self.states)
             self._groups = None
             self._ids = {}
             self._mark = mark  # taken before the read: a change during it reads again
@@ -61,10 +66,11 @@ class LiveHosts:
 
     def of(self, service: str, state: HostState) -> list[Host]:
         """A service's hosts in ``state``, as copies the caller may change and save."""
-        return [_copy(h) for h in self.shared(service, state)]
+        return [copy_host(h) for h in self.shared(service, state)]
 
 
-def _copy(host: Host) -> Host:
+def copy_host(host: Host) -> Host:
+    """A copy of a shared host that its holder may change and save."""
     mine = copy.copy(host)
     mine.data = dict(host.data)
     return mine

@@ -232,3 +232,31 @@ def test_run_watches_every_service_on_its_own_interval(tmp_path: Path) -> None:
     looks = asyncio.run(scenario())
     assert set(looks) == {h.address for h in w.store.hosts("web", [HostState.SERVING])}
     assert all(19 <= n <= 21 for n in looks.values()), looks  # 5 s / 0.25 s
+
+
+def test_the_reaper_burns_exactly_the_expired_warm_hosts(tmp_path: Path) -> None:
+    """Burning.reap_once reads the host cache: what it burns is what the store says expired,
+    also after the store changed under the cache."""
+    from hinotori.controller.burning import Burning
+
+    w = world(tmp_path, replicas=3)
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        await deploy(w)
+        await deploy(w)  # v1 stays warm for keep_previous
+        burning = Burning(w.fleet, ServiceLocks(), start_deployment=no_deploy)
+        await burning.reap_once()
+        warm = w.store.hosts("web", [HostState.WARM])
+        assert len(warm) == 3  # not expired yet: all kept
+        for host in warm[:2]:
+            host.warm_until = 1.0  # long past
+            w.store.save_host(host, actor="test")
+        await burning.reap_once()
+        return {h.id for h in warm[:2]}, {h.id for h in w.store.hosts("web", [HostState.WARM])}
+
+    async def no_deploy(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    expired, still_warm = asyncio.run(scenario())
+    assert len(still_warm) == 1 and not expired & still_warm
+    assert all(w.store.host(i).state == HostState.DESTROYED for i in expired)
