@@ -73,6 +73,7 @@ class Healing:
         self._heal_after: dict[str, float] = {}  # back-off after a failed heal, by service
         self._heal_failed: dict[str, int] = {}  # consecutive failed heals, by service
         self._acting: dict[str, asyncio.Lock] = {}  # one take-out at a time, by service
+        self._healing: set[str] = set()  # services with a heal spawned and not ended
         self._slices: set[asyncio.Task[None]] = set()
         self._limit: asyncio.Semaphore | None = None
         self.hosts = LiveHosts(self.store)
@@ -183,6 +184,8 @@ class Healing:
                 self.fleet._set(host, HostState.FAILED, why)
                 await self.fleet.destroy([host], why=why)
                 self._failures.pop(host.id, None)
+            if not self.locks.locked(service):
+                self._heal_if_short(service)  # now, not at the round's end
 
     def _heal_if_short(self, service: str) -> None:
         """A service with fewer healthy serving hosts than its replicas gets new ones (after
@@ -192,8 +195,11 @@ class Healing:
         missing = self.fleet.service(service).replicas - healthy
         if missing <= 0 or time.time() < self._heal_after.get(service, 0):
             return
+        if service in self._healing:
+            return  # one spawned already, not started yet: it would boot the same hosts again
         current, _ = self.store.service_releases(service)
         if current is not None:
+            self._healing.add(service)
             self.spawn(self.heal(service, current, missing), f"heal {service}")
 
     def _tidy(self) -> None:
@@ -248,6 +254,12 @@ class Healing:
         self._keepalive.close()
 
     async def heal(self, service: str, release: int, count: int) -> None:
+        try:
+            await self._heal(service, release, count)
+        finally:
+            self._healing.discard(service)
+
+    async def _heal(self, service: str, release: int, count: int) -> None:
         try:
             async with self.locks.hold(service, "self-healing"):
                 started = time.monotonic()
