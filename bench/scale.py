@@ -17,7 +17,9 @@ hardly changes; v1 stays warm), then --switches instant rollbacks (warm hosts, a
 pure switch each) for switch p50/p99 (with the two deploys' switches); the last one leaves
 v2 serving and v1 warm. Then, idle:
   idle CPU   CPU of the controller and its helper processes (its process tree less hosts and
-             router workers), over --idle seconds, % of one core; and their RSS at the end
+             router workers), over --idle seconds, % of one core; and their RSS at the end;
+             per health look (each serving host is looked at once per interval), and the
+             load average beside it: on a shared machine the % moves with the load
   status     `hinotori status` wall time (a whole CLI process), median of --reads; beside it
              `hinotori --help` (the CLI's start-up alone) for scale
   API        GET /v1/status (what `status` asks) and GET /v1/hosts (live hosts) on the
@@ -248,6 +250,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         time.sleep(2)  # the last drain's destroys and writes settle
         db_before = p.db_bytes()
         row["idle_cpu_pct"], row["rss_mib"], row["procs"] = idle_cpu(p, args.idle)
+        # The monitor looks at each serving host once per interval: the idle CPU per look
+        # (everything idle, shipper and sampler included), what the machine's load changes less.
+        seconds = 0.5 if interval == "default" else (
+            float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval.rstrip("s")))
+        row["idle_us_per_look"] = row["idle_cpu_pct"] / 100 * seconds / n * 1e6
+        row["load"] = os.getloadavg()[0]
         row["db_mib"] = db_before / 2**20
         row["db_growth_kib"] = (p.db_bytes() - db_before) / 2**10
         row["status_s"] = statistics.median(timed(p.cli, "status") for _ in range(args.reads))
@@ -264,7 +272,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
 COLUMNS = [("deploy_s", "deploy s", "{:.1f}"), ("deploy_cpu_s", "deploy CPU s", "{:.1f}"),
            ("first_deploy_s", "first s", "{:.1f}"),
            ("switch_p50_ms", "switch p50", "{:.1f}"), ("switch_p99_ms", "p99 ms", "{:.1f}"),
-           ("idle_cpu_pct", "idle CPU %", "{:.1f}"), ("rss_mib", "RSS MiB", "{:.0f}"),
+           ("idle_cpu_pct", "idle CPU %", "{:.1f}"), ("idle_us_per_look", "us/look", "{:.0f}"),
+           ("load", "load", "{:.1f}"), ("rss_mib", "RSS MiB", "{:.0f}"),
            ("status_s", "status ms", "{:.0f}"), ("help_s", "--help ms", "{:.0f}"),
            ("status_api_s", "/v1/status ms", "{:.1f}"),
            ("hosts_api_s", "/v1/hosts ms", "{:.1f}"), ("db_mib", "db MiB", "{:.2f}"),
@@ -302,6 +311,9 @@ def record_row(row: dict[str, float], interval: str) -> None:
         "<= 25" if n >= 1000 and interval == "default" else None
     record("scale", f"idle controller CPU at {n} hosts", row["idle_cpu_pct"], unit="% core",
            goal=cpu_goal, detail=detail)
+    record("scale", f"idle controller CPU per health look at {n} hosts",
+           row["idle_us_per_look"], unit="us",
+           detail=f"{detail}; idle CPU / (hosts / interval), load {row['load']:.1f}")
     record("scale", f"controller RSS at {n} hosts", row["rss_mib"], unit="MiB", detail=detail)
     record("scale", f"hinotori status at {n} hosts", row["status_s"] * 1000, unit="ms",
            goal="< 300" if n >= 1000 else None,

@@ -28,7 +28,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 # Defined beside the other process helpers, which the CLI imports without asyncio.
 from hinotori.processes import CommandResult as CommandResult
@@ -136,8 +136,9 @@ class _Collector(asyncio.SubprocessProtocol):
         self._open: set[int] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._open = {fd for fd in (1, 2) if transport.get_pipe_transport(fd) is not None}
+        # A SubprocessTransport, though uvloop's (the controller's loop) is not a subclass.
+        process = cast(asyncio.SubprocessTransport, transport)
+        self._open = {fd for fd in (1, 2) if process.get_pipe_transport(fd) is not None}
         self._check_closed()
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:

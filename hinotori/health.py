@@ -30,6 +30,7 @@ that answers ``Connection: close`` (or HTTP/1.0) simply gets a fresh connection 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -51,16 +52,69 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _Response:
-    """httptools callbacks: collects the status and the start of the body."""
+class _Exchange(asyncio.Protocol):
+    """One connection, one HTTP exchange at a time, on the loop's callbacks (no streams): a
+    probe costs a protocol object, a parser and a future, where streams added a reader, a
+    writer, their protocol and a future per read. httptools calls the ``on_*`` methods."""
 
     def __init__(self) -> None:
-        self.body = bytearray()
-        self.complete = False
-        self.messages = 0
-        self.keep_alive = False  # what the parser says at the message's end (reset after)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False  # the connection ended (either side)
+        self.dirty = False  # bytes arrived while no exchange was waiting: never reuse it
+        self.done: asyncio.Future[None] | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        self.body = bytearray()
+        self.received = 0
+        self.messages = 0
+        self.complete = False
+        self.keep_alive = False  # what the parser said at the message's end
 
+    # -- the exchange ---------------------------------------------------------------------
+    def send(self, request: bytes) -> asyncio.Future[None]:
+        """Write ``request``; the future is done at the response's end (or the connection's,
+        with its error)."""
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.parser = httptools.HttpResponseParser(self)
+        self.body = bytearray()
+        self.received = self.messages = 0
+        self.complete = self.keep_alive = False
+        self.transport.write(request)
+        return self.done
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if self.done is not None and not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done is None or self.done.done() or self.parser is None:
+            self.dirty = True  # not an answer to anything we asked
+            return
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._finish(e)
+            return
+        if self.complete or self.received >= _MAX_RESPONSE:
+            self._finish()
+
+    def eof_received(self) -> bool:
+        self._finish()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._finish(exc)
+
+    # -- httptools ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.messages += 1
 
@@ -73,62 +127,68 @@ class _Response:
         if self.parser is not None:
             self.keep_alive = self.parser.should_keep_alive()
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
 
 class _Stale(Exception):
     """A kept connection gave no response at all: the host closed it since the last probe."""
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str,
-                    check: HealthCheck, *, keep: bool) -> tuple[ProbeResult, bool]:
+@functools.lru_cache(maxsize=4096)
+def _request(path: str, address: str, keep: bool) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: {address}\r\n"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n"
+            "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n").encode()
+
+
+async def _exchange(conn: _Exchange, address: str, check: HealthCheck, *, keep: bool
+                    ) -> tuple[ProbeResult, bool]:
     """One request on an open connection: (result, whether the connection can be used again).
     With ``keep``, a connection that ends before any byte of a response raises _Stale."""
-    writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {address}\r\n"
-                 f"Connection: {'keep-alive' if keep else 'close'}\r\n"
-                 "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n".encode())
-    resp = _Response()
-    parser = resp.parser = httptools.HttpResponseParser(resp)
-    received = 0
+    assert check.path is not None
     try:
-        while not resp.complete and received < _MAX_RESPONSE:
-            data = await reader.read(16384)
-            if not data:
-                break
-            received += len(data)
-            parser.feed_data(data)
+        await conn.send(_request(check.path, address, keep))
     except (ConnectionResetError, BrokenPipeError):
-        if keep and not received:
+        if keep and not conn.received:
             raise _Stale() from None
         raise
-    resp.parser = None  # the callbacks no longer need it (and no cycle is left behind)
-    if keep and not received:
+    parser, conn.parser = conn.parser, None  # no cycle left behind; later bytes are "dirty"
+    if keep and not conn.received:
         raise _Stale()
+    assert parser is not None
     try:
         status = parser.get_status_code()
     except httptools.HttpParserError:
         status = 0
     # Bytes past the response (a second message begun) are not ours: never reuse such a one.
-    reusable = keep and resp.complete and resp.messages == 1 and resp.keep_alive
+    reusable = (keep and conn.complete and conn.messages == 1 and conn.keep_alive
+                and not conn.closed and not conn.dirty)
     if not status:
         return ProbeResult(False, "connection closed before a response"), False
     if status == check.status:
         return ProbeResult(True, f"HTTP {status}"), reusable
-    text = bytes(resp.body).decode("utf-8", "replace").strip()[:200]
+    text = bytes(conn.body).decode("utf-8", "replace").strip()[:200]
     return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}"), reusable
 
 
-async def _http(address: str, check: HealthCheck) -> ProbeResult:
+async def _connect(address: str) -> _Exchange:
     host, port = _split(address)
-    reader, writer = await asyncio.open_connection(host, port)
+    _, conn = await asyncio.get_running_loop().create_connection(_Exchange, host, port)
+    return conn
+
+
+async def _http(address: str, check: HealthCheck) -> ProbeResult:
+    conn = await _connect(address)
     try:
-        return (await _exchange(reader, writer, address, check, keep=False))[0]
+        return (await _exchange(conn, address, check, keep=False))[0]
     finally:
-        writer.close()
+        conn.close()
 
 
 async def _tcp(address: str) -> ProbeResult:
-    host, port = _split(address)
-    _, writer = await asyncio.open_connection(host, port)
-    writer.close()
+    (await _connect(address)).close()
     return ProbeResult(True, "TCP connect ok")
 
 
@@ -164,9 +224,6 @@ async def _bounded(check: HealthCheck, attempt: Awaitable[ProbeResult]) -> Probe
         return ProbeResult(False, f"connection error: {e}")
 
 
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
 class KeepAlive:
     """A Prober that keeps one HTTP/1.1 connection per address open between probes (see the
     module docstring). ``keep_only(addresses)`` closes the connections to any other address
@@ -174,7 +231,7 @@ class KeepAlive:
     ``close()`` closes them all. A TCP check has nothing to keep: it connects each time."""
 
     def __init__(self) -> None:
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, _Exchange] = {}
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -187,30 +244,32 @@ class KeepAlive:
     async def _http(self, address: str, check: HealthCheck) -> ProbeResult:
         kept = self._conns.pop(address, None)
         if kept is not None:
-            try:
-                return await self._on(kept, address, check)
-            except (_Stale, OSError):
-                pass  # closed by the host since the last probe: a fresh connection decides
-        host, port = _split(address)
+            if kept.closed or kept.dirty:
+                kept.close()  # closed by the host since the last probe: known without asking
+            else:
+                try:
+                    return await self._on(kept, address, check)
+                except (_Stale, OSError):
+                    pass  # closed by the host as we asked: a fresh connection decides
         try:
-            return await self._on(await asyncio.open_connection(host, port), address, check)
+            return await self._on(await _connect(address), address, check)
         except _Stale:
             return ProbeResult(False, "connection closed before a response")
 
-    async def _on(self, conn: _Conn, address: str, check: HealthCheck) -> ProbeResult:
+    async def _on(self, conn: _Exchange, address: str, check: HealthCheck) -> ProbeResult:
         reusable = False
         try:
-            result, reusable = await _exchange(*conn, address, check, keep=True)
+            result, reusable = await _exchange(conn, address, check, keep=True)
             return result
         finally:
             if reusable:
                 self._conns[address] = conn
             else:
-                conn[1].close()
+                conn.close()
 
     def keep_only(self, addresses: Collection[str]) -> None:
         for address in [a for a in self._conns if a not in addresses]:
-            self._conns.pop(address)[1].close()
+            self._conns.pop(address).close()
 
     def close(self) -> None:
         self.keep_only(())

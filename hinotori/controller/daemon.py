@@ -58,9 +58,8 @@ from hinotori.statefiles import open_private
 
 log = logging.getLogger("hinotori.controller")
 
-# The loops and how often each makes a pass, in seconds (the log and metrics loops keep their
-# own pace: [logs] ship_interval, [metrics] interval).
-MONITOR_EVERY = 0.5
+# How often the burning loops make a pass, in seconds (the others keep their own pace: the
+# health monitor each service's health interval, [logs] ship_interval, [metrics] interval).
 BURN_EVERY = 1.0
 
 
@@ -125,7 +124,7 @@ class Controller:
         self.tasks.loop("machines", every(WATCH_EVERY, self.machines.watch_once))
         if self.certs.enabled:
             self.tasks.loop("certs", every(CERT_WATCH_EVERY, self.certs.watch_once))
-        self.tasks.loop("monitor", every(MONITOR_EVERY, self.healing.monitor_once))
+        self.tasks.loop("monitor", self.healing.run)
         self.tasks.loop("notify", self.notifier.run)
         # Stopped apart from the others (see stop): logs last, metrics sampled before the
         # router stops.

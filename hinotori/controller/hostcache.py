@@ -11,6 +11,7 @@ the mark is per connection.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 from hinotori.deploy.fleet import LIVE_STATES
 from hinotori.model import Host, HostState
@@ -18,27 +19,58 @@ from hinotori.store import Store
 
 
 class LiveHosts:
-    def __init__(self, store: Store) -> None:
+    """``states``: which hosts to keep (the live ones; None: every host the store knows)."""
+
+    def __init__(self, store: Store, states: Collection[HostState] | None = LIVE_STATES
+                 ) -> None:
         self.store = store
+        self.states = states
         self._mark: tuple[int, int] | None = None
         self._hosts: list[Host] = []
+        self._groups: dict[tuple[str, HostState], list[Host]] | None = None
+        self._ids: dict[tuple[str, HostState], frozenset[str]] = {}
         self.reads = 0  # how often the store was read (for tests and curiosity)
+
+    def _fresh(self) -> list[Host]:
+        mark = self.store.changes()
+        if mark != self._mark:
+            self._hosts = self.store.hosts(states=self.states)
+            self._groups = None
+            self._ids = {}
+            self._mark = mark  # taken before the read: a change during it reads again
+            self.reads += 1
+        return self._hosts
 
     def __call__(self) -> list[Host]:
         """Every live host (shared objects: for readers that change nothing)."""
-        mark = self.store.changes()
-        if mark != self._mark:
-            self._hosts = self.store.hosts(states=LIVE_STATES)
-            self._mark = mark  # taken before the read: a change during it reads again
-            self.reads += 1
-        return list(self._hosts)
+        return list(self._fresh())
+
+    def shared(self, service: str, state: HostState) -> list[Host]:
+        """A service's hosts in ``state`` as shared objects, which the caller must not change
+        (grouped once per read: the health monitor asks many times a second)."""
+        self._fresh()
+        if self._groups is None:
+            groups: dict[tuple[str, HostState], list[Host]] = {}
+            for h in self._hosts:
+                groups.setdefault((h.service, h.state), []).append(h)
+            self._groups = groups
+        return self._groups.get((service, state), [])
+
+    def ids(self, service: str, state: HostState) -> frozenset[str]:
+        """The ids of ``shared(service, state)``, as a set made once per read."""
+        hosts = self.shared(service, state)
+        key = (service, state)
+        if key not in self._ids:
+            self._ids[key] = frozenset(h.id for h in hosts)
+        return self._ids[key]
 
     def of(self, service: str, state: HostState) -> list[Host]:
         """A service's hosts in ``state``, as copies the caller may change and save."""
-        return [_copy(h) for h in self() if h.service == service and h.state == state]
+        return [copy_host(h) for h in self.shared(service, state)]
 
 
-def _copy(host: Host) -> Host:
+def copy_host(host: Host) -> Host:
+    """A copy of a shared host that its holder may change and save."""
     mine = copy.copy(host)
     mine.data = dict(host.data)
     return mine

@@ -118,7 +118,10 @@ class Observing:
 
         return MetricsRecorder(MetricsStore(metrics_db(self.project.state_dir)),
                                self.project.spec.metrics, stats=self.fleet.router.stats,
-                               hosts=self.store.hosts, usage=usage, usages=usages)
+                               # every host, destroyed ones too: read again only when
+                               # the store changed
+                               hosts=LiveHosts(self.store, states=None), usage=usage,
+                               usages=usages)
 
     def start(self) -> None:
         async def logs() -> None:

@@ -57,6 +57,7 @@ from hinotori.providers.base import (
     volume_env,
 )
 from hinotori.providers.ports import SPAWN_LOCK, PortPool
+from hinotori.providers.proc_usage import proc_stat as _proc_stat
 from hinotori.providers.proc_usage import session_usage, session_usages
 from hinotori.providers.process_files import (
     copy_tree,
@@ -70,16 +71,6 @@ from hinotori.statefiles import open_private, private_dir
 
 BOOT_THREADS = 16
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start ticks) of ``pid`` from /proc, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()  # comm may contain spaces and parentheses
-    return fields[0], int(fields[19])
 
 
 def _start_relay(out: object, values: list[str]) -> tuple[subprocess.Popen[bytes] | None,
@@ -135,6 +126,7 @@ class ProcessProvider:
     def __init__(self, hosts_root: Path) -> None:
         self.hosts_root = Path(hosts_root)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our own child
+        self._child_ticks: dict[int, int | None] = {}  # pid -> its start ticks, at boot
         self._ports = PortPool()
         # Boots' own threads (not the loop's default executor, which the observers share):
         # as many as the fleet lets boot at once; mostly waiting on cp and fork/exec.
@@ -219,6 +211,7 @@ class ProcessProvider:
                      "are relative to the image root) or on PATH, and be executable") from e
         self._children[proc.pid] = proc
         st = _proc_stat(proc.pid)
+        self._child_ticks[proc.pid] = st[1] if st else None
         data = {"port": port, "log": str(log), "state_dir": str(state_dir),
                 "start_ticks": st[1] if st else None}
         if hidden:
@@ -240,6 +233,7 @@ class ProcessProvider:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
             del self._children[pid]
+            self._child_ticks.pop(pid, None)
             code = child.returncode
             self._exits[pid] = 128 - code if code < 0 else code  # killed by N: 128+N
 
@@ -247,6 +241,9 @@ class ProcessProvider:
         if host.pid is None:
             return False
         self._reap(host.pid)
+        if host.pid in self._children and \
+                self._child_ticks.get(host.pid, -1) == host.data.get("start_ticks"):
+            return True  # this host's process, our child, not exited (_reap just asked)
         try:
             os.kill(host.pid, 0)
         except ProcessLookupError:

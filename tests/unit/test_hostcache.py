@@ -61,3 +61,28 @@ def test_hosts_handed_out_for_changing_are_copies(tmp_path: Path) -> None:
     assert [h.id for h in again] == ["web-0"] and again[0].data == {}
     assert live.of("web", HostState.WARM) == []
     store.close()
+
+
+def test_every_host_cache_keeps_destroyed_ones_and_groups_match_a_fresh_read(
+        tmp_path: Path) -> None:
+    """states=None (the metrics sampler's view: the router may still count hosts gone) and
+    the grouped views the health monitor asks for many times a second."""
+    store = Store(tmp_path / "state.db")
+    for i in range(4):
+        store.save_host(_host(i), actor="test")
+    store.save_host(_host(9, service="api"), actor="test")
+    every, live = LiveHosts(store, states=None), LiveHosts(store)
+    store.save_host(_host(1, HostState.DESTROYED), actor="test")
+    store.save_host(_host(2, HostState.WARM), actor="test")
+    assert [h.id for h in every()] == [h.id for h in store.hosts()]
+    assert "web-1" in [h.id for h in every()] and "web-1" not in [h.id for h in live()]
+    assert [h.id for h in live.shared("web", HostState.SERVING)] == ["web-0", "web-3"]
+    assert live.ids("web", HostState.SERVING) == {"web-0", "web-3"}
+    assert live.ids("api", HostState.SERVING) == {"api-9"}
+    assert live.ids("web", HostState.WARM) == {"web-2"}
+    copies = live.of("web", HostState.SERVING)
+    copies[0].data["x"] = 1  # a copy: the cache's own host is untouched
+    assert "x" not in live.shared("web", HostState.SERVING)[0].data
+    store.save_host(_host(3, HostState.DESTROYED), actor="test")
+    assert live.ids("web", HostState.SERVING) == {"web-0"}
+    store.close()

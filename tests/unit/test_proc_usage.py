@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hinotori.providers.proc_usage import session_usage, session_usages
+from hinotori.providers.proc_usage import proc_stat, session_usage, session_usages
 
 # A session leader that starts a child (both sleep): the session's usage counts both.
 TREE = "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"
@@ -56,3 +56,21 @@ def test_one_scan_matches_each_hosts_own_scan_and_skips_the_dead() -> None:
         for p in (a, b):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def test_proc_stat_tells_running_zombie_and_gone_apart() -> None:
+    """What the process provider's liveness reads: a running process and its start ticks
+    (the same for the process's life, as /proc's own field 22), a zombie's "Z", then None."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        state, ticks = proc_stat(child.pid) or ("", -1)
+        raw = Path(f"/proc/{child.pid}/stat").read_text()
+        assert state in "RSD" and ticks == int(raw[raw.rindex(")") + 2:].split()[19])
+        child.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped yet
+        assert proc_stat(child.pid) == ("Z", ticks)
+    finally:
+        child.kill()
+        child.wait()
+    assert proc_stat(child.pid) is None
+    assert proc_stat(os.getpid()) is not None
