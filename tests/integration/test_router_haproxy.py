@@ -135,6 +135,34 @@ def test_implements_the_router_protocol(router: HaproxyRouter) -> None:
     assert asyncio.run(fetch(port_of(router))).status == 503  # no table yet
 
 
+def test_the_kept_runtime_connection_is_shut_from_a_later_event_loop(router: HaproxyRouter,
+                                                                     backends: Backends) -> None:
+    """A CLI command or a test runs each call in its own event loop; the kept Runtime API
+    connection of one that ended must still be shut by the next (``stop`` included): an open
+    CLI session kept a soft-stopping HAProxy worker alive until SIGTERM, 15 s later."""
+    a1 = backends.add("a1")
+    apply(router, route(a1.backend(100)))
+    apply(router, route(a1.backend(200)))  # a weight: a command down the kept connection
+
+    def cli_sessions() -> int:
+        (text,) = asyncio.run(runtime.run(router.stats_socket, ["show sess"]))
+        return sum("proto=unix_stream" in line for line in text.splitlines())
+
+    assert cli_sessions() == 2  # the kept one and this question's own
+
+    # Held, as a reference cycle or a traceback may hold it: the shut must not wait for the
+    # garbage collector to close the socket.
+    held = router._cli._conn
+    assert held is not None
+
+    async def close_kept() -> None:  # what stop() does first, in a loop of its own
+        router._cli.close()
+
+    asyncio.run(close_kept())
+    assert wait_until(lambda: cli_sessions() == 1, 5, 0.05), cli_sessions()
+    del held
+
+
 def test_routine_changes_never_reload(router: HaproxyRouter, backends: Backends) -> None:
     a1, a2, b1, b2, c1 = (backends.add(n) for n in ("a1", "a2", "b1", "b2", "c1"))
     port = port_of(router)

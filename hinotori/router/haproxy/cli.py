@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from pathlib import Path
 
 from hinotori.errors import RuntimeApiError
@@ -25,10 +27,22 @@ class Cli:
                           asyncio.StreamWriter] | None = None
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn[2].close()
-            self._conn = None
+        if self._conn is None:
+            return
+        writer = self._conn[2]
+        self._conn = None
+        # Shut the connection down on a duplicate of its descriptor: a connection made in an
+        # event loop that has ended (a CLI command or a test runs one per call) cannot be
+        # closed through it, and an open CLI session keeps a soft-stopping HAProxy worker
+        # alive until its timeout (a stop then waited 15 s for SIGTERM). The transport closes
+        # its own descriptor when it is collected.
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError), \
+                    socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                dup.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            writer.close()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         """The connection (reader, writer, whether it is a kept one)."""
