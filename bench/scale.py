@@ -1,7 +1,7 @@
 """One controller for many hosts: what each cost grows by with the fleet (not a test; issue 17).
 
     python bench/scale.py [--sizes 10,100] [--idle 20] [--switches 5] [--reads 5]
-                          [--interval auto] [--router builtin]
+                          [--interval auto] [--router builtin] [--app busybox]
 
 Per size N, a throwaway project (temp dir, spec written here): one process service of N
 replicas whose hosts are Debian busybox's httpd (`busybox httpd -f -p 127.0.0.1:$PORT -h .`,
@@ -9,7 +9,10 @@ a few hundred kB each, so 2,000 fit this machine: N serving plus N warm), servin
 file. Why busybox and not a fake provider: every lever lives on the real path (a process per
 host, a copy of the image per host, a real health probe, a real router table), and busybox is
 the cheapest real HTTP server Debian has. The health interval is a knob: `auto` is 200 ms up
-to 100 hosts (the issue's CPU goal there) and the spec's default above.
+to 100 hosts (the issue's CPU goal there) and the spec's default above. `--app hello` runs
+examples/hello's app.py instead (Python, ~20 MB a host: for sizes up to a few hundred), the
+app the issue's first figures were measured with: it keeps connections alive, so a health
+look rides a kept connection, where busybox closes each one and every look is a new connect.
 
 For each N: `up -d`, bake v1, deploy v1 (first), bake v2, deploy v2 (the timed blue-green
 deploy, whole CLI process, and the controller's CPU seconds for it, which the machine's load
@@ -69,7 +72,7 @@ kind = "{router}"
 [services.web]
 provider = "process"
 replicas = {n}
-command = ["/bin/sh", "-c", "exec {busybox} httpd -f -p 127.0.0.1:$PORT -h ."]
+command = {command}
 {health}
 boot_timeout = "120s"
 drain = "2s"
@@ -90,17 +93,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+HELLO = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
+COMMANDS = {
+    "busybox": f'["/bin/sh", "-c", "exec {BUSYBOX} httpd -f -p 127.0.0.1:$PORT -h ."]',
+    "hello": '["python3", "app.py"]',
+}
+
+
 class Project:
-    def __init__(self, n: int, interval: str, router: str) -> None:
+    def __init__(self, n: int, interval: str, router: str, app: str = "busybox") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"hinotori-bench-scale-{n}-"))
         www = self.dir / "www"
         www.mkdir()
         (www / "healthz").write_text("ok\n")
         (www / "VERSION").write_text("1\n")
+        if app == "hello":
+            shutil.copy(HELLO, www / "app.py")
         health = "" if interval == "default" else \
             f'health = {{ path = "/healthz", interval = "{interval}" }}'
         (self.dir / "hinotori.toml").write_text(SPEC.format(
-            n=n, port=free_port(), router=router, busybox=BUSYBOX, health=health))
+            n=n, port=free_port(), router=router, command=COMMANDS[app], health=health))
         self.state = self.dir / ".hinotori"
 
     def cli(self, *args: str, timeout: float = 1800) -> str:
@@ -225,7 +237,7 @@ def pct(values: list[float], q: float) -> float:
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
     interval = args.interval if args.interval != "auto" else ("200ms" if n <= 100 else "default")
-    p = Project(n, interval, args.router)
+    p = Project(n, interval, args.router, args.app)
     row: dict[str, float] = {"hosts": n}
     try:
         p.cli("up", "-d")
@@ -297,33 +309,35 @@ def show(rows: list[dict[str, float]]) -> None:
               + ", ".join(growth))
 
 
-def record_row(row: dict[str, float], interval: str) -> None:
+def record_row(row: dict[str, float], interval: str, app: str = "busybox") -> None:
     n = int(row["hosts"])
-    detail = f"{n} busybox httpd process hosts, health interval {interval}"
-    record("scale", f"blue-green deploy of {n} hosts", row["deploy_s"], unit="s",
+    hosts = "busybox httpd" if app == "busybox" else "examples/hello"
+    detail = f"{n} {hosts} process hosts, health interval {interval}"
+    of = "" if app == "busybox" else f" ({hosts})"  # a figure of its own per app
+    record("scale", f"blue-green deploy of {n} hosts{of}", row["deploy_s"], unit="s",
            goal="< 60" if n >= 1000 else None, detail=detail)
-    record("scale", f"controller CPU for a blue-green deploy of {n} hosts",
+    record("scale", f"controller CPU for a blue-green deploy of {n} hosts{of}",
            row["deploy_cpu_s"], unit="s", detail=detail)
-    record("scale", f"switch p50 at {n} hosts", row["switch_p50_ms"], unit="ms", detail=detail)
-    record("scale", f"switch p99 at {n} hosts", row["switch_p99_ms"], unit="ms",
+    record("scale", f"switch p50 at {n} hosts{of}", row["switch_p50_ms"], unit="ms", detail=detail)
+    record("scale", f"switch p99 at {n} hosts{of}", row["switch_p99_ms"], unit="ms",
            goal="< 10" if n >= 1000 else None, detail=detail)
     cpu_goal = "<= 5" if n == 100 and interval == "200ms" else \
         "<= 25" if n >= 1000 and interval == "default" else None
-    record("scale", f"idle controller CPU at {n} hosts", row["idle_cpu_pct"], unit="% core",
+    record("scale", f"idle controller CPU at {n} hosts{of}", row["idle_cpu_pct"], unit="% core",
            goal=cpu_goal, detail=detail)
-    record("scale", f"idle controller CPU per health look at {n} hosts",
+    record("scale", f"idle controller CPU per health look at {n} hosts{of}",
            row["idle_us_per_look"], unit="us",
            detail=f"{detail}; idle CPU / (hosts / interval), load {row['load']:.1f}")
-    record("scale", f"controller RSS at {n} hosts", row["rss_mib"], unit="MiB", detail=detail)
-    record("scale", f"hinotori status at {n} hosts", row["status_s"] * 1000, unit="ms",
+    record("scale", f"controller RSS at {n} hosts{of}", row["rss_mib"], unit="MiB", detail=detail)
+    record("scale", f"hinotori status at {n} hosts{of}", row["status_s"] * 1000, unit="ms",
            goal="< 300" if n >= 1000 else None,
            detail=f"{detail}; a whole CLI process (--help: {row['help_s'] * 1000:.0f} ms)")
-    record("scale", f"GET /v1/status at {n} hosts", row["status_api_s"] * 1000, unit="ms",
+    record("scale", f"GET /v1/status at {n} hosts{of}", row["status_api_s"] * 1000, unit="ms",
            goal="< 300" if n >= 1000 else None,
            detail=f"{detail}; what `hinotori status` asks the controller")
-    record("scale", f"GET /v1/hosts at {n} hosts", row["hosts_api_s"] * 1000, unit="ms",
+    record("scale", f"GET /v1/hosts at {n} hosts{of}", row["hosts_api_s"] * 1000, unit="ms",
            detail=detail)
-    record("scale", f"state.db at {n} hosts", row["db_mib"], unit="MiB", detail=detail)
+    record("scale", f"state.db at {n} hosts{of}", row["db_mib"], unit="MiB", detail=detail)
 
 
 def main() -> None:
@@ -336,8 +350,10 @@ def main() -> None:
                         help="health interval: auto (200ms up to 100 hosts, else the spec's "
                              "default), default, or a duration")
     parser.add_argument("--router", default="builtin", help="builtin or haproxy")
+    parser.add_argument("--app", default="busybox", choices=sorted(COMMANDS),
+                        help="the hosts' server: busybox httpd, or examples/hello's app.py")
     args = parser.parse_args()
-    if not Path(BUSYBOX).exists():
+    if args.app == "busybox" and not Path(BUSYBOX).exists():
         raise SystemExit("needs busybox (apt-get install busybox)")
     print(f"load: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores", flush=True)
     rows = []
@@ -352,7 +368,7 @@ def main() -> None:
             ("200ms" if n <= 100 else "default")
         print(f"{n} hosts done ({int(row['switches'])} switches, {int(row['procs'])} "
               f"controller processes, health interval {interval})", flush=True)
-        record_row(row, interval)
+        record_row(row, interval, args.app)
         show(rows)  # so far: a later size that fails leaves these
         print(flush=True)
 
