@@ -38,6 +38,7 @@ import math
 import random
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +70,9 @@ T = TypeVar("T")
 def _port_taken(error: Exception) -> bool:
     text = str(error).lower()
     return "address already in use" in text or "port is already allocated" in text
+
+
+IMAGE_INSPECT_ATTEMPTS = 4
 
 
 class ContainerProvider:
@@ -216,15 +220,25 @@ class ContainerProvider:
     def _require_image(self, client: docker.DockerClient, rel: Any) -> dict[str, Any]:
         import docker.errors
 
-        try:
-            return client.api.inspect_image(rel.image)
-        except docker.errors.NotFound:
-            raise ProviderError(
+        for attempt in range(1, IMAGE_INSPECT_ATTEMPTS + 1):
+            try:
+                return client.api.inspect_image(rel.image)
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as e:
+                # Podman names an image's parent by looking at every image: another one removed
+                # meanwhile (a prune, another project's gc) fails the inspect with "image not
+                # known" about that other image. Ask again.
+                if attempt == IMAGE_INSPECT_ATTEMPTS or \
+                        "image not known" not in str(e.explanation or e):
+                    raise
+                time.sleep(0.05 * attempt)
+        raise ProviderError(
                 f"image {rel.image} of {rel.service} {rel.name} is not in the engine at "
                 f"{self._where()}",
                 hint=f"run `hinotori bake {rel.service}` to build it into this engine (an "
                      "engine's images are its own: a bake against another engine does not "
-                     "count)") from None
+                     "count)")
 
     def _run(self, client: docker.DockerClient, req: BootRequest, env: dict[str, str],
              binds: dict[str, dict[str, str]], port: int,
