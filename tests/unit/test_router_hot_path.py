@@ -18,38 +18,9 @@ from hinotori.router.builtin import http1
 from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.upstream import UpstreamProtocol
 from hinotori.router.builtin.worker import Worker
+from tests.support_transport import Transport
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
-
-
-class Transport:
-    """What the protocols use of an asyncio transport; keeps what was written."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def take(self) -> bytes:
-        data, self.out = b"".join(self.out), []
-        return data
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
 
 
 class Proxy:
