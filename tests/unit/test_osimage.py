@@ -344,3 +344,49 @@ def test_failed_build_of_either_engine_says_the_exit_status(messages: list[dict]
               describe=lambda n: f"step {n}/2")
     assert error in info.value.message and "step 2/2" in info.value.message
     assert "  | boom-1" in info.value.message  # the step's output, colour escapes removed
+
+
+class RacingEngine(FakeEngine):
+    """Fails its first builds as Podman does when an image goes while buildah's cache check
+    looks at every image."""
+
+    def __init__(self, messages: list[dict], races: int, error: str) -> None:
+        super().__init__(messages)
+        self.races, self.error, self.posts = races, error, 0
+
+    def post(self, url: str, *, params: dict, **kw: object) -> object:
+        self.posts += 1
+        data = kw["data"]
+        assert data.read() == b"context"  # type: ignore[attr-defined]  # rewound each time
+        if self.posts <= self.races:
+            lines = [json.dumps({"stream": "STEP 1/1: COPY app.py app.py\n"}),
+                     json.dumps({"error": self.error})]
+            return type("Response", (), {"status_code": 200,
+                                         "iter_lines": lambda _s, decode_unicode: iter(lines)})()
+        return super().post(url, params=params, **kw)
+
+
+RACE = ("checking if cached image exists from a previous build: getting top layer info: "
+        "layer not known")
+
+
+def test_a_build_that_lost_the_storage_race_is_asked_again() -> None:
+    from hinotori.bake.osimage.engine_build import BUILD_ATTEMPTS, build
+
+    engine = RacingEngine(PODMAN_BUILD, BUILD_ATTEMPTS - 1, RACE)
+    outcome = build(engine, io.BytesIO(b"context"), timestamp=7)  # type: ignore[arg-type]
+    assert outcome.image_id == "sha256:" + "d6" * 32 and engine.posts == BUILD_ATTEMPTS
+
+    engine = RacingEngine(PODMAN_BUILD, BUILD_ATTEMPTS, RACE)
+    with pytest.raises(BakeError, match="layer not known"):
+        build(engine, io.BytesIO(b"context"), timestamp=7)  # type: ignore[arg-type]
+    assert engine.posts == BUILD_ATTEMPTS
+
+
+def test_a_failing_step_is_not_built_again() -> None:
+    from hinotori.bake.osimage.engine_build import build
+
+    engine = RacingEngine(PODMAN_BUILD, 1, "building at STEP \"RUN x\": exit status 3")
+    with pytest.raises(BakeError, match="exit status 3"):
+        build(engine, io.BytesIO(b"context"), timestamp=7)  # type: ignore[arg-type]
+    assert engine.posts == 1

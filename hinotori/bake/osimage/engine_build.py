@@ -67,10 +67,33 @@ class BuildOutcome:
     log: list[str] = field(default_factory=list)
 
 
+# buildah's cache check looks at every image: one removed meanwhile (a prune, another project's
+# gc) fails the build with "layer not known" or "image not known" about that other image.
+STORAGE_RACE = ("layer not known", "image not known")
+BUILD_ATTEMPTS = 3
+
+
 def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
           use_cache: bool = True, on_line: Progress | None = None,
           describe: Callable[[int], str] | None = None) -> BuildOutcome:
-    """Build the context's Containerfile; BakeError with the failing step's output."""
+    """Build the context's Containerfile; BakeError with the failing step's output. A build
+    that lost the engine's storage race is asked again, its context rewound."""
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            return _build_once(client, context, timestamp=timestamp, use_cache=use_cache,
+                               on_line=on_line, describe=describe)
+        except BakeError as e:
+            engine_said = e.message.split("\n", 1)[0]  # not the step's own output below it
+            if attempt == BUILD_ATTEMPTS or not context.seekable() or \
+                    not any(race in engine_said for race in STORAGE_RACE):
+                raise
+            context.seek(0)
+    raise AssertionError("unreachable")
+
+
+def _build_once(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
+                use_cache: bool, on_line: Progress | None,
+                describe: Callable[[int], str] | None) -> BuildOutcome:
     api = client.api
     params = {"dockerfile": CONTAINERFILE, "layers": "1", "rm": "1", "forcerm": "1",
               "nocache": "0" if use_cache else "1", "networkmode": "host"}
