@@ -211,6 +211,22 @@ def write_container_project(path: Path, name: str, app: str, version: str, *,
     return project
 
 
+def run_once(docker_client: Any, image: str, command: list[str], **options: Any) -> bytes:
+    """The standard output of ``command`` run once in ``image``, read after it exited. Not
+    ``containers.run``: it follows the logs while the container runs, and Podman's follow can
+    end before the last lines are read (podman#10596), which cut a CI run's output short."""
+    container = docker_client.containers.create(image, command, **options)
+    try:
+        container.start()
+        status = container.wait(timeout=180)["StatusCode"]
+        if status != 0:
+            said = container.logs(stdout=False, stderr=True).decode(errors="replace")
+            raise AssertionError(f"{command} in {image} exited {status}: {said[-2000:]}")
+        return container.logs(stdout=True, stderr=False)
+    finally:
+        container.remove(force=True)
+
+
 def remove_containers(docker_client: Any, project: str) -> None:
     """No container of ``project`` (running or not) left in the engine, nor its volumes."""
     for c in docker_client.containers.list(all=True,

@@ -38,12 +38,12 @@ import math
 import random
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hinotori.engine_storage import inspect_image
 from hinotori.errors import HinotoriError, MachineUnreachable, ProviderError
 from hinotori.model import Host
 from hinotori.providers import secretfiles
@@ -70,9 +70,6 @@ T = TypeVar("T")
 def _port_taken(error: Exception) -> bool:
     text = str(error).lower()
     return "address already in use" in text or "port is already allocated" in text
-
-
-IMAGE_INSPECT_ATTEMPTS = 4
 
 
 class ContainerProvider:
@@ -220,19 +217,10 @@ class ContainerProvider:
     def _require_image(self, client: docker.DockerClient, rel: Any) -> dict[str, Any]:
         import docker.errors
 
-        for attempt in range(1, IMAGE_INSPECT_ATTEMPTS + 1):
-            try:
-                return client.api.inspect_image(rel.image)
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError as e:
-                # Podman names an image's parent by looking at every image: another one removed
-                # meanwhile (a prune, another project's gc) fails the inspect with "image not
-                # known" about that other image. Ask again.
-                if attempt == IMAGE_INSPECT_ATTEMPTS or \
-                        "image not known" not in str(e.explanation or e):
-                    raise
-                time.sleep(0.05 * attempt)
+        try:
+            return inspect_image(client, rel.image)
+        except docker.errors.NotFound:
+            pass
         raise ProviderError(
                 f"image {rel.image} of {rel.service} {rel.name} is not in the engine at "
                 f"{self._where()}",

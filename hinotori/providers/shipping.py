@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hinotori.engine_storage import inspect_image
 from hinotori.errors import ProviderError
 from hinotori.processes import log_tail, pid_alive
 from hinotori.statefiles import private_dir, write_private
@@ -203,7 +204,7 @@ def pull(machine: Any, ref: str, image_id: str, machine_name: str) -> None:
             if "error" in line:
                 raise ProviderError(f"pulling {ref} on machine {machine_name}: "
                                     f"{line['error']}")
-    got = machine.api.inspect_image(ref)["Id"]
+    got = inspect_image(machine, ref)["Id"]
     if not got.startswith("sha256:"):
         got = "sha256:" + got
     if got != image_id:
@@ -229,7 +230,7 @@ def has_image(client: Any, image_id: str) -> bool:
     import docker.errors
 
     try:
-        client.api.inspect_image(image_id)
+        inspect_image(client, image_id)
         return True
     except docker.errors.NotFound:
         return False

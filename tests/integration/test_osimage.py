@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.bake.osimage import BaseSpec, ensure_base
-from tests.support import require
+from tests.support import require, run_once
 
 # On both engines the Engine API has, Podman and Docker: every test whose outcome depends on the
 # engine (the rest, about mmdebstrap or no engine at all, run on Podman).
@@ -148,10 +148,9 @@ def test_cold_bake_runs_every_step_and_installs_the_package(osproj: OsProject,
                                                              docker_client) -> None:
     result = osproj.bake("--no-cache")
     assert (result["cache_hits"], result["cache_misses"]) == (0, 4)
-    out = docker_client.containers.run(
-        result["image"], ["sh", "-c", "dpkg-query -W -f='${Status}' netcat-openbsd; echo; "
-                          "id -u web; cat /app/VERSION; pwd; python3 -c 'print(42)'"],
-        remove=True).decode().splitlines()
+    out = run_once(docker_client, result["image"], [
+        "sh", "-c", "dpkg-query -W -f='${Status}' netcat-openbsd; echo; "
+        "id -u web; cat /app/VERSION; pwd; python3 -c 'print(42)'"]).decode().splitlines()
     assert out[0] == "install ok installed"
     assert out[1].isdigit() and int(out[1]) > 0
     assert out[2] == (osproj.path / "VERSION").read_text().strip()
@@ -173,12 +172,12 @@ def test_copy_and_file_steps_set_modes_as_in_a_file_tree(osproj: OsProject,
                        '  { copy = "tool.sh", to = "bin/tool", mode = "0750" },\n'
                        '  { file = "etc/secret.conf", content = "k=v\\n", mode = "0600" },\n')
     image = osproj.bake()["image"]
-    out = docker_client.containers.run(
-        image, ["stat", "-c", "%a %U %n", "conf/a.txt", "conf/sub/b.txt", "conf/sub",
-                "bin/tool", "etc/secret.conf", "app.py"], remove=True).decode().splitlines()
+    out = run_once(docker_client, image, [
+        "stat", "-c", "%a %U %n", "conf/a.txt", "conf/sub/b.txt", "conf/sub", "bin/tool",
+        "etc/secret.conf", "app.py"]).decode().splitlines()
     assert out == ["640 root conf/a.txt", "640 root conf/sub/b.txt", "755 root conf/sub",
                    "750 root bin/tool", "600 root etc/secret.conf", "644 root app.py"]
-    assert docker_client.containers.run(image, ["bin/tool"], remove=True) == b"tool\n"
+    assert run_once(docker_client, image, ["bin/tool"]) == b"tool\n"
 
 
 @BOTH
@@ -285,10 +284,10 @@ def test_example_checks_pass_in_its_image(tmp_path: Path, debian_base: str,
         (shared / "plan.json").write_text(json.dumps(plan))
         (shared / "evaluator.py").write_text(evaluator_source())
         command = " ".join(service.command)
-        out = docker_client.containers.run(
-            image, ["sh", "-c", f"{command} >/dev/null 2>&1 & "
-                    "python3 -I -S /t/evaluator.py < /t/plan.json"],
-            environment={"PORT": "8000"}, network_mode="none", remove=True,
+        out = run_once(
+            docker_client, image, ["sh", "-c", f"{command} >/dev/null 2>&1 & "
+                                   "python3 -I -S /t/evaluator.py < /t/plan.json"],
+            environment={"PORT": "8000"}, network_mode="none",
             volumes={str(shared): {"bind": "/t", "mode": "ro"}})
         results = json.loads(out)["results"]
         assert len(results) == len(service.checks) == 5

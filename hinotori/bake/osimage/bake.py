@@ -41,6 +41,7 @@ from hinotori.bake.osimage.containerfile import context_tar, translate
 from hinotori.bake.osimage.engine_build import BuildOutcome, build
 from hinotori.bake.provenance import git_source, recipe_hash
 from hinotori.bake.steps import Step
+from hinotori.engine_storage import inspect_image, retrying
 from hinotori.errors import BakeError
 
 if TYPE_CHECKING:
@@ -117,15 +118,15 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
 
         if store.exists(image_id):
             say(f"image {image_id} already stored")
-            if f"{repository}:{tag}" not in (api.inspect_image(image_id).get("RepoTags") or []):
+            if f"{repository}:{tag}" not in (inspect_image(client, image_id).get("RepoTags") or []):
                 api.tag(image_id, repository, tag=tag)
             return result(reused=True)
         # A new image has no tag yet: tagged, and its history and size read, all at once.
         tagging = pool.submit(api.tag, image_id, repository, tag=tag)
-        inspected = pool.submit(api.inspect_image, image_id)
+        inspected = pool.submit(inspect_image, client, image_id)
         known = base_id or remembered_base(client, recipe.base)
         looked_up = pool.submit(find_base, client, recipe.base) if known is None else None
-        history = api.history(image_id)
+        history = retrying(lambda: api.history(image_id))
         if looked_up is not None or not in_history(known, history):
             # Not made or seen by this process, or not what this image was built on (the tag
             # was made again since): the engine says which image the tag names.

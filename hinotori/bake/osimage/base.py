@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hinotori.bake.runsteps import ZIP_EPOCH
+from hinotori.engine_storage import inspect_image
 from hinotori.errors import BakeError
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def find_base(client: docker.DockerClient, base: BaseSpec) -> str | None:
     import docker.errors
 
     try:
-        return str(client.api.inspect_image(base.tag)["Id"])
+        return str(inspect_image(client, base.tag)["Id"])
     except docker.errors.ImageNotFound:
         return None
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from hinotori.bake.osimage.containerfile import CONTAINERFILE
+from hinotori.engine_storage import inspect_image, lost_storage_race
 from hinotori.errors import BakeError
 
 if TYPE_CHECKING:
@@ -67,10 +68,7 @@ class BuildOutcome:
     log: list[str] = field(default_factory=list)
 
 
-# buildah's cache check looks at every image: one removed meanwhile (a prune, another project's
-# gc) fails the build with "layer not known" or "image not known" about that other image.
-STORAGE_RACE = ("layer not known", "image not known")
-BUILD_ATTEMPTS = 3
+BUILD_ATTEMPTS = 3  # buildah's cache check is one of the calls that lose the store race
 
 
 def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
@@ -85,7 +83,7 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
         except BakeError as e:
             engine_said = e.message.split("\n", 1)[0]  # not the step's own output below it
             if attempt == BUILD_ATTEMPTS or not context.seekable() or \
-                    not any(race in engine_said for race in STORAGE_RACE):
+                    not lost_storage_race(engine_said):
                 raise
             context.seek(0)
     raise AssertionError("unreachable")
@@ -146,7 +144,7 @@ def _build_once(client: docker.DockerClient, context: IO[bytes], *, timestamp: i
                         hint="last output:\n" + "\n".join(outcome.log[-TAIL_LINES:]))
     if not built.startswith("sha256:"):
         # The short id of "Successfully built" (or a bare aux id): the engine's full one.
-        built = str(api.inspect_image(built)["Id"]) if len(built) < 64 else f"sha256:{built}"
+        built = str(inspect_image(client, built)["Id"]) if len(built) < 64 else f"sha256:{built}"
     outcome.image_id = built
     return outcome
 
