@@ -30,6 +30,7 @@ from hinotori.bake.archive import ImageArchiveError, check_member, read_digested
 from hinotori.bake.images import Image, ImageStore
 from hinotori.bake.osimage.bake import image_repository
 from hinotori.bake.tree import force_remove
+from hinotori.engine_storage import retrying
 from hinotori.errors import EngineError, ImageNotFound
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def _export(client: docker.DockerClient, image: Image, tar: tarfile.TarFile,
     import docker.errors
 
     try:
-        chunks = client.images.get(image.digest).save(chunk_size=_CHUNK, named=False)
+        found = retrying(lambda: client.images.get(image.digest))
+        chunks = found.save(chunk_size=_CHUNK, named=False)
         for chunk in chunks:
             spool.write(chunk)
     except docker.errors.ImageNotFound:
@@ -216,12 +218,12 @@ def _load(client: docker.DockerClient, bundle: Path, digest: str, tag: str) -> N
     import docker.errors
 
     try:
-        image = client.images.get(digest)
+        image = retrying(lambda: client.images.get(digest))
     except docker.errors.ImageNotFound:
         try:
             with open(bundle, "rb") as f:
                 client.images.load(f)
-            image = client.images.get(digest)
+            image = retrying(lambda: client.images.get(digest))
         except docker.errors.ImageNotFound:
             raise EngineError(f"the engine loaded the archive but holds no image {digest}",
                               hint="this engine names images differently (Docker with the "
