@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hinotori.errors import ProviderError
@@ -30,8 +30,6 @@ def exec_create(api: Any, cid: str, argv: Sequence[str], host: Host) -> str:
 def exec_io(api: Any, exec_id: str, stdin: bytes) -> tuple[bytes, bytes]:
     """Start the exec on a hijacked socket: write ``stdin``, half-close, and read the
     multiplexed stdout/stderr frames until the command closes them."""
-    from docker.utils.socket import STDERR, frames_iter
-
     sock = api.exec_start(exec_id, socket=True)
     raw = getattr(sock, "_sock", sock)  # SocketIO over the connection's socket
     out, err = bytearray(), bytearray()
@@ -40,7 +38,7 @@ def exec_io(api: Any, exec_id: str, stdin: bytes) -> tuple[bytes, bytes]:
             raw.sendall(stdin)
         with contextlib.suppress(OSError):
             raw.shutdown(socket.SHUT_WR)  # EOF on the command's stdin
-        for stream, data in frames_iter(sock, tty=False):
+        for stream, data in frames(_reader(sock)):
             (err if stream == STDERR else out).extend(data)
     finally:
         with contextlib.suppress(OSError):
@@ -48,6 +46,45 @@ def exec_io(api: Any, exec_id: str, stdin: bytes) -> tuple[bytes, bytes]:
         with contextlib.suppress(OSError):
             raw.close()
     return bytes(out), bytes(err)
+
+
+STDERR = 2
+
+
+def _reader(sock: Any) -> Any:
+    """What to read the exec's output from: the HTTP response's buffered reader, not the
+    socket under it. Reading the response's head, http.client fills that buffer with up to
+    8 KiB, and a command that answers at once has its first output in it (or all of it): the
+    SDK reads the bare socket and loses those bytes (docker-py#3332; a CI run saw an exec
+    answer rc 0 with no output at all). The buffered reader hands out what it holds first."""
+    response = getattr(sock, "_response", None)
+    buffered = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    return buffered if buffered is not None and getattr(buffered, "raw", None) is sock else sock
+
+
+def frames(reader: Any) -> Iterator[tuple[int, bytes]]:
+    """(stream, data) per frame of the Engine API's multiplexed stream (no tty): an 8-byte
+    head (stream 1 stdout or 2 stderr, three zero bytes, a big-endian length), then data."""
+    while True:
+        head = _read(reader, 8)
+        if len(head) < 8:
+            return  # the command closed its output (a cut head: the connection ended)
+        size = int.from_bytes(head[4:8], "big")
+        data = _read(reader, size)
+        yield head[0], data
+        if len(data) < size:
+            return
+
+
+def _read(reader: Any, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end (a raw socket's read may return fewer at any time)."""
+    got = bytearray()
+    while len(got) < n:
+        chunk = reader.read(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
 
 
 def kill_exec(api: Any, exec_id: str) -> None:
