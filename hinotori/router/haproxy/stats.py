@@ -3,7 +3,7 @@
 ``show stat`` gives every server's requests by status class, errors and sessions in flight,
 but only an average response time. The latency histogram the canary analysis needs comes from
 HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <request#> <server>
-<Ta> <N>`` (Ta: total active time, ms) into an in-memory ring that the router object streams
+<Ta> <N>`` (Ta: total active time, ms) into an in-memory ring that the router object reads
 over the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
 so it logs 1 request in N, and the reader sets N four times a second to keep near
 ``max_rate`` lines a second: every request while traffic is below it, a uniform sample above
@@ -26,6 +26,7 @@ import csv
 import io
 import math
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,9 +39,9 @@ from hinotori.router.haproxy import runtime
 from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
-# Pause after each read so that lines are read in batches: HAProxy pushes every line as it is
-# logged, and waking up for each one cost the reader more than parsing the line.
-READ_PAUSE = 0.05
+POLL_EVERY = ADAPT_EVERY  # seconds between two reads of the ring while lines flow
+IDLE_POLL = 1.0      # ... and at most this while none do
+DUMP_TIMEOUT = 5.0   # seconds a dump of the ring may take before the read is given up
 MAX_SAMPLE = 10_000  # log at least 1 request in this many
 
 _STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
@@ -123,6 +124,16 @@ def next_sample(current: int | None, wanted: int) -> int:
     return wanted if wanted > current else max(wanted, current // 2)
 
 
+def next_pause(pause: float, *, new_lines: bool, sample: int | None) -> float:
+    """The wait before the next read of the ring: POLL_EVERY while lines come or N is above 1
+    (it comes down one step per ADAPT_EVERY); nothing new with every request logged means no
+    traffic, so twice as long each time, up to IDLE_POLL (a burst starting meanwhile waits in
+    the ring, which holds RING_BYTES)."""
+    if new_lines or (sample or 1) > 1:
+        return POLL_EVERY
+    return min(IDLE_POLL, pause * 2)
+
+
 async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
     """Have HAProxy log 1 request in ``n`` from now on: the latency map's one entry replaced
     atomically (a new version of the map, filled, then committed; its key is a range, which
@@ -137,16 +148,19 @@ async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
 
 
 class LatencyLog:
-    """Reads HAProxy's per-request ``<pid> <request#> <server> <Ta> <N>`` log lines from its
-    ring buffer into a histogram per host, and keeps their rate near ``max_rate`` a second
-    through ``set_sample(N)`` (the router changes HAProxy's latency map).
+    """Reads HaproxyRouter's per-request ``<pid> <request#> <server> <Ta> <N>`` log lines from
+    HAProxy's ring buffer into a histogram per host, and keeps their rate near ``max_rate`` a
+    second through ``set_sample(N)`` (the router changes HAProxy's latency map).
 
     HAProxy logs into an in-memory ring (``ring`` section, ``log ring@...``): writing costs it a
     memory copy, and when nobody reads (the controller is down) old lines are overwritten, never
-    queued. The router object reads the ring over the stats socket: first a dump (so a caller
-    sees every line already logged), then ``show events <ring> -w``, which streams new lines as
-    they come. The stream starts with the ring's content again, so lines are de-duplicated by
-    (worker pid, request number). After a reload the reader reconnects to the new worker."""
+    queued. The reader dumps the ring over the stats socket (``show events <ring>``) every
+    POLL_EVERY while lines flow (IDLE_POLL at most while none do) and takes the lines after the
+    last one it took. It does not keep a stream open (``show events -w``): HAProxy woke that
+    stream's applet for every line logged and sent each line on its own, ~20-35 us of its time
+    per line, where a dump of the whole 1 MB ring costs it ~0.5 ms. Every ring holds what one
+    worker logged: after a reload the next dump is the new worker's (the router dumps the old
+    one just before). Any number of readers may read (a dump consumes nothing)."""
 
     def __init__(self, stats_socket: Path, ring: str, *, max_rate: int = 0,
                  set_sample: Callable[[int], Awaitable[None]] | None = None) -> None:
@@ -161,78 +175,66 @@ class LatencyLog:
         self.sample: int | None = None  # the N last set; None: not set by this reader yet
         self._window = (time.monotonic(), 0)  # (since, counted then): the rate N follows
         self._seen: dict[bytes, set[int]] = {}  # worker pid -> request numbers counted
+        self._last = b""  # the last line taken (with its newline): a dump is new after it
+        self._mutex = threading.Lock()  # one dump taken at a time, whichever loop or thread
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stream: socket.socket | None = None  # the streaming read of the ring
-        self._caught_up = asyncio.Event()
 
     async def attach(self, wait: float = 2.0) -> None:
-        """Have the running loop read the ring; on a (re)start, return once what the ring
-        already holds has been counted."""
+        """Have the running loop read the ring from now on, and return once what the ring
+        holds has been counted (or after ``wait`` seconds)."""
         loop = asyncio.get_running_loop()
-        if self._task is not None and not self._task.done() and self._loop is loop:
-            return
-        self._loop = loop
-        self._caught_up = asyncio.Event()
-        self._task = loop.create_task(self._run(), name="haproxy-latency-log")
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._task = loop.create_task(self._run(), name="haproxy-latency-log")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                await self._caught_up.wait()
-
-    def reconnect(self) -> None:
-        """The worker changed (reload): read the new one's ring."""
-        if self._stream is not None:
-            with contextlib.suppress(OSError):  # the pending read ends; _run reconnects
-                self._stream.shutdown(socket.SHUT_RDWR)
+                await self.poll()
 
     def close(self) -> None:
-        self.reconnect()
         if self._task is not None and self._loop is not None and not self._loop.is_closed():
             self._task.cancel()
         self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        pause = POLL_EVERY
         while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(self.stats_socket))
-                writer.write(f"show events {self.ring}\n".encode())
-                writer.write_eof()
-                async with asyncio.timeout(10):
-                    self.record(await reader.read())
-                writer.close()
-                self._caught_up.set()
-                # A plain socket, read only when this loop asks (an asyncio stream would wake
-                # up for every line HAProxy pushes): lines wait in the socket between reads.
-                self._stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._stream.setblocking(False)
-                await loop.sock_connect(self._stream, str(self.stats_socket))
-                await loop.sock_sendall(self._stream, f"show events {self.ring} -w\n".encode())
-                pending = b""
-                while True:
-                    try:  # whole chunks: far cheaper per line
-                        async with asyncio.timeout(ADAPT_EVERY):
-                            data = await loop.sock_recv(self._stream, 1 << 18)
-                    except TimeoutError:  # no line for a while: the rate fell, N may too
-                        await self.adapt()
-                        continue  # nothing to batch: no pause
-                    if not data:
-                        break
-                    pending += data
-                    end = pending.rfind(b"\n") + 1
-                    if end:
-                        self.record(pending[:end])
-                        pending = pending[end:]
-                    await self.adapt()
-                    await asyncio.sleep(READ_PAUSE)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                if self._stream is not None:
-                    self._stream.close()
-                    self._stream = None
-            self._caught_up.set()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(pause)
+            before = self.lines
+            await self.poll()
+            pause = next_pause(pause, new_lines=self.lines != before, sample=self.sample)
+
+    async def poll(self) -> None:
+        """Count what HAProxy logged since the last read, then choose N (``adapt``). A worker
+        that does not answer is left for the next read."""
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.to_thread(self._take_dump)
+        await self.adapt()
+
+    def _take_dump(self) -> None:
+        with self._mutex:
+            self.take(dump_ring(self.stats_socket, self.ring))
+
+    def take(self, data: bytes) -> None:
+        """Count the lines of a dump of the ring that follow the last line taken: all of them
+        when the ring no longer holds that line (another worker's ring, or more was logged
+        since than the ring holds)."""
+        end = len(data)
+        while end and data[end - 1] == 0x0A:  # a dump ends with an empty line
+            end -= 1
+        if not end:
+            return
+        end += 1  # through the last line's newline
+        last, start = self._last, 0
+        if last:
+            at = data.rfind(b"\n" + last, 0, end)
+            if at >= 0:
+                start = at + 1 + len(last)
+            elif data.startswith(last):
+                start = len(last)
+        self._last = data[data.rfind(b"\n", 0, end - 1) + 1:end]
+        if start < end:
+            self.record(data[start:end])
 
     def record(self, data: bytes) -> None:
         for line in data.split(b"\n"):
@@ -281,6 +283,20 @@ class LatencyLog:
             with contextlib.suppress(HinotoriError, OSError):  # the next choice tries again
                 await self.set_sample(n)
                 self.sample = n
+
+
+def dump_ring(stats_socket: Path, ring: str) -> bytes:
+    """What HAProxy's ``ring`` holds (``show events``, oldest first), read with blocking calls
+    (in a thread: a full ring is 1 MB)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(DUMP_TIMEOUT)
+        s.connect(str(stats_socket))
+        s.sendall(f"show events {ring}\n".encode())
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(1 << 18):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def combine(counts: dict[str, Counts], log: LatencyLog | None) -> dict[str, BackendStats]:
