@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from hinotori.router.haproxy.stats import IDLE_POLL, POLL_EVERY, LatencyLog, next_pause
+from hinotori.router.haproxy.stats import (
+    ADAPT_EVERY,
+    DUMP_EVERY,
+    DUMP_LINES,
+    LatencyLog,
+    request_counter,
+)
 
 
 def lines(pid: int, numbers: range, server: str = "v1_a", n: int = 1) -> bytes:
@@ -24,11 +30,14 @@ def lines(pid: int, numbers: range, server: str = "v1_a", n: int = 1) -> bytes:
 
 class FakeStatsSocket:
     """Answers ``show events <ring>`` with ``self.ring`` as HAProxy does (each line, then an
-    empty one), one command per connection; counts the dumps it served."""
+    empty one) and ``show info`` with ``pid`` and ``requests`` (CumReq), one command per
+    connection; counts the dumps it served."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.ring = b""
+        self.pid = 7
+        self.requests = 0
         self.dumps = 0
         self.commands: list[bytes] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -51,6 +60,10 @@ class FakeStatsSocket:
                         break
                     command += chunk
                 self.commands.append(command)
+                if command.startswith(b"show info"):
+                    conn.sendall(b"Name: HAProxy\nPid: %d\nCumConns: 3\nCumReq: %d\n\n"
+                                 % (self.pid, self.requests))
+                    continue
                 self.dumps += 1
                 conn.sendall(self.ring + b"\n")
 
@@ -98,18 +111,6 @@ def test_a_ring_that_no_longer_holds_the_last_line_is_all_new() -> None:
     assert log.lines == 25
 
 
-def test_the_pause_between_reads_grows_only_while_nothing_is_logged() -> None:
-    assert next_pause(POLL_EVERY, new_lines=True, sample=1) == POLL_EVERY
-    pauses = [POLL_EVERY]
-    for _ in range(5):
-        pauses.append(next_pause(pauses[-1], new_lines=False, sample=1))
-    assert pauses == sorted(pauses) and pauses[-1] == IDLE_POLL
-    assert next_pause(IDLE_POLL, new_lines=True, sample=1) == POLL_EVERY
-    # Sampling 1 in N: N comes down by half per choice, one choice per POLL_EVERY.
-    assert next_pause(POLL_EVERY, new_lines=False, sample=8) == POLL_EVERY
-    assert next_pause(POLL_EVERY, new_lines=False, sample=None) > POLL_EVERY
-
-
 def test_polls_count_what_haproxy_logged_since_the_last_one(fake: FakeStatsSocket) -> None:
     log = LatencyLog(fake.path, "hinotori-latency")
 
@@ -123,7 +124,8 @@ def test_polls_count_what_haproxy_logged_since_the_last_one(fake: FakeStatsSocke
         log.close()
 
     asyncio.run(scenario())
-    assert fake.commands[0] == b"show events hinotori-latency\n"  # a dump: no waiting stream
+    # Dumps of the ring, never a waiting stream (`-w`: HAProxy sent each line on its own).
+    assert set(fake.commands) == {b"show info\n", b"show events hinotori-latency\n"}
 
 
 def test_concurrent_polls_from_other_threads_never_count_a_line_twice(
@@ -146,7 +148,7 @@ def test_concurrent_polls_from_other_threads_never_count_a_line_twice(
         t.join(30)
     asyncio.run(log.poll())
     assert (log.lines, log.counted) == (2400, 2400)
-    assert fake.dumps == 41
+    assert fake.dumps == 41 and len(fake.commands) == 82
 
 
 def test_a_worker_that_does_not_answer_changes_nothing(tmp_path: Path,
@@ -161,3 +163,50 @@ def test_a_worker_that_does_not_answer_changes_nothing(tmp_path: Path,
     fake.close()  # HAProxy gone (stopped, or between two workers)
     asyncio.run(log.poll())
     assert (log.lines, log._last) == (3, b"7 3 v1_a 3 1\n")
+
+
+def test_the_ring_is_dumped_only_when_lines_may_wait_and_n_follows_haproxy_s_count(
+        fake: FakeStatsSocket) -> None:
+    chosen: list[int] = []
+
+    async def set_sample(n: int) -> None:
+        chosen.append(n)
+
+    log = LatencyLog(fake.path, "ring", max_rate=100, set_sample=set_sample)
+    fake.requests, fake.ring = 5_000_000, lines(7, range(1, 4))  # a long-running worker
+    log._read(dump=False)  # the first reading dumps what the ring holds
+    assert (fake.dumps, log.lines, log.requests) == (1, 3, 0)  # its past is no rate
+    log._read(dump=False)  # no request since: no dump, however long ago the last one was
+    log._dumped -= 10 * DUMP_EVERY
+    log._read(dump=False)
+    assert fake.dumps == 1
+    fake.requests += 10  # a few: dumped once DUMP_EVERY has passed since the last dump
+    log._read(dump=False)
+    assert fake.dumps == 2
+    fake.requests += 10
+    log._read(dump=False)
+    assert fake.dumps == 2 and log._logged == 10
+    fake.requests += DUMP_LINES  # enough lines to dump at once
+    log._read(dump=False)
+    assert fake.dumps == 3 and log.requests == 20 + DUMP_LINES
+
+    async def rate() -> None:  # N from HAProxy's count, whatever the lines say
+        t = log._window[0] + ADAPT_EVERY
+        await log.adapt(t)  # 4,020 requests in ADAPT_EVERY: 16,080/s
+        fake.requests += 400  # then 1,600/s: 16 wanted, down by half at most
+        log._read(dump=False)
+        await log.adapt(t + ADAPT_EVERY)
+    asyncio.run(rate())
+    assert chosen == [161, 80] and log.lines == 3
+    fake.pid, fake.requests = 8, 2  # a new worker (a reload): its ring is dumped at once
+    fake.ring = lines(8, range(1, 3))
+    log._read(dump=False)
+    assert (fake.dumps, log.lines, log.requests) == (4, 5, 20 + DUMP_LINES + 400 + 2)
+
+
+def test_request_counter_reads_show_info(fake: FakeStatsSocket, tmp_path: Path) -> None:
+    fake.requests = 42
+    assert request_counter(fake.path) == (b"7", 42)
+    (tmp_path / "x").touch()
+    with pytest.raises(OSError):
+        request_counter(tmp_path / "x")  # not a socket

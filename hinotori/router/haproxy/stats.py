@@ -39,9 +39,12 @@ from hinotori.router.haproxy import runtime
 from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
-POLL_EVERY = ADAPT_EVERY  # seconds between two reads of the ring while lines flow
-IDLE_POLL = 1.0      # ... and at most this while none do
-DUMP_TIMEOUT = 5.0   # seconds a dump of the ring may take before the read is given up
+# The ring is read (dumped whole: ~0.5 ms of HAProxy's time when full) at most this often
+# while lines come, or once about DUMP_LINES were logged since (it holds ~25k); every
+# ADAPT_EVERY only HAProxy's request counter is read (``show info``: ~20 us).
+DUMP_EVERY = 1.0
+DUMP_LINES = 4000
+DUMP_TIMEOUT = 5.0   # seconds a read may take before it is given up
 MAX_SAMPLE = 10_000  # log at least 1 request in this many
 
 _STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
@@ -124,16 +127,6 @@ def next_sample(current: int | None, wanted: int) -> int:
     return wanted if wanted > current else max(wanted, current // 2)
 
 
-def next_pause(pause: float, *, new_lines: bool, sample: int | None) -> float:
-    """The wait before the next read of the ring: POLL_EVERY while lines come or N is above 1
-    (it comes down one step per ADAPT_EVERY); nothing new with every request logged means no
-    traffic, so twice as long each time, up to IDLE_POLL (a burst starting meanwhile waits in
-    the ring, which holds RING_BYTES)."""
-    if new_lines or (sample or 1) > 1:
-        return POLL_EVERY
-    return min(IDLE_POLL, pause * 2)
-
-
 async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
     """Have HAProxy log 1 request in ``n`` from now on: the latency map's one entry replaced
     atomically (a new version of the map, filled, then committed; its key is a range, which
@@ -154,13 +147,15 @@ class LatencyLog:
 
     HAProxy logs into an in-memory ring (``ring`` section, ``log ring@...``): writing costs it a
     memory copy, and when nobody reads (the controller is down) old lines are overwritten, never
-    queued. The reader dumps the ring over the stats socket (``show events <ring>``) every
-    POLL_EVERY while lines flow (IDLE_POLL at most while none do) and takes the lines after the
-    last one it took. It does not keep a stream open (``show events -w``): HAProxy woke that
-    stream's applet for every line logged and sent each line on its own, ~20-35 us of its time
-    per line, where a dump of the whole 1 MB ring costs it ~0.5 ms. Every ring holds what one
-    worker logged: after a reload the next dump is the new worker's (the router dumps the old
-    one just before). Any number of readers may read (a dump consumes nothing)."""
+    queued. Every ADAPT_EVERY the reader reads HAProxy's request counter (``show info``:
+    CumReq), which gives the rate N follows and tells whether anything can have been logged;
+    when so, at most every DUMP_EVERY (sooner after about DUMP_LINES lines) it dumps the ring
+    over the stats socket (``show events <ring>``) and takes the lines after the last one it
+    took. It keeps no stream open (``show events -w``): HAProxy woke that stream's applet for
+    every line logged and sent each line on its own, ~20-35 us of its time per line, where a
+    dump of the whole 1 MB ring costs it ~0.5 ms. Every ring holds what one worker logged:
+    after a reload the next dump is the new worker's (the router dumps the old one just
+    before). Any number of readers may read (a dump consumes nothing)."""
 
     def __init__(self, stats_socket: Path, ring: str, *, max_rate: int = 0,
                  set_sample: Callable[[int], Awaitable[None]] | None = None) -> None:
@@ -176,7 +171,12 @@ class LatencyLog:
         self._window = (time.monotonic(), 0)  # (since, counted then): the rate N follows
         self._seen: dict[bytes, set[int]] = {}  # worker pid -> request numbers counted
         self._last = b""  # the last line taken (with its newline): a dump is new after it
-        self._mutex = threading.Lock()  # one dump taken at a time, whichever loop or thread
+        self._mutex = threading.Lock()  # one read at a time, whichever loop or thread
+        self.requests = 0  # HAProxy's requests seen counted (show info's CumReq deltas)
+        self._counter: tuple[bytes, int] | None = None  # (worker pid, CumReq) last read
+        self._logged = 0.0  # lines HAProxy logged since the last dump, about
+        self._dumped = 0.0  # when (monotonic)
+        self._hosts: dict[bytes, tuple[str, list[int]]] = {}  # server name -> host, buckets
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -197,23 +197,35 @@ class LatencyLog:
         self._task = None
 
     async def _run(self) -> None:
-        pause = POLL_EVERY
         while True:
-            await asyncio.sleep(pause)
-            before = self.lines
-            await self.poll()
-            pause = next_pause(pause, new_lines=self.lines != before, sample=self.sample)
+            await asyncio.sleep(ADAPT_EVERY)
+            await self.poll(dump=False)
 
-    async def poll(self) -> None:
-        """Count what HAProxy logged since the last read, then choose N (``adapt``). A worker
-        that does not answer is left for the next read."""
+    async def poll(self, dump: bool = True) -> None:
+        """Count what HAProxy logged since the last read (``dump`` False: only if a dump is
+        due), then choose N (``adapt``). A worker that does not answer is left for the next
+        read."""
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.to_thread(self._take_dump)
+            await asyncio.to_thread(self._read, dump)
         await self.adapt()
 
-    def _take_dump(self) -> None:
+    def _read(self, dump: bool) -> None:
         with self._mutex:
-            self.take(dump_ring(self.stats_socket, self.ring))
+            pid, total = request_counter(self.stats_socket)
+            if self._counter is None:  # the first reading: what came before is no rate
+                new, dump = 0, True
+            elif pid != self._counter[0] or total < self._counter[1]:  # a new worker
+                new, dump = total, True
+            else:
+                new = total - self._counter[1]
+            self._counter = (pid, total)
+            self.requests += new
+            self._logged += new / (self.sample or 1)
+            now = time.monotonic()
+            if dump or self._logged >= DUMP_LINES or (
+                    self._logged and now - self._dumped >= DUMP_EVERY):
+                self.take(dump_ring(self.stats_socket, self.ring))
+                self._logged, self._dumped = 0.0, now
 
     def take(self, data: bytes) -> None:
         """Count the lines of a dump of the ring that follow the last line taken: all of them
@@ -258,10 +270,12 @@ class LatencyLog:
                 cut = sorted(seen)[100_000]
                 self._seen[pid] = {x for x in seen if x >= cut}
             ms = int(ta)
-            host = host_of(name.decode("ascii", "replace"))
-            buckets = self.latency.get(host)
-            if buckets is None:
-                buckets = self.latency[host] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+            known = self._hosts.get(name)
+            if known is None:
+                host = host_of(name.decode("ascii", "replace"))
+                buckets = self.latency.setdefault(host, [0] * (len(LATENCY_BUCKETS_MS) + 1))
+                known = self._hosts[name] = (host, buckets)
+            host, buckets = known
             buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += weight
             self.latency_sum_ms[host] = self.latency_sum_ms.get(host, 0.0) + ms * weight
             self.lines += 1
@@ -273,30 +287,46 @@ class LatencyLog:
         if self.set_sample is None:
             return
         now = time.monotonic() if now is None else now
-        since, counted = self._window
+        since, seen = self._window
         if now - since < ADAPT_EVERY:
             return
-        self._window = (now, self.counted)
-        n = next_sample(self.sample,
-                        sample_for((self.counted - counted) / (now - since), self.max_rate))
+        # HAProxy's own count when read, else what the lines stand for
+        requests = self.requests if self._counter is not None else self.counted
+        self._window = (now, requests)
+        n = next_sample(self.sample, sample_for(max(0, requests - seen) / (now - since),
+                                                self.max_rate))
         if n != self.sample:
             with contextlib.suppress(HinotoriError, OSError):  # the next choice tries again
                 await self.set_sample(n)
                 self.sample = n
 
 
-def dump_ring(stats_socket: Path, ring: str) -> bytes:
-    """What HAProxy's ``ring`` holds (``show events``, oldest first), read with blocking calls
-    (in a thread: a full ring is 1 MB)."""
+def _ask(stats_socket: Path, command: str) -> bytes:
+    """One command's whole answer, with blocking calls (the reader's thread)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(DUMP_TIMEOUT)
         s.connect(str(stats_socket))
-        s.sendall(f"show events {ring}\n".encode())
+        s.sendall(f"{command}\n".encode())
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(1 << 18):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def dump_ring(stats_socket: Path, ring: str) -> bytes:
+    """What HAProxy's ``ring`` holds (``show events``, oldest first; a full ring is 1 MB)."""
+    return _ask(stats_socket, f"show events {ring}")
+
+
+def request_counter(stats_socket: Path) -> tuple[bytes, int]:
+    """(the worker's pid, the HTTP requests it has received: ``show info``'s CumReq)."""
+    fields = dict(line.partition(b": ")[::2] for line in
+                  _ask(stats_socket, "show info").splitlines())
+    pid, total = fields.get(b"Pid", b""), fields.get(b"CumReq", b"")
+    if not (pid.isdigit() and total.isdigit()):
+        raise OSError(f"HAProxy's `show info` has no Pid and CumReq: {sorted(fields)[:5]}")
+    return pid, int(total)
 
 
 def combine(counts: dict[str, Counts], log: LatencyLog | None) -> dict[str, BackendStats]:
