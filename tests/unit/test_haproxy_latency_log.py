@@ -183,12 +183,20 @@ def test_the_ring_is_dumped_only_when_lines_may_wait_and_n_follows_haproxy_s_cou
     fake.requests += 10  # a few: dumped once DUMP_EVERY has passed since the last dump
     log._read(dump=False)
     assert fake.dumps == 2
+    log._read(dump=False)
+    assert fake.dumps == 2  # and once more DUMP_EVERY later: they may have been in flight
+    log._dumped -= DUMP_EVERY
+    log._read(dump=False)
+    log._dumped -= DUMP_EVERY
+    log._read(dump=False)
+    assert fake.dumps == 3  # then no more
+    log._dumped += DUMP_EVERY
     fake.requests += 10
     log._read(dump=False)
-    assert fake.dumps == 2 and log._logged == 10
+    assert fake.dumps == 3 and log._logged == 10
     fake.requests += DUMP_LINES  # enough lines to dump at once
     log._read(dump=False)
-    assert fake.dumps == 3 and log.requests == 20 + DUMP_LINES
+    assert fake.dumps == 4 and log.requests == 20 + DUMP_LINES
 
     async def rate() -> None:  # N from HAProxy's count, whatever the lines say
         t = log._window[0] + ADAPT_EVERY
@@ -201,7 +209,7 @@ def test_the_ring_is_dumped_only_when_lines_may_wait_and_n_follows_haproxy_s_cou
     fake.pid, fake.requests = 8, 2  # a new worker (a reload): its ring is dumped at once
     fake.ring = lines(8, range(1, 3))
     log._read(dump=False)
-    assert (fake.dumps, log.lines, log.requests) == (4, 5, 20 + DUMP_LINES + 400 + 2)
+    assert (fake.dumps, log.lines, log.requests) == (5, 5, 20 + DUMP_LINES + 400 + 2)
 
 
 def test_request_counter_reads_show_info(fake: FakeStatsSocket, tmp_path: Path) -> None:

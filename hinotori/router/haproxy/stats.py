@@ -225,7 +225,9 @@ class LatencyLog:
             if dump or self._logged >= DUMP_LINES or (
                     self._logged and now - self._dumped >= DUMP_EVERY):
                 self.take(dump_ring(self.stats_socket, self.ring))
-                self._logged, self._dumped = 0.0, now
+                # A request counted as it came is logged as it ends: after requests came
+                # since the last reading, one more dump is due (DUMP_EVERY later).
+                self._logged, self._dumped = 0.5 if new else 0.0, now
 
     def take(self, data: bytes) -> None:
         """Count the lines of a dump of the ring that follow the last line taken: all of them
