@@ -218,3 +218,18 @@ def test_request_counter_reads_show_info(fake: FakeStatsSocket, tmp_path: Path) 
     (tmp_path / "x").touch()
     with pytest.raises(OSError):
         request_counter(tmp_path / "x")  # not a socket
+
+
+def test_a_dump_that_failed_is_due_again(fake: FakeStatsSocket) -> None:
+    log = LatencyLog(fake.path, "ring")
+    fake.ring = lines(7, range(1, 4))
+    real = log.take
+
+    def broken(data: bytes) -> None:
+        raise OSError("cut mid-dump")
+    log.take = broken  # type: ignore[method-assign]
+    asyncio.run(log.poll())  # the first reading's dump fails: nothing counted, no error
+    log.take = real  # type: ignore[method-assign]
+    assert log.lines == 0
+    log._read(dump=False)  # no request since, yet the next reading dumps (none succeeded)
+    assert log.lines == 3

@@ -220,7 +220,9 @@ class LatencyLog:
                 new = total - self._counter[1]
             self._counter = (pid, total)
             self.requests += new
-            self._logged += new / (self.sample or 1)
+            # Lines logged since the last dump, about; a dump asked for stays due until one
+            # is read whole (a failed one raises out of here).
+            self._logged += new / (self.sample or 1) + (0.5 if dump else 0.0)
             now = time.monotonic()
             if dump or self._logged >= DUMP_LINES or (
                     self._logged and now - self._dumped >= DUMP_EVERY):
