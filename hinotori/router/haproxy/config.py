@@ -73,8 +73,8 @@ FRONTEND = "_front"   # service names start with a letter, so "_" names never cl
 PREVIEW_FRONTEND = "_preview"  # on preview_listen: a held release answers for its service
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
-# ~33k lines: what is logged between two reads of the ring (stats.py: every 0.25 s while
-# lines flow, up to 1 s apart while none do) at N = 1, before N catches up with a burst
+# 25-33k lines: what is logged between two dumps of the ring (stats.py: at most 1 s apart,
+# sooner after ~4,000 lines, checked every 0.25 s), a burst at N = 1 included
 RING_BYTES = 1 << 20
 CONNECT_TIMEOUT = 1.0  # seconds; a connect that times out is retried (`retries 3`, redispatched)
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
