@@ -22,7 +22,7 @@ and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
 haproxy: generated config, Runtime API), with 1 and 2 threads beside the hand-written config
 with as many: as configured by default (the latency log sampled down to LATENCY_LOG_RATE lines
 a second), logging every request, and without the latency log (the log's cost); a thread
-streams the latency logs meanwhile and sets their sampling, as the controller would.
+reads the latency logs meanwhile and sets their sampling, as the controller would.
 Everything started here is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results import record  # bench/ is sys.path[0] when this runs as a script
@@ -198,22 +199,28 @@ def every_request(threads: int) -> str:
 
 
 class LogReader:
-    """Streams HaproxyRouter latency logs in a thread of its own while wrk runs (the
-    controller's event loop would do this), so their cost is in the numbers."""
+    """Reads HaproxyRouter latency logs in a thread of its own while wrk runs (the
+    controller's event loop would do this), so their cost is in the numbers: the loop's
+    thread and the one its dumps of the ring run in (its default executor)."""
 
     def __init__(self, routers: list[HaproxyRouter]) -> None:
         self.routers = routers
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.idents: list[int] = []  # the loop's thread and its executor's
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(
+            1, initializer=lambda: self.idents.append(threading.get_ident())))
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        self.idents.append(self.thread.ident)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(self._attach(), self.loop).result(30)
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _attach(self) -> None:
         for r in self.routers:
             await r.log.attach()  # type: ignore[union-attr]
-        while not self.stop.is_set():
-            await asyncio.sleep(1.0)  # idle wake-ups of this loop count as the reader's CPU
-        for r in self.routers:
-            r.log.close()  # type: ignore[union-attr]
 
     def lines(self) -> int:
         return sum(r.log.lines for r in self.routers)  # type: ignore[union-attr]
@@ -222,19 +229,26 @@ class LogReader:
         return sum(r.log.counted for r in self.routers)  # type: ignore[union-attr]
 
     def cpu(self) -> float:
-        """CPU seconds the reading thread has used."""
-        return time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident))  # type: ignore[arg-type]
+        """CPU seconds the reading threads have used."""
+        return sum(time.clock_gettime(time.pthread_getcpuclockid(i)) for i in self.idents)
 
     def settle(self) -> None:
-        """Wait until the readers have caught up with what the last run logged, so that their
-        backlog costs that run and not the next one."""
-        last = -1
-        while (now := self.lines()) != last:
-            last = now
-            time.sleep(0.3)
+        """Read what the last run logged now, so that it costs that run and not the next."""
+        async def poll() -> None:
+            for r in self.routers:
+                await r.log.poll()  # type: ignore[union-attr]
+        asyncio.run_coroutine_threadsafe(poll(), self.loop).result(30)
 
     def close(self) -> None:
-        self.stop.set()
+        if not self.thread.is_alive():
+            return
+
+        async def close() -> None:
+            for r in self.routers:
+                r.log.close()  # type: ignore[union-attr]
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
 
@@ -355,7 +369,8 @@ def main() -> None:
         if reader is not None:
             reader.close()
 
-        switches(args, impls, routers, targets, set_a, set_b, procs)
+        if args.switches > 0:  # (0: throughput only)
+            switches(args, impls, routers, targets, set_a, set_b, procs)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:

@@ -73,7 +73,9 @@ FRONTEND = "_front"   # service names start with a letter, so "_" names never cl
 PREVIEW_FRONTEND = "_preview"  # on preview_listen: a held release answers for its service
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
-RING_BYTES = 1 << 20  # ~40k lines: what a reader that falls behind can still catch up on
+# 25-33k lines: what is logged between two dumps of the ring (stats.py: at most 1 s apart,
+# sooner after ~4,000 lines, checked every 0.25 s), a burst at N = 1 included
+RING_BYTES = 1 << 20
 CONNECT_TIMEOUT = 1.0  # seconds; a connect that times out is retried (`retries 3`, redispatched)
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
@@ -284,7 +286,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         f"  maxconn {s.maxconn}",
         f"  nbthread {s.threads}",
         f"  stats socket {s.stats_socket} mode 600 level admin expose-fd listeners",
-        "  stats timeout 10m",  # the latency reader's idle stream reconnects after that
+        "  stats timeout 10m",  # an idle Runtime API connection (cli.py) lasts this long
         f"  hard-stop-after {max(1, round(s.hard_stop_after))}s",
     ]
     if s.latency_log:

@@ -313,7 +313,7 @@ class HaproxyRouter:
 
     async def stats(self) -> dict[str, BackendStats]:
         if self.log is not None:
-            await self.log.attach()
+            await self.log.attach()  # and count every line logged until now
         async with self._lock():
             state = self._load()
             servers = await self._server_counts()
@@ -363,12 +363,12 @@ class HaproxyRouter:
             base.setdefault(host, Counts()).add(c, active=False)
         state["base"] = {h: c.to_dict() for h, c in base.items()}
         self._save(state)  # before the reload: a crash after it must not count twice
+        if self.log is not None:  # the old worker's ring: the next dump is the new one's
+            await self.log.poll()
         await self._settle()
         self._held = None
         self._cli.close()  # the old worker would keep answering on it
         await self._sup().reload()
-        if self.log is not None:  # let the old worker go; read the new one's ring
-            self.log.reconnect()
 
     async def _read_held(self, files: list[Path]) -> converge.Held:
         """What HAProxy holds: every server, and the entries of ``files`` (one round trip)."""

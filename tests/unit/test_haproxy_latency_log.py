@@ -1,0 +1,235 @@
+"""HAProxy's latency log read in dumps of its ring (hinotori.router.haproxy.stats.LatencyLog):
+each line counted once however the dumps overlap, none lost when the ring no longer holds the
+last line taken (a new worker, a ring that wrapped), and a worker that does not answer leaves
+the counts as they were. A small Unix-socket server plays HAProxy's stats socket (the real one
+runs in tests/integration/test_router_haproxy_latency.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hinotori.router.haproxy.stats import (
+    ADAPT_EVERY,
+    DUMP_EVERY,
+    DUMP_LINES,
+    LatencyLog,
+    request_counter,
+)
+
+
+def lines(pid: int, numbers: range, server: str = "v1_a", n: int = 1) -> bytes:
+    return b"".join(b"%d %d %s 3 %d\n" % (pid, i, server.encode(), n) for i in numbers)
+
+
+class FakeStatsSocket:
+    """Answers ``show events <ring>`` with ``self.ring`` as HAProxy does (each line, then an
+    empty one) and ``show info`` with ``pid`` and ``requests`` (CumReq), one command per
+    connection; counts the dumps it served."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ring = b""
+        self.pid = 7
+        self.requests = 0
+        self.dumps = 0
+        self.commands: list[bytes] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                command = b""
+                while not command.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    command += chunk
+                self.commands.append(command)
+                if command.startswith(b"show info"):
+                    conn.sendall(b"Name: HAProxy\nPid: %d\nCumConns: 3\nCumReq: %d\n\n"
+                                 % (self.pid, self.requests))
+                    continue
+                self.dumps += 1
+                conn.sendall(self.ring + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeStatsSocket]:
+    f = FakeStatsSocket(tmp_path / "haproxy.sock")
+    yield f
+    f.close()
+
+
+def test_each_line_is_counted_once_however_the_dumps_overlap() -> None:
+    log = LatencyLog(Path("/nonexistent"), "ring")
+    parsed: list[bytes] = []  # what is parsed: only what follows the last line taken
+    record = log.record
+    log.record = lambda data: (parsed.append(data), record(data))  # type: ignore[method-assign]
+    log.take(lines(7, range(1, 4)) + b"\n")
+    assert (log.lines, log._last) == (3, b"7 3 v1_a 3 1\n")
+    log.take(lines(7, range(1, 4)) + b"\n")  # nothing new
+    log.take(lines(7, range(2, 6)) + b"\n")  # the oldest overwritten, two new
+    assert log.lines == 5
+    assert parsed == [lines(7, range(1, 4)), lines(7, range(4, 6))]
+    log.take(lines(7, range(5, 7)) + b"\n")  # the last line taken is the first one here
+    assert log.lines == 6
+    log.take(b"\n")  # an empty ring (a fresh worker): nothing, and the mark is kept
+    log.take(b"")
+    log.take(lines(7, range(6, 8)) + b"\n")
+    assert log.lines == 7 and sum(log.latency["a"]) == 7
+
+
+def test_a_ring_that_no_longer_holds_the_last_line_is_all_new() -> None:
+    log = LatencyLog(Path("/nonexistent"), "ring")
+    log.take(lines(7, range(1, 11)))
+    log.take(lines(7, range(50, 60)))  # more was logged than the ring holds: lines 11-49 lost
+    assert log.lines == 20
+    log.take(lines(9, range(1, 4), n=5))  # a new worker (a reload) starts with its own ring
+    assert (log.lines, log.counted) == (23, 35)
+    # A line that only looks like the last one taken (a prefix of it) is not taken for it.
+    log.take(b"19 3 v1_a 3 5\n" + lines(9, range(4, 5)))
+    assert log.lines == 25
+
+
+def test_polls_count_what_haproxy_logged_since_the_last_one(fake: FakeStatsSocket) -> None:
+    log = LatencyLog(fake.path, "hinotori-latency")
+
+    async def scenario() -> None:
+        fake.ring = lines(7, range(1, 4))
+        await log.attach()  # what the ring holds: counted before attach returns
+        assert log.lines == 3
+        fake.ring = lines(7, range(2, 9))
+        await log.poll()
+        assert log.lines == 8
+        log.close()
+
+    asyncio.run(scenario())
+    # Dumps of the ring, never a waiting stream (`-w`: HAProxy sent each line on its own).
+    assert set(fake.commands) == {b"show info\n", b"show events hinotori-latency\n"}
+
+
+def test_concurrent_polls_from_other_threads_never_count_a_line_twice(
+        fake: FakeStatsSocket) -> None:
+    log = LatencyLog(fake.path, "ring")
+    fake.ring = lines(7, range(1, 2001))
+
+    def reader() -> None:
+        async def polls() -> None:
+            for _ in range(10):
+                await log.poll()
+        asyncio.run(polls())
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for number in range(2001, 2401):  # lines keep coming while they read
+        fake.ring += lines(7, range(number, number + 1))
+    for t in threads:
+        t.join(30)
+    asyncio.run(log.poll())
+    assert (log.lines, log.counted) == (2400, 2400)
+    assert fake.dumps == 41 and len(fake.commands) == 82
+
+
+def test_a_worker_that_does_not_answer_changes_nothing(tmp_path: Path,
+                                                       fake: FakeStatsSocket) -> None:
+    absent = LatencyLog(tmp_path / "nothing-here.sock", "ring")
+    asyncio.run(absent.poll())  # no HAProxy: no error, nothing counted
+    assert absent.lines == 0
+
+    log = LatencyLog(fake.path, "ring")
+    fake.ring = lines(7, range(1, 4))
+    asyncio.run(log.poll())
+    fake.close()  # HAProxy gone (stopped, or between two workers)
+    asyncio.run(log.poll())
+    assert (log.lines, log._last) == (3, b"7 3 v1_a 3 1\n")
+
+
+def test_the_ring_is_dumped_only_when_lines_may_wait_and_n_follows_haproxy_s_count(
+        fake: FakeStatsSocket) -> None:
+    chosen: list[int] = []
+
+    async def set_sample(n: int) -> None:
+        chosen.append(n)
+
+    log = LatencyLog(fake.path, "ring", max_rate=100, set_sample=set_sample)
+    fake.requests, fake.ring = 5_000_000, lines(7, range(1, 4))  # a long-running worker
+    log._read(dump=False)  # the first reading dumps what the ring holds
+    assert (fake.dumps, log.lines, log.requests) == (1, 3, 0)  # its past is no rate
+    log._read(dump=False)  # no request since: no dump, however long ago the last one was
+    log._dumped -= 10 * DUMP_EVERY
+    log._read(dump=False)
+    assert fake.dumps == 1
+    fake.requests += 10  # a few: dumped once DUMP_EVERY has passed since the last dump
+    log._read(dump=False)
+    assert fake.dumps == 2
+    log._read(dump=False)
+    assert fake.dumps == 2  # and once more DUMP_EVERY later: they may have been in flight
+    log._dumped -= DUMP_EVERY
+    log._read(dump=False)
+    log._dumped -= DUMP_EVERY
+    log._read(dump=False)
+    assert fake.dumps == 3  # then no more
+    log._dumped += DUMP_EVERY
+    fake.requests += 10
+    log._read(dump=False)
+    assert fake.dumps == 3 and log._logged == 10
+    fake.requests += DUMP_LINES  # enough lines to dump at once
+    log._read(dump=False)
+    assert fake.dumps == 4 and log.requests == 20 + DUMP_LINES
+
+    async def rate() -> None:  # N from HAProxy's count, whatever the lines say
+        t = log._window[0] + ADAPT_EVERY
+        await log.adapt(t)  # 4,020 requests in ADAPT_EVERY: 16,080/s
+        fake.requests += 400  # then 1,600/s: 16 wanted, down by half at most
+        log._read(dump=False)
+        await log.adapt(t + ADAPT_EVERY)
+    asyncio.run(rate())
+    assert chosen == [161, 80] and log.lines == 3
+    fake.pid, fake.requests = 8, 2  # a new worker (a reload): its ring is dumped at once
+    fake.ring = lines(8, range(1, 3))
+    log._read(dump=False)
+    assert (fake.dumps, log.lines, log.requests) == (5, 5, 20 + DUMP_LINES + 400 + 2)
+
+
+def test_request_counter_reads_show_info(fake: FakeStatsSocket, tmp_path: Path) -> None:
+    fake.requests = 42
+    assert request_counter(fake.path) == (b"7", 42)
+    (tmp_path / "x").touch()
+    with pytest.raises(OSError):
+        request_counter(tmp_path / "x")  # not a socket
+
+
+def test_a_dump_that_failed_is_due_again(fake: FakeStatsSocket) -> None:
+    log = LatencyLog(fake.path, "ring")
+    fake.ring = lines(7, range(1, 4))
+    real = log.take
+
+    def broken(data: bytes) -> None:
+        raise OSError("cut mid-dump")
+    log.take = broken  # type: ignore[method-assign]
+    asyncio.run(log.poll())  # the first reading's dump fails: nothing counted, no error
+    log.take = real  # type: ignore[method-assign]
+    assert log.lines == 0
+    log._read(dump=False)  # no request since, yet the next reading dumps (none succeeded)
+    assert log.lines == 3
