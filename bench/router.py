@@ -355,7 +355,8 @@ def main() -> None:
         if reader is not None:
             reader.close()
 
-        switches(args, impls, routers, targets, set_a, set_b, procs)
+        if args.switches > 0:  # --switches 0: throughput only
+            switches(args, impls, routers, targets, set_a, set_b, procs)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
