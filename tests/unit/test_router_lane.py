@@ -211,10 +211,26 @@ def switch_in_flight(p: Proxy) -> list[object]:
             step(p, lambda: p.protocol.data_received(REQ))]  # answered by the router
 
 
+def responses_alike_and_not(p: Proxy) -> list[object]:
+    """A connection remembers its last plain response (bytes, head): the same bytes again, the
+    same head with another body, another head, Node's keep-alive lines, a big body, one the
+    parser must read, all relayed as they came."""
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+    node = (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+            b"Content-Length: 2\r\n\r\nhi")
+    lost = OK.replace(b"200 OK", b"404 NO")  # another head, the same size
+    out = warm(p)
+    for response in (OK, OK[:-2] + b"ho", OK, lost, OK, node, node.replace(b"=5", b"=6"),
+                     node, OK.replace(b"text/plain", b"text/htmlx"), big, big[:-1] + b"y",
+                     CHUNKED, OK, OK):
+        out += [step(p, p.send), step(p, lambda r=response: p.answer(r))]
+    return out
+
+
 SCENARIOS = [pipelined, client_eof, client_lost, response_in_two_reads, chunked_response,
              error_response, backend_closed_unanswered, backend_broken, worker_stops,
              client_slow_to_read, backend_slow_to_read, backend_times_out,
-             backend_slow_to_answer, switch_in_flight]
+             backend_slow_to_answer, switch_in_flight, responses_alike_and_not]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])

@@ -145,10 +145,9 @@ class ClientProtocol(asyncio.Protocol):
                 target = route.turn()  # type: ignore[misc]
                 idle = target.pool.idle
                 if idle:
-                    conn = idle[-1]
+                    conn = idle.pop()
                     now = perf_counter()
                     if now - conn.idle_since <= MAX_IDLE and not conn.closed:
-                        idle.pop()
                         self.lane = False
                         self.up = conn
                         conn.client = self
@@ -157,6 +156,7 @@ class ClientProtocol(asyncio.Protocol):
                         target.counters.active += 1
                         conn.transport.write(self.plain_head)  # type: ignore[union-attr]
                         return
+                    idle.append(conn)  # Pool.checkout drops it, and any older ones
                 # A new connection, or stale ones to drop first: an exchange's work.
                 lane.serve(self, self.plain, self.plain_head,  # type: ignore[arg-type]
                            route, target)

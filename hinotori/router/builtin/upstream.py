@@ -40,13 +40,14 @@ if TYPE_CHECKING:
 
 MAX_IDLE = 1.5            # seconds a pooled connection may sit unused (below gunicorn's 2 s)
 MAX_IDLE_PER_POOL = 512   # idle connections kept per backend address
+_SMALL = 4096             # a plain response this long or shorter is remembered whole
 
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "client", "closed", "eof_body", "exchange", "got_bytes", "has_length", "head_done",
-        "hop", "idle_since", "interim", "last_active", "parser", "pieces", "pool", "read_paused",
-        "reason", "reused", "seen", "skip_body", "transport",
+        "hop", "idle_since", "interim", "last", "last_active", "parser", "pieces", "pool",
+        "read_paused", "reason", "reused", "seen", "skip_body", "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -55,7 +56,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.client: ClientProtocol | None = None  # carrying its request in the fast lane
-        self.seen: tuple[bytes, int, int, bytes | None] | None = None  # last whole.known()
+        # The fast lane's last plain response: what whole.known() said of it, and its bytes
+        # when small (a backend often sends the very same bytes again).
+        self.seen: tuple[bytes, int, int, bytes | None] | None = None
+        self.last = b""
         self.closed = False
         self.idle_since = 0.0
         self.last_active = 0.0     # coarse clock; read by the worker's timeout sweep
@@ -107,15 +111,17 @@ class UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is not None:  # the fast lane's request (lane.py)
-            seen = self.seen  # a response with the head and size of the last one is as plain
-            if seen is None or len(data) != seen[1] or not data.startswith(seen[0]):
-                seen = whole.known(data)
+            seen = self.seen
+            if data != self.last:  # else the very bytes of the last response
+                # A response with the head and size of the last one is as plain.
+                if seen is None or len(data) != seen[1] or not data.startswith(seen[0]):
+                    seen = self.seen = whole.known(data)
+                self.last = data if seen is not None and seen[1] <= _SMALL else b""
             if seen is None:
                 ex = client.promote()  # the parser's: an exchange takes over
                 self.last_active = ex.worker.clock
                 self.got_bytes = True
             else:
-                self.seen = seen
                 head, _, status, lean = seen
                 if lean is not None:
                     data = lean + data[len(head):]
