@@ -1,6 +1,8 @@
 """Client connections: parse requests with httptools and serve them one at a time, in order.
 
-Every parsed request becomes an ``Exchange`` queued on its connection; the head of the queue is
+A plain request the connection sent before, arriving whole while nothing else is going on, goes
+straight out in the fast lane (lane.py). Every other request is parsed (or recognised whole,
+whole.py) and becomes an ``Exchange`` queued on its connection; the head of the queue is
 the one being proxied. Queuing (instead of proxying straight from the parser callbacks) gives
 pipelining for free and lets a request's head and the body bytes that came in the same read
 leave in one write: exchanges start, and pending request bytes are flushed, only after

@@ -1,9 +1,10 @@
 """One proxied request: pick a backend, get a connection, forward, retry, relay the response.
 
-Life of an exchange: ``prepare()`` (or ``whole``) builds the upstream head, the first pending
-chunk; ``begin()`` (its turn on the client connection) matches the live table and picks a
-backend, pooled connection or new; ``_attach()`` writes the pending request bytes;
-``on_response_*`` relay the response (``whole.relay``: a plain one as it came); ``complete()``.
+Most plain requests never make one (lane.py, which hands over what it cannot finish). Life:
+``prepare()`` (or ``whole``) builds the upstream head, the first pending chunk; ``begin()`` (its
+turn on the client connection) matches the live table and picks a backend, pooled connection
+or new; ``_attach()`` writes the pending request bytes; ``on_response_*`` relay the response
+(``whole.relay``: a plain one as it came); ``complete()``.
 
 Request bytes (head and body, already framed for the backend) wait in ``pending`` for a
 connection, and for retryable requests also in ``replay`` up to ``REPLAY_LIMIT``. When may a

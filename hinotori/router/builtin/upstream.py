@@ -2,7 +2,10 @@
 
 An ``UpstreamProtocol`` is either idle in its ``Pool`` or bound to exactly one ``Exchange``
 (one proxied request). It parses the response with httptools and hands head, body pieces and
-completion to the exchange; the exchange decides what reaches the client.
+completion to the exchange; the exchange decides what reaches the client. Or it carries a
+request of the fast lane (``client``, lane.py): then a whole plain response (the very bytes of
+the last one, or the same head and size, or one ``whole.known`` recognises) is relayed, counted
+and the connection pooled right here; anything else hands the request to an exchange first.
 
 Why the pool is careful:
 
@@ -268,7 +271,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections to one backend address, most recently used first."""
+    """Idle keep-alive connections to one backend address, most recently used first (their
+    ``idle_since`` on ``time.perf_counter``: the lane's one clock read per request end)."""
 
     __slots__ = ("address", "conns", "idle", "loop", "retired")
 

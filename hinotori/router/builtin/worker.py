@@ -7,8 +7,9 @@ request.
 
 A one-second sweep keeps timing off the hot path: it advances the clock, answers 408 to clients
 whose request head is not whole within ``request_timeout``, closes client connections idle past
-``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past ``BACKEND_TIMEOUT``, and closes
-pooled connections idle too long. No per-request timers.
+``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past ``BACKEND_TIMEOUT`` (a request in
+the fast lane too), closes pooled connections idle too long, and counts the 2xx latencies the
+hot path only appended (``Counters.fold``; a stats read counts them too). No per-request timers.
 
 Life cycle: load the last table from the table file (a restarted worker serves what it served
 before), bind the listener (SO_REUSEPORT; see ``listener``), then the control socket, which is the
