@@ -64,6 +64,7 @@ def both_ways(tmp: Path, monkeypatch: pytest.MonkeyPatch, request: bytes,
         if path == "parser":
             monkeypatch.setattr(whole, "request", lambda data: None)
             monkeypatch.setattr(whole, "response", lambda data: None)
+            monkeypatch.setattr(whole, "known", lambda data: None)
         (tmp / path).mkdir(parents=True)
         proxy = Proxy(tmp / path, route)
         try:
@@ -142,6 +143,7 @@ def test_one_connection_s_requests_in_turn_are_the_same_both_ways(
         if path == "parser":
             monkeypatch.setattr(whole, "request", lambda data: None)
             monkeypatch.setattr(whole, "response", lambda data: None)
+            monkeypatch.setattr(whole, "known", lambda data: None)
         (tmp_path / path).mkdir()
         proxy = Proxy(tmp_path / path, ServiceRoute(service="web", backends=(
             Backend("a", "127.0.0.1:9", 1),)))
@@ -278,7 +280,7 @@ def test_the_latency_table_is_bisect_s_answer() -> None:
     from bisect import bisect_left
 
     from hinotori.model import LATENCY_BUCKETS_MS
-    from hinotori.router.builtin.exchange import BUCKET_BY_MS
+    from hinotori.router.builtin.table import BUCKET_BY_MS
     for tenths in range(0, 10_000):
         ms = tenths / 10 + 0.01 * (tenths % 3)
         whole_ms = int(ms)
@@ -288,17 +290,24 @@ def test_the_latency_table_is_bisect_s_answer() -> None:
 @pytest.mark.parametrize(("latency_ms", "status"), [
     (0.0, 200), (0.4, 200), (1.0, 200), (1.5, 201), (7.0, 200), (999.9, 200), (1500.0, 200),
     (0.3, 404), (2.0, 503)])
+@pytest.mark.parametrize("path", ["whole", "parser"])
 def test_counters_are_what_observe_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          latency_ms: float, status: int) -> None:
-    from hinotori.router.builtin import exchange
+                                          latency_ms: float, status: int, path: str) -> None:
+    from hinotori.router.builtin import downstream, exchange, upstream
     from hinotori.router.builtin.table import Counters
-    clock = iter([100.0, 100.0 + latency_ms / 1000])
-    monkeypatch.setattr(exchange, "perf_counter", lambda: next(clock))
+    now = [100.0]
+    for module in (downstream, exchange, upstream):
+        monkeypatch.setattr(module, "perf_counter", lambda: now[0])
+    if path == "parser":
+        monkeypatch.setattr(whole, "known", lambda data: None)
+        monkeypatch.setattr(whole, "response", lambda data: None)
     proxy = Proxy(tmp_path, ServiceRoute(service="web", backends=(
         Backend("a", "127.0.0.1:9", 1),)))
     try:
-        proxy.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                       [b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status])
+        proxy.protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        now[0] = 100.0 + latency_ms / 1000
+        (conn,) = proxy.conns.values()
+        conn.data_received(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status)
         expected = Counters()
         expected.observe(status, ((100.0 + latency_ms / 1000) - 100.0) * 1000.0)
         got = proxy.worker.stats()["a"]

@@ -11,8 +11,8 @@ Two halves, in different processes::
       worker open                                 pools, counters, 1 s sweep, drain
                                                          |
                      clients --> ClientProtocol (downstream.py) --> Exchange (exchange.py)
-                                                         --> UpstreamProtocol + Pool (upstream.py)
-                                                         --> backends
+                                 |    (the fast lane, lane.py)  --> UpstreamProtocol + Pool
+                                 +-----------------------------------> (upstream.py) --> backends
 
 Modules, one job each:
 
@@ -23,6 +23,9 @@ Modules, one job each:
     table.py       routing table compiled for the hot path; matching; weighted picks; counters
     downstream.py  client connections: request parsing (httptools), ordering, flow control
     exchange.py    one proxied request: backend choice, connect, safe retries, relaying
+    lane.py        the fast lane: a repeated plain request with no Exchange, handed to one
+                   the moment anything else happens
+    whole.py       whole plain requests and responses recognised without the parser
     upstream.py    backend connections: response parsing; keep-alive pool per address
     http1.py       HTTP/1.1 pieces: hop-by-hop filtering, heads, chunks, canned responses
     prepared.py    routes compiled ahead of their switch, by the controller's route ids
@@ -35,6 +38,9 @@ Why it is built this way:
 * Speed: asyncio Protocols with httptools callbacks, no coroutine per request; request and
   response bytes are batched per read into one write; routing is one dict lookup and an index
   increment; counters are plain attributes; timeouts come from a one-second sweep, not timers.
+  The common case (a client asking the same plain head again, a whole plain response) takes
+  the fast lane: two Python calls per request, its route remembered per connection and live
+  table, its 2xx latencies counted in a batch (~14k instructions per request, was 41k).
 * Switches: a table is compiled once, then swapped by one reference assignment, so each request
   sees one whole table, and a keep-alive client's next request already uses the new one. Pools
   of backends that left the table are retired: idle connections close, busy ones finish (drain).

@@ -1,6 +1,8 @@
 """Client connections: parse requests with httptools and serve them one at a time, in order.
 
-Every parsed request becomes an ``Exchange`` queued on its connection; the head of the queue is
+A plain request the connection sent before, arriving whole while nothing else is going on, goes
+straight out in the fast lane (lane.py). Every other request is parsed (or recognised whole,
+whole.py) and becomes an ``Exchange`` queued on its connection; the head of the queue is
 the one being proxied. Queuing (instead of proxying straight from the parser callbacks) gives
 pipelining for free and lets a request's head and the body bytes that came in the same read
 leave in one write: exchanges start, and pending request bytes are flushed, only after
@@ -26,20 +28,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from hinotori.router.builtin import http1, whole
-from hinotori.router.builtin.exchange import REPLAY_LIMIT, Exchange
+from hinotori.router.builtin import http1, lane, whole
+from hinotori.router.builtin.exchange import Exchange
+from hinotori.router.builtin.upstream import MAX_IDLE
 
 if TYPE_CHECKING:
+    from hinotori.router.builtin.table import CompiledRoute, CompiledTable, Target
+    from hinotori.router.builtin.upstream import UpstreamProtocol
     from hinotori.router.builtin.worker import Worker
 
 log = logging.getLogger("hinotori.router")
 
 MAX_HEAD_SIZE = 64 * 1024  # request line + headers
 _NO_VERSION = ("0.0", "0.9")  # what httptools reports for a request line without a version
+_UNRESOLVED: object = object()  # plain_table before lane.resolve ran (the live one may be None)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -51,9 +58,9 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "blocked", "closing", "current", "eof", "forwarded", "head_since", "head_size", "in_feed",
-        "in_head", "last_active", "last_head", "last_plain", "parser", "parsing", "peer",
-        "preview", "progress", "queue", "refused", "transport", "unparsed", "worker",
-        "write_paused",
+        "in_head", "lane", "last_active", "metrics", "parser", "parsing", "peer", "plain",
+        "plain_head", "plain_key", "plain_route", "plain_table", "preview", "progress", "queue",
+        "refused", "started", "target", "transport", "unparsed", "up", "worker", "write_paused",
     )
 
     def __init__(self, worker: Worker, preview: bool = False) -> None:
@@ -78,8 +85,19 @@ class ClientProtocol(asyncio.Protocol):
         self.unparsed = 0                      # bytes read since the parser last called back
         self.refused: tuple[int, str] | None = None  # answer owed after the queued requests
         self.forwarded = b""                   # X-Forwarded-For and -Proto for this client
-        self.last_head = b""                   # the last plain request, and what it made
-        self.last_plain: tuple[whole.Plain, bytes] | None = None
+        # The fast lane (lane.py). The last plain request (its bytes, what they say, the head
+        # for the backend), its route in the live table (None: not the lane's) and, while it
+        # is out, the backend connection carrying it (``up``), its backend and start.
+        self.lane = False  # idle as a request in the fast lane left it (data_received)
+        self.metrics = worker.metrics
+        self.plain_key = b""
+        self.plain: whole.Plain | None = None
+        self.plain_head = b""
+        self.plain_table: CompiledTable | object | None = _UNRESOLVED
+        self.plain_route: CompiledRoute | None = None
+        self.up: UpstreamProtocol | None = None
+        self.target: Target | None = None
+        self.started = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -94,6 +112,9 @@ class ClientProtocol(asyncio.Protocol):
             self.closing = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lane = False
+        if self.up is not None:
+            self.promote()
         self.worker.clients.discard(self)
         self.queue.clear()
         # The parser and this protocol refer to each other: drop the parser now, with the
@@ -106,24 +127,50 @@ class ClientProtocol(asyncio.Protocol):
             ex.abort()
 
     def data_received(self, data: bytes) -> None:
-        clock = self.last_active = self.worker.clock
-        if self.parsing is None:
-            if (self.current is None and not self.queue and not self.unparsed
-                    and data[-4:] == b"\r\n\r\n" and len(data) <= MAX_HEAD_SIZE
-                    and self.refused is None and not self.closing):
-                # One whole plain request and nothing else, the parser idle: no callbacks.
-                if data == self.last_head:  # a client asks the same again and again
-                    plain, head = self.last_plain  # type: ignore[misc]
-                elif (plain := whole.request(data)) is not None:
-                    head = whole.upstream_head(plain, data, self.forwarded,
-                                               self.worker.listen_bytes)
-                    if len(data) <= whole.SEEN_HEAD_MAX:  # kept per connection: short ones
-                        self.last_head, self.last_plain = data, (plain, head)
-                if plain is not None:
-                    self._serve_plain(plain, head)
+        worker = self.worker
+        if self.lane or (self.up is None and self.current is None and self.parsing is None
+                         and not self.queue and not self.unparsed and self.refused is None
+                         and not self.closing and not self.write_paused):
+            # Between requests, the parser idle (``lane``: as the fast lane's last request left
+            # it, which nothing changed since): a whole plain request needs no parser.
+            if data == self.plain_key or (known := self._remember(data)) == 1:
+                self.last_active = worker.clock
+                self.head_since = 0.0
+                if self.plain_table is not worker.table:
+                    lane.resolve(self)
+                route = self.plain_route
+                if route is None:
+                    lane.serve(self, self.plain, self.plain_head,  # type: ignore[arg-type]
+                               None, None)
                     return
-            if not self.head_since:
-                self.head_since = clock  # the first byte after a keep-alive wait
+                # The fast lane: CompiledRoute.pick and Pool.checkout, inline.
+                target = route.turn()  # type: ignore[misc]
+                idle = target.pool.idle
+                if idle:
+                    conn = idle.pop()
+                    now = perf_counter()
+                    if now - conn.idle_since <= MAX_IDLE and not conn.closed:
+                        self.lane = False
+                        self.up = conn
+                        conn.client = self
+                        self.target = target
+                        self.started = now
+                        target.counters.active += 1
+                        conn.transport.write(self.plain_head)  # type: ignore[union-attr]
+                        return
+                    idle.append(conn)  # Pool.checkout drops it, and any older ones
+                # A new connection, or stale ones to drop first: an exchange's work.
+                lane.serve(self, self.plain, self.plain_head,  # type: ignore[arg-type]
+                           route, target)
+                return
+            if known:
+                return  # served (a long head)
+        elif self.up is not None:
+            self.promote()  # bytes behind a request in the lane: an exchange takes over
+        self.lane = False
+        clock = self.last_active = worker.clock
+        if self.parsing is None and not self.head_since:
+            self.head_since = clock  # the first byte after a keep-alive wait
         self.in_feed = True
         self.progress = False
         refusal: tuple[int, str] | None = None
@@ -167,6 +214,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.block_reading(self.BLOCK_PIPELINE)
 
     def eof_received(self) -> bool:
+        self.lane = False
+        if self.up is not None:
+            self.promote()
         self.eof = True
         ex = self.current
         if ex is None and not self.queue:
@@ -178,12 +228,17 @@ class ClientProtocol(asyncio.Protocol):
         return True  # half-close: write the responses still owed, then close
 
     def pause_writing(self) -> None:
+        self.lane = False
+        if self.up is not None:
+            self.promote()
         self.write_paused = True
         ex = self.current
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.up is not None:
+            self.promote()
         self.write_paused = False
         ex = self.current
         if ex is not None and ex.upstream is not None:
@@ -262,16 +317,27 @@ class ClientProtocol(asyncio.Protocol):
             self.unblock_reading(self.BLOCK_PIPELINE)
         ex.begin()
 
-    def _serve_plain(self, plain: whole.Plain, head: bytes) -> None:
-        ex = self.current = Exchange(self)
-        ex.method, ex.url, ex.path, ex.host, ex.cookie, ex.accept, ex.release_hint, _ = plain
-        ex.pending.append(head)
-        ex.pending_size = ex.replay_size = len(head)
-        if len(head) <= REPLAY_LIMIT:  # every method that qualifies is idempotent
-            ex.replay = [head]
-        ex.request_complete = True
-        self.head_since = 0.0
-        ex.begin()
+    def _remember(self, data: bytes) -> int:
+        """Is ``data`` one whole plain request? 0: no (the parser's); 1: yes, and now this
+        connection's plain request (``plain_key``...); 2: yes, a long one, served now."""
+        if data[-4:] != b"\r\n\r\n" or len(data) > MAX_HEAD_SIZE:
+            return 0
+        plain = whole.request(data)
+        if plain is None:
+            return 0
+        head = whole.upstream_head(plain, data, self.forwarded, self.worker.listen_bytes)
+        if len(data) > whole.SEEN_HEAD_MAX:  # kept per connection: short ones only
+            self.last_active = self.worker.clock
+            self.head_since = 0.0
+            lane.serve(self, plain, head, None, None)
+            return 2
+        self.plain_key, self.plain, self.plain_head = data, plain, head
+        self.plain_table = _UNRESOLVED
+        return 1
+
+    def promote(self) -> Exchange:
+        """The request in the fast lane goes on as an exchange (see lane.py)."""
+        return lane.promote(self)
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:
         if self.current is not ex:
@@ -307,6 +373,7 @@ class ClientProtocol(asyncio.Protocol):
     def _refuse(self, status: int, text: str) -> bool:
         """Bad bytes from the client: answer ``status`` and close. Requests parsed whole before
         them are answered first (reading stops meanwhile). True if the connection closed now."""
+        self.lane = False
         bad = self.parsing  # the message the bad bytes belong to, if one had begun
         self.parsing = None
         self.in_head = False
@@ -339,7 +406,8 @@ class ClientProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: close now if idle, else after the response in progress."""
         self.closing = True
-        if self.current is None and self.parsing is None and not self.queue:
+        self.lane = False
+        if self.current is None and self.parsing is None and not self.queue and self.up is None:
             self.transport.close()  # type: ignore[union-attr]
 
     def idle_for(self, now: float) -> float:
@@ -347,6 +415,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         """Idle timeout: close quietly if between requests, abort a stalled request."""
+        self.lane = False
         if self.current is None:
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
@@ -355,5 +424,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closing = True
+        self.lane = False
         if self.transport is not None:
             self.transport.abort()

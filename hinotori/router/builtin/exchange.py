@@ -1,9 +1,10 @@
 """One proxied request: pick a backend, get a connection, forward, retry, relay the response.
 
-Life of an exchange: ``prepare()`` (or ``whole``) builds the upstream head, the first pending
-chunk; ``begin()`` (its turn on the client connection) matches the live table and picks a
-backend, pooled connection or new; ``_attach()`` writes the pending request bytes;
-``on_response_*`` relay the response (``whole.relay``: a plain one as it came); ``complete()``.
+Most plain requests never make one (lane.py, which hands over what it cannot finish). Life:
+``prepare()`` (or ``whole``) builds the upstream head, the first pending chunk; ``begin()`` (its
+turn on the client connection) matches the live table and picks a backend, pooled connection
+or new; ``_attach()`` writes the pending request bytes; ``on_response_*`` relay the response
+(``whole.relay``: a plain one as it came); ``complete()``.
 
 Request bytes (head and body, already framed for the backend) wait in ``pending`` for a
 connection, and for retryable requests also in ``replay`` up to ``REPLAY_LIMIT``. When may a
@@ -23,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from hinotori.model import LATENCY_BUCKETS_MS
 from hinotori.router.builtin import http1
 from hinotori.router.builtin.upstream import UpstreamProtocol
 
@@ -44,8 +43,6 @@ MAX_ATTEMPTS = 3
 REPLAY_LIMIT = 64 * 1024     # request bytes kept for a re-send
 PENDING_LIMIT = 256 * 1024   # request bytes buffered before we stop reading the client
 _NONE_TRIED: frozenset[str] = frozenset()
-_TABLE_MS = 1000  # latency bucket by whole ms rounded up (the bounds are whole): a lookup
-BUCKET_BY_MS = [bisect_left(LATENCY_BUCKETS_MS, ms) for ms in range(_TABLE_MS + 1)]
 CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, then go elsewhere
 
 
@@ -196,6 +193,13 @@ class Exchange:
             self.client.transport.write(http1.CONTINUE_100)  # type: ignore[union-attr]
         self._send_to(target)
 
+    def go(self, route: CompiledRoute, target: Target) -> None:
+        """``begin`` for a plain request whose route (no release to select, no maintenance)
+        and backend the fast lane picked already (lane.serve)."""
+        self.route = route
+        self.started = perf_counter()
+        self._send_to(target)
+
     def _retry(self) -> None:
         """Send again, elsewhere if possible; or give up with 502."""
         compiled = self.worker.table
@@ -337,15 +341,10 @@ class Exchange:
         if client.blocked:
             client.unblock_reading(client.BLOCK_UPSTREAM)
         if self.worker.metrics:
-            ms = (perf_counter() - self.started) * 1000.0
-            whole_ms = int(ms)
-            if whole_ms < _TABLE_MS and self.status < 300:  # counters.observe, inline
-                counters.requests += 1
-                counters.statuses[0] += 1
-                counters.latency[BUCKET_BY_MS[whole_ms + (whole_ms < ms)]] += 1
-                counters.latency_sum_ms += ms
+            if self.status < 300:  # counted in a batch (Counters.fold)
+                counters.ok_ms.append((perf_counter() - self.started) * 1000.0)
             else:
-                counters.observe(self.status, ms)
+                counters.observe(self.status, (perf_counter() - self.started) * 1000.0)
         else:
             counters.requests += 1
         if keep_alive and self.request_complete and not conn.closed:

@@ -19,16 +19,20 @@ A ``RoutingTable`` (the wire/model form) is compiled into a ``CompiledTable``:
   preview listener do.
 
 The worker swaps the whole ``CompiledTable`` reference on ``apply``; nothing in it is mutated
-afterwards except the schedule cursor and the counters.
+afterwards except the schedule's turn and the counters.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add
 from typing import TYPE_CHECKING
 
 from hinotori.model import LATENCY_BUCKETS_MS, RoutingTable, ServiceRoute
@@ -43,13 +47,21 @@ _MAX_SCHEDULE = 10_000  # beyond this many slots, fall back to weighted random p
 
 
 _STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+_TABLE_MS = 1000  # latency bucket by whole ms rounded up (the bounds are whole): a lookup
+BUCKET_BY_MS = [bisect.bisect_left(LATENCY_BUCKETS_MS, ms) for ms in range(_TABLE_MS + 1)]
 
 
 class Counters:
     """Per-backend counters (the wire form of ``model.BackendStats``); plain attributes and
-    lists because the hot path bumps them per request."""
+    lists because the hot path bumps them per request.
 
-    __slots__ = ("active", "errors", "latency", "latency_sum_ms", "requests", "statuses")
+    A 2xx answer's latency is only appended to ``ok_ms`` (one C call per request); ``fold``
+    counts the batch (requests, status class, bucket, sum) at the next read (``to_dict``), the
+    worker's one-second sweep (which bounds the list) or any other answer (``observe``, so the
+    sum is added in arrival order): the same figures as counting each answer as it came."""
+
+    __slots__ = ("active", "errors", "latency", "latency_sum_ms", "ok_ms", "requests",
+                 "statuses")
 
     def __init__(self) -> None:
         self.active = 0      # requests in flight to the backend now
@@ -58,15 +70,35 @@ class Counters:
         self.statuses = [0, 0, 0, 0]  # 2xx, 3xx, 4xx, 5xx (1xx counts as 2xx)
         self.latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # ms buckets + overflow
         self.latency_sum_ms = 0.0
+        self.ok_ms: list[float] = []  # latencies of 2xx answers not counted yet
 
     def observe(self, status: int, latency_ms: float) -> None:
+        if self.ok_ms:
+            self.fold()
         self.requests += 1
         cls = status // 100 - 2
         self.statuses[0 if cls < 0 else 3 if cls > 3 else cls] += 1
         self.latency[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
         self.latency_sum_ms += latency_ms
 
+    def fold(self) -> None:
+        """Count the 2xx answers in ``ok_ms`` as ``observe`` would have, one by one."""
+        batch = self.ok_ms
+        if not batch:
+            return
+        self.ok_ms = []
+        self.requests += len(batch)
+        self.statuses[0] += len(batch)
+        latency = self.latency
+        # Whole bucket bounds: a latency's bucket is its ceiling's (math.ceil and Counter in C).
+        for ceiling, n in Counter(map(math.ceil, batch)).items():
+            latency[BUCKET_BY_MS[ceiling] if ceiling <= _TABLE_MS
+                    else bisect.bisect_left(LATENCY_BUCKETS_MS, ceiling)] += n
+        # One addition after the other, in order (sum() may compensate: other last bits).
+        self.latency_sum_ms = reduce(add, batch, self.latency_sum_ms)
+
     def to_dict(self) -> dict[str, object]:
+        self.fold()
         return {"active": self.active, "requests": self.requests, "errors": self.errors,
                 "statuses": dict(zip(_STATUS_CLASSES, self.statuses, strict=True)),
                 "latency": list(self.latency), "latency_sum_ms": round(self.latency_sum_ms, 3)}
@@ -90,7 +122,8 @@ class CompiledRoute:
     prefix: bytes
     targets: tuple[Target, ...]           # weight > 0 only
     schedule: list[Target] = field(default_factory=list)
-    cursor: int = 0
+    # The schedule's next backend, round and round (one C call; each worker starts elsewhere).
+    turn: Callable[[], Target] | None = None
     # Release selection (canary/sticky); ``by_release`` holds every backend, weight 0 included.
     by_release: dict[int, tuple[Target, ...]] = field(default_factory=dict)
     canary: int | None = None
@@ -144,11 +177,8 @@ class CompiledRoute:
 
     def pick(self) -> Target | None:
         """The next backend by weight, or None when the route has none."""
-        schedule = self.schedule
-        if schedule:
-            i = self.cursor
-            self.cursor = i + 1 if i + 1 < len(schedule) else 0
-            return schedule[i]
+        if self.turn is not None:
+            return self.turn()
         return self.pick_other(())
 
     def pick_other(self, exclude: set[str] | tuple[()]) -> Target | None:
@@ -269,9 +299,11 @@ def compile_route(route: ServiceRoute, pools: dict[str, Pool], pool_for: Callabl
                                                          {route.preview}) > 1,
                              cookie=b"hinotori-" + route.service.encode(),
                              maintenance=_maintenance(route))
-    if compiled.schedule:
+    schedule = compiled.schedule
+    if schedule:
         # Start each worker at a different point so workers do not move in lockstep.
-        compiled.cursor = random.randrange(len(compiled.schedule))
+        start = random.randrange(len(schedule))
+        compiled.turn = itertools.cycle(schedule[start:] + schedule[:start]).__next__
     return compiled
 
 

@@ -2,7 +2,10 @@
 
 An ``UpstreamProtocol`` is either idle in its ``Pool`` or bound to exactly one ``Exchange``
 (one proxied request). It parses the response with httptools and hands head, body pieces and
-completion to the exchange; the exchange decides what reaches the client.
+completion to the exchange; the exchange decides what reaches the client. Or it carries a
+request of the fast lane (``client``, lane.py): then a whole plain response (the very bytes of
+the last one, or the same head and size, or one ``whole.known`` recognises) is relayed, counted
+and the connection pooled right here; anything else hands the request to an exchange first.
 
 Why the pool is careful:
 
@@ -26,6 +29,7 @@ message ends with its head and the connection gets a fresh parser.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
@@ -34,17 +38,19 @@ from hinotori.router.builtin import whole
 from hinotori.router.builtin.http1 import HOP_BY_HOP, chunk, finish_response_head
 
 if TYPE_CHECKING:
+    from hinotori.router.builtin.downstream import ClientProtocol
     from hinotori.router.builtin.exchange import Exchange
 
 MAX_IDLE = 1.5            # seconds a pooled connection may sit unused (below gunicorn's 2 s)
 MAX_IDLE_PER_POOL = 512   # idle connections kept per backend address
+_SMALL = 4096             # a plain response this long or shorter is remembered whole
 
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
-        "closed", "eof_body", "exchange", "got_bytes", "has_length", "head_done", "hop",
-        "idle_since", "interim", "last_active", "parser", "pieces", "pool", "read_paused",
-        "reason", "reused", "skip_body", "transport",
+        "client", "closed", "eof_body", "exchange", "got_bytes", "has_length", "head_done",
+        "hop", "idle_since", "interim", "last", "last_active", "parser", "pieces", "pool",
+        "read_paused", "reason", "reused", "seen", "skip_body", "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -52,6 +58,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.exchange: Exchange | None = None
+        self.client: ClientProtocol | None = None  # carrying its request in the fast lane
+        # The fast lane's last plain response: what whole.known() said of it, and its bytes
+        # when small (a backend often sends the very same bytes again).
+        self.seen: tuple[bytes, int, int, bytes | None] | None = None
+        self.last = b""
         self.closed = False
         self.idle_since = 0.0
         self.last_active = 0.0     # coarse clock; read by the worker's timeout sweep
@@ -101,18 +112,64 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None:
-            # Bytes on an idle connection: the backend is confused; never reuse it.
-            self.close()
-            return
-        self.last_active = ex.worker.clock
-        if not self.got_bytes:
-            self.got_bytes = True
-            # The parser is idle (nothing read since bind): a whole plain response skips it.
-            if ex.method != b"HEAD" and (found := whole.response(data)) is not None:
-                whole.relay(ex, self, found[0], found[2], found[1])
+        client = self.client
+        if client is not None:  # the fast lane's request (lane.py)
+            seen = self.seen
+            if data != self.last:  # else the very bytes of the last response
+                # A response with the head and size of the last one is as plain.
+                if seen is None or len(data) != seen[1] or not data.startswith(seen[0]):
+                    seen = self.seen = whole.known(data)
+                self.last = data if seen is not None and seen[1] <= _SMALL else b""
+            if seen is None:
+                ex = client.promote()  # the parser's: an exchange takes over
+                self.last_active = ex.worker.clock
+                self.got_bytes = True
+            else:
+                head, _, status, lean = seen
+                if lean is not None:
+                    data = lean + data[len(head):]
+                # Exchange.complete, whole.relay and ClientProtocol.exchange_done, inline.
+                closing = client.closing
+                if closing:  # the worker is stopping
+                    data = whole.closing(data, len(head if lean is None else lean))
+                client.transport.write(data)  # type: ignore[union-attr]
+                self.client = None
+                client.up = None
+                now = perf_counter()
+                counters = client.target.counters  # type: ignore[union-attr]
+                counters.active -= 1
+                if not client.metrics:
+                    counters.requests += 1
+                elif status < 300:  # counted in a batch (Counters.fold)
+                    counters.ok_ms.append((now - client.started) * 1000.0)
+                else:
+                    counters.observe(status, (now - client.started) * 1000.0)
+                pool = self.pool
+                idle = pool.idle
+                if pool.retired or self.closed or len(idle) >= MAX_IDLE_PER_POOL:
+                    self.close()
+                else:  # Pool.checkin, inline
+                    self.idle_since = now
+                    idle.append(self)
+                client.last_active = client.worker.clock
+                if closing:
+                    client.transport.close()  # type: ignore[union-attr]
+                else:
+                    client.lane = True
                 return
+        else:
+            ex = self.exchange
+            if ex is None:
+                # Bytes on an idle connection: the backend is confused; never reuse it.
+                self.close()
+                return
+            self.last_active = ex.worker.clock
+            if not self.got_bytes:
+                self.got_bytes = True
+                # The parser is idle (nothing read since bind): a whole plain response skips it.
+                if ex.method != b"HEAD" and (found := whole.response(data)) is not None:
+                    whole.relay(ex, self, found[0], found[2], found[1])
+                    return
         try:
             self.parser.feed_data(data)
         except HttpParserError as exc:
@@ -132,6 +189,8 @@ class UpstreamProtocol(asyncio.Protocol):
         return False  # let the transport close; connection_lost does the rest
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client.promote()
         self.closed = True
         self.pool.conns.discard(self)
         ex = self.exchange
@@ -144,12 +203,12 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.on_upstream_lost(self)
 
     def pause_writing(self) -> None:
-        ex = self.exchange
+        ex = self.exchange if self.client is None else self.client.promote()
         if ex is not None:
             ex.client.block_reading(ex.client.BLOCK_UPSTREAM)
 
     def resume_writing(self) -> None:
-        ex = self.exchange
+        ex = self.exchange if self.client is None else self.client.promote()
         if ex is not None:
             ex.client.unblock_reading(ex.client.BLOCK_UPSTREAM)
 
@@ -212,7 +271,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections to one backend address, most recently used first."""
+    """Idle keep-alive connections to one backend address, most recently used first (their
+    ``idle_since`` on ``time.perf_counter``: the lane's one clock read per request end)."""
 
     __slots__ = ("address", "conns", "idle", "loop", "retired")
 
@@ -227,7 +287,7 @@ class Pool:
         idle = self.idle
         if not idle:
             return None
-        now = self.loop.time()
+        now = perf_counter()
         while idle:
             conn = idle.pop()
             if conn.closed:
@@ -247,7 +307,7 @@ class Pool:
         conn.exchange = None
         if conn.read_paused:  # paused for a slow client
             conn.resume_reading()
-        conn.idle_since = self.loop.time()
+        conn.idle_since = perf_counter()
         self.idle.append(conn)
 
     def close_idle(self) -> None:
@@ -255,8 +315,9 @@ class Pool:
         for conn in idle:
             conn.close()
 
-    def sweep(self, now: float) -> None:
+    def sweep(self) -> None:
         """Close connections idle too long (the backend would time them out anyway)."""
+        now = perf_counter()
         idle = self.idle
         if idle and now - idle[0].idle_since > MAX_IDLE:
             self.idle = [c for c in idle if not c.closed and now - c.idle_since <= MAX_IDLE]

@@ -67,7 +67,7 @@ class Plain(NamedTuple):
 # and again, a backend mostly the same few. Bounded, like http1's caches: a stream of new
 # heads only empties them; only short heads are kept.
 _SEEN_REQUESTS: dict[bytes, Plain | None] = {}
-_SEEN_RESPONSES: dict[bytes, tuple[int, int] | None] = {}
+_SEEN_RESPONSES: dict[bytes, tuple[bytes, int, int, bytes | None] | None] = {}
 _SEEN_MAX = 256
 SEEN_HEAD_MAX = 2048
 
@@ -104,10 +104,12 @@ def _request(data: bytes) -> Plain | None:
                  None if host is None else b"X-Forwarded-Host: %b\r\n\r\n" % host)
 
 
-def response(data: bytes) -> tuple[int, int, bytes] | None:
-    """``data`` is exactly one plain response with a ``Content-Length`` body, whole: (status,
-    length of the head, the bytes for the client: ``data``, or without a ``Connection:
-    keep-alive`` and ``Keep-Alive`` line, which Node sends by default). None: the parser's."""
+def known(data: bytes) -> tuple[bytes, int, int, bytes | None] | None:
+    """``data`` is exactly one plain response with a ``Content-Length`` body, whole: (its head,
+    its size, status, the head for the client when it is not the head as it came: without a
+    ``Connection: keep-alive`` and ``Keep-Alive`` line, which Node sends by default). None: the
+    parser's. The same tuple for the same head (a connection keeps the last one it saw, and
+    knows a response with that head and size without looking for the end of its head)."""
     end = data.find(b"\r\n\r\n", 0, SEEN_HEAD_MAX) + 4
     if end < 4:
         return None  # no end of head in sight: a long head is the parser's
@@ -118,16 +120,30 @@ def response(data: bytes) -> tuple[int, int, bytes] | None:
         if len(_SEEN_RESPONSES) >= _SEEN_MAX:
             _SEEN_RESPONSES.clear()
         found = _SEEN_RESPONSES[head] = _response(head)
-    if found is None or end + found[1] != len(data):
+    if found is None or found[1] != len(data):
         return None  # the body is not all here (or more than this response is)
-    if found[2] is None:
-        return found[0], end, data
-    return found[0], len(found[2]), found[2] + data[end:]
+    return found
 
 
-def _response(head: bytes) -> tuple[int, int, bytes | None] | None:
-    """(status, body length, the head without its keep-alive lines if it had any) of a plain
-    response head with a Content-Length, else None."""
+def response(data: bytes) -> tuple[int, int, bytes] | None:
+    """``known(data)`` as (status, length of the head, the bytes for the client)."""
+    found = known(data)
+    if found is None:
+        return None
+    head, _, status, lean = found
+    if lean is None:
+        return status, len(head), data
+    return status, len(lean), lean + data[len(head):]
+
+
+def closing(data: bytes, head_end: int) -> bytes:
+    """A response for a client whose connection closes after it (a worker stopping)."""
+    return b"%bConnection: close\r\n%b" % (data[:head_end - 2], data[head_end - 2:])
+
+
+def _response(head: bytes) -> tuple[bytes, int, int, bytes | None] | None:
+    """``known``'s answer for a response with this head (its size: the head and the length
+    its Content-Length says), or None when it is not plain."""
     m = _RESPONSE.fullmatch(head)
     if m is None:
         return None
@@ -146,9 +162,9 @@ def _response(head: bytes) -> tuple[int, int, bytes | None] | None:
     if length is None or status in (204, 304):
         return None  # 204 and 304 have no body whatever the headers say: the parser knows
     if not drop:
-        return status, length, None
+        return head, len(head) + length, status, None
     lines = head.split(b"\r\n")
-    return status, length, b"\r\n".join(lines[:1] + [
+    return head, len(head) + length, status, b"\r\n".join(lines[:1] + [
         line for line in lines[1:]
         if line.partition(b":")[0].lower() not in (b"connection", b"keep-alive")])
 

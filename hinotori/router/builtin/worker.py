@@ -7,8 +7,9 @@ request.
 
 A one-second sweep keeps timing off the hot path: it advances the clock, answers 408 to clients
 whose request head is not whole within ``request_timeout``, closes client connections idle past
-``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past ``BACKEND_TIMEOUT``, and closes
-pooled connections idle too long. No per-request timers.
+``CLIENT_IDLE_TIMEOUT``, answers 504 for backends silent past ``BACKEND_TIMEOUT`` (a request in
+the fast lane too), closes pooled connections idle too long, and counts the 2xx latencies the
+hot path only appended (``Counters.fold``; a stats read counts them too). No per-request timers.
 
 Life cycle: load the last table from the table file (a restarted worker serves what it served
 before), bind the listener (SO_REUSEPORT; see ``listener``), then the control socket, which is the
@@ -275,22 +276,31 @@ class Worker:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = self.clock = self.loop.time()
-            for pool in self.pools.values():
-                pool.sweep(now)
-            for client in list(self.clients):
-                ex = client.current
-                if ex is None:
-                    if client.head_since:  # waiting for a whole head
-                        if now - client.head_since > self.request_timeout:
-                            client.head_timeout()
-                    elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # keep-alive wait
-                        client.expire()
-                elif not ex.request_complete:
-                    if client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # stopped mid-request
-                        client.expire()
-                elif ex.upstream is not None and now - ex.upstream.last_active > BACKEND_TIMEOUT:
-                    ex.on_upstream_timeout()
+            self.sweep(self.loop.time())
+
+    def sweep(self, now: float) -> None:
+        """The one-second pass (see the module's docstring); ``now`` is the loop's time."""
+        self.clock = now
+        for pool in self.pools.values():
+            pool.sweep()
+        for counters in self.counters.values():
+            counters.fold()  # bounds the batch of latencies (read or not)
+        for client in list(self.clients):
+            ex = client.current
+            if client.up is not None:  # a request in the fast lane (lane.py)
+                if now - client.last_active > BACKEND_TIMEOUT:  # sent then
+                    client.promote().on_upstream_timeout()
+            elif ex is None:
+                if client.head_since:  # waiting for a whole head
+                    if now - client.head_since > self.request_timeout:
+                        client.head_timeout()
+                elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # keep-alive wait
+                    client.expire()
+            elif not ex.request_complete:
+                if client.idle_for(now) > CLIENT_IDLE_TIMEOUT:  # stopped mid-request
+                    client.expire()
+            elif ex.upstream is not None and now - ex.upstream.last_active > BACKEND_TIMEOUT:
+                ex.on_upstream_timeout()
 
 
 def write_table_file(path: Path, data: bytes, writer: str) -> None:
