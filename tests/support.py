@@ -116,6 +116,9 @@ def teardown(p: CliProject, timeout: float = 120) -> None:
         for pidfile in [*state.glob("router/*.pid")]:
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # and its controller
+            os.kill(int(json.loads((state / "controller.json").read_text())["pid"]),
+                    signal.SIGKILL)
     # Belt and braces: no host process of this project may outlive the test.
     for hostjson in state.glob("hosts/*/host.json"):
         pid = json.loads(hostjson.read_text()).get("pid")
