@@ -59,6 +59,11 @@ def _sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[str, int]] | No
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
 
 
+@functools.lru_cache(maxsize=64)
+def _passed(status: int) -> ProbeResult:
+    return ProbeResult(True, f"HTTP {status}")  # frozen: one object per status serves all
+
+
 def _failure(e: BaseException) -> ProbeResult:
     """What a failed exchange says, as ``health.probe`` says it."""
     if isinstance(e, httptools.HttpParserError):
@@ -332,7 +337,7 @@ class BatchProber:
         if not status:
             result = ProbeResult(False, "connection closed before a response")
         elif status == probe.check.status:
-            result = ProbeResult(True, f"HTTP {status}")
+            result = _passed(status)
         else:
             text = bytes(probe.body).decode("utf-8", "replace").strip()[:200]
             result = ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")

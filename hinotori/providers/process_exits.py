@@ -8,8 +8,9 @@ look-up, and ``listeners`` hear of the end as it happens (the monitor takes such
 of traffic then, not at its next look).
 
 A pidfd names one process, never a later one given the same pid; the start ticks read after
-opening it tie it to the host's. Watches belong to the event loop that made them: asked from
-another loop (a test's next ``asyncio.run``) they are dropped and made again there. Where
+opening it tie it to the host's. Watches belong to the event loop that made them: trusted only
+while it runs, and dropped and made again when another loop asks (a test's next
+``asyncio.run``). Where
 pidfds are missing (other systems, old kernels) nothing is watched and callers ask the kernel.
 """
 
@@ -39,8 +40,9 @@ class ExitWatch:
     def alive(self, pid: int, ticks: object) -> bool:
         """True when a pidfd watches ``pid`` started at ``ticks`` and it has not ended (False:
         not known here, ask the kernel)."""
+        # Its loop must be running to be told (a test's finished asyncio.run is not).
         return (self._ticks.get(pid, -1) == ticks and self._loop is not None
-                and asyncio.events._get_running_loop() is self._loop)
+                and self._loop.is_running())
 
     def watch(self, pid: int, ticks: object) -> None:
         """Watch ``pid`` (alive, started at ``ticks``) from the running loop, if it can be."""
