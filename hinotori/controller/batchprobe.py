@@ -49,14 +49,15 @@ _MESSAGES = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connec
 
 
 @functools.lru_cache(maxsize=8192)
-def _sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[str, int]] | None:
-    """Where to connect for ``address``, if it is an IP literal (else None)."""
+def _sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[bytes, int]] | None:
+    """Where to connect for ``address``, if it is an IP literal (else None). The host as
+    bytes: the socket module then skips its IDNA conversion on every connect."""
     try:
         host, port = split_address(address)
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
-    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host.encode(), port)
 
 
 @functools.lru_cache(maxsize=64)
@@ -245,8 +246,11 @@ class BatchProber:
             if not conn.connected:
                 if not ev & _CONNECTED:
                     continue
-                err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
+                # Connected, or failed: an HTTP check's send says which (it raises the
+                # connect's error); a TCP check asks.
+                probe = conn.probe
+                if probe is not None and probe.check.path is None and \
+                        (err := conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
                     self._fail(conn, OSError(err, os.strerror(err)))
                     continue
                 self._connected(conn)

@@ -11,7 +11,7 @@ from hinotori.controller.batchprobe import BatchProber
 from hinotori.health import probe
 from hinotori.model import HealthCheck, ProbeResult
 
-CHECK = HealthCheck(path="/healthz", timeout=1.0)
+CHECK = HealthCheck(path="/healthz", timeout=5.0)  # generous: a busy machine stalls
 
 
 async def http_server(status: int, *, close: bool = False) -> tuple[asyncio.Server, str]:
@@ -55,15 +55,16 @@ def test_a_batch_answers_each_host_as_a_probe_of_it_alone_would() -> None:
         hung_address = f"127.0.0.1:{hung.sockets[0].getsockname()[1]}"
         ok, failing, closing = (a for _, a in servers)
         named = "localhost:" + ok.rsplit(":", 1)[1]  # not an IP literal: the KeepAlive path
-        addresses = [ok, failing, refused_address(), closing, named, hung_address, ok]
+        addresses = [ok, failing, refused_address(), closing, named, ok]
         batch = BatchProber()
-        check = HealthCheck(path="/healthz", timeout=0.3)
         for _ in range(3):  # fresh connections, then kept ones where the host keeps them
-            found = await batch.look(addresses, check)
-            alone = [await probe(a, check) for a in addresses]
+            found = await batch.look(addresses, CHECK)
+            alone = [await probe(a, CHECK) for a in addresses]
             assert found == alone
-            assert found[5] == ProbeResult(False, "timed out after 0.3s")
-            assert [r.ok for r in found] == [True, False, False, True, True, False, True]
+            assert [r.ok for r in found] == [True, False, False, True, True, True]
+        short = HealthCheck(path="/healthz", timeout=0.3)
+        assert await batch.look([hung_address], short) == [await probe(hung_address, short)] \
+            == [ProbeResult(False, "timed out after 0.3s")]
         # kept: ok (one, asked twice per look), failing and named; not closing nor hung
         assert len(batch) == 3
         batch.keep_only([failing])
@@ -83,7 +84,7 @@ def test_a_tcp_check_only_connects() -> None:
     async def scenario() -> None:
         server, address = await http_server(500)
         batch = BatchProber()
-        check = HealthCheck(path=None, timeout=1.0)
+        check = HealthCheck(path=None, timeout=5.0)
         found = await batch.look([address, refused_address()], check)
         assert found == [ProbeResult(True, "TCP connect ok"),
                          ProbeResult(False, "connection refused")]

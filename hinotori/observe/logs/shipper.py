@@ -131,6 +131,8 @@ class Shipper:
         self._feed_kinds: dict[type, bool] = {}
         # which open files had writes, renames... (inotify)
         self._changes = changes if changes is not None else FileChanges()
+        self._hosts: list[Host] = []  # the last pass's, and their services
+        self._services: set[str] = set()
 
     # -- the API -------------------------------------------------------------------------
     async def ship(self, hosts: Iterable[Host]) -> int:
@@ -175,11 +177,13 @@ class Shipper:
     def _pass(self, hosts: list[Host]) -> int:
         ts = self.store.now()
         self._source_of.clear()
-        live = {h.id for h in hosts}
-        for gone in [h for h in self._tails if h not in live]:
-            self._retiring += self._tails.pop(gone).values()
-        for gone in self._feeds.hosts() - live:
-            self._feeds.forget(gone)
+        if hosts != self._hosts:  # the same Host objects as last pass (cheap): the same set
+            live = {h.id for h in hosts}
+            for gone in [h for h in self._tails if h not in live]:
+                self._retiring += self._tails.pop(gone).values()
+            for gone in self._feeds.hosts() - live:
+                self._feeds.forget(gone)
+            self._hosts, self._services = hosts, {h.service for h in hosts}
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
         clock = time.monotonic()
@@ -187,19 +191,17 @@ class Shipper:
         if listing:
             self._next_discovery = clock + self.discover_every
         # A host with no file open yet (its output not there yet) is listed every pass.
-        # Listing finds files that did not exist at the last one; a host whose service
-        # declares no log_files has only its output, which one stat follows (a new file at
-        # its path is a rotation: _look lists then).
-        # Between listings only files inotify saw change are looked at (changes.py).
-        globs = {s: bool(self.declared(s)) for s in {h.service for h in hosts}}
-        changed = self._changes.changed()
+        # Listing finds files that did not exist at the last one; between listings one stat
+        # follows each open file inotify saw change (changes.py; a new file at its path is a
+        # rotation: _look lists then).
+        globs = {s: bool(self.declared(s)) for s in self._services}
+        look = self._to_look()
         live_tails: list[Iterable[_Tail]] = []
         for host in hosts[k:] + hosts[:k]:
             tails = self._tails.get(host.id)
             if not tails or (listing and globs[host.service]):
                 live_tails.append(self._discover(host))
-            elif changed is None or any(t.changes is None or t.polled or t in changed
-                                        for t in tails.values()):
+            elif look is None or host.id in look:
                 live_tails.append(self._look(host))
             else:
                 live_tails.append(tails.values())  # unchanged since its sizes were taken
@@ -224,10 +226,20 @@ class Shipper:
                 tail.seen = covered
         return self._commit(work, ts) + self._ship_feeds(hosts, ts)
 
+    def _to_look(self) -> set[str] | None:
+        """Hosts with an open file inotify saw change, or that nothing would tell of (not
+        watched; its path names no file). None: every host."""
+        if (changed := self._changes.changed()) is None:
+            return None
+        return {t.host for t in changed if isinstance(t, _Tail)} | {
+            t.host for tails in self._tails.values() for t in tails.values()
+            if t.changes is None or t.polled}
+
     def _drain(self, host: Host, final: bool) -> int:
         """Everything written when the flush began (a host still writing fast cannot keep
         it going); then, if ``final``, the rest up to the end, partial tails included."""
         self._source_of.clear()
+        self._hosts = []  # tails opened here: the next pass checks the host is live
         stored = self._ship_feeds([host], self.store.now(), force=True)
         tails = self._discover(host)
         goal = {id(t): self._size(t) for t in tails}
