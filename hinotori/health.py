@@ -19,7 +19,8 @@ probe is one short request, and a fresh connection closed by us each time can ne
 confused with a connection the host closed earlier. That is right for a boot's few probes;
 the health monitor of a large fleet probes every serving host every pass, and there a new TCP
 connection per probe (connect, accept, close on both sides) is most of the cost. So
-``KeepAlive`` keeps one HTTP/1.1 connection per address open between probes (hand-written on
+``KeepAlive`` (and the monitor's batches, controller/batchprobe.py, which keep its rules)
+keeps one HTTP/1.1 connection per address open between probes (hand-written on
 the same parser, not an HTTP client: a pooled client costs more Python per request than the
 connect it saves, and the probe must keep its exact rules: one request, status match, the
 whole exchange under ``check.timeout``). A kept connection the host has closed meanwhile is

@@ -13,8 +13,11 @@ a probe's timeout). A service's hosts are spread over the interval in slices abo
 probes: neither a burst of a thousand connections at once nor a wakeup per host. A slice never
 waits for another (a hung host holds only its own probe; it is not probed again while one is
 in flight). Each look asks the provider whether the host still lives (a dead one goes at once)
-and probes it. ``monitor_once`` is one look at every host at once (tests, and a caller that
-wants it now).
+and probes it; with the real probe a slice is one batch (batchprobe.py: one wakeup and one
+timer for all its hosts). A provider that knows without waiting (``alive_now``: the process
+provider's pidfds) is not awaited, and one that tells of a host's end (``exit_watch``) has a
+serving host taken out as it ends, not at its next look. ``monitor_once`` is one look at every
+host at once (tests, and a caller that wants it now).
 """
 
 from __future__ import annotations
