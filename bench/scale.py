@@ -20,7 +20,8 @@ hardly changes; v1 stays warm), then --switches instant rollbacks (warm hosts, a
 pure switch each) for switch p50/p99 (with the two deploys' switches); the last one leaves
 v2 serving and v1 warm. Then, idle:
   idle CPU   CPU of the controller and its helper processes (its process tree less hosts and
-             router workers), over --idle seconds, % of one core; and their RSS at the end;
+             router workers), over --idle seconds, % of one core, and how much of it was in
+             the kernel (busybox's new connection per look is ~35 us of it); their RSS;
              per health look (each serving host is looked at once per interval), and the
              load average beside it: on a shared machine the % moves with the load
   status     `hinotori status` wall time (a whole CLI process), median of --reads; beside it
@@ -176,16 +177,19 @@ def process_cpu(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / TICKS if f else 0.0
 
 
-def cpu_and_rss(pids: set[int]) -> dict[int, tuple[float, int]]:
+def cpu_and_rss(pids: set[int]) -> dict[int, tuple[float, int, float]]:
+    """Per pid: (CPU seconds, RSS bytes, of the CPU seconds those in the kernel)."""
     out = {}
     for pid in pids:
         if f := _stat(pid):
-            out[pid] = ((int(f[11]) + int(f[12])) / TICKS, int(f[21]) * PAGE)
+            out[pid] = ((int(f[11]) + int(f[12])) / TICKS, int(f[21]) * PAGE,
+                        int(f[12]) / TICKS)
     return out
 
 
-def idle_cpu(p: Project, seconds: float) -> tuple[float, float, int]:
-    """(% of one core, RSS MiB, how many processes) of the controller's own processes."""
+def idle_cpu(p: Project, seconds: float) -> tuple[float, float, int, float]:
+    """(% of one core, RSS MiB, how many processes, % of one core in the kernel) of the
+    controller's own processes."""
     sessions = {json.loads(h.read_text()).get("pid") for h in p.state.glob("hosts/*/host.json")}
     routers = set()
     for pidfile in p.state.rglob("*.pid"):
@@ -201,8 +205,10 @@ def idle_cpu(p: Project, seconds: float) -> tuple[float, float, int]:
     time.sleep(seconds)
     after = cpu_and_rss(pids())
     took = time.monotonic() - started
-    used = sum(cpu - before.get(pid, (0.0, 0))[0] for pid, (cpu, _) in after.items())
-    return 100 * used / took, sum(rss for _, rss in after.values()) / 2**20, len(after)
+    used = sum(cpu - before.get(pid, (0.0, 0, 0.0))[0] for pid, (cpu, _, _) in after.items())
+    kernel = sum(sys - before.get(pid, (0.0, 0, 0.0))[2] for pid, (_, _, sys) in after.items())
+    return (100 * used / took, sum(rss for _, rss, _ in after.values()) / 2**20, len(after),
+            100 * kernel / took)
 
 
 def api_get(p: Project, path: str) -> float:
@@ -261,7 +267,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         row["switches"] = len(switches)
         time.sleep(2)  # the last drain's destroys and writes settle
         db_before = p.db_bytes()
-        row["idle_cpu_pct"], row["rss_mib"], row["procs"] = idle_cpu(p, args.idle)
+        row["idle_cpu_pct"], row["rss_mib"], row["procs"], row["idle_sys_pct"] = \
+            idle_cpu(p, args.idle)
         # The monitor looks at each serving host once per interval: the idle CPU per look
         # (everything idle, shipper and sampler included), what the machine's load changes less.
         seconds = 0.5 if interval == "default" else (
@@ -284,7 +291,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
 COLUMNS = [("deploy_s", "deploy s", "{:.1f}"), ("deploy_cpu_s", "deploy CPU s", "{:.1f}"),
            ("first_deploy_s", "first s", "{:.1f}"),
            ("switch_p50_ms", "switch p50", "{:.1f}"), ("switch_p99_ms", "p99 ms", "{:.1f}"),
-           ("idle_cpu_pct", "idle CPU %", "{:.1f}"), ("idle_us_per_look", "us/look", "{:.0f}"),
+           ("idle_cpu_pct", "idle CPU %", "{:.1f}"), ("idle_sys_pct", "of it sys %", "{:.1f}"),
+           ("idle_us_per_look", "us/look", "{:.0f}"),
            ("load", "load", "{:.1f}"), ("rss_mib", "RSS MiB", "{:.0f}"),
            ("status_s", "status ms", "{:.0f}"), ("help_s", "--help ms", "{:.0f}"),
            ("status_api_s", "/v1/status ms", "{:.1f}"),
@@ -324,7 +332,7 @@ def record_row(row: dict[str, float], interval: str, app: str = "busybox") -> No
     cpu_goal = "<= 5" if n == 100 and interval == "200ms" else \
         "<= 25" if n >= 1000 and interval == "default" else None
     record("scale", f"idle controller CPU at {n} hosts{of}", row["idle_cpu_pct"], unit="% core",
-           goal=cpu_goal, detail=detail)
+           goal=cpu_goal, detail=f"{detail}; {row['idle_sys_pct']:.1f} of it in the kernel")
     record("scale", f"idle controller CPU per health look at {n} hosts{of}",
            row["idle_us_per_look"], unit="us",
            detail=f"{detail}; idle CPU / (hosts / interval), load {row['load']:.1f}")

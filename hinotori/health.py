@@ -19,7 +19,8 @@ probe is one short request, and a fresh connection closed by us each time can ne
 confused with a connection the host closed earlier. That is right for a boot's few probes;
 the health monitor of a large fleet probes every serving host every pass, and there a new TCP
 connection per probe (connect, accept, close on both sides) is most of the cost. So
-``KeepAlive`` keeps one HTTP/1.1 connection per address open between probes (hand-written on
+``KeepAlive`` (and the monitor's batches, controller/batchprobe.py, which keep its rules)
+keeps one HTTP/1.1 connection per address open between probes (hand-written on
 the same parser, not an HTTP client: a pooled client costs more Python per request than the
 connect it saves, and the probe must keep its exact rules: one request, status match, the
 whole exchange under ``check.timeout``). A kept connection the host has closed meanwhile is
@@ -44,10 +45,10 @@ from hinotori.model import HealthCheck, ProbeResult
 Prober = Callable[[str, HealthCheck], Awaitable[ProbeResult]]
 
 _SAFE_PATH = re.compile(r"/[!-~]*")  # no space, control or non-ASCII character
-_MAX_RESPONSE = 64 * 1024  # more than any health answer; a bigger one is cut, not an error
+MAX_RESPONSE = 64 * 1024  # more than any health answer; a bigger one is cut, not an error
 
 
-def _split(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -103,7 +104,7 @@ class _Exchange(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._finish(e)
             return
-        if self.complete or self.received >= _MAX_RESPONSE:
+        if self.complete or self.received >= MAX_RESPONSE:
             self._finish()
 
     def eof_received(self) -> bool:
@@ -119,7 +120,7 @@ class _Exchange(asyncio.Protocol):
         self.messages += 1
 
     def on_body(self, body: bytes) -> None:
-        if len(self.body) < _MAX_RESPONSE:
+        if len(self.body) < MAX_RESPONSE:
             self.body += body
 
     def on_message_complete(self) -> None:
@@ -137,7 +138,7 @@ class _Stale(Exception):
 
 
 @functools.lru_cache(maxsize=4096)
-def _request(path: str, address: str, keep: bool) -> bytes:
+def request_bytes(path: str, address: str, keep: bool) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: {address}\r\n"
             f"Connection: {'keep-alive' if keep else 'close'}\r\n"
             "User-Agent: hinotori-health\r\nAccept: */*\r\n\r\n").encode()
@@ -149,7 +150,7 @@ async def _exchange(conn: _Exchange, address: str, check: HealthCheck, *, keep: 
     With ``keep``, a connection that ends before any byte of a response raises _Stale."""
     assert check.path is not None
     try:
-        await conn.send(_request(check.path, address, keep))
+        await conn.send(request_bytes(check.path, address, keep))
     except (ConnectionResetError, BrokenPipeError):
         if keep and not conn.received:
             raise _Stale() from None
@@ -174,7 +175,7 @@ async def _exchange(conn: _Exchange, address: str, check: HealthCheck, *, keep: 
 
 
 async def _connect(address: str) -> _Exchange:
-    host, port = _split(address)
+    host, port = split_address(address)
     _, conn = await asyncio.get_running_loop().create_connection(_Exchange, host, port)
     return conn
 
@@ -192,7 +193,7 @@ async def _tcp(address: str) -> ProbeResult:
     return ProbeResult(True, "TCP connect ok")
 
 
-def _refused_path(check: HealthCheck) -> ProbeResult | None:
+def refused_path(check: HealthCheck) -> ProbeResult | None:
     if check.path is not None and not _SAFE_PATH.fullmatch(check.path):
         # Defence in depth (the spec refuses these): CR/LF would split the request line.
         return ProbeResult(False, f"refused to send health path {check.path!r}: only '/' and "
@@ -202,7 +203,7 @@ def _refused_path(check: HealthCheck) -> ProbeResult | None:
 
 async def probe(address: str, check: HealthCheck) -> ProbeResult:
     """Run ``check`` once against ``address`` ("host:port"). Never raises."""
-    if (refused := _refused_path(check)) is not None:
+    if (refused := refused_path(check)) is not None:
         return refused
     return await _bounded(check, _tcp(address) if check.path is None else _http(address, check))
 
@@ -237,7 +238,7 @@ class KeepAlive:
         return len(self._conns)
 
     async def __call__(self, address: str, check: HealthCheck) -> ProbeResult:
-        if check.path is None or _refused_path(check) is not None:
+        if check.path is None or refused_path(check) is not None:
             return await probe(address, check)
         return await _bounded(check, self._http(address, check))
 

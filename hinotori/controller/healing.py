@@ -13,26 +13,31 @@ a probe's timeout). A service's hosts are spread over the interval in slices abo
 probes: neither a burst of a thousand connections at once nor a wakeup per host. A slice never
 waits for another (a hung host holds only its own probe; it is not probed again while one is
 in flight). Each look asks the provider whether the host still lives (a dead one goes at once)
-and probes it. ``monitor_once`` is one look at every host at once (tests, and a caller that
-wants it now).
+and probes it; with the real probe a slice is one batch (batchprobe.py: one wakeup and one
+timer for all its hosts). A provider that knows without waiting (``alive_now``: the process
+provider's pidfds) is not awaited, and one that tells of a host's end (``exit_watch``) has a
+serving host taken out as it ends, not at its next look. ``monitor_once`` is one look at every
+host at once (tests, and a caller that wants it now).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from hinotori.controller.batchprobe import BatchProber
 from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import Fleet
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import HinotoriError, LockedError, MachineUnreachable
-from hinotori.health import KeepAlive, Prober, probe
-from hinotori.model import HealthCheck, Host, HostState
+from hinotori.health import Prober, probe
+from hinotori.model import HealthCheck, Host, HostState, ProbeResult
 
 log = logging.getLogger("hinotori.controller")
 
@@ -77,18 +82,23 @@ class Healing:
         self._slices: set[asyncio.Task[None]] = set()
         self._limit: asyncio.Semaphore | None = None
         self.hosts = LiveHosts(self.store)
-        self._keepalive = KeepAlive()  # one open connection per serving host, between looks
+        # The real probe, a slice at a time; one open connection per serving host between looks
+        self._batch = BatchProber()
+        self._quick: dict[str, Callable[[Host], bool] | None] = {}  # provider -> alive_now
+        self._exit_watches: list[tuple[list[Callable[[int], None]], Callable[[int], None]]] = []
+        self._running = False  # run() is watching: a host that dies is taken out at once
         self._sleep = sleep  # a test drives the monitor on a clock of its own
         self._clock = clock
 
     def _prober(self) -> Prober:
-        return self._keepalive if self.fleet.prober is probe else self.fleet.prober
+        return self._batch if self.fleet.prober is probe else self.fleet.prober
 
     # -- the monitor ---------------------------------------------------------------------
     async def run(self) -> None:
         """Watch every service, each on its own interval, until cancelled (a failure of one
         service's watch ends this: the controller's guard records it and starts it again)."""
         watches: dict[str, asyncio.Task[None]] = {}
+        self._running = True
         try:
             while True:
                 services = set(self.fleet.spec.services)
@@ -105,6 +115,7 @@ class Healing:
                     task.result()  # a watch ends only by failing: raise it here
                 self._tidy()
         finally:
+            self._running = False
             ending = [*watches.values(), *self._slices]
             for task in ending:
                 task.cancel()
@@ -153,10 +164,15 @@ class Healing:
     async def _slice(self, service: str, hosts: Sequence[Host], check: HealthCheck) -> None:
         """Look at ``hosts`` of ``service`` together; take out those that must go."""
         prober = self._prober()
-        if self._limit is None:
-            self._limit = asyncio.Semaphore(PROBES_AT_ONCE)
-        verdicts = await asyncio.gather(*(self._look(h, check, prober, self._limit)
-                                          for h in hosts))
+        if prober is self._batch:
+            verdicts: list[str | None] = []
+            for i in range(0, len(hosts), PROBES_AT_ONCE):
+                verdicts += await self._look_batch(hosts[i:i + PROBES_AT_ONCE], check)
+        else:
+            if self._limit is None:
+                self._limit = asyncio.Semaphore(PROBES_AT_ONCE)
+            verdicts = await asyncio.gather(*(self._look(h, check, prober, self._limit)
+                                              for h in hosts))
         for host, why in zip(hosts, verdicts, strict=True):
             if why is None:
                 self._bad.pop(host.id, None)
@@ -208,7 +224,7 @@ class Healing:
         and the counts of hosts gone (they would be kept forever)."""
         watched = [h for name in self.fleet.spec.services if not self.locks.locked(name)
                    for h in self.hosts.shared(name, HostState.SERVING)]
-        self._keepalive.keep_only({h.address or "" for h in watched})
+        self._batch.keep_only({h.address or "" for h in watched})
         live = {h.id for h in self.hosts()}
         for counts in (self._failures, self._bad):
             for host_id in [i for i in counts if i not in live]:
@@ -232,17 +248,76 @@ class Healing:
         self._in_flight.add(host.id)
         try:
             async with limit:
-                try:
-                    # Bounded: a host on a machine being cut off must not stall the monitor.
-                    async with asyncio.timeout(ADOPT_TIMEOUT):
-                        alive = await self.fleet.provider(host).adopt(host)
-                except (MachineUnreachable, TimeoutError):
+                alive = self._alive_now(host)
+                if alive is None:
+                    alive = await self._adopted(host)
+                if alive is None:
                     return None
                 if not alive:
                     return "process exited"
                 result = await prober(host.address or "", check)
         finally:
             self._in_flight.discard(host.id)
+        return self._count(host, result, check)
+
+    async def _look_batch(self, hosts: Sequence[Host], check: HealthCheck) -> list[str | None]:
+        """``_look`` for many hosts, their probes one batch (see batchprobe.py)."""
+        ids = [h.id for h in hosts]
+        self._in_flight.update(ids)
+        try:
+            alive = [self._alive_now(h) for h in hosts]
+            asked = [i for i, a in enumerate(alive) if a is None]
+            if asked:
+                found = await asyncio.gather(*(self._adopted(hosts[i]) for i in asked))
+                for i, a in zip(asked, found, strict=True):
+                    alive[i] = a
+            up = [i for i, a in enumerate(alive) if a]
+            results = await self._batch.look([hosts[i].address or "" for i in up], check)
+        finally:
+            self._in_flight.difference_update(ids)
+        verdicts: list[str | None] = [None if a is None else "process exited" for a in alive]
+        for i, result in zip(up, results, strict=True):
+            verdicts[i] = self._count(hosts[i], result, check)
+        return verdicts
+
+    def _alive_now(self, host: Host) -> bool | None:
+        """Whether ``host`` lives, from a provider that knows without waiting (the process
+        provider: a pidfd tells it when a host dies); None: ask ``adopt``."""
+        if host.provider not in self._quick:
+            provider = self.fleet.provider(host)
+            self._quick[host.provider] = getattr(provider, "alive_now", None)
+            watch = getattr(provider, "exit_watch", None)
+            if watch is not None:
+                listener = functools.partial(self._exited, host.provider)
+                watch.listeners.append(listener)
+                self._exit_watches.append((watch.listeners, listener))
+        quick = self._quick[host.provider]
+        return quick(host) if quick is not None else None
+
+    def _exited(self, provider: str, pid: int) -> None:
+        """A provider saw a host's process end: a serving one leaves the table now (as a
+        look would find it, without waiting for that look)."""
+        if not self._running:
+            return
+        for host in self.hosts():
+            if host.pid == pid and host.provider == provider and \
+                    host.state == HostState.SERVING and not self.locks.locked(host.service):
+                self._bad[host.id] = "process exited"
+                task = asyncio.create_task(self._take_out(host.service))
+                self._slices.add(task)
+                task.add_done_callback(self._slice_done)
+                return
+
+    async def _adopted(self, host: Host) -> bool | None:
+        """The provider's ``adopt``, bounded: a host on a machine being cut off must not stall
+        the monitor. None: unknown (its machine cut off), the machine watch decides."""
+        try:
+            async with asyncio.timeout(ADOPT_TIMEOUT):
+                return await self.fleet.provider(host).adopt(host)
+        except (MachineUnreachable, TimeoutError):
+            return None
+
+    def _count(self, host: Host, result: ProbeResult, check: HealthCheck) -> str | None:
         fails = 0 if result.ok else self._failures.get(host.id, 0) + 1
         self._failures[host.id] = fails
         if fails >= check.unhealthy:
@@ -250,8 +325,14 @@ class Healing:
         return None
 
     def close(self) -> None:
-        """Close the monitor's kept-alive probe connections (the controller is stopping)."""
-        self._keepalive.close()
+        """Close the monitor's kept-alive probe connections and stop hearing of hosts' ends
+        (the controller is stopping: its hosts may be destroyed next)."""
+        self._batch.close()
+        self._running = False
+        for listeners, listener in self._exit_watches:
+            if listener in listeners:
+                listeners.remove(listener)
+        self._exit_watches.clear()
 
     async def heal(self, service: str, release: int, count: int) -> None:
         try:

@@ -59,6 +59,7 @@ from hinotori.providers.base import (
 from hinotori.providers.ports import SPAWN_LOCK, PortPool
 from hinotori.providers.proc_usage import proc_stat as _proc_stat
 from hinotori.providers.proc_usage import session_usage, session_usages
+from hinotori.providers.process_exits import ExitWatch
 from hinotori.providers.process_files import (
     copy_tree,
     read_host,
@@ -133,6 +134,7 @@ class ProcessProvider:
         self._pool = ThreadPoolExecutor(BOOT_THREADS, thread_name_prefix="hinotori-boot")
         self._relays: dict[int, subprocess.Popen[bytes]] = {}  # pid -> our mask relay
         self._exits: dict[int, int] = {}  # pid -> exit status of our child reaped lately
+        self.exit_watch = ExitWatch(self._reap)  # live hosts' pidfds: told when one ends
 
     async def boot(self, req: BootRequest) -> Host:
         if not req.argv:
@@ -237,9 +239,23 @@ class ProcessProvider:
             code = child.returncode
             self._exits[pid] = 128 - code if code < 0 else code  # killed by N: 128+N
 
+    def alive_now(self, host: Host) -> bool:
+        """``adopt`` without an await: the health monitor asks at every look."""
+        return self._alive(host)
+
     def _alive(self, host: Host) -> bool:
         if host.pid is None:
             return False
+        ticks = host.data.get("start_ticks")
+        if self.exit_watch.alive(host.pid, ticks):
+            return True  # a pidfd watches it: the loop is told when it ends (process_exits)
+        if self._asked_alive(host):
+            self.exit_watch.watch(host.pid, ticks)
+            return True
+        return False
+
+    def _asked_alive(self, host: Host) -> bool:
+        assert host.pid is not None
         self._reap(host.pid)
         if host.pid in self._children and \
                 self._child_ticks.get(host.pid, -1) == host.data.get("start_ticks"):
@@ -378,8 +394,9 @@ class ProcessProvider:
         return {alive[sid]: u for sid, u in found.items()}
 
     def close(self, *, teardown: bool = False) -> None:
-        """Nothing is held open; on `down`, secret files no live host owns (left by a
+        """Only pidfds are held open; on `down`, secret files no live host owns (left by a
         controller killed mid-boot) are removed."""
+        self.exit_watch.close()
         if teardown:
             live = {h.id for p in self.hosts_root.glob("*/host.json") if (h := read_host(p))
                     and h.state != HostState.DESTROYED and self._alive(h)}

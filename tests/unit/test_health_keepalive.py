@@ -1,15 +1,21 @@
-"""KeepAlive: the health monitor's probes on kept-alive connections, against small asyncio
-servers on 127.0.0.1 that count the connections they accept and can close them or die."""
+"""KeepAlive and the monitor's BatchProber: probes on kept-alive connections, against small
+asyncio servers on 127.0.0.1 that count the connections they accept and can close them or die.
+Both keep the same rules, so every test runs against both."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
+import pytest
+
+from hinotori.controller.batchprobe import BatchProber
 from hinotori.health import KeepAlive, probe
 from hinotori.model import HealthCheck
 
-CHECK = HealthCheck(path="/healthz", timeout=2.0)
+CHECK = HealthCheck(path="/healthz", timeout=5.0)  # generous: a busy machine stalls
+Keeper = type[KeepAlive] | type[BatchProber]
+KEEPERS = pytest.mark.parametrize("keeper", [KeepAlive, BatchProber])
 
 
 @dataclass
@@ -54,11 +60,12 @@ class Server:
         await self.server.wait_closed()
 
 
-def test_one_connection_serves_every_probe_and_answers_as_a_fresh_probe_would() -> None:
+@KEEPERS
+def test_one_connection_serves_every_probe_and_answers_as_a_fresh_one_would(keeper: Keeper) -> None:
     async def scenario() -> None:
         server = Server()
         address = await server.start()
-        keep = KeepAlive()
+        keep = keeper()
         for _ in range(5):
             assert await keep(address, CHECK) == await probe(address, CHECK)
         assert server.accepted == 5 + 1  # the five fresh probes, and one kept connection
@@ -72,11 +79,12 @@ def test_one_connection_serves_every_probe_and_answers_as_a_fresh_probe_would() 
     asyncio.run(scenario())
 
 
-def test_a_connection_the_host_closed_meanwhile_never_fails_a_check() -> None:
+@KEEPERS
+def test_a_connection_the_host_closed_meanwhile_never_fails_a_check(keeper: Keeper) -> None:
     async def scenario() -> None:
         for server in (Server(drop_idle=True), Server(close_after=True)):
             address = await server.start()
-            keep = KeepAlive()
+            keep = keeper()
             for _ in range(4):
                 assert (await keep(address, CHECK)).ok
                 await asyncio.sleep(0.01)  # the host's close arrives before the next probe
@@ -88,11 +96,12 @@ def test_a_connection_the_host_closed_meanwhile_never_fails_a_check() -> None:
     asyncio.run(scenario())
 
 
-def test_a_dead_host_fails_on_its_kept_connection_and_others_are_let_go() -> None:
+@KEEPERS
+def test_a_dead_host_fails_on_its_kept_connection_and_others_are_let_go(keeper: Keeper) -> None:
     async def scenario() -> None:
         a, b = Server(), Server()
         addr_a, addr_b = await a.start(), await b.start()
-        keep = KeepAlive()
+        keep = keeper()
         assert (await keep(addr_a, CHECK)).ok and (await keep(addr_b, CHECK)).ok
         assert len(keep) == 2
         await a.stop()  # the host is gone: listener and connections
@@ -107,7 +116,8 @@ def test_a_dead_host_fails_on_its_kept_connection_and_others_are_let_go() -> Non
     asyncio.run(scenario())
 
 
-def test_a_hung_host_times_out_and_its_connection_is_not_kept() -> None:
+@KEEPERS
+def test_a_hung_host_times_out_and_its_connection_is_not_kept(keeper: Keeper) -> None:
     async def scenario() -> None:
         hung: list[asyncio.StreamWriter] = []
 
@@ -116,7 +126,7 @@ def test_a_hung_host_times_out_and_its_connection_is_not_kept() -> None:
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        keep = KeepAlive()
+        keep = keeper()
         result = await keep(address, HealthCheck(path="/healthz", timeout=0.2))
         assert (result.ok, result.detail) == (False, "timed out after 0.2s")
         assert len(keep) == 0

@@ -260,3 +260,45 @@ def test_the_reaper_burns_exactly_the_expired_warm_hosts(tmp_path: Path) -> None
     expired, still_warm = asyncio.run(scenario())
     assert len(still_warm) == 1 and not expired & still_warm
     assert all(w.store.host(i).state == HostState.DESTROYED for i in expired)
+
+
+def test_a_host_whose_provider_tells_of_its_end_is_out_at_once(tmp_path: Path) -> None:
+    """A provider with an ``exit_watch`` (the process provider's pidfds) says a host ended:
+    out of the table at that instant, not at its next look; never while a deployment holds
+    the service, nor once the monitor stopped."""
+    interval = 0.5
+    w = world(tmp_path, replicas=6)
+    vt = VirtualTime()
+    listeners: list[Any] = []
+    w.provider.exit_watch = type("Watch", (), {"listeners": listeners})()  # type: ignore[attr-defined]
+
+    async def scenario() -> str:
+        await deploy(w)
+        healing, looks = monitor(w, vt, interval)
+        locks: ServiceLocks = healing.locks
+        victim, other = w.store.hosts("web", [HostState.SERVING])[2:4]
+        for pid, host in ((4242, victim), (4343, other)):
+            host.pid = pid
+            w.store.save_host(host, actor="test")
+        run = asyncio.create_task(healing.run())
+        await vt.run_until(vt.now + 2.0)
+        assert len(listeners) == 1  # heard from the first look on
+        async with locks.hold("web", "a deployment"):
+            listeners[0](4343)  # a deployment owns the hosts now: not the monitor's to act on
+            await vt.run_until(vt.now)
+        died_at = vt.now + 0.013
+        await vt.run_until(died_at)
+        before = len(looks)
+        listeners[0](4242)
+        await vt.run_until(died_at)  # no virtual time passes: no look happens meanwhile
+        assert len(looks) == before
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        healing.close()
+        assert listeners == []
+        return victim.id
+
+    victim = asyncio.run(scenario())
+    serving = w.router.serving("web")
+    assert victim not in serving and len(serving) == 5
+    assert w.store.host(victim).state in (HostState.FAILED, HostState.DESTROYED)

@@ -12,6 +12,8 @@ import pytest
 
 from hinotori.model import Host
 from hinotori.observe.logs import LogQuery, LogStore, Shipper, search
+from hinotori.observe.logs import shipper as shipper_module
+from hinotori.observe.logs.changes import FileChanges, INotify
 from tests.support import make_host
 
 
@@ -238,14 +240,16 @@ def test_a_declared_file_born_between_listings_is_found_by_the_next_one_or_a_flu
 def test_stat_only_passes_store_what_listing_every_pass_stores(tmp_path: Path,
                                                                declared: list[str]) -> None:
     """Between listings the shipper trusts one stat per file (same inode, size unchanged:
-    nothing to read). Through appends, partial lines, rotation by rename, truncation and a new
-    file, it ends with the same lines as a shipper that lists and reads every pass."""
+    nothing to read), and with inotify looks only at files that had an event. Through appends,
+    partial lines, rotation by rename, truncation and a new file, each ends with the same lines
+    as a shipper that lists and reads every pass."""
     results = []
-    for every in (0.0, 3600.0):
-        h = make_host(tmp_path / str(every) / "web-1")
+    for every, events in ((0.0, False), (3600.0, False), (3600.0, True)):
+        h = make_host(tmp_path / f"{every}{events}" / "web-1")
         scratch, o = Path(h.data["state_dir"]) / "scratch", out(h)
-        shipper = Shipper(LogStore(tmp_path / f"{every}.db"), declared=lambda s: declared,
-                          discover_every=every)
+        shipper = Shipper(LogStore(tmp_path / f"{every}{events}.db"),
+                          declared=lambda s: declared, discover_every=every,
+                          changes=FileChanges(enabled=events))
         seen: list[list[tuple[str, str]]] = []
         files = {"out": o, "app": scratch / "app.log", "app.1": scratch / "app.log.1"}
         steps = [("+", "out", "a\nb\n"), ("+", "out", "c-par"), ("", "", ""),
@@ -267,7 +271,68 @@ def test_stat_only_passes_store_what_listing_every_pass_stores(tmp_path: Path,
         run(shipper.flush(h))
         seen.append(sorted(stored(shipper.store)))
         results.append(seen)
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     results = [r[-1] for r in results]
     assert ("stdout", "c-partial") in results[0] and ("stdout", "v-end") in results[0]
     assert (("$HINOTORI_SCRATCH/app.log", "x2") in results[0]) == bool(declared)
+
+
+@pytest.mark.skipif(INotify is None, reason="needs inotify")
+def test_between_listings_only_files_inotify_saw_change_are_looked_at(
+        store: LogStore, host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    looked: list[str] = []
+    real_stat = os.stat
+
+    def counting(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        looked.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    append(out(host), "one\n")
+    shipper = Shipper(store, discover_every=3600)
+    run(shipper.ship([host]))
+    monkeypatch.setattr(shipper_module.os, "stat", counting)
+    for _ in range(3):
+        run(shipper.ship([host]))
+    assert looked == []  # nothing written: not even a stat
+    append(out(host), "two\n")
+    run(shipper.ship([host]))
+    assert looked == [str(out(host))]
+    assert [t for _, t in stored(store)] == ["one", "two"]
+    run(shipper.flush(host))
+    assert len(shipper._changes) == 0  # closed files are no longer watched
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_a_file_back_at_its_path_after_a_gap_is_found(store: LogStore, host: Host,
+                                                       events: bool) -> None:
+    """Renamed away with no successor yet: the open file is read to its end, and the path is
+    looked at every pass until a new file is there (no event would say so)."""
+    shipper = Shipper(store, discover_every=3600, changes=FileChanges(enabled=events))
+    append(out(host), "a\n")
+    run(shipper.ship([host]))
+    out(host).rename(out(host).with_name("output.log.1"))
+    append(out(host).with_name("output.log.1"), "b\n")
+    run(shipper.ship([host]))
+    run(shipper.ship([host]))
+    append(out(host), "c\n")  # a new output.log, passes later
+    run(shipper.ship([host]))
+    run(shipper.ship([host]))
+    assert [t for _, t in stored(store)] == ["a", "b", "c"]
+
+
+@pytest.mark.skipif(INotify is None, reason="needs inotify")
+def test_file_changes_name_the_files_written_and_forget_unwatched_ones(tmp_path: Path) -> None:
+    changes = FileChanges()
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text(""), b.write_text("")
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert changes.watch("a", fa.fileno()) and changes.watch("b", fb.fileno())
+        assert changes.changed() == set()
+        append(a, "x\n")
+        assert changes.changed() == {"a"}
+        assert changes.changed() == set()
+        changes.unwatch("a")
+        append(a, "y\n"), append(b, "z\n")
+        assert changes.changed() == {"b"} and len(changes) == 1
+    assert FileChanges(enabled=False).changed() is None  # unknown: look at everything
+    changes.close()

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
 from hinotori.model import Host
+from hinotori.observe.logs.changes import FileChanges
 from hinotori.observe.logs.feeds import FeedReader
 from hinotori.observe.logs.sources import SOURCES, FeedSource, LogSource, SourceFile
 from hinotori.observe.logs.store import Batch, LogStore, Row
@@ -67,8 +68,13 @@ class _Tail:
     path: str = ""  # where the source names it (a rotated file is no longer there)
     size: int = -1  # the file's size at this pass's look
     seen: int = -1  # a size up to which everything was read: unchanged, nothing to read
+    changes: FileChanges | None = None  # inotify tells when the file changes (None: look)
+    polled: bool = False  # its path names no file now: looked at each pass for a new one
 
     def close(self) -> None:
+        if self.changes is not None:
+            self.changes.unwatch(self)
+            self.changes = None
         with contextlib.suppress(OSError):
             self.fh.close()
 
@@ -92,9 +98,10 @@ class ShipStats:
 
 
 # A pass asks each host's source for its file list (globs of declared log_files) this often
-# (never, for a host with nothing declared and its output open); between, it looks at the files
-# it has open with one stat each. A host with no file open yet is listed every pass, and a
-# flush (before a host is destroyed) always lists: nothing is lost.
+# (never, for a host with nothing declared and its output open); between, it looks (one stat
+# each) only at the open files inotify saw change, or at all without inotify. A host with no
+# file open yet is listed every pass, and a flush (before a host is destroyed) always lists:
+# nothing is lost.
 DISCOVER_EVERY = 1.0
 
 
@@ -105,8 +112,8 @@ def _ident(st: os.stat_result) -> str:
 class Shipper:
     def __init__(self, store: LogStore, *, declared: Declared = no_declared_files,
                  sources: Mapping[str, LogSource] = SOURCES,
-                 pass_bytes: int = 16 * READ_SIZE, discover_every: float = DISCOVER_EVERY
-                 ) -> None:
+                 pass_bytes: int = 16 * READ_SIZE, discover_every: float = DISCOVER_EVERY,
+                 changes: FileChanges | None = None) -> None:
         self.store = store
         self.declared = declared
         self.sources = sources
@@ -122,6 +129,10 @@ class Shipper:
         self._warned: set[str] = set()
         self._feeds = FeedReader(store)
         self._feed_kinds: dict[type, bool] = {}
+        # which open files had writes, renames... (inotify)
+        self._changes = changes if changes is not None else FileChanges()
+        self._hosts: list[Host] = []  # the last pass's, and their services
+        self._services: set[str] = set()
 
     # -- the API -------------------------------------------------------------------------
     async def ship(self, hosts: Iterable[Host]) -> int:
@@ -166,11 +177,13 @@ class Shipper:
     def _pass(self, hosts: list[Host]) -> int:
         ts = self.store.now()
         self._source_of.clear()
-        live = {h.id for h in hosts}
-        for gone in [h for h in self._tails if h not in live]:
-            self._retiring += self._tails.pop(gone).values()
-        for gone in self._feeds.hosts() - live:
-            self._feeds.forget(gone)
+        if hosts != self._hosts:  # the same Host objects as last pass (cheap): the same set
+            live = {h.id for h in hosts}
+            for gone in [h for h in self._tails if h not in live]:
+                self._retiring += self._tails.pop(gone).values()
+            for gone in self._feeds.hosts() - live:
+                self._feeds.forget(gone)
+            self._hosts, self._services = hosts, {h.service for h in hosts}
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
         clock = time.monotonic()
@@ -178,16 +191,20 @@ class Shipper:
         if listing:
             self._next_discovery = clock + self.discover_every
         # A host with no file open yet (its output not there yet) is listed every pass.
-        # Listing finds files that did not exist at the last one; a host whose service
-        # declares no log_files has only its output, which one stat follows (a new file at
-        # its path is a rotation: _look lists then).
-        globs: dict[str, bool] = {}
-        for host in hosts:
-            if host.service not in globs:
-                globs[host.service] = bool(self.declared(host.service))
-        live_tails = [self._look(host) if self._tails.get(host.id) and not (
-                          listing and globs[host.service]) else self._discover(host)
-                      for host in hosts[k:] + hosts[:k]]
+        # Listing finds files that did not exist at the last one; between listings one stat
+        # follows each open file inotify saw change (changes.py; a new file at its path is a
+        # rotation: _look lists then).
+        globs = {s: bool(self.declared(s)) for s in self._services}
+        look = self._to_look()
+        live_tails: list[Iterable[_Tail]] = []
+        for host in hosts[k:] + hosts[:k]:
+            tails = self._tails.get(host.id)
+            if not tails or (listing and globs[host.service]):
+                live_tails.append(self._discover(host))
+            elif look is None or host.id in look:
+                live_tails.append(self._look(host))
+            else:
+                live_tails.append(tails.values())  # unchanged since its sizes were taken
         self.stats.open_files = self._count_open()
         work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
         budget = self.pass_bytes
@@ -209,10 +226,20 @@ class Shipper:
                 tail.seen = covered
         return self._commit(work, ts) + self._ship_feeds(hosts, ts)
 
+    def _to_look(self) -> set[str] | None:
+        """Hosts with an open file inotify saw change, or that nothing would tell of (not
+        watched; its path names no file). None: every host."""
+        if (changed := self._changes.changed()) is None:
+            return None
+        return {t.host for t in changed if isinstance(t, _Tail)} | {
+            t.host for tails in self._tails.values() for t in tails.values()
+            if t.changes is None or t.polled}
+
     def _drain(self, host: Host, final: bool) -> int:
         """Everything written when the flush began (a host still writing fast cannot keep
         it going); then, if ``final``, the rest up to the end, partial tails included."""
         self._source_of.clear()
+        self._hosts = []  # tails opened here: the next pass checks the host is live
         stored = self._ship_feeds([host], self.store.now(), force=True)
         tails = self._discover(host)
         goal = {id(t): self._size(t) for t in tails}
@@ -295,10 +322,12 @@ class Shipper:
     def _ship_feeds(self, hosts: list[Host], ts: float, *, force: bool = False) -> int:
         """One request per feed of ``hosts`` (hosts on other machines), stored together."""
         batches = []
-        for host in hosts:
-            source = self._source(host.provider)
-            if source is None or not self._is_feed(source):
+        fed = {p for p in {h.provider for h in hosts}
+               if (source := self._source(p)) is not None and self._is_feed(source)}
+        for host in hosts if fed else ():
+            if host.provider not in fed:
                 continue
+            source = self._source(host.provider)
             for feed in cast(FeedSource, source).feeds(host):
                 batch, error = self._feeds.read(host, feed, ts, force=force)
                 if error:
@@ -339,10 +368,11 @@ class Shipper:
                 st = os.stat(tail.path)
             except OSError:
                 tail.size = self._size(tail)  # gone from its path: keep reading the open file
+                tail.polled = True
                 continue
             if _ident(st) != tail.ident or st.st_size < tail.offset:
                 return self._discover(host)
-            tail.size = st.st_size
+            tail.size, tail.polled = st.st_size, False
         return list(tails.values())
 
     def _discover(self, host: Host) -> list[_Tail]:
@@ -371,6 +401,7 @@ class Shipper:
                 now = _ident(os.stat(sf.path))
                 size = os.fstat(tail.fh.fileno()).st_size
             except OSError:
+                tail.polled = True
                 continue  # gone from its path: keep reading the open file
             if now != tail.ident:  # rotated: finish the old file, start a new generation
                 self._retiring.append(tail)
@@ -397,14 +428,18 @@ class Shipper:
         ident = _ident(st)
         known = self.store.stream(host.id, sf.name)
         if after is None and known and known.inode == ident and st.st_size >= known.shipped:
-            return _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
+            tail = _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
                          sf.unframe, str(sf.path))
-        gen = 0 if known is None else known.gen + 1
-        stream = self.store.open_stream(host=host.id, service=host.service,
-                                        release=host.release, source=sf.name, inode=ident,
-                                        gen=gen)
-        return _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
-                     sf.unframe, str(sf.path))
+        else:
+            gen = 0 if known is None else known.gen + 1
+            stream = self.store.open_stream(host=host.id, service=host.service,
+                                            release=host.release, source=sf.name,
+                                            inode=ident, gen=gen)
+            tail = _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
+                         sf.unframe, str(sf.path))
+        if self._changes.watch(tail, fh.fileno()):  # before the first read: no write missed
+            tail.changes = self._changes
+        return tail
 
     def _count_open(self) -> int:
         return sum(len(t) for t in self._tails.values()) + len(self._retiring)

@@ -1,0 +1,376 @@
+"""The health monitor's probes, a slice of hosts at a time (``BatchProber.look``).
+
+The monitor looks at a few dozen hosts together (healing.py's slices). Probed one by one through
+asyncio (``health.KeepAlive``), each look cost a task, several coroutines, a timeout's timer, a
+transport with its futures and a new TCP connection's bookkeeping: ~100-150 us of CPU, more
+than the kernel's part. Here a slice is one batch on plain non-blocking sockets, watched by an
+epoll of the prober's own that the event loop watches as a single reader:
+
+- one wakeup serves every reply ready by then, one timer bounds the whole batch;
+- a socket is registered once, edge-triggered (connected, readable, closed) for its whole life,
+  and a kept-alive connection stays registered between looks: a look on it is a send and a recv;
+- the rules are ``health.KeepAlive``'s: one ``GET check.path``, a pass iff the status is
+  ``check.status``, the whole exchange (a retry included) under ``check.timeout``; a kept
+  connection that ends before any byte of a response is asked again on a fresh one; only a
+  connection whose answer was exactly one whole keep-alive response is kept; bytes arriving on
+  an idle kept connection close it.
+
+Addresses that are not IP literals (a name needs a resolver) go through ``health.KeepAlive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import ipaddress
+import os
+import select
+import socket
+from collections.abc import Collection, Sequence
+
+import httptools
+
+from hinotori.health import (
+    MAX_RESPONSE,
+    KeepAlive,
+    refused_path,
+    request_bytes,
+    split_address,
+)
+from hinotori.model import HealthCheck, ProbeResult
+
+_WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_CONNECTED = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+_READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+_RECV = 65536  # a shorter read drained the socket: nothing of a second message is left behind
+_MESSAGES = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset"}
+
+
+@functools.lru_cache(maxsize=8192)
+def _sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[bytes, int]] | None:
+    """Where to connect for ``address``, if it is an IP literal (else None). The host as
+    bytes: the socket module then skips its IDNA conversion on every connect."""
+    try:
+        host, port = split_address(address)
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host.encode(), port)
+
+
+@functools.lru_cache(maxsize=64)
+def _passed(status: int) -> ProbeResult:
+    return ProbeResult(True, f"HTTP {status}")  # frozen: one object per status serves all
+
+
+def _failure(e: BaseException) -> ProbeResult:
+    """What a failed exchange says, as ``health.probe`` says it."""
+    if isinstance(e, httptools.HttpParserError):
+        return ProbeResult(False, f"bad HTTP response: {e}")
+    if isinstance(e, OSError) and e.errno in _MESSAGES:
+        return ProbeResult(False, _MESSAGES[e.errno])
+    return ProbeResult(False, f"connection error: {e}")
+
+
+class _Batch:
+    __slots__ = ("done", "pending", "probes")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.pending = 0
+        self.probes: list[_Probe] = []
+
+
+class _Conn:
+    """One socket of ours, and the probe waiting on it (None while it is kept idle)."""
+
+    __slots__ = ("address", "connected", "fd", "probe", "round", "sock")
+
+    def __init__(self, sock: socket.socket, address: str, round_: int) -> None:
+        self.sock = sock
+        self.round = round_  # the events round it was opened in
+        self.fd = sock.fileno()
+        self.address = address
+        self.connected = False
+        self.probe: _Probe | None = None
+
+
+class _Probe:
+    """One look at one address; httptools calls its ``on_*`` methods."""
+
+    __slots__ = ("address", "batch", "body", "check", "complete", "conn", "fresh", "index",
+                 "keep_alive", "messages", "parser", "received", "result", "short")
+
+    def __init__(self, batch: _Batch, index: int, address: str, check: HealthCheck) -> None:
+        self.batch, self.index, self.address, self.check = batch, index, address, check
+        self.conn: _Conn | None = None
+        self.fresh = True  # on a connection opened for it (else a kept one)
+        self.parser: httptools.HttpResponseParser | None = None
+        self.body = bytearray()
+        self.received = self.messages = 0
+        self.complete = self.keep_alive = False
+        self.short = True  # the last read drained the socket
+        self.result: ProbeResult | None = None
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) < MAX_RESPONSE:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
+
+
+class BatchProber:
+    """A Prober (``await prober(address, check)``) that also looks at many addresses at once
+    (``look``), keeping one connection per address open between looks (see the module
+    docstring). ``keep_only`` and ``close`` as ``health.KeepAlive``'s."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ep: select.epoll | None = None
+        self._conns: dict[int, _Conn] = {}  # fd -> every socket open (all registered)
+        self._kept: dict[str, _Conn] = {}  # address -> its idle kept connection
+        # Events of one poll apply only to sockets opened before it: a socket closed while
+        # they are handled may give its fd number to a new one, which they are not about.
+        self._round = 0
+        self._fallback = KeepAlive()
+
+    def __len__(self) -> int:
+        return len(self._kept) + len(self._fallback)
+
+    async def __call__(self, address: str, check: HealthCheck) -> ProbeResult:
+        return (await self.look([address], check))[0]
+
+    async def look(self, addresses: Sequence[str], check: HealthCheck) -> list[ProbeResult]:
+        """One probe of ``check`` against each of ``addresses``, all at once; never raises
+        (but for cancellation). Results in the order of ``addresses``."""
+        if (refused := refused_path(check)) is not None:
+            return [refused] * len(addresses)
+        loop = self._ready_loop()
+        results: list[ProbeResult | None] = [None] * len(addresses)
+        batch = _Batch(loop.create_future())
+        named = []
+        for i, address in enumerate(addresses):
+            if _sockaddr(address) is None:
+                named.append(i)
+            else:
+                probe = _Probe(batch, i, address, check)
+                batch.probes.append(probe)
+                batch.pending += 1
+                self._start(probe)
+        if batch.pending:
+            timer = loop.call_later(check.timeout, self._expire, batch)
+            try:
+                await batch.done
+            finally:
+                timer.cancel()
+                self._expire(batch, cancelled=True)  # what is left (cancelled): let it go
+        for probe in batch.probes:
+            results[probe.index] = probe.result
+        if named:
+            found = await asyncio.gather(*(self._fallback(addresses[i], check) for i in named))
+            for i, result in zip(named, found, strict=True):
+                results[i] = result
+        return [r or ProbeResult(False, "not probed") for r in results]
+
+    def keep_only(self, addresses: Collection[str]) -> None:
+        for address in [a for a in self._kept if a not in addresses]:
+            self._close(self._kept.pop(address))
+        self._fallback.keep_only(addresses)
+
+    def close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._kept.clear()
+        self._fallback.close()
+        if self._ep is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._ep.fileno())
+            self._ep.close()
+        self._ep = self._loop = None
+
+    # -- the machinery -------------------------------------------------------------------
+    def _ready_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new event loop: start afresh there
+            self.close()
+            self._ep = select.epoll()
+            loop.add_reader(self._ep.fileno(), self._events)
+            self._loop = loop
+        return loop
+
+    def _start(self, probe: _Probe) -> None:
+        kept = self._kept.pop(probe.address, None)
+        if kept is not None:
+            probe.fresh = False
+            self._send(kept, probe)
+        else:
+            self._connect(probe)
+
+    def _connect(self, probe: _Probe) -> None:
+        probe.fresh = True
+        family, where = _sockaddr(probe.address)  # type: ignore[misc]
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:
+            self._finish(probe, _failure(e))
+            return
+        conn = _Conn(sock, probe.address, self._round)
+        conn.probe, probe.conn = probe, conn
+        self._conns[conn.fd] = conn
+        try:
+            self._ep.register(conn.fd, _WATCH)  # type: ignore[union-attr]
+            err = sock.connect_ex(where)
+        except OSError as e:
+            self._fail(conn, e)
+            return
+        if err == 0:
+            self._connected(conn)
+        elif err != errno.EINPROGRESS:
+            self._fail(conn, OSError(err, os.strerror(err)))
+
+    def _events(self) -> None:
+        assert self._ep is not None
+        self._round += 1
+        for fd, ev in self._ep.poll(0):
+            conn = self._conns.get(fd)
+            if conn is None or conn.round == self._round:
+                continue
+            if not conn.connected:
+                if not ev & _CONNECTED:
+                    continue
+                # Connected, or failed: an HTTP check's send says which (it raises the
+                # connect's error); a TCP check asks.
+                probe = conn.probe
+                if probe is not None and probe.check.path is None and \
+                        (err := conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
+                    self._fail(conn, OSError(err, os.strerror(err)))
+                    continue
+                self._connected(conn)
+            elif ev & _READABLE:
+                self._readable(conn)
+
+    def _connected(self, conn: _Conn) -> None:
+        conn.connected = True
+        probe = conn.probe
+        if probe is None:
+            return
+        if probe.check.path is None:
+            self._close(conn)
+            self._finish(probe, ProbeResult(True, "TCP connect ok"))
+        else:
+            self._send(conn, probe)
+
+    def _send(self, conn: _Conn, probe: _Probe) -> None:
+        conn.probe, probe.conn = probe, conn
+        probe.parser = httptools.HttpResponseParser(probe)
+        request = request_bytes(probe.check.path or "/", probe.address, True)
+        try:
+            if conn.sock.send(request) != len(request):  # ~100 bytes into an empty buffer
+                raise OSError(errno.EAGAIN, "request not sent whole")
+        except OSError as e:
+            self._fail(conn, e)
+
+    def _readable(self, conn: _Conn) -> None:
+        probe = conn.probe
+        while True:
+            try:
+                data = conn.sock.recv(_RECV)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._fail(conn, e)
+                return
+            if probe is None:  # an idle kept connection spoke or ended: never reuse it
+                self._close(conn)
+                return
+            if not data:
+                self._answered(conn, probe, closed=True)
+                return
+            probe.received += len(data)
+            probe.short = len(data) < _RECV
+            try:
+                probe.parser.feed_data(data)  # type: ignore[union-attr]
+            except httptools.HttpParserError as e:
+                self._close(conn)
+                self._finish(probe, _failure(e))
+                return
+            if probe.complete or probe.received >= MAX_RESPONSE:
+                self._answered(conn, probe, closed=False)
+                return
+
+    def _stale(self, probe: _Probe) -> bool:
+        """A kept connection that ended before any byte of an answer: the host closed it
+        since the last look, so a fresh connection decides."""
+        if probe.fresh or probe.received:
+            return False
+        self._connect(probe)
+        return True
+
+    def _fail(self, conn: _Conn, e: OSError) -> None:
+        probe = conn.probe
+        self._close(conn)
+        if probe is not None and not self._stale(probe):
+            self._finish(probe, _failure(e))
+
+    def _answered(self, conn: _Conn, probe: _Probe, *, closed: bool) -> None:
+        parser, probe.parser = probe.parser, None
+        if closed and self._stale(probe):
+            self._close(conn)
+            return
+        status = 0
+        if parser is not None and probe.received:
+            with contextlib.suppress(httptools.HttpParserError):
+                status = parser.get_status_code()
+        reusable = (not closed and probe.complete and probe.messages == 1 and probe.keep_alive
+                    and probe.short)
+        if reusable and status:
+            conn.probe = None
+            if (old := self._kept.pop(probe.address, None)) is not None:
+                self._close(old)
+            self._kept[probe.address] = conn
+        else:
+            self._close(conn)
+        if not status:
+            result = ProbeResult(False, "connection closed before a response")
+        elif status == probe.check.status:
+            result = _passed(status)
+        else:
+            text = bytes(probe.body).decode("utf-8", "replace").strip()[:200]
+            result = ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")
+        self._finish(probe, result)
+
+    def _close(self, conn: _Conn) -> None:
+        """Close a socket (which takes it out of the epoll too)."""
+        conn.probe = None
+        if self._conns.get(conn.fd) is conn:
+            del self._conns[conn.fd]
+        if self._kept.get(conn.address) is conn:
+            del self._kept[conn.address]
+        conn.sock.close()
+
+    def _finish(self, probe: _Probe, result: ProbeResult) -> None:
+        if probe.result is not None:
+            return
+        probe.result, probe.conn = result, None
+        batch = probe.batch
+        batch.pending -= 1
+        if batch.pending == 0 and not batch.done.done():
+            batch.done.set_result(None)
+
+    def _expire(self, batch: _Batch, cancelled: bool = False) -> None:
+        """The batch's time is up: every probe not answered fails, its connection closed."""
+        for probe in batch.probes:
+            if probe.result is None:
+                if probe.conn is not None and probe.conn.probe is probe:
+                    self._close(probe.conn)
+                self._finish(probe, ProbeResult(
+                    False, "cancelled" if cancelled else
+                    f"timed out after {probe.check.timeout:g}s"))
