@@ -53,7 +53,32 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _Exchange(asyncio.Protocol):
+class ResponseCallbacks:
+    """httptools' response callbacks a probe needs (this one and the controller's batch
+    prober): the messages begun, the body up to MAX_RESPONSE, and whether the answer keeps
+    the connection. The class using it holds the attributes (slots or not)."""
+
+    __slots__ = ()
+    messages: int
+    body: bytearray
+    complete: bool
+    keep_alive: bool
+    parser: httptools.HttpResponseParser | None
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) < MAX_RESPONSE:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
+
+
+class _Exchange(ResponseCallbacks, asyncio.Protocol):
     """One connection, one HTTP exchange at a time, on the loop's callbacks (no streams): a
     probe costs a protocol object, a parser and a future, where streams added a reader, a
     writer, their protocol and a future per read. httptools calls the ``on_*`` methods."""
@@ -114,19 +139,6 @@ class _Exchange(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._finish(exc)
-
-    # -- httptools ------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.messages += 1
-
-    def on_body(self, body: bytes) -> None:
-        if len(self.body) < MAX_RESPONSE:
-            self.body += body
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        if self.parser is not None:
-            self.keep_alive = self.parser.should_keep_alive()
 
     def close(self) -> None:
         if self.transport is not None:

@@ -35,6 +35,7 @@ import httptools
 from hinotori.health import (
     MAX_RESPONSE,
     KeepAlive,
+    ResponseCallbacks,
     refused_path,
     request_bytes,
     split_address,
@@ -97,7 +98,7 @@ class _Conn:
         self.probe: _Probe | None = None
 
 
-class _Probe:
+class _Probe(ResponseCallbacks):
     """One look at one address; httptools calls its ``on_*`` methods."""
 
     __slots__ = ("address", "batch", "body", "check", "complete", "conn", "fresh", "index",
@@ -113,18 +114,6 @@ class _Probe:
         self.complete = self.keep_alive = False
         self.short = True  # the last read drained the socket
         self.result: ProbeResult | None = None
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
-
-    def on_body(self, body: bytes) -> None:
-        if len(self.body) < MAX_RESPONSE:
-            self.body += body
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        if self.parser is not None:
-            self.keep_alive = self.parser.should_keep_alive()
 
 
 class BatchProber:
