@@ -88,3 +88,25 @@ def test_fluentd_packed_forward_one_chunk_per_tag() -> None:
     receiver._take(["tag.fwd", [[2.5, {"log": "forward mode"}]], {}])
     assert [e[0] for e in receiver.events] == ["hinotori.web", "hinotori.web", "hinotori.db",
                                                "tag.msg", "tag.fwd"]
+
+
+def test_a_receiver_listens_below_the_ephemeral_range_and_comes_back_on_its_port() -> None:
+    """It is started again on its port after an outage: an outgoing connection can take a
+    port from the kernel's ephemeral range meanwhile (a CI run lost one so), never one below."""
+    import asyncio
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+    async def scenario() -> tuple[int, int]:
+        receiver = FluentdReceiver()
+        await receiver.start()
+        first = receiver.port
+        await receiver.stop()
+        await receiver.start()
+        again = receiver.port
+        await receiver.stop()
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert 10_000 <= first < low and again == first

@@ -19,11 +19,33 @@ import contextlib
 import gzip
 import io
 import json
+import random
+import socket
 import struct
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgpack
+
+
+def steady_port(host: str, attempts: int = 50) -> int:
+    """A free port below the kernel's ephemeral range, or 0 (let the kernel choose) when none
+    is found. A receiver is started again on its port after an outage; a port from the
+    ephemeral range can meanwhile become the local end of any outgoing connection on the
+    machine (a CI run lost one that way), one below it only another listener's."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    for _ in range(attempts):
+        port = random.randrange(10_000, low) if low > 10_001 else 0
+        if port == 0:
+            return 0
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return port
+    return 0
 
 
 class _Server:
@@ -39,6 +61,8 @@ class _Server:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
+        if self.port == 0:
+            self.port = steady_port(self.host)
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
