@@ -302,6 +302,24 @@ def test_between_listings_only_files_inotify_saw_change_are_looked_at(
     assert len(shipper._changes) == 0  # closed files are no longer watched
 
 
+@pytest.mark.skipif(INotify is None, reason="needs inotify")
+def test_a_file_whose_watch_the_kernel_dropped_is_looked_at_every_pass(
+        store: LogStore, host: Host) -> None:
+    """IN_IGNORED (the watch removed, e.g. its filesystem unmounted): no event will tell of
+    that file's writes again, so every pass looks at it, as at a file never watched."""
+    shipper = Shipper(store, discover_every=3600)
+    append(out(host), "one\n")
+    run(shipper.ship([host]))
+    changes = shipper._changes
+    assert changes._inotify is not None and len(changes) == 1
+    changes._inotify.rm_watch(next(iter(changes._keys)))  # the kernel then says IN_IGNORED
+    for line in ("two", "three"):
+        run(shipper.ship([host]))
+        append(out(host), f"{line}\n")  # written after a pass: only a look finds it
+    run(shipper.ship([host]))
+    assert [t for _, t in stored(store)] == ["one", "two", "three"]
+
+
 @pytest.mark.parametrize("events", [True, False])
 def test_a_file_back_at_its_path_after_a_gap_is_found(store: LogStore, host: Host,
                                                        events: bool) -> None:

@@ -233,7 +233,7 @@ class Shipper:
             return None
         return {t.host for t in changed if isinstance(t, _Tail)} | {
             t.host for tails in self._tails.values() for t in tails.values()
-            if t.changes is None or t.polled}
+            if t.polled or not self._changes.watched(t)}  # dropped by the kernel too
 
     def _drain(self, host: Host, final: bool) -> int:
         """Everything written when the flush began (a host still writing fast cannot keep
