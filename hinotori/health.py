@@ -179,11 +179,23 @@ async def _exchange(conn: _Exchange, address: str, check: HealthCheck, *, keep: 
     reusable = (keep and conn.complete and conn.messages == 1 and conn.keep_alive
                 and not conn.closed and not conn.dirty)
     if not status:
-        return ProbeResult(False, "connection closed before a response"), False
+        return answered(0, check, b""), False
+    return answered(status, check, conn.body), reusable
+
+
+@functools.lru_cache(maxsize=64)
+def _passed(status: int) -> ProbeResult:
+    return ProbeResult(True, f"HTTP {status}")  # frozen: one object per status serves all
+
+
+def answered(status: int, check: HealthCheck, body: bytes | bytearray) -> ProbeResult:
+    """What a response with ``status`` (0: none came) and ``body`` says of ``check``."""
+    if not status:
+        return ProbeResult(False, "connection closed before a response")
     if status == check.status:
-        return ProbeResult(True, f"HTTP {status}"), reusable
-    text = bytes(conn.body).decode("utf-8", "replace").strip()[:200]
-    return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}"), reusable
+        return _passed(status)
+    text = bytes(body).decode("utf-8", "replace").strip()[:200]
+    return ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")
 
 
 async def _connect(address: str) -> _Exchange:
@@ -227,14 +239,20 @@ async def _bounded(check: HealthCheck, attempt: Awaitable[ProbeResult]) -> Probe
             return await attempt
     except TimeoutError:
         return ProbeResult(False, f"timed out after {check.timeout:g}s")
-    except ConnectionRefusedError:
+    except (OSError, ValueError, httptools.HttpParserError) as e:
+        return failed(e)
+
+
+def failed(e: BaseException) -> ProbeResult:
+    """What an exchange that raised ``e`` says (a refused or reset connection, an answer
+    that is not HTTP, any other connection error)."""
+    if isinstance(e, ConnectionRefusedError):
         return ProbeResult(False, "connection refused")
-    except ConnectionResetError:
+    if isinstance(e, ConnectionResetError):
         return ProbeResult(False, "connection reset")
-    except httptools.HttpParserError as e:
+    if isinstance(e, httptools.HttpParserError):
         return ProbeResult(False, f"bad HTTP response: {e}")
-    except (OSError, ValueError) as e:
-        return ProbeResult(False, f"connection error: {e}")
+    return ProbeResult(False, f"connection error: {e}")
 
 
 class KeepAlive:
@@ -267,7 +285,7 @@ class KeepAlive:
         try:
             return await self._on(await _connect(address), address, check)
         except _Stale:
-            return ProbeResult(False, "connection closed before a response")
+            return answered(0, check, b"")
 
     async def _on(self, conn: _Exchange, address: str, check: HealthCheck) -> ProbeResult:
         reusable = False

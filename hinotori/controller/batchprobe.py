@@ -36,6 +36,8 @@ from hinotori.health import (
     MAX_RESPONSE,
     KeepAlive,
     ResponseCallbacks,
+    answered,
+    failed,
     refused_path,
     request_bytes,
     split_address,
@@ -46,7 +48,6 @@ _WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _CONNECTED = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
 _RECV = 65536  # a shorter read drained the socket: nothing of a second message is left behind
-_MESSAGES = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset"}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -59,20 +60,6 @@ def _sockaddr(address: str) -> tuple[socket.AddressFamily, tuple[bytes, int]] | 
     except ValueError:
         return None
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host.encode(), port)
-
-
-@functools.lru_cache(maxsize=64)
-def _passed(status: int) -> ProbeResult:
-    return ProbeResult(True, f"HTTP {status}")  # frozen: one object per status serves all
-
-
-def _failure(e: BaseException) -> ProbeResult:
-    """What a failed exchange says, as ``health.probe`` says it."""
-    if isinstance(e, httptools.HttpParserError):
-        return ProbeResult(False, f"bad HTTP response: {e}")
-    if isinstance(e, OSError) and e.errno in _MESSAGES:
-        return ProbeResult(False, _MESSAGES[e.errno])
-    return ProbeResult(False, f"connection error: {e}")
 
 
 class _Batch:
@@ -209,7 +196,7 @@ class BatchProber:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
-            self._finish(probe, _failure(e))
+            self._finish(probe, failed(e))
             return
         conn = _Conn(sock, probe.address, self._round)
         conn.probe, probe.conn = probe, conn
@@ -289,7 +276,7 @@ class BatchProber:
                 probe.parser.feed_data(data)  # type: ignore[union-attr]
             except httptools.HttpParserError as e:
                 self._close(conn)
-                self._finish(probe, _failure(e))
+                self._finish(probe, failed(e))
                 return
             if probe.complete or probe.received >= MAX_RESPONSE:
                 self._answered(conn, probe, closed=False)
@@ -307,7 +294,7 @@ class BatchProber:
         probe = conn.probe
         self._close(conn)
         if probe is not None and not self._stale(probe):
-            self._finish(probe, _failure(e))
+            self._finish(probe, failed(e))
 
     def _answered(self, conn: _Conn, probe: _Probe, *, closed: bool) -> None:
         parser, probe.parser = probe.parser, None
@@ -327,14 +314,7 @@ class BatchProber:
             self._kept[probe.address] = conn
         else:
             self._close(conn)
-        if not status:
-            result = ProbeResult(False, "connection closed before a response")
-        elif status == probe.check.status:
-            result = _passed(status)
-        else:
-            text = bytes(probe.body).decode("utf-8", "replace").strip()[:200]
-            result = ProbeResult(False, f"HTTP {status}: {text}" if text else f"HTTP {status}")
-        self._finish(probe, result)
+        self._finish(probe, answered(status, probe.check, probe.body))
 
     def _close(self, conn: _Conn) -> None:
         """Close a socket (which takes it out of the epoll too)."""
