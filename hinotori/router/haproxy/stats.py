@@ -326,12 +326,11 @@ def dump_ring(stats_socket: Path, ring: str) -> bytes:
 
 def request_counter(stats_socket: Path) -> tuple[bytes, int]:
     """(the worker's pid, the HTTP requests it has received: ``show info``'s CumReq)."""
-    fields = dict(line.partition(b": ")[::2] for line in
-                  _ask(stats_socket, "show info").splitlines())
-    pid, total = fields.get(b"Pid", b""), fields.get(b"CumReq", b"")
+    fields = runtime.parse_info(_ask(stats_socket, "show info").decode("ascii", "replace"))
+    pid, total = fields.get("Pid", ""), fields.get("CumReq", "")
     if not (pid.isdigit() and total.isdigit()):
         raise OSError(f"HAProxy's `show info` has no Pid and CumReq: {sorted(fields)[:5]}")
-    return pid, int(total)
+    return pid.encode(), int(total)
 
 
 def combine(counts: dict[str, Counts], log: LatencyLog | None) -> dict[str, BackendStats]:
