@@ -48,8 +48,9 @@ class ExitWatch:
         """Watch ``pid`` (alive, started at ``ticks``) from the running loop, if it can be."""
         if not isinstance(ticks, int) or not hasattr(os, "pidfd_open"):
             return
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             return  # not on a loop (a thread): nobody to tell
         if loop is not self._loop:
             self.close()
