@@ -3,7 +3,6 @@ selection, HTTP/1.1 head building. No sockets (the integration tests cover those
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from collections import Counter
@@ -18,13 +17,9 @@ from hinotori.router.builtin.upstream import Pool
 
 
 def compiled(*routes: ServiceRoute):  # type: ignore[no-untyped-def]
-    loop = asyncio.new_event_loop()
     counters: dict[str, Counters] = {}
-    try:
-        return compile_table(RoutingTable(1, routes), lambda a: Pool(loop, a),
-                             lambda h: counters.setdefault(h, Counters()))
-    finally:
-        loop.close()
+    return compile_table(RoutingTable(1, routes), Pool,
+                         lambda h: counters.setdefault(h, Counters()))
 
 
 def b(name: str, weight: int = 100, release: int = 1, port: int = 9000) -> Backend:

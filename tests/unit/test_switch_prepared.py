@@ -97,7 +97,7 @@ def test_a_prepared_then_activated_table_is_the_directly_applied_one(worker: Wor
         assert switch(worker, sent, table) == {"ok": True, "version": version}
         live = worker.table
         assert live is not None
-        direct = compile_table(table, lambda a: Pool(worker.loop, a), lambda h: Counters())
+        direct = compile_table(table, lambda a: Pool(a), lambda h: Counters())
         assert shape(live) == shape(direct)
         # One live pool per address, none retired (but a lost one's); targets hold those.
         for r in [*live.fallback, *(r for rs in live.by_host.values() for r in rs)]:

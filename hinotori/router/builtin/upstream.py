@@ -274,10 +274,9 @@ class Pool:
     """Idle keep-alive connections to one backend address, most recently used first (their
     ``idle_since`` on ``time.perf_counter``: the lane's one clock read per request end)."""
 
-    __slots__ = ("address", "conns", "idle", "loop", "retired")
+    __slots__ = ("address", "conns", "idle", "retired")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
-        self.loop = loop
+    def __init__(self, address: str) -> None:
         self.address = address
         self.idle: list[UpstreamProtocol] = []
         self.conns: set[UpstreamProtocol] = set()  # every open one, idle or busy

@@ -118,7 +118,7 @@ class Worker:
 
     def _pool_for(self, address: str) -> Pool:
         pool = self.pools.get(address)
-        return pool if pool is not None else Pool(self.loop, address)
+        return pool if pool is not None else Pool(address)
 
     def _counters_for(self, host_id: str) -> Counters:
         c = self.counters.get(host_id)
