@@ -112,9 +112,7 @@ class ClientProtocol(asyncio.Protocol):
             self.closing = True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lane = False
-        if self.up is not None:
-            self.promote()
+        self._leave_lane()
         self.worker.clients.discard(self)
         self.queue.clear()
         # The parser and this protocol refer to each other: drop the parser now, with the
@@ -214,9 +212,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.block_reading(self.BLOCK_PIPELINE)
 
     def eof_received(self) -> bool:
-        self.lane = False
-        if self.up is not None:
-            self.promote()
+        self._leave_lane()
         self.eof = True
         ex = self.current
         if ex is None and not self.queue:
@@ -228,17 +224,14 @@ class ClientProtocol(asyncio.Protocol):
         return True  # half-close: write the responses still owed, then close
 
     def pause_writing(self) -> None:
-        self.lane = False
-        if self.up is not None:
-            self.promote()
+        self._leave_lane()
         self.write_paused = True
         ex = self.current
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.up is not None:
-            self.promote()
+        self._leave_lane()
         self.write_paused = False
         ex = self.current
         if ex is not None and ex.upstream is not None:
@@ -338,6 +331,14 @@ class ClientProtocol(asyncio.Protocol):
     def promote(self) -> Exchange:
         """The request in the fast lane goes on as an exchange (see lane.py)."""
         return lane.promote(self)
+
+    def _leave_lane(self) -> None:
+        """Anything but a plain request or its whole response (an EOF, a loss, flow control):
+        the next request checks again whether the lane may take it, and one in the lane now
+        goes on as an exchange."""
+        self.lane = False
+        if self.up is not None:
+            self.promote()
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:
         if self.current is not ex:
