@@ -151,6 +151,21 @@ def test_the_baseline_survives_a_restart_through_its_state() -> None:
     assert (p.counts.requests, p.span, p.counts.cpu_seconds) == (5, 30, 1.0)
 
 
+def test_a_rolled_back_sample_leaves_the_baseline_as_it_was() -> None:
+    s = Sampler()
+    s.sample(T0, {"a": stats("a", 10), "c": stats("c", 1)}, [host("a"), host("c")],
+             {"a": HostUsage(1.0, 1), "c": HostUsage(1.0, 1)}, 10)
+    s.final(host("b"), stats("b", 3), None)
+    before, snapshot = json.dumps(s.state()), s.snapshot()
+    # Moves every part: router and CPU baselines, a vanished host, pending, the clock.
+    s.sample(T0 + 10, {"a": stats("a", 14)}, [host("a")], {"a": HostUsage(2.0, 1)}, 10)
+    assert json.dumps(s.state()) != before
+    s.rollback(snapshot)
+    assert json.dumps(s.state()) == before
+    p = by_key(s.sample(T0 + 20, {"a": stats("a", 14)}, [host("a")], {}, 10))[("web", 1)]
+    assert p.counts.requests == 4 + 3  # a's delta and b's pending, counted once
+
+
 def test_peek_counts_without_moving_the_baseline() -> None:
     s = Sampler()
     s.sample(T0, {"a": stats("a", 10)}, [host("a")], {}, 10)

@@ -65,7 +65,7 @@ class MetricsRecorder:
             stats = await self.stats()
             hosts = list(self.hosts())
             usage = await self._usage(hosts)
-            before = self.sampler.state()
+            before = self.sampler.snapshot()
             now = self.clock()
             points = self.sampler.sample(now, stats, hosts, usage, self.spec.interval)
             write = asyncio.ensure_future(asyncio.to_thread(
@@ -77,10 +77,10 @@ class MetricsRecorder:
                 # moves must follow whether it was stored, or a delta is counted twice.
                 await asyncio.wait([write])
                 if write.exception() is not None:
-                    self.sampler.restore(before)
+                    self.sampler.rollback(before)
                 raise
             except BaseException:
-                self.sampler.restore(before)  # not stored: the next sample counts it again
+                self.sampler.rollback(before)  # not stored: the next sample counts it again
                 raise
             return points
 

@@ -91,6 +91,15 @@ class Sampler:
         self.pending: dict[Key, Counts] = {(svc, int(rel)): Counts.from_dict(c)
                                            for svc, rel, c in state.get("pending") or []}
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """The baseline as it is now, for ``rollback`` if a sample is not stored. Cheaper than
+        ``state()``: a sample replaces the entries it moves and never changes one in place."""
+        return self.last_ts, dict(self.router), dict(self.cpu), self.pending
+
+    def rollback(self, snapshot: tuple[Any, ...]) -> None:
+        self.last_ts, router, cpu, self.pending = snapshot
+        self.router, self.cpu = dict(router), dict(cpu)
+
     # -- observations -----------------------------------------------------------------------
     def _router_deltas(self, stats: Mapping[str, BackendStats], owners: Mapping[str, Key],
                        commit: bool, forget_vanished: bool = True) -> dict[Key, Counts]:
