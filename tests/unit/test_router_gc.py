@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,16 +114,27 @@ class Node:
 
 def test_settle_freezes_what_is_left_and_collects_frozen_garbage() -> None:
     try:
-        gcheap.settle()
+        gcheap.settle(full=True)
         assert gc.get_freeze_count() > 0
         node = Node()
         node.ref = node
-        gcheap.settle()  # the cycle is frozen while alive
+        gcheap.settle()  # the cycle is frozen while alive (not a full settle: just after one)
         gone = weakref.ref(node)
         del node  # garbage now, in a frozen cycle: a collection does not look at it
         gc.collect()
+        gcheap.settle()
         assert gone() is not None
-        gcheap.settle()  # unfreezes first: found and freed
+        gcheap.settle(full=True)  # unfreezes first: found and freed
+        assert gone() is None
+        node = Node()
+        node.ref = node
+        gcheap.settle()
+        gone = weakref.ref(node)
+        del node
+        gcheap.settle()
+        assert gone() is not None
+        gcheap._full_at = time.monotonic() - gcheap.FULL_EVERY  # the last full one that long ago
+        gcheap.settle()
         assert gone() is None
         assert gcheap.describe()["frozen"] == gc.get_freeze_count()
     finally:
