@@ -511,6 +511,12 @@ def switches(args: argparse.Namespace, impls: list[str],
                   f"side {len(full_ms)} (longest {max(full_ms, default=0):.1f} ms)"
                   + (f", worker {in_worker[0]}" if impl != HAPROXY_IMPL else ""))
             what = f"switch {{}}, {impl}, {count} backends per set"
+            if count > 2:
+                record("router", f"full gc collections in the timed switches, {impl}, {count} "
+                       "backends per set", len(full_ms) + sum(in_worker),
+                       detail=f"controller side {len(full_ms)}, longest "
+                              f"{max(full_ms, default=0):.1f} ms"
+                              + (f"; worker {sum(in_worker)}" if impl != HAPROXY_IMPL else ""))
             record("router", what.format("p99"), p99, unit="ms", goal=goal)
             if count > 2:
                 record("router", what.format("p50"), p50, unit="ms", goal=goal)
