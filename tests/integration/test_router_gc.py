@@ -1,10 +1,13 @@
 """A real built-in router worker keeps its long-lived objects out of the collector's way
 (hinotori/gcheap.py, issue 17): what start-up made is frozen before the worker answers, and a
-``prepare`` freezes the routes it compiled, so no full collection scans them in a switch."""
+``prepare`` freezes the routes it compiled, so no full collection scans them in a switch. The
+controller freezes what its start-up made too (serve.py; `/v1/status` says)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.router.builtin import BuiltinRouter, control
-from tests.support import free_port
+from tests.support import CliProject, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +46,15 @@ def test_the_worker_freezes_start_up_and_prepared_routes(router: BuiltinRouter) 
     assert prepared["collections"][2] > started["collections"][2]
     asyncio.run(router.apply(big))  # the prepared routes serve: a switch of ids
     assert asyncio.run(router.current()) == big
+
+
+def test_the_controller_freezes_what_start_up_made(project: CliProject) -> None:
+    project.cli("up", "-d")
+    info = json.loads((project.path / ".hinotori" / "controller.json").read_text())
+    token = (project.path / ".hinotori" / "token").read_text().strip()
+    req = urllib.request.Request(f"http://{info['address']}/v1/status",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        status = json.loads(r.read())
+    assert status["pid"] == info["pid"]
+    assert status["gc"]["frozen"] > 10_000  # modules, the API, the adopted fleet
