@@ -15,7 +15,9 @@ bench/backend.py process, so the router holds 2N distinct addresses, as with rea
 Switches between A and B are a rollback or a blue-green back and forth; then --fresh switches
 each to hosts never served (new host ids and release on the same ports), each prepared first
 (``router.prepare``, as `deploy` does while the new hosts warm; its time printed apart). Also
-printed: how long ``apply`` took to return, what a deploy's `switch N ms` says.
+printed: how long ``apply`` took to return, what a deploy's `switch N ms` says, and the full
+(generation-2) garbage collections during the timed switches, in this process (the controller's
+side) and in the built-in worker (hinotori/gcheap.py keeps them out of switches).
 
 ``--impl`` picks the data plane(s) measured: ``builtin`` (hinotori.router.builtin, the default)
 and/or ``haproxy-hinotori`` is HAProxy driven by HaproxyRouter (hinotori.router.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import random
 import re
 import shutil
@@ -48,10 +51,11 @@ from pathlib import Path
 
 from results import record  # bench/ is sys.path[0] when this runs as a script
 
+from hinotori import gcheap
 from hinotori.model import Backend, RoutingTable, ServiceRoute
 from hinotori.processes import cpu_seconds
 from hinotori.router.base import Router, prepare
-from hinotori.router.builtin import BuiltinRouter
+from hinotori.router.builtin import BuiltinRouter, control
 from hinotori.router.haproxy import HaproxyRouter
 
 IMPLS = ("builtin", "haproxy-hinotori")
@@ -178,6 +182,38 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
     await task
     writer.close()
     return results
+
+
+class FullCollections:
+    """The generation-2 collections this process makes while inside ``with`` (their ms):
+    the controller's side of the switches here. Each stops the event loop: the apply, and the
+    bench's client too."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self._began = 0.0
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._seen)
+
+    def _seen(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                self._began = time.perf_counter()
+            else:
+                self.ms.append((time.perf_counter() - self._began) * 1000)
+
+
+def worker_full_collections(router: Router) -> int:
+    """The built-in worker's generation-2 collections so far (its ping says); 0 for HAProxy."""
+    if not isinstance(router, BuiltinRouter):
+        return 0
+    answer = control.ping_sync(router.state_dir / "router-0.sock") or {}
+    return int(answer.get("gc", {}).get("collections", [0, 0, 0])[2])
 
 
 def percentile(sorted_ms: list[float], p: float) -> float:
@@ -412,11 +448,14 @@ def switches(args: argparse.Namespace, impls: list[str],
             acked: list[float] = []
             fresh: list[float] = []  # switches to a new set, prepared first
             prepared: list[float] = []
+            full_ms: list[float] = []  # this process's full collections in the timed switches
+            in_worker: list[int] = []  # the worker's
 
             async def measure(impl: str = impl, a: list[Backend] = a, b: list[Backend] = b,
                               cpu: list[float] = cpu, cold: list[float] = cold,
                               acked: list[float] = acked, fresh: list[float] = fresh,
-                              prepared: list[float] = prepared) -> list[float]:
+                              prepared: list[float] = prepared, full_ms: list[float] = full_ms,
+                              in_worker: list[int] = in_worker) -> list[float]:
                 first = routers[label(impl, 1)]
                 # A new router object adopts the running worker: a fresh control connection,
                 # and for HAProxy a full read of its state on the first apply (a restart).
@@ -435,9 +474,17 @@ def switches(args: argparse.Namespace, impls: list[str],
                 await router.apply(RoutingTable(version=10_001, routes=(
                     ServiceRoute(service="bench", backends=tuple(b)),)))
                 cold.append((time.perf_counter() - started) * 1000)
-                out = await switch_latency(router, targets[label(impl, 1)], a, b,
-                                           args.switches, first_version=10_002, cpu=cpu,
-                                           acked=acked)
+                # This process plays the controller, which settles its heap (gcheap) after
+                # start-up and after each prepare: what it made for these two tables is frozen
+                # by then, as a deploy's prepare froze it before a rollback.
+                gcheap.settle()
+                before = worker_full_collections(router)
+                with FullCollections() as full:
+                    out = await switch_latency(router, targets[label(impl, 1)], a, b,
+                                               args.switches, first_version=10_002, cpu=cpu,
+                                               acked=acked)
+                full_ms.extend(full.ms)
+                in_worker.append(worker_full_collections(router) - before)
                 # A blue-green deploy: each switch to hosts never served (new ids and a new
                 # release on the same ports), prepared first as `deploy` does.
                 turns = [(a, b"a"), (b, b"b")]  # the other set than the live one first
@@ -460,7 +507,16 @@ def switches(args: argparse.Namespace, impls: list[str],
                   f"{percentile(acked, 99):.2f} ms; to a new set after prepare "
                   f"({len(fresh)} switches): p50 {percentile(fresh, 50):.2f} ms, max "
                   f"{fresh[-1]:.2f} ms, prepare p50 {statistics.median(prepared):.1f} ms")
+            print(f"  {'':<16} full gc collections in those {args.switches} switches: controller "
+                  f"side {len(full_ms)} (longest {max(full_ms, default=0):.1f} ms)"
+                  + (f", worker {in_worker[0]}" if impl != HAPROXY_IMPL else ""))
             what = f"switch {{}}, {impl}, {count} backends per set"
+            if count > 2:
+                record("router", f"full gc collections in the timed switches, {impl}, {count} "
+                       "backends per set", len(full_ms) + sum(in_worker),
+                       detail=f"controller side {len(full_ms)}, longest "
+                              f"{max(full_ms, default=0):.1f} ms"
+                              + (f"; worker {sum(in_worker)}" if impl != HAPROXY_IMPL else ""))
             record("router", what.format("p99"), p99, unit="ms", goal=goal)
             if count > 2:
                 record("router", what.format("p50"), p50, unit="ms", goal=goal)

@@ -26,7 +26,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from hinotori import __version__
+from hinotori import __version__, gcheap
 from hinotori.controller import dashboard
 from hinotori.controller.buildapi import build_routes
 from hinotori.controller.certsapi import CertParts, cert_routes
@@ -139,7 +139,8 @@ def create_app(controller: ControllerParts, token: str) -> FastAPI:
                 "latest": (r.number if (r := store.latest_release(name)) else None)})
         return {"pid": os.getpid(), "version": __version__,
                 "uptime_s": round(time.time() - controller.started_at, 1),
-                "router": controller.project.spec.router.listen, "services": services}
+                "router": controller.project.spec.router.listen, "services": services,
+                "gc": gcheap.describe()}  # start-up frozen (serve.py): short full collections
 
     # No token (the guard lets it through): it is signed, and defends itself (webhook.py).
     app.include_router(webhook_routes(controller.webhook, controller.push, store.record))

@@ -16,7 +16,7 @@ import socket
 
 import uvicorn
 
-from hinotori import __version__
+from hinotori import __version__, gcheap
 from hinotori.controller.api import create_app
 from hinotori.controller.daemon import Controller
 from hinotori.errors import ControllerError
@@ -58,6 +58,7 @@ async def serve(project: Project) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stopping.set)
     api = asyncio.create_task(server.serve(sockets=[sock]))
+    gcheap.settle()  # start-up's objects are never scanned again: short full collections
     # version, spec and environment: `hinotori bake` hands a bake only to a controller of the
     # same hinotori, spec file and environment (hinotori.cli.bakequick).
     info = {"pid": os.getpid(), "address": address, "started_at": controller.started_at,

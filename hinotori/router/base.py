@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from hinotori import gcheap
 from hinotori.model import BackendStats, RoutingTable
 
 # Client-side limits both data planes apply alike (HAProxy: ``timeout http-request`` and
@@ -75,4 +76,7 @@ async def prepare(router: Router, table: RoutingTable) -> bool:
     if method is None:
         return False
     await method(table)
+    # What the switch to come will use (plans, sent routes) is made now and lives long:
+    # freeze it while a pause costs nothing, so no full collection scans it inside the switch.
+    gcheap.settle()
     return True

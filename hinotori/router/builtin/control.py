@@ -2,7 +2,8 @@
 
 One request object per line, one response object per line, in order::
 
-    {"op":"ping"}                -> {"ok":true,"pid":..,"version":N|null,"listen":".."}
+    {"op":"ping"}                -> {"ok":true,"pid":..,"version":N|null,"listen":"..",
+                                    "gc":{"frozen":N,"collections":[gen0,gen1,gen2]},..}
     {"op":"apply","table":{..}}  -> {"ok":true,"version":N}     (after the swap is done)
     {"op":"prepare","define":{id:route,..}}   -> {"ok":true}: compiled and kept (prepared.py)
     {"op":"switch","version":N,"routes":[id,..],"lost":[..],"define":{id:route,..}}
@@ -33,6 +34,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hinotori import gcheap
 from hinotori.errors import CertificateError
 from hinotori.model import RoutingTable
 from hinotori.router.builtin.prepared import Missing
@@ -73,6 +75,9 @@ def handle(worker: Worker, request: Any) -> tuple[dict[str, Any], bool]:
                                    worker._counters_for)
         except (KeyError, TypeError, ValueError) as exc:
             return {"ok": False, "error": f"invalid route: {exc!r}"}, False
+        # The routes just compiled live long: freeze them now, while a pause costs nothing,
+        # so no full collection scans them inside the switch to come (gcheap).
+        gcheap.settle()
         return {"ok": True}, False
     if op == "switch":
         return _switch(worker, request), False

@@ -63,6 +63,13 @@ def table_text(table: RoutingTable, entry: Entry) -> str:
     return f'{{"version": {int(table.version)}, "routes": {entry.routes_text}{lost}}}'
 
 
+def json_of(table: RoutingTable | dict[str, Any] | None) -> str | None:
+    """The state's "table" (the applied object, or a dict as read from the file) as JSON."""
+    if table is None:
+        return None
+    return json.dumps(table.to_dict() if isinstance(table, RoutingTable) else table)
+
+
 def state_text(state: dict[str, object], table: str | None) -> str:
     """The state file's JSON: ``state`` with its "table" given as JSON text ``table``."""
     rest = json.dumps({k: v for k, v in state.items() if k != "table"}, sort_keys=True)
@@ -74,7 +81,11 @@ def state_text(state: dict[str, object], table: str | None) -> str:
 # The state file's parts (router.py) as a plan wants them.
 
 def table_of(state: dict[str, Any]) -> RoutingTable | None:
-    return RoutingTable.from_dict(state["table"]) if state.get("table") else None
+    """The state's table: as an apply left it (the object), or as the file holds it."""
+    table = state.get("table")
+    if isinstance(table, RoutingTable):
+        return table
+    return RoutingTable.from_dict(table) if table else None
 
 
 def slots_of(state: dict[str, Any]) -> dict[str, dict[int, int]]:
