@@ -16,7 +16,6 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import MAX_NUMBER, EnvOpt, JsonOpt, SpecOpt, moment_option
 from hinotori.model import Event
-from hinotori.project import Project
 
 
 def details(event: Event) -> str:
@@ -50,6 +49,8 @@ def audit(subject: Annotated[str | None, typer.Argument(
           spec: SpecOpt = Path("."), environment: EnvOpt = None,
           json_out: JsonOpt = False) -> None:
     """The event log (who, what, when, why), with filters; oldest first."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     events = project.store.events(subject=subject, actor=actor, action=action,
                                   since=since, until=until,

@@ -19,7 +19,9 @@ from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, LockWait, SpecOpt
 from hinotori.cli.render import console
 from hinotori.model import Host, HostState
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.project import Project
 
 if TYPE_CHECKING:
     from hinotori.observe.drift import Drift
@@ -37,6 +39,7 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
     # Imported here, not at the top: start-up time of every command (Typer imports this module
     # for the signature; only `hinotori drift` compares trees).
     from hinotori.observe.drift import compare
+    from hinotori.project import Project
 
     project = Project.load(spec, environment)
     if service:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    pass
 
 router_app = typer.Typer(no_args_is_help=True, help="The router (front door): certificates.")
 
@@ -25,6 +28,7 @@ def reload_certs(spec: SpecOpt = Path("."), environment: EnvOpt = None,
     """Read the TLS certificate files again and serve them to new connections (no connection
     dropped); a bad file is refused and the previous certificates keep serving."""
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
     client = ControllerClient(Project.load(spec, environment))
     try:
