@@ -7,12 +7,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from hinotori import cli
+from hinotori.spec.read import SPEC_FILE
 
 # Imported only by the commands that need them (see the comments at their lazy imports).
 NOT_AT_START = ("httpx", "asyncio", "docker", "requests", "fastapi", "uvicorn",
                 "hinotori.observe.logs", "hinotori.observe.metrics", "hinotori.observe.drift",
                 "hinotori.controller.daemon", "hinotori.controller.serve", "hinotori.health",
-                "hinotori.verify.survey")
+                "hinotori.verify.survey",
+                # the spec's models (pydantic's schema building is ~130 ms) and what loads them
+                "pydantic", "hinotori.spec.schema", "hinotori.spec.load", "hinotori.project",
+                "hinotori.controller.client", "hinotori.releases", "hinotori.store",
+                "hinotori.bake", "hinotori.verify", "hinotori.providers.registry")
 
 
 def heavy_modules_loaded(*imports: str) -> list[str]:
@@ -26,6 +36,43 @@ def heavy_modules_loaded(*imports: str) -> list[str]:
 
 def test_cli_start_up_imports_no_heavy_stack() -> None:
     assert heavy_modules_loaded("hinotori.cli.app") == []
+
+
+def test_no_command_module_loads_a_heavy_stack() -> None:
+    # Every module of hinotori.cli in one interpreter, in turn: what each newly loads names
+    # the culprit (the test above would only say that something did).
+    modules = sorted(f"hinotori.cli.{m.stem}" for m in Path(cli.__file__).parent.glob("*.py")
+                     if m.stem != "__init__")
+    code = (f"import json, sys\nfound = {{}}\nfor name in {modules!r}:\n    __import__(name)\n"
+            f"    found[name] = [m for m in {list(NOT_AT_START)!r} if m in sys.modules]\n"
+            "print(json.dumps(found))")
+    found = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, check=True).stdout)
+    assert len(found) > 25
+    assert {name: loaded for name, loaded in found.items() if loaded} == {}
+
+
+def test_constants_the_cli_keeps_match_their_sources() -> None:
+    # Option defaults and choices the CLI states itself so that --help needs no heavy import.
+    from hinotori.bake.archive import COMPRESSIONS
+    from hinotori.bake.gc import DEFAULT_KEEP
+    from hinotori.cli import imagecmds, imageiocmds, quick
+
+    assert imagecmds.DEFAULT_KEEP == DEFAULT_KEEP
+    assert imageiocmds.COMPRESSIONS == COMPRESSIONS
+    assert quick.SPEC_FILE == SPEC_FILE
+
+
+def test_the_spec_package_still_names_everything_it_did() -> None:
+    import hinotori.spec as spec
+    from hinotori.spec import load, read, schema
+
+    for name in spec.__all__:
+        assert getattr(spec, name) is getattr({"SPEC_FILE": read, "LoadedSpec": load,
+                                               "load_spec": load, "parse_spec": load}
+                                              .get(name, schema), name)
+    with pytest.raises(AttributeError):
+        spec.not_a_name  # noqa: B018
 
 
 def test_the_probe_sees_a_heavy_import() -> None:
