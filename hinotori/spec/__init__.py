@@ -14,9 +14,10 @@ if TYPE_CHECKING:
     from hinotori.spec.read import SPEC_FILE
     from hinotori.spec.schema import HealthSpec, ServiceSpec, Spec
 
-# name -> the submodule that defines it
-_HOMES = {"SPEC_FILE": "read", "HealthSpec": "schema", "LoadedSpec": "load",
-          "ServiceSpec": "schema", "Spec": "schema", "load_spec": "load", "parse_spec": "load"}
+# submodule -> the names it gives this package
+_EXPORTS = {"load": ("LoadedSpec", "load_spec", "parse_spec"), "read": ("SPEC_FILE",),
+            "schema": ("HealthSpec", "ServiceSpec", "Spec")}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["SPEC_FILE", "HealthSpec", "LoadedSpec", "ServiceSpec", "Spec", "load_spec",
            "parse_spec"]
