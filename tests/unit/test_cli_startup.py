@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,34 @@ def test_the_probe_sees_a_heavy_import() -> None:
     # What `hinotori logs` imports when it runs: the probe must report it.
     loaded = heavy_modules_loaded("hinotori.cli.app", "hinotori.observe.logs")
     assert {"hinotori.observe.logs", "httpx"} <= set(loaded)
+
+
+def _shape(command: Any) -> tuple[Any, ...]:
+    """What a click command is to its user: names, help, parameters, sub-commands."""
+    params = [(type(p).__name__, p.name, p.opts, p.secondary_opts, p.required, repr(p.default),
+               getattr(p, "help", None), p.envvar, p.metavar, p.hidden if hasattr(p, "hidden")
+               else None) for p in command.params]
+    subs = sorted((n, _shape(c)) for n, c in getattr(command, "commands", {}).items())
+    return (type(command).__name__, command.name, command.help, command.short_help,
+            command.hidden, command.no_args_is_help, getattr(command, "rich_help_panel", None),
+            params, subs)
+
+
+def test_a_command_alone_is_the_one_the_whole_app_would_run() -> None:
+    # main() parses a command line naming a command with an app of that command alone (Typer
+    # reads every registered signature first); what it runs must be the same command.
+    import typer.main
+
+    from hinotori.cli.app import app, app_for
+
+    whole = typer.main.get_group(app)
+    assert len(whole.commands) > 30
+    for name, command in whole.commands.items():
+        alone = typer.main.get_group(app_for([name]))
+        assert list(alone.commands) == [name]
+        assert _shape(alone.commands[name]) == _shape(command), name
+        assert (alone.help, alone.no_args_is_help, alone.rich_markup_mode,
+                alone.suggest_commands) == (whole.help, whole.no_args_is_help,
+                                            whole.rich_markup_mode, whole.suggest_commands)
+    for first in ([], ["--help"], ["imag"], ["--spec"]):  # no command named: the whole app
+        assert app_for(first) is app
