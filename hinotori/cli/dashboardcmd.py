@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import webbrowser
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-
-if TYPE_CHECKING:
-    pass
 
 
 def sign_in_url(address: str, ticket: str) -> str:

@@ -13,7 +13,6 @@ from hinotori.cli.controlcmds import _print_step
 from hinotori.cli.options import MAX_NUMBER, EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import NotFound
-from hinotori.model import deployment_view
 
 
 def deployments(service: Annotated[str | None, typer.Argument()] = None,
@@ -22,6 +21,7 @@ def deployments(service: Annotated[str | None, typer.Argument()] = None,
                 = 20,
                 json_out: JsonOpt = False) -> None:
     """Deployments, newest last: strategy, releases, outcome, duration."""
+    from hinotori.model import deployment_view
     from hinotori.project import Project
 
     project = Project.load(spec, environment)
@@ -42,6 +42,7 @@ def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)
                     spec: SpecOpt = Path("."),
                     environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """One deployment's timeline: steps, weights, judged metrics and decisions."""
+    from hinotori.model import deployment_view
     from hinotori.project import Project
 
     project = Project.load(spec, environment)

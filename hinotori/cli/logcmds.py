@@ -22,9 +22,6 @@ from hinotori.cli.options import MAX_NUMBER, EnvOpt, moment_option, release_opti
 from hinotori.cli.render import visible
 
 if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
     from hinotori.observe.logs import LogLine, LogQuery, LogStore
 
 # hinotori.observe.logs is imported inside the functions that use it, never at the top: every

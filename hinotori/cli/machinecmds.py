@@ -8,16 +8,13 @@ with zero failed requests and keeps new hosts off it, undrain lets it take hosts
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-
-if TYPE_CHECKING:
-    pass
 
 machine_app = typer.Typer(no_args_is_help=True, help="One machine of the fleet: drain, undrain.")
 Name = Annotated[str, typer.Argument(help="a [machines.NAME] of the spec")]

@@ -6,16 +6,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt, duration_option
 from hinotori.cli.render import console
-
-if TYPE_CHECKING:
-    pass
 
 maintenance_app = typer.Typer(
     no_args_is_help=True,

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-
-if TYPE_CHECKING:
-    pass
 
 router_app = typer.Typer(no_args_is_help=True, help="The router (front door): certificates.")
 

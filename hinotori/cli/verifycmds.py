@@ -30,10 +30,10 @@ from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, SpecOpt, duration_option
 from hinotori.cli.render import console, err_console
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
-from hinotori.model import Host, HostState, Release
 from hinotori.statefiles import private_dir
 
 if TYPE_CHECKING:
+    from hinotori.model import Host, Release
     from hinotori.project import Project
     from hinotori.providers.base import Provider
     from hinotori.verify import CheckResult, Report
@@ -165,6 +165,7 @@ async def throwaway_host(project: Project, service: str, release: Release,
                          provider: Provider, purpose: str) -> AsyncIterator[Host]:
     """A host of ``release`` that no traffic reaches, recorded in the store, destroyed on exit
     whatever happens."""
+    from hinotori.model import HostState
     from hinotori.providers.base import BootRequest, volume_dirs
     from hinotori.store import default_actor
 

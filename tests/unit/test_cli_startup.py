@@ -24,7 +24,7 @@ NOT_AT_START = ("httpx", "asyncio", "docker", "requests", "fastapi", "uvicorn",
                 # the spec's models (pydantic's schema building is ~130 ms) and what loads them
                 "pydantic", "hinotori.spec.schema", "hinotori.spec.load", "hinotori.project",
                 "hinotori.controller.client", "hinotori.releases", "hinotori.store",
-                "hinotori.bake", "hinotori.verify", "hinotori.providers.registry")
+                "hinotori.bake", "hinotori.verify", "hinotori.providers.registry", "hinotori.model")
 
 
 def heavy_modules_loaded(*imports: str) -> list[str]:
