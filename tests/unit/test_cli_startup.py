@@ -113,3 +113,32 @@ def test_a_command_alone_is_the_one_the_whole_app_would_run() -> None:
                                             whole.rich_markup_mode, whole.suggest_commands)
     for first in ([], ["--help"], ["imag"], ["--spec"]):  # no command named: the whole app
         assert app_for(first) is app
+
+
+def test_the_built_in_providers_os_image_facts_are_their_classes() -> None:
+    # The spec asks every service's provider whether it runs an OS image; for a built-in not
+    # imported yet the registry's table answers, after that the class does: they must agree.
+    from hinotori.providers.registry import (
+        BUILT_IN,
+        BUILT_IN_RUNS_OS_IMAGE,
+        PROVIDERS,
+        runs_os_image,
+    )
+
+    assert set(BUILT_IN_RUNS_OS_IMAGE) == set(BUILT_IN)
+    for name in BUILT_IN:
+        assert PROVIDERS[name].runs_os_image is BUILT_IN_RUNS_OS_IMAGE[name], name
+        assert runs_os_image(name) is BUILT_IN_RUNS_OS_IMAGE[name], name
+
+
+def test_loading_a_spec_imports_no_provider() -> None:
+    # Commands that only read the store (hosts, releases, audit) load the spec: a file-tree
+    # service (examples/hello) and an OS-image one (examples/debian-web).
+    root = Path(__file__).resolve().parents[2] / "examples"
+    code = ("import json, sys\nfrom hinotori.spec import load_spec\n"
+            f"for name in ('hello', 'debian-web'): load_spec({str(root)!r} + '/' + name)\n"
+            "print(json.dumps([m for m in ('asyncio', 'hinotori.providers.process', "
+            "'hinotori.providers.machines') if m in sys.modules]))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert json.loads(loaded) == []
