@@ -94,6 +94,7 @@ BENCHES: dict[str, Bench] = {
                   ("--runs", "1", "--cold-runs", "1", "--files", "1000", "--modules", "500")),
     "osimage": Bench(("--runs", "3", "--cold-runs", "1"), ("--runs", "1", "--cold-runs", "1"),
                      ("podman", "mmdebstrap"), timeout=1800),
+    "clistart": Bench(("--runs", "7"), ("--runs", "3")),
     "container_boot": Bench(("--boots", "10",), ("--boots", "3"), ("podman", "mmdebstrap"),
                             timeout=1200),
     "secret_masking": Bench(("--runs", "3",), ("--runs", "1",)),

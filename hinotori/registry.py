@@ -38,6 +38,11 @@ class Registry(Mapping[str, T], Generic[T]):
                                 hint="pick another name")
         self._entries[name] = entry
 
+    def declared(self, name: str) -> T | str | None:
+        """``name``'s entry as it stands, without importing it: a ``"module:attr"`` string for
+        a built-in no lookup has asked for yet; None for a name not registered here."""
+        return self._entries.get(name)
+
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
 

@@ -24,25 +24,44 @@ Configuration happens here and only here, never on a live host. The modules, one
 
 Same inputs give the same digest in another directory, on another machine, and with or without
 the build cache: see manifest.py for exactly what the digest covers.
+
+The names below load their submodule on first use (PEP 562): the spec's schema needs only the
+step kinds, and every command that loads a spec would otherwise import the builder, the cache
+and the image store too.
 """
 
-from hinotori.bake.builder import BakeResult, bake
-from hinotori.bake.cache import BuildCache
-from hinotori.bake.ignore import IgnoreRules
-from hinotori.bake.images import Image, ImageStore
-from hinotori.bake.manifest import ManifestEntry, build_manifest, manifest_digest
-from hinotori.bake.provenance import recipe_hash
-from hinotori.bake.steps import (
-    STEP_KINDS,
-    CopyStep,
-    EnvStep,
-    FileStep,
-    RemoveStep,
-    RunStep,
-    Step,
-    step_from_dict,
-    step_kind,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hinotori.bake.builder import BakeResult, bake
+    from hinotori.bake.cache import BuildCache
+    from hinotori.bake.ignore import IgnoreRules
+    from hinotori.bake.images import Image, ImageStore
+    from hinotori.bake.manifest import ManifestEntry, build_manifest, manifest_digest
+    from hinotori.bake.provenance import recipe_hash
+    from hinotori.bake.steps import (
+        STEP_KINDS,
+        CopyStep,
+        EnvStep,
+        FileStep,
+        RemoveStep,
+        RunStep,
+        Step,
+        step_from_dict,
+        step_kind,
+    )
+
+# submodule -> the names it gives this package
+_EXPORTS = {"builder": ("BakeResult", "bake"), "cache": ("BuildCache",), "ignore": ("IgnoreRules",),
+            "images": ("Image", "ImageStore"),
+            "manifest": ("ManifestEntry", "build_manifest", "manifest_digest"),
+            "provenance": ("recipe_hash",),
+            "steps": ("STEP_KINDS", "CopyStep", "EnvStep", "FileStep", "RemoveStep", "RunStep",
+                      "Step", "step_from_dict", "step_kind")}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "STEP_KINDS",
@@ -65,3 +84,12 @@ __all__ = [
     "step_from_dict",
     "step_kind",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # looked up once
+    return value

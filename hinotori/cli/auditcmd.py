@@ -9,20 +9,21 @@ controller runs, and the same events are served at ``GET /v1/events``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import MAX_NUMBER, EnvOpt, JsonOpt, SpecOpt, moment_option
-from hinotori.model import Event
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.model import Event
 
 
 def details(event: Event) -> str:
     """The detail without the why and the claimed actor (their own columns)."""
     return ", ".join(f"{k}={v}" for k, v in event.detail.items()
-                     if k not in (*Event.WHY_KEYS, "claimed_actor")
+                     if k not in (*event.WHY_KEYS, "claimed_actor")
                      and v not in (None, "", [], {}))
 
 
@@ -50,6 +51,8 @@ def audit(subject: Annotated[str | None, typer.Argument(
           spec: SpecOpt = Path("."), environment: EnvOpt = None,
           json_out: JsonOpt = False) -> None:
     """The event log (who, what, when, why), with filters; oldest first."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     events = project.store.events(subject=subject, actor=actor, action=action,
                                   since=since, until=until,

@@ -18,10 +18,10 @@ from hinotori.cli.bakequick import show
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console, err_console
 from hinotori.errors import ControllerUnreachable, Unauthorised
-from hinotori.project import Project
 
 if TYPE_CHECKING:
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="run every step again, ignoring "
                                           "the build cache")]
@@ -34,6 +34,8 @@ def bake(service: Annotated[str | None, typer.Argument(help="default: every serv
          no_cache: NoCacheOpt = False, local: LocalOpt = False) -> None:
     """Bake the service's image from its recipe; make a release if anything changed.
     A running controller of the project bakes it (a warm process), else this one does."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     names = [service] if service else sorted(project.spec.services)
     controller = None if local else _controller(project)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, SpecOpt, duration_option
 from hinotori.cli.render import console
-from hinotori.controller.client import ControllerClient
 from hinotori.errors import HinotoriError
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.controller.client import ControllerClient
 
 
 def _serving(client: ControllerClient, service: str) -> list[dict[str, Any]]:
@@ -61,6 +62,9 @@ def chaos(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
           seed: Annotated[int | None, typer.Option(help="for repeatable runs")] = None,
           json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Kill random hosts of a service and measure that nobody notices."""
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     if project.service(service).stateful:
         raise HinotoriError(f"{service} is stateful: chaos never kills it",

@@ -1,5 +1,5 @@
-"""Commands that talk to the controller: up, down, deploy, rollback, ship, phoenix, the
-canary controls and deployments (status: statuscmd.py)."""
+"""Commands that talk to the controller: up, down, deploy, rollback, ship, phoenix and the
+canary controls (status: statuscmd.py; deployments: deploymentcmds.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hinotori.cli import holdview, render
 from hinotori.cli.options import (
-    MAX_NUMBER,
     STRATEGIES,
     EnvOpt,
     JsonOpt,
@@ -26,14 +25,13 @@ from hinotori.cli.options import (
 )
 from hinotori.cli.options import strategy as strategy_name
 from hinotori.cli.render import console
-from hinotori.controller.client import ControllerClient
-from hinotori.errors import ControllerError, DeployError, HinotoriError, NotFound, SpecError
-from hinotori.model import deployment_view
+from hinotori.errors import ControllerError, DeployError, HinotoriError, SpecError
 from hinotori.processes import pid_alive
-from hinotori.project import Project
-from hinotori.promotion import refuse_unpromoted
-from hinotori.releases import config_with_env, ensure_release
 from hinotori.statefiles import open_private
+
+if TYPE_CHECKING:
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
 
 def up(spec: SpecOpt = Path("."),
@@ -43,6 +41,8 @@ def up(spec: SpecOpt = Path("."),
 
     Ctrl-C stops the controller only: hosts and router keep serving, and the next `up` adopts
     them."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     for warning in project.loaded.warnings:  # once here; a detached controller logs its own
         render.err_console.print(f"warning: {warning}", markup=False, highlight=False,
@@ -104,6 +104,8 @@ def _start_detached(project: Project) -> None:
 
 
 def _answers(project: Project) -> bool:
+    from hinotori.controller.client import ControllerClient
+
     try:
         client = ControllerClient(project, timeout=2.0)
         try:
@@ -117,6 +119,9 @@ def _answers(project: Project) -> bool:
 
 def down(spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Stop the controller, its hosts and the router."""
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     try:
         client = ControllerClient(project, timeout=5.0)
@@ -187,6 +192,11 @@ def deploy(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None,
 
     With --from ENV: the image ENV serves now, with this environment's config (a promotion:
     never a rebuild)."""
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
+    from hinotori.promotion import refuse_unpromoted
+    from hinotori.releases import config_with_env, ensure_release
+
     project = Project.load(spec, environment)
     svc = project.service(service)
     if hold is not None and (strategy or svc.strategy.kind) != "blue-green":
@@ -244,6 +254,8 @@ def rollback(service: str, spec: SpecOpt = Path("."),
              environment: EnvOpt = None, lock_wait: LockWait = "0s",
              json_out: JsonOpt = False) -> None:
     """Switch back to the previous release: instantly while it is warm, else boot it."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     project.service(service)
     _run_deployment(project, service, "rollback", None, lock_wait, json_out)
@@ -255,6 +267,8 @@ def _run_deployment(project: Project, service: str, kind: str, release: int | No
                     ) -> None:
     """Start the deployment and follow it to its end (or its hold); ``client``, if given,
     stays open."""
+    from hinotori.controller.client import ControllerClient
+
     own = client is None
     client = client or ControllerClient(project)
     try:
@@ -343,6 +357,8 @@ def ship(service: str, spec: SpecOpt = Path("."),
 
     The deploy uses the spec's strategy; every new host passes its health (and verify) checks
     before it takes traffic."""
+    from hinotori.project import Project
+    from hinotori.promotion import refuse_unpromoted
     from hinotori.releases import bake_service
 
     project = Project.load(spec, environment)
@@ -362,6 +378,8 @@ def phoenix(service: str, spec: SpecOpt = Path("."),
     """Burn every host of a service and rebuild it from its image, one at a time.
 
     No request is dropped: the phoenix server, whose hosts never live long enough to drift."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     project.service(service)
     _run_deployment(project, service, "phoenix", None, lock_wait, json_out)
@@ -373,6 +391,9 @@ def _pct(rate: float | None) -> str:
 
 def _control(action: str) -> Any:
     def command(service: str, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
+        from hinotori.controller.client import ControllerClient
+        from hinotori.project import Project
+
         project = Project.load(spec, environment)
         project.service(service)
         client = ControllerClient(project)
@@ -397,51 +418,6 @@ def _control(action: str) -> Any:
 
 
 promote, pause, resume, abort = (_control(a) for a in ("promote", "pause", "resume", "abort"))
-
-
-def deployments(service: Annotated[str | None, typer.Argument()] = None,
-                spec: SpecOpt = Path("."), environment: EnvOpt = None,
-                limit: Annotated[int, typer.Option(min=1, max=MAX_NUMBER, help="newest N")]
-                = 20,
-                json_out: JsonOpt = False) -> None:
-    """Deployments, newest last: strategy, releases, outcome, duration."""
-    project = Project.load(spec, environment)
-    rows = [deployment_view(d) for d in project.store.deployments(service, limit)]
-    if json_out:
-        render.print_json(rows)
-        return
-    render.table(None, ["id", "service", "kind", "strategy", "from", "to", "state", "started",
-                        "took"],
-                 [(d["id"], d["service"], d["kind"], d["strategy"],
-                   render.release(d["from_release"]), render.release(d["to_release"]),
-                   holdview.state_text(d), render.when(d["started_at"]),
-                   render.seconds(d["ended_at"] - d["started_at"]) if d["ended_at"] else "")
-                  for d in rows])
-
-
-def deployment_show(number: Annotated[int, typer.Argument(min=1, max=MAX_NUMBER)],
-                    spec: SpecOpt = Path("."),
-                    environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
-    """One deployment's timeline: steps, weights, judged metrics and decisions."""
-    project = Project.load(spec, environment)
-    if not 1 <= number <= MAX_NUMBER:  # the store cannot even look such a number up
-        raise NotFound(f"no deployment {number}", hint="`hinotori deployments` lists them")
-    d = deployment_view(project.store.deployment(number))
-    if json_out:
-        render.print_json(d)
-        return
-    console.print(f"deployment {d['id']}: {d['kind']} of {d['service']} "
-                  f"{render.release(d['from_release'])} → {render.release(d['to_release'])} "
-                  f"({d['strategy']}), "
-                  f"[bold]{d['state']}[/]", highlight=False)
-    for step in d["steps"]:
-        console.print(f"[dim]{render.when(step['ts'])}[/] ", end="")
-        _print_step(step)
-    if d["state"] == "held":
-        for line in holdview.held_lines(d["service"], d):
-            console.print(line, highlight=False, soft_wrap=True)
-    if d["error"]:
-        render.err_console.print(f"[red]error:[/] {render.escape(d['error'])}")
 
 
 def _actor() -> str:

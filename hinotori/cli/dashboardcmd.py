@@ -11,8 +11,6 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-from hinotori.controller.client import ControllerClient
-from hinotori.project import Project
 
 
 def sign_in_url(address: str, ticket: str) -> str:
@@ -38,6 +36,9 @@ def dashboard(spec: SpecOpt = Path("."), environment: EnvOpt = None, json_out: J
 
     The link works once, within two minutes, and gives that browser tab a read-only view (with
     --operate: a view with action buttons) until the tab closes or the controller restarts."""
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
+
     client = ControllerClient(Project.load(spec, environment), timeout=10.0)
     try:
         answer = client.call("POST", "/v1/dashboard/ticket", json={"operate": operate})

@@ -13,18 +13,18 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from hinotori.cli import controlcmds, render
 from hinotori.cli.render import console
-from hinotori.controller.client import ControllerClient
 from hinotori.errors import HinotoriError
-from hinotori.examples import example_dir
-from hinotori.loadgen import BackgroundLoad
-from hinotori.project import Project
-from hinotori.releases import bake_service, config_with_env, ensure_release
+
+if TYPE_CHECKING:
+    from hinotori.controller.client import ControllerClient
+    from hinotori.loadgen import BackgroundLoad
+    from hinotori.project import Project
 
 SERVICE = "web"
 
@@ -36,6 +36,9 @@ def _free_port() -> int:
 
 
 def _make_project(directory: Path, router_port: int) -> Project:
+    from hinotori.examples import example_dir
+    from hinotori.project import Project
+
     shutil.copytree(example_dir("hello"), directory, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hinotori"))
     spec = directory / "hinotori.toml"
@@ -59,6 +62,8 @@ class _Demo:
             console.print(text, highlight=False)
 
     def bake(self, label: str) -> int:
+        from hinotori.releases import bake_service
+
         started = time.monotonic()
         with console.status(f"baking {label}…"):
             result, outcome = bake_service(self.project, SERVICE)
@@ -101,6 +106,10 @@ class _Demo:
 
 
 def run_demo(*, keep: bool, clients: int, rate: float, json_out: bool) -> int:
+    from hinotori.controller.client import ControllerClient
+    from hinotori.loadgen import BackgroundLoad
+    from hinotori.releases import config_with_env, ensure_release
+
     directory = Path(tempfile.mkdtemp(prefix="hinotori-demo-"))
     project = _make_project(directory, _free_port())
     demo = _Demo(project, json_out)

@@ -18,13 +18,11 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, LockWait, SpecOpt
 from hinotori.cli.render import console
-from hinotori.model import Host, HostState
-from hinotori.project import Project
 
 if TYPE_CHECKING:
+    from hinotori.model import Host
     from hinotori.observe.drift import Drift
-
-WATCHED = (HostState.READY, HostState.SERVING, HostState.DRAINING, HostState.WARM)
+    from hinotori.project import Project
 
 
 def drift(service: Annotated[str | None, typer.Argument(help="default: every service")] = None,
@@ -36,12 +34,15 @@ def drift(service: Annotated[str | None, typer.Argument(help="default: every ser
     """Report files added, removed and changed on live hosts since their image was baked."""
     # Imported here, not at the top: start-up time of every command (Typer imports this module
     # for the signature; only `hinotori drift` compares trees).
+    from hinotori.model import HostState
     from hinotori.observe.drift import compare
+    from hinotori.project import Project
 
     project = Project.load(spec, environment)
     if service:
         project.service(service)
-    watched = project.store.hosts(service, WATCHED)
+    watched = project.store.hosts(service, (HostState.READY, HostState.SERVING,
+                                            HostState.DRAINING, HostState.WARM))
     hosts = [h for h in watched if h.root and Path(h.root).is_dir()]
     remote = [h for h in watched if not h.root and h.data.get("machine")]
     manifests: dict[str, Any] = {}
@@ -129,6 +130,7 @@ def _replace(project: Project, drifted: list[tuple[Host, Drift]], lock_wait: flo
              json_out: bool) -> None:
     from hinotori.cli.controlcmds import _actor, _print_step
     from hinotori.controller.client import ControllerClient
+    from hinotori.model import HostState
 
     client = ControllerClient(project)
     try:

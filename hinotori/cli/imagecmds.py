@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hinotori.bake import Image, ManifestEntry, step_kind
-from hinotori.bake.diff import diff_manifests
-from hinotori.bake.gc import DEFAULT_KEEP, collect
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
 from hinotori.errors import ImageNotFound, NotFound
-from hinotori.project import Project
-from hinotori.releases import image_rows, releases_everywhere
-from hinotori.spec.environments import environment_needed
-from hinotori.store import Store, default_actor
 
+if TYPE_CHECKING:
+    from hinotori.bake import Image, ManifestEntry
+    from hinotori.project import Project
+
+DEFAULT_KEEP = 3  # as hinotori.bake.gc.DEFAULT_KEEP (a test checks): not imported at start
 RefArg = Annotated[str, typer.Argument(help="digest (prefix) or release, e.g. web@v3")]
 
 
 def images(spec: SpecOpt = Path("."),
            environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """Stored images, newest first, with the releases that use each."""
+    from hinotori.project import Project
+    from hinotori.releases import image_rows
+
     rows = image_rows(Project.load(spec, environment, shared=True))
     if json_out:
         render.print_json(rows)
@@ -46,6 +47,9 @@ def images(spec: SpecOpt = Path("."),
 def image_inspect(ref: RefArg, spec: SpecOpt = Path("."),
                   environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """Where an image came from: recipe, source commit, builder, build time, env, size."""
+    from hinotori.project import Project
+    from hinotori.releases import releases_everywhere
+
     project = Project.load(spec, environment, shared=True)
     image = resolve_image(project, ref)
     if image.kind == "os" and not image.has_manifest:
@@ -106,6 +110,9 @@ def image_inspect(ref: RefArg, spec: SpecOpt = Path("."),
 def image_diff(a: RefArg, b: RefArg, spec: SpecOpt = Path("."), environment: EnvOpt = None,
                json_out: JsonOpt = False) -> None:
     """Files added, removed and changed (content, mode, type) from image A to image B."""
+    from hinotori.bake.diff import diff_manifests
+    from hinotori.project import Project
+
     project = Project.load(spec, environment, shared=True)
     before, after = resolve_image(project, a), resolve_image(project, b)
     diff = diff_manifests(_manifest(project, before), _manifest(project, after))
@@ -136,6 +143,10 @@ def gc(spec: SpecOpt = Path("."), environment: EnvOpt = None,
 
     Never the image of a current, previous or canary release or of a live host, nor those of
     each service's newest --keep releases."""
+    from hinotori.bake.gc import collect
+    from hinotori.project import Project
+    from hinotori.store import Store, default_actor
+
     project = Project.load(spec, environment, shared=True)
     # The image store is shared: what any environment's releases or hosts use stays.
     others = [(env, Store(path)) for env, path in project.all_state_files()
@@ -170,6 +181,8 @@ def gc(spec: SpecOpt = Path("."), environment: EnvOpt = None,
 
 def resolve_image(project: Project, ref: str) -> Image:
     """An image by digest (prefix) or by release (``web@v3``, ``web@current``, …)."""
+    from hinotori.spec.environments import environment_needed
+
     if "@" not in ref:
         return project.images.get(ref)
     service, _, which = ref.partition("@")
@@ -216,6 +229,8 @@ def _manifest(project: Project, image: Image) -> list[ManifestEntry]:
 
 def _step_text(step: dict[str, Any]) -> str:
     """A recipe step as the spec writes it, its kind first: { copy = "src", to = "app/" }."""
+    from hinotori.bake import step_kind
+
     kind = step_kind(step)
     return _toml({k: step[k] for k in sorted(step, key=lambda k: (k != kind, k))})
 

@@ -14,12 +14,13 @@ from typing import Annotated
 
 import typer
 
-from hinotori.bake.archive import COMPRESSIONS, compression_for
 from hinotori.cli import render
 from hinotori.cli.imagecmds import RefArg, resolve_image, size_text
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console, err_console
-from hinotori.project import Project
+
+# As hinotori.bake.archive.COMPRESSIONS (a test checks): that module is not imported at start.
+COMPRESSIONS = ("none", "gzip", "zstd")
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", metavar="FILE",
                                         help="FILE.tar, .tar.gz or .tar.zst; - for stdout")]
@@ -52,6 +53,9 @@ def image_export(ref: RefArg, output: OutputOpt, spec: SpecOpt = Path("."),
 
     The same image always gives the same bytes. `hinotori image import` on another controller
     checks it against its digest."""
+    from hinotori.bake.archive import compression_for
+    from hinotori.project import Project
+
     to_stdout = output == "-"
     if compress is None:
         try:
@@ -100,6 +104,7 @@ def image_import(file: Annotated[str, typer.Argument(metavar="FILE",
     stored is left as it is. Provenance travels with it, plus where it was imported from."""
     from hinotori.bake.cache import BuildCache
     from hinotori.bake.transfer import import_image
+    from hinotori.project import Project
     from hinotori.releases import ensure_release
 
     # The image store is shared; a release (--service) is one environment's.

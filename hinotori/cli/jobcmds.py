@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.project import Project
 
 job_app = typer.Typer(no_args_is_help=True, help="One scheduled job: run it now.")
 TAIL = 20  # output lines `job run` prints
@@ -52,6 +54,7 @@ def jobs(name: Annotated[str | None, typer.Argument(
     """Scheduled jobs: schedule, last run and its result, next run; with NAME, its runs."""
     from hinotori.controller.jobs import job_rows
     from hinotori.errors import NotFound
+    from hinotori.project import Project
     from hinotori.store.jobs import JobRuns
 
     project = Project.load(spec, environment)
@@ -105,6 +108,7 @@ def run(name: Annotated[str, typer.Argument(help="a job of the spec (jobs.NAME)"
     from hinotori.cli.render import visible
     from hinotori.controller.client import ControllerClient
     from hinotori.errors import ControllerError
+    from hinotori.project import Project
     from hinotori.store.jobs import RUNNING, JobRuns
 
     project = Project.load(spec, environment)

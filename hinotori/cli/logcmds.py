@@ -20,7 +20,6 @@ import typer
 
 from hinotori.cli.options import MAX_NUMBER, EnvOpt, moment_option, release_option
 from hinotori.cli.render import visible
-from hinotori.project import Project
 
 if TYPE_CHECKING:
     from hinotori.observe.logs import LogLine, LogQuery, LogStore
@@ -63,6 +62,7 @@ def logs(service: Annotated[str | None, typer.Argument(help="default: every serv
         logs_db,
         search,
     )
+    from hinotori.project import Project
 
     project = Project.load(spec, environment)
     path = logs_db(project.state_dir)

@@ -15,7 +15,6 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-from hinotori.project import Project
 
 machine_app = typer.Typer(no_args_is_help=True, help="One machine of the fleet: drain, undrain.")
 Name = Annotated[str, typer.Argument(help="a [machines.NAME] of the spec")]
@@ -25,6 +24,7 @@ def machines(spec: SpecOpt = Path("."), environment: EnvOpt = None,
              json_out: JsonOpt = False) -> None:
     """The machines of the fleet: state (up, down, draining), hosts, engine, last seen."""
     from hinotori.controller.machines import machine_rows
+    from hinotori.project import Project
 
     project = Project.load(spec, environment)
     rows = machine_rows(sorted(project.spec.machines), project.store)
@@ -41,6 +41,7 @@ def machines(spec: SpecOpt = Path("."), environment: EnvOpt = None,
 def drain(name: Name, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Move the machine's hosts elsewhere (zero failed requests) and keep new hosts off it."""
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
     answer = ControllerClient(Project.load(spec, environment)).call(
         "POST", f"/v1/machines/{name}/drain")
@@ -54,6 +55,7 @@ def drain(name: Name, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> 
 def undrain(name: Name, spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     """Let the machine take new hosts again."""
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
     ControllerClient(Project.load(spec, environment)).call("POST", f"/v1/machines/{name}/undrain")
     console.print(f"{name} takes new hosts again")

@@ -13,7 +13,6 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt, duration_option
 from hinotori.cli.render import console
-from hinotori.project import Project
 
 maintenance_app = typer.Typer(
     no_args_is_help=True,
@@ -25,6 +24,7 @@ Reason = Annotated[str, typer.Option("--reason", help="why, for the audit log")]
 def _call(spec: Path, environment: str | None, method: str, path: str,
           **kwargs: Any) -> Any:
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
     from hinotori.store import default_actor
 
     project = Project.load(spec, environment)
@@ -74,6 +74,8 @@ def off(service: Service, spec: SpecOpt = Path("."), environment: EnvOpt = None,
 def status(spec: SpecOpt = Path("."), environment: EnvOpt = None,
            json_out: JsonOpt = False) -> None:
     """The services in maintenance: since when, by whom, the message and Retry-After."""
+    from hinotori.project import Project
+
     # Read from the store: works with no controller running.
     project = Project.load(spec, environment)
     rows = project.store.maintenance_all()

@@ -19,15 +19,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt, moment_option, release_option, step_text
-from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError, NotFound
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.project import Project
 
 CHART_HEIGHT = 11
 MARKERS = ("braille", "dot", "+", "x", "*", "o")
@@ -45,6 +46,8 @@ CHARTS: tuple[tuple[str, Any], ...] = (
 def fetch(project: Project, service: str, *, release: str | None, since: str,
           until: str | None, step: str | None) -> tuple[dict[str, Any], str]:
     """The history and where it came from: the controller, or metrics.db when none runs."""
+    from hinotori.controller.client import ControllerClient
+
     # Imported here, not at the top: every command's start-up imports this module (Typer reads
     # the signatures), and the metrics package (asyncio, the sampler) is only for this one.
     from hinotori.observe.metrics import MetricsStore, history_text, metrics_db, parse_release
@@ -144,6 +147,8 @@ def metrics(service: Annotated[str, typer.Argument(help="the service")],
     """Charts of a service's requests, errors, p99, CPU and memory, per release.
 
     Also for releases whose hosts are all gone: 10 s points for a day, 1 min for 30 days."""
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     data, source = fetch(project, service, release=release, since=since, until=until,
                          step=step)

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 
 from hinotori.durations import parse_duration, parse_moment
-from hinotori.model import release_number
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-f", help="hinotori.toml or its directory")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -78,6 +77,8 @@ def step_text(text: str) -> str:
 
 def release(text: Any) -> int:
     """A release number from "v3" or "3"."""
+    from hinotori.model import release_number
+
     if isinstance(text, int):
         return text
     number = release_number(text)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hinotori.cli import render
 from hinotori.cli.render import console
-from hinotori.project import Project
-from hinotori.promotion import promote
+
+if TYPE_CHECKING:
+    from hinotori.project import Project
 
 
 def promote_and_deploy(project: Project, service: str, source: str, json_out: bool) -> int:
     """The number of the release to deploy: ``source``'s serving image with this
     environment's config (made once; promoting it again reuses it)."""
+    from hinotori.promotion import promote
+
     found, outcome = promote(project, service, source)
     if not json_out:
         console.print(f"promoting {render.short_digest(found.release.image)} from {source} "

@@ -14,7 +14,6 @@ import typer
 from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.render import console
-from hinotori.project import Project
 
 router_app = typer.Typer(no_args_is_help=True, help="The router (front door): certificates.")
 
@@ -25,6 +24,7 @@ def reload_certs(spec: SpecOpt = Path("."), environment: EnvOpt = None,
     """Read the TLS certificate files again and serve them to new connections (no connection
     dropped); a bad file is refused and the previous certificates keep serving."""
     from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
 
     client = ControllerClient(Project.load(spec, environment))
     try:

@@ -4,18 +4,22 @@ controller usually answers hinotori.cli.statusquick before this module loads).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hinotori.cli.options import EnvOpt, JsonOpt, SpecOpt
 from hinotori.cli.statusview import show_status
-from hinotori.controller.client import ControllerClient
 from hinotori.errors import ControllerError
-from hinotori.project import Project
+
+if TYPE_CHECKING:
+    from hinotori.project import Project
 
 
 def status(spec: SpecOpt = Path("."),
            environment: EnvOpt = None, json_out: JsonOpt = False) -> None:
     """What serves now: per service, current and previous release and its hosts."""
+    from hinotori.controller.client import ControllerClient
+    from hinotori.project import Project
+
     project = Project.load(spec, environment)
     try:
         client = ControllerClient(project, timeout=5.0)

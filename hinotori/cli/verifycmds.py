@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,13 +30,13 @@ from hinotori.cli import render
 from hinotori.cli.options import EnvOpt, SpecOpt, duration_option
 from hinotori.cli.render import console, err_console
 from hinotori.errors import HinotoriError, NotFound, ProviderError, SpecError
-from hinotori.model import Host, HostState, Release
-from hinotori.project import Project
-from hinotori.providers.base import BootRequest, Provider, volume_dirs
 from hinotori.statefiles import private_dir
-from hinotori.store import default_actor
-from hinotori.verify import CheckResult, MatcherResult, Report, verify_host
-from hinotori.verify.report import FORMATS, RENDERERS, print_table
+
+if TYPE_CHECKING:
+    from hinotori.model import Host, Release
+    from hinotori.project import Project
+    from hinotori.providers.base import Provider
+    from hinotori.verify import CheckResult, Report
 
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="vN; default: the newest")]
 
@@ -61,6 +61,10 @@ def verify(service: Annotated[str, typer.Argument(help="the service whose checks
     """Boot a throwaway host of a release, run the service's checks on it, destroy it; exit 1
     if any check failed."""
     import asyncio  # lazy: start-up time, see checks_app
+
+    from hinotori.project import Project
+    from hinotori.store import default_actor
+    from hinotori.verify.report import RENDERERS, print_table
 
     fmt = "json" if json_out else format_
     retry, pause = retry_timeout, sleep
@@ -99,6 +103,7 @@ def checks_generate(
     ports, files (modes, sha256 of key files), processes and health endpoint."""
     import asyncio  # lazy: start-up time, see checks_app
 
+    from hinotori.project import Project
     from hinotori.verify.survey import MAX_FILES, starter_checks, to_toml
 
     project = Project.load(spec, environment)
@@ -122,6 +127,8 @@ def checks_generate(
 
 # -- helpers -------------------------------------------------------------------------------
 def _format(text: str) -> str:
+    from hinotori.verify.report import FORMATS
+
     if text not in FORMATS:
         raise ValueError(f"{text!r} is not a format: use one of {', '.join(FORMATS)}")
     return text
@@ -158,6 +165,10 @@ async def throwaway_host(project: Project, service: str, release: Release,
                          provider: Provider, purpose: str) -> AsyncIterator[Host]:
     """A host of ``release`` that no traffic reaches, recorded in the store, destroyed on exit
     whatever happens."""
+    from hinotori.model import HostState
+    from hinotori.providers.base import BootRequest, volume_dirs
+    from hinotori.store import default_actor
+
     svc, actor = project.service(service), default_actor()
     host_id = f"{service}-verify-{secrets.token_hex(3)}"
     state_dir = project.hosts_dir / host_id
@@ -182,6 +193,8 @@ async def throwaway_host(project: Project, service: str, release: Release,
 
 async def _healthy(project: Project, service: str, provider: Provider,
                    host: Host) -> CheckResult:
+    from hinotori.verify import CheckResult, MatcherResult
+
     svc = project.service(service)
     check = svc.health.check()
 
@@ -206,6 +219,8 @@ async def _healthy(project: Project, service: str, provider: Provider,
 
 async def _verify(project: Project, service: str, release: Release, retry: float,
                   pause: float) -> Report:
+    from hinotori.verify import Report, verify_host
+
     svc = project.service(service)
     provider = _providers(project)[svc.provider]
     testinfra = [project.root / p for p in svc.testinfra]

@@ -1,8 +1,32 @@
-"""hinotori.toml: schema (pydantic) and loading with errors that point at file, line and key."""
+"""hinotori.toml: schema (pydantic) and loading with errors that point at file, line and key.
 
-from hinotori.spec.load import LoadedSpec, load_spec, parse_spec
-from hinotori.spec.read import SPEC_FILE
-from hinotori.spec.schema import HealthSpec, ServiceSpec, Spec
+The names below are loaded on first use (PEP 562): building the schema's pydantic models is
+~130 ms, and a module that needs only hinotori.spec.read (the CLI's start) must not pay it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hinotori.spec.load import LoadedSpec, load_spec, parse_spec
+    from hinotori.spec.read import SPEC_FILE
+    from hinotori.spec.schema import HealthSpec, ServiceSpec, Spec
+
+# submodule -> the names it gives this package
+_EXPORTS = {"load": ("LoadedSpec", "load_spec", "parse_spec"), "read": ("SPEC_FILE",),
+            "schema": ("HealthSpec", "ServiceSpec", "Spec")}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["SPEC_FILE", "HealthSpec", "LoadedSpec", "ServiceSpec", "Spec", "load_spec",
            "parse_spec"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # looked up once
+    return value

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hinotori.errors import SpecError
-from hinotori.providers.registry import PROVIDERS
+from hinotori.providers.registry import runs_os_image
 from hinotori.spec import environments
 from hinotori.spec.jobs import check_jobs
 from hinotori.spec.locate import key_lines, line_of, nesting_problem
@@ -202,7 +202,7 @@ def _check_machines(spec: Spec, text: str, file: str, relocate: Relocate) -> Non
             raise SpecError(f"no [machines.NAME] table for {', '.join(unknown)} (declared: "
                             f"{', '.join(sorted(spec.machines)) or 'none'})", **where,
                             hint="declare each machine with its address, ssh and engine")
-        if not PROVIDERS[svc.provider].runs_os_image:
+        if not runs_os_image(svc.provider):
             raise SpecError(f"machines run containers, not {svc.provider!r} hosts", **where,
                             hint='set provider = "container" and an [image] os table')
 

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from hinotori.model import LATENCY_LOG_RATE, HealthCheck, ReleaseConfig
-from hinotori.providers.registry import PROVIDERS
+from hinotori.providers.registry import PROVIDERS, runs_os_image
 from hinotori.registry import Registry
 from hinotori.router.registry import ROUTERS
 from hinotori.spec.base import (
@@ -268,7 +268,7 @@ class ServiceSpec(Strict):
                              "replicas = 1")
         if self.stateful and self.chaos is not None:
             raise ValueError("a stateful service is never chaos-killed: remove its chaos table")
-        os_image = PROVIDERS[self.provider].runs_os_image
+        os_image = runs_os_image(self.provider)
         if os_image and self.image.os is None:
             raise ValueError(f"a {self.provider} host runs an OS image: add os = {{ suite = "
                              "\"bookworm\" } to this service's [image] table (or use "

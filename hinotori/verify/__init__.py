@@ -11,12 +11,35 @@
     report.py     Rich table, JSON, JUnit XML, TAP
 
 The spec schema imports ``checks``; nothing in this package imports ``hinotori.spec`` (that
-would be a cycle).
+would be a cycle). The names below load their submodule on first use (PEP 562): the schema
+needs only ``checks``, and every command that loads a spec would otherwise import the runner
+(asyncio, the providers) too.
 """
 
-from hinotori.verify.checks import Check, CheckBase, parse_checks
-from hinotori.verify.results import CheckResult, MatcherResult, Report
-from hinotori.verify.runner import VerifyPlan, fleet_verifier, verify_host
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hinotori.verify.checks import Check, CheckBase, parse_checks
+    from hinotori.verify.results import CheckResult, MatcherResult, Report
+    from hinotori.verify.runner import VerifyPlan, fleet_verifier, verify_host
+
+# submodule -> the names it gives this package
+_EXPORTS = {"checks": ("Check", "CheckBase", "parse_checks"),
+            "results": ("CheckResult", "MatcherResult", "Report"),
+            "runner": ("VerifyPlan", "fleet_verifier", "verify_host")}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["Check", "CheckBase", "CheckResult", "MatcherResult", "Report", "VerifyPlan",
            "fleet_verifier", "parse_checks", "verify_host"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # looked up once
+    return value
