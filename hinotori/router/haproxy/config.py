@@ -33,6 +33,10 @@ Maintenance mode is in the live map too: a service in maintenance points it to i
 request pays no extra lookup for it; a request asking for a release (header, cookie, the
 preview frontend) checks the live map before it goes to a slot.
 
+A catch-all route (no Host, prefix ``/``) has one more rule per slot before all of these, a
+switch (flags.py) that is on while its slot is where every request would go anyway: then an
+ordinary request costs one pointer test instead of a header scan and a live-map lookup.
+
 Only a route with ``sticky`` set has the cookie rule (the flag is part of its shape): the others
 never look at the ``Cookie`` header.
 
