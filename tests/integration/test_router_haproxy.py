@@ -110,7 +110,7 @@ async def live_backend(r: HaproxyRouter, service: str) -> str:
 async def in_maintenance(r: HaproxyRouter) -> set[str]:
     (text,) = await runtime.run(r.stats_socket, ["show servers state"])
     return {f"{be}/{name}" for be, servers in converge.parse_servers_state(text).items()
-            for name, srv in servers.items() if srv.maint}
+            if be != config.LIVE_FLAGS for name, srv in servers.items() if srv.maint}
 
 
 def backends_seen(port: int, n: int, headers: list[str] | None = None) -> Counter[str]:

@@ -124,7 +124,10 @@ def test_haproxy_prepare_readies_the_new_slot_and_the_switch_is_map_entries(
             return await real_run(cmds, timeout)
         router._cli.run = spy  # type: ignore[method-assign]
         await router.apply(t_b)
-        assert commands and all(c.split()[1] == "map" for c in commands[-1]), commands
+        # Map entries, and the catch-all route's switches (flags.py): one on, one off.
+        assert commands and all(c.split()[1] == "map" or
+                                c.startswith(f"set server {config.LIVE_FLAGS}/")
+                                for c in commands[-1]), commands
         assert set(await seen(port, 6)) == {"hb1", "hb2"}
         router._cli.run = real_run  # type: ignore[method-assign]
         # A restarted controller (a new object) reads HAProxy back and applies whole.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.model import Backend, Maintenance, RoutingTable, ServiceRoute
-from hinotori.router.haproxy import config, converge
+from hinotori.router.haproxy import config, converge, flags
 from hinotori.router.haproxy.converge import Held, Server
 from hinotori.router.haproxy.slots import assign_slots
 
@@ -81,6 +81,8 @@ def reloaded(plan: config.Plan) -> Held:
     """What a worker started from the rendered cfg and map files holds."""
     servers = {be: {n: Server(s.host, str(s.port), str(s.weight), False) for n, s in srv.items()}
                for be, srv in plan.servers.items()}
+    servers[flags.LIVE_FLAGS] = {n: Server("127.0.0.1", "1", "1", n not in (plan.flags or ()))
+                                 for names in flags.declared(plan.shapes).values() for n in names}
     return Held(servers, map_targets(plan))
 
 
@@ -140,6 +142,12 @@ def test_deltas_leave_haproxy_as_a_full_apply_would(seed: int) -> None:
         # Every backend requests can reach serves exactly the plan's servers and weights.
         assert serving(plan, real) == wanted(plan, real)
         assert real.maps == {**held.maps, **maps}
+        # An ordinary request of a catch-all route: the first switch on, else the live map.
+        switches = real.servers[flags.LIVE_FLAGS]
+        for svc, names in flags.declared(plan.shapes).items():
+            on = [n for n in names if not switches[n].maint]
+            assert len(on) <= 1, on
+            assert (on[:1] or [real.maps[MAPS / "live.map"][svc]])[0] == plan.live[svc]
         for servers in real.servers.values():  # a lost backend takes nothing, anywhere
             for s in servers.values():
                 assert s.maint or f"{s.host}:{s.port}" not in plan.lost

@@ -62,7 +62,12 @@ def test_only_the_maintenance_backend_answers_503_and_release_requests_check_it(
     assert backend_block(text, "web.maint").count("http-request return status 503") == 2
     guard = f"!{{ str(web),map({config.live_file(s)}) -m str web.maint }}"
     main, preview = frontend_rules(text), frontend_rules(text, config.PREVIEW_FRONTEND)
-    # header, cookie, live; on the preview frontend: header, held release, live
+    # the slots' switches (flags.py), then header, cookie, live; on
+    # the preview frontend: header, held release, live
+    assert [r for r in main if "srv_is_up(_live/" in r] == [
+        "use_backend web.r1 if { srv_is_up(_live/web.r1) }",
+        "use_backend web.r2 if { srv_is_up(_live/web.r2) }"]
+    main = main[2:]
     assert len(main) == 3 and len(preview) == 3
     for rule in (*main[:2], *preview[:2]):
         assert rule.endswith(guard), rule

@@ -33,6 +33,10 @@ Maintenance mode is in the live map too: a service in maintenance points it to i
 request pays no extra lookup for it; a request asking for a release (header, cookie, the
 preview frontend) checks the live map before it goes to a slot.
 
+A catch-all route (no Host, prefix ``/``) has one more rule per slot before all of these, a
+switch (flags.py) that is on while its slot is where every request would go anyway: then an
+ordinary request costs one pointer test instead of a header scan and a live-map lookup.
+
 Only a route with ``sticky`` set has the cookie rule (the flag is part of its shape): the others
 never look at the ``Cookie`` header.
 
@@ -50,6 +54,7 @@ from dataclasses import dataclass, field
 from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
 from hinotori.router.haproxy import tls
+from hinotori.router.haproxy.flags import LIVE_FLAGS, declared, fast_lane, flag_backend, flag_on
 from hinotori.router.haproxy.maint import MAINTENANCE_MAPS, maintenance_maps
 from hinotori.router.haproxy.settings import REQUEST_TIMEOUT as REQUEST_TIMEOUT
 from hinotori.router.haproxy.settings import (
@@ -120,6 +125,7 @@ class Plan:
     maintenance: dict[str, dict[str, str]] = field(default_factory=dict)
     live: dict[str, str] = field(default_factory=dict)  # service -> ordinary requests' backend
     idle: frozenset[str] = frozenset()  # backends no map points to: left as they are
+    flags: frozenset[str] | None = None  # the _live switches on (flags.py); None: leave them
 
 
 def server_name(release: int, host_id: str) -> str:
@@ -235,6 +241,10 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
                 live_backend(svc, out.servers.get(svc, {}), svc in out.sticky,
                              out.slots.get(svc, {}))
                 for svc in (shape.service for shape in shapes)}
+    out.flags = frozenset(flag for shape in shapes if fast_lane(shape.hosts, shape.prefix)
+                          if (flag := flag_on(shape.service, out.live[shape.service],
+                                              out.maps[shape.service],
+                                              shape.service in out.sticky)) is not None)
     pointed = set(out.live.values()) | {v for m in out.maps.values() for v in m.values()}
     out.idle = frozenset(be for be in out.servers if be not in pointed)
     return out
@@ -335,12 +345,15 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
                   f"{{ rand({SAMPLE_RANGE}),map_int({sample}) -m found }}",
                   f'  log-format "%pid %rt %s %Ta %[int(0),map_int({sample})]"']
     sticky = sticky_file(s)
+    switches = declared(the_plan.shapes)
     for i, shape in _ordered(the_plan.shapes):
         conds = _route_acls(lines, i, shape)
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         cookie = f"req.cook(hinotori-{shape.service}),lower,map({m})"
         up = _not_in_maintenance(s, shape.service)
+        lines += [f"  use_backend {be} if {{ srv_is_up({LIVE_FLAGS}/{be}) }}"  # flags.py
+                  for be in switches.get(shape.service, ())]  # before every other rule
         # Cheapest test first (conditions stop at the first false): most requests carry
         # neither the header nor the cookie, and then no map is looked up at all.
         by_header = [*conds, "{ req.hdr(x-hinotori-release) -m found }",
@@ -374,6 +387,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             lines += [f"backend {name}", "  balance roundrobin",
                       *_server_lines(the_plan.servers.get(name, {})), ""]
         lines += _maintenance_backend(s, svc)
+    lines += flag_backend([n for names in declared(the_plan.shapes).values() for n in names],
+                          the_plan.flags or frozenset())
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")
     lines += [f"backend {NO_ROUTE}",

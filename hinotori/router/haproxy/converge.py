@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hinotori.router.haproxy import flags
 from hinotori.router.haproxy.config import Plan, server_options
 
 
@@ -139,7 +140,7 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
                 retire.append(f"set server {backend}/{name} state maint")
                 now[name] = Server(row.host, row.port, row.weight, True)
     for backend, have in held.servers.items():  # backends the plan dropped: only after a reload
-        if backend not in plan.servers:
+        if backend not in plan.servers and backend != flags.LIVE_FLAGS:
             for name, row in have.items():
                 if not row.maint:
                     out.retire.append(f"set server {backend}/{name} state maint")
@@ -155,12 +156,20 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
                 out.maps.append(f"set map {f} {key} {value}")
         dels[:0] = [f"del map {f} {key}" for key in have_map if key not in entries]
         after.maps[f] = dict(entries)
+    if plan.flags is not None and flags.LIVE_FLAGS in held.servers:
+        # Once the maps say the same (a switch on leads where the live map does), before a
+        # map entry leaves (a switch off hands requests back to the map rules).
+        switches = held.servers[flags.LIVE_FLAGS]
+        ups, downs = flags.commands(plan.flags, {n: r.maint for n, r in switches.items()})
+        out.maps += ups + downs
+        after.servers[flags.LIVE_FLAGS] = {n: replace(r, maint=n not in plan.flags)
+                                           for n, r in switches.items()}
     out.maps += dels
     # Servers on a machine seen down: nothing will come back from them, so their sessions
     # end now instead of draining (after the maint above, so a retry goes elsewhere).
     if plan.lost:  # (a scan of every server: only when there is something to find)
         out.lost = {f"{be}/{n}" for be, have in held.servers.items() for n, r in have.items()
-                    if f"{r.host}:{r.port}" in plan.lost}
+                    if f"{r.host}:{r.port}" in plan.lost and be != flags.LIVE_FLAGS}
     return out, after
 
 
@@ -170,5 +179,6 @@ def ahead(plan: Plan, held: Held) -> tuple[Changes, Held]:
     and their other servers put in maintenance; no request reaches them until the switch's
     map entries do. The rest (maps, backends in use, lost servers) is the switch's."""
     pointed = frozenset(v for m in held.maps.values() for v in m.values())
-    early = replace(plan, idle=plan.idle | (pointed & plan.servers.keys()), lost=frozenset())
+    early = replace(plan, idle=plan.idle | (pointed & plan.servers.keys()), lost=frozenset(),
+                    flags=None)
     return diff(early, held.maps, held)

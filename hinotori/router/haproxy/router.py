@@ -408,8 +408,8 @@ class HaproxyRouter:
         servers still there. A server that still has connections stays for the next sweep."""
         (text,) = await runtime.run(self.stats_socket, ["show servers state"])
         actual = converge.parse_servers_state(text)
-        idle = [(be, name) for be, rows in actual.items() for name, row in rows.items()
-                if row.maint and servers.get((be, name), Counts()).active == 0]
+        idle = [(be, name) for be, rows in actual.items() if be != config.LIVE_FLAGS for name, row
+                in rows.items() if row.maint and servers.get((be, name), Counts()).active == 0]
         if not idle:
             return servers
         answers = await runtime.run(self.stats_socket, [f"del server {be}/{n}" for be, n in idle])

@@ -37,6 +37,7 @@ from hinotori.errors import HinotoriError
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
 from hinotori.router.haproxy import runtime
 from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
+from hinotori.router.haproxy.flags import LIVE_FLAGS
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
 # The ring is read (dumped whole: ~0.5 ms of HAProxy's time when full) at most this often
@@ -87,7 +88,7 @@ def parse_servers(csv_text: str) -> dict[tuple[str, str], Counts]:
     out = {}
     for row in csv.DictReader(io.StringIO(text)):
         px, sv = row.get("pxname") or "", row.get("svname") or ""
-        if not sv or sv in ("FRONTEND", "BACKEND") or px in (FRONTEND, NO_ROUTE):
+        if not sv or sv in ("FRONTEND", "BACKEND") or px in (FRONTEND, NO_ROUTE, LIVE_FLAGS):
             continue
         statuses: dict[str, int] = {}
         for column, cls in _STATUS:
