@@ -90,11 +90,10 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         git = pool.submit(git_source, source.root)
         early: dict[str, Future[Any]] = {}
 
-        def on_image(short: str) -> None:
+        def on_image(short: str) -> None:  # called from the build's stream: nothing slow
             early.clear()
             early["inspect"] = pool.submit(inspect_image, client, short)
-            if not _stored(store, short):  # a stored image needs only its tags checked
-                early["history"] = pool.submit(retrying, lambda: api.history(short))
+            early["history"] = pool.submit(_history_unless_stored, client, store, short)
 
         def build_it() -> BuildOutcome:
             with context_tar(translation, source, epoch=epoch) as tar:
@@ -163,13 +162,16 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         return result(reused=False)
 
 
-def _stored(store: ImageStore, short_id: str) -> bool:
-    """Whether an image whose id starts with ``short_id`` may be stored already."""
+def _history_unless_stored(client: docker.DockerClient, store: ImageStore,
+                           short_id: str) -> list[dict[str, Any]] | None:
+    """The engine's history of ``short_id``; None (not asked) when an image with that prefix
+    is stored already: a rebake of it needs only its tags checked."""
     try:
         store.get(short_id)
     except ImageNotFound as e:
-        return "ambiguous" in e.message
-    return True
+        if "ambiguous" not in e.message:
+            return retrying(lambda: client.api.history(short_id))
+    return None
 
 
 def _same(engine_id: object, image_id: str) -> bool:
