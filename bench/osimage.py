@@ -232,9 +232,25 @@ def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podma
     controller = json.loads((project / ".hinotori" / "controller.json").read_text())["pid"]
     service = int(service_pidfile.read_text())
 
+    import hinotori.bake.osimage.bake as os_bake
+
+    engine_build = os_bake.build
+    build_calls: list[float] = []  # the engine's build call alone, in the in-process way
+
+    def timed_build(*args: object, **kwargs: object) -> object:
+        began = time.perf_counter()
+        try:
+            return engine_build(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            build_calls.append(time.perf_counter() - began)
+
     def in_process() -> float:
         began = time.perf_counter()
-        result, _outcome = bake_service(loaded, "web")
+        os_bake.build = timed_build  # type: ignore[assignment]
+        try:
+            result, _outcome = bake_service(loaded, "web")
+        finally:
+            os_bake.build = engine_build
         assert result.cache_hits == steps - 1, result
         return time.perf_counter() - began
 
@@ -269,6 +285,23 @@ def measure_one_line_change(runs: int, project: Path, hinotori: list[str], podma
           f"{statistics.median(served[-runs:]):.2f}s; every round: "
           + " ".join(f"{label.rsplit(', ', 1)[-1]} {' '.join(f'{x:.2f}' for x in xs)};"
                      for label, xs in seconds.items()), flush=True)
+    # What hinotori's part is around the engine's build: the controller's own bake (request
+    # in, image recorded, release made) against a whole `podman build` command, and the
+    # engine's build call alone (POST /build to the end of its stream) against it too.
+    own, podman = statistics.median(served[-runs:]), statistics.median(seconds["podman"])
+    call = statistics.median(build_calls)
+    around = statistics.median(a - b for a, b in zip(
+        seconds["one-line change, in-process"], build_calls, strict=True))
+    print(f"  the engine's build call alone (in-process way): median {call:.3f}s; the rest of "
+          f"bake_service(): {around * 1000:.0f} ms", flush=True)
+    record("osimage", "the controller's own bake (image.baked seconds) / podman build seconds "
+           "after a one-line change", own / podman, unit="x",
+           detail=f"medians of {runs} runs: {own:.3f} s")
+    record("osimage", "the engine's build call alone / podman build seconds after a one-line "
+           "change", call / podman, unit="x",
+           detail=f"medians of {runs} runs: {call:.3f} vs {podman:.3f} s")
+    record("osimage", "bake_service() around the engine's build call (hinotori's own part, "
+           "in process)", around * 1000, unit="ms", detail=f"median of {runs} runs")
     return seconds, cpu
 
 

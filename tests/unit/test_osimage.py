@@ -328,6 +328,48 @@ def test_build_stream_of_either_engine(messages: list[dict], image: str) -> None
     assert len(engine.inspected) == 1 and outcome.image_id == image
 
 
+@pytest.mark.parametrize("messages, short", [(PODMAN_BUILD, "d62d3cdd0ef"),
+                                             (DOCKER_BUILD, "1a2b3c4d5e6f")],
+                         ids=["podman", "docker"])
+def test_last_instruction_s_image_is_announced_before_the_stream_ends(messages: list[dict],
+                                                                      short: str) -> None:
+    from hinotori.bake.osimage.engine_build import build
+
+    engine = FakeEngine(messages)
+    read: list[int] = []
+    post = engine.post
+
+    def counting_post(url: str, **kw: object) -> object:
+        response = post(url, **kw)  # type: ignore[arg-type]
+        lines = list(response.iter_lines(decode_unicode=True))  # type: ignore[attr-defined]
+
+        def iter_lines(_s: object, decode_unicode: bool) -> object:
+            for n, line in enumerate(lines, start=1):
+                read.append(n)
+                yield line
+        return type("Response", (), {"status_code": 200, "iter_lines": iter_lines})()
+
+    engine.post = counting_post  # type: ignore[method-assign]
+    announced: list[tuple[str, int]] = []
+    outcome = build(engine, io.BytesIO(b""), timestamp=7,  # type: ignore[arg-type]
+                    on_image=lambda s: announced.append((s, read[-1])))
+    assert [s for s, _n in announced] == [short]  # once, the last instruction's image only
+    assert announced[0][1] < len(messages)  # before the stream ended
+    assert outcome.image_id == messages[-2]["aux"]["ID"]  # the outcome's id: the aux one
+
+
+def test_a_build_that_fails_at_its_last_step_announces_no_image() -> None:
+    from hinotori.bake.osimage.engine_build import build
+
+    messages = [*PODMAN_BUILD[:5], {"stream": "--> Using cache 8f05\n"},
+                {"error": "building at STEP \"COPY\": no such file"}]
+    announced: list[str] = []
+    with pytest.raises(BakeError, match="no such file"):
+        build(FakeEngine(messages), io.BytesIO(b""), timestamp=7,  # type: ignore[arg-type]
+              on_image=announced.append)
+    assert announced == []
+
+
 @pytest.mark.parametrize("messages, error", [
     ([{"stream": "STEP 2/2: RUN boom\n"}, {"stream": "boom-1\n"},
       {"error": "building at STEP \"RUN boom\": exit status 3"}], "exit status 3"),

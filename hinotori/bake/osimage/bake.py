@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import hinotori
 from hinotori.bake.builder import BakeResult
@@ -42,13 +42,14 @@ from hinotori.bake.osimage.engine_build import BuildOutcome, build
 from hinotori.bake.provenance import git_source, recipe_hash
 from hinotori.bake.steps import Step
 from hinotori.engine_storage import inspect_image, retrying
-from hinotori.errors import BakeError
+from hinotori.errors import BakeError, ImageNotFound
 
 if TYPE_CHECKING:
     import docker
 
 Progress = Callable[[str], None]
 IMAGE_REPOSITORY = "localhost/hinotori"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,23 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         return f"step {owner}/{len(steps)} ({steps[owner - 1].describe()})"
 
     # Provenance's git facts (two `git` runs, a status over the tree) are read while the
-    # engine builds; after it, the new image's tag, history and size are asked for at once:
-    # the engine's build is the only wait a cached rebake should have.
-    def build_it() -> BuildOutcome:
-        with context_tar(translation, source, epoch=epoch) as tar:
-            return build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
-                         describe=describe)
-
+    # engine builds, and the new image's inspect and history while the engine cleans up after
+    # committing it (on_image): the engine's build is the only wait a cached rebake should have.
     api = client.api
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="bake-os") as pool:
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="bake-os") as pool:
         git = pool.submit(git_source, source.root)
+        early: dict[str, Future[Any]] = {}
+
+        def on_image(short: str) -> None:  # called from the build's stream: nothing slow
+            early.clear()
+            early["inspect"] = pool.submit(inspect_image, client, short)
+            early["history"] = pool.submit(_history_unless_stored, client, store, short)
+
+        def build_it() -> BuildOutcome:
+            with context_tar(translation, source, epoch=epoch) as tar:
+                return build(client, tar, timestamp=epoch, use_cache=use_cache, on_line=say,
+                             describe=describe, on_image=on_image)
+
         base_id: str | None = None
         try:
             outcome = build_it()
@@ -116,17 +124,25 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
             return BakeResult(store.get(image_id), reused=reused, cache_hits=hits,
                               cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
 
+        def about_it(attrs: dict[str, Any]) -> bool:
+            return _same(attrs.get("Id"), image_id)
+
         if store.exists(image_id):
             say(f"image {image_id} already stored")
-            if f"{repository}:{tag}" not in (inspect_image(client, image_id).get("RepoTags") or []):
+            attrs = _answer(early.get("inspect"), about_it) or inspect_image(client, image_id)
+            if f"{repository}:{tag}" not in (attrs.get("RepoTags") or []):
                 api.tag(image_id, repository, tag=tag)
             return result(reused=True)
-        # A new image has no tag yet: tagged, and its history and size read, all at once.
+        # A new image has no tag yet: tagged now; its inspect and history are asked now unless
+        # the engine answered them already for this image.
         tagging = pool.submit(api.tag, image_id, repository, tag=tag)
-        inspected = pool.submit(inspect_image, client, image_id)
+        inspecting = early.get("inspect") or pool.submit(inspect_image, client, image_id)
         known = base_id or remembered_base(client, recipe.base)
         looked_up = pool.submit(find_base, client, recipe.base) if known is None else None
-        history = retrying(lambda: api.history(image_id))
+        history = _answer(early.get("history"), lambda h: bool(h) and _same(h[0].get("Id"),
+                                                                            image_id))
+        if history is None:
+            history = retrying(lambda: api.history(image_id))
         if looked_up is not None or not in_history(known, history):
             # Not made or seen by this process, or not what this image was built on (the tag
             # was made again since): the engine says which image the tag names.
@@ -135,7 +151,8 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         base_id = known or ""  # "": removed since the build used it
         if base_id:
             remember_base(client, recipe.base, base_id)
-        info = _provenance(image_id, history, inspected.result(), base_id, steps, recipe,
+        attrs = _answer(inspecting, about_it) or inspect_image(client, image_id)
+        info = _provenance(image_id, history, attrs, base_id, steps, recipe,
                            source, translation.text, tag=f"{repository}:{tag}",
                            service=service, project=project, cached_steps=cached_steps,
                            seconds=time.monotonic() - started, git=git.result())
@@ -143,6 +160,35 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         store.record(image_id, info, engine={"id": image_id, "tag": f"{repository}:{tag}"})
         say(f"stored image {image_id}")
         return result(reused=False)
+
+
+def _history_unless_stored(client: docker.DockerClient, store: ImageStore,
+                           short_id: str) -> list[dict[str, Any]] | None:
+    """The engine's history of ``short_id``; None (not asked) when an image with that prefix
+    is stored already: a rebake of it needs only its tags checked."""
+    try:
+        store.get(short_id)
+    except ImageNotFound as e:
+        if "ambiguous" not in e.message:
+            return retrying(lambda: client.api.history(short_id))
+    return None
+
+
+def _same(engine_id: object, image_id: str) -> bool:
+    """Podman names images by bare hex in a history, Docker with "sha256:"."""
+    return str(engine_id or "").removeprefix("sha256:") == image_id.removeprefix("sha256:")
+
+
+def _answer(asked: Future[T] | None, about_it: Callable[[T], bool]) -> T | None:
+    """What the engine answered to a question asked early, if it answered and the answer is
+    about the image the build made (``about_it``); None: ask again."""
+    if asked is None:
+        return None
+    try:
+        answer = asked.result()
+    except Exception:  # any failure of a question asked early is asked again, then raised
+        return None
+    return answer if about_it(answer) else None
 
 
 def _provenance(image_id: str, history: list[dict[str, Any]], attrs: dict[str, Any],

@@ -55,6 +55,8 @@ TAIL_LINES = 20
 _STEP = re.compile(r"^(?:STEP|Step) (\d+)(?:/(\d+))? ?: (.*)$")  # buildah's, Docker's
 _CACHED = re.compile(r"^\s*-+> Using cache")  # buildah "--> Using cache <id>"; Docker " ---> …"
 _BUILT = re.compile(r"^Successfully built ([0-9a-f]+)")
+# An instruction's image: buildah "--> 9b2e1c0d4a7" (11 hex), Docker " ---> 9b2e1c0d4a7f" (12).
+_LAYER = re.compile(r"^\s*-+> ([0-9a-f]{8,64})$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Docker's words for a failed run step; Podman's already say "exit status N".
 _DOCKER_EXIT = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
@@ -73,13 +75,19 @@ BUILD_ATTEMPTS = 3  # buildah's cache check is one of the calls that lose the st
 
 def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
           use_cache: bool = True, on_line: Progress | None = None,
-          describe: Callable[[int], str] | None = None) -> BuildOutcome:
+          describe: Callable[[int], str] | None = None,
+          on_image: Callable[[str], None] | None = None) -> BuildOutcome:
     """Build the context's Containerfile; BakeError with the failing step's output. A build
-    that lost the engine's storage race is asked again, its context rewound."""
+    that lost the engine's storage race is asked again, its context rewound.
+
+    ``on_image(short_id)`` is called once the last instruction's image is committed, while
+    the engine still cleans up after the build (~50 ms on Podman): a caller may ask about the
+    image meanwhile. Only a hint: the build may still fail, and the outcome's id is the one
+    to trust."""
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         try:
             return _build_once(client, context, timestamp=timestamp, use_cache=use_cache,
-                               on_line=on_line, describe=describe)
+                               on_line=on_line, describe=describe, on_image=on_image)
         except BakeError as e:
             engine_said = e.message.split("\n", 1)[0]  # not the step's own output below it
             if attempt == BUILD_ATTEMPTS or not context.seekable() or \
@@ -91,7 +99,8 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
 
 def _build_once(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
                 use_cache: bool, on_line: Progress | None,
-                describe: Callable[[int], str] | None) -> BuildOutcome:
+                describe: Callable[[int], str] | None,
+                on_image: Callable[[str], None] | None = None) -> BuildOutcome:
     api = client.api
     params = {"dockerfile": CONTAINERFILE, "layers": "1", "rm": "1", "forcerm": "1",
               "nocache": "0" if use_cache else "1", "networkmode": "host"}
@@ -111,9 +120,10 @@ def _build_once(client: docker.DockerClient, context: IO[bytes], *, timestamp: i
                         f"{response.text.strip()[:500]}",
                         hint="check the engine's version supports the build API")
     outcome = BuildOutcome(image_id="")
-    step = 0
+    step = steps = 0
     step_start = 0  # index in the log where the current instruction's output starts
     built = None
+    last_layer: str | None = None
     for line in _stream_lines(response):
         kind, text = line
         if kind == "aux":
@@ -132,11 +142,16 @@ def _build_once(client: docker.DockerClient, context: IO[bytes], *, timestamp: i
             on_line(text)
         if m := _STEP.match(text):
             step, step_start = int(m.group(1)), len(outcome.log)
+            steps = int(m.group(2) or 0)
             if step > 1:
                 outcome.ran.add(step)  # until a "Using cache" line says otherwise
         elif (m := _CACHED.match(text)) and step:
             outcome.ran.discard(step)
             outcome.cached.add(step)
+        elif (m := _LAYER.match(text)) and step and step == steps and last_layer is None:
+            last_layer = m.group(1)
+            if on_image:
+                on_image(last_layer)
         elif (m := _BUILT.match(text)) and built is None:
             built = m.group(1)
     if built is None:
