@@ -32,8 +32,9 @@ and the image store too.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hinotori.lazynames import lazy_names
 
 if TYPE_CHECKING:
     from hinotori.bake.builder import BakeResult, bake
@@ -61,7 +62,6 @@ _EXPORTS = {"builder": ("BakeResult", "bake"), "cache": ("BuildCache",), "ignore
             "provenance": ("recipe_hash",),
             "steps": ("STEP_KINDS", "CopyStep", "EnvStep", "FileStep", "RemoveStep", "RunStep",
                       "Step", "step_from_dict", "step_kind")}
-_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "STEP_KINDS",
@@ -86,10 +86,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # looked up once
-    return value
+__getattr__ = lazy_names(__name__, _EXPORTS)

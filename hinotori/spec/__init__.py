@@ -6,8 +6,9 @@ The names below are loaded on first use (PEP 562): building the schema's pydanti
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hinotori.lazynames import lazy_names
 
 if TYPE_CHECKING:
     from hinotori.spec.load import LoadedSpec, load_spec, parse_spec
@@ -17,16 +18,9 @@ if TYPE_CHECKING:
 # submodule -> the names it gives this package
 _EXPORTS = {"load": ("LoadedSpec", "load_spec", "parse_spec"), "read": ("SPEC_FILE",),
             "schema": ("HealthSpec", "ServiceSpec", "Spec")}
-_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["SPEC_FILE", "HealthSpec", "LoadedSpec", "ServiceSpec", "Spec", "load_spec",
            "parse_spec"]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # looked up once
-    return value
+__getattr__ = lazy_names(__name__, _EXPORTS)

@@ -18,8 +18,9 @@ needs only ``checks``, and every command that loads a spec would otherwise impor
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hinotori.lazynames import lazy_names
 
 if TYPE_CHECKING:
     from hinotori.verify.checks import Check, CheckBase, parse_checks
@@ -30,16 +31,9 @@ if TYPE_CHECKING:
 _EXPORTS = {"checks": ("Check", "CheckBase", "parse_checks"),
             "results": ("CheckResult", "MatcherResult", "Report"),
             "runner": ("VerifyPlan", "fleet_verifier", "verify_host")}
-_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["Check", "CheckBase", "CheckResult", "MatcherResult", "Report", "VerifyPlan",
            "fleet_verifier", "parse_checks", "verify_host"]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # looked up once
-    return value
+__getattr__ = lazy_names(__name__, _EXPORTS)
