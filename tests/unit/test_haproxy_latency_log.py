@@ -19,6 +19,7 @@ from hinotori.router.haproxy.stats import (
     ADAPT_EVERY,
     DUMP_EVERY,
     DUMP_LINES,
+    GIL_LINES,
     LatencyLog,
     request_counter,
 )
@@ -97,6 +98,26 @@ def test_each_line_is_counted_once_however_the_dumps_overlap() -> None:
     log.take(b"")
     log.take(lines(7, range(6, 8)) + b"\n")
     assert log.lines == 7 and sum(log.latency["a"]) == 7
+
+
+def test_counting_a_long_dump_lets_other_threads_in_between_and_counts_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The event loop's thread must not wait for the GIL while a whole dump is counted.
+    import hinotori.router.haproxy.stats as stats
+
+    dump = lines(7, range(1, 10 * GIL_LINES + 1), n=3)
+    whole = LatencyLog(Path("/nowhere"), "r")
+    monkeypatch.setattr(stats, "GIL_LINES", 10**9)
+    whole.take(dump)
+    monkeypatch.setattr(stats, "GIL_LINES", GIL_LINES)
+    yields: list[None] = []
+    monkeypatch.setattr(stats, "_let_others_in", lambda: yields.append(None))
+    chunked = LatencyLog(Path("/nowhere"), "r")
+    chunked.take(dump)
+    assert len(yields) == 10  # 10 * GIL_LINES lines and the empty one after the last newline
+    assert (whole.lines, whole.counted) == (10 * GIL_LINES, 30 * GIL_LINES)
+    assert (chunked.lines, chunked.counted, chunked.latency, chunked.latency_sum_ms) == \
+        (whole.lines, whole.counted, whole.latency, whole.latency_sum_ms)
 
 
 def test_a_ring_that_no_longer_holds_the_last_line_is_all_new() -> None:

@@ -46,6 +46,10 @@ ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole
 DUMP_EVERY = 1.0
 DUMP_LINES = 4000
 DUMP_TIMEOUT = 5.0   # seconds a read may take before it is given up
+# Lines counted between two yields of the GIL. Counting holds it ~1 us a line, and the event
+# loop's thread (a switch's apply) waits for it up to the interpreter's switch interval (5 ms)
+# each time it comes back from an await: a dump of 4,000 lines could hold an apply that long.
+GIL_LINES = 200
 MAX_SAMPLE = 10_000  # log at least 1 request in this many
 
 _STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
@@ -255,7 +259,14 @@ class LatencyLog:
             self.record(data[start:end])
 
     def record(self, data: bytes) -> None:
-        for line in data.split(b"\n"):
+        lines = data.split(b"\n")
+        for start in range(0, len(lines), GIL_LINES):
+            if start:
+                _let_others_in()
+            self._count(lines[start:start + GIL_LINES])
+
+    def _count(self, lines: list[bytes]) -> None:
+        for line in lines:
             fields = line.split()
             if len(fields) == 4:  # written before sampling was configured: every request
                 fields.append(b"1")
@@ -305,6 +316,11 @@ class LatencyLog:
             with contextlib.suppress(HinotoriError, OSError):  # the next choice tries again
                 await self.set_sample(n)
                 self.sample = n
+
+
+def _let_others_in() -> None:
+    """Release the GIL for a moment: a thread waiting for it runs now (see GIL_LINES)."""
+    time.sleep(0)
 
 
 def _ask(stats_socket: Path, command: str) -> bytes:
