@@ -36,6 +36,7 @@ from hinotori.bake.osimage.base import (
     in_history,
     remember_base,
     remembered_base,
+    same_image,
 )
 from hinotori.bake.osimage.containerfile import context_tar, translate
 from hinotori.bake.osimage.engine_build import BuildOutcome, build
@@ -125,7 +126,7 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
                               cache_misses=len(steps) - hits, cached_steps=tuple(cached_steps))
 
         def about_it(attrs: dict[str, Any]) -> bool:
-            return _same(attrs.get("Id"), image_id)
+            return same_image(attrs.get("Id"), image_id)
 
         if store.exists(image_id):
             say(f"image {image_id} already stored")
@@ -139,8 +140,8 @@ def bake_os(client: docker.DockerClient, context: Path, steps: Sequence[Step], r
         inspecting = early.get("inspect") or pool.submit(inspect_image, client, image_id)
         known = base_id or remembered_base(client, recipe.base)
         looked_up = pool.submit(find_base, client, recipe.base) if known is None else None
-        history = _answer(early.get("history"), lambda h: bool(h) and _same(h[0].get("Id"),
-                                                                            image_id))
+        history = _answer(early.get("history"),
+                          lambda h: bool(h) and same_image(h[0].get("Id"), image_id))
         if history is None:
             history = retrying(lambda: api.history(image_id))
         if looked_up is not None or not in_history(known, history):
@@ -172,11 +173,6 @@ def _history_unless_stored(client: docker.DockerClient, store: ImageStore,
         if "ambiguous" not in e.message:
             return retrying(lambda: client.api.history(short_id))
     return None
-
-
-def _same(engine_id: object, image_id: str) -> bool:
-    """Podman names images by bare hex in a history, Docker with "sha256:"."""
-    return str(engine_id or "").removeprefix("sha256:") == image_id.removeprefix("sha256:")
 
 
 def _answer(asked: Future[T] | None, about_it: Callable[[T], bool]) -> T | None:

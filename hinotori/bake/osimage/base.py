@@ -142,10 +142,13 @@ def in_history(image_id: str | None, history: list[dict[str, object]]) -> bool:
     """Whether ``image_id`` is one of the images in ``history`` (the engine's history of an
     image: the image and those it was built on, newest first). Podman names them by bare
     hex, Docker with "sha256:"."""
-    if not image_id:
-        return False
-    wanted = image_id.removeprefix("sha256:")
-    return any(str(h.get("Id", "")).removeprefix("sha256:") == wanted for h in history)
+    return bool(image_id) and any(same_image(h.get("Id"), image_id) for h in history)
+
+
+def same_image(engine_id: object, image_id: str) -> bool:
+    """Whether the engine's ``engine_id`` names ``image_id``: Podman names images by bare hex
+    (in a history), Docker with "sha256:"."""
+    return str(engine_id or "").removeprefix("sha256:") == image_id.removeprefix("sha256:")
 
 
 def ensure_base(client: docker.DockerClient, base: BaseSpec, *,
