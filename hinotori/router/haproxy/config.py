@@ -387,7 +387,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             lines += [f"backend {name}", "  balance roundrobin",
                       *_server_lines(the_plan.servers.get(name, {})), ""]
         lines += _maintenance_backend(s, svc)
-    lines += flag_backend([n for names in declared(the_plan.shapes).values() for n in names],
+    lines += flag_backend([n for names in switches.values() for n in names],
                           the_plan.flags or frozenset())
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")
