@@ -241,9 +241,24 @@ def container_teardown(p: CliProject, docker_client: Any, name: str) -> None:
     """``teardown``, then no container or image tag of project ``name`` left in the engine."""
     teardown(p, timeout=180)
     remove_containers(docker_client, name)
-    for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-        for tag in image.tags:
-            docker_client.images.remove(tag)
+    remove_project_tags(docker_client, name)
+
+
+def project_tags(docker_client: Any, name: str) -> set[str]:
+    """The engine's tags of project ``name``'s ``web`` images. Asked through the engine's image
+    store race (another test's gc may remove an image while Podman lists them all)."""
+    from hinotori.engine_storage import retrying
+
+    images = retrying(lambda: docker_client.images.list(name=f"localhost/hinotori/{name}-web"))
+    return {tag for image in images for tag in image.tags}
+
+
+def remove_project_tags(docker_client: Any, name: str) -> None:
+    """No image tag of project ``name``'s ``web`` service left in the engine."""
+    from hinotori.engine_storage import retrying
+
+    for tag in project_tags(docker_client, name):
+        retrying(lambda tag=tag: docker_client.images.remove(tag))
 
 
 def fetch(request: Any, timeout: float = 10) -> tuple[int, Any, bytes]:

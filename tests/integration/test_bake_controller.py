@@ -28,6 +28,7 @@ from tests.support import (
     ensure_debian_base,
     free_port,
     make_project,
+    remove_project_tags,
     require,
     teardown,
     wait_until,
@@ -209,6 +210,4 @@ def test_an_os_image_bakes_through_the_controller_with_the_local_digest(
         assert docker_client.images.get(changed["image"]).id == changed["image"]
     finally:
         teardown(p)
-        for image in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in image.tags:
-                docker_client.images.remove(tag)
+        remove_project_tags(docker_client, name)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hinotori.engine_storage import retrying
 from tests.support import (
     HELLO,
     CliProject,
@@ -136,8 +137,8 @@ def test_an_os_image_round_trip_through_the_engine(os_projects, docker_client,
     assert plain.read_bytes() == again.read_bytes()  # the engine's save, re-written the same
     again.unlink()
     # Gone from the engine: only the import can bring it back.
-    for tag in docker_client.images.get(digest).tags:
-        docker_client.images.remove(tag)
+    for tag in retrying(lambda: docker_client.images.get(digest)).tags:
+        retrying(lambda tag=tag: docker_client.images.remove(tag))
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(digest)
 
@@ -156,7 +157,7 @@ def test_an_os_image_round_trip_through_the_engine(os_projects, docker_client,
     out = json.loads(b.cli("image", "import", str(archive), "--service", "web", "--json",
                            timeout=300).stdout)
     assert (out["digest"], out["imported"], out["release"]) == (digest, True, "v1")
-    assert docker_client.images.get(digest).id == digest  # the same engine id, back
+    assert retrying(lambda: docker_client.images.get(digest)).id == digest  # the same id, back
     inspect = b.cli("image", "inspect", digest, timeout=300).stdout  # reads the engine's files
     assert f"imported:    from {archive} at " in inspect and "base:" in inspect
     assert "now serves v1" in b.cli("deploy", "web", timeout=300).stdout

@@ -21,6 +21,7 @@ from tests.support import (
     CliProject,
     free_port,
     make_project,
+    remove_project_tags,
     require,
     teardown,
     wait_until,
@@ -281,6 +282,4 @@ def test_a_job_on_container_hosts(tmp_path: Path, request: pytest.FixtureRequest
         for c in docker_client.containers.list(all=True, filters={
                 "label": f"hinotori.project={path.name}"}):
             c.remove(force=True, v=True)
-        for image in docker_client.images.list(name=f"localhost/hinotori/{path.name}-web"):
-            for tag in image.tags:
-                docker_client.images.remove(tag)
+        remove_project_tags(docker_client, path.name)

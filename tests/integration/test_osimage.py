@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.bake.osimage import BaseSpec, ensure_base
-from tests.support import require, run_once
+from tests.support import project_tags, remove_project_tags, require, run_once
 
 # On both engines the Engine API has, Podman and Docker: every test whose outcome depends on the
 # engine (the rest, about mmdebstrap or no engine at all, run on Podman).
@@ -103,14 +103,7 @@ def osproj(tmp_path: Path, debian_base: str, docker_client) -> Iterator[OsProjec
     project = OsProject(path, f"ostest-{uuid.uuid4().hex[:8]}")
     project.write()
     yield project
-    for image in docker_client.images.list(name=f"localhost/hinotori/{project.name}-web"):
-        for tag in image.tags:
-            docker_client.images.remove(tag)
-
-
-def project_tags(client, project: OsProject) -> set[str]:
-    return {t for i in client.images.list(name=f"localhost/hinotori/{project.name}-web")
-            for t in i.tags}
+    remove_project_tags(docker_client, project.name)
 
 
 @BOTH
@@ -184,7 +177,7 @@ def test_copy_and_file_steps_set_modes_as_in_a_file_tree(osproj: OsProject,
 def test_failing_step_tags_nothing_and_makes_no_release(osproj: OsProject,
                                                         docker_client) -> None:
     osproj.bake()
-    tags, stored = project_tags(docker_client, osproj), osproj.cli("images", "--json").stdout
+    tags, stored = project_tags(docker_client, osproj.name), osproj.cli("images", "--json").stdout
     token = uuid.uuid4().hex
     osproj.write(extra=f'  {{ run = "echo boom-{token}; exit 3" }},\n')
     failed = osproj.cli("bake", "web", check=False)
@@ -192,7 +185,7 @@ def test_failing_step_tags_nothing_and_makes_no_release(osproj: OsProject,
     assert f"boom-{token}" in failed.stderr and "step 5/5" in failed.stderr
     assert "exit status 3" in failed.stderr and "Traceback" not in failed.stderr
     assert [r["release_name"] for r in osproj.releases()] == ["v1"]
-    assert project_tags(docker_client, osproj) == tags
+    assert project_tags(docker_client, osproj.name) == tags
     assert osproj.cli("images", "--json").stdout == stored
 
 
@@ -215,7 +208,7 @@ def test_inspect_diff_and_gc(osproj: OsProject, docker_client) -> None:
     result = json.loads(osproj.cli("gc", "--keep", "1", "--json").stdout)
     assert {i["digest"] for i in result["removed"]} == {v1, v2}
     assert list(result["kept"]) == [v3]
-    assert project_tags(docker_client, osproj) == {
+    assert project_tags(docker_client, osproj.name) == {
         f"localhost/hinotori/{osproj.name}-web:{v3[7:19]}"}
     listed = json.loads(osproj.cli("images", "--json").stdout)
     assert [i["digest"] for i in listed] == [v3]
@@ -293,6 +286,4 @@ def test_example_checks_pass_in_its_image(tmp_path: Path, debian_base: str,
         assert len(results) == len(service.checks) == 5
         assert [r["ok"] for r in results] == [True] * 5, results
     finally:
-        for img in docker_client.images.list(name=f"localhost/hinotori/{name}-web"):
-            for tag in img.tags:
-                docker_client.images.remove(tag)
+        remove_project_tags(docker_client, name)

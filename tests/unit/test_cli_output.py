@@ -115,3 +115,52 @@ def test_deploy_refuses_before_it_writes_a_release(tmp_path: Path, capsys: Any,
     # No controller to deploy it: refused before the config-only release is made.
     assert run(["deploy", "web", "--env", "A=1", *spec], monkeypatch) == 1
     assert "no controller is running" in capsys.readouterr().err and releases(p.path) == 1
+
+
+class RacingController:
+    """A controller client whose chosen victim leaves serving between the steady-state check
+    and the kill (a deployment that began meanwhile), or stays serving if ``still_serving``."""
+
+    def __init__(self, still_serving: bool) -> None:
+        self.still_serving, self.killed = still_serving, False
+
+    def __call__(self, project: Any) -> RacingController:
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return {"services": [{"name": "web", "locked_by": None}]}
+
+    def hosts(self, service: str) -> list[dict[str, Any]]:
+        gone = self.killed and not self.still_serving
+        return [{"id": f"web-{i}", "state": "draining" if gone else "serving"} for i in (1, 2)]
+
+    def kill(self, host_id: str, actor: str) -> dict[str, Any]:
+        from hinotori.errors import ControllerError
+
+        self.killed = True
+        raise ControllerError(f"host {host_id} is draining, not serving")
+
+    def metrics(self, service: str) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("still_serving", [False, True])
+def test_chaos_skips_a_victim_that_left_serving_before_the_kill(
+        still_serving: bool, tmp_path: Path, capsys: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "hinotori.toml").write_text(
+        '[services.web]\ncommand = ["python3", "app.py"]\nreplicas = 2\n')
+    monkeypatch.setattr("hinotori.controller.client.ControllerClient",
+                        RacingController(still_serving))
+    code = run(["chaos", "web", "--spec", str(tmp_path), "--interval", "10ms",
+                "--duration", "15ms", "--json"], monkeypatch)
+    if still_serving:  # the kill failed for another reason: the run fails and says why
+        assert code == 1 and "draining, not serving" in capsys.readouterr().err
+    else:
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["kills"] == 0
+        assert report["skipped"] == ["web-1 left serving before the kill"] or \
+            report["skipped"] == ["web-2 left serving before the kill"]
