@@ -33,7 +33,7 @@ from typing import Any
 from hinotori.controller.batchprobe import BatchProber
 from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.wiring import ACTOR
-from hinotori.deploy.fleet import Fleet
+from hinotori.deploy.fleet import Fleet, StaleSwitch
 from hinotori.deploy.locks import ServiceLocks
 from hinotori.errors import HinotoriError, LockedError, MachineUnreachable
 from hinotori.health import Prober, probe
@@ -192,13 +192,21 @@ class Healing:
             healthy = [h for h in serving if h.id not in self._bad]
             if not bad or not healthy:
                 return
-            await self.fleet.switch(service, healthy, [], why="health monitor",
-                                    weights={h.id: h.weight for h in healthy},
-                                    canary=self.store.canary(service))
+            why = {h.id: self._bad[h.id] for h in bad}
+            try:
+                await self.fleet.switch(service, healthy, [], why="health monitor",
+                                        weights={h.id: h.weight for h in healthy},
+                                        canary=self.store.canary(service),
+                                        expect=[h.id for h in serving])
+            except StaleSwitch:
+                return  # a deployment switched first: the next look decides again
+            # Out of the table: failed before any await, so that a look still in flight (it
+            # may find one answering again) cannot leave it serving in the store, in no table.
             for host in bad:
-                why = self._bad.pop(host.id)
-                self.fleet._set(host, HostState.FAILED, why)
-                await self.fleet.destroy([host], why=why)
+                self._bad.pop(host.id, None)
+                self.fleet._set(host, HostState.FAILED, why[host.id])
+            for host in bad:
+                await self.fleet.destroy([host], why=why[host.id])
                 self._failures.pop(host.id, None)
             if not self.locks.locked(service):
                 self._heal_if_short(service)  # now, not at the round's end

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,10 @@ Destroying = Callable[[Host], AbstractAsyncContextManager[None]]
 
 LIVE_STATES = (HostState.BOOTING, HostState.VERIFYING, HostState.READY, HostState.SERVING,
                HostState.DRAINING, HostState.WARM, HostState.JOB)
+
+
+class StaleSwitch(Exception):
+    """A switch decided from serving hosts that another switch changed first: undoing it."""
 
 
 def _quiet(_: str, __: dict[str, Any]) -> None:
@@ -311,16 +315,20 @@ class Fleet:
 
     async def switch(self, service: str, serve: list[Host], retire: list[Host], why: str, *,
                      weights: Mapping[str, int] | None = None,
-                     canary: int | None = None) -> float:
+                     canary: int | None = None,
+                     expect: Collection[str] | None = None) -> float:
         """Atomically route ``service`` to exactly ``serve`` (with ``weights`` by host id,
         default 100 each, and ``canary`` naming the release under test); ``retire`` go
-        DRAINING. Returns how long the router took to acknowledge, in seconds."""
+        DRAINING. Returns how long the router took to acknowledge, in seconds. ``expect``: the
+        serving ids the caller decided from; if another switch changed them first, StaleSwitch."""
         # A host on a machine seen down is never routed again, whoever still holds it in a list
         # (a running canary's stable set, a heal): it is LOST, and burned when the machine is back.
         serve = [h for h in serve if not self.unreachable(h)]
         async with self._table_lock:
             self.previews.pop(service, None)  # a switch ends any hold: its hosts serve or go
             before = {h.id for h in self.hosts(service, HostState.SERVING)}
+            if expect is not None and before != set(expect):
+                raise StaleSwitch(f"{service}'s serving hosts changed before this switch")
             for host in serve:
                 host.weight = (weights or {}).get(host.id, 100)
             table = self.routing_table(self.store.next_counter("table_version"),

@@ -169,3 +169,72 @@ def test_one_monitor_pass_takes_every_dead_host_of_a_big_service_out(tmp_path: P
     assert len(serving) == 50 and not victims & serving
     assert all(w.store.host(v).state in (HostState.FAILED, HostState.DESTROYED)
                for v in victims)
+
+
+def test_a_bad_host_found_answering_again_during_a_take_out_is_still_burned(
+        tmp_path: Path) -> None:
+    """Two hosts out of the table in one take-out; while the first is destroyed, a look still
+    in flight finds the second answering again. It is out of every table: it must be burned,
+    not left serving in the store (where a heal would count it) with nothing routed to it."""
+    w = world(tmp_path, replicas=4)
+    tasks, spawn = spawner()
+    healing = Healing(w.fleet, ServiceLocks(), spawn=spawn)
+
+    async def scenario() -> list[str]:
+        await deploy(w)
+        bad = w.store.hosts("web", [HostState.SERVING])[:2]
+        addresses = {h.address for h in bad}
+        answer = w.provider.probe
+
+        async def bad_fail(address: str, check: Any) -> Any:
+            return ProbeResult(False, "status 500") if address in addresses \
+                else await answer(address, check)
+
+        w.fleet.prober = bad_fail
+        destroy = w.fleet.destroy
+
+        async def a_late_look_meanwhile(hosts: list[Any], why: str) -> None:
+            addresses.clear()  # both answer again, and a look at the second one ends now
+            await healing._slice("web", [bad[1]], w.fleet.service("web").health.check())
+            await destroy(hosts, why=why)
+
+        for _ in range(2):
+            await healing.monitor_once()
+        w.fleet.destroy = a_late_look_meanwhile  # type: ignore[method-assign]
+        await healing.monitor_once()  # the third failure in a row: both out
+        await asyncio.gather(*tasks)
+        return [h.id for h in bad]
+
+    bad = asyncio.run(scenario())
+    assert all(w.store.host(b).state in (HostState.FAILED, HostState.DESTROYED) for b in bad)
+    assert not set(bad) & set(w.router.serving("web"))
+    serving = {h.id for h in w.store.hosts("web", [HostState.SERVING])}
+    assert serving == set(w.router.serving("web")) and len(serving) == 4  # healed, in step
+
+
+def test_a_take_out_decided_before_a_deployment_switched_does_not_undo_it(
+        tmp_path: Path) -> None:
+    """A dead host's take-out decided from release 1's hosts, whose switch comes only after a
+    deployment switched to release 2: it changes nothing (it would route to release 1)."""
+    w = world(tmp_path)
+    tasks, spawn = spawner()
+    healing = Healing(w.fleet, ServiceLocks(), spawn=spawn)
+
+    async def scenario() -> None:
+        await deploy(w)
+        w.provider.die(w.store.hosts("web", [HostState.SERVING])[0].id)
+        switch = w.fleet.switch
+
+        async def deployment_first(*args: Any, **kwargs: Any) -> float:
+            w.fleet.switch = switch  # type: ignore[method-assign]
+            await deploy(w)  # release 2 serves: its switch goes first
+            return await switch(*args, **kwargs)
+
+        w.fleet.switch = deployment_first  # type: ignore[method-assign]
+        await healing.monitor_once()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert w.serving_releases() == [2, 2, 2]
+    serving = {h.id for h in w.store.hosts("web", [HostState.SERVING])}
+    assert serving == set(w.router.serving("web"))
