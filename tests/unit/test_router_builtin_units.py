@@ -181,6 +181,7 @@ def test_a_switch_line_leaves_before_what_else_the_loop_has_ready(
                       i: int = 0) -> dict[str, Any]:
         order.append(f"line {i}")
         assert isinstance(message, bytes) and b'"op": "switch"' in message
+        await asyncio.sleep(0)  # the answer comes later
         version = json.loads(message)["version"]
         return {"ok": True, "version": version} if version != 13 else {"ok": False,
                                                                         "error": "no"}
