@@ -1,16 +1,21 @@
-"""A scheduling hint for the data planes: wake up soon, take no more CPU than before.
+"""A scheduling hint for HAProxy: wake up soon, take no more CPU than before.
 
 On a shared machine a switch's tail is time spent runnable, waiting for a CPU: in
-bench/router.py's per-switch accounting (schedstat) every switch over 5 ms had waited at
-least half its time, most of it in the data plane, which is woken by the switch and by the
-first request after it. Linux's EEVDF scheduler (6.6+) orders runnable tasks by a virtual
-deadline, their eligible time plus their time slice; since 6.12 a task may ask for a shorter
-slice (``sched_setattr`` with ``sched_runtime``, SCHED_OTHER), which moves its deadline
-earlier, so a wakeup preempts the running task instead of waiting for its slice to end. Its
-share of the CPU stays what its nice value gives: the hint buys latency, not CPU, so it needs
-no privilege and takes nothing from the machine's other work (a nice value below 0 would,
-and needs CAP_SYS_NICE: left to the operator). A data plane does little per wakeup (one
-request, one switch), exactly what short slices are for.
+bench/router.py's per-switch accounting (schedstat) nearly every switch over 5 ms had waited
+at least half its time, in the data plane, the controller, the backends and the client.
+Linux's EEVDF scheduler (6.6+) orders runnable tasks by a virtual deadline, their eligible
+time plus their time slice; since 6.12 a task may ask for a shorter slice (``sched_setattr``
+with ``sched_runtime``, SCHED_OTHER), which moves its deadline earlier, so its wakeups
+preempt sooner; but a task that runs longer than its slice is also preempted sooner. Its share
+of the CPU stays what its nice value gives: the hint buys latency, not CPU, so it needs no
+privilege and takes nothing from the machine's other work (a nice value below 0 would, and
+needs CAP_SYS_NICE: left to the operator).
+
+Measured switch by switch (the hint set and unset on alternate switches of one run, 200 each,
+load 8-12 on 2 cores): HAProxy, which does little per wakeup, p50 5.9 -> 5.2 ms and p90 18.9
+-> 14.9 ms at 2 backends, 8.7 -> 7.3 and 28.2 -> 18.9 ms at 1,000, its wait for a CPU 3.0 ->
+2.2 and 5.2 -> 4.2 ms a switch. The built-in worker, whose Python runs longer per wakeup,
+waited more with it (9.9 -> 11.5 and 15.5 -> 17.5 ms), so it does not ask.
 
 ``hint(pid, ...)`` gives every thread of those processes the slice; the threads and
 processes they start later inherit it (HAProxy's master passes it to the workers a reload
@@ -26,7 +31,7 @@ import os
 import platform
 import struct
 
-SLICE_NS = 300_000  # EEVDF's default base slice is 0.75-3 ms; the kernel allows 0.1-100 ms
+SLICE_NS = 300_000  # the default here is 1.4 ms; the kernel allows 0.1-100 ms
 # sched_setattr(2)'s number (no wrapper in libc or Python).
 _SYSCALL = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
 _SCHED_OTHER = 0

@@ -24,7 +24,6 @@ import pytest
 
 from hinotori.errors import RouterError
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router import sched
 from hinotori.router.base import Router
 from hinotori.router.builtin import BuiltinRouter
 from hinotori.router.builtin.client import ControlClient
@@ -466,17 +465,6 @@ def test_a_new_router_object_adopts_the_running_worker(router: BuiltinRouter,
     assert int((router.state_dir / "router-0.pid").read_text()) == pid
     assert asyncio.run(again.current()) == t
     assert asyncio.run(fetch(port_of(router))).backend == "adopted"
-
-
-def test_the_worker_asks_to_wake_up_soon(router: BuiltinRouter) -> None:
-    """Every thread of a worker has the short time slice of router/sched.py: on a shared
-    machine it preempts sooner when a request or a switch wakes it, at no more CPU."""
-    if sched.slice_of(os.getpid()) is None:
-        pytest.skip("this kernel shows no se.slice")
-    pid = int((router.state_dir / "router-0.pid").read_text())
-    threads = os.listdir(f"/proc/{pid}/task")
-    assert threads and all(sched.slice_of(int(t)) == sched.SLICE_NS for t in threads)
-    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def test_worker_survives_sigkill_of_its_spawner_and_reloads_its_table(

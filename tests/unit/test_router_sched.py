@@ -1,4 +1,4 @@
-"""router/sched.py: the data planes' scheduling hint, on real processes and threads.
+"""router/sched.py: HAProxy's scheduling hint, on real processes and threads.
 
 The hint is a shorter EEVDF time slice (Linux 6.12+, shown as ``se.slice`` in
 /proc/<tid>/sched); where this kernel does not show it the tests are skipped.
@@ -66,7 +66,7 @@ def test_a_process_that_is_gone_is_no_error(sleeper: subprocess.Popen[bytes]) ->
 
 
 def test_threads_and_processes_started_after_the_hint_inherit_it() -> None:
-    # As the built-in worker does: the hint first, its threads and HAProxy's forks later.
+    # The hint first, threads and forks (a reload's HAProxy worker) later.
     code = (
         "import os, threading\n"
         "from hinotori.router import sched\n"

@@ -10,14 +10,12 @@ import argparse
 import asyncio
 import logging
 import logging.handlers
-import os
 import queue
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from hinotori.errors import CertificateError
-from hinotori.router import sched
 from hinotori.router.base import REQUEST_TIMEOUT
 from hinotori.router.builtin.control import ControlSocketBusy
 from hinotori.router.builtin.listener import AddressInUse, parse_address
@@ -91,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Wake up soon when a request or a switch comes, on a shared machine (router/sched.py):
-    # every thread now, and the ones started later inherit it.
-    sched.hint(os.getpid())
 
     async def run() -> int:
         worker = Worker(args.listen, args.control, args.table_file, asyncio.get_running_loop(),
