@@ -266,6 +266,21 @@ def test_state_text_is_the_json_of_the_state() -> None:
     assert json.loads(state_text({"table": table.to_dict()}, text)) == {"table": table.to_dict()}
 
 
+def test_state_text_dumps_a_replaced_base_again_and_the_same_one_once() -> None:
+    """The base (counters of deleted servers) is dumped once per dict: a sweep or a reload
+    replaces it, and the next state text has the new counters."""
+    def whole(state: dict[str, object]) -> str:  # the text as it was made before
+        return json.dumps(state, sort_keys=True)
+
+    base = {f"h{i}": {"requests": i, "errors": 0, "statuses": {"2xx": i}} for i in range(50)}
+    state: dict[str, object] = {"slots": {"web": {"2": 1, "1": 2}}, "base": base}
+    assert state_text(state, None) == whole(state)
+    assert state_text({**state, "slots": {}}, None) == whole({**state, "slots": {}})
+    replaced = {**base, "h0": {"requests": 7, "errors": 1, "statuses": {"5xx": 1}}}
+    assert state_text({**state, "base": replaced}, None) == whole({**state, "base": replaced})
+    assert state_text(state, None) == whole(state)  # and back
+
+
 # -- the deploy path ---------------------------------------------------------------------------
 
 def test_a_blue_green_deploy_prepares_the_very_table_it_then_switches_to(tmp_path: Path) -> None:
