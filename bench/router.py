@@ -1,7 +1,8 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
-    python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--backends 1000]
+    python bench/router.py [--duration 5] [--runs 3] [--switches 100] [--backends 1000]
                             [--fresh 6] [--impl builtin,haproxy-hinotori] [--switch-only]
+                            [--probe-gap 0.5]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
