@@ -52,7 +52,7 @@ from results import RESULTS_ENV
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-HELPERS = {"all", "report", "results", "backend"}  # bench/*.py that are not benches
+HELPERS = {"all", "report", "results", "backend", "probe"}  # bench/*.py that are not benches
 PR_SET_CHILD_SUBREAPER = 36
 GRACE = 60.0  # seconds a bench gets to clean up after SIGINT
 SETTLE = 5.0  # seconds what a bench stopped may take to exit before it counts as left behind

@@ -1,14 +1,18 @@
 """The built-in router against HAProxy, side by side in one invocation (not a test).
 
-    python bench/router.py [--duration 5] [--runs 3] [--switches 200] [--backends 1000]
+    python bench/router.py [--duration 5] [--runs 3] [--switches 100] [--backends 1000]
                             [--fresh 6] [--impl builtin,haproxy-hinotori] [--switch-only]
+                            [--probe-gap 0.5]
 
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
 printed with ratios. Configurations: straight to one backend (the floor), the built-in router
 with 1 and 2 workers, HAProxy (Debian package) with 1 and 2 threads. Then the switch latency:
-from the call to BuiltinRouter.apply() to the first response from the new backend set, seen
-by a client sending back-to-back keep-alive requests, p50/p99 over --switches switches: with
+from the call to apply() to the first response from the new backend set, seen by a client
+process of its own (bench/probe.py: keep-alive requests --probe-gap ms apart), p50/p99 over
+--switches switches in each of --runs runs (the data planes interleaved, every run's p99
+printed: the goal holds in every run or not at all), with the time each switch's processes
+spent runnable waiting for a CPU (schedstat: controller, data plane, backends, client): with
 2 backends per set, then with --backends per set (a blue-green switch of a 1,000-host fleet:
 set A is N backends of release 1, set B N of release 2, every one its own port of one more
 bench/backend.py process, so the router holds 2N distinct addresses, as with real hosts).
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import random
 import re
 import shutil
@@ -125,40 +130,47 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
                          switches: int, first_version: int = 2,
                          cpu: list[float] | None = None, acked: list[float] | None = None,
                          sets: list[tuple[list[Backend], bytes]] | None = None,
-                         prepared: list[float] | None = None) -> list[float]:
+                         prepared: list[float] | None = None,
+                         watch: dict[str, list[int]] | None = None,
+                         waits: list[dict[str, float]] | None = None,
+                         gap: float = 0.0) -> list[float]:
     """Time from the apply call to the first response from the new set, per switch (ms).
 
-    One client sends back-to-back keep-alive requests; it timestamps each response as it
-    arrives and wakes the switcher (an Event, not a polling loop: on a small machine a spinning
-    waiter steals the CPU that the router and the backends need, and inflates the tail).
+    One client, a process of its own (bench/probe.py: not the controller's event loop, as an
+    operator's clients are not), sends back-to-back keep-alive requests and reports when the
+    set answering changed; this process waits on its pipe (no polling: on a small machine a
+    spinning waiter steals the CPU that the router and the backends need). ``watch``/
+    ``waits``: per switch, how long each group of processes waited for a CPU (schedstat).
     ``acked``: how long each apply took to return (what a deploy's `switch N ms` says).
     ``sets``: the backends (and the X-Backend name) of each switch, instead of a and b in
     turn; ``prepared``: have the router prepare each table first (untimed by the switch; its
     ms appended here), as a deploy does while the new hosts warm.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-    want: dict[str, object] = {"name": b"", "after": float("inf"), "at": 0.0}
-    arrived = asyncio.Event()
-    stop = False
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "probe.py"), str(port), str(gap), stdout=subprocess.PIPE)
+    assert probe.stdout is not None
+    try:
+        await asyncio.wait_for(probe.stdout.readline(), 10)  # its first response
+        if watch is not None:
+            watch = {**watch, "client": [probe.pid]}
+        return await _switches(router, probe.stdout, a, b, switches, first_version, cpu,
+                               acked, sets, prepared, watch, waits)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            probe.kill()
+        await probe.wait()
 
-    async def client() -> None:
-        while not stop:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
-            await reader.readexactly(length)
-            at = time.perf_counter()
-            name = re.search(rb"(?i)x-backend: ([a-z]+)", head).group(1)  # type: ignore[union-attr]
-            if name == want["name"] and at > want["after"] and not arrived.is_set():  # type: ignore[operator]
-                want["at"] = at
-                arrived.set()
 
-    task = asyncio.create_task(client())
+async def _switches(router: Router, changes: asyncio.StreamReader, a: list[Backend],
+                    b: list[Backend], switches: int, first_version: int,
+                    cpu: list[float] | None, acked: list[float] | None,
+                    sets: list[tuple[list[Backend], bytes]] | None,
+                    prepared: list[float] | None, watch: dict[str, list[int]] | None,
+                    waits: list[dict[str, float]] | None) -> list[float]:
     results = []
     turns = sets or [(a, b"a"), (b, b"b")] * ((switches + 1) // 2)
     for i in range(switches):
-        backends, name = turns[(i + (0 if sets else 1)) % len(turns)]
+        backends, name = turns[i % len(turns)]  # (the other set than the live one first)
         table = RoutingTable(version=first_version + i, routes=(
             ServiceRoute(service="bench", backends=tuple(backends)),))
         if prepared is not None:
@@ -167,20 +179,26 @@ async def switch_latency(router: Router, port: int, a: list[Backend], b: list[Ba
             await prepare(router, table)
             prepared.append((time.perf_counter() - began) * 1000)
         await asyncio.sleep(0.005)
-        arrived.clear()
-        started = time.perf_counter()
-        want.update(name=name, after=started)
+        before = {g: schedstat(p) for g, p in (watch or {}).items()}
+        started = time.perf_counter_ns()
         cpu_before = time.process_time()  # this process: the controller's side of a switch
         await router.apply(table)
         if acked is not None:
-            acked.append((time.perf_counter() - started) * 1000)
-        if cpu is not None:  # (the client's few reads in the meantime included)
+            acked.append((time.perf_counter_ns() - started) / 1e6)
+        if cpu is not None:
             cpu.append((time.process_time() - cpu_before) * 1000)
-        await asyncio.wait_for(arrived.wait(), 10)
-        results.append((want["at"] - started) * 1000)  # type: ignore[operator]
-    stop = True
-    await task
-    writer.close()
+        # The probe's next line: the first response from another set than the last one.
+        line = await asyncio.wait_for(changes.readline(), 10)
+        if not line or line.startswith(b"!"):
+            raise SystemExit(f"switch {i}: the probe got {line.decode().strip() or 'no answer'}")
+        seen, at = line.split()
+        if seen != name or int(at) < started:
+            raise SystemExit(f"switch {i}: the probe saw {seen!r} at {at}, not {name!r} "
+                             f"after {started}")
+        results.append((int(at) - started) / 1e6)
+        if waits is not None:
+            waits.append({g: (schedstat(p)[1] - before[g][1]) / 1e6
+                          for g, p in (watch or {}).items()})
     return results
 
 
@@ -214,6 +232,44 @@ def worker_full_collections(router: Router) -> int:
         return 0
     answer = control.ping_sync(router.state_dir / "router-0.sock") or {}
     return int(answer.get("gc", {}).get("collections", [0, 0, 0])[2])
+
+
+def schedstat(pids: list[int]) -> tuple[int, int]:
+    """(CPU ns, ns spent runnable waiting for a CPU) of every thread of ``pids``
+    (/proc/<pid>/task/<tid>/schedstat); a negative pid: that process's main thread only."""
+    cpu = wait = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{abs(pid)}/task") if pid > 0 else [str(-pid)]:
+                pid = abs(pid)
+                with contextlib.suppress(OSError, ValueError):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        ran, waited, _ = f.read().split()
+                    cpu += int(ran)
+                    wait += int(waited)
+    return cpu, wait
+
+
+async def plane_pids(router: Router) -> list[int]:
+    """The data plane's processes: the built-in worker(s), or HAProxy's worker."""
+    if isinstance(router, HaproxyRouter):
+        assert router.supervisor is not None
+        return [int((await router.supervisor.worker_info())["Pid"])]
+    assert isinstance(router, BuiltinRouter)
+    return [int((router.state_dir / f"router-{i}.pid").read_text())
+            for i in range(router.workers)]
+
+
+def slow_waits(lat: list[float], waits: list[dict[str, float]], over: float) -> str:
+    """How long the switches over ``over`` ms waited for a CPU, by process group."""
+    slow = [(ms, w) for ms, w in zip(lat, waits, strict=True) if ms > over]
+    if not slow:
+        return f"no switch over {over:g} ms"
+    half = sum(1 for ms, w in slow if sum(w.values()) >= ms / 2)
+    groups = ", ".join(f"{g} {statistics.median(w[g] for _, w in slow):.1f}"
+                       for g in slow[0][1])
+    return (f"{len(slow)} switches over {over:g} ms: {half} waited for a CPU at least half "
+            f"their time; median ms waited: {groups}")
 
 
 def percentile(sorted_ms: list[float], p: float) -> float:
@@ -311,13 +367,18 @@ def stop_all(reader: LogReader | None, routers: dict[str, BuiltinRouter | Haprox
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    ap.add_argument("--runs", type=int, default=3, help="runs per configuration (medians)")
-    ap.add_argument("--switches", type=int, default=200, help="switches timed")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per configuration (medians), and of the switches")
+    ap.add_argument("--switches", type=int, default=100,
+                    help="switches timed per run (--runs runs, interleaved)")
     ap.add_argument("--backends", type=int, default=1000,
                     help="backends per set in the large switch case (0: skip it)")
     ap.add_argument("--fresh", type=int, default=6,
                     help="switches to a new set, each prepared first (as a deploy does)")
     ap.add_argument("--switch-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument("--probe-gap", type=float, default=0.5,
+                    help="ms the switch probe waits after a response before its next request "
+                         "(0: back to back; see bench/probe.py)")
     ap.add_argument("--impl", default="builtin",
                     help="comma-separated data planes to measure: builtin, "
                          "haproxy-hinotori")
@@ -419,7 +480,7 @@ def switches(args: argparse.Namespace, impls: list[str],
              procs: list[subprocess.Popen[bytes]]) -> None:
     """Switch latency on each data plane's 1-worker router, with 2 backends per set and then
     with --backends per set, in the same run (the same machine weather for all)."""
-    cases = [(2, set_a, set_b)]
+    cases = [(2, set_a, set_b, procs[0].pid)]
     if args.backends > 0:
         n = args.backends
         for attempt in range(3):  # a port picked here may be taken before the backend binds
@@ -437,95 +498,132 @@ def switches(args: argparse.Namespace, impls: list[str],
             if attempt == 2:
                 raise SystemExit(f"the {2 * n} bench backends did not start")
         cases.append((n, [Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports[:n])],
-                      [Backend(f"b{i}", f"127.0.0.1:{p}", 2) for i, p in enumerate(ports[n:])]))
-    for count, a, b in cases:
-        goal = "< 5" if count == 2 else "< 10"
+                      [Backend(f"b{i}", f"127.0.0.1:{p}", 2) for i, p in enumerate(ports[n:])],
+                      proc.pid))
+    # Every case and data plane once per run, interleaved: machine weather hits all alike.
+    got: dict[tuple[int, str], list[Measured]] = {}
+    for run in range(args.runs):
+        for count, a, b, backend_pid in cases:
+            for impl in impls:
+                got.setdefault((count, impl), []).append(asyncio.run(measure(
+                    args, impl, routers[label(impl, 1)], targets[label(impl, 1)], a, b,
+                    backend_pid, 100_000 * (run + 1))))
+    for count, *_ in cases:
         print(f"switch latency (apply call -> first response from the new set), "
-              f"{args.switches} switches, 1 worker, {count} backends per set:")
+              f"{args.switches} switches x {args.runs} run(s), 1 worker, {count} backends per "
+              "set:")
         for impl in impls:
-            cpu: list[float] = []
-            cold: list[float] = []
-            acked: list[float] = []
-            fresh: list[float] = []  # switches to a new set, prepared first
-            prepared: list[float] = []
-            full_ms: list[float] = []  # this process's full collections in the timed switches
-            in_worker: list[int] = []  # the worker's
+            report(count, impl, got[(count, impl)], args.switches)
 
-            async def measure(impl: str = impl, a: list[Backend] = a, b: list[Backend] = b,
-                              cpu: list[float] = cpu, cold: list[float] = cold,
-                              acked: list[float] = acked, fresh: list[float] = fresh,
-                              prepared: list[float] = prepared, full_ms: list[float] = full_ms,
-                              in_worker: list[int] = in_worker) -> list[float]:
-                first = routers[label(impl, 1)]
-                # A new router object adopts the running worker: a fresh control connection,
-                # and for HAProxy a full read of its state on the first apply (a restart).
-                router: Router
-                if impl == HAPROXY_IMPL:
-                    router = HaproxyRouter(first.state_dir, first.listen, workers=1)
-                else:
-                    router = BuiltinRouter(first.state_dir, first.listen, workers=1)
-                await router.start()
-                # Both sets applied once first (what is timed is switches between sets the
-                # router knows, as a rollback or a blue-green back and forth; a first switch
-                # to N new hosts also adds them: timed once, printed apart).
-                await router.apply(RoutingTable(version=10_000, routes=(
-                    ServiceRoute(service="bench", backends=tuple(a)),)))
-                started = time.perf_counter()
-                await router.apply(RoutingTable(version=10_001, routes=(
-                    ServiceRoute(service="bench", backends=tuple(b)),)))
-                cold.append((time.perf_counter() - started) * 1000)
-                # This process plays the controller, which settles its heap (gcheap) after
-                # start-up and after each prepare: what it made for these two tables is frozen
-                # by then, as a deploy's prepare froze it before a rollback.
-                gcheap.settle()
-                before = worker_full_collections(router)
-                with FullCollections() as full:
-                    out = await switch_latency(router, targets[label(impl, 1)], a, b,
-                                               args.switches, first_version=10_002, cpu=cpu,
-                                               acked=acked)
-                full_ms.extend(full.ms)
-                in_worker.append(worker_full_collections(router) - before)
-                # A blue-green deploy: each switch to hosts never served (new ids and a new
-                # release on the same ports), prepared first as `deploy` does.
-                turns = [(a, b"a"), (b, b"b")]  # the other set than the live one first
-                order = turns[::-1] if args.switches % 2 == 0 else turns
-                sets = [([Backend(f"n{i}-{x.host_id}", x.address, 3 + i) for x in s], name)
-                        for i, (s, name) in enumerate(order * ((args.fresh + 1) // 2))]
-                fresh += await switch_latency(router, targets[label(impl, 1)], a, b,
-                                              args.fresh, first_version=20_000, sets=sets,
-                                              prepared=prepared)
-                return out
 
-            lat = sorted(asyncio.run(measure()))
-            p50, p99 = percentile(lat, 50), percentile(lat, 99)
-            acked.sort()
-            fresh.sort()
-            print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; "
-                  f"controller CPU per apply p50 {statistics.median(cpu):.2f} ms; "
-                  f"first apply of the new set {cold[0]:.1f} ms")
-            print(f"  {'':<16} apply returned p50 {percentile(acked, 50):.2f} ms, p99 "
-                  f"{percentile(acked, 99):.2f} ms; to a new set after prepare "
-                  f"({len(fresh)} switches): p50 {percentile(fresh, 50):.2f} ms, max "
-                  f"{fresh[-1]:.2f} ms, prepare p50 {statistics.median(prepared):.1f} ms")
-            print(f"  {'':<16} full gc collections in those {args.switches} switches: controller "
-                  f"side {len(full_ms)} (longest {max(full_ms, default=0):.1f} ms)"
-                  + (f", worker {in_worker[0]}" if impl != HAPROXY_IMPL else ""))
-            what = f"switch {{}}, {impl}, {count} backends per set"
-            if count > 2:
-                record("router", f"full gc collections in the timed switches, {impl}, {count} "
-                       "backends per set", len(full_ms) + sum(in_worker),
-                       detail=f"controller side {len(full_ms)}, longest "
-                              f"{max(full_ms, default=0):.1f} ms"
-                              + (f"; worker {sum(in_worker)}" if impl != HAPROXY_IMPL else ""))
-            record("router", what.format("p99"), p99, unit="ms", goal=goal)
-            if count > 2:
-                record("router", what.format("p50"), p50, unit="ms", goal=goal)
-                record("router", f"switch to a new set after prepare, p50, {impl}, {count} "
-                       "backends per set", percentile(fresh, 50), unit="ms",
-                       detail=f"{len(fresh)} switches; prepare p50 "
-                              f"{statistics.median(prepared):.1f} ms")
-            record("router", what.format("apply returned p99"), percentile(acked, 99),
-                   unit="ms", detail="what a deploy's `switch N ms` says")
+class Measured:
+    """One run of timed switches on one data plane."""
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []      # apply call -> first response from the new set (ms)
+        self.cpu: list[float] = []      # this process's CPU per apply (the controller's side)
+        self.cold: list[float] = []     # the first apply of the second set
+        self.acked: list[float] = []    # apply returned
+        self.fresh: list[float] = []    # switches to a new set, prepared first
+        self.prepared: list[float] = []
+        self.full_ms: list[float] = []  # this process's full collections in the timed switches
+        self.in_worker = 0              # the worker's
+        self.waits: list[dict[str, float]] = []  # per timed switch: ms waited for a CPU
+
+
+async def measure(args: argparse.Namespace, impl: str, first: Router, port: int,
+                  a: list[Backend], b: list[Backend], backend_pid: int,
+                  version: int) -> Measured:
+    m = Measured()
+    # A new router object adopts the running worker: a fresh control connection, and for
+    # HAProxy a full read of its state on the first apply (a restart).
+    router: Router
+    if impl == HAPROXY_IMPL:
+        assert isinstance(first, HaproxyRouter)
+        router = HaproxyRouter(first.state_dir, first.listen, workers=1)
+    else:
+        assert isinstance(first, BuiltinRouter)
+        router = BuiltinRouter(first.state_dir, first.listen, workers=1)
+    await router.start()
+    watch = {"controller": [-os.getpid()], "data plane": await plane_pids(router),
+             "backends": [backend_pid]}
+    # Both sets applied once first (what is timed is switches between sets the router
+    # knows, as a rollback or a blue-green back and forth; a first switch to N new hosts
+    # also adds them: timed once, printed apart).
+    await router.apply(RoutingTable(version=version, routes=(
+        ServiceRoute(service="bench", backends=tuple(a)),)))
+    started = time.perf_counter()
+    await router.apply(RoutingTable(version=version + 1, routes=(
+        ServiceRoute(service="bench", backends=tuple(b)),)))
+    m.cold.append((time.perf_counter() - started) * 1000)
+    # This process plays the controller, which settles its heap (gcheap) after start-up
+    # and after each prepare: what it made for these two tables is frozen by then, as a
+    # deploy's prepare froze it before a rollback.
+    gcheap.settle()
+    before = worker_full_collections(router)
+    with FullCollections() as full:
+        m.lat = await switch_latency(router, port, a, b, args.switches,
+                                     first_version=version + 2, cpu=m.cpu, acked=m.acked,
+                                     watch=watch, waits=m.waits, gap=args.probe_gap)
+    m.full_ms = full.ms
+    m.in_worker = worker_full_collections(router) - before
+    # A blue-green deploy: each switch to hosts never served (new ids and a new release on
+    # the same ports), prepared first as `deploy` does.
+    turns = [(a, b"a"), (b, b"b")]  # the other set than the live one first
+    order = turns if args.switches % 2 == 0 else turns[::-1]
+    sets = [([Backend(f"n{i}-{x.host_id}", x.address, 3 + i) for x in s], name)
+            for i, (s, name) in enumerate(order * ((args.fresh + 1) // 2))]
+    m.fresh = await switch_latency(router, port, a, b, args.fresh,
+                                   first_version=version + 50_000, sets=sets,
+                                   prepared=m.prepared, gap=args.probe_gap)
+    return m
+
+
+def report(count: int, impl: str, runs: list[Measured], switches: int) -> None:
+    """The printed lines and the recorded figures of one case and data plane."""
+    goal = "< 5" if count == 2 else "< 10"
+    lat = sorted(x for m in runs for x in m.lat)
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    acked = sorted(x for m in runs for x in m.acked)
+    fresh = sorted(x for m in runs for x in m.fresh)
+    prepared = [x for m in runs for x in m.prepared]
+    full_ms = [x for m in runs for x in m.full_ms]
+    in_worker = sum(m.in_worker for m in runs)
+    per_run = [percentile(sorted(m.lat), 99) for m in runs]
+    print(f"  {impl:<16} p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; "
+          f"controller CPU per apply p50 {statistics.median(x for m in runs for x in m.cpu):.2f}"
+          f" ms; first apply of the new set {runs[0].cold[0]:.1f} ms")
+    print(f"  {'':<16} p99 per run: {', '.join(f'{x:.2f}' for x in per_run)} ms (worst "
+          f"{max(per_run):.2f})")
+    print(f"  {'':<16} apply returned p50 {percentile(acked, 50):.2f} ms, p99 "
+          f"{percentile(acked, 99):.2f} ms; to a new set after prepare "
+          f"({len(fresh)} switches): p50 {percentile(fresh, 50):.2f} ms, max "
+          f"{fresh[-1]:.2f} ms, prepare p50 {statistics.median(prepared):.1f} ms")
+    print(f"  {'':<16} " + slow_waits([x for m in runs for x in m.lat],
+                                       [w for m in runs for w in m.waits], 5.0))
+    print(f"  {'':<16} full gc collections in those {switches * len(runs)} switches: "
+          f"controller side {len(full_ms)} (longest {max(full_ms, default=0):.1f} ms)"
+          + (f", worker {in_worker}" if impl != HAPROXY_IMPL else ""))
+    what = f"switch {{}}, {impl}, {count} backends per set"
+    if count > 2:
+        record("router", f"full gc collections in the timed switches, {impl}, {count} "
+               "backends per set", len(full_ms) + in_worker,
+               detail=f"controller side {len(full_ms)}, longest "
+                      f"{max(full_ms, default=0):.1f} ms"
+                      + (f"; worker {in_worker}" if impl != HAPROXY_IMPL else ""))
+    record("router", what.format("p99"), p99, unit="ms", goal=goal,
+           detail=f"{len(lat)} switches in {len(runs)} run(s)")
+    record("router", what.format("p99 of the worst run"), max(per_run), unit="ms", goal=goal,
+           detail="p99 per run: " + ", ".join(f"{x:.2f}" for x in per_run))
+    record("router", what.format("max"), lat[-1], unit="ms")
+    if count > 2:
+        record("router", what.format("p50"), p50, unit="ms", goal=goal)
+        record("router", f"switch to a new set after prepare, p50, {impl}, {count} "
+               "backends per set", percentile(fresh, 50), unit="ms",
+               detail=f"{len(fresh)} switches; prepare p50 "
+                      f"{statistics.median(prepared):.1f} ms")
+    record("router", what.format("apply returned p99"), percentile(acked, 99),
+           unit="ms", detail="what a deploy's `switch N ms` says")
 
 
 def throughput(targets: dict[str, int], impls: list[str], duration: float, runs: int,

@@ -28,6 +28,7 @@ import pytest
 from hinotori.errors import RouterError
 from hinotori.loadgen import BackgroundLoad
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
+from hinotori.router import sched
 from hinotori.router.base import Router
 from hinotori.router.haproxy import HaproxyRouter, config, converge, runtime
 from hinotori.router.haproxy.router import socket_dir
@@ -252,6 +253,26 @@ def test_in_flight_request_finishes_across_a_switch(router: HaproxyRouter,
         assert (r.status, r.backend) == (200, "old")
         assert (await router.stats())["old"].active == 0
     asyncio.run(run())
+
+
+def test_haproxy_asks_to_wake_up_soon_and_a_reload_s_worker_too(router: HaproxyRouter,
+                                                                backends: Backends) -> None:
+    """The master and its workers have the short time slice of router/sched.py; a worker a
+    reload forks inherits it from the master."""
+    if sched.slice_of(os.getpid()) is None:
+        pytest.skip("this kernel shows no se.slice")
+
+    def hinted(pid: int) -> bool:
+        threads = os.listdir(f"/proc/{pid}/task")
+        return bool(threads) and all(sched.slice_of(int(t)) == sched.SLICE_NS for t in threads)
+
+    a, b = backends.add("sa"), backends.add("sb")
+    apply(router, route(a.backend()))
+    master, workers, *_ = asyncio.run(identity(router))
+    assert master is not None and workers and all(map(hinted, [master, *workers]))
+    apply(router, route(a.backend()), route(b.backend(), service="other", hosts=("o.test",)))
+    _, after, *_ = asyncio.run(identity(router))
+    assert after != workers and all(map(hinted, after))
 
 
 def test_new_service_is_a_seamless_reload_under_load(router: HaproxyRouter,

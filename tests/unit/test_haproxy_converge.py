@@ -4,6 +4,7 @@ over random sequences of tables; the release slots and the live map behind O(1) 
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -131,7 +132,10 @@ def test_deltas_leave_haproxy_as_a_full_apply_would(seed: int) -> None:
         if plan.shapes != shapes:
             held = reloaded(plan) if version == 1 else _reload(plan, held)
         maps = map_targets(plan)
+        kept = copy.deepcopy(held)
         changes, after = converge.diff(plan, maps, held)
+        # diff copies only what changes (own): what it was given is left as it was.
+        assert held == kept and held.converged == kept.converged
         before = config.plan(old_table, slots, shapes) if old_table else plan
         allowed = {be: set(plan.servers[be]) | set(before.servers.get(be, {}))
                    for be in plan.servers}

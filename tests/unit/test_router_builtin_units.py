@@ -3,14 +3,20 @@ selection, HTTP/1.1 head building. No sockets (the integration tests cover those
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 import math
 import random
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hinotori.errors import RouterError
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router.builtin import http1
+from hinotori.router.builtin import BuiltinRouter, http1
 from hinotori.router.builtin.listener import parse_address
 from hinotori.router.builtin.table import Counters, compile_table, smooth_schedule
 from hinotori.router.builtin.upstream import Pool
@@ -158,3 +164,41 @@ def test_counters_observe_status_classes_and_latency_buckets() -> None:
     d = c.to_dict()
     assert d["statuses"] == {"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 1}
     assert d["requests"] == 5 and sum(d["latency"]) == 5 and d["latency"][-1] == 1
+
+
+# -- the controller's switch path ------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_switch_line_leaves_before_what_else_the_loop_has_ready(
+        tmp_path: Path, workers: int) -> None:
+    """With one worker the switch's line is written in the very step that called ``apply``,
+    not after every callback the controller's loop had ready (a task would wait for them);
+    with several, every worker still gets it and a refusal is still reported."""
+    router = BuiltinRouter(tmp_path, "127.0.0.1:1", workers=workers)
+    order: list[str] = []
+
+    async def request(message: dict[str, Any] | bytes, timeout: float,
+                      i: int = 0) -> dict[str, Any]:
+        order.append(f"line {i}")
+        assert isinstance(message, bytes) and b'"op": "switch"' in message
+        await asyncio.sleep(0)  # the answer comes later
+        version = json.loads(message)["version"]
+        return {"ok": True, "version": version} if version != 13 else {"ok": False,
+                                                                        "error": "no"}
+
+    for i, client in enumerate(router._clients):
+        client.request = functools.partial(request, i=i)  # type: ignore[method-assign]
+    table = RoutingTable(12, (ServiceRoute("web", (Backend("a", "127.0.0.1:9000", 1),)),))
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(order.append, "other")
+        await router.apply(table)
+        with pytest.raises(RouterError, match="not acknowledged by every router worker"):
+            await router.apply(RoutingTable(13, table.routes))
+
+    asyncio.run(main())
+    if workers == 1:
+        assert order[:2] == ["line 0", "other"]
+    assert sorted(order[:workers + 1]) == sorted(["other", *(f"line {i}" for i in
+                                                              range(workers))])
+    assert len(order) == 2 * workers + 1

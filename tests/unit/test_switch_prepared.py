@@ -219,6 +219,40 @@ def test_a_new_release_readied_ahead_switches_with_map_entries_only() -> None:
     assert len(changes.commands) <= 4
 
 
+def test_a_plan_found_by_identity_is_the_one_found_by_value() -> None:
+    """A switch after its prepare asks for the very routes again: found without hashing them,
+    and only when the rest of the key (lost addresses, slots, shapes) is the same too."""
+    plans = PlanCache()
+    table = RoutingTable(1, (ServiceRoute("web", backends("a", 1, 50, 9000)),))
+    first = plans.get(table, {}, ())
+    assert plans.get(table, {}, ()) is first  # the same routes object
+    equal = RoutingTable(2, (ServiceRoute("web", backends("a", 1, 50, 9000)),))
+    assert plans.get(equal, {}, ()) is first  # equal routes, by hash
+    slots, shapes = first.plan.slots, first.plan.shapes
+    assert slots and plans.get(table, {}, ()) is first  # (the last lookup: these routes)
+    moved = plans.get(table, slots, shapes)  # the same routes from other slots: another plan
+    assert moved is not first and moved.plan == config.plan(table, slots, shapes)
+    lost = RoutingTable(3, table.routes, lost=("127.0.0.1:9001",))
+    assert plans.get(lost, slots, shapes).plan == config.plan(lost, slots, shapes)
+    assert plans.get(lost, slots, shapes).plan.lost == {"127.0.0.1:9001"}
+    assert plans.get(table, {}, ()) is first
+
+
+def test_route_ids_found_by_identity_are_the_ones_found_by_value() -> None:
+    sent = Sent(1)
+    routes = (ServiceRoute("web", backends("a", 1, 50, 9000)), ServiceRoute(
+        "api", backends("b", 1, 3, 9100), hosts=("api.test",)))
+    ids = sent.ids(routes)
+    assert sent.ids(routes) == ids  # the same tuple: the same ids, not found again
+    copy = tuple(ServiceRoute(r.service, tuple(r.backends), hosts=r.hosts) for r in routes)
+    assert sent.ids(copy) == ids
+    other = (routes[1], ServiceRoute("web", backends("c", 2, 50, 9000)))
+    assert sent.ids(other)[0] == ids[1] and sent.ids(other)[1] not in ids
+    assert sent.ids(routes) == ids
+    line = json.loads(sent.line(0, "switch", sent.ids(routes), 9))
+    assert line["routes"] == ids and set(line["define"]) == set(ids)
+
+
 def test_state_text_is_the_json_of_the_state() -> None:
     plans = PlanCache()
     table = RoutingTable(7, (ServiceRoute("web", backends("a", 1, 3, 9000)),),
@@ -230,6 +264,21 @@ def test_state_text_is_the_json_of_the_state() -> None:
     assert json.loads(state_text(state, text)) == state
     assert json.loads(state_text({}, None)) == {}
     assert json.loads(state_text({"table": table.to_dict()}, text)) == {"table": table.to_dict()}
+
+
+def test_state_text_dumps_a_replaced_base_again_and_the_same_one_once() -> None:
+    """The base (counters of deleted servers) is dumped once per dict: a sweep or a reload
+    replaces it, and the next state text has the new counters."""
+    def whole(state: dict[str, object]) -> str:  # the text as it was made before
+        return json.dumps(state, sort_keys=True)
+
+    base = {f"h{i}": {"requests": i, "errors": 0, "statuses": {"2xx": i}} for i in range(50)}
+    state: dict[str, object] = {"slots": {"web": {"2": 1, "1": 2}}, "base": base}
+    assert state_text(state, None) == whole(state)
+    assert state_text({**state, "slots": {}}, None) == whole({**state, "slots": {}})
+    replaced = {**base, "h0": {"requests": 7, "errors": 1, "statuses": {"5xx": 1}}}
+    assert state_text({**state, "base": replaced}, None) == whole({**state, "base": replaced})
+    assert state_text(state, None) == whole(state)  # and back
 
 
 # -- the deploy path ---------------------------------------------------------------------------

@@ -144,9 +144,16 @@ class BuiltinRouter:
         """Send ``table`` to every worker at once; return when all acknowledged it. Routes a
         worker holds already (prepared, or served before) go by id only (sent.py)."""
         ids = self._sent.ids(table.routes)
-        answers = await asyncio.gather(
-            *(self._switch(i, table, ids) for i in range(self.workers)),
-            return_exceptions=True)
+        answers: list[dict[str, Any] | BaseException]
+        if self.workers == 1:  # no task: the line leaves now, not after what else is ready
+            try:
+                answers = [await self._switch(0, table, ids)]
+            except Exception as exc:  # as gather's return_exceptions gives it
+                answers = [exc]
+        else:
+            answers = await asyncio.gather(
+                *(self._switch(i, table, ids) for i in range(self.workers)),
+                return_exceptions=True)
         problems = []
         for i, answer in enumerate(answers):
             if isinstance(answer, BaseException):

@@ -101,7 +101,18 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
     machine seen down. A backend a map points to now and did not before may hold servers of
     an earlier release, still ready: they are put in maintenance before the maps change."""
     out = Changes()
-    after = held.copy()
+    # What changes is copied, not the rest: a switch touches a backend or two of thousands
+    # of servers held (a warm release, retired ones not yet deleted; Held.copy() of 4,000
+    # cost ~3 ms a switch). A backend's servers are copied on their first change (own).
+    after = Held(dict(held.servers), dict(held.maps), dict(held.converged))
+    owned: set[str] = set()
+
+    def own(backend: str) -> dict[str, Server]:
+        if backend not in owned:
+            owned.add(backend)
+            after.servers[backend] = dict(held.servers.get(backend, {}))
+        return after.servers[backend]
+
     pointed = {v for m in held.maps.values() for v in m.values()}
     for backend, wanted in plan.servers.items():
         have = held.servers.get(backend, {})
@@ -109,14 +120,14 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
             for name, row in have.items():
                 if f"{row.host}:{row.port}" in plan.lost and not row.maint:
                     out.retire.append(f"set server {backend}/{name} state maint")
-                    after.servers[backend][name] = replace(row, maint=True)
+                    own(backend)[name] = replace(row, maint=True)
                     after.converged.pop(backend, None)
             continue
         if held.converged.get(backend) is wanted:
             continue
         after.converged[backend] = wanted  # (wanted is never changed: plans.py)
         retire = out.retire if backend in pointed else out.clean
-        now = after.servers.setdefault(backend, {})
+        now = own(backend)
         for name, srv in wanted.items():
             row = have.get(name)
             target = f"{backend}/{name}"
@@ -144,7 +155,7 @@ def diff(plan: Plan, maps: dict[Path, dict[str, str]], held: Held) -> tuple[Chan
             for name, row in have.items():
                 if not row.maint:
                     out.retire.append(f"set server {backend}/{name} state maint")
-                    after.servers[backend][name] = replace(row, maint=True)
+                    own(backend)[name] = replace(row, maint=True)
                     after.converged.pop(backend, None)
     dels: list[str] = []
     for f, entries in maps.items():

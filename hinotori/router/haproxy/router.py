@@ -44,6 +44,7 @@ from typing import Any
 
 from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
+from hinotori.router import sched
 from hinotori.router.base import RouterContext
 from hinotori.router.haproxy import config, converge, plans, runtime
 from hinotori.router.haproxy import tls as tls_files
@@ -235,6 +236,8 @@ class HaproxyRouter:
                 state["shapes"] = [vars(s) for s in plan.shapes]
                 self._save(state)
             await self._settle()
+            with contextlib.suppress(RouterError):  # router/sched.py; a reload's worker inherits
+                sched.hint(*filter(None, [sup.master_pid(), *(await sup.workers())[0]]))
         if self.log is not None:
             await self.log.attach()
 
@@ -445,6 +448,3 @@ class HaproxyRouter:
 def socket_dir(state_dir: Path) -> Path:
     """Where HAProxy's sockets go (see router/sockets.py)."""
     return private_socket_dir(state_dir, "haproxy-master.sock", _SOCKET_PATH_MAX)
-
-
-
