@@ -28,6 +28,7 @@ import ipaddress
 import os
 import select
 import socket
+from _socket import socket as _socket
 from collections.abc import Collection, Sequence
 
 import httptools
@@ -47,7 +48,31 @@ from hinotori.model import HealthCheck, ProbeResult
 _WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _CONNECTED = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+_ANSWER = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _RECV = 65536  # a shorter read drained the socket: nothing of a second message is left behind
+
+
+# What httptools found in an answer that came whole in one read, by its bytes: (status,
+# whether the connection may be kept, body). Answers bigger than this are parsed each time.
+_MEMO_BYTES = 4096
+_MEMO_ENTRIES = 256
+
+
+class _Answers:
+    """Answers parsed before, by their exact bytes: a parse is a function of the bytes
+    alone (a fresh parser, one feed), so equal bytes mean an equal outcome."""
+
+    __slots__ = ("hits", "known")
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, tuple[int, bool, bytes]] = {}
+        self.hits = 0
+
+    def remember(self, data: bytes, status: int, keep: bool, body: bytes | bytearray) -> None:
+        if len(data) <= _MEMO_BYTES:
+            if len(self.known) >= _MEMO_ENTRIES:
+                self.known.clear()  # the Date header moves on every second: start afresh
+            self.known[data] = (status, keep, bytes(body))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -76,7 +101,7 @@ class _Conn:
 
     __slots__ = ("address", "connected", "fd", "probe", "round", "sock")
 
-    def __init__(self, sock: socket.socket, address: str, round_: int) -> None:
+    def __init__(self, sock: _socket, address: str, round_: int) -> None:
         self.sock = sock
         self.round = round_  # the events round it was opened in
         self.fd = sock.fileno()
@@ -117,6 +142,7 @@ class BatchProber:
         # they are handled may give its fd number to a new one, which they are not about.
         self._round = 0
         self._fallback = KeepAlive()
+        self._answers = _Answers()
 
     def __len__(self) -> int:
         return len(self._kept) + len(self._fallback)
@@ -194,23 +220,29 @@ class BatchProber:
         probe.fresh = True
         family, where = _sockaddr(probe.address)  # type: ignore[misc]
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             self._finish(probe, failed(e))
             return
         conn = _Conn(sock, probe.address, self._round)
         conn.probe, probe.conn = probe, conn
         self._conns[conn.fd] = conn
+        err = sock.connect_ex(where)
+        if err not in (0, errno.EINPROGRESS):
+            self._fail(conn, OSError(err, os.strerror(err)))
+            return
+        # On loopback the handshake is done by now: send at once, and register for the
+        # answer alone; else (or a TCP check) wait to be told the connection is up.
+        mask = _WATCH
+        if probe.check.path is not None and self._send(conn, probe, early=True):
+            conn.connected = True
+            mask = _ANSWER
+        elif conn.probe is not probe:
+            return  # the send failed, and _fail has dealt with it
         try:
-            self._ep.register(conn.fd, _WATCH)  # type: ignore[union-attr]
-            err = sock.connect_ex(where)
+            self._ep.register(conn.fd, mask)  # type: ignore[union-attr]
         except OSError as e:
             self._fail(conn, e)
-            return
-        if err == 0:
-            self._connected(conn)
-        elif err != errno.EINPROGRESS:
-            self._fail(conn, OSError(err, os.strerror(err)))
 
     def _events(self) -> None:
         assert self._ep is not None
@@ -219,46 +251,53 @@ class BatchProber:
             conn = self._conns.get(fd)
             if conn is None or conn.round == self._round:
                 continue
-            if not conn.connected:
-                if not ev & _CONNECTED:
-                    continue
-                # Connected, or failed: an HTTP check's send says which (it raises the
-                # connect's error); a TCP check asks.
-                probe = conn.probe
-                if probe is not None and probe.check.path is None and \
-                        (err := conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
-                    self._fail(conn, OSError(err, os.strerror(err)))
-                    continue
-                self._connected(conn)
-            elif ev & _READABLE:
-                self._readable(conn)
+            if conn.connected:
+                if ev & _READABLE:
+                    self._readable(conn)
+                continue
+            if not ev & _CONNECTED:
+                continue
+            # Connected, or failed: an HTTP check's send says which (it raises the
+            # connect's error); a TCP check asks.
+            probe = conn.probe
+            if probe is not None and probe.check.path is None and \
+                    (err := conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
+                self._fail(conn, OSError(err, os.strerror(err)))
+                continue
+            conn.connected = True
+            if probe is None:
+                continue
+            if probe.check.path is None:
+                self._close(conn)
+                self._finish(probe, ProbeResult(True, "TCP connect ok"))
+            elif self._send(conn, probe) and ev & _READABLE:
+                self._readable(conn)  # edge-triggered: this event is the answer's only one
 
-    def _connected(self, conn: _Conn) -> None:
-        conn.connected = True
-        probe = conn.probe
-        if probe is None:
-            return
-        if probe.check.path is None:
-            self._close(conn)
-            self._finish(probe, ProbeResult(True, "TCP connect ok"))
-        else:
-            self._send(conn, probe)
-
-    def _send(self, conn: _Conn, probe: _Probe) -> None:
+    def _send(self, conn: _Conn, probe: _Probe, early: bool = False) -> bool:
+        """Send the request; False if it failed (dealt with) or, ``early``, the connection
+        is not up yet (nothing done)."""
         conn.probe, probe.conn = probe, conn
-        probe.parser = httptools.HttpResponseParser(probe)
         request = request_bytes(probe.check.path or "/", probe.address, True)
         try:
-            if conn.sock.send(request) != len(request):  # ~100 bytes into an empty buffer
-                raise OSError(errno.EAGAIN, "request not sent whole")
+            sent = conn.sock.send(request)
+        except BlockingIOError as e:  # not connected yet
+            if not early:
+                self._fail(conn, e)
+            return False
         except OSError as e:
             self._fail(conn, e)
+            return False
+        if sent != len(request):  # ~100 bytes into an empty buffer: never, but not a pass
+            self._fail(conn, OSError(errno.EAGAIN, "request not sent whole"))
+            return False
+        return True
 
     def _readable(self, conn: _Conn) -> None:
         probe = conn.probe
+        sock = conn.sock
         while True:
             try:
-                data = conn.sock.recv(_RECV)
+                data = sock.recv(_RECV)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -270,6 +309,14 @@ class BatchProber:
             if not data:
                 self._answered(conn, probe, closed=True)
                 return
+            if not probe.received and probe.parser is None:
+                known = self._answers.known.get(data)
+                if known is not None:  # these very bytes were parsed before
+                    self._answers.hits += 1
+                    probe.received = len(data)
+                    self._known(conn, probe, *known)
+                    return
+                probe.parser = httptools.HttpResponseParser(probe)
             probe.received += len(data)
             probe.short = len(data) < _RECV
             try:
@@ -279,7 +326,10 @@ class BatchProber:
                 self._finish(probe, failed(e))
                 return
             if probe.complete or probe.received >= MAX_RESPONSE:
-                self._answered(conn, probe, closed=False)
+                whole = probe.received == len(data)  # one read held all of it
+                status = self._answered(conn, probe, closed=False)
+                if whole and status and probe.complete:
+                    self._answers.remember(data, status, self._reusable(probe), probe.body)
                 return
 
     def _stale(self, probe: _Probe) -> bool:
@@ -296,17 +346,26 @@ class BatchProber:
         if probe is not None and not self._stale(probe):
             self._finish(probe, failed(e))
 
-    def _answered(self, conn: _Conn, probe: _Probe, *, closed: bool) -> None:
+    @staticmethod
+    def _reusable(probe: _Probe) -> bool:
+        return probe.complete and probe.messages == 1 and probe.keep_alive and probe.short
+
+    def _answered(self, conn: _Conn, probe: _Probe, *, closed: bool) -> int:
+        """The answer has ended; its status (0: none)."""
         parser, probe.parser = probe.parser, None
         if closed and self._stale(probe):
             self._close(conn)
-            return
+            return 0
         status = 0
         if parser is not None and probe.received:
             with contextlib.suppress(httptools.HttpParserError):
                 status = parser.get_status_code()
-        reusable = (not closed and probe.complete and probe.messages == 1 and probe.keep_alive
-                    and probe.short)
+        self._known(conn, probe, status, not closed and self._reusable(probe), probe.body)
+        return status
+
+    def _known(self, conn: _Conn, probe: _Probe, status: int, reusable: bool,
+               body: bytes | bytearray) -> None:
+        """The answer is ``status`` (and ``body``): keep the connection or close it."""
         if reusable and status:
             conn.probe = None
             if (old := self._kept.pop(probe.address, None)) is not None:
@@ -314,7 +373,7 @@ class BatchProber:
             self._kept[probe.address] = conn
         else:
             self._close(conn)
-        self._finish(probe, answered(status, probe.check, probe.body))
+        self._finish(probe, answered(status, probe.check, body))
 
     def _close(self, conn: _Conn) -> None:
         """Close a socket (which takes it out of the epoll too)."""

@@ -56,6 +56,8 @@ SLICE_HOSTS = 32
 # of connections to hosts it no longer watches.
 RESCAN_EVERY = 0.5
 
+_UNASKED: Any = object()  # a provider not asked yet for its alive_now
+
 Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 
 
@@ -173,11 +175,12 @@ class Healing:
                 self._limit = asyncio.Semaphore(PROBES_AT_ONCE)
             verdicts = await asyncio.gather(*(self._look(h, check, prober, self._limit)
                                               for h in hosts))
+        bad = self._bad
         for host, why in zip(hosts, verdicts, strict=True):
-            if why is None:
-                self._bad.pop(host.id, None)
-            else:
-                self._bad[host.id] = why
+            if why is not None:
+                bad[host.id] = why
+            elif bad:  # usually empty: nothing to forget
+                bad.pop(host.id, None)
         if any(verdicts):
             await self._take_out(service)
 
@@ -274,8 +277,8 @@ class Healing:
         self._in_flight.update(ids)
         try:
             alive = [self._alive_now(h) for h in hosts]
-            asked = [i for i, a in enumerate(alive) if a is None]
-            if asked:
+            if None in alive:
+                asked = [i for i, a in enumerate(alive) if a is None]
                 found = await asyncio.gather(*(self._adopted(hosts[i]) for i in asked))
                 for i, a in zip(asked, found, strict=True):
                     alive[i] = a
@@ -284,22 +287,27 @@ class Healing:
         finally:
             self._in_flight.difference_update(ids)
         verdicts: list[str | None] = [None if a is None else "process exited" for a in alive]
+        failures = self._failures
         for i, result in zip(up, results, strict=True):
-            verdicts[i] = self._count(hosts[i], result, check)
+            if result.ok:  # _count's answer for a pass, without the call
+                failures[ids[i]] = 0
+                verdicts[i] = None
+            else:
+                verdicts[i] = self._count(hosts[i], result, check)
         return verdicts
 
     def _alive_now(self, host: Host) -> bool | None:
         """Whether ``host`` lives, from a provider that knows without waiting (the process
         provider: a pidfd tells it when a host dies); None: ask ``adopt``."""
-        if host.provider not in self._quick:
+        quick = self._quick.get(host.provider, _UNASKED)
+        if quick is _UNASKED:
             provider = self.fleet.provider(host)
-            self._quick[host.provider] = getattr(provider, "alive_now", None)
+            quick = self._quick[host.provider] = getattr(provider, "alive_now", None)
             watch = getattr(provider, "exit_watch", None)
             if watch is not None:
                 listener = functools.partial(self._exited, host.provider)
                 watch.listeners.append(listener)
                 self._exit_watches.append((watch.listeners, listener))
-        quick = self._quick[host.provider]
         return quick(host) if quick is not None else None
 
     def _exited(self, provider: str, pid: int) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from hinotori.controller.batchprobe import BatchProber
 from hinotori.health import probe
 from hinotori.model import HealthCheck, ProbeResult
@@ -137,3 +139,88 @@ def test_a_new_event_loop_starts_afresh() -> None:
     assert asyncio.run(once()).ok
     assert asyncio.run(once()).ok  # the first loop's epoll reader and sockets are let go
     batch.close()
+
+
+async def raw_server(answers: list[bytes], *, close: bool) -> tuple[asyncio.Server, str]:
+    """Answers each request with ``answers[0]`` (the test changes it), as is, in one write;
+    ``close``: then closes the connection (as busybox httpd)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(answers[0])
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+SHORT = HealthCheck(path="/healthz", timeout=1.0)  # an answer cut short waits it out
+OK_CLOSE = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nok\n"
+DOWN_CLOSE = b"HTTP/1.1 503 Unavailable\r\nConnection: close\r\nContent-Length: 5\r\n\r\ndown\n"
+
+
+def test_a_changed_answer_after_many_identical_ones_is_seen() -> None:
+    """Answers whose bytes were parsed before reuse that parse: the first different byte
+    (here the status, then only the body of a failing answer) is a new parse."""
+    async def scenario() -> None:
+        answers = [OK_CLOSE]
+        server, address = await raw_server(answers, close=True)
+        batch = BatchProber()
+        for _ in range(20):
+            found = await batch.look([address, address], CHECK)
+            assert found == [ProbeResult(True, "HTTP 200")] * 2
+        assert batch._answers.hits >= 38  # the same bytes were parsed once (or twice: a race)
+        answers[0] = DOWN_CLOSE
+        assert await batch.look([address], CHECK) == [ProbeResult(False, "HTTP 503: down")]
+        answers[0] = DOWN_CLOSE.replace(b"down", b"gone")
+        assert await batch.look([address], CHECK) == [ProbeResult(False, "HTTP 503: gone")]
+        answers[0] = OK_CLOSE
+        assert await batch.look([address], CHECK) == [ProbeResult(True, "HTTP 200")]
+        assert len(batch) == 0  # none kept: every answer said close
+        batch.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",  # kept
+    OK_CLOSE, DOWN_CLOSE,
+    b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n",  # 1.0: not kept
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\nHTTP/1.1 200 OK\r\n",  # a 2nd begun
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok\n",  # cut short: the close decides
+    b"NOT HTTP\r\n\r\n",  # a parse error: never remembered
+])
+def test_a_remembered_answer_gives_what_a_parse_gives(answer: bytes) -> None:
+    """Each answer twice on fresh connections, then on a kept one if there is one: every look
+    answers as a probe alone does, and keeps the connection exactly when the parse would."""
+    cut = b"Content-Length: 10" in answer
+    check = SHORT if cut else CHECK
+
+    async def scenario() -> None:
+        for close in (True, False):
+            server, address = await raw_server([answer], close=close)
+            alone = await probe(address, check)
+            batch = BatchProber()
+            found = [await batch.look([address], check) for _ in range(3)]
+            kept = len(batch)
+            fresh = BatchProber()  # remembers nothing yet: its one look is a parse
+            parsed = await fresh.look([address], check)
+            assert fresh._answers.hits == 0
+            assert found == [[alone]] * 3 and parsed == [alone], (close, found, alone)
+            assert kept == len(fresh)  # kept exactly when the parse keeps it
+            if alone.ok and not cut:
+                assert batch._answers.hits == 2  # looks 2 and 3 reused look 1's parse
+            batch.close()
+            fresh.close()
+            server.close()
+
+    asyncio.run(scenario())
