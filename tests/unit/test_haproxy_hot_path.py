@@ -68,14 +68,14 @@ def test_only_the_maintenance_backend_answers_503_and_release_requests_check_it(
         "use_backend web.r1 if { srv_is_up(_live/web.r1) }",
         "use_backend web.r2 if { srv_is_up(_live/web.r2) }"]
     main = main[2:]
-    # header and cookie: one rule per slot; live: the main backend, the slots, maintenance,
+    # header and cookie: one rule per slot; live: the slots, the main backend, maintenance,
     # then the main one as the live map's default
     assert len(main) == 2 + 2 + 4 + 1 and len(preview) == 3
     for rule in (*main[:4], *preview[:2]):
         assert rule.endswith(guard), rule
     live = f"str(web),map({config.live_file(s)},web)"
     assert main[4:] == [f"use_backend {be} if {{ {live} -m str {be} }}"
-                        for be in ("web", "web.r1", "web.r2", "web.maint")] + ["use_backend web"]
+                        for be in ("web.r1", "web.r2", "web", "web.maint")] + ["use_backend web"]
     assert "if" not in preview[2]  # ordinary: one live-map lookup
 
 

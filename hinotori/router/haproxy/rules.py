@@ -50,9 +50,11 @@ def static_rules(s: Settings, svc: str, count: int, sticky: bool, conds: list[st
                           f"{{ str({svc}),map({sticky_file(s)}) -m found }}",
                           f"{{ req.cook(hinotori-{svc}),lower,map({m}) -m str {be} }}", up])
                 for be in slots]
-    live = f"str({svc}),map({live_file(s)},{svc})"  # ordinary requests: the main one first
+    # Ordinary requests: a slot first (one release serving, the steady state; a catch-all
+    # route's switches take most of these before), then the main backend (a canary).
+    live = f"str({svc}),map({live_file(s)},{svc})"
     out += [" ".join([f"  use_backend {be} if", *conds, f"{{ {live} -m str {be} }}"])
-            for be in (svc, *slots, maint_backend(svc))]
+            for be in (*slots, svc, maint_backend(svc))]
     # Reached only if the live map names none of them: the main backend, as its default.
     out.append(f"  use_backend {svc}" + (" if " + " ".join(conds) if conds else ""))
     return out
