@@ -54,7 +54,15 @@ from dataclasses import dataclass, field
 from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
 from hinotori.router.haproxy import tls
-from hinotori.router.haproxy.flags import LIVE_FLAGS, declared, fast_lane, flag_backend, flag_on
+from hinotori.router.haproxy.flags import (
+    LIVE_FLAGS,
+    declared,
+    fast_lane,
+    flag_backend,
+    flag_on,
+    live_flag,
+    live_flags,
+)
 from hinotori.router.haproxy.maint import MAINTENANCE_MAPS, maintenance_maps
 from hinotori.router.haproxy.rules import MARK as MARK
 from hinotori.router.haproxy.rules import MARK_FRONTEND as MARK_FRONTEND
@@ -256,7 +264,8 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
     out.flags = frozenset(flag for shape in shapes if fast_lane(shape.hosts, shape.prefix)
                           if (flag := flag_on(shape.service, out.live[shape.service],
                                               out.maps[shape.service],
-                                              shape.service in out.sticky)) is not None)
+                                              shape.service in out.sticky)) is not None) \
+        | {live_flag(be) for be in out.live.values()}
     pointed = set(out.live.values()) | {v for m in out.maps.values() for v in m.values()}
     out.idle = frozenset(be for be in out.servers if be not in pointed)
     return out
@@ -374,7 +383,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             lines += [f"backend {name}", "  balance roundrobin",
                       *_server_lines(the_plan.servers.get(name, {})), ""]
         lines += _maintenance_backend(s, svc)
-    lines += flag_backend([n for names in switches.values() for n in names],
+    lives = [n for shape in the_plan.shapes for n in live_flags(shape.service, shape.slots)]
+    lines += flag_backend([*(n for names in switches.values() for n in names), *lives],
                           the_plan.flags or frozenset())
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")

@@ -7,6 +7,7 @@ every request's URI for the logs, ~0.3k instructions a request on the switches' 
 
 from __future__ import annotations
 
+from hinotori.router.haproxy.flags import LIVE_FLAGS, live_flag
 from hinotori.router.haproxy.settings import (
     Settings,
     live_file,
@@ -29,33 +30,34 @@ def maint_backend(service: str) -> str:
 
 def not_in_maintenance(s: Settings, svc: str) -> str:
     """The condition a request asking for a release meets while ``svc`` is not in
-    maintenance (one live-map lookup, paid only by such requests)."""
+    maintenance (one live-map lookup, paid only by such requests; it also has HAProxy load
+    the live map, which the Runtime API changes)."""
     return f"!{{ str({svc}),map({live_file(s)}) -m str {maint_backend(svc)} }}"
 
 
 def static_rules(s: Settings, svc: str, count: int, sticky: bool, conds: list[str]) -> list[str]:
     """The main frontend's rules for route ``svc`` (``count`` release slots) after its
     switches: by header, by cookie (sticky routes), by the live map, one rule per backend each
-    may choose. Cheapest test first (conditions stop at the first false): most requests carry
-    neither the header nor the cookie, and then no map is looked up for them."""
+    may choose. The header (cookie) test before the route's Host and path ACLs (conditions
+    stop at the first false): most requests carry neither, and one rule per slot then costs
+    one header scan, no ACL repeated and no map looked up."""
     m = map_file(s, svc)
     slots = [slot_backend(svc, k) for k in range(1, count + 1)]
     up = not_in_maintenance(s, svc)
-    out = [" ".join([f"  use_backend {be} if", *conds, "{ req.hdr(x-hinotori-release) -m found }",
+    out = [" ".join([f"  use_backend {be} if", "{ req.hdr(x-hinotori-release) -m found }", *conds,
                      f"{{ req.hdr(x-hinotori-release),lower,map({m}) -m str {be} }}", up])
            for be in slots]
     if sticky:
-        out += [" ".join([f"  use_backend {be} if", *conds,
-                          f"{{ req.cook(hinotori-{svc}) -m found }}",
+        out += [" ".join([f"  use_backend {be} if", f"{{ req.cook(hinotori-{svc}) -m found }}",
+                          *conds,
                           f"{{ str({svc}),map({sticky_file(s)}) -m found }}",
                           f"{{ req.cook(hinotori-{svc}),lower,map({m}) -m str {be} }}", up])
                 for be in slots]
-    # Ordinary requests: a slot first (one release serving, the steady state; a catch-all
-    # route's switches take most of these before), then the main backend (a canary).
-    live = f"str({svc}),map({live_file(s)},{svc})"
-    out += [" ".join([f"  use_backend {be} if", *conds, f"{{ {live} -m str {be} }}"])
+    # Ordinary requests: where the live map says, read from its switches (flags.live_flags).
+    out += [" ".join([f"  use_backend {be} if", *conds,
+                      f"{{ srv_is_up({LIVE_FLAGS}/{live_flag(be)}) }}"])
             for be in (*slots, svc, maint_backend(svc))]
-    # Reached only if the live map names none of them: the main backend, as its default.
+    # Reached only if no switch is on: the main backend, as the live map's default.
     out.append(f"  use_backend {svc}" + (" if " + " ".join(conds) if conds else ""))
     return out
 
