@@ -15,6 +15,11 @@ no held release, no other release a header or cookie could ask for) and no cooki
 Then the header rule would pick the same backend, and skipping it changes nothing. Otherwise
 every switch is off and requests take the rules as before (header, cookie, live map): these
 stay in every config, so a switch left off is never wrong, only slower.
+
+Every route (catch-all or not) also has the live map's switches (``live_flags``): one per
+backend its live map entry may name, on while it names that one, flipped in the same batch as
+the entry (on before off). The live-map rules read them (config.rules), so no rule builds a
+backend name with ``use_backend %[...]``.
 """
 
 from __future__ import annotations
