@@ -156,3 +156,45 @@ def test_haproxy_stopped_and_started_again_under_a_running_reader(
         return log.lines, stats.requests, sum(stats.latency)
 
     assert asyncio.run(run()) == (17, 7, 17)  # HAProxy's counters restarted; the log's did not
+
+
+def test_n_changed_at_run_time_counts_each_line_for_its_n_for_every_reader(
+        router: HaproxyRouter, backends: Backends) -> None:
+    """HAProxy's lines carry no N: the marker logged right after each change says it. Lines
+    logged at N = 4 count for 4 each, at N = 1 for 1, read by this router object as the
+    changes happen and by a new one reading the whole ring at once; without a reload."""
+    host = backends.add("changing")
+    asyncio.run(router.apply(table(next(_versions), route(host.backend()))))
+    assert router.log is not None
+    router.log.set_sample = None  # N set by hand here, not by the reader's rate
+
+    async def run() -> tuple[int, int, int, int]:
+        log = router.log
+        assert log is not None
+        before = await worker_pid(router)
+        await send(router, 5)  # N = 1 (latency_log_rate = 0)
+        await log.attach()
+        await router._set_sample(4)
+        await send(router, 200)
+        await log.attach()  # read between the two changes
+        sampled = log.lines - 5
+        await router._set_sample(1)
+        await send(router, 10)
+        await log.attach()
+        assert await worker_pid(router) == before
+        return log.lines, log.counted, sampled, sum((await router.stats())["changing"].latency)
+
+    lines, counted, sampled, histogram = asyncio.run(run())
+    assert 10 <= sampled <= 120, sampled  # about 1 in 4 of 200
+    assert (lines, counted, histogram) == (5 + sampled + 10, 5 + 4 * sampled + 10, counted)
+    again = HaproxyRouter(router.state_dir, router.listen, latency_log_rate=0)
+
+    async def fresh() -> tuple[int, int]:
+        await again.start()
+        assert again.log is not None
+        try:
+            histogram = sum((await again.stats())["changing"].latency)
+            return again.log.lines, histogram
+        finally:
+            again.log.close()
+    assert asyncio.run(fresh()) == (lines, counted)

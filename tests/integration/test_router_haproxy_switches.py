@@ -52,10 +52,15 @@ def port_of(listen: str) -> int:
 
 
 def switches_on(r: HaproxyRouter) -> set[str]:
-    (text,) = asyncio.run(runtime.run(r.stats_socket, [
-        f"show servers state {config.LIVE_FLAGS}"]))
-    return {n for n, s in converge.parse_servers_state(text).get(config.LIVE_FLAGS, {}).items()
-            if not s.maint}
+    """The catch-all route's switches on; checks that the live map's switches (flags.
+    live_flags) say what the live map does, one on per service."""
+    (text, live) = asyncio.run(runtime.run(r.stats_socket, [
+        f"show servers state {config.LIVE_FLAGS}", f"show map {config.live_file(r.settings)}"]))
+    on = {n for n, s in converge.parse_servers_state(text).get(config.LIVE_FLAGS, {}).items()
+          if not s.maint}
+    assert {n for n in on if n.endswith("_live")} == \
+        {f"{be}_live" for be in converge.parse_map(live).values()}
+    return {n for n in on if not n.endswith("_live")}
 
 
 def worker_pid(r: HaproxyRouter) -> str:

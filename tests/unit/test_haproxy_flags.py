@@ -33,9 +33,23 @@ def settings(tmp_path: Path) -> config.Settings:
                            maps_dir=tmp_path / "maps")
 
 
+def fast(on: frozenset[str] | None) -> set[str]:
+    """The catch-all routes' switches among ``on`` (not the live map's, flags.live_flags)."""
+    return {n for n in on or () if not n.endswith("_live")}
+
+
 def test_one_release_everywhere_turns_its_slots_switch_on() -> None:
     p = plan_of(web(1))
-    assert p.live["web"] == "web.r1" and p.flags == frozenset({"web.r1"})
+    assert p.live["web"] == "web.r1" and p.flags == frozenset({"web.r1", "web.r1_live"})
+
+
+def test_the_live_maps_switch_is_on_for_the_backend_it_names_and_only_that_one() -> None:
+    for route in (web(1), web(1, 2, canary=2), web(1, maintenance=Maintenance("brb", 30)),
+                  ServiceRoute("api", (Backend("a", "127.0.0.1:1", 1),), hosts=("api.x",))):
+        p = plan_of(route)
+        svc, slots = route.service, p.shapes[0].slots
+        assert set(flags.live_flags(svc, slots)) & (p.flags or frozenset()) == \
+            {flags.live_flag(p.live[svc])}
 
 
 @pytest.mark.parametrize("route", [
@@ -51,7 +65,7 @@ def test_one_release_everywhere_turns_its_slots_switch_on() -> None:
 ], ids=["canary", "preview", "other-release", "sticky", "maintenance", "weight-0", "empty"])
 def test_the_switch_is_off_when_another_rule_could_decide_differently(
         route: ServiceRoute) -> None:
-    assert plan_of(route).flags == frozenset()
+    assert fast(plan_of(route).flags) == set()
 
 
 def test_only_catch_all_routes_get_switches_and_the_live_backend(tmp_path: Path) -> None:
@@ -59,10 +73,10 @@ def test_only_catch_all_routes_get_switches_and_the_live_backend(tmp_path: Path)
     hosts = ServiceRoute("api", (Backend("a", "127.0.0.1:1", 1),), hosts=("api.example",))
     path = ServiceRoute("img", (Backend("b", "127.0.0.1:2", 1),), path_prefix="/img")
     p = plan_of(hosts, path, web(3))
-    assert p.flags == frozenset({"web.r1"})
+    assert fast(p.flags) == {"web.r1"}
     text = config.render(s, p, loaded=True)
     front = text.split(f"frontend {config.FRONTEND}\n", 1)[1].split("\n\n", 1)[0]
-    assert "srv_is_up(_live/api" not in front and "srv_is_up(_live/img" not in front
+    assert "srv_is_up(_live/api.r1)" not in front and "srv_is_up(_live/img.r1)" not in front
     rules = [line.strip() for line in front.splitlines() if "use_backend" in line]
     web_rules = [r for r in rules if "web" in r]
     # The switches come before the header rule of their route.
@@ -70,20 +84,27 @@ def test_only_catch_all_routes_get_switches_and_the_live_backend(tmp_path: Path)
                              "use_backend web.r2 if { srv_is_up(_live/web.r2) }"]
     assert "x-hinotori-release" in web_rules[2]
     live = text.split(f"backend {flags.LIVE_FLAGS}\n", 1)[1].split("\n\n", 1)[0]
-    assert live.splitlines() == [f"  server web.r1 {flags.FLAG_ADDRESS}",
-                                 f"  server web.r2 {flags.FLAG_ADDRESS} disabled"]
+    assert live.splitlines()[:2] == [f"  server web.r1 {flags.FLAG_ADDRESS}",
+                                     f"  server web.r2 {flags.FLAG_ADDRESS} disabled"]
+    assert sorted(n.split()[1] for n in live.splitlines()[2:] if "disabled" not in n) == \
+        ["api.r1_live", "img.r1_live", "web.r1_live"]  # the live map's switches
     text = config.render(s, plan_of(hosts, path), loaded=True)
-    assert "srv_is_up" not in text and f"backend {flags.LIVE_FLAGS}" not in text
+    assert "srv_is_up(_live/api.r1)" not in text and "srv_is_up(_live/img.r1)" not in text
 
 
 def ordinary(held: Held, shapes: tuple[config.Shape, ...], live_map: Path) -> dict[str, str]:
-    """Where an ordinary request of each service goes: the first switch on in rule order,
-    else the live map's backend."""
+    """Where an ordinary request of each service goes: the first switch on in rule order, else
+    the first of the live map's switches on (which must agree with the live map), else the
+    main backend."""
     switches = held.servers.get(flags.LIVE_FLAGS, {})
     out = {}
-    for svc, names in flags.declared(shapes).items():
+    for shape in shapes:
+        svc = shape.service
+        names = flags.declared(shapes).get(svc, [])
         on = [n for n in names if n in switches and not switches[n].maint]
-        out[svc] = on[0] if on else held.maps.get(live_map, {}).get(svc, svc)
+        lives = [n.removesuffix("_live") for n in flags.live_flags(svc, shape.slots)
+                 if n in switches and not switches[n].maint]
+        out[svc] = on[0] if on else lives[0] if lives else svc
     return out
 
 
@@ -94,9 +115,10 @@ def test_switches_flip_after_the_maps_and_every_step_serves_the_old_or_new_backe
     tables = [web(1), web(1, 2, canary=2), web(2), web(3), web(3, 4, preview=4), web(4),
               web(4, maintenance=Maintenance("brb", 5)), web(4), web(1)]
     p = plan_of(tables[0])
+    declared = [*(n for names in flags.declared(p.shapes).values() for n in names),
+                *flags.live_flags("web", p.shapes[0].slots)]
     held = Held({flags.LIVE_FLAGS: {n: Server("127.0.0.1", "1", "1", n not in (p.flags or ()))
-                                    for names in flags.declared(p.shapes).values()
-                                    for n in names}}, {})
+                                    for n in declared}}, {})
     held = converge.diff(p, files.targets(p), held)[1]
     switched = 0
     for route in tables[1:]:
@@ -109,12 +131,13 @@ def test_switches_flip_after_the_maps_and_every_step_serves_the_old_or_new_backe
             now = simulate_one(now, command)
             assert ordinary(now, p.shapes, live_map)["web"] in (before, nxt.live["web"]), command
         assert now == after
-        assert ordinary(after, p.shapes, live_map)["web"] == nxt.live["web"]
+        assert ordinary(after, p.shapes, live_map)["web"] == nxt.live["web"] == \
+            after.maps[live_map]["web"]
         on = {n for n, s in after.servers[flags.LIVE_FLAGS].items() if not s.maint}
         assert on == set(nxt.flags or ())
         switched += sum("_live/" in c for c in changes.commands)
         # A switch on: the release map has nothing a header could ask for elsewhere.
-        for name in on:
+        for name in fast(frozenset(on)):
             assert set(after.maps[config.map_file(files.settings, "web")].values()) == {name}
         # Done: nothing left to send; a prepare never touches the switches.
         assert converge.diff(nxt, files.targets(nxt), after)[0].commands == []

@@ -64,14 +64,18 @@ def test_only_the_maintenance_backend_answers_503_and_release_requests_check_it(
     main, preview = frontend_rules(text), frontend_rules(text, config.PREVIEW_FRONTEND)
     # the slots' switches (flags.py), then header, cookie, live; on
     # the preview frontend: header, held release, live
-    assert [r for r in main if "srv_is_up(_live/" in r] == [
+    assert main[:2] == [
         "use_backend web.r1 if { srv_is_up(_live/web.r1) }",
         "use_backend web.r2 if { srv_is_up(_live/web.r2) }"]
     main = main[2:]
-    assert len(main) == 3 and len(preview) == 3
-    for rule in (*main[:2], *preview[:2]):
+    # header and cookie: one rule per slot; live: the slots, the main backend, maintenance,
+    # then the main one as the live map's default
+    assert len(main) == 2 + 2 + 4 + 1 and len(preview) == 3
+    for rule in (*main[:4], *preview[:2]):
         assert rule.endswith(guard), rule
-    assert "if" not in main[2] and "if" not in preview[2]  # ordinary: one live-map lookup
+    assert main[4:] == [f"use_backend {be} if {{ srv_is_up(_live/{be}_live) }}"
+                        for be in ("web.r1", "web.r2", "web", "web.maint")] + ["use_backend web"]
+    assert "if" not in preview[2]  # ordinary: one live-map lookup
 
 
 def test_the_cookie_rule_is_only_on_sticky_routes_and_a_part_of_the_shape(

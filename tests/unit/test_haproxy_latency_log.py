@@ -25,8 +25,17 @@ from hinotori.router.haproxy.stats import (
 )
 
 
-def lines(pid: int, numbers: range, server: str = "v1_a", n: int = 1) -> bytes:
-    return b"".join(b"%d %d %s 3 %d\n" % (pid, i, server.encode(), n) for i in numbers)
+def lines(pid: int, numbers: range, server: str = "v1_a") -> bytes:
+    """Request lines as HAProxy logs them: ``<pid> <line number> <server> <Ta>``."""
+    return b"".join(b"%d %d %s 3\n" % (pid, i, server.encode()) for i in numbers)
+
+
+_markers = iter(range(10**6))
+
+
+def marker(pid: int, n: int, before: int) -> bytes:
+    """The line the marker frontend logs when N changed from ``before`` to ``n``."""
+    return b"%d M%d %d /%d\n" % (pid, next(_markers), n, before)
 
 
 class FakeStatsSocket:
@@ -39,6 +48,7 @@ class FakeStatsSocket:
         self.ring = b""
         self.pid = 7
         self.requests = 0
+        self.sample = 1  # N in the latency map (``show map``)
         self.dumps = 0
         self.commands: list[bytes] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -61,6 +71,10 @@ class FakeStatsSocket:
                         break
                     command += chunk
                 self.commands.append(command)
+                if command.startswith(b"show map"):
+                    conn.sendall(b"0x55d0 0:%d %d\n\n" % ((1 << 30) // self.sample - 1,
+                                                           self.sample))
+                    continue
                 if command.startswith(b"show info"):
                     conn.sendall(b"Name: HAProxy\nPid: %d\nCumConns: 3\nCumReq: %d\n\n"
                                  % (self.pid, self.requests))
@@ -87,7 +101,7 @@ def test_each_line_is_counted_once_however_the_dumps_overlap() -> None:
     record = log.record
     log.record = lambda data: (parsed.append(data), record(data))  # type: ignore[method-assign]
     log.take(lines(7, range(1, 4)) + b"\n")
-    assert (log.lines, log._last) == (3, b"7 3 v1_a 3 1\n")
+    assert (log.lines, log._last) == (3, b"7 3 v1_a 3\n")
     log.take(lines(7, range(1, 4)) + b"\n")  # nothing new
     log.take(lines(7, range(2, 6)) + b"\n")  # the oldest overwritten, two new
     assert log.lines == 5
@@ -105,7 +119,7 @@ def test_counting_a_long_dump_lets_other_threads_in_between_and_counts_the_same(
     # The event loop's thread must not wait for the GIL while a whole dump is counted.
     import hinotori.router.haproxy.stats as stats
 
-    dump = lines(7, range(1, 10 * GIL_LINES + 1), n=3)
+    dump = marker(7, 3, 1) + lines(7, range(1, 10 * GIL_LINES))
     whole = LatencyLog(Path("/nowhere"), "r")
     monkeypatch.setattr(stats, "GIL_LINES", 10**9)
     whole.take(dump)
@@ -115,7 +129,7 @@ def test_counting_a_long_dump_lets_other_threads_in_between_and_counts_the_same(
     chunked = LatencyLog(Path("/nowhere"), "r")
     chunked.take(dump)
     assert len(yields) == 10  # 10 * GIL_LINES lines and the empty one after the last newline
-    assert (whole.lines, whole.counted) == (10 * GIL_LINES, 30 * GIL_LINES)
+    assert (whole.lines, whole.counted) == (10 * GIL_LINES - 1, 30 * GIL_LINES - 3)
     assert (chunked.lines, chunked.counted, chunked.latency, chunked.latency_sum_ms) == \
         (whole.lines, whole.counted, whole.latency, whole.latency_sum_ms)
 
@@ -125,10 +139,10 @@ def test_a_ring_that_no_longer_holds_the_last_line_is_all_new() -> None:
     log.take(lines(7, range(1, 11)))
     log.take(lines(7, range(50, 60)))  # more was logged than the ring holds: lines 11-49 lost
     assert log.lines == 20
-    log.take(lines(9, range(1, 4), n=5))  # a new worker (a reload) starts with its own ring
+    log.take(marker(9, 5, 1) + lines(9, range(1, 4)))  # a new worker (a reload): its own ring
     assert (log.lines, log.counted) == (23, 35)
     # A line that only looks like the last one taken (a prefix of it) is not taken for it.
-    log.take(b"19 3 v1_a 3 5\n" + lines(9, range(4, 5)))
+    log.take(b"19 3 v1_a 3\n" + lines(9, range(4, 5)))
     assert log.lines == 25
 
 
@@ -183,7 +197,7 @@ def test_a_worker_that_does_not_answer_changes_nothing(tmp_path: Path,
     asyncio.run(log.poll())
     fake.close()  # HAProxy gone (stopped, or between two workers)
     asyncio.run(log.poll())
-    assert (log.lines, log._last) == (3, b"7 3 v1_a 3 1\n")
+    assert (log.lines, log._last) == (3, b"7 3 v1_a 3\n")
 
 
 def test_the_ring_is_dumped_only_when_lines_may_wait_and_n_follows_haproxy_s_count(
@@ -254,3 +268,71 @@ def test_a_dump_that_failed_is_due_again(fake: FakeStatsSocket) -> None:
     assert log.lines == 0
     log._read(dump=False)  # no request since, yet the next reading dumps (none succeeded)
     assert log.lines == 3
+
+
+def test_n_changing_between_two_dumps_counts_each_line_for_the_n_it_was_logged_under() -> None:
+    # HAProxy's lines carry no N (a sample expression in the log format costs every request):
+    # the marker the router has HAProxy log right after it changed N says where it changed.
+    log = LatencyLog(Path("/nowhere"), "ring")
+    first = marker(7, 1, 1) + lines(7, range(1, 4))
+    log.take(first)
+    assert (log.lines, log.counted) == (3, 3)
+    second = first + marker(7, 5, 1) + lines(7, range(4, 7))
+    log.take(second)  # overlapping the first: only the new lines, each for 5 requests
+    assert (log.lines, log.counted) == (6, 3 + 15)
+    log.take(second + lines(7, range(7, 9)))  # N unchanged since the last marker
+    assert (log.lines, log.counted) == (8, 3 + 15 + 10)
+    # The ring wrapped past the last line taken: every line is looked at again, none is
+    # counted twice, and the markers among them leave N where the last one set it.
+    wrapped = second[len(first):] + lines(7, range(9, 10))  # lines 7 and 8 overwritten
+    log.take(wrapped + marker(7, 2, 5) + lines(7, range(10, 12)))
+    assert (log.lines, log.counted) == (11, 3 + 15 + 10 + 5 + 4)
+    assert sum(log.latency["a"]) == log.counted
+
+
+def test_a_new_reader_counts_the_lines_before_the_first_marker_for_the_n_before_it() -> None:
+    log = LatencyLog(Path("/nowhere"), "ring")  # a restarted controller, say
+    log.take(lines(7, range(1, 3)) + marker(7, 4, 2) + lines(7, range(3, 4)))
+    assert (log.lines, log.counted) == (3, 2 * 2 + 4)
+
+
+def test_a_new_reader_with_no_marker_in_the_ring_asks_haproxy_for_n(
+        fake: FakeStatsSocket, tmp_path: Path) -> None:
+    fake.sample, fake.ring = 6, lines(7, range(1, 4))
+    log = LatencyLog(fake.path, "ring", sample_map=tmp_path / "latency.map")
+    asyncio.run(log.poll())
+    assert (log.lines, log.counted) == (3, 18)
+    assert b"show map %s\n" % str(tmp_path / "latency.map").encode() in fake.commands
+    fake.sample = 2  # asked once: from now on the markers say
+    fake.ring += marker(7, 3, 6) + lines(7, range(4, 5))
+    log._read(dump=True)
+    assert (log.lines, log.counted) == (4, 21)
+
+
+def test_a_new_worker_counts_for_the_last_n_and_its_old_ring_is_not_counted_twice() -> None:
+    log = LatencyLog(Path("/nowhere"), "ring")
+    old = marker(7, 3, 1) + lines(7, range(1, 5))
+    log.take(old)
+    assert log.counted == 12
+    log.take(lines(8, range(1, 3)))  # a reload: the new worker loaded the map as it was
+    assert (log.lines, log.counted) == (6, 18)
+    log.take(old + lines(7, range(5, 6)))  # the old worker's ring again: only its new line
+    assert (log.lines, log.counted) == (7, 21)
+    log.take(lines(8, range(1, 4)))  # and the new worker's N was not its to change
+    assert (log.lines, log.counted) == (8, 24)
+
+
+def test_two_threads_may_log_the_same_line_number_and_both_lines_count() -> None:
+    # %lc is read, not taken, while a line is built: two threads can write the same number.
+    log = LatencyLog(Path("/nowhere"), "ring")
+    log.take(b"7 1 v1_a 3\n7 1 v1_b 3\n7 2 v1_a 4\n")
+    assert (log.lines, sorted(log.latency)) == (3, ["a", "b"])
+    log.take(b"7 1 v1_b 3\n7 2 v1_a 4\n")  # a ring that no longer holds the last line taken
+    assert log.lines == 3
+
+
+def test_an_older_workers_lines_still_count_for_the_n_they_carry() -> None:
+    # A worker started by the previous version logs <pid> <request#> <server> <Ta> <N>.
+    log = LatencyLog(Path("/nowhere"), "ring")
+    log.take(b"7 10 v1_a 3 4\n7 11 v1_a 3 4\n")
+    assert (log.lines, log.counted) == (2, 8)

@@ -54,8 +54,24 @@ from dataclasses import dataclass, field
 from hinotori.model import RoutingTable, ServiceRoute
 from hinotori.router import maintenance
 from hinotori.router.haproxy import tls
-from hinotori.router.haproxy.flags import LIVE_FLAGS, declared, fast_lane, flag_backend, flag_on
+from hinotori.router.haproxy.flags import (
+    LIVE_FLAGS,
+    declared,
+    fast_lane,
+    flag_backend,
+    flag_on,
+    live_flag,
+    live_flags,
+)
 from hinotori.router.haproxy.maint import MAINTENANCE_MAPS, maintenance_maps
+from hinotori.router.haproxy.rules import MARK as MARK
+from hinotori.router.haproxy.rules import MARK_FRONTEND as MARK_FRONTEND
+from hinotori.router.haproxy.rules import (
+    maint_backend,
+    mark_frontend,
+    not_in_maintenance,
+    static_rules,
+)
 from hinotori.router.haproxy.settings import REQUEST_TIMEOUT as REQUEST_TIMEOUT
 from hinotori.router.haproxy.settings import (
     SAMPLE_RANGE,
@@ -68,14 +84,18 @@ from hinotori.router.haproxy.settings import (
     sticky_file,
 )
 from hinotori.router.haproxy.settings import map_text as map_text
+from hinotori.router.haproxy.settings import mark_socket as mark_socket
 from hinotori.router.haproxy.settings import sample_current as sample_current
 from hinotori.router.haproxy.settings import sample_entries as sample_entries
+from hinotori.router.haproxy.settings import sample_value as sample_value
 from hinotori.router.haproxy.slots import assign_slots, live_backend, slot_backend
 
 MIN_SLOTS = 2         # a canary needs two releases selectable without a reload
 MAX_WEIGHT = 256      # HAProxy's weight range is 0..256
 FRONTEND = "_front"   # service names start with a letter, so "_" names never clash
 PREVIEW_FRONTEND = "_preview"  # on preview_listen: a held release answers for its service
+# A request's latency line: worker pid, the frontend's line number, server, Ta (ms)
+LINE_FORMAT = "%pid %lc %s %Ta"
 NO_ROUTE = "_none"
 LATENCY_RING = "hinotori-latency"
 # 25-33k lines: what is logged between two dumps of the ring (stats.py: at most 1 s apart,
@@ -244,16 +264,11 @@ def plan(table: RoutingTable, previous_slots: dict[str, dict[int, int]],
     out.flags = frozenset(flag for shape in shapes if fast_lane(shape.hosts, shape.prefix)
                           if (flag := flag_on(shape.service, out.live[shape.service],
                                               out.maps[shape.service],
-                                              shape.service in out.sticky)) is not None)
+                                              shape.service in out.sticky)) is not None) \
+        | {live_flag(be) for be in out.live.values()}
     pointed = set(out.live.values()) | {v for m in out.maps.values() for v in m.values()}
     out.idle = frozenset(be for be in out.servers if be not in pointed)
     return out
-
-
-def maint_backend(service: str) -> str:
-    """The backend the live map points a service in maintenance to (no servers; service
-    names have no dots, so it never clashes with a service or a slot)."""
-    return f"{service}.maint"
 
 
 def _maintenance_backend(s: Settings, svc: str) -> list[str]:
@@ -272,12 +287,6 @@ def _maintenance_backend(s: Settings, svc: str) -> list[str]:
         f'lf-string "%[str({svc}),map({js}),b64dec]"',
         "",
     ]
-
-
-def _not_in_maintenance(s: Settings, svc: str) -> str:
-    """The condition a request asking for a release meets while ``svc`` is not in
-    maintenance (one live-map lookup, paid only by such requests)."""
-    return f"!{{ str({svc}),map({live_file(s)}) -m str {maint_backend(svc)} }}"
 
 
 def _ordered(shapes: tuple[Shape, ...]) -> list[tuple[int, Shape]]:
@@ -336,37 +345,24 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
     if s.latency_log:
         # Log 1 request in N, N read from the latency map per request, so the reader can
         # bound the line rate at runtime (a log line per request costs HAProxy a large part
-        # of its req/s); each line carries its N and counts for N requests.
-        # One rule, no variable: a random draw looked up in the latency map's range (see
-        # SAMPLE_RANGE); the line reads N back from the map (key 0 is always in the range).
-        sample = sample_file(s)
+        # of its req/s). One rule, no variable: a random draw looked up in the latency map's
+        # range (see SAMPLE_RANGE). The line carries no sample expression and no %rt: either
+        # makes HAProxy copy every request's URI (LW_REQ), logged or not; the N a line counts
+        # for is in the ring's last marker before it (the _mark frontend), its uniqueness in
+        # the frontend's line counter (%lc).
         lines += ["  log global",
                   f"  http-request set-log-level silent unless "
-                  f"{{ rand({SAMPLE_RANGE}),map_int({sample}) -m found }}",
-                  f'  log-format "%pid %rt %s %Ta %[int(0),map_int({sample})]"']
-    sticky = sticky_file(s)
+                  f"{{ rand({SAMPLE_RANGE}),map_int({sample_file(s)}) -m found }}",
+                  f'  log-format "{LINE_FORMAT}"']
     switches = declared(the_plan.shapes)
     for i, shape in _ordered(the_plan.shapes):
         conds = _route_acls(lines, i, shape)
-        m = map_file(s, shape.service)
-        header = f"req.hdr(x-hinotori-release),lower,map({m})"
-        cookie = f"req.cook(hinotori-{shape.service}),lower,map({m})"
-        up = _not_in_maintenance(s, shape.service)
         lines += [f"  use_backend {be} if {{ srv_is_up({LIVE_FLAGS}/{be}) }}"  # flags.py
                   for be in switches.get(shape.service, ())]  # before every other rule
-        # Cheapest test first (conditions stop at the first false): most requests carry
-        # neither the header nor the cookie, and then no map is looked up at all.
-        by_header = [*conds, "{ req.hdr(x-hinotori-release) -m found }",
-                     f"{{ {header} -m found }}", up]
-        lines.append(f"  use_backend %[{header}] if " + " ".join(by_header))
-        if shape.sticky:
-            by_cookie = [*conds, f"{{ req.cook(hinotori-{shape.service}) -m found }}",
-                         f"{{ str({shape.service}),map({sticky}) -m found }}",
-                         f"{{ {cookie} -m found }}", up]
-            lines.append(f"  use_backend %[{cookie}] if " + " ".join(by_cookie))
-        lines.append(f"  use_backend %[str({shape.service}),map({live_file(s)},{shape.service})]"
-                     + (" if " + " ".join(conds) if conds else ""))
+        lines += static_rules(s, shape.service, shape.slots, shape.sticky, conds)
     lines += [f"  default_backend {NO_ROUTE}", ""]
+    if s.latency_log:
+        lines += mark_frontend(s)
     if s.preview_listen:
         lines += _preview_frontend(s, the_plan)
     for shape in the_plan.shapes:
@@ -378,7 +374,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             # to that release's slot backend, never here.
             f'  http-response add-header Set-Cookie "hinotori-{svc}='
             f'%[srv_name,field(1,_)]; Path=/; HttpOnly; SameSite=Lax" '
-            f"if {{ str({svc}),map({sticky}) -m found }}",
+            f"if {{ str({svc}),map({sticky_file(s)}) -m found }}",
             *_server_lines(the_plan.servers.get(svc, {})),
             "",
         ]
@@ -387,7 +383,8 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
             lines += [f"backend {name}", "  balance roundrobin",
                       *_server_lines(the_plan.servers.get(name, {})), ""]
         lines += _maintenance_backend(s, svc)
-    lines += flag_backend([n for names in switches.values() for n in names],
+    lives = [n for shape in the_plan.shapes for n in live_flags(shape.service, shape.slots)]
+    lines += flag_backend([*(n for names in switches.values() for n in names), *lives],
                           the_plan.flags or frozenset())
     status, why = (404, "no route for this host and path") if loaded else \
         (503, "no routing table loaded yet")
@@ -432,7 +429,7 @@ def _preview_frontend(s: Settings, the_plan: Plan) -> list[str]:
         m = map_file(s, shape.service)
         header = f"req.hdr(x-hinotori-release),lower,map({m})"
         held = f"str(preview),map({m})"
-        up = _not_in_maintenance(s, shape.service)
+        up = not_in_maintenance(s, shape.service)
         lines += [
             f"  use_backend %[{header}] if " + " ".join(
                 [*conds, "{ req.hdr(x-hinotori-release) -m found }", f"{{ {header} -m found }}",

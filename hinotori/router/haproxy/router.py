@@ -112,7 +112,8 @@ class HaproxyRouter:
             redirect_port=int(tls_listen.rpartition(":")[2]) if tls_listen and redirect_http
             else None)
         self.certs = list(certs or [])  # TLS: the (cert, key) pairs, the default first
-        self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING,
+        self.log_map = config.sample_file(self.settings)  # the latency map: N
+        self.log = LatencyLog(sockets["haproxy.sock"], config.LATENCY_RING, sample_map=self.log_map,
                               max_rate=latency_log_rate, set_sample=self._set_sample) \
             if latency_log else None
         self.supervisor: Supervisor | None = None
@@ -345,10 +346,9 @@ class HaproxyRouter:
     # -- runtime state -------------------------------------------------------------------------
 
     async def _set_sample(self, n: int) -> None:
-        """Log 1 request in ``n`` from now on (a map entry: no reload); kept in the map file so
-        a reload keeps it. The file follows HAProxy, never leads it: a refused or timed-out
-        `set map` leaves both as they were (the reader keeps its N and tries again later)."""
-        await set_sample(self.stats_socket, config.sample_file(self.settings), n)
+        """Log 1 request in ``n`` from now on (stats.set_sample: no reload); the map file
+        follows HAProxy (a reload keeps it), never leads it."""
+        await set_sample(self.stats_socket, self.log_map, n, config.mark_socket(self.settings))
         write_sample(self.settings, n)
 
     async def _server_counts(self) -> dict[tuple[str, str], Counts]:

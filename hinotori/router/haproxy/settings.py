@@ -70,6 +70,11 @@ def sample_file(settings: Settings) -> Path:
     return settings.maps_dir / "latency.map"
 
 
+def mark_socket(settings: Settings) -> Path:
+    """The latency ring's marker frontend (config._mark_frontend), beside the stats socket."""
+    return settings.stats_socket.with_name("haproxy-mark.sock")
+
+
 def sample_entries(n: int) -> dict[str, str]:
     """The latency map's entries that log 1 request in ``n`` (>= 1)."""
     return {f"0:{SAMPLE_RANGE // n - 1}": str(n)}
@@ -84,6 +89,15 @@ def sample_current(path: Path) -> bool:
         return False
     start, sep, end = key.partition(":")
     return sep == ":" and start == "0" and end.isdigit() and value.isdigit()
+
+
+def sample_value(path: Path) -> int:
+    """The N a latency map file holds (1 when it holds none)."""
+    try:
+        value = path.read_text().split()[-1]
+    except (OSError, IndexError):
+        return 1
+    return int(value) if value.isdigit() and value != "0" else 1
 
 
 def map_text(entries: dict[str, str]) -> str:

@@ -2,15 +2,19 @@
 
 ``show stat`` gives every server's requests by status class, errors and sessions in flight,
 but only an average response time. The latency histogram the canary analysis needs comes from
-HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <request#> <server>
-<Ta> <N>`` (Ta: total active time, ms) into an in-memory ring that the router object reads
-over the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
+HAProxy's own per-request log (``LatencyLog``): the frontend logs ``<pid> <line#> <server>
+<Ta>`` (Ta: total active time, ms) into an in-memory ring that the router object reads over
+the stats socket. Writing a line per request costs HAProxy much of its req/s under load,
 so it logs 1 request in N, and the reader sets N four times a second to keep near
 ``max_rate`` lines a second: every request while traffic is below it, a uniform sample above
 it (a random draw against the latency map's range, config.py; ``set_sample`` replaces it). A
 line counts for its N requests, so the histogram stays an estimate of all requests (its counts
-and sum), and the counts by status stay exact (they come from ``show stat``). N is read back
-when the line is written: a line logged across a change of N counts for the new one.
+and sum), and the counts by status stay exact (they come from ``show stat``). The lines do
+not carry N (a sample expression in the frontend's log format would make HAProxy copy every
+request's URI, logged or not): whoever changes N has HAProxy log a marker ``<pid> M<k> <N>
+/<N before>`` into the same ring right after (``mark``), so every reader, this process or
+another, counts each line for the N of the last marker before it. A request decided before a
+change and logged after its marker counts for the new N, as when N was read back per line.
 
 A host's servers in the main backend and in its release slot add up to one host. Counters
 restart when HAProxy's worker is replaced (a reload) or a server is deleted; the router keeps
@@ -36,7 +40,14 @@ from typing import Any
 from hinotori.errors import HinotoriError
 from hinotori.model import LATENCY_BUCKETS_MS, BackendStats
 from hinotori.router.haproxy import runtime
-from hinotori.router.haproxy.config import FRONTEND, NO_ROUTE, host_of, sample_entries
+from hinotori.router.haproxy.config import (
+    FRONTEND,
+    MARK,
+    NO_ROUTE,
+    host_of,
+    sample_entries,
+    sample_value,
+)
 from hinotori.router.haproxy.flags import LIVE_FLAGS
 
 ADAPT_EVERY = 0.25   # seconds between two choices of N: a burst is logged whole this long
@@ -52,6 +63,7 @@ DUMP_TIMEOUT = 5.0   # seconds a read may take before it is given up
 GIL_LINES = 200
 MAX_SAMPLE = 10_000  # log at least 1 request in this many
 
+_MARK = MARK.encode()
 _STATUS = (("hrsp_1xx", "2xx"), ("hrsp_2xx", "2xx"), ("hrsp_3xx", "3xx"), ("hrsp_4xx", "4xx"),
            ("hrsp_5xx", "5xx"), ("hrsp_other", "5xx"))
 
@@ -132,10 +144,13 @@ def next_sample(current: int | None, wanted: int) -> int:
     return wanted if wanted > current else max(wanted, current // 2)
 
 
-async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
+async def set_sample(stats_socket: Path, sample_map: Path, n: int,
+                     mark_socket: Path | None = None) -> None:
     """Have HAProxy log 1 request in ``n`` from now on: the latency map's one entry replaced
     atomically (a new version of the map, filled, then committed; its key is a range, which
-    ``set map`` cannot change)."""
+    ``set map`` cannot change), then the change marked in the ring (``mark``) with the N the
+    map file held before (the caller writes it after)."""
+    before = sample_value(sample_map)
     (answer,) = await runtime.run(stats_socket, [f"prepare map {sample_map}"])
     version = answer.rpartition(":")[2].strip()
     if not answer.startswith("New version created:") or not version.isdigit():
@@ -143,10 +158,27 @@ async def set_sample(stats_socket: Path, sample_map: Path, n: int) -> None:
     await runtime.run_checked(stats_socket, [
         *(f"add map @{version} {sample_map} {k} {v}" for k, v in sample_entries(n).items()),
         f"commit map @{version} {sample_map}"])
+    if mark_socket is not None:
+        await mark(mark_socket, before)
+
+
+async def mark(mark_socket: Path, previous: int) -> None:
+    """Have HAProxy write a marker into the latency ring: ``<pid> M<k> <N> /<previous>``, N as
+    its latency map holds it now (config.rules.mark_frontend). Lines logged after it count for
+    N, those before it for ``previous``. Raises OSError if HAProxy does not answer."""
+    async with asyncio.timeout(DUMP_TIMEOUT):
+        reader, writer = await asyncio.open_unix_connection(str(mark_socket))
+        try:
+            writer.write(f"GET /{previous} HTTP/1.0\r\n\r\n".encode())
+            answer = await reader.read()  # HTTP/1.0: HAProxy closes once it answered
+        finally:
+            writer.close()
+    if not answer.startswith(b"HTTP/1.0 200") and not answer.startswith(b"HTTP/1.1 200"):
+        raise OSError(f"HAProxy's latency marker answered {answer[:40]!r}")
 
 
 class LatencyLog:
-    """Reads HaproxyRouter's per-request ``<pid> <request#> <server> <Ta> <N>`` log lines from
+    """Reads HaproxyRouter's per-request ``<pid> <line#> <server> <Ta>`` log lines from
     HAProxy's ring buffer into a histogram per host, and keeps their rate near ``max_rate`` a
     second through ``set_sample(N)`` (the router changes HAProxy's latency map).
 
@@ -164,8 +196,10 @@ class LatencyLog:
     readers may read (a dump consumes nothing)."""
 
     def __init__(self, stats_socket: Path, ring: str, *, max_rate: int = 0,
-                 set_sample: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 set_sample: Callable[[int], Awaitable[None]] | None = None,
+                 sample_map: Path | None = None) -> None:
         self.stats_socket = stats_socket
+        self.sample_map = sample_map  # HAProxy's latency map: N before the first marker
         self.ring = ring
         self.max_rate = max_rate
         self.set_sample = set_sample
@@ -175,7 +209,10 @@ class LatencyLog:
         self.counted = 0   # requests they stand for (each line counts for its N)
         self.sample: int | None = None  # the N last set; None: not set by this reader yet
         self._window = (time.monotonic(), 0)  # (since, requests then): the rate N follows
-        self._seen: dict[bytes, set[int]] = {}  # worker pid -> request numbers counted
+        self._seen: dict[bytes, set[tuple[int, bytes, bytes]]] = {}  # pid -> lines counted
+        self._n: dict[bytes, int] = {}  # worker pid -> what its lines count for now
+        self._latest: int | None = None  # the N the last marker said
+        self._before: int | None = None  # the N the first marker of the dump followed
         self._last = b""  # the last line taken (with its newline): a dump is new after it
         self._mutex = threading.Lock()  # one read at a time, whichever loop or thread
         self.requests = 0  # requests HAProxy received since this reader first asked (CumReq)
@@ -259,33 +296,64 @@ class LatencyLog:
             self.record(data[start:end])
 
     def record(self, data: bytes) -> None:
+        # A worker's lines before the first marker here count for the N the marker says it
+        # followed (a dump holds one worker's ring).
+        at = data.find(b" " + _MARK)
+        previous = data[at:data.find(b"\n", at) % (len(data) + 1)].rpartition(b"/")[2] \
+            if at >= 0 else b""
+        self._before = int(previous) if previous.isdigit() and previous != b"0" else None
         lines = data.split(b"\n")
         for start in range(0, len(lines), GIL_LINES):
             if start:
                 _let_others_in()
             self._count(lines[start:start + GIL_LINES])
 
+    def current_sample(self) -> int:
+        """The N HAProxy's latency map holds now (``show map``), else the last one this
+        reader set, else 1."""
+        if self.sample_map is not None:
+            with contextlib.suppress(OSError):
+                text = _ask(self.stats_socket, f"show map {self.sample_map}").split()
+                if text and text[-1].isdigit() and text[-1] != b"0":
+                    return int(text[-1])
+        return self.sample or 1
+
+    def _first_n(self, pid: bytes) -> int:
+        """What a worker's first lines count for: the N its first marker followed, else the
+        last N any marker said (a new worker loads the latency map as it was), else HAProxy's
+        (a reader that saw no marker yet)."""
+        n = self._n[pid] = self._before or self._latest or self.current_sample()
+        return n
+
     def _count(self, lines: list[bytes]) -> None:
         for line in lines:
             fields = line.split()
-            if len(fields) == 4:  # written before sampling was configured: every request
-                fields.append(b"1")
-            if len(fields) != 5:
+            if len(fields) == 4:  # <pid> <line number> <server> <Ta>, or a marker
+                pid, number, name, ta = fields
+                if number.startswith(_MARK):  # <pid> M<k> <N> /<N before>: N from here on
+                    n = int(name) if name.isdigit() and name != b"0" else 1
+                    self._n[pid] = self._latest = n
+                    continue
+                weight = self._n.get(pid) or self._first_n(pid)
+            elif len(fields) == 5:  # an older worker's <pid> <request#> <server> <Ta> <N>
+                pid, number, name, ta, n_text = fields
+                weight = int(n_text) if n_text.isdigit() and n_text != b"0" else 1
+            else:
                 continue
-            pid, number, name, ta, n_text = fields
             if not (number.isdigit() and ta.isdigit()) or name == b"<NOSRV>":
                 continue  # Ta is -1 for a request nobody answered
-            weight = int(n_text) if n_text.isdigit() and n_text != b"0" else 1
             seen = self._seen.get(pid)
             if seen is None:
                 seen = self._seen[pid] = set()
-            n = int(number)
-            if n in seen:
+            # The line number is read, not taken, as a line is built: two threads may write
+            # the same one, so the key is the whole line.
+            key = (int(number), name, ta)
+            if key in seen:
                 continue
-            seen.add(n)
+            seen.add(key)
             if len(seen) > 200_000:  # keep the recent half: the ring never holds that many
-                cut = sorted(seen)[100_000]
-                self._seen[pid] = {x for x in seen if x >= cut}
+                cut = sorted(k[0] for k in seen)[100_000]
+                self._seen[pid] = {k for k in seen if k[0] >= cut}
             ms = int(ta)
             known = self._hosts.get(name)
             if known is None:
