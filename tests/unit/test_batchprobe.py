@@ -19,23 +19,10 @@ CHECK = HealthCheck(path="/healthz", timeout=5.0)  # generous: a busy machine st
 async def http_server(status: int, *, close: bool = False) -> tuple[asyncio.Server, str]:
     """Answers every request with ``status``; ``close``: one answer per connection, without
     a Connection header (as busybox httpd), so the client learns it only from the close."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                body = f"status {status}\n".encode()
-                head = b"HTTP/1.0" if close else b"HTTP/1.1"
-                writer.write(head + b" %d X\r\nContent-Length: %d\r\n\r\n%s"
-                             % (status, len(body), body))
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    body = f"status {status}\n".encode()
+    head = b"HTTP/1.0" if close else b"HTTP/1.1"
+    return await raw_server([head + b" %d X\r\nContent-Length: %d\r\n\r\n%s"
+                             % (status, len(body), body)], close=close)
 
 
 def refused_address() -> str:
