@@ -71,7 +71,7 @@ def sample_file(settings: Settings) -> Path:
 
 
 def mark_socket(settings: Settings) -> Path:
-    """The latency ring's marker frontend (config._mark_frontend), beside the stats socket."""
+    """The latency ring's marker frontend's socket (rules.mark_frontend), beside the stats one."""
     return settings.stats_socket.with_name("haproxy-mark.sock")
 
 
