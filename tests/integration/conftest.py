@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import CliProject, make_project, require, serve_v1, teardown
+from tests.support_backends import Backends
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's servers; nothing
@@ -20,6 +21,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    """Real HTTP servers on 127.0.0.1 for a router test module to route to."""
+    b = Backends()
+    yield b
+    b.close()
 
 
 @pytest.fixture

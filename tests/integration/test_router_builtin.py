@@ -44,13 +44,6 @@ pytestmark = pytest.mark.integration
 # -- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltinRouter]:
     r = BuiltinRouter(tmp_path_factory.mktemp("router"), f"127.0.0.1:{free_port()}")
     asyncio.run(r.start())

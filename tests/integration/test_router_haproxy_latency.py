@@ -24,13 +24,6 @@ HAVE_HAPROXY = shutil.which("haproxy") is not None
 _versions = iter(range(1, 10**6))
 
 
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
-
-
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[HaproxyRouter]:
     require(HAVE_HAPROXY, "haproxy is not installed (apt-get install haproxy)")

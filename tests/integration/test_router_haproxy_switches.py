@@ -21,13 +21,6 @@ from tests.support_backends import Backends, Conn, route, table
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
-
-
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[HaproxyRouter]:
     require(shutil.which("haproxy") is not None, "haproxy is not installed")

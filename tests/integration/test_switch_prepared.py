@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from tests.support import free_port, require
 from tests.support_backends import Backends, Conn, route, table
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
 
 
 def port_of(r: BuiltinRouter | HaproxyRouter) -> int:
