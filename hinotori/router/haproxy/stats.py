@@ -298,9 +298,10 @@ class LatencyLog:
     def record(self, data: bytes) -> None:
         # A worker's lines before the first marker here count for the N the marker says it
         # followed (a dump holds one worker's ring).
-        at = data.find(b" " + _MARK)
-        previous = data[at:data.find(b"\n", at) % (len(data) + 1)].rpartition(b"/")[2] \
-            if at >= 0 else b""
+        previous = b""
+        if (at := data.find(b" " + _MARK)) >= 0:
+            end = data.find(b"\n", at)
+            previous = data[at:end if end >= 0 else len(data)].rpartition(b"/")[2]
         self._before = int(previous) if previous.isdigit() and previous != b"0" else None
         lines = data.split(b"\n")
         for start in range(0, len(lines), GIL_LINES):
