@@ -426,3 +426,22 @@ def up_lab(tmp_path_factory: pytest.TempPathFactory, count: int, docker: set[str
     for tool in tools:
         require(shutil.which(tool) is not None, f"{tool} is not installed")
     return Lab.up(tmp_path_factory.mktemp("lab") / "lab", count, docker=docker)
+
+
+def haproxy_checks_config(settings: Any, plan: Any, directory: Path) -> None:
+    """HAProxy itself (`haproxy -c`) accepts the config rendered for ``plan``, with the map
+    files it reads written into ``settings``' maps dir first."""
+    from hinotori.router.haproxy import config
+    from hinotori.router.haproxy.files import Files
+
+    binary = shutil.which("haproxy")
+    require(binary is not None, "haproxy is not installed")
+    assert binary is not None
+    settings.maps_dir.mkdir()
+    cfg = directory / "haproxy.cfg"
+    for f, entries in Files(settings, cfg, directory / "state").targets(plan).items():
+        f.write_text(config.map_text(entries))
+    config.sample_file(settings).write_text(config.map_text(config.sample_entries(7)))
+    cfg.write_text(config.render(settings, plan, loaded=True))
+    result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -5,8 +5,6 @@ backend; and a config with them loads in HAProxy and routes by them."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from hinotori.router.haproxy import config, converge, flags
 from hinotori.router.haproxy.converge import Held, Server
 from hinotori.router.haproxy.files import Files
 from hinotori.router.haproxy.stats import parse_servers
-from tests.support import require
+from tests.support import haproxy_checks_config
 
 
 def web(*releases: int, weight: int = 100, **kw: object) -> ServiceRoute:
@@ -183,16 +181,4 @@ def test_switches_are_neither_counted_nor_swept_nor_lost() -> None:
 
 
 def test_a_config_with_switches_loads_in_haproxy(tmp_path: Path) -> None:
-    binary = shutil.which("haproxy")
-    require(binary is not None, "haproxy is not installed")
-    assert binary is not None
-    s = settings(tmp_path)
-    p = plan_of(web(1))
-    s.maps_dir.mkdir()
-    for f, entries in Files(s, tmp_path / "haproxy.cfg", tmp_path / "state").targets(p).items():
-        f.write_text(config.map_text(entries))
-    config.sample_file(s).write_text(config.map_text(config.sample_entries(7)))
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(config.render(s, p, loaded=True))
-    result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr + result.stdout
+    haproxy_checks_config(settings(tmp_path), plan_of(web(1)), tmp_path)

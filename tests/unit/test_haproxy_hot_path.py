@@ -4,17 +4,14 @@ latency sample as an int-range map, the cookie rule only on sticky routes."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from hinotori.model import Backend, Maintenance, RoutingTable, ServiceRoute
 from hinotori.router.haproxy import HaproxyRouter, config, converge
-from hinotori.router.haproxy.files import Files
 from hinotori.router.haproxy.stats import MAX_SAMPLE
-from tests.support import require
+from tests.support import haproxy_checks_config
 
 
 def web(*releases: int, maintenance: Maintenance | None = None, sticky: bool = False,
@@ -132,17 +129,6 @@ def test_maintenance_answers_are_in_place_before_the_live_map_leads_to_them(
 
 
 def test_the_config_loads_in_haproxy(tmp_path: Path) -> None:
-    binary = shutil.which("haproxy")
-    require(binary is not None, "haproxy is not installed")
-    assert binary is not None
-    s = settings(tmp_path, preview_listen="127.0.0.1:8081")
     p = config.plan(RoutingTable(1, (web(1, 2, sticky=True, canary=2,
                                          maintenance=Maintenance("brb", 5)),)), {})
-    s.maps_dir.mkdir()
-    for f, entries in Files(s, tmp_path / "haproxy.cfg", tmp_path / "state").targets(p).items():
-        f.write_text(config.map_text(entries))
-    config.sample_file(s).write_text(config.map_text(config.sample_entries(7)))
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(config.render(s, p, loaded=True))
-    result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr + result.stdout
+    haproxy_checks_config(settings(tmp_path, preview_listen="127.0.0.1:8081"), p, tmp_path)
