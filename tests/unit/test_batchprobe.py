@@ -211,3 +211,58 @@ def test_a_remembered_answer_gives_what_a_parse_gives(answer: bytes) -> None:
             server.close()
 
     asyncio.run(scenario())
+
+
+def time_wait_on(port: int) -> int:
+    """Sockets in TIME_WAIT with ``port`` at either end (/proc/net/tcp, state 06)."""
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "06" and port in (int(local.split(":")[1], 16),
+                                          int(remote.split(":")[1], 16)):
+                count += 1
+    return count
+
+
+def test_a_look_ends_with_a_reset_and_a_let_go_kept_connection_with_a_fin() -> None:
+    """A host that closes after each answer (as busybox httpd) is looked at many times a
+    second by a big fleet's monitor: no look may leave a connection in TIME_WAIT (with NAT
+    rules, conntrack keeps each one 120 s and, full, drops new connections). A kept
+    connection let go while its host still serves ends gracefully: the host reads an end."""
+    async def scenario() -> None:
+        server, address = await raw_server([OK_CLOSE], close=True)
+        port = int(address.rsplit(":", 1)[1])
+        batch = BatchProber()
+        for _ in range(5):
+            assert await batch.look([address, address], CHECK) == [ProbeResult(True,
+                                                                               "HTTP 200")] * 2
+        assert time_wait_on(port) == 0
+        server.close()
+
+        endings: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                endings.append("eof" if await reader.read(1) == b"" else "bytes")
+            except ConnectionResetError:
+                endings.append("reset")
+            finally:
+                writer.close()
+
+        kept = await asyncio.start_server(serve, "127.0.0.1", 0)
+        kept_address = f"127.0.0.1:{kept.sockets[0].getsockname()[1]}"
+        assert await batch.look([kept_address], CHECK) == [ProbeResult(True, "HTTP 200")]
+        assert len(batch) == 1
+        batch.keep_only([])
+        for _ in range(100):
+            if endings:
+                break
+            await asyncio.sleep(0.01)
+        assert endings == ["eof"]
+        batch.close()
+        kept.close()
+
+    asyncio.run(scenario())
