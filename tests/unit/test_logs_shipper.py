@@ -303,6 +303,53 @@ def test_between_listings_only_files_inotify_saw_change_are_looked_at(
 
 
 @pytest.mark.skipif(INotify is None, reason="needs inotify")
+def test_quiet_hosts_cost_no_pass_and_what_comes_after_is_shipped_at_once(
+        store: LogStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing written since a pass that left nothing to do: ``ship`` makes no pass (no
+    thread hop, no walk of the hosts). A write, a backlog a bounded pass left behind, a new
+    host, a flush and a due listing each make the next call a pass again."""
+    passes: list[int] = []
+    real = Shipper._pass
+
+    def counted(self: Shipper, hosts: list[Host]) -> int:
+        passes.append(len(hosts))
+        return real(self, hosts)
+
+    monkeypatch.setattr(Shipper, "_pass", counted)
+    hosts = [make_host(tmp_path / "hosts" / f"h-{i}", host_id=f"h-{i}") for i in range(2)]
+    for h in hosts:
+        append(out(h), f"{h.id} first\n")
+    shipper = Shipper(store, discover_every=3600, pass_bytes=1 << 20)
+    assert run(shipper.ship(hosts)) == 2
+    for _ in range(3):
+        assert run(shipper.ship(hosts)) == 0
+    assert len(passes) == 1
+    append(out(hosts[1]), "second\n")
+    assert run(shipper.ship(hosts)) == 1 and len(passes) == 2
+    assert run(shipper.ship(hosts)) == 0 and len(passes) == 2
+    # A backlog bigger than one pass: passes go on with no new write until it is all stored.
+    append(out(hosts[0]), "".join(f"bulk {i:06d}\n" for i in range(150_000)))  # ~1.8 MB
+    while run(shipper.ship(hosts)):
+        pass
+    assert len(search(store, LogQuery(grep="bulk", limit=None))) == 150_000
+    settled = len(passes)
+    assert run(shipper.ship(hosts)) == 0 and len(passes) == settled
+    newcomer = make_host(tmp_path / "hosts" / "h-new", host_id="h-new")
+    append(out(newcomer), "hello\n")
+    assert run(shipper.ship([*hosts, newcomer])) == 1 and len(passes) == settled + 1
+    run(shipper.flush(newcomer))
+    assert run(shipper.ship(hosts)) == 0 and len(passes) == settled + 2
+    shipper._next_discovery = 0.0  # a listing due: only for services that declare files
+    run(shipper.ship(hosts))
+    assert len(passes) == settled + 2
+    listing = Shipper(store, declared=lambda s: ["*.log"], discover_every=0)
+    run(listing.ship(hosts))
+    run(listing.ship(hosts))
+    assert len(passes) == settled + 4
+    assert [t for _, t in stored(store, host="h-1")] == ["h-1 first", "second"]
+
+
+@pytest.mark.skipif(INotify is None, reason="needs inotify")
 def test_a_file_whose_watch_the_kernel_dropped_is_looked_at_every_pass(
         store: LogStore, host: Host) -> None:
     """IN_IGNORED (the watch removed, e.g. its filesystem unmounted): no event will tell of

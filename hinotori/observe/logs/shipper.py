@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -131,8 +131,11 @@ class Shipper:
         self._feed_kinds: dict[type, bool] = {}
         # which open files had writes, renames... (inotify)
         self._changes = changes if changes is not None else FileChanges()
-        self._hosts: list[Host] = []  # the last pass's, and their services
+        self._hosts: list[Host] = []  # the last pass's, and their services and providers
         self._services: set[str] = set()
+        self._providers: set[str] = set()
+        self._settled = False  # the last pass left nothing for the next (see _quiet)
+        self._held: set[Hashable] | None = set()  # changes _quiet took (None: some were lost)
 
     # -- the API -------------------------------------------------------------------------
     async def ship(self, hosts: Iterable[Host]) -> int:
@@ -141,6 +144,8 @@ class Shipper:
         shipped and they are closed. Returns how many new lines were stored."""
         hosts = list(hosts)
         async with self._lock:
+            if self._quiet(hosts):
+                return 0
             return await asyncio.to_thread(self._pass, hosts)
 
     async def flush(self, host: Host, final: bool = True) -> int:
@@ -174,7 +179,27 @@ class Shipper:
         self.stats.open_files = 0
 
     # -- one pass ------------------------------------------------------------------------
+    def _quiet(self, hosts: list[Host]) -> bool:
+        """Whether a pass now would find nothing to do, known without one: the same hosts as
+        the last pass, which left every host with its files open, each read up to its size
+        and watched by inotify, no rotated file to finish and no feed to ask; no listing due;
+        and inotify saw no change since. At a thousand quiet hosts a pass is a thread hop and
+        walks of every host and file, five times a second, for nothing. Changes taken here
+        are kept for the next pass (``_to_look``)."""
+        if not self._settled or self._retiring or hosts != self._hosts:
+            return False
+        if time.monotonic() >= self._next_discovery and \
+                any(self.declared(s) for s in self._services):
+            return False
+        changed = self._changes.changed()
+        if changed is None or self._held is None:
+            self._held = None
+        else:
+            self._held |= changed
+        return self._held is not None and not self._held
+
     def _pass(self, hosts: list[Host]) -> int:
+        self._settled = False
         ts = self.store.now()
         self._source_of.clear()
         if hosts != self._hosts:  # the same Host objects as last pass (cheap): the same set
@@ -184,6 +209,7 @@ class Shipper:
             for gone in self._feeds.hosts() - live:
                 self._feeds.forget(gone)
             self._hosts, self._services = hosts, {h.service for h in hosts}
+            self._providers = {h.provider for h in hosts}
         self._turn += 1
         k = self._turn % len(hosts) if hosts else 0
         clock = time.monotonic()
@@ -197,10 +223,13 @@ class Shipper:
         globs = {s: bool(self.declared(s)) for s in self._services}
         look = self._to_look()
         live_tails: list[Iterable[_Tail]] = []
+        bare = False  # a host with no file open (yet)
         for host in hosts[k:] + hosts[:k]:
             tails = self._tails.get(host.id)
             if not tails or (listing and globs[host.service]):
-                live_tails.append(self._discover(host))
+                found = self._discover(host)
+                bare = bare or not found
+                live_tails.append(found)
             elif look is None or host.id in look:
                 live_tails.append(self._look(host))
             else:
@@ -208,8 +237,10 @@ class Shipper:
         self.stats.open_files = self._count_open()
         work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
         budget = self.pass_bytes
+        behind = False  # a file left with bytes unread
         for tail in (t for tails in live_tails for t in tails):
             if budget <= 0:
+                behind = True
                 break
             if tail.size == tail.seen:
                 continue  # one stat said it: nothing new since everything was read
@@ -218,19 +249,39 @@ class Shipper:
             # One read saw every byte the stat counted: until the size changes, a read would
             # find nothing more (at most a partial last line). Known once the rows are stored.
             covered = tail.size if tail.size - tail.offset < READ_SIZE else -1
+            behind = behind or covered < 0
             if w:
                 w.seen = covered
                 budget -= w.offset - tail.offset
                 work.append(w)
             elif self.stats.errors == errors:
                 tail.seen = covered
-        return self._commit(work, ts) + self._ship_feeds(hosts, ts)
+            else:
+                behind = True
+        stored = self._commit(work, ts) + self._ship_feeds(hosts, ts)
+        self._settled = look is not None and not (bare or behind or self._retiring) and \
+            self._watched_all() and not self._fed()
+        return stored
+
+    def _watched_all(self) -> bool:
+        """Every open file is watched by inotify and found at its path."""
+        watched = self._changes.watched
+        return all(not t.polled and watched(t)
+                   for tails in self._tails.values() for t in tails.values())
+
+    def _fed(self) -> bool:
+        """Some of the hosts are read through feeds (asked every pass)."""
+        return any(source is not None and self._is_feed(source)
+                   for source in map(self._source, self._providers))
 
     def _to_look(self) -> set[str] | None:
         """Hosts with an open file inotify saw change, or that nothing would tell of (not
         watched; its path names no file). None: every host."""
-        if (changed := self._changes.changed()) is None:
+        changed, held = self._changes.changed(), self._held
+        self._held = set()
+        if changed is None or held is None:
             return None
+        changed |= held
         return {t.host for t in changed if isinstance(t, _Tail)} | {
             t.host for tails in self._tails.values() for t in tails.values()
             if t.polled or not self._changes.watched(t)}  # dropped by the kernel too
@@ -240,6 +291,7 @@ class Shipper:
         it going); then, if ``final``, the rest up to the end, partial tails included."""
         self._source_of.clear()
         self._hosts = []  # tails opened here: the next pass checks the host is live
+        self._settled = False
         stored = self._ship_feeds([host], self.store.now(), force=True)
         tails = self._discover(host)
         goal = {id(t): self._size(t) for t in tails}
