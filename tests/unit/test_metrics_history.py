@@ -175,6 +175,65 @@ def test_peek_counts_without_moving_the_baseline() -> None:
     assert p[("web", 1)].counts.requests == 4
 
 
+def test_unchanged_counters_skip_the_arithmetic_and_give_what_it_gives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose counters did not move since its baseline is skipped (idle fleets): over
+    random samples, finals, peeks, rollbacks and restores, a sampler that skips gives the
+    same points and state as one that converts every host every time."""
+    import random
+
+    from hinotori.observe.metrics import sampler as module
+
+    converted = []
+    real = module.router_counts
+
+    def counting(s: BackendStats):  # type: ignore[no-untyped-def]
+        converted.append(s.host_id)
+        return real(s)
+
+    monkeypatch.setattr(module, "router_counts", counting)
+    rng = random.Random(7)
+    ids = [f"h{i}" for i in range(12)]
+    hosts = [host(h, release=1 + i % 2) for i, h in enumerate(ids)]
+    counters = {h: 0 for h in ids}
+    fast, full = Sampler(), Sampler()
+    full_calls = 0
+    for step in range(60):
+        for h in rng.sample(ids, 3):  # a few hosts get traffic, the rest stay idle
+            counters[h] += rng.randint(1, 5)
+        if rng.random() < 0.1:
+            counters[rng.choice(ids)] = 0  # a router restart for one host
+        now = {h: stats(h, n) for h, n in counters.items() if rng.random() < 0.95}
+        action = rng.random()
+        if action < 0.1:
+            gone = rng.choice(ids)
+            for s in (fast, full):
+                s.final(host(gone), stats(gone, counters[gone]), None)
+        elif action < 0.2:
+            assert fast.peek(now, hosts) == full.peek(now, hosts)
+        elif action < 0.3:
+            snap_fast, snap_full = fast.snapshot(), full.snapshot()
+            fast.sample(T0 + step, now, hosts, {}, 10)
+            full.sample(T0 + step, now, hosts, {}, 10)
+            fast.rollback(snap_fast)
+            full.rollback(snap_full)
+        elif action < 0.35:
+            fast = Sampler(json.loads(json.dumps(fast.state())))
+            full = Sampler(json.loads(json.dumps(full.state())))
+        before = len(converted)
+        got = fast.sample(T0 + step, now, hosts, {}, 10)
+        fast_calls = len(converted) - before
+        with monkeypatch.context() as m:
+            m.setattr(module, "same_counts", lambda a, b: False)
+            before = len(converted)
+            want = full.sample(T0 + step, now, hosts, {}, 10)
+            full_calls += len(converted) - before
+        assert got == want, step
+        assert fast.state() == full.state(), step
+        assert fast_calls <= len(now)
+    assert len(converted) - full_calls < full_calls / 2  # idle hosts were skipped
+
+
 # -- percentiles ----------------------------------------------------------------------------
 def test_percentiles_from_summed_buckets_match_the_live_metrics_method() -> None:
     latency = list(lat(b5=90, b50=9, b1000=1))

@@ -46,6 +46,13 @@ def router_counts(s: BackendStats) -> Counts:
                   latency_sum_ms=s.latency_sum_ms)
 
 
+def same_counts(a: BackendStats, b: BackendStats) -> bool:
+    """Whether two stats of a backend counted the same (what is in flight aside)."""
+    return a.requests == b.requests and a.errors == b.errors and \
+        a.latency_sum_ms == b.latency_sum_ms and a.latency == b.latency and \
+        a.statuses == b.statuses
+
+
 def is_reset(before: Counts, now: Counts) -> bool:
     """True when any counter went down: the counters restarted from zero since ``before``."""
     if now.requests < before.requests or now.errors < before.errors:
@@ -72,6 +79,11 @@ class Sampler:
     """Deterministic: every method takes the time and the observations it works on."""
 
     def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+        # By host id: the router's stats a baseline was made from, and that baseline. Stats
+        # equal to them count nothing new: a thousand idle hosts are then not converted and
+        # subtracted every sample. Checked by identity against the baseline in use, so a
+        # restore or rollback (other baselines) never reuses one.
+        self._made_from: dict[str, tuple[BackendStats, Counts]] = {}
         self.restore(state or {})
 
     # -- state (saved with every sample) --------------------------------------------------
@@ -104,8 +116,12 @@ class Sampler:
     def _router_deltas(self, stats: Mapping[str, BackendStats], owners: Mapping[str, Key],
                        commit: bool, forget_vanished: bool = True) -> dict[Key, Counts]:
         out: dict[Key, Counts] = {}
+        made_from = self._made_from
         for host_id, s in stats.items():
             seen = self.router.get(host_id)
+            if seen is not None and (made := made_from.get(host_id)) is not None and \
+                    made[1] is seen[1] and same_counts(made[0], s):
+                continue  # nothing counted since the baseline, which stays
             key = seen[0] if seen else owners.get(host_id)
             if key is None:
                 continue  # a backend the store does not know: nothing to attribute it to
@@ -113,11 +129,14 @@ class Sampler:
             d = delta(seen[1] if seen else None, now)
             if commit:
                 self.router[host_id] = (key, now)
+                made_from[host_id] = (s, now)
             if not d.empty:
                 out.setdefault(key, Counts()).add(d)
         if commit and forget_vanished:
             for host_id in [h for h in self.router if h not in stats]:
                 del self.router[host_id]  # vanished: the router forgot it (see the docstring)
+            for host_id in [h for h in made_from if h not in self.router]:
+                del made_from[host_id]
         return out
 
     def _cpu_delta(self, host: Host, usage: HostUsage) -> float:
