@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -711,3 +712,34 @@ def test_controller_sigkill_and_restart_adopts_haproxy(tmp_path: Path) -> None:
         assert hello(p.router) == "2"
     finally:
         teardown(p)
+
+
+def test_a_deleted_servers_counters_are_kept_a_while_then_forgotten(
+        router: HaproxyRouter, backends: Backends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose servers were all deleted keeps its counts in stats (the metrics sampler
+    and its destroy-time read count them) for retired.KEPT_FOR, then leaves the state file:
+    otherwise every host ever deleted stays in the state that every switch writes."""
+    from hinotori.router.haproxy import retired
+
+    old, new, other = backends.add("old"), backends.add("new"), backends.add("other")
+    apply(router, route(old.backend()))
+    port = port_of(router)
+    assert set(backends_seen(port, 5)) == {"old"}
+    apply(router, route(new.backend(release=2)))
+    # Two releases weighted: the main backend serves again, and old leaves it and its slot.
+    apply(router, route(new.backend(release=2), other.backend(50, release=3)))
+    assert asyncio.run(router.stats())["old"].requests == 5  # idle in maintenance: deleted
+    assert "old" not in str(asyncio.run(runtime.run(router.stats_socket,
+                                                    ["show servers state"])))
+
+    def base() -> dict[str, dict[str, object]]:
+        asyncio.run(router.current())  # the state file is written (in the files' thread)
+        return json.loads(router.state_file.read_text())["base"]
+
+    assert base()["old"]["requests"] == 5 and base()["old"]["gone"] > 0
+    assert asyncio.run(router.stats())["old"].requests == 5  # kept: not old enough
+    monkeypatch.setattr(retired, "KEPT_FOR", 0.0)
+    time.sleep(0.01)
+    stats = asyncio.run(router.stats())
+    assert "old" not in stats and "old" not in base()
+    assert "old" not in set(backends_seen(port, 6))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from hinotori.errors import RouterError
 from hinotori.model import LATENCY_LOG_RATE, BackendStats, RoutingTable
 from hinotori.router import sched
 from hinotori.router.base import RouterContext
-from hinotori.router.haproxy import config, converge, plans, runtime
+from hinotori.router.haproxy import config, converge, plans, retired, runtime
 from hinotori.router.haproxy import tls as tls_files
 from hinotori.router.haproxy.cli import Cli
 from hinotori.router.haproxy.files import Files, flush, signature, write_sample
@@ -361,10 +362,7 @@ class HaproxyRouter:
             servers = await self._server_counts()
         except RouterError:
             servers = {}
-        base = {h: Counts.from_dict(d) for h, d in (state.get("base") or {}).items()}
-        for host, c in by_host(servers).items():
-            base.setdefault(host, Counts()).add(c, active=False)
-        state["base"] = {h: c.to_dict() for h, c in base.items()}
+        state["base"] = retired.added(state.get("base"), by_host(servers), gone_at=None)
         self._save(state)  # before the reload: a crash after it must not count twice
         if self.log is not None:  # the old worker's ring: the next dump is the new one's
             await self.log.poll()
@@ -413,20 +411,20 @@ class HaproxyRouter:
         actual = converge.parse_servers_state(text)
         idle = [(be, name) for be, rows in actual.items() if be != config.LIVE_FLAGS for name, row
                 in rows.items() if row.maint and servers.get((be, name), Counts()).active == 0]
-        if not idle:
-            return servers
-        answers = await runtime.run(self.stats_socket, [f"del server {be}/{n}" for be, n in idle])
-        base = {h: Counts.from_dict(d) for h, d in (state.get("base") or {}).items()}
-        kept = dict(servers)
-        for key, answer in zip(idle, answers, strict=True):
-            if answer.strip() == "Server deleted.":
-                gone = kept.pop(key, None)
-                if self._held is not None:
-                    self._held.servers.get(key[0], {}).pop(key[1], None)
-                if gone is not None:
-                    base.setdefault(config.host_of(key[1]), Counts()).add(gone, active=False)
-        state["base"] = {h: c.to_dict() for h, c in base.items()}
-        self._save(state)
+        kept, deleted = dict(servers), dict[tuple[str, str], Counts]()
+        if idle:
+            answers = await runtime.run(self.stats_socket, [f"del server {s}" for s in map(
+                "/".join, idle)])
+            for key, answer in zip(idle, answers, strict=True):
+                if answer.strip() == "Server deleted.":
+                    deleted[key] = kept.pop(key, None) or Counts()
+                    if self._held is not None:
+                        self._held.servers.get(key[0], {}).pop(key[1], None)
+        base = retired.updated(state.get("base"), by_host(deleted), time.time(), lambda: {
+            config.host_of(name) for rows in actual.values() for name in rows})
+        if base is not None:
+            state["base"] = base
+            self._save(state)
         return kept
 
     async def _old_workers_active(self) -> dict[str, int]:
