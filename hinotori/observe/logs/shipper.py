@@ -36,15 +36,15 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import cast
 
 from hinotori.model import Host
 from hinotori.observe.logs.changes import FileChanges
 from hinotori.observe.logs.feeds import FeedReader
 from hinotori.observe.logs.sources import SOURCES, FeedSource, LogSource, SourceFile
-from hinotori.observe.logs.store import Batch, LogStore, Row
+from hinotori.observe.logs.store import Batch, LogStore
 from hinotori.observe.logs.tail import READ_SIZE, read_lines
+from hinotori.observe.logs.tails import ShipStats, Tail, Work, ident_of
 
 log = logging.getLogger("hinotori.logs")
 
@@ -55,58 +55,12 @@ def no_declared_files(_: str) -> Sequence[str]:
     return ()
 
 
-@dataclass(eq=False)
-class _Tail:
-    host: str
-    name: str
-    fh: BinaryIO
-    ident: str  # "dev:inode" of the open file
-    stream: int
-    gen: int
-    offset: int
-    unframe: Callable[[str], str] | None = None
-    path: str = ""  # where the source names it (a rotated file is no longer there)
-    size: int = -1  # the file's size at this pass's look
-    seen: int = -1  # a size up to which everything was read: unchanged, nothing to read
-    changes: FileChanges | None = None  # inotify tells when the file changes (None: look)
-    polled: bool = False  # its path names no file now: looked at each pass for a new one
-
-    def close(self) -> None:
-        if self.changes is not None:
-            self.changes.unwatch(self)
-            self.changes = None
-        with contextlib.suppress(OSError):
-            self.fh.close()
-
-
-@dataclass
-class _Work:
-    tail: _Tail
-    rows: list[Row]
-    offset: int  # where the tail is once these rows are stored
-    close: bool = False
-    seen: int = -1  # the tail's ``seen`` once these rows are stored
-
-
-@dataclass
-class ShipStats:
-    passes: int = 0
-    lines: int = 0  # new lines stored
-    errors: int = 0
-    open_files: int = 0
-    last_error: str | None = field(default=None)
-
-
 # A pass asks each host's source for its file list (globs of declared log_files) this often
 # (never, for a host with nothing declared and its output open); between, it looks (one stat
 # each) only at the open files inotify saw change, or at all without inotify. A host with no
 # file open yet is listed every pass, and a flush (before a host is destroyed) always lists:
 # nothing is lost.
 DISCOVER_EVERY = 1.0
-
-
-def _ident(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
 
 
 class Shipper:
@@ -122,8 +76,8 @@ class Shipper:
         self._next_discovery = 0.0
         self._source_of: dict[str, LogSource | None] = {}  # by provider, for one pass
         self.stats = ShipStats()
-        self._tails: dict[str, dict[str, _Tail]] = {}  # host id -> source name -> open tail
-        self._retiring: list[_Tail] = []  # rotated or finished: read to the end, then closed
+        self._tails: dict[str, dict[str, Tail]] = {}  # host id -> source name -> open tail
+        self._retiring: list[Tail] = []  # rotated or finished: read to the end, then closed
         self._lock = asyncio.Lock()  # one pass or flush at a time: they share the tails
         self._turn = 0
         self._warned: set[str] = set()
@@ -222,14 +176,11 @@ class Shipper:
         # rotation: _look lists then).
         globs = {s: bool(self.declared(s)) for s in self._services}
         look = self._to_look()
-        live_tails: list[Iterable[_Tail]] = []
-        bare = False  # a host with no file open (yet)
+        live_tails: list[Iterable[Tail]] = []
         for host in hosts[k:] + hosts[:k]:
             tails = self._tails.get(host.id)
             if not tails or (listing and globs[host.service]):
-                found = self._discover(host)
-                bare = bare or not found
-                live_tails.append(found)
+                live_tails.append(self._discover(host))
             elif look is None or host.id in look:
                 live_tails.append(self._look(host))
             else:
@@ -237,10 +188,8 @@ class Shipper:
         self.stats.open_files = self._count_open()
         work = self._read_retiring(ts)  # a rotated file's rest goes before its successor's
         budget = self.pass_bytes
-        behind = False  # a file left with bytes unread
         for tail in (t for tails in live_tails for t in tails):
             if budget <= 0:
-                behind = True
                 break
             if tail.size == tail.seen:
                 continue  # one stat said it: nothing new since everything was read
@@ -249,30 +198,27 @@ class Shipper:
             # One read saw every byte the stat counted: until the size changes, a read would
             # find nothing more (at most a partial last line). Known once the rows are stored.
             covered = tail.size if tail.size - tail.offset < READ_SIZE else -1
-            behind = behind or covered < 0
             if w:
                 w.seen = covered
                 budget -= w.offset - tail.offset
                 work.append(w)
             elif self.stats.errors == errors:
                 tail.seen = covered
-            else:
-                behind = True
         stored = self._commit(work, ts) + self._ship_feeds(hosts, ts)
-        self._settled = look is not None and not (bare or behind or self._retiring) and \
-            self._watched_all() and not self._fed()
+        self._settled = look is not None and self._nothing_left(hosts)
         return stored
 
-    def _watched_all(self) -> bool:
-        """Every open file is watched by inotify and found at its path."""
+    def _nothing_left(self, hosts: list[Host]) -> bool:
+        """Whether the next pass has nothing to do unless inotify or a listing says so: each
+        host has a file open, each file is read up to the size its stat gave (the pass's
+        budget did not run out, no read failed), at its path and watched; no rotated file is
+        left to finish and no host is read through feeds (asked every pass)."""
         watched = self._changes.watched
-        return all(not t.polled and watched(t)
-                   for tails in self._tails.values() for t in tails.values())
-
-    def _fed(self) -> bool:
-        """Some of the hosts are read through feeds (asked every pass)."""
-        return any(source is not None and self._is_feed(source)
-                   for source in map(self._source, self._providers))
+        return not self._retiring and all(self._tails.get(h.id) for h in hosts) and all(
+            t.seen == t.size and not t.polled and watched(t)
+            for tails in self._tails.values() for t in tails.values()) and not any(
+            source is not None and self._is_feed(source)
+            for source in map(self._source, self._providers))
 
     def _to_look(self) -> set[str] | None:
         """Hosts with an open file inotify saw change, or that nothing would tell of (not
@@ -282,7 +228,7 @@ class Shipper:
         if changed is None or held is None:
             return None
         changed |= held
-        return {t.host for t in changed if isinstance(t, _Tail)} | {
+        return {t.host for t in changed if isinstance(t, Tail)} | {
             t.host for tails in self._tails.values() for t in tails.values()
             if t.polled or not self._changes.watched(t)}  # dropped by the kernel too
 
@@ -317,13 +263,13 @@ class Shipper:
         return stored
 
     @staticmethod
-    def _size(tail: _Tail) -> int:
+    def _size(tail: Tail) -> int:
         try:
             return os.fstat(tail.fh.fileno()).st_size
         except OSError:
             return tail.offset
 
-    def _read(self, tail: _Tail, ts: float, *, final: bool) -> _Work | None:
+    def _read(self, tail: Tail, ts: float, *, final: bool) -> Work | None:
         try:
             rows, offset = read_lines(tail.fh, tail.offset, stream=tail.stream, ts=ts,
                                       final=final)
@@ -333,9 +279,9 @@ class Shipper:
         if tail.unframe is not None:
             unframe = tail.unframe
             rows = [(s, off, t, unframe(text)) for s, off, t, text in rows]
-        return _Work(tail, rows, offset) if offset != tail.offset else None
+        return Work(tail, rows, offset) if offset != tail.offset else None
 
-    def _read_retiring(self, ts: float, host: str | None = None) -> list[_Work]:
+    def _read_retiring(self, ts: float, host: str | None = None) -> list[Work]:
         """Finished files: read their rest (partial tail included); close them at the end."""
         work = []
         for tail in list(self._retiring):
@@ -351,7 +297,7 @@ class Shipper:
                 work.append(w)
         return work
 
-    def _commit(self, work: list[_Work], ts: float) -> int:
+    def _commit(self, work: list[Work], ts: float) -> int:
         if not work:
             return 0
         try:
@@ -411,7 +357,7 @@ class Shipper:
             self._feed_kinds[kind] = isinstance(source, FeedSource)
         return self._feed_kinds[kind]
 
-    def _look(self, host: Host) -> list[_Tail]:
+    def _look(self, host: Host) -> list[Tail]:
         """The host's open tails with their sizes, from one stat of each path; a path that
         names another file or a shorter one (rotated, truncated) is dealt with by a listing."""
         tails = self._tails[host.id]
@@ -422,12 +368,12 @@ class Shipper:
                 tail.size = self._size(tail)  # gone from its path: keep reading the open file
                 tail.polled = True
                 continue
-            if _ident(st) != tail.ident or st.st_size < tail.offset:
+            if ident_of(st) != tail.ident or st.st_size < tail.offset:
                 return self._discover(host)
             tail.size, tail.polled = st.st_size, False
         return list(tails.values())
 
-    def _discover(self, host: Host) -> list[_Tail]:
+    def _discover(self, host: Host) -> list[Tail]:
         """The host's open tails, after opening new files and noticing rotation."""
         source = self._source(host.provider)
         if source is None:
@@ -450,7 +396,7 @@ class Shipper:
                     tails[sf.name] = opened
                 continue
             try:
-                now = _ident(os.stat(sf.path))
+                now = ident_of(os.stat(sf.path))
                 size = os.fstat(tail.fh.fileno()).st_size
             except OSError:
                 tail.polled = True
@@ -471,23 +417,23 @@ class Shipper:
             tail.size = self._size(tail)
         return list(tails.values())
 
-    def _open(self, host: Host, sf: SourceFile, after: _Tail | None = None) -> _Tail | None:
+    def _open(self, host: Host, sf: SourceFile, after: Tail | None = None) -> Tail | None:
         try:
             fh = open(sf.path, "rb")  # noqa: SIM115 - kept open across passes on purpose
             st = os.fstat(fh.fileno())
         except OSError:
             return None
-        ident = _ident(st)
+        ident = ident_of(st)
         known = self.store.stream(host.id, sf.name)
         if after is None and known and known.inode == ident and st.st_size >= known.shipped:
-            tail = _Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
+            tail = Tail(host.id, sf.name, fh, ident, known.id, known.gen, known.shipped,
                          sf.unframe, str(sf.path))
         else:
             gen = 0 if known is None else known.gen + 1
             stream = self.store.open_stream(host=host.id, service=host.service,
                                             release=host.release, source=sf.name,
                                             inode=ident, gen=gen)
-            tail = _Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
+            tail = Tail(host.id, sf.name, fh, ident, stream.id, stream.gen, stream.shipped,
                          sf.unframe, str(sf.path))
         if self._changes.watch(tail, fh.fileno()):  # before the first read: no write missed
             tail.changes = self._changes
