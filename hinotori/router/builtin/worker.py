@@ -38,6 +38,7 @@ from hinotori.router.builtin import control
 from hinotori.router.builtin.downstream import ClientProtocol
 from hinotori.router.builtin.listener import open_listener, parse_address
 from hinotori.router.builtin.prepared import Prepared
+from hinotori.router.builtin.retention import CounterRetention
 from hinotori.router.builtin.table import CompiledTable, Counters, Target, compile_table
 from hinotori.router.builtin.tls import Certificates, HttpsClient
 from hinotori.router.builtin.upstream import Pool
@@ -77,6 +78,7 @@ class Worker:
         self.table: CompiledTable | None = None
         self.pools: dict[str, Pool] = {}
         self.counters: dict[str, Counters] = {}
+        self.retention = CounterRetention()  # counters of hosts no route names are dropped
         self.stopping = False
         self._stop = asyncio.Event()
         self._error_logged: dict[str, float] = {}
@@ -291,6 +293,7 @@ class Worker:
             pool.sweep()
         for counters in self.counters.values():
             counters.fold()  # bounds the batch of latencies (read or not)
+        self.retention.sweep(now, self.counters, self.table, self.prepared)
         for client in list(self.clients):
             ex = client.current
             if client.up is not None:  # a request in the fast lane (lane.py)
