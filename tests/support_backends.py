@@ -35,6 +35,7 @@ class AppBackend:
     mode: str = "ok"
     seen: list[Seen] = field(default_factory=list)
     open_connections: int = 0
+    accepted: int = 0  # connections ever opened to it
 
     @property
     def address(self) -> str:
@@ -92,6 +93,7 @@ class Backends:
     async def _serve(self, b: AppBackend, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
         b.open_connections += 1
+        b.accepted += 1
         self.writers.add(writer)
         try:
             while True:

@@ -743,3 +743,25 @@ def test_a_deleted_servers_counters_are_kept_a_while_then_forgotten(
     stats = asyncio.run(router.stats())
     assert "old" not in stats and "old" not in base()
     assert "old" not in set(backends_seen(port, 6))
+
+
+def test_a_host_added_at_run_time_keeps_its_connections_alive(router: HaproxyRouter,
+                                                               backends: Backends) -> None:
+    """Servers a switch adds through the Runtime API (every host a deploy brings) keep idle
+    connections as servers of the cfg do: a keep-alive client's requests reuse one
+    connection to the host, not a new connection (closed with a reset) per request."""
+    import http.client
+
+    first, added = backends.add("first"), backends.add("added")
+    apply(router, route(first.backend()))
+    apply(router, route(added.backend(release=2)))  # added with `add server`
+    assert "v2_added" in str(asyncio.run(runtime.run(router.stats_socket,
+                                                     ["show servers state"])))
+    client = http.client.HTTPConnection("127.0.0.1", port_of(router), timeout=5)
+    for _ in range(30):
+        client.request("GET", "/")
+        response = client.getresponse()
+        assert response.status == 200 and response.read()
+    client.close()
+    assert added.count() == 30
+    assert added.accepted <= 2, added.accepted  # one, or one more if HAProxy let one go
