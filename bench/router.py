@@ -7,7 +7,8 @@
 Same two backends (bench/backend.py), same load generator (wrk, 50 keep-alive connections),
 each configuration run --runs times interleaved so machine noise hits all alike; medians are
 printed with ratios. Configurations: straight to one backend (the floor), the built-in router
-with 1 and 2 workers, HAProxy (Debian package) with 1 and 2 threads. Then the switch latency:
+with 1 and 2 workers, HAProxy (Debian package) with 1 and 2 threads; hinotori's data planes
+serve hosts switched to from others, as after a deploy. Then the switch latency:
 from the call to apply() to the first response from the new backend set, seen by a client
 process of its own (bench/probe.py: keep-alive requests --probe-gap ms apart), p50/p99 over
 --switches switches in each of --runs runs (the data planes interleaved, every run's p99
@@ -405,7 +406,11 @@ def main() -> None:
             wait_port(p)
         set_a = [Backend(f"a{i}", f"127.0.0.1:{p}", 1) for i, p in enumerate(ports[:2])]
         set_b = [Backend(f"b{i}", f"127.0.0.1:{p}", 2) for i, p in enumerate(ports[2:])]
-        table = RoutingTable(version=1, routes=(ServiceRoute(service="bench",
+        # Measured as after a deploy: set A is switched to from set B, so its hosts are new
+        # to the router (HAProxy: servers added at run time, not written in its cfg).
+        before = RoutingTable(version=1, routes=(ServiceRoute(service="bench",
+                                                              backends=tuple(set_b)),))
+        table = RoutingTable(version=2, routes=(ServiceRoute(service="bench",
                                                              backends=tuple(set_a)),))
         targets: dict[str, int] = {"direct (one backend)": ports[0]}
         cpu: dict[str, Callable[[], float]] = {}
@@ -429,6 +434,7 @@ def main() -> None:
                                                 workers=workers)
                 routers[name] = router
                 asyncio.run(router.start())
+                asyncio.run(router.apply(before))
                 asyncio.run(router.apply(table))
                 targets[name] = port
         if HAPROXY_IMPL in impls:
