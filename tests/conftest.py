@@ -9,6 +9,7 @@ a CLI call took 0.44 CPU-s instead of 0.37, on a suite whose 3 workers share 2 c
 from __future__ import annotations
 
 import compileall
+import py_compile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import hinotori
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: the main process compiled already
         return
-    # py_compile writes whatever PYTHONDONTWRITEBYTECODE says; a source edited later has
-    # another mtime, so its stale .pyc is never used.
-    compileall.compile_dir(Path(hinotori.__file__).parent, quiet=1)
+    # py_compile writes whatever PYTHONDONTWRITEBYTECODE says; timestamp .pyc files (even
+    # with SOURCE_DATE_EPOCH set): a source edited later has another mtime, so its stale .pyc
+    # is never used.
+    compileall.compile_dir(Path(hinotori.__file__).parent, quiet=1,
+                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
