@@ -83,6 +83,17 @@ def machine_of(p: CliProject) -> dict[str, str]:
     return {h["id"]: h["machine"] for h in p.serving()}
 
 
+def replaced_off(p: CliProject, name: str) -> bool:
+    """3 hosts serve, none on machine ``name`` (one ``hosts`` call per look: a wait polls it)."""
+    machines = machine_of(p)
+    return len(machines) == 3 and name not in set(machines.values())
+
+
+def host_state(p: CliProject, host: str) -> str | None:
+    return next((x["state"] for x in p.json("hosts", "--all")  # type: ignore[union-attr]
+                 if x["id"] == host), None)
+
+
 def machine_state(p: CliProject, name: str) -> str:
     return next(r["state"] for r in p.json("machines") if r["name"] == name)  # type: ignore[union-attr]
 
@@ -146,8 +157,7 @@ def test_a_machine_killed_and_a_machine_cut_off_under_load(project: CliProject,
             seen = event_time(p, "machine.down", name, started)
             assert seen is not None and seen - started <= DOWN_WITHIN, seen and seen - started
             # Its host left the table and is lost; the replicas come back on the others.
-            assert wait_until(lambda n=name: len(p.serving()) == 3 and n not in
-                              set(machine_of(p).values()), timeout=60), (
+            assert wait_until(lambda n=name: replaced_off(p, n), timeout=60), (
                 "\n".join(f'{e["action"]} {e["subject"]} {e["detail"]}' for e in p.json(
                     "audit", "--limit", "40")))  # type: ignore[union-attr]
             states = {h["id"]: h["state"] for h in p.json("hosts")}  # type: ignore[union-attr]
@@ -155,9 +165,7 @@ def test_a_machine_killed_and_a_machine_cut_off_under_load(project: CliProject,
             # Back again: the stale host is burned, never routed again.
             lab.mend(name)
             assert wait_until(lambda n=name: machine_state(p, n) == "up", timeout=30)
-            assert wait_until(lambda h=lost[0]: p.json("hosts", "--all") and next(
-                x["state"] for x in p.json("hosts", "--all") if x["id"] == h) == "destroyed",
-                timeout=30)
+            assert wait_until(lambda h=lost[0]: host_state(p, h) == "destroyed", timeout=30)
     finally:
         stats = load.stop()
     assert stats.total > 500
@@ -189,8 +197,7 @@ def test_a_drained_machine_hands_its_hosts_over_without_a_failed_request(
     load.start()
     try:
         p.cli("machine", "drain", "m1")
-        assert wait_until(lambda: len(p.serving()) == 3 and "m1" not in
-                          set(machine_of(p).values()), timeout=120)
+        assert wait_until(lambda: replaced_off(p, "m1"), timeout=120)
         assert machine_state(p, "m1") == "draining"
         p.cli("deploy", "web", "--env", "HELLO_VERSION=3", timeout=300)
         assert "m1" not in set(machine_of(p).values())  # no new host on it

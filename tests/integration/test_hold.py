@@ -155,8 +155,11 @@ def test_the_live_release_heals_while_another_is_held(v2_baked: CliProject) -> N
     dep = assert_held(p, p.cli("deploy", "web", "--hold").stdout, table=False)
     victim = p.serving()[0]
     os.killpg(victim["pid"], signal.SIGKILL)
-    assert wait_until(lambda: len(p.serving()) == 2 and victim["id"] not in
-                      {h["id"] for h in p.serving()}, timeout=60), p.json("hosts")
+    def replaced() -> bool:  # one `hosts` call per look
+        serving = {h["id"] for h in p.serving()}
+        return len(serving) == 2 and victim["id"] not in serving
+
+    assert wait_until(replaced, timeout=60), p.json("hosts")
     assert {h["release"] for h in p.serving()} == {1}
     assert "service.healed" in p.cli("audit", "--action", "service.healed").stdout
     assert deployment(p, dep["id"])["state"] == "held"

@@ -35,8 +35,11 @@ def test_logs_of_destroyed_and_killed_hosts_are_complete(running: CliProject) ->
     _print_on(first, f"killed-{first['id']}")
     os.kill(first["pid"], signal.SIGKILL)
     _print_on(second, f"drained-{second['id']}")
-    assert wait_until(lambda: first["id"] not in {h["id"] for h in p.serving()}
-                      and len(p.serving()) == 2, timeout=30), "the killed host was not replaced"
+    def replaced() -> bool:  # one `hosts` call per look
+        serving = {h["id"] for h in p.serving()}
+        return first["id"] not in serving and len(serving) == 2
+
+    assert wait_until(replaced, timeout=30), "the killed host was not replaced"
 
     for version in ("2", "3"):  # v1 goes warm after v2, and is destroyed after v3
         p.set_version(version)
