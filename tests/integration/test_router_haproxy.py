@@ -389,7 +389,8 @@ def test_stats_count_per_host_with_latency(router: HaproxyRouter, backends: Back
     assert stats["slow"].requests == 3 and stats["slow"].active == 0
     assert sum(stats["fast"].latency) == 10
     slow_bucket = next(i for i, bound in enumerate(LATENCY_BUCKETS_MS) if bound >= 120)
-    assert stats["slow"].latency[slow_bucket] == 3, stats["slow"].latency
+    # At least 120 ms each (more on a loaded machine): none in a faster bucket.
+    assert sum(stats["slow"].latency[slow_bucket:]) == 3, stats["slow"].latency
     assert stats["slow"].latency_sum_ms >= 3 * 120
 
 
