@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hinotori.model import Backend, RoutingTable, ServiceRoute
-from hinotori.router.builtin.retention import COUNTERS_KEPT
+from hinotori.router.builtin.retention import CHECK_EVERY, COUNTERS_KEPT
 from hinotori.router.builtin.worker import Worker
 
 
@@ -43,12 +43,14 @@ def test_counters_of_hosts_no_route_names_are_dropped_after_a_while(worker: Work
     assert set(worker.stats()) == {"a", "b", "c"}  # a: prepared; c: in flight
     worker.prepared.entries.clear()
     worker.counters["c"].active = 0
-    worker.sweep(t0 + COUNTERS_KEPT + 2)
+    worker.sweep(t0 + COUNTERS_KEPT + 2)  # looked at a minute ago: not yet
+    assert set(worker.stats()) == {"a", "b", "c"}
+    worker.sweep(t0 + COUNTERS_KEPT + 1 + CHECK_EVERY)
     assert set(worker.stats()) == {"a", "b"}  # c: out long enough; a: just left again
-    worker.sweep(t0 + 2 * COUNTERS_KEPT + 3)
+    worker.sweep(t0 + 2 * COUNTERS_KEPT + 2 * CHECK_EVERY)
     assert set(worker.stats()) == {"b"}
     assert worker.stats()["b"]["requests"] == 1
     worker.apply(table(3, "a", "b"), persist=False)  # a comes back: counts from zero
     worker.counters["a"].observe(200, 1.0)
-    worker.sweep(t0 + 3 * COUNTERS_KEPT)
+    worker.sweep(t0 + 3 * COUNTERS_KEPT + 3 * CHECK_EVERY)
     assert worker.stats()["a"]["requests"] == 1 and worker.stats()["b"]["requests"] == 1
