@@ -1,8 +1,9 @@
 """The shipper: moves new lines from every live host's files into the central store.
 
-``ship(hosts)`` is one pass over the live hosts (the controller runs it every ~200 ms);
-``flush(host, final=True)`` ships everything of one host and is called around its
-destruction, so that a host's logs are in the store before the host is gone (invariant 5).
+``ship(hosts)`` is one pass over the live hosts (the controller runs it every ~200 ms; none
+when nothing changed since a pass that left nothing to do, ``_quiet``); ``flush(host,
+final=True)`` ships everything of one host and is called around its destruction, so that a
+host's logs are in the store before the host is gone (invariant 5).
 
 How it reads, and why:
 
