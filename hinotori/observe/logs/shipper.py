@@ -214,12 +214,10 @@ class Shipper:
         host has a file open, each file is read up to the size its stat gave (the pass's
         budget did not run out, no read failed), at its path and watched; no rotated file is
         left to finish and no host is read through feeds (asked every pass)."""
-        watched = self._changes.watched
-        return not self._retiring and all(self._tails.get(h.id) for h in hosts) and all(
-            t.seen == t.size and not t.polled and watched(t)
-            for tails in self._tails.values() for t in tails.values()) and not any(
-            source is not None and self._is_feed(source)
-            for source in map(self._source, self._providers))
+        return not self._retiring and not self._fed(self._providers) and all(
+            self._tails.get(h.id) for h in hosts) and all(
+            t.seen == t.size and not t.polled and self._changes.watched(t)
+            for tails in self._tails.values() for t in tails.values())
 
     def _to_look(self) -> set[str] | None:
         """Hosts with an open file inotify saw change, or that nothing would tell of (not
@@ -321,8 +319,7 @@ class Shipper:
     def _ship_feeds(self, hosts: list[Host], ts: float, *, force: bool = False) -> int:
         """One request per feed of ``hosts`` (hosts on other machines), stored together."""
         batches = []
-        fed = {p for p in {h.provider for h in hosts}
-               if (source := self._source(p)) is not None and self._is_feed(source)}
+        fed = self._fed({h.provider for h in hosts})
         for host in hosts if fed else ():
             if host.provider not in fed:
                 continue
@@ -350,6 +347,10 @@ class Shipper:
         if provider not in self._source_of:
             self._source_of[provider] = self.sources.get(provider)
         return self._source_of[provider]
+
+    def _fed(self, providers: set[str]) -> set[str]:
+        """Those of ``providers`` whose hosts' logs are read through feeds."""
+        return {p for p in providers if (s := self._source(p)) is not None and self._is_feed(s)}
 
     def _is_feed(self, source: LogSource) -> bool:
         # A runtime Protocol check walks the protocol's members: once per source class.
