@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from hinotori.loadgen import BackgroundLoad
 from hinotori.model import LATENCY_BUCKETS_MS, Backend, RoutingTable, ServiceRoute
 from hinotori.router import sched
 from hinotori.router.base import Router
-from hinotori.router.haproxy import HaproxyRouter, config, converge, runtime
+from hinotori.router.haproxy import HaproxyRouter, config, converge, retired, runtime
 from hinotori.router.haproxy.router import socket_dir
 from tests.support import (
     CANARY_SPEC,
@@ -720,8 +721,6 @@ def test_a_deleted_servers_counters_are_kept_a_while_then_forgotten(
     """A host whose servers were all deleted keeps its counts in stats (the metrics sampler
     and its destroy-time read count them) for retired.KEPT_FOR, then leaves the state file:
     otherwise every host ever deleted stays in the state that every switch writes."""
-    from hinotori.router.haproxy import retired
-
     old, new, other = backends.add("old"), backends.add("new"), backends.add("other")
     apply(router, route(old.backend()))
     port = port_of(router)
@@ -751,8 +750,6 @@ def test_a_host_added_at_run_time_keeps_its_connections_alive(router: HaproxyRou
     """Servers a switch adds through the Runtime API (every host a deploy brings) keep idle
     connections as servers of the cfg do: a keep-alive client's requests reuse one
     connection to the host, not a new connection (closed with a reset) per request."""
-    import http.client
-
     first, added = backends.add("first"), backends.add("added")
     apply(router, route(first.backend()))
     apply(router, route(added.backend(release=2)))  # added with `add server`

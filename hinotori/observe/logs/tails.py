@@ -55,6 +55,5 @@ class ShipStats:
     last_error: str | None = field(default=None)
 
 
-
 def ident_of(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"

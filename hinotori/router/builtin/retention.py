@@ -5,8 +5,8 @@ The counters of a host that left the table are read by the controller's metrics 
 memory, its stats answer and its one-second sweep by every host it ever served (1,000 more per
 deploy of 1,000 hosts). A host's counters are dropped ``COUNTERS_KEPT`` seconds (give or take
 ``CHECK_EVERY``) after it was last in the live table or a prepared route, once nothing is in
-flight to it; a host that comes
-back later (a rollback to a warm release) counts from zero, which the sampler reads as new.
+flight to it; a host that comes back later (a rollback to a warm release) counts from zero,
+which the sampler reads as new.
 """
 
 from __future__ import annotations
