@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -192,13 +193,21 @@ class Lab:
         _run(plan.cut(self.machine(name)))
 
     def mend(self, name: str) -> None:
-        """Reconnect a cut machine; start a killed one again (empty: its tmpfs died with it)."""
+        """Reconnect a cut machine; start a killed one again (empty: its tmpfs died with it).
+        Returns once its sshd answers from here: right after the cable comes back up, a first
+        connection could be reset."""
         m = self.machine(name)
         _run(plan.mend(m))
         pid = self.pids.get(m.name)
         if pid is None or not pid_alive(pid):
             self.start(m)
             self.wait_ready(m)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _sshd_answers(m.address):
+            if time.monotonic() > deadline:
+                raise LabError(f"machine {m.name} does not answer on {m.address}:22 after "
+                               f"{READY_TIMEOUT:g}s: sshd: {log_tail(m.dir / 'sshd.log', 0)}")
+            time.sleep(0.1)
 
     def down(self) -> None:
         for m in self.machines:
@@ -250,6 +259,16 @@ def _claim_index() -> int:
 def _cables(lab_index: int) -> list[str]:
     """The root namespace's ends of a lab's cables still there."""
     return [p.name for p in Path("/sys/class/net").glob(f"hl{lab_index}m*")]
+
+
+def _sshd_answers(address: str) -> bool:
+    """sshd at ``address`` greets a new connection with its banner."""
+    try:
+        with socket.create_connection((address, 22), timeout=1.0) as conn:
+            conn.settimeout(1.0)
+            return conn.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 def _sshd_listening(pid: int) -> bool:
