@@ -1,6 +1,7 @@
 """Helpers of the router tests: small asyncio backends in a background thread that name
 themselves in ``X-Backend`` and record what they received (what they do depends on the path:
-``/slow``, ``/echo``, ``/headers``, ``/chunked``, ``/eof``, ``/close``, ``/hop``, or on their mode),
+``/slow``, ``/echo``, ``/headers``, ``/chunked``, ``/eof``, ``/close``, ``/hop``, or on their mode:
+``die``, ``silent``, ``half``, ``half-chunked``),
 and raw HTTP/1.x clients, so every byte on the wire is under the test's control."""
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _head(status: int, name: str, extra: list[str] | None = None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+# Modes of a backend that dies mid-response: the head line that says how its body is framed.
+HALF = {"half": "Content-Length: 100", "half-chunked": "Transfer-Encoding: chunked"}
+
+
 class Backends:
     """Backends served by one asyncio loop in a daemon thread, shared by the module's tests."""
 
@@ -105,6 +110,10 @@ class Backends:
                 body = await _read_body(reader, headers)
                 b.seen.append(Seen(method, target, headers, body, time.monotonic()))
                 if b.mode == "die":
+                    return
+                if b.mode in HALF:  # dies between its response's head and the rest
+                    writer.write(_head(200, b.name, [HALF[b.mode]]) + b"3\r\nabc\r\n")
+                    await writer.drain()
                     return
                 if b.mode == "silent":  # as a machine cut off the network: nothing comes back
                     await asyncio.sleep(3600)

@@ -273,6 +273,73 @@ def test_post_is_not_resent_after_reaching_a_backend_but_get_is(router: BuiltinR
     assert dying.count("GET") >= 1, "no GET was re-sent from the dying backend"
 
 
+def test_a_backend_dying_mid_response_has_its_get_re_sent(router: BuiltinRouter,
+                                                          backends: Backends) -> None:
+    """A response with a length is held until whole: a backend that dies after its head and
+    part of its body sent nothing the client saw, so a GET goes to another backend and a POST
+    gets a clean 502. A chunked response (maybe a stream) went out as it came: cut."""
+    half, healthy = backends.add("half", mode="half"), backends.add("healthy2")
+    apply(router, route(half.backend(), healthy.backend()))
+
+    async def run(method: str) -> list[Response]:
+        conn = await Conn.open(port_of(router))
+        got = [await conn.request(method=method, body=b"payload" if method == "POST" else None)
+               for _ in range(6)]
+        conn.close()
+        return got
+
+    gets = asyncio.run(run("GET"))
+    assert [(r.status, r.backend, r.body) for r in gets] == [(200, "healthy2", b"healthy2")] * 6
+    assert half.count("GET") >= 1, "no GET reached the dying backend"
+    posts = asyncio.run(run("POST"))
+    assert half.count("POST") == sum(r.status == 502 for r in posts) >= 1
+    assert all(r.backend == "healthy2" for r in posts if r.status == 200)
+    assert asyncio.run(router.stats())["half"].errors >= half.count("GET")
+
+    streaming = backends.add("streaming", mode="half-chunked")
+    apply(router, route(streaming.backend()))
+
+    async def cut() -> tuple[bytes, bytes]:
+        conn = await Conn.open(port_of(router))
+        conn.writer.write(b"GET / HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        try:
+            rest = await asyncio.wait_for(conn.reader.read(), 5)  # up to the cut
+        except ConnectionError:
+            rest = b"(reset)"
+        conn.close()
+        return head.split(b"\r\n")[0], rest
+
+    status, rest = asyncio.run(cut())
+    assert status.startswith(b"HTTP/1.1 200 ") and rest in (b"3\r\nabc\r\n", b"(reset)")
+
+
+def test_a_backend_lost_after_it_left_the_table_has_its_requests_re_sent(
+        router: BuiltinRouter, backends: Backends) -> None:
+    """A host out of the table (health) drains its requests in flight; when its machine is
+    then seen down, the requests it still holds are re-sent rather than left to time out."""
+    silent, alive = backends.add("silent2", mode="silent"), backends.add("alive3")
+    apply(router, route(silent.backend()))
+
+    async def run() -> Response:
+        conn = await Conn.open(port_of(router))
+        held = asyncio.create_task(conn.request())
+        while not silent.seen:
+            await asyncio.sleep(0.01)
+        await router.apply(table(next(_versions), route(alive.backend())))  # drained, held
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        await router.apply(RoutingTable(version=next(_versions),
+                                        routes=(route(alive.backend()),),
+                                        lost=(silent.address,)))
+        got = await asyncio.wait_for(held, 10)
+        conn.close()
+        return got
+
+    got = asyncio.run(run())
+    assert (got.status, got.backend) == (200, "alive3")
+
+
 # -- HTTP correctness --------------------------------------------------------------------------
 
 def test_chunked_and_content_length_bodies_both_ways(router: BuiltinRouter,

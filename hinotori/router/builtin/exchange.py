@@ -1,23 +1,26 @@
 """One proxied request: pick a backend, get a connection, forward, retry, relay the response.
 
-Most plain requests never make one (lane.py, which hands over what it cannot finish). Life:
-``prepare()`` (or ``whole``) builds the upstream head, the first pending chunk; ``begin()`` (its
-turn on the client connection) matches the live table and picks a backend, pooled connection
-or new; ``_attach()`` writes the pending request bytes; ``on_response_*`` relay the response
-(``whole.relay``: a plain one as it came); ``complete()``.
+Most plain requests never make one (lane.py hands over what it cannot finish). ``prepare()`` (or
+``whole``) builds the upstream head; ``begin()`` (its turn on the client connection) picks a
+backend in the live table, pooled connection or new; ``_attach()`` writes the request bytes;
+``on_response_*`` relay the response (``whole.relay``: a plain one as it came); ``complete()``.
 
 Request bytes (head and body, already framed for the backend) wait in ``pending`` for a
 connection, and for retryable requests also in ``replay`` up to ``REPLAY_LIMIT``. When may a
 request be sent again?
 
 * the connection could not be made (refused, reset, timeout): always; nothing reached an app;
-* it was sent, and the connection failed before any response byte: only for idempotent methods
-  whose bytes so far are all still in ``replay``;
+* it was sent, and the connection failed before any response byte was relayed: only for
+  idempotent methods whose bytes so far are all still in ``replay``;
 * anything else (a response started, a non-idempotent method, a big body): the client gets 502,
   or, if the response head was already relayed, its connection is cut.
 
-Attempts are bounded by ``MAX_ATTEMPTS`` and by the route's backends not tried yet. A retry
-matches the table live at that moment, so it never goes to a backend removed meanwhile.
+A response of known length is *held* until whole (or ``HOLD_LIMIT`` bytes): a backend dying
+between its head and body (http.server sends them apart: 40% arrive split) leaves a request to
+send again, not a client to cut. One without a length may be a stream: relayed as it comes.
+
+Attempts are bounded by ``MAX_ATTEMPTS`` and the route's backends not tried yet; a retry matches
+the live table, so it never goes to a backend removed meanwhile.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hinotori.router")
 
 MAX_ATTEMPTS = 3
+HOLD_LIMIT = 64 * 1024       # response bytes held back until the response is whole
 REPLAY_LIMIT = 64 * 1024     # request bytes kept for a re-send
 PENDING_LIMIT = 256 * 1024   # request bytes buffered before we stop reading the client
 _NONE_TRIED: frozenset[str] = frozenset()
@@ -49,12 +53,11 @@ CONNECT_TIMEOUT = 2.0  # a lost SYN is sent again after 1 s: allow that once, th
 class Exchange:
     __slots__ = (
         "accept", "attempts", "body_chunked", "client", "close_after", "connecting", "connection",
-        "cookie", "done", "expect_continue", "headers", "host", "http11", "keep_alive", "method",
-        "path", "pending", "pending_size", "rechunk", "reject", "release", "release_hint",
-        "replay", "replay_size", "request_complete", "response_started", "route", "set_cookie",
-        "stale_retry_used", "started", "status", "target", "tried", "upstream", "url", "wbuf",
-        "worker",
-    )
+        "cookie", "done", "expect_continue", "headers", "holding", "host", "http11", "keep_alive",
+        "method", "path", "pending", "pending_size", "rechunk", "reject", "release",
+        "release_hint", "replay", "replay_size", "request_complete", "response_started", "route",
+        "set_cookie", "stale_retry_used", "started", "status", "target", "tried", "upstream",
+        "url", "wbuf", "worker")
 
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
@@ -66,7 +69,7 @@ class Exchange:
         # tells the client its release
         self.body_chunked = self.expect_continue = self.connection = self.set_cookie = False
         self.request_complete = self.stale_retry_used = self.response_started = False
-        self.rechunk = self.close_after = self.done = False
+        self.rechunk = self.close_after = self.done = self.holding = False
         self.reject: tuple[int, str] | None = None
         self.release_hint: bytes | None = None  # X-Hinotori-Release
         self.cookie: bytes | None = None
@@ -267,8 +270,7 @@ class Exchange:
                 client.unblock_reading(client.BLOCK_PENDING)
 
     def _detach(self) -> UpstreamProtocol | None:
-        conn = self.upstream
-        if conn is not None:
+        if (conn := self.upstream) is not None:
             self.upstream = None
             conn.exchange = None
             self.target.counters.active -= 1  # type: ignore[union-attr]
@@ -287,38 +289,31 @@ class Exchange:
         close = not self.keep_alive or self.client.closing or not self.request_complete
         if self.method == b"HEAD":
             conn.skip_body = True
-        elif status == 204 or status == 304:
-            pass  # no body, whatever the headers say
-        elif chunked is not None:
-            if self.http11:
-                head.append(b"Transfer-Encoding: %b\r\n" % chunked)
-                self.rechunk = True
-            else:
-                close = True  # HTTP/1.0: the body ends when the connection does
-        elif not has_length:
-            conn.eof_body = True
-            if self.http11:
-                head.append(b"Transfer-Encoding: chunked\r\n")
-                self.rechunk = True
-            else:
-                close = True
+        else:
+            closes, self.rechunk, conn.eof_body = http1.frame_body(head, status, has_length,
+                                                                   chunked, self.http11)
+            close = close or closes
         if self.set_cookie:
             head.append(http1.set_cookie_line(self.route.cookie,  # type: ignore[union-attr]
                                               self.target.release))  # type: ignore[union-attr]
-        if close:
-            head.append(b"Connection: close\r\n\r\n")
-        elif not self.http11:
-            head.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            head.append(b"\r\n")
+        head.append(http1.connection_header(close, self.http11) + b"\r\n")
         head[0] = http1.STATUS_LINES.get((status, reason)) or http1.status_line(status, reason)
         self.close_after = close
         self.status = status
-        self.response_started = True
+        # Its length known, it is held until whole (flush_response; the module's docstring).
+        self.holding = has_length and not conn.skip_body
+        self.response_started = not self.holding
         self.wbuf = self.wbuf + head if self.wbuf else head
 
-    def flush_response(self) -> None:
+    def flush_response(self, whole: bool = False) -> None:
+        """Relay what came of the response; a held one (see the module) only when ``whole``
+        or past ``HOLD_LIMIT``."""
         wbuf = self.wbuf
+        if self.holding:
+            if not whole and sum(map(len, wbuf)) <= HOLD_LIMIT:
+                return
+            self.holding = False
+            self.response_started = True
         if wbuf:
             self.client.transport.write(b"".join(wbuf) if len(wbuf) > 1 else wbuf[0])  # type: ignore[union-attr]
             wbuf.clear()
@@ -326,7 +321,7 @@ class Exchange:
     def on_response_complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
         if self.rechunk:
             self.wbuf.append(http1.LAST_CHUNK)  # type: ignore[union-attr]
-        self.flush_response()
+        self.flush_response(whole=True)
         self.complete(conn, keep_alive)
 
     def complete(self, conn: UpstreamProtocol, keep_alive: bool) -> None:
@@ -362,20 +357,26 @@ class Exchange:
         if self.response_started:
             self._cut(f"backend {self.target.address} closed mid-response")  # type: ignore[union-attr]
             return
-        if not conn.got_bytes and self.replay is not None:
-            if conn.reused and not self.stale_retry_used:
-                # Most likely a keep-alive connection the backend had just closed: its other idle
-                # connections are suspect too; this backend may be tried again, fresh.
-                self.stale_retry_used = True
-                conn.pool.close_idle()
-            else:
-                self.tried = self.tried | {conn.pool.address}
-            self.pending = list(self.replay)
-            self.pending_size = self.replay_size
-            self._retry()
+        if self.replay is None or (conn.got_bytes and not self.holding):
+            what = "an invalid" if conn.got_bytes else "no"
+            self._fail(502, f"backend closed the connection with {what} response")
             return
-        what = "an invalid" if conn.got_bytes else "no"
-        self._fail(502, f"backend closed the connection with {what} response")
+        if self.holding:  # it died mid-response, and nothing of that went out: elsewhere
+            self.holding, self.wbuf = False, ()
+            self.target.counters.errors += 1  # type: ignore[union-attr]
+            self.worker.report_backend_error(self.target,  # type: ignore[arg-type]
+                                             "closed mid-response; the request is sent again")
+            self.tried = self.tried | {conn.pool.address}
+        elif conn.reused and not self.stale_retry_used:
+            # Most likely a keep-alive connection the backend had just closed: its other idle
+            # connections are suspect too; this backend may be tried again, fresh.
+            self.stale_retry_used = True
+            conn.pool.close_idle()
+        else:
+            self.tried = self.tried | {conn.pool.address}
+        self.pending = list(self.replay)
+        self.pending_size = self.replay_size
+        self._retry()
 
     def on_upstream_broken(self, conn: UpstreamProtocol, why: str) -> None:
         """The backend sent something we cannot relay (bad HTTP)."""
@@ -389,8 +390,7 @@ class Exchange:
                 self._fail(502, "backend sent an invalid response")
 
     def on_upstream_timeout(self) -> None:
-        conn = self._detach()
-        if conn is not None:
+        if (conn := self._detach()) is not None:
             conn.abort()
         if self.response_started:
             self._cut("backend timed out mid-response")
@@ -419,6 +419,7 @@ class Exchange:
 
     def _fail(self, status: int, text: str) -> None:
         """A router-generated 5xx blamed on the last backend tried."""
+        self.holding, self.wbuf = False, ()  # a held response never went out: this replaces it
         if self.target is not None:
             self.target.counters.errors += 1
             self._observe(status)

@@ -307,9 +307,23 @@ def _reason(status: int) -> bytes:
         return b"Unknown"
 
 
+def frame_body(head: list[bytes], status: int, has_length: bool, chunked: bytes | None,
+               http11: bool) -> tuple[bool, bool, bool]:
+    """How a backend's response body (not a HEAD's) reaches the client: (close the connection
+    after it, re-chunk it, it ends at the backend's EOF). ``head`` gets the Transfer-Encoding
+    line that takes."""
+    if status == 204 or status == 304 or (has_length and chunked is None):
+        return False, False, False  # as it came (204 and 304: no body, whatever is said)
+    to_eof = chunked is None
+    if not http11:
+        return True, False, to_eof  # HTTP/1.0: the body ends when the connection does
+    head.append(b"Transfer-Encoding: %b\r\n" % (chunked or b"chunked"))
+    return False, True, to_eof
+
+
 def connection_header(close: bool, http11: bool) -> bytes:
-    """What a response the router makes itself says of the connection: closed, or kept
-    (said aloud only to an HTTP/1.0 client, for which closing is the default)."""
+    """What a response says of the connection: closed, or kept (said aloud only to an
+    HTTP/1.0 client, for which closing is the default)."""
     if close:
         return b"Connection: close\r\n"
     return b"" if http11 else b"Connection: keep-alive\r\n"

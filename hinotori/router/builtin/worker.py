@@ -77,6 +77,9 @@ class Worker:
         self.clients: set[ClientProtocol] = set()
         self.table: CompiledTable | None = None
         self.pools: dict[str, Pool] = {}
+        # Pools that left the table with requests still on them (drains): a later table that
+        # names their address lost must reach those requests too.
+        self.leaving: dict[str, Pool] = {}
         self.counters: dict[str, Counters] = {}
         self.retention = CounterRetention()  # counters of hosts no route names are dropped
         self.stopping = False
@@ -106,11 +109,17 @@ class Worker:
         old_pools = self.pools
         self.table = compiled  # the swap: the next request sees the new table
         self.pools = compiled.pools
+        leaving = self.leaving
         for address, pool in old_pools.items():
             if address not in compiled.pools:
                 pool.retire()  # in-flight requests finish; idle connections close now
+                if pool.conns:
+                    leaving[address] = pool
         for address in table.lost:  # nothing will answer there: re-send what may be re-sent
             pool = old_pools.get(address)
+            if pool is not None:
+                pool.fail_all()
+            pool = leaving.pop(address, None)
             if pool is not None:
                 pool.fail_all()
         log.info("table v%d applied (%d routes, %d backend addresses)",
@@ -291,6 +300,9 @@ class Worker:
         self.clock = now
         for pool in self.pools.values():
             pool.sweep()
+        for address, pool in list(self.leaving.items()):
+            if not pool.conns:
+                del self.leaving[address]
         for counters in self.counters.values():
             counters.fold()  # bounds the batch of latencies (read or not)
         self.retention.sweep(now, self.counters, self.table, self.prepared)
