@@ -136,7 +136,10 @@ def test_settle_freezes_what_is_left_and_collects_frozen_garbage() -> None:
         gcheap._full_at = time.monotonic() - gcheap.FULL_EVERY  # the last full one that long ago
         gcheap.settle()
         assert gone() is None
-        assert gcheap.describe()["frozen"] == gc.get_freeze_count()
+        # Frozen objects another thread lets go (xdist's) leave the count meanwhile: it only falls.
+        before = gc.get_freeze_count()
+        frozen = gcheap.describe()["frozen"]
+        assert before >= frozen >= gc.get_freeze_count()  # type: ignore[operator]
     finally:
         gc.unfreeze()
 
