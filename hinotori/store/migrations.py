@@ -95,4 +95,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (deployment, seq)) WITHOUT ROWID;
     CREATE INDEX hosts_by_state ON hosts (state);
     """,
+    # 10: every host row written carries the next mark (``rev``), so the controller's host cache
+    # reads only the rows written since its last read, and only when a host was written (any
+    # commit moved the store's change mark, and 2,000 hosts read again cost 25-40 ms).
+    """
+    ALTER TABLE hosts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX hosts_by_rev ON hosts (rev);
+    """,
 ]

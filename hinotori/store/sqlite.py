@@ -170,11 +170,12 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
             old = db.execute("SELECT state FROM hosts WHERE id = ?", (host.id,)).fetchone()
             db.execute(
                 "INSERT INTO hosts (id, service, release, provider, state, born_at, address, pid, "
-                "root, data, warm_until, updated_at, weight) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "root, data, warm_until, updated_at, weight, rev) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,(SELECT COALESCE(MAX(rev), 0) + 1 FROM hosts)) "
                 "ON CONFLICT(id) DO UPDATE SET "
                 "state=excluded.state, address=excluded.address, pid=excluded.pid, "
                 "root=excluded.root, data=excluded.data, warm_until=excluded.warm_until, "
-                "updated_at=excluded.updated_at, weight=excluded.weight",
+                "updated_at=excluded.updated_at, weight=excluded.weight, rev=excluded.rev",
                 (host.id, host.service, host.release, host.provider, str(host.state),
                  host.born_at, host.address, host.pid, host.root, json.dumps(host.data),
                  host.warm_until, time.time(), host.weight))
@@ -218,12 +219,15 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         sql = "SELECT * FROM hosts" + (" WHERE " + " AND ".join(where) if where else "")
         return [_host(r) for r in self._db.execute(sql + " ORDER BY born_at, id", args)]
 
-    def changes(self) -> tuple[int, int]:
-        """A mark that moves whenever anything is committed to the store: by this thread's
-        connection (its total_changes) or by any other (PRAGMA data_version). The same mark
-        twice on one thread: the same contents (what the controller's host cache relies on)."""
-        db = self._db
-        return db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
+    def host_mark(self) -> int:
+        """The mark of the last host row written (each ``save_host`` stamps its row with the
+        next one): the same mark, the same hosts."""
+        return self._db.execute("SELECT COALESCE(MAX(rev), 0) FROM hosts").fetchone()[0]
+
+    def hosts_written_after(self, mark: int) -> list[Host]:
+        """The hosts whose rows were written after ``mark`` (-1: every host), in that order."""
+        return [_host(r) for r in self._db.execute(
+            "SELECT * FROM hosts WHERE rev > ? ORDER BY rev", (mark,))]
 
     # -- deployments ---------------------------------------------------------------------
     def create_deployment(self, service: str, *, strategy: str, kind: str,

@@ -86,3 +86,46 @@ def test_every_host_cache_keeps_destroyed_ones_and_groups_match_a_fresh_read(
     store.save_host(_host(3, HostState.DESTROYED), actor="test")
     assert live.ids("web", HostState.SERVING) == {"web-0"}
     store.close()
+
+
+def test_readers_share_one_table_read_only_when_a_host_was_written(tmp_path: Path) -> None:
+    """The shipper, the monitor and the reaper read the same view: a change is read once for
+    all of them, and a commit that wrote no host (an event, a deployment) reads nothing."""
+    store = Store(tmp_path / "state.db")
+    for i in range(5):
+        store.save_host(_host(i), actor="test")
+    shipper, monitor = LiveHosts(store), LiveHosts(store)
+    assert len(shipper()) == len(monitor()) == 5 and shipper.reads == 1
+    store.record("test", "something.happened", "web", {})
+    assert len(shipper()) == 5 and shipper.reads == 1
+    written: list[int] = []
+    real = store.hosts_written_after
+
+    def counted(mark: int) -> list[Host]:
+        rows = real(mark)
+        written.append(len(rows))
+        return rows
+
+    store.hosts_written_after = counted  # type: ignore[method-assign]
+    store.save_host(_host(3, HostState.DRAINING), actor="test")
+    assert monitor.ids("web", HostState.DRAINING) == {"web-3"}
+    assert [h.id for h in shipper()] == [h.id for h in store.hosts(states=LIVE_STATES)]
+    assert written == [1] and shipper.reads == 2  # one row, read once for both
+    store.close()
+
+
+def test_rows_from_before_the_mark_and_an_earlier_born_host_keep_a_fresh_read_s_order(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    for i in (2, 4):
+        store.save_host(_host(i), actor="test")
+    with store.transaction() as db:  # rows a store of the previous schema wrote: no mark
+        db.execute("UPDATE hosts SET rev = 0")
+    live = LiveHosts(store)
+    assert [h.id for h in live()] == ["web-2", "web-4"]
+    store.save_host(_host(3), actor="test")  # born between them, written last
+    store.save_host(_host(2, HostState.WARM), actor="test")
+    assert [h.id for h in live()] == [h.id for h in store.hosts(states=LIVE_STATES)] \
+        == ["web-2", "web-3", "web-4"]
+    assert live.ids("web", HostState.WARM) == {"web-2"}
+    store.close()
