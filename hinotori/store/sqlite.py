@@ -271,7 +271,11 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         if row is None:
             raise NotFound(f"no deployment {number}")
         d = _deployment(row)
-        d["steps"] = (d["steps"] + self._steps([number]).get(number, []))[steps_after:]
+        legacy = d["steps"]  # a deployment made before deployment_steps keeps its steps there
+        rows = self._db.execute(  # only the steps asked for: a follower polls this (readapi)
+            "SELECT step FROM deployment_steps WHERE deployment = ? AND seq >= ? ORDER BY seq",
+            (number, max(0, steps_after - len(legacy))))
+        d["steps"] = legacy[steps_after:] + [json.loads(step) for (step,) in rows]
         return d
 
     def deployments(self, service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

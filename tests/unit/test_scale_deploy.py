@@ -143,6 +143,9 @@ def test_steps_written_before_the_steps_table_come_first(tmp_path: Path) -> None
     store.add_deployment_step(number, {"step": "switched"})
     assert [s["step"] for s in store.deployment(number)["steps"]] == ["boot", "switched"]
     assert [s["step"] for s in store.deployment(number, 1)["steps"]] == ["switched"]
+    assert store.deployment(number, 2)["steps"] == []
+    store.add_deployment_step(number, {"step": "drained"})
+    assert [s["step"] for s in store.deployment(number, 2)["steps"]] == ["drained"]
 
 
 def test_host_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() -> None:
