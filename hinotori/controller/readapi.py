@@ -98,9 +98,12 @@ def read_routes(store: Store, logs: LogStore) -> APIRouter:
         return _json([h.view() for h in store.hosts(service, states)])  # type: ignore[return-value]
 
     @routes.get("/v1/deployments")
-    async def deployments(service: str | None = None, limit: Limit = 50
+    async def deployments(service: str | None = None, limit: Limit = 50,
+                          last_steps: Annotated[int | None, Query(ge=0, le=MAX_NUMBER)] = None
                           ) -> list[dict[str, Any]]:
-        return _json([deployment_view(d) for d in store.deployments(service, limit)])  # type: ignore[return-value]
+        """The newest deployments; ``last_steps=N``: only each one's last N steps."""
+        return _json([deployment_view(d) for d in  # type: ignore[return-value]
+                      store.deployments(service, limit, last_steps)])
 
     @routes.get("/v1/deployments/{number}")
     async def deployment(number: Annotated[int, Path(ge=1, le=MAX_NUMBER)],

@@ -278,16 +278,28 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
         d["steps"] = legacy[steps_after:] + [json.loads(step) for (step,) in rows]
         return d
 
-    def deployments(self, service: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def deployments(self, service: str | None = None, limit: int = 50,
+                    last_steps: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` deployments, each with its steps, or only its ``last_steps``
+        (what the dashboard polls each second: a 1,000-host deployment has ~2,000)."""
         sql, args = "SELECT * FROM deployments", []
         if service:
             sql += " WHERE service = ?"
             args.append(service)
         rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         found = [_deployment(r) for r in reversed(rows)]
-        steps = self._steps([d["id"] for d in found])
+        if last_steps is None:
+            steps = self._steps([d["id"] for d in found])
+            for d in found:
+                d["steps"] += steps.get(d["id"], [])
+            return found
         for d in found:
-            d["steps"] += steps.get(d["id"], [])
+            newest = [json.loads(step) for (step,) in self._db.execute(
+                "SELECT step FROM deployment_steps WHERE deployment = ? ORDER BY seq DESC "
+                "LIMIT ?", (d["id"], last_steps))][::-1]
+            legacy = d["steps"][len(d["steps"]) - (last_steps - len(newest)):] \
+                if len(newest) < last_steps else []
+            d["steps"] = legacy + newest
         return found
 
     def _steps(self, numbers: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -147,6 +147,13 @@ def test_steps_written_before_the_steps_table_come_first(tmp_path: Path) -> None
     store.add_deployment_step(number, {"step": "drained"})
     assert [s["step"] for s in store.deployment(number, 2)["steps"]] == ["drained"]
 
+    def last(n: int) -> list[str]:
+        return [s["step"] for s in store.deployments(last_steps=n)[-1]["steps"]]
+
+    assert last(2) == ["switched", "drained"] and last(3) == last(9) == ["boot", *last(2)]
+    assert last(1) == ["drained"] and last(0) == []
+    assert [s["step"] for s in store.deployments()[-1]["steps"]] == last(3)
+
 
 def test_host_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() -> None:
     pool = PortPool(low=20_000, high=21_000)

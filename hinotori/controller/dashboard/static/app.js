@@ -90,7 +90,7 @@ function setLive(state, text) {
 
 async function refresh() {
   const [status, hosts, deployments, events] = await Promise.all([
-    get("/v1/status"), get("/v1/hosts"), get("/v1/deployments", { limit: 8 }),
+    get("/v1/status"), get("/v1/hosts"), get("/v1/deployments", { limit: 8, last_steps: 200 }),
     get("/v1/events", { limit: 200 }).then((answer) => answer.events)
       .catch((e) => (e instanceof Missing ? null : Promise.reject(e))),
   ]);
