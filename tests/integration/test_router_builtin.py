@@ -249,26 +249,28 @@ def test_a_lost_backend_s_requests_in_flight_are_re_sent_when_idempotent(
     assert [s.method for s in alive.seen] == ["GET", "GET"]
 
 
+async def six_requests(router: BuiltinRouter, method: str) -> list[Response]:
+    """Six GETs or POSTs (with a body) on one keep-alive connection."""
+    conn = await Conn.open(port_of(router))
+    got = [await conn.request(method=method, body=b"payload" if method == "POST" else None)
+           for _ in range(6)]
+    conn.close()
+    return got
+
+
 def test_post_is_not_resent_after_reaching_a_backend_but_get_is(router: BuiltinRouter,
                                                                 backends: Backends) -> None:
     dying, healthy = backends.add("dying", mode="die"), backends.add("healthy")
     apply(router, route(dying.backend(), healthy.backend()))
 
-    async def run(method: str) -> list[Response]:
-        conn = await Conn.open(port_of(router))
-        got = [await conn.request(method=method, body=b"payload" if method == "POST" else None)
-               for _ in range(6)]
-        conn.close()
-        return got
-
-    posts = asyncio.run(run("POST"))
+    posts = asyncio.run(six_requests(router, "POST"))
     failed = [r for r in posts if r.status == 502]
     assert failed, "no POST reached the dying backend"
     assert len(failed) == dying.count("POST"), "a POST that reached a backend was re-sent"
     assert healthy.count("POST") == len(posts) - len(failed)
     assert all(r.backend == "healthy" for r in posts if r.status == 200)
 
-    gets = asyncio.run(run("GET"))
+    gets = asyncio.run(six_requests(router, "GET"))
     assert [(r.status, r.backend) for r in gets] == [(200, "healthy")] * 6
     assert dying.count("GET") >= 1, "no GET was re-sent from the dying backend"
 
@@ -281,17 +283,10 @@ def test_a_backend_dying_mid_response_has_its_get_re_sent(router: BuiltinRouter,
     half, healthy = backends.add("half", mode="half"), backends.add("healthy2")
     apply(router, route(half.backend(), healthy.backend()))
 
-    async def run(method: str) -> list[Response]:
-        conn = await Conn.open(port_of(router))
-        got = [await conn.request(method=method, body=b"payload" if method == "POST" else None)
-               for _ in range(6)]
-        conn.close()
-        return got
-
-    gets = asyncio.run(run("GET"))
+    gets = asyncio.run(six_requests(router, "GET"))
     assert [(r.status, r.backend, r.body) for r in gets] == [(200, "healthy2", b"healthy2")] * 6
     assert half.count("GET") >= 1, "no GET reached the dying backend"
-    posts = asyncio.run(run("POST"))
+    posts = asyncio.run(six_requests(router, "POST"))
     assert half.count("POST") == sum(r.status == 502 for r in posts) >= 1
     assert all(r.backend == "healthy2" for r in posts if r.status == 200)
     assert asyncio.run(router.stats())["half"].errors >= half.count("GET")
