@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import OrderedDict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
@@ -56,6 +57,30 @@ def _json(data: Any) -> Response:
     return Response(json.dumps(data).encode(), media_type="application/json")
 
 
+class HostAnswers:
+    """``GET /v1/hosts`` answers, kept until a host is written (``Store.host_mark``): the
+    dashboard asks each second, and at 2,000 hosts reading and encoding them took ~50 ms of
+    the controller's loop. A few recent questions are kept (the service is the caller's)."""
+
+    KEPT = 16
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._kept: OrderedDict[tuple[str | None, bool], tuple[int, bytes]] = OrderedDict()
+
+    def __call__(self, service: str | None, every: bool) -> Response:
+        key, mark = (service, every), self.store.host_mark()
+        kept = self._kept.get(key)
+        if kept is None or kept[0] != mark:
+            states = None if every else [s for s in HostState if s.alive]
+            body = json.dumps([h.view() for h in self.store.hosts(service, states)]).encode()
+            kept = self._kept[key] = (mark, body)
+            if len(self._kept) > self.KEPT:
+                self._kept.popitem(last=False)
+        self._kept.move_to_end(key)
+        return Response(kept[1], media_type="application/json")
+
+
 def read_routes(store: Store, logs: LogStore) -> APIRouter:
     routes = APIRouter()
 
@@ -91,11 +116,12 @@ def read_routes(store: Store, logs: LogStore) -> APIRouter:
     async def releases(service: str | None = None) -> list[dict[str, Any]]:
         return release_rows(store, service)
 
+    answered = HostAnswers(store)
+
     @routes.get("/v1/hosts")
     async def hosts(service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
         """Live hosts (every host ever, with ``all=true``), as `hinotori hosts --json`."""
-        states = None if all else [s for s in HostState if s.alive]
-        return _json([h.view() for h in store.hosts(service, states)])  # type: ignore[return-value]
+        return answered(service, all)  # type: ignore[return-value]
 
     @routes.get("/v1/deployments")
     async def deployments(service: str | None = None, limit: Limit = 50,

@@ -3,10 +3,12 @@ the store gives, whoever changed the store (this connection, another thread, ano
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 from hinotori.controller.hostcache import LiveHosts
+from hinotori.controller.readapi import HostAnswers
 from hinotori.deploy.fleet import LIVE_STATES
 from hinotori.model import Host, HostState
 from hinotori.store import Store
@@ -128,4 +130,28 @@ def test_rows_from_before_the_mark_and_an_earlier_born_host_keep_a_fresh_read_s_
     assert [h.id for h in live()] == [h.id for h in store.hosts(states=LIVE_STATES)] \
         == ["web-2", "web-3", "web-4"]
     assert live.ids("web", HostState.WARM) == {"web-2"}
+    store.close()
+
+
+def test_the_hosts_answer_is_kept_until_a_host_is_written(tmp_path: Path) -> None:
+    """GET /v1/hosts, asked each second by the dashboard: the same bytes while no host was
+    written, a fresh answer after one, per question."""
+    store = Store(tmp_path / "state.db")
+    for i in range(3):
+        store.save_host(_host(i), actor="test")
+    store.save_host(_host(5, HostState.DESTROYED), actor="test")
+    answers = HostAnswers(store)
+
+    def ids(service: str | None = None, every: bool = False) -> list[str]:
+        return [h["id"] for h in json.loads(answers(service, every).body)]
+
+    first = answers(None, False).body
+    store.record("test", "something.happened", "web", {})
+    assert answers(None, False).body is first  # no host written: the very same answer
+    assert ids() == ["web-0", "web-1", "web-2"] and ids(every=True)[-1] == "web-5"
+    store.save_host(_host(1, HostState.DESTROYED), actor="test")
+    assert ids() == ["web-0", "web-2"] and ids("api") == []
+    for n in range(HostAnswers.KEPT + 4):  # questions the caller makes up: a few are kept
+        ids(f"svc{n}")
+    assert len(answers._kept) == HostAnswers.KEPT
     store.close()
