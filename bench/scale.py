@@ -142,6 +142,14 @@ class Project:
             if pid:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, 9)
+        # A `down` that failed may have left the controller and its router workers.
+        pids = [p.read_text().strip() for p in self.state.glob("router/*.pid")]
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(str(self.controller()["pid"]))
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError):
+                if b"hinotori" in Path(f"/proc/{int(pid)}/cmdline").read_bytes():  # not reused
+                    os.kill(int(pid), 9)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -131,13 +132,27 @@ def down(spec: SpecOpt = Path("."), environment: EnvOpt = None) -> None:
     except ControllerError:
         _teardown_without_controller(project)
         return
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    if pid_alive(pid):
-        raise ControllerError(f"the controller (pid {pid}) did not stop within 120s",
-                              hint=f"kill it: kill {pid}; then run `hinotori down` again")
+    from hinotori.deploy.fleet import LIVE_STATES
+
+    wait_stopped(pid, lambda: len(project.store.hosts(states=LIVE_STATES)))
     console.print("controller, hosts and router stopped")
+
+
+def wait_stopped(pid: int, live_hosts: Callable[[], int], quiet: float = 120.0) -> None:
+    """Wait for the controller to exit while it stops hosts: as long as a host stopped in the
+    last ``quiet`` seconds (a thousand hosts take minutes). Killed half-way, it would leave the
+    router and the rest of the hosts running."""
+    left, deadline = live_hosts(), time.monotonic() + quiet
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            now = live_hosts()
+            if now >= left:
+                raise ControllerError(
+                    f"the controller (pid {pid}) has not stopped: no host stopped in the last "
+                    f"{quiet:g}s ({now} still live)",
+                    hint=f"kill it: kill {pid}; then run `hinotori down` again")
+            left, deadline = now, time.monotonic() + quiet
+        time.sleep(0.1)
 
 
 def _teardown_without_controller(project: Project) -> None:
