@@ -21,6 +21,7 @@ from hinotori.controller.hostcache import LiveHosts
 from hinotori.controller.tasks import Tasks
 from hinotori.controller.wiring import ACTOR
 from hinotori.deploy.fleet import LIVE_STATES, Fleet
+from hinotori.errors import RouterError
 from hinotori.model import Host
 from hinotori.observe.logs import LogPipeline, LogStore, logs_db
 from hinotori.observe.logs.forward import forward_loop
@@ -141,7 +142,9 @@ class Observing:
         elif not self._metrics_stopped:
             try:
                 await self.metrics.sample_once()
-            except Exception as e:  # the router may be gone already: nothing left to count
+            except RouterError as e:  # no router running (a second `down`): nothing to count
+                log.info("no last metrics sample: %s", e.message)
+            except Exception as e:
                 log.warning("last metrics sample failed: %r", e)
         self._metrics_stopped = True
 
