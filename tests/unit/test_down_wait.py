@@ -17,7 +17,7 @@ from hinotori.errors import ControllerError
 @pytest.fixture
 def busy() -> Iterator[subprocess.Popen[bytes]]:
     """A process standing in for a controller that takes a while to stop."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     yield proc
     proc.kill()
     proc.wait()
@@ -26,7 +26,14 @@ def busy() -> Iterator[subprocess.Popen[bytes]]:
 def test_waits_past_the_quiet_bound_while_hosts_keep_stopping(
         busy: subprocess.Popen[bytes]) -> None:
     left = iter(range(1000, 0, -1))
-    wait_stopped(busy.pid, lambda: next(left), quiet=0.2)  # returns when it exits
+
+    def live_hosts() -> int:
+        n = next(left)
+        if n == 996:  # the bound passed 3 times, a host stopped each time: now it exits
+            busy.terminate()
+        return n
+
+    wait_stopped(busy.pid, live_hosts, quiet=0.2)  # returns when it exits
     assert busy.poll() is not None
 
 

@@ -419,6 +419,49 @@ def test_recorder_keeps_a_destroyed_hosts_last_counts_and_totals_are_live(
     asyncio.run(scenario())
 
 
+def test_destroys_waiting_together_share_one_router_fetch_never_one_from_before_a_sample(
+        store: MetricsStore) -> None:
+    """`down` destroys every host at once: each one's last counts come from a stats fetch
+    started after it asked, shared by those waiting together; a sample in between (its
+    baseline moved) makes the next destroy fetch again. The totals come out exact."""
+    src = Plain()
+    src.hosts = [host(f"h{i}") for i in range(40)]
+    src.stats = {h.id: stats(h.id, 10) for h in src.hosts}
+    fetches = 0
+
+    async def slow_stats() -> dict[str, BackendStats]:
+        nonlocal fetches
+        fetches += 1
+        await asyncio.sleep(0.01)
+        return dict(src.stats)
+
+    async def destroy(h: Host) -> None:
+        async with rec.destroying(h):
+            src.stats.pop(h.id)
+
+    rec = MetricsRecorder(store, MetricsSpec(), stats=slow_stats,
+                          hosts=lambda: list(src.hosts), usage=src.get_usage,
+                          clock=lambda: src.now)
+
+    async def scenario() -> None:
+        await rec.sample_once()
+        for h in src.hosts:
+            src.stats[h.id] = stats(h.id, 13)
+        before = fetches
+        await asyncio.gather(*(destroy(h) for h in src.hosts[:30]))
+        assert fetches - before <= 2  # one per wave of waiters, not one per host
+        before = fetches
+        await asyncio.gather(rec.sample_once(), destroy(src.hosts[30]), rec.sample_once(),
+                             destroy(src.hosts[31]))
+        assert fetches - before == 4  # the second destroy's shared fetch predates a sample
+        src.now += 10
+        await rec.sample_once()
+
+    asyncio.run(scenario())
+    stored = {t.release: t.counts.requests for t in store.totals("web")}
+    assert stored == {1: 40 * 13}
+
+
 def test_a_failed_write_counts_the_same_deltas_at_the_next_sample(tmp_path: Path) -> None:
     src = Plain()
     src.hosts = [host("a")]

@@ -50,6 +50,10 @@ class MetricsRecorder:
         self.clock = clock
         self.sampler = Sampler(store.sampler_state())
         self._lock = asyncio.Lock()
+        # Router stats fetched for destroys (``_stats_after``): fetches started, samples taken,
+        # and the last fetch as (its number, the samples before it, the stats).
+        self._fetches = self._samples = 0
+        self._kept: tuple[int, int, Mapping[str, BackendStats]] | None = None
 
     async def _usage(self, hosts: Iterable[Host]) -> dict[str, HostUsage]:
         live = [h for h in hosts if h.state.alive]
@@ -62,6 +66,7 @@ class MetricsRecorder:
     async def sample_once(self) -> list[Point]:
         """Take one sample and store it (points, totals and baseline in one transaction)."""
         async with self._lock:
+            self._samples += 1  # the baseline moves: stats fetched before are stale for finals
             stats = await self.stats()
             hosts = list(self.hosts())
             usage = await self._usage(hosts)
@@ -97,13 +102,27 @@ class MetricsRecorder:
         """Around a host's destroy: first keep what it counted and used since the last sample
         (it goes into the next one). Never stops the destroy: a failure is logged."""
         try:
+            asked = self._fetches
             async with self._lock:
-                stats = await self.stats()
+                stats = await self._stats_after(asked)
                 usage = await self.usage(host) if host.state.alive else None
                 self.sampler.final(host, stats.get(host.id), usage)
         except Exception:
             log.exception("metrics: final sample of %s failed", host.id)
         yield
+
+    async def _stats_after(self, asked: int) -> Mapping[str, BackendStats]:
+        """Router stats from a fetch started after fetch number ``asked`` and after the last
+        sample (under the lock): destroys waiting together share one fetch. Each fetched every
+        host's counters itself: at 2,000 hosts `down` spent ~100 s on them, one after another."""
+        kept = self._kept
+        if kept is not None and kept[0] > asked and kept[1] == self._samples:
+            return kept[2]
+        self._fetches += 1
+        number, samples = self._fetches, self._samples
+        stats = await self.stats()
+        self._kept = (number, samples, stats)
+        return stats
 
     async def totals(self, service: str | None = None) -> list[Total]:
         """Per (service, release): every counter since the history began, including what the
