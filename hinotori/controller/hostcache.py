@@ -79,6 +79,11 @@ class LiveHosts:
         self._ids: dict[tuple[str, HostState], frozenset[str]] = {}
 
     @property
+    def version(self) -> int:
+        """Moves whenever the hosts of this view changed (read by the last call)."""
+        return self._table.version
+
+    @property
     def reads(self) -> int:
         """How often the store was read for this view (for tests and curiosity)."""
         return self._table.reads

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
+from hinotori.controller.hostcache import LiveHosts
 from hinotori.durations import parse_moment
 from hinotori.errors import HinotoriError
 from hinotori.model import MAX_NUMBER, HostState, deployment_view, release_number
@@ -58,23 +59,26 @@ def _json(data: Any) -> Response:
 
 
 class HostAnswers:
-    """``GET /v1/hosts`` answers, kept until a host is written (``Store.host_mark``): the
-    dashboard asks each second, and at 2,000 hosts reading and encoding them took ~50 ms of
-    the controller's loop. A few recent questions are kept (the service is the caller's)."""
+    """``GET /v1/hosts`` answers, read through the controller's host cache (hostcache.py) and
+    kept until its hosts change: the dashboard asks each second, and at 2,000 hosts reading and
+    encoding them took ~50 ms of the controller's loop. A few recent questions are kept (the
+    service is the caller's)."""
 
     KEPT = 16
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._views = {False: LiveHosts(store, states=[s for s in HostState if s.alive]),
+                       True: LiveHosts(store, states=None)}
         self._kept: OrderedDict[tuple[str | None, bool], tuple[int, bytes]] = OrderedDict()
 
     def __call__(self, service: str | None, every: bool) -> Response:
-        key, mark = (service, every), self.store.host_mark()
+        key, view = (service, every), self._views[every]
+        hosts = view()  # brought up to date: its version moves if they changed
         kept = self._kept.get(key)
-        if kept is None or kept[0] != mark:
-            states = None if every else [s for s in HostState if s.alive]
-            body = json.dumps([h.view() for h in self.store.hosts(service, states)]).encode()
-            kept = self._kept[key] = (mark, body)
+        if kept is None or kept[0] != view.version:
+            body = json.dumps([h.view() for h in hosts
+                               if not service or h.service == service]).encode()
+            kept = self._kept[key] = (view.version, body)
             if len(self._kept) > self.KEPT:
                 self._kept.popitem(last=False)
         self._kept.move_to_end(key)
