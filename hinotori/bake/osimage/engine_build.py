@@ -71,6 +71,14 @@ class BuildOutcome:
 
 
 BUILD_ATTEMPTS = 3  # buildah's cache check is one of the calls that lose the store race
+# A forced removal elsewhere (`rmi -f` of an image a build step stands on) takes buildah's build
+# container with it; buildah then fails to delete it. The steps are cached: building again costs
+# little and gives the same image.
+_BUILD_CONTAINER_GONE = "identifier is not a container"
+
+
+def _lost_a_race(engine_said: str) -> bool:
+    return lost_storage_race(engine_said) or _BUILD_CONTAINER_GONE in engine_said
 
 
 def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | None,
@@ -78,7 +86,8 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
           describe: Callable[[int], str] | None = None,
           on_image: Callable[[str], None] | None = None) -> BuildOutcome:
     """Build the context's Containerfile; BakeError with the failing step's output. A build
-    that lost the engine's storage race is asked again, its context rewound.
+    that lost the engine's storage race, or whose build container someone else removed, is
+    asked again, its context rewound.
 
     ``on_image(short_id)`` is called once the last instruction's image is committed, while
     the engine still cleans up after the build (~50 ms on Podman): a caller may ask about the
@@ -91,7 +100,7 @@ def build(client: docker.DockerClient, context: IO[bytes], *, timestamp: int | N
         except BakeError as e:
             engine_said = e.message.split("\n", 1)[0]  # not the step's own output below it
             if attempt == BUILD_ATTEMPTS or not context.seekable() or \
-                    not lost_storage_race(engine_said):
+                    not _lost_a_race(engine_said):
                 raise
             context.seek(0)
     raise AssertionError("unreachable")
