@@ -6,12 +6,16 @@ swings hit both alike. The verdict is one of:
 - FAIL: the canary's error rate is above the absolute maximum, or above stable's by more than
   the allowed difference, or its p95/p99 latency is more than the allowed ratio of stable's;
 - INCONCLUSIVE: fewer than ``min_requests`` canary requests (or too few stable requests to
-  compare against): no data is never a pass (Argo Rollouts' users' top complaint);
+  compare against): no data is never a pass (Argo Rollouts' users' top complaint); or too few
+  requests on either side for a judged percentile to be more than the window's slowest one
+  (``enough_for``: 100 for p99, 20 for p95). A single slow request among 54 is not a slow p99;
+  the window grows over the step, so the next interval judges it;
 - PASS otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -24,6 +28,11 @@ class Outcome(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+
+
+def enough_for(p: float) -> int:
+    """Fewest requests whose p-th percentile is not the slowest request: one lies above it."""
+    return math.ceil(round(100 / (100 - p), 6))
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,13 @@ def judge(stable: Window, canary: Window, t: Thresholds) -> Verdict:
     if comparable and canary.error_rate - stable.error_rate > t.max_error_rate_diff + _EPS:
         fails.append(f"canary error rate {canary.error_rate:.2%} exceeds stable's "
                      f"{stable.error_rate:.2%} by more than {t.max_error_rate_diff:.2%}")
+    too_few = []
     for p, limit in ((95, t.max_p95_ratio), (99, t.max_p99_ratio)):
         c, s = canary.percentile_ms(p), stable.percentile_ms(p)
-        if limit is not None and comparable and c is not None and s:
+        if limit is not None and min(canary.requests, stable.requests) < enough_for(p):
+            too_few.append(f"p{p} needs {enough_for(p)} requests on each side (canary "
+                           f"{canary.requests}, stable {stable.requests})")
+        elif limit is not None and comparable and c is not None and s:
             ratio = c / s
             metrics[f"p{p}_ratio"] = round(ratio, 3)
             if ratio > limit:
@@ -103,4 +116,6 @@ def judge(stable: Window, canary: Window, t: Thresholds) -> Verdict:
     if not comparable and (t.max_error_rate_diff is not None or t.max_p99_ratio is not None):
         return Verdict(Outcome.INCONCLUSIVE,
                        [f"only {stable.requests} stable requests to compare with"], metrics)
+    if too_few:
+        return Verdict(Outcome.INCONCLUSIVE, too_few, metrics)
     return Verdict(Outcome.PASS, [], metrics)
