@@ -87,8 +87,8 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
-def wrk(port: int, duration: float) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", "-c50", f"-d{round(duration)}s", "--latency",
+def wrk(port: int, duration: float, connections: int = 50) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
                          check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -469,6 +469,7 @@ def main() -> None:
             if reader is not None:
                 print(f"latency log lines read while wrk ran: {reader.lines()}; "
                       f"requests they stand for: {reader.counted()}")
+            unqueued(targets, impls, args.duration, args.runs)
         if reader is not None:
             reader.close()
 
@@ -692,6 +693,39 @@ def throughput(targets: dict[str, int], impls: list[str], duration: float, runs:
                           f"no latency log {ratios[2]:.2f}x")
                     record("router", f"{impl}/hand-written {what}, {n} thread(s), latency "
                            "log sampled", ratios[0], unit="x", goal=">= 0.95")
+
+
+UNQUEUED = (1, 10)  # connections: below what saturates the proxy (50 does, on 2 cores)
+
+
+def unqueued(targets: dict[str, int], impls: list[str], duration: float, runs: int) -> None:
+    """Added p50 when requests do not queue: wrk with 1 and 10 connections against direct, each
+    data plane's 1-worker/1-thread configuration and hand-written HAProxy, interleaved.
+
+    With 50 connections a proxy runs flat out, and by Little's law its p50 is about
+    connections / req/s: the 50-connection "added p50" above is a throughput figure (below
+    0.3 ms it asks for ~90k req/s through a proxy sharing 2 cores with wrk and the backend,
+    which neither data plane reaches here). These lines give what one request pays for the hop
+    itself."""
+    names = ["direct (one backend)", *(label(impl, 1) for impl in impls), "haproxy, 1 thread"]
+    p50: dict[tuple[str, int], list[float]] = {(n, c): [] for n in names for c in UNQUEUED}
+    for _ in range(runs):
+        for c in UNQUEUED:
+            for name in names:
+                p50[(name, c)].append(wrk(targets[name], duration, c)["p50"])
+    med = {key: statistics.median(got) for key, got in p50.items()}
+    added = {(n, c): med[(n, c)] - med[(names[0], c)] for n in names[1:] for c in UNQUEUED}
+    shown = ", ".join(f"{n.split(',')[0]} " + " / ".join(f"{added[(n, c)]:+.3f}"
+                                                          for c in UNQUEUED) + " ms"
+                      for n in names[1:])
+    print(f"added p50 over direct without queueing, wrk -c{' / -c'.join(map(str, UNQUEUED))}, "
+          f"1 worker/thread, medians of {runs}: {shown} (direct "
+          + " / ".join(f"{med[(names[0], c)]:.3f}" for c in UNQUEUED) + " ms)")
+    for impl in impls:
+        for c in UNQUEUED:
+            record("router", f"{impl} added p50 over direct, 1 worker, {c} connection"
+                   f"{'s' * (c > 1)} (no queueing)", added[(label(impl, 1), c)], unit="ms",
+                   goal="< 0.3", detail=f"haproxy {added[('haproxy, 1 thread', c)]:+.3f} ms")
 
 
 if __name__ == "__main__":
