@@ -462,6 +462,57 @@ def test_destroys_waiting_together_share_one_router_fetch_never_one_from_before_
     assert stored == {1: 40 * 13}
 
 
+def test_destroys_waiting_together_read_their_usage_once(store: MetricsStore) -> None:
+    """A process host's usage is a scan of all /proc: destroys waiting together share one
+    read, and each host still gets its own figures; a host whose read failed is read again."""
+    src = Plain()
+    src.hosts = [host(f"h{i}") for i in range(30)]
+    src.stats = {h.id: stats(h.id, 10) for h in src.hosts}
+    src.usage = {h.id: HostUsage(cpu_seconds=i, memory_bytes=1000 + i)
+                 for i, h in enumerate(src.hosts)}
+    reads: list[list[str]] = []
+    fail: set[str] = set()
+
+    async def usages(hosts: list[Host]) -> dict[str, HostUsage]:
+        reads.append([h.id for h in hosts])
+        await asyncio.sleep(0.01)
+        if fail & {h.id for h in hosts}:
+            fail.clear()
+            raise OSError("no /proc")
+        return {h.id: src.usage[h.id] for h in hosts}
+
+    rec = MetricsRecorder(store, MetricsSpec(), stats=src.get_stats,
+                          hosts=lambda: list(src.hosts), usage=src.get_usage, usages=usages,
+                          clock=lambda: src.now)
+    finals: dict[str, HostUsage | None] = {}
+    final = rec.sampler.final
+
+    def keep(h: Host, stat: BackendStats | None, usage: HostUsage | None) -> None:
+        finals[h.id] = usage
+        final(h, stat, usage)
+
+    rec.sampler.final = keep  # type: ignore[method-assign]
+
+    async def destroy(h: Host) -> None:
+        async with rec.destroying(h):
+            src.stats.pop(h.id)
+
+    async def scenario() -> None:
+        await rec.sample_once()
+        reads.clear()
+        await asyncio.gather(*(destroy(h) for h in src.hosts[:29]))
+        read = sorted(i for ids in reads for i in ids)
+        assert len(reads) <= 2 and read == sorted(h.id for h in src.hosts[:29])
+        assert finals == {h.id: src.usage[h.id] for h in src.hosts[:29]}
+        reads.clear()
+        fail.add("h29")
+        await destroy(src.hosts[29])  # its read fails: logged, no usage, nothing left behind
+        assert reads == [["h29"]] and "h29" not in finals
+        assert not rec._usage_wanted and not rec._usage_read
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_write_counts_the_same_deltas_at_the_next_sample(tmp_path: Path) -> None:
     src = Plain()
     src.hosts = [host("a")]

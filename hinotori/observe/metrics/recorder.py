@@ -54,6 +54,9 @@ class MetricsRecorder:
         # and the last fetch as (its number, the samples before it, the stats).
         self._fetches = self._samples = 0
         self._kept: tuple[int, int, Mapping[str, BackendStats]] | None = None
+        # Destroys waiting for their host's last usage, and what one read found for them.
+        self._usage_wanted: dict[str, Host] = {}
+        self._usage_read: dict[str, HostUsage | None] = {}
 
     async def _usage(self, hosts: Iterable[Host]) -> dict[str, HostUsage]:
         live = [h for h in hosts if h.state.alive]
@@ -103,13 +106,30 @@ class MetricsRecorder:
         (it goes into the next one). Never stops the destroy: a failure is logged."""
         try:
             asked = self._fetches
-            async with self._lock:
-                stats = await self._stats_after(asked)
-                usage = await self.usage(host) if host.state.alive else None
-                self.sampler.final(host, stats.get(host.id), usage)
+            if host.state.alive:
+                self._usage_wanted[host.id] = host
+            try:
+                async with self._lock:
+                    stats = await self._stats_after(asked)
+                    usage = await self._usage_of(host) if host.state.alive else None
+                    self.sampler.final(host, stats.get(host.id), usage)
+            finally:
+                self._usage_wanted.pop(host.id, None)
+                self._usage_read.pop(host.id, None)
         except Exception:
             log.exception("metrics: final sample of %s failed", host.id)
         yield
+
+    async def _usage_of(self, host: Host) -> HostUsage | None:
+        """``host``'s usage, read (under the lock) together with every other destroy waiting:
+        a process host's usage is a scan of all /proc, and at 2,000 hosts `down` spent ~30 ms
+        on one per host, one after another."""
+        if host.id not in self._usage_read:
+            self._usage_wanted[host.id] = host
+            wanted, self._usage_wanted = list(self._usage_wanted.values()), {}
+            found = await self._usage(wanted)
+            self._usage_read.update((h.id, found.get(h.id)) for h in wanted)
+        return self._usage_read.pop(host.id)
 
     async def _stats_after(self, asked: int) -> Mapping[str, BackendStats]:
         """Router stats from a fetch started after fetch number ``asked`` and after the last
