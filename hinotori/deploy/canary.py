@@ -87,10 +87,11 @@ async def deploy(fleet: Fleet, release: Release, progress: Progress, control: Co
             took = await fleet.switch(service, stable + canary, [], why=f"canary at {percent}%",
                                       weights=weights(stable, canary, percent),
                                       canary=release.number)
+            switched = time.monotonic()  # the canary takes this step's share from here
             progress("step", {"weight": percent, "switch_ms": round(took * 1000, 2)})
             faults.point("canary.step")
             verdict = await _judge_step(fleet, stable, canary, strategy, control, percent,
-                                        release, progress)
+                                        release, progress, switched)
             judged.append({"weight": percent, "outcome": str(verdict.outcome),
                            "reasons": verdict.reasons, "metrics": verdict.metrics})
             if verdict.outcome != Outcome.PASS:
@@ -128,7 +129,10 @@ async def _roll_back(fleet: Fleet, service: str, stable: list[Host], canary: lis
 
 async def _judge_step(fleet: Fleet, stable: list[Host], canary: list[Host],
                       strategy: CanarySpec, control: Control, percent: int, release: Release,
-                      progress: Progress) -> Verdict:
+                      progress: Progress, step_started: float) -> Verdict:
+    """Judge every ``interval`` counted from ``step_started`` (when the step's switch was
+    acknowledged), not from after this step's first stats read and write: a canary that
+    fails from its first request is judged one interval after it began to answer."""
     a = strategy.analysis
     thresholds = Thresholds(max_error_rate=a.max_error_rate,
                             max_error_rate_diff=a.max_error_rate_diff,
@@ -136,14 +140,14 @@ async def _judge_step(fleet: Fleet, stable: list[Host], canary: list[Host],
                             min_requests=a.min_requests)
     base = await fleet.router.stats()
     base_stable, base_canary = _window(base, stable), _window(base, canary)
-    step_started = time.monotonic()
+    judge_at = step_started + a.interval
     while True:
         control.changed.clear()
         try:
-            async with asyncio.timeout(a.interval):
+            async with asyncio.timeout(max(0.0, judge_at - time.monotonic())):
                 await control.changed.wait()
         except TimeoutError:
-            pass
+            judge_at = max(judge_at + a.interval, time.monotonic())
         if control.abort:
             return Verdict(Outcome.FAIL, ["aborted by an operator"])
         if control.promote:

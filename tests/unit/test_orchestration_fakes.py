@@ -158,6 +158,45 @@ def test_canary(tmp_path: Path, canary_errors: float, traffic: int, outcome: str
     run(scenario())
 
 
+def test_a_step_is_judged_one_interval_after_its_switch(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval counts from the step's switch, not from after the step's first stats
+    read: here that read takes 10 s (a clock of the test's own), so a failing canary is
+    judged at once, 10 s into a 5 s interval."""
+    import time
+    import types
+
+    from hinotori.deploy import canary
+
+    w = world(tmp_path)
+    w.router.traffic = 1000
+    offset = [0.0]
+    clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + offset[0],
+                                  perf_counter=time.perf_counter)
+    stats = w.router.stats
+
+    async def slow_first_read():  # type: ignore[no-untyped-def]
+        if w.store.canary("web") is not None and not offset[0]:
+            offset[0] = 10.0  # the step's base read
+        return await stats()
+
+    async def scenario() -> None:
+        await serve_first(w)
+        v2 = w.release()
+        w.provider.error_rate[2] = 0.5
+        monkeypatch.setattr(w.router, "stats", slow_first_read)
+        monkeypatch.setattr(canary, "time", clock)
+        spec = CanarySpec.model_validate({
+            "kind": "canary", "steps": [10, 100], "pause": "0s",
+            "analysis": {"interval": "5s", "min_requests": 20, "max_error_rate": 0.05}})
+        with pytest.raises(CanaryFailed):
+            await asyncio.wait_for(deploy(w, "canary", v2, spec), 3)
+
+    run(scenario())
+    (first, *_) = [d for step, d in w.steps if step == "analysis"]
+    assert first["outcome"] == "fail" and first["elapsed_s"] >= 10
+
+
 def test_canary_split_is_exact_at_each_step(tmp_path: Path) -> None:
     w = world(tmp_path, replicas=2)
     w.router.traffic = 1000
