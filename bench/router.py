@@ -583,6 +583,8 @@ async def measure(args: argparse.Namespace, impl: str, first: Router, port: int,
     m.fresh = await switch_latency(router, port, a, b, args.fresh,
                                    first_version=version + 50_000, sets=sets,
                                    prepared=m.prepared, gap=args.probe_gap)
+    if isinstance(router, HaproxyRouter):
+        router.disconnect()  # the next run adopts HAProxy with an object of its own
     return m
 
 

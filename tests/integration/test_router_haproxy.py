@@ -325,6 +325,41 @@ def test_new_service_is_a_seamless_reload_under_load(router: HaproxyRouter,
     assert asyncio.run(router.stats())["ra"].requests >= before_stats + ok * 0.5
 
 
+def test_idle_runtime_connections_of_others_do_not_lock_the_router_out(
+        router: HaproxyRouter, backends: Backends) -> None:
+    """HAProxy serves 10 Runtime API connections at once unless told otherwise; past that a
+    connection is accepted and never answered. Twelve idle ones (abandoned router objects'
+    kept connections, an operator's socat) leave a switch and a stats read working."""
+    a1, a2 = backends.add("a1"), backends.add("a2")
+    apply(router, route(a1.backend()))
+    idle = []
+    try:
+        for _ in range(12):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(router.stats_socket))
+            s.sendall(b"prompt\n")
+            idle.append(s)
+        apply(router, route(a2.backend()))
+        assert set(asyncio.run(router.stats())) >= {"a2"}
+        assert backends_seen(port_of(router), 4) == Counter({"a2": 4})
+    finally:
+        for s in idle:
+            s.close()
+    dropped = HaproxyRouter(router.state_dir, router.listen)
+
+    async def adopt_and_let_go() -> None:
+        await dropped.start()
+        await dropped.apply(table(next(_versions), route(a1.backend())))
+        dropped.disconnect()
+        dropped.log.close()  # type: ignore[union-attr]
+    asyncio.run(adopt_and_let_go())
+
+    def cli_sessions() -> int:
+        (text,) = asyncio.run(runtime.run(router.stats_socket, ["show sess"]))
+        return sum("proto=unix_stream" in line for line in text.splitlines())
+    assert wait_until(lambda: cli_sessions() <= 2, 5, 0.05), cli_sessions()
+
+
 def test_a_fresh_router_object_adopts_the_running_haproxy(router: HaproxyRouter,
                                                          backends: Backends) -> None:
     x = backends.add("x")

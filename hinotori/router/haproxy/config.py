@@ -101,6 +101,10 @@ LATENCY_RING = "hinotori-latency"
 # 25-33k lines: what is logged between two dumps of the ring (stats.py: at most 1 s apart,
 # sooner after ~4,000 lines, checked every 0.25 s), a burst at N = 1 included
 RING_BYTES = 1 << 20
+# Runtime API connections HAProxy serves at once (its default is 10). Past it a connection is
+# accepted by the kernel and never answered: ten kept connections of abandoned router objects
+# (a bench's, an operator's socat) had every stats read time out after 10 s.
+STATS_MAXCONN = 100
 CONNECT_TIMEOUT = 1.0  # seconds; a connect that times out is retried (`retries 3`, redispatched)
 _HOST_ID = re.compile(r"^[A-Za-z0-9.:-][A-Za-z0-9._:-]*$")
 
@@ -306,6 +310,7 @@ def render(settings: Settings, the_plan: Plan, *, loaded: bool) -> str:
         f"  nbthread {s.threads}",
         f"  stats socket {s.stats_socket} mode 600 level admin expose-fd listeners",
         "  stats timeout 10m",  # an idle Runtime API connection (cli.py) lasts this long
+        f"  stats maxconn {STATS_MAXCONN}",
         f"  hard-stop-after {max(1, round(s.hard_stop_after))}s",
     ]
     if s.latency_log:

@@ -23,11 +23,9 @@ its 1 s connect timeout redispatches it. Not done in a worker a reload replaced 
 server commands: "Proxy is disabled"): its sessions end at the server timeout or
 hard-stop-after.
 
-Either way it returns once HAProxy acknowledged every command. Why dynamic servers (``add
-server``/``del server``, HAProxy >= 2.4) rather than pre-provisioned ``server-template`` slots:
-no cap on hosts per backend, and each server keeps a name that says which host and release it
-is, which the stats and the sticky cookie need; a slot would change identity with every
-deployment.
+Either way it returns once HAProxy acknowledged every command. Dynamic servers (``add server``,
+HAProxy >= 2.4), not ``server-template`` slots: no cap on hosts per backend, and a server's name
+says its host and release (stats and the sticky cookie need it; a slot changes identity).
 
 State kept in ``state_dir``: haproxy.cfg and haproxy-maps/ (always the last applied table, so a
 reload or a fresh start serves it), haproxy-state.json (the table, the release slots, and the
@@ -329,6 +327,10 @@ class HaproxyRouter:
             for host, active in (await self._old_workers_active()).items():
                 counts.setdefault(host, Counts()).active += active
         return combine(counts, self.log)
+
+    def disconnect(self) -> None:
+        """Let go of the kept Runtime API connection, HAProxy running on (cli.py)."""
+        self._cli.close()
 
     async def stop(self) -> None:
         self._cli.close()
