@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def main() -> None:
         lab.down()
         local.close()
         stop_podman_service(work / "podman.sock")
+        shutil.rmtree(work, ignore_errors=True)  # the registry's blobs, the engine's log
     med = {k: (statistics.median(b for b, _ in v), statistics.median(s for _, s in v))
            for k, v in results.items()}
     print(f"\none-line change to 3 machines (base {args.deps_mb} MB), medians of {args.runs}:")
