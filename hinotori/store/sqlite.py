@@ -297,9 +297,8 @@ class Store(MaintenanceStore, OriginsMixin, HoldsMixin, SqliteBase):
             newest = [json.loads(step) for (step,) in self._db.execute(
                 "SELECT step FROM deployment_steps WHERE deployment = ? ORDER BY seq DESC "
                 "LIMIT ?", (d["id"], last_steps))][::-1]
-            legacy = d["steps"][len(d["steps"]) - (last_steps - len(newest)):] \
-                if len(newest) < last_steps else []
-            d["steps"] = legacy + newest
+            missing = last_steps - len(newest)  # taken from the legacy column's last steps
+            d["steps"] = (d["steps"][-missing:] if missing else []) + newest
         return found
 
     def _steps(self, numbers: list[int]) -> dict[int, list[dict[str, Any]]]:

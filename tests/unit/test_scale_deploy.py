@@ -155,6 +155,26 @@ def test_steps_written_before_the_steps_table_come_first(tmp_path: Path) -> None
     assert [s["step"] for s in store.deployments()[-1]["steps"]] == last(3)
 
 
+def test_last_steps_take_as_many_legacy_steps_as_are_missing(tmp_path: Path) -> None:
+    """Three legacy steps and two in the table: the last four are the legacy column's last two
+    and the table's two, the last six or nine all five."""
+    store = Store(tmp_path / "state.db")
+    number = store.create_deployment("web", strategy="blue-green", kind="deploy",
+                                     from_release=None, to_release=1, actor="t")
+    with store.transaction() as db:
+        db.execute("UPDATE deployments SET steps = ? WHERE id = ?",
+                   ('[{"step": "a"}, {"step": "b"}, {"step": "c"}]', number))
+    store.add_deployment_step(number, {"step": "d"})
+    store.add_deployment_step(number, {"step": "e"})
+
+    def last(n: int) -> list[str]:
+        return [s["step"] for s in store.deployments(last_steps=n)[-1]["steps"]]
+
+    assert last(4) == ["b", "c", "d", "e"]
+    assert last(6) == last(9) == ["a", "b", "c", "d", "e"]
+    assert last(2) == ["d", "e"] and last(0) == []
+
+
 def test_host_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() -> None:
     pool = PortPool(low=20_000, high=21_000)
     pool._next = 20_500  # a known start; a bound port on the way must be skipped
