@@ -1,18 +1,25 @@
 """One controller for many hosts: what each cost grows by with the fleet (not a test; issue 17).
 
     python bench/scale.py [--sizes 10,100] [--idle 20] [--switches 5] [--reads 5]
-                          [--interval auto] [--router builtin] [--app busybox]
+                          [--interval auto] [--router builtin] [--app busybox[,webfs,hello]]
 
 Per size N, a throwaway project (temp dir, spec written here): one process service of N
-replicas whose hosts are Debian busybox's httpd (`busybox httpd -f -p 127.0.0.1:$PORT -h .`,
-a few hundred kB each, so 2,000 fit this machine: N serving plus N warm), serving a `healthz`
-file. Why busybox and not a fake provider: every lever lives on the real path (a process per
-host, a copy of the image per host, a real health probe, a real router table), and busybox is
-the cheapest real HTTP server Debian has. The health interval is a knob: `auto` is 200 ms up
-to 100 hosts (the issue's CPU goal there) and the spec's default above. `--app hello` runs
-examples/hello's app.py instead (Python, ~20 MB a host: for sizes up to a few hundred), the
-app the issue's first figures were measured with: it keeps connections alive, so a health
-look rides a kept connection, where busybox closes each one and every look is a new connect.
+replicas, serving a `healthz` file. Why real servers and not a fake provider: every lever
+lives on the real path (a process per host, a copy of the image per host, a real health probe,
+a real router table). The host app (`--app`, a list: each app runs every size, in turn):
+  busybox  Debian busybox's httpd (`busybox httpd -f -p 127.0.0.1:$PORT -h .`, a few hundred
+           kB each, so 2,000 fit this machine: N serving plus N warm). It closes the
+           connection after every answer and forks a child per connection: each health look
+           is a new TCP connection and a fork on the host's side, the worst case for the
+           controller (the kernel's handshake is most of a look) and for the machine (2,000
+           forks a second at 1,000 hosts compete with the controller for the same 2 cores)
+  webfs    Debian webfs's webfsd (`webfsd -F -4 -j -i 127.0.0.1 -p $PORT -r .`, ~4.6 MB RSS,
+           2,000 fit): one process, no fork, and it keeps connections alive, as production
+           HTTP servers and the issue's own app do, so a look rides a kept connection
+  hello    examples/hello's app.py (Python, ~20 MB a host: for sizes up to a few hundred), the
+           app the issue's first figures were measured with (keep-alive too)
+The health interval is a knob: `auto` is 200 ms up to 100 hosts (the issue's CPU goal there)
+and the spec's default above.
 
 For each N: `up -d`, bake v1, deploy v1 (first), bake v2, deploy v2 (the timed blue-green
 deploy, whole CLI process, and the controller's CPU seconds for it, which the machine's load
@@ -21,7 +28,7 @@ pure switch each) for switch p50/p99 (with the two deploys' switches); the last 
 v2 serving and v1 warm. Then, idle:
   idle CPU   CPU of the controller and its helper processes (its process tree less hosts and
              router workers), over --idle seconds, % of one core, and how much of it was in
-             the kernel (busybox's new connection per look is ~35 us of it); their RSS;
+             the kernel (busybox's new connection per look is most of it); their RSS;
              per health look (each serving host is looked at once per interval), and the
              load average beside it: on a shared machine the % moves with the load
   status     `hinotori status` wall time (a whole CLI process), median of --reads; beside it
@@ -30,7 +37,8 @@ v2 serving and v1 warm. Then, idle:
              controller's API, median of --reads
   state.db   its size (with -wal) before and after the idle period
 and the growth factor per 10x hosts between consecutive sizes (value ratio ^ (1/log10 of
-the size ratio)): 10 means linear, 1 flat. Needs busybox (Debian `busybox`).
+the size ratio)): 10 means linear, 1 flat. Needs the apps' Debian packages (`busybox`,
+`webfs`).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from results import record  # noqa: E402
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
+WEBFSD = shutil.which("webfsd") or "/usr/bin/webfsd"
 SWITCH = re.compile(r"switch ([0-9.]+) ms")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -98,7 +107,10 @@ HELLO = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
 COMMANDS = {
     "busybox": f'["/bin/sh", "-c", "exec {BUSYBOX} httpd -f -p 127.0.0.1:$PORT -h ."]',
     "hello": '["python3", "app.py"]',
+    "webfs": f'["/bin/sh", "-c", "exec {WEBFSD} -F -4 -j -i 127.0.0.1 -p $PORT -r ."]',
 }
+APP_NAMES = {"busybox": "busybox httpd", "hello": "examples/hello", "webfs": "webfsd"}
+BINARIES = {"busybox": (BUSYBOX, "busybox"), "webfs": (WEBFSD, "webfs")}
 
 
 class Project:
@@ -249,9 +261,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
+def run_size(n: int, app: str, args: argparse.Namespace) -> dict[str, float]:
     interval = args.interval if args.interval != "auto" else ("200ms" if n <= 100 else "default")
-    p = Project(n, interval, args.router, args.app)
+    p = Project(n, interval, args.router, app)
     row: dict[str, float] = {"hosts": n}
     try:
         p.cli("up", "-d")
@@ -327,7 +339,7 @@ def show(rows: list[dict[str, float]]) -> None:
 
 def record_row(row: dict[str, float], interval: str, app: str = "busybox") -> None:
     n = int(row["hosts"])
-    hosts = "busybox httpd" if app == "busybox" else "examples/hello"
+    hosts = APP_NAMES[app]
     detail = f"{n} {hosts} process hosts, health interval {interval}"
     of = "" if app == "busybox" else f" ({hosts})"  # a figure of its own per app
     record("scale", f"blue-green deploy of {n} hosts{of}", row["deploy_s"], unit="s",
@@ -366,28 +378,39 @@ def main() -> None:
                         help="health interval: auto (200ms up to 100 hosts, else the spec's "
                              "default), default, or a duration")
     parser.add_argument("--router", default="builtin", help="builtin or haproxy")
-    parser.add_argument("--app", default="busybox", choices=sorted(COMMANDS),
-                        help="the hosts' server: busybox httpd, or examples/hello's app.py")
+    parser.add_argument("--app", default="busybox",
+                        help="the hosts' server, or a list of them (each runs every size): "
+                             + ", ".join(sorted(COMMANDS)))
     args = parser.parse_args()
-    if args.app == "busybox" and not Path(BUSYBOX).exists():
-        raise SystemExit("needs busybox (apt-get install busybox)")
+    apps = args.app.split(",")
+    for app in apps:
+        if app not in COMMANDS:
+            raise SystemExit(f"--app {app}: not one of {', '.join(sorted(COMMANDS))}")
+        binary, package = BINARIES.get(app, (None, None))
+        if binary is not None and not Path(binary).exists():
+            raise SystemExit(f"--app {app} needs {binary} (apt-get install {package})")
     print(f"load: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores", flush=True)
+    for app in apps:
+        run_app(app, args)
+
+
+def run_app(app: str, args: argparse.Namespace) -> None:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         try:
-            row = run_size(n, args)
+            row = run_size(n, app, args)
         except SystemExit as e:  # a failed deploy at this size: say so, go on to the next
-            print(f"{n} hosts failed: {str(e)[-600:]}", flush=True)
+            print(f"{n} {APP_NAMES[app]} hosts failed: {str(e)[-600:]}", flush=True)
             continue
         rows.append(row)
         interval = args.interval if args.interval != "auto" else \
             ("200ms" if n <= 100 else "default")
-        print(f"{n} hosts done ({int(row['switches'])} switches, {int(row['procs'])} "
-              f"controller processes, health interval {interval})", flush=True)
-        record_row(row, interval, args.app)
+        print(f"{n} {APP_NAMES[app]} hosts done ({int(row['switches'])} switches, "
+              f"{int(row['procs'])} controller processes, health interval {interval})",
+              flush=True)
+        record_row(row, interval, app)
         show(rows)  # so far: a later size that fails leaves these
         print(flush=True)
-
 
 if __name__ == "__main__":
     main()
