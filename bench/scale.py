@@ -412,5 +412,6 @@ def run_app(app: str, args: argparse.Namespace) -> None:
         show(rows)  # so far: a later size that fails leaves these
         print(flush=True)
 
+
 if __name__ == "__main__":
     main()
