@@ -6,7 +6,9 @@ Each bench runs as its own process (in a session of its own) with the arguments 
 it (--quick: the smallest sensible run) and $HINOTORI_BENCH_RESULTS pointing at a fresh
 JSON-lines file, which it fills through results.record(). RESULTS.md then holds the date, the
 machine (CPU, cores, memory, kernel, Python, load average before and after, tool versions),
-a headline of goals met, and per bench each figure with its goal and met / not met / no goal.
+a headline of goals met, and per bench each figure with its goal and met / not met / no goal,
+and how much of the machine's CPU time the hypervisor took while it ran (steal time, from
+/proc/stat: on a shared virtual machine, a run that lost a lot of it is not comparable).
 A bench whose tool is missing, that needs root, or whose script is not there is listed as
 skipped with the reason; one that fails or times out with the tail of its output.
 
@@ -284,7 +286,7 @@ def run(name: str, quick: bool, work: Path) -> Outcome:
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
                                          if p)}
     print(f"{name}: {shown}", flush=True)
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), cpu_ticks()
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
@@ -298,7 +300,7 @@ def run(name: str, quick: bool, work: Path) -> Outcome:
         interrupted = True
         status, code = INTERRUPTED, stop(proc)
     proc.returncode = code if code is not None else -9  # reaped here, not by Popen
-    seconds = time.monotonic() - started
+    seconds, stolen = time.monotonic() - started, stolen_pct(cpu_before, cpu_ticks())
     try:
         leftovers = sweep(proc.pid)
     except KeyboardInterrupt:  # the bench has ended: still sweep, without waiting
@@ -312,12 +314,13 @@ def run(name: str, quick: bool, work: Path) -> Outcome:
     if problems:
         reason = "; ".join([r for r in (reason, "unreadable figures: " + ", ".join(problems))
                             if r])
-    outcome = Outcome(name, shown, status, reason, seconds, figures, tail(log), leftovers)
+    outcome = Outcome(name, shown, status, reason, seconds, figures, tail(log), leftovers,
+                      stolen)
     goals = outcome.goals()
     print(f"{name}: {status}{' (' + reason + ')' if reason else ''} in {seconds:.0f} s, "
           f"{len(figures)} figures, {sum(1 for f in goals if f['met'])} of {len(goals)} goals "
-          f"met" + (f"; killed {len(leftovers)} leftover process(es)" if leftovers else ""),
-          flush=True)
+          f"met" + (f"; killed {len(leftovers)} leftover process(es)" if leftovers else "")
+          + (f"; CPU stolen {stolen:.1f}%" if stolen is not None else ""), flush=True)
     if interrupted:
         raise KeyboardInterrupt(outcome)
     return outcome
@@ -363,6 +366,25 @@ def machine() -> list[tuple[str, str]]:
     return rows
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, all) ticks of every CPU since boot, from /proc/stat's first line; None where
+    there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    return (ticks[7], sum(ticks[:8])) if len(ticks) >= 8 else None
+
+
+def stolen_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """% of the CPU time between two cpu_ticks() that the hypervisor took."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -383,7 +405,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hinotori-bench-all-"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = machine()
-    before, started = load(), time.monotonic()
+    before, started, cpu_before = load(), time.monotonic(), cpu_ticks()
     become_subreaper()
     outcomes: list[Outcome] = []
     stopped = False
@@ -400,6 +422,9 @@ def main() -> None:
                              SKIPPED, "not run: all.py was interrupted")
                      for n in names if n not in done]
     rows.append(("load average (1/5/15 min)", f"before {before}; after {load()}"))
+    stolen = stolen_pct(cpu_before, cpu_ticks())
+    if stolen is not None:
+        rows.append(("CPU time stolen by the hypervisor", f"{stolen:.1f}% over the whole run"))
     command = shlex.join(["python", "bench/all.py", *sys.argv[1:]])
     text = markdown(outcomes, rows, when=when, command=command,
                     seconds=time.monotonic() - started)

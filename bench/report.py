@@ -28,6 +28,7 @@ class Outcome:
     figures: list[dict] = field(default_factory=list)
     tail: str = ""              # the end of its output, shown when it did not end well
     leftovers: list[str] = field(default_factory=list)  # processes it left, killed by all.py
+    stolen: float | None = None  # % of the machine's CPU time the hypervisor took meanwhile
 
     def goals(self) -> list[dict]:
         return [f for f in self.figures if f.get("goal")]
@@ -112,6 +113,8 @@ def _cell(text: str) -> str:
 def _bench_section(o: Outcome) -> list[str]:
     how = {OK: "ok", SKIPPED: f"skipped: {o.reason}"}.get(o.status, f"{o.status}: {o.reason}")
     took = f" in {o.seconds:.0f} s" if o.status != SKIPPED else ""
+    if o.stolen is not None:
+        took += f"; the hypervisor took {o.stolen:.1f}% of the CPU time meanwhile"
     out = [f"## {o.name}", "", f"`{o.command}`: {how}{took}", ""]
     if o.figures:
         out += ["| figure | value | goal | | notes |", "| --- | ---: | --- | --- | --- |"]
@@ -146,15 +149,19 @@ def markdown(outcomes: list[Outcome], machine: list[tuple[str, str]], *, when: s
         out.append("")
     out += ["## Machine", "", "| | |", "| --- | --- |"]
     out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in machine]
-    out += ["", "## Benches", "", "| bench | ended | goals met | figures | seconds |",
-            "| --- | --- | ---: | ---: | ---: |"]
+    # Stolen: CPU time the virtual machine was ready to use and its host gave to others
+    # (/proc/stat's steal). Figures of a bench that lost much of it are not comparable.
+    out += ["", "## Benches", "",
+            "| bench | ended | goals met | figures | seconds | CPU stolen % |",
+            "| --- | --- | ---: | ---: | ---: | ---: |"]
     for o in outcomes:
         ended = o.status if not o.reason else f"{o.status}: {o.reason}"
         goals = o.goals()
         met = f"{sum(1 for f in goals if f['met'])} of {len(goals)}" if goals else "-"
         took = f"{o.seconds:.0f}" if o.status != SKIPPED else "-"
+        stolen = f"{o.stolen:.1f}" if o.stolen is not None else "-"
         out.append(f"| [{o.name}](#{o.name}) | {_cell(ended)} | {met} | "
-                   f"{len(o.figures)} | {took} |")
+                   f"{len(o.figures)} | {took} | {stolen} |")
     out.append("")
     for o in outcomes:
         out += _bench_section(o)

@@ -88,7 +88,7 @@ def fig(name: str, value: float, goal: str | None = None, unit: str = "") -> dic
 
 
 OUTCOMES = [
-    Outcome("router", "python bench/router.py --runs 1", OK, seconds=42.4, figures=[
+    Outcome("router", "python bench/router.py --runs 1", OK, seconds=42.4, stolen=3.25, figures=[
         fig("builtin/haproxy req/s, 1 worker vs 1 thread", 0.81, ">= 0.75", "x"),
         fig("builtin/haproxy req/s, 2 workers vs 2 threads", 0.62, ">= 0.75", "x"),
         fig("switch p99", 2.31, "< 5", "ms"),
@@ -123,8 +123,10 @@ def test_markdown_has_the_headline_the_misses_the_machine_and_every_bench() -> N
         in lines
     assert "- logs: lines lost: 3 (goal == 0)" in lines
     assert "| CPU | Xeon |" in lines
-    assert "| [router](#router) | ok | 2 of 3 | 4 | 42 |" in lines
-    assert "| [ship](#ship) | skipped: needs root (a lab of machines) | - | 0 | - |" in lines
+    assert "| [router](#router) | ok | 2 of 3 | 4 | 42 | 3.2 |" in lines
+    assert "| [ship](#ship) | skipped: needs root (a lab of machines) | - | 0 | - | - |" in lines
+    assert "`python bench/router.py --runs 1`: ok in 42 s; the hypervisor took 3.2% of the CPU " \
+        "time meanwhile" in lines
     # Each figure with its value, goal and verdict.
     assert "| builtin/haproxy req/s, 1 worker vs 1 thread | 0.81x | >= 0.75 | met |  |" in lines
     assert "| switch p99 | 2.31 ms | < 5 | met |  |" in lines
@@ -180,6 +182,24 @@ def test_a_missing_script_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(bench_all.BENCHES, "router", bench_all.Bench(
         (), (), tools=("no-such-tool-here",)))
     assert bench_all.why_skipped("router") == "needs no-such-tool-here (not installed)"
+
+
+def test_stolen_cpu_is_the_steal_share_of_every_tick_between_two_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        stat if path == "/proc/stat" else path, *a, **k))
+    before = bench_all.cpu_ticks()
+    assert before == (35, 1000)  # guest time is inside user already: not counted twice
+    stat.write_text("cpu  400 0 150 1200 10 0 5 135 7 0\n")
+    assert bench_all.stolen_pct(before, bench_all.cpu_ticks()) == 100 * 100 / 900
+    assert bench_all.stolen_pct(before, before) is None  # no tick between: nothing to say
+    assert bench_all.stolen_pct(None, before) is None
+    stat.write_text("cpu  1 2 3\n")  # a kernel too old to count steal
+    assert bench_all.cpu_ticks() is None
 
 
 FAKE_BENCH = """
