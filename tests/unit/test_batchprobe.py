@@ -5,11 +5,12 @@ failing, refused, hung, closing every connection, named (the KeepAlive path), an
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
 
-from hinotori.controller.batchprobe import BatchProber
+from hinotori.controller.batchprobe import LET_GO_AT_ONCE, BatchProber
 from hinotori.health import probe
 from hinotori.model import HealthCheck, ProbeResult
 
@@ -264,5 +265,68 @@ def test_a_look_ends_with_a_reset_and_a_let_go_kept_connection_with_a_fin() -> N
         assert endings == ["eof"]
         batch.close()
         kept.close()
+
+    asyncio.run(scenario())
+
+
+def test_kept_connections_let_go_together_close_a_few_at_a_time() -> None:
+    """A blue-green switch of a thousand keep-alive hosts lets go of a thousand kept
+    connections at once: closed in one callback, they stopped the event loop for 60-70 ms,
+    inside the next switch. None is used again from keep_only on, each host still reads a
+    graceful end, and close() ends the ones still waiting at once."""
+    async def scenario() -> None:
+        endings: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while (await reader.readuntil(b"\r\n\r\n")):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            except asyncio.IncompleteReadError as e:
+                endings.append("eof" if not e.partial else "bytes")
+            except ConnectionResetError:
+                endings.append("reset")
+            finally:
+                writer.close()
+
+        hosts = LET_GO_AT_ONCE * 3 + 5
+        servers = [await asyncio.start_server(serve, "127.0.0.1", 0) for _ in range(hosts)]
+        addresses = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+        batch = BatchProber()
+        assert await batch.look(addresses, CHECK) == [ProbeResult(True, "HTTP 200")] * hosts
+        assert len(batch) == hosts
+
+        def open_fds() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        before = open_fds()
+        batch.keep_only(addresses[:1])
+        assert len(batch) == 1  # none of the others is used again
+        # Closed in this callback: a first handful; the hosts cannot have answered yet.
+        assert before - open_fds() == LET_GO_AT_ONCE
+        # One let go a moment ago is looked at again: a fresh connection, not the old one.
+        assert await batch.look(addresses[1:2], CHECK) == [ProbeResult(True, "HTTP 200")]
+        for _ in range(300):
+            if len(endings) == hosts - 1:
+                break
+            await asyncio.sleep(0.01)
+        assert endings == ["eof"] * (hosts - 1)
+
+        # All kept again, let go again, and close() before most of them had their turn.
+        assert await batch.look(addresses, CHECK) == [ProbeResult(True, "HTTP 200")] * hosts
+        endings.clear()
+        before = open_fds()
+        batch.keep_only([])
+        batch.keep_only(addresses[:1])  # a second call while the first goes on: no change
+        assert before - open_fds() == LET_GO_AT_ONCE
+        batch.close()
+        # The rest at once, nothing left for later (and the prober's own epoll).
+        assert before - open_fds() == hosts + 1
+        for _ in range(300):
+            if len(endings) == hosts:
+                break
+            await asyncio.sleep(0.01)
+        assert endings == ["eof"] * hosts
+        for s in servers:
+            s.close()
 
     asyncio.run(scenario())
