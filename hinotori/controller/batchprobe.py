@@ -221,7 +221,7 @@ class BatchProber:
         if self._let_go_soon is not None:
             self._let_go_soon.cancel()
             self._let_go_soon = None
-        for conn in [*self._conns.values(), *self._letting_go]:
+        for conn in list(self._conns.values()):  # (those letting go are still among them)
             self._close(conn, graceful=True)
         self._kept.clear()
         self._letting_go.clear()
